@@ -1,0 +1,5 @@
+"""Allow ``python -m kata_events``."""
+
+from kata_events.cli import main
+
+raise SystemExit(main())

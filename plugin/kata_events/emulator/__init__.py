@@ -1,0 +1,1 @@
+"""A local stand-in for a Central Node's Events API (mutual TLS, approval, subscriptions, faults)."""
