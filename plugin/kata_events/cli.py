@@ -1,0 +1,46 @@
+"""Command line entry point: parses arguments, wires the pieces, turns failures into exit codes.
+
+Each subcommand lives in its own module; this one only dispatches. It never writes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from kata_events import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kata-events`` parser with one subparser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="kata-events",
+        description="Stream KATA/KEDR Central Node Events API telemetry to stdout as NDJSON.",
+    )
+    parser.add_argument("--version", action="version", version=f"kata-events {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    from kata_events.emulator import cli as emulator_cli
+
+    emulator = sub.add_parser(
+        "emulator",
+        help="run a local Central Node Events API emulator",
+        description=emulator_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    emulator_cli.add_arguments(emulator)
+    emulator.set_defaults(handler=emulator_cli.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
