@@ -1,0 +1,153 @@
+"""The delivery ledger: what has been taken by the consumer, and which page tokens that releases.
+
+The runner writes events to stdout page by page. A page's continuation token may be committed only
+when every unit of that page and of all earlier pages has been *taken* by the consumer: flushed
+(``--ack none``), acknowledged by the shipper (``--ack lines``), or drained from the pipe. The ledger
+does not know which of these it is measuring: units are abstract positions (lines in ack mode, bytes
+when measuring a pipe's drain), and it only counts.
+
+Two tokens, two names (as in Filebeat's input-cursor):
+
+- ``pending`` -- the newest token whose page has been written. Held in memory, it may run ahead of
+  what the consumer has taken; it must never reach the state file by itself.
+- ``committed`` -- the token the caller may persist. It is moved only by this ledger's release
+  (the return value of :meth:`DeliveryLedger.taken` / :meth:`DeliveryLedger.release`), never by the
+  reader.
+
+Units written for a page that failed mid-body (no :meth:`~DeliveryLedger.page_end`) still count in
+positions, because the consumer acknowledges them too, but they release no token: the next page end
+covers them. After a restart those lines are sent again (at-least-once).
+
+The ledger is pure: no I/O, no clock of its own (times are passed in), no threads. It never writes
+to stdout, never touches the state file and never logs.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, Optional, Tuple
+
+
+class DeliveryLedger:
+    """Counts written and taken units and releases page tokens in order.
+
+    Positions are cumulative counts from the start of the process: ``wrote(n)`` advances the written
+    position, ``taken(p)`` says the first ``p`` units are taken. Each ``page_end(token)`` marks the
+    current written position; the token is released by the first ``taken``/``release`` call that
+    finds the consumer at or past that mark. Only the newest releasable token is returned: committing
+    it supersedes every older one.
+    """
+
+    def __init__(self) -> None:
+        self._written = 0
+        self._taken = 0
+        # (page end position, token), oldest first; none of them released yet.
+        self._marks: Deque[Tuple[int, str]] = deque()
+        # (end position of a write, time of that write), oldest first, only for writes given a time;
+        # entries wholly taken are dropped, so the deque is bounded by the unacknowledged window.
+        self._write_times: Deque[Tuple[int, float]] = deque()
+        self._pending: Optional[str] = None
+        self._committed: Optional[str] = None
+
+    # -- the writer's side -------------------------------------------------------------------------
+
+    def wrote(self, n: int, now: Optional[float] = None) -> None:
+        """Record ``n`` more units written; ``now`` (any monotonic clock) dates them for lag warnings.
+
+        The units may belong to a page whose token is not known yet, or to a page that fails later and
+        never gets a token.
+        """
+        if n < 0:
+            raise ValueError(f"wrote() needs a count >= 0, got {n}")
+        if n == 0:
+            return
+        self._written += n
+        if now is not None:
+            if self._write_times and self._write_times[-1][1] == now:
+                self._write_times[-1] = (self._written, now)
+            else:
+                self._write_times.append((self._written, now))
+
+    def page_end(self, token: str) -> None:
+        """The page written so far ends here: ``token`` is committable once all units up to here are taken.
+
+        An empty page (no units since the previous mark) works the same way. If everything is
+        already taken, no further acknowledgement will come to release it: call :meth:`release`.
+        """
+        self._marks.append((self._written, token))
+        self._pending = token
+
+    # -- the consumer's side -----------------------------------------------------------------------
+
+    def taken(self, position: int) -> Optional[str]:
+        """The first ``position`` units are taken; return the newest token this releases, or None.
+
+        A position beyond what was written is a protocol error (the consumer acknowledged lines it
+        never got) and raises ValueError, changing nothing. A position behind the current one is
+        ignored (stale or duplicate report), but still releases a token whose page ended at or before
+        the current position -- so ``taken(ledger.taken_position)`` is a valid way to ask again.
+        """
+        if position > self._written:
+            raise ValueError(
+                f"consumer reports {position} units taken but only {self._written} were written"
+            )
+        if position > self._taken:
+            self._taken = position
+            while self._write_times and self._write_times[0][0] <= position:
+                self._write_times.popleft()
+        return self._release_up_to(self._taken)
+
+    def release(self) -> Optional[str]:
+        """Return the newest token releasable at the current taken position (after a ``page_end``)."""
+        return self._release_up_to(self._taken)
+
+    def _release_up_to(self, position: int) -> Optional[str]:
+        token: Optional[str] = None
+        while self._marks and self._marks[0][0] <= position:
+            token = self._marks.popleft()[1]
+        if token is not None:
+            self._committed = token
+        return token
+
+    # -- what the runner reports ---------------------------------------------------------------------
+
+    @property
+    def written(self) -> int:
+        """Units written so far."""
+        return self._written
+
+    @property
+    def taken_position(self) -> int:
+        """Units the consumer has taken so far."""
+        return self._taken
+
+    @property
+    def unacked(self) -> int:
+        """Units written but not taken yet."""
+        return self._written - self._taken
+
+    @property
+    def pending_pages(self) -> int:
+        """Pages ended whose tokens are not released yet."""
+        return len(self._marks)
+
+    @property
+    def pending(self) -> Optional[str]:
+        """The newest token whose page has been written (in memory only; may run ahead)."""
+        return self._pending
+
+    @property
+    def committed(self) -> Optional[str]:
+        """The newest token released so far (what the state file should hold)."""
+        return self._committed
+
+    def unacked_since(self) -> Optional[float]:
+        """The time the oldest untaken unit was written, or None if all is taken or it was not dated."""
+        if self._taken >= self._written or not self._write_times:
+            return None
+        return self._write_times[0][1]
+
+    def unacked_age(self, now: float) -> float:
+        """Seconds the oldest untaken unit has waited (0.0 when nothing dated is waiting)."""
+        since = self.unacked_since()
+        return 0.0 if since is None else max(0.0, now - since)
