@@ -1,0 +1,65 @@
+"""The few failures the API client reports upward; the loop above never sees `requests` or `ssl`.
+
+Each class says what the runner should do: wait for approval, start a new subscription, stop with
+a configuration error, or retry with backoff. Messages are for people and never carry a full token
+or key material.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class ApiError(Exception):
+    """Base of every failure of one Events API request."""
+
+    #: The runner retries these with backoff; it never exits on them.
+    transient = True
+
+
+class Unauthorized(ApiError):
+    """HTTP 401: the external system (id + client certificate) is not approved on the Central Node."""
+
+
+class SubscriptionLost(ApiError):
+    """HTTP 404 `Subscription not found`: the server no longer knows the continuation token."""
+
+
+class BadRequest(ApiError):
+    """HTTP 400: the server rejected a parameter (most often the filter). Not transient."""
+
+    transient = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Unavailable(ApiError):
+    """The server could not be reached or answered 429/5xx; ``retry_after`` is its hint, if any."""
+
+    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BadResponse(ApiError):
+    """A 200 whose body is not a complete, well-formed events page (or an unexpected status)."""
+
+    def __init__(self, message: str, excerpt: str = "") -> None:
+        super().__init__(message)
+        self.excerpt = excerpt
+
+
+class TlsVerifyFailed(ApiError):
+    """The server's certificate was not trusted (unknown CA, wrong pin, wrong name)."""
+
+    def __init__(self, message: str, server_fingerprint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.server_fingerprint = server_fingerprint
+
+
+class ClientTlsError(ApiError):
+    """Our own certificate or key cannot be used (mismatched pair, encrypted key). Not transient."""
+
+    transient = False
