@@ -1,0 +1,430 @@
+"""Every option of ``kata-events run``, declared once.
+
+Each `Option` holds a name (the config file key), a type, a default, a range or a set of choices
+and its help. Everything else is derived from that one list: the command line flags
+(``max_events`` → ``--max-events``), the environment variables (``KATA_EVENTS_MAX_EVENTS``), the
+JSON schema that validates a configuration, and the option table in README.md (a test fails when
+the README drifts). Reading, merging and checking values is `kata_events.config`'s job; this module
+only describes. It never reads files or the environment and never logs.
+
+``python -m kata_events.options`` prints the README table; ``--schema`` prints the JSON schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+ENV_PREFIX = "KATA_EVENTS_"
+
+#: The flag and variable that name the config file; the file itself cannot set them.
+CONFIG_FLAG = "--config"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+#: The option types: how a value is written in TOML, converted from a variable, and validated.
+TYPES = ("str", "int", "bool", "list", "choice", "path")
+
+#: Events stay retrievable on the Central Node for at most this long.
+SERVER_RETENTION_SECONDS = 2 * 3600
+
+# Accepted by the server per the original script; "the maximum depends on the installation".
+MAX_EVENTS_LIMIT = 72000
+# ISO-8601 PT300S is the documented ceiling of the long poll.
+MAX_TIMEOUT_LIMIT = 300
+
+UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+# 64 hex digits, or 32 colon-separated pairs as `openssl x509 -fingerprint -sha256` prints them.
+PIN_PATTERN = r"^(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``run`` option: the single definition its flag, variable, key and schema come from.
+
+    ``default`` is None when there is none or when `kata_events.config` computes it at load time
+    (``state_file``, ``max_unacked``); ``default_doc`` then says what it is, for the help and the
+    README.
+    """
+
+    name: str
+    type: str
+    help: str
+    default: Any = None
+    default_doc: str = ""
+    minimum: Optional[int] = None
+    maximum: Optional[int] = None
+    choices: Tuple[str, ...] = ()
+    pattern: Optional[str] = None
+    required: bool = False
+    secret: bool = False
+    metavar: Optional[str] = None
+    #: What a valid value looks like, for error messages; derived from the type when empty.
+    allowed: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type not in TYPES:
+            raise ValueError(f"option {self.name}: unknown type {self.type!r}")
+        if self.type == "choice" and not self.choices:
+            raise ValueError(f"option {self.name}: a choice needs choices")
+
+    @property
+    def flag(self) -> str:
+        """The long flag: ``max_events`` → ``--max-events``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        """The environment variable: ``max_events`` → ``KATA_EVENTS_MAX_EVENTS``."""
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def default_text(self) -> str:
+        """The default as people read it."""
+        if self.default_doc:
+            return self.default_doc
+        if self.default is None:
+            return "none"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if self.default == "":
+            return '`""`'
+        return str(self.default)
+
+    @property
+    def long_help(self) -> str:
+        """The one-line help followed by the default."""
+        if self.required:
+            return f"{self.help} Required."
+        return f"{self.help} Default: {self.default_text.replace('`', '')}."
+
+    @property
+    def allowed_text(self) -> str:
+        """What a valid value looks like, for error messages."""
+        if self.allowed:
+            return self.allowed
+        if self.type == "int":
+            if self.maximum is not None:
+                return f"an integer from {self.minimum} to {self.maximum}"
+            return f"an integer of at least {self.minimum}"
+        if self.type == "bool":
+            return "true or false"
+        if self.type == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.type == "list":
+            return "a list of strings"
+        if self.type == "path":
+            return "a file path"
+        return "a string"
+
+    @property
+    def metavar_text(self) -> str:
+        if self.metavar:
+            return self.metavar
+        if self.type == "choice":
+            return "{" + ",".join(self.choices) + "}"
+        return self.name.upper()
+
+    def schema(self) -> Dict[str, Any]:
+        """This option's JSON schema fragment."""
+        fragment: Dict[str, Any]
+        if self.type == "int":
+            fragment = {"type": "integer"}
+            if self.minimum is not None:
+                fragment["minimum"] = self.minimum
+            if self.maximum is not None:
+                fragment["maximum"] = self.maximum
+        elif self.type == "bool":
+            fragment = {"type": "boolean"}
+        elif self.type == "list":
+            fragment = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+        elif self.type == "choice":
+            fragment = {"type": "string", "enum": list(self.choices)}
+        elif self.type == "path":
+            fragment = {"type": "string", "minLength": 1}
+        else:
+            fragment = {"type": "string"}
+        if self.pattern:
+            fragment["pattern"] = self.pattern
+        fragment["description"] = self.help
+        if self.default is not None:
+            fragment["default"] = self.default
+        return fragment
+
+
+PATH_NOTE = "A relative path in the config file is relative to the file's directory."
+
+OPTIONS: Tuple[Option, ...] = (
+    Option(
+        "url",
+        "list",
+        "The Central Node's base address, https://HOST[:PORT]; repeat it for the addresses of a "
+        "cluster, tried in turn when one fails. A full events URL copied from the documentation is "
+        "accepted too. The variable takes a comma- or space-separated list.",
+        required=True,
+        metavar="URL",
+        allowed="https:// addresses such as https://cn.example.local or https://10.0.0.5:443",
+    ),
+    Option(
+        "external_system_id",
+        "str",
+        "The external system's UUID, as approved on the Central Node (`kata-events init` makes one).",
+        pattern=UUID_PATTERN,
+        required=True,
+        metavar="UUID",
+        allowed="a UUID such as 0b3c4f7e-5d2a-4a61-9b8e-2f6c1d0e9a7b",
+    ),
+    Option(
+        "cert",
+        "path",
+        "The client certificate (PEM) presented to the Central Node. " + PATH_NOTE,
+        required=True,
+        metavar="FILE",
+    ),
+    Option(
+        "key",
+        "path",
+        "The private key (PEM) of the client certificate. " + PATH_NOTE,
+        required=True,
+        metavar="FILE",
+    ),
+    Option(
+        "ca_file",
+        "path",
+        "CA certificates (PEM) that verify the Central Node's certificate. " + PATH_NOTE,
+        default_doc="the system's trust store",
+        metavar="FILE",
+    ),
+    Option(
+        "pin_sha256",
+        "str",
+        "Trust the Central Node certificate with this SHA-256 fingerprint (64 hex digits, colons "
+        "optional), e.g. for a self-signed one.",
+        pattern=PIN_PATTERN,
+        metavar="HEX",
+        allowed="a SHA-256 fingerprint: 64 hex digits, colons optional",
+    ),
+    Option(
+        "insecure",
+        "bool",
+        "Do not verify the Central Node's certificate at all (warned on every start; use ca_file "
+        "or pin_sha256 instead).",
+        default=False,
+    ),
+    Option(
+        "filter",
+        "str",
+        "Event filter bound to the subscription, e.g. Ioa.Severity == 'High'; changing it starts a "
+        'new subscription. "" means all events.',
+        default="",
+        metavar="EXPR",
+    ),
+    Option(
+        "max_events",
+        "int",
+        "The most events the server returns per request.",
+        default=10000,
+        minimum=1,
+        maximum=MAX_EVENTS_LIMIT,
+        metavar="N",
+    ),
+    Option(
+        "max_timeout",
+        "int",
+        "Seconds the server may hold a request open while it collects events (long polling).",
+        default=60,
+        minimum=1,
+        maximum=MAX_TIMEOUT_LIMIT,
+        metavar="SECONDS",
+    ),
+    Option(
+        "state_file",
+        "path",
+        "The file that keeps the continuation token (locked: one process per file). " + PATH_NOTE,
+        default_doc="`<external_system_id>.token` in `$STATE_DIRECTORY`, "
+        "`$XDG_STATE_HOME/kata-events` or `~/.local/state/kata-events`",
+        metavar="FILE",
+    ),
+    Option(
+        "ack",
+        "choice",
+        "Delivery acknowledgement: auto (acknowledgements if the shipper sends START on stdin), "
+        "none (a line counts as delivered once flushed), lines (expect ACK lines on stdin).",
+        default="auto",
+        choices=("auto", "none", "lines"),
+    ),
+    Option(
+        "max_unacked",
+        "int",
+        "With acknowledgements: the most lines written but not yet acknowledged; writing pauses "
+        "there.",
+        default_doc="the value of max_events",
+        minimum=1,
+        metavar="N",
+    ),
+    Option(
+        "ack_timeout",
+        "int",
+        "With acknowledgements: warn when lines wait longer than this many seconds for one.",
+        default=60,
+        minimum=1,
+        maximum=86400,
+        metavar="SECONDS",
+    ),
+    Option(
+        "log_level",
+        "choice",
+        "The least severe log lines written to stderr.",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    Option(
+        "log_format",
+        "choice",
+        "Logs on stderr as JSON lines (json) or for people (text).",
+        default="json",
+        choices=("json", "text"),
+    ),
+    Option(
+        "stats_interval",
+        "int",
+        "Seconds between two stats log lines; 0 turns them off.",
+        default=60,
+        minimum=0,
+        maximum=86400,
+        metavar="SECONDS",
+    ),
+    Option(
+        "lag_warning",
+        "int",
+        "Warn when the newest event delivered is older than this many seconds (the Central Node "
+        "keeps events for at most 2 hours).",
+        default=3600,
+        minimum=1,
+        maximum=SERVER_RETENTION_SECONDS,
+        metavar="SECONDS",
+    ),
+    Option(
+        "warn_line_bytes",
+        "int",
+        "Warn once when an event line is longer than this many bytes, for shippers with line "
+        "limits; 0 turns it off.",
+        default=0,
+        minimum=0,
+        maximum=2**31 - 1,
+        metavar="BYTES",
+    ),
+    Option(
+        "once",
+        "bool",
+        "Fetch until caught up (a page shorter than max_events), commit, exit 0: for schedulers "
+        "and Fluent Bit's interval mode.",
+        default=False,
+    ),
+)
+
+BY_NAME: Dict[str, Option] = {option.name: option for option in OPTIONS}
+BY_ENV: Dict[str, Option] = {option.env: option for option in OPTIONS}
+#: Every KATA_EVENTS_* variable that `run` reads.
+KNOWN_ENV: Tuple[str, ...] = (CONFIG_ENV, *BY_ENV)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per option to ``parser``.
+
+    A flag that is not given leaves no attribute (booleans: None), so `config` can tell it from a
+    value; values stay strings here and are converted and checked together with the other sources.
+    """
+    parser.add_argument(
+        CONFIG_FLAG,
+        dest="config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"TOML file with any of the options below as keys (env {CONFIG_ENV}). Default: none.",
+    )
+    for option in OPTIONS:
+        help_text = f"{option.long_help} (env {option.env})".replace("%", "%%")
+        if option.type == "bool":
+            # None rather than SUPPRESS: 3.9's BooleanOptionalAction would print SUPPRESS in --help.
+            parser.add_argument(
+                option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
+                help=help_text,
+            )
+        elif option.type == "list":
+            parser.add_argument(
+                option.flag, dest=option.name, action="append", default=argparse.SUPPRESS,
+                metavar=option.metavar_text, help=help_text + "; repeatable",
+            )
+        else:
+            parser.add_argument(
+                option.flag, dest=option.name, default=argparse.SUPPRESS,
+                metavar=option.metavar_text, help=help_text,
+            )
+
+
+def json_schema() -> Dict[str, Any]:
+    """The JSON schema (draft 2020-12) of a complete ``run`` configuration."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "kata-events run configuration",
+        "type": "object",
+        "properties": {option.name: option.schema() for option in OPTIONS},
+        "required": [option.name for option in OPTIONS if option.required],
+        "additionalProperties": False,
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _flag_text(option: Option) -> str:
+    if option.type == "bool":
+        return f"`{option.flag}`, `--no-{option.flag[2:]}`"
+    text = f"`{option.flag} {option.metavar_text}`"
+    return text + " (repeatable)" if option.type == "list" else text
+
+
+def markdown_table() -> str:
+    """The README's option table, generated from `OPTIONS`."""
+    rows: List[Sequence[str]] = [
+        (
+            "—",
+            f"`{CONFIG_FLAG} FILE`",
+            f"`{CONFIG_ENV}`",
+            "none",
+            "The TOML file holding any of the keys below.",
+        )
+    ]
+    for option in OPTIONS:
+        default = "**required**" if option.required else option.default_text
+        if not option.default_doc and option.default is not None and option.default != "":
+            default = f"`{default}`"
+        rows.append((f"`{option.name}`", _flag_text(option), f"`{option.env}`", default, option.help))
+    lines = [
+        "Every option is a flag, an environment variable and a key of the TOML config file; "
+        "precedence: flag > environment > file > default. An empty variable counts as unset.",
+        "",
+        "| Key | Flag | Environment variable | Default | Meaning |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print the README table, or the JSON schema with ``--schema``."""
+    parser = argparse.ArgumentParser(prog="python -m kata_events.options", description=main.__doc__)
+    parser.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    args = parser.parse_args(argv)
+    if args.schema:
+        sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(markdown_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
