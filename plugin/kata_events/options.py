@@ -342,10 +342,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         dest="config",
         metavar="FILE",
         default=argparse.SUPPRESS,
-        help=f"TOML file with any of the options below as keys (env {CONFIG_ENV}). Default: none.",
+        help=f"TOML file with any of the options below as keys. Default: none. Env: {CONFIG_ENV}.",
     )
     for option in OPTIONS:
-        help_text = f"{option.long_help} (env {option.env})".replace("%", "%%")
+        repeat = " Repeatable." if option.type == "list" else ""
+        help_text = f"{option.long_help}{repeat} Env: {option.env}.".replace("%", "%%")
         if option.type == "bool":
             # None rather than SUPPRESS: 3.9's BooleanOptionalAction would print SUPPRESS in --help.
             parser.add_argument(
@@ -355,7 +356,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         elif option.type == "list":
             parser.add_argument(
                 option.flag, dest=option.name, action="append", default=argparse.SUPPRESS,
-                metavar=option.metavar_text, help=help_text + "; repeatable",
+                metavar=option.metavar_text, help=help_text,
             )
         else:
             parser.add_argument(
