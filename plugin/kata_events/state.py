@@ -1,0 +1,518 @@
+"""The token store: the continuation token on disk, replaced atomically and locked.
+
+This module owns the state file and its lock file. It persists only what it is given: the runner
+commits the token the delivery ledger released (``committed``), never the reader's ``pending`` one.
+
+The state file is JSON::
+
+    {"version": 1, "token": "...", "url": "...", "external_system_id": "...", "filter": "...",
+     "saved_at": "2026-11-27T21:30:00Z"}
+
+It is replaced atomically (temp file in the same directory, fsync, rename, fsync the directory), so
+a crash or kill -9 leaves either the old or the new file, never a torn one; a file that does not
+parse was edited by hand and is reported, never silently dropped. Mode 0600: the token lets anyone
+with the client certificate read the subscription's events. A token is bound to its external system
+and filter; the URL is recorded but not binding, since a cluster is reached through several
+addresses. The original script's plain ``continuation_token.txt`` (the token alone) is imported.
+
+Exclusive access: ``flock`` on a separate ``<state>.lock`` file holding the owner's pid. flock (not
+fcntl/POSIX locks) because it also conflicts within one process and is released by the kernel when
+the process dies; a separate file because the state file itself is replaced on every commit.
+
+This module never logs, never writes to stdout, and never puts a whole token in a message (the first
+eight characters at most): it returns reasons and raises errors for the caller to report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import glob
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Tuple, Union
+
+STATE_VERSION = 1
+# A plain token file larger than this is not a token file.
+_MAX_STATE_BYTES = 1 << 20
+_PLAIN_TOKEN = re.compile(r"\S+")
+_FIX_HINT = "choose a writable location with --state-file (KATA_EVENTS_STATE_FILE)"
+
+
+class StateError(Exception):
+    """A problem with the state file the process cannot work around; ``exit_code`` is sysexits-style."""
+
+    exit_code = 78  # EX_CONFIG
+
+    def __init__(self, message: str, exit_code: Optional[int] = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class StateNotWritable(StateError):
+    """The state file or its directory cannot be created, read or written."""
+
+    exit_code = 73  # EX_CANTCREAT
+
+
+class StateLocked(StateError):
+    """Another process holds the state file's lock."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+    def __init__(self, message: str, holder_pid: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.holder_pid = holder_pid
+
+
+class StateCorrupt(StateError):
+    """The state file exists but is not a state file this version understands."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+@dataclass
+class Subscription:
+    """What the state file records. A plain imported token file has empty url/id/filter/saved_at."""
+
+    token: Optional[str]
+    url: str
+    external_system_id: str
+    filter: str
+    saved_at: str  # ISO-8601 UTC, e.g. 2026-11-27T21:30:00Z
+
+
+def short_token(token: Optional[str]) -> str:
+    """A token's first eight characters, for messages (a whole token is a credential-like secret)."""
+    if not token:
+        return "(none)"
+    return token[:8] + "..." if len(token) > 8 else token
+
+
+def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the token is kept when ``--state-file`` is not given.
+
+    ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
+    colon-separated paths), else ``$XDG_STATE_HOME/kata-events/<id>.token``, else
+    ``~/.local/state/kata-events/<id>.token``.
+    """
+    # The id comes from configuration: keep it from escaping the directory.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
+    name += ".token"
+    state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:
+        return Path(state_directory) / name
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The XDG base directory spec says relative paths are invalid and must be ignored.
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "kata-events" / name
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "kata-events" / name
+
+
+def import_seed_token(path: Union[Path, str]) -> str:
+    """Read the original script's plain ``continuation_token.txt``: the token, maybe a newline."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StateError(f"token file {path} does not exist", exit_code=66) from None
+    except OSError as exc:
+        raise StateNotWritable(f"cannot read token file {path}: {_reason(exc)}") from None
+    token = _parse_plain(path, data)
+    if token is None:
+        raise StateCorrupt(f"token file {path} is empty")
+    return token
+
+
+class TokenStore:
+    """The continuation token of one subscription, persisted in one locked file.
+
+    Use as ``with TokenStore(path, url=..., external_system_id=..., filter=...) as store:``, then
+    ``token, reason = store.load()`` and ``store.commit(token)`` for each token the ledger releases.
+    """
+
+    def __init__(
+        self, path: Union[Path, str], *, url: str, external_system_id: str, filter: str = ""
+    ) -> None:
+        self._path = Path(path)
+        self.url = url
+        self.external_system_id = external_system_id
+        self.filter = filter
+        self._lock_fd: Optional[int] = None
+        self._committed: Optional[str] = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def lock_path(self) -> Path:
+        return self._path.with_name(self._path.name + ".lock")
+
+    @property
+    def committed(self) -> Optional[str]:
+        """The token last loaded from or committed to the file (None before either)."""
+        return self._committed
+
+    @property
+    def is_open(self) -> bool:
+        return self._lock_fd is not None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directory if missing (0700), take the lock, and check the directory is writable.
+
+        Raises StateLocked when another process holds the lock, StateNotWritable when the directory
+        or lock file cannot be created or written. Checking now rather than at the first commit means
+        a misconfigured service fails at start, not hours later with events already sent.
+        """
+        if self._lock_fd is not None:
+            return
+        directory = self._path.parent
+        self._make_directory(directory)
+        if self._path.is_dir():
+            raise StateNotWritable(
+                f"state file {self._path} is a directory: {_FIX_HINT}, e.g. {self._path}/state.token"
+            )
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._not_writable(self.lock_path, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = f"process {holder}" if holder else "another process"
+                raise StateLocked(
+                    f"state file {self._path} is in use by {who} (lock {self.lock_path}): "
+                    "another kata-events instance runs with the same state file; stop it, or give "
+                    "this one its own --state-file",
+                    holder_pid=holder,
+                ) from None
+            raise self._not_writable(self.lock_path, exc) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._probe_writable(directory)
+            self._remove_stale_temp_files(directory)
+        except StateError:
+            _unlock(fd)
+            raise
+        except OSError as exc:
+            _unlock(fd)
+            raise self._not_writable(self.lock_path, exc) from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (the lock file stays: removing it would race with a starting instance)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                pass
+            _unlock(fd)
+
+    def __enter__(self) -> TokenStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def stored(self) -> Optional[Subscription]:
+        """What the file holds, as is (None if there is no file). Raises StateCorrupt / StateNotWritable."""
+        sub, _ = self._read()
+        return sub
+
+    def load(self, now: Optional[_dt.datetime] = None) -> Tuple[Optional[str], Optional[str]]:
+        """The token to resume from (or None), and a reason to log when the stored token was not simply
+        taken as is (dropped, imported, or kept despite a changed URL), else None.
+        """
+        sub, kind = self._read()
+        if sub is None:
+            if kind == "empty":
+                return None, (
+                    f"state file {self._path} is empty (the original script leaves it so when it "
+                    "crashes mid-write): starting a new subscription; events since the last run may "
+                    "have been skipped"
+                )
+            return None, None
+        if kind == "plain":
+            self._committed = sub.token
+            return sub.token, (
+                f"imported a plain token file {self._path} (the original script's format, token "
+                f"{short_token(sub.token)}); it records no filter, so it is assumed to match the "
+                "configured one; the file is rewritten as JSON at the next commit"
+            )
+        changes = []
+        if sub.external_system_id != self.external_system_id:
+            changes.append(
+                f"the external system id changed from {sub.external_system_id!r} to "
+                f"{self.external_system_id!r}"
+            )
+        if sub.filter != self.filter:
+            changes.append(f"the filter changed from {sub.filter!r} to {self.filter!r}")
+        if changes:
+            if sub.token is None:
+                return None, None
+            return None, (
+                " and ".join(changes)
+                + ": starting a new subscription (events of the old one are not carried over; "
+                f"dropped token {short_token(sub.token)})"
+            )
+        if sub.token is None:
+            return None, None
+        self._committed = sub.token
+        notes = []
+        if sub.url != self.url:
+            notes.append(
+                f"the URL changed from {sub.url!r} to {self.url!r}: keeping the token (a Central Node "
+                "cluster has several addresses; if this is a different Central Node, the server "
+                "will answer 'Subscription not found' and a new subscription starts)"
+            )
+        age = _age_seconds(sub.saved_at, now)
+        if age is not None and age > 2 * 3600:
+            notes.append(
+                f"the token was saved {age / 3600:.1f} h ago ({sub.saved_at}); the Central Node keeps "
+                "events for at most two hours, so older events may be lost"
+            )
+        return sub.token, ("; ".join(notes) or None)
+
+    def _read(self) -> Tuple[Optional[Subscription], str]:
+        try:
+            with open(self._path, "rb") as f:
+                data = f.read(_MAX_STATE_BYTES + 1)
+        except FileNotFoundError:
+            return None, "missing"
+        except IsADirectoryError:
+            raise StateNotWritable(f"state file {self._path} is a directory: {_FIX_HINT}") from None
+        except OSError as exc:
+            raise StateNotWritable(
+                f"cannot read state file {self._path}: {_reason(exc)}; fix its ownership and "
+                "permissions (it should belong to the user kata-events runs as, mode 0600)"
+            ) from None
+        if len(data) > _MAX_STATE_BYTES:
+            raise self._corrupt("is larger than 1 MiB, so it is not a token file")
+        if data.lstrip()[:1] in (b"{", b"["):
+            return self._parse_json(data), "json"
+        token = _parse_plain(self._path, data)
+        if token is None:
+            return None, "empty"
+        return Subscription(token, "", "", "", ""), "plain"
+
+    def _parse_json(self, data: bytes) -> Subscription:
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise self._corrupt(f"is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise self._corrupt("is not a JSON object")
+        version = doc.get("version")
+        if version != STATE_VERSION:
+            raise self._corrupt(
+                f"has version {version!r}; this kata-events understands version {STATE_VERSION}"
+            )
+        token = doc.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise self._corrupt("has a 'token' that is not a non-empty string")
+        fields = {}
+        for key in ("url", "external_system_id", "filter", "saved_at"):
+            value = doc.get(key, "")
+            if not isinstance(value, str):
+                raise self._corrupt(f"has a {key!r} that is not a string")
+            fields[key] = value
+        return Subscription(token=token, **fields)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def commit(self, token: str) -> None:
+        """Persist ``token`` atomically; it is what a restart resumes from."""
+        if not isinstance(token, str) or not token:
+            raise ValueError("commit() needs a non-empty token")
+        self._write(token)
+        self._committed = token
+
+    def clear(self) -> None:
+        """Forget the token (the subscription is lost), keeping url, external system id and filter."""
+        self._write(None)
+        self._committed = None
+
+    def _write(self, token: Optional[str]) -> None:
+        if self._lock_fd is None:
+            raise RuntimeError("TokenStore.open() must be called before writing the state file")
+        doc = {
+            "version": STATE_VERSION,
+            "token": token,
+            "url": self.url,
+            "external_system_id": self.external_system_id,
+            "filter": self.filter,
+            "saved_at": _utc_now(),
+        }
+        data = (json.dumps(doc, ensure_ascii=False, indent=None) + "\n").encode("utf-8")
+        self._replace(data)
+
+    def _replace(self, data: bytes) -> None:
+        directory = self._path.parent
+        tmp = directory / f".{self._path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._not_writable(directory, exc) from None
+        try:
+            try:
+                os.fchmod(fd, 0o600)  # whatever the umask
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            _remove(tmp)
+            raise self._not_writable(self._path, exc) from None
+        except BaseException:
+            _remove(tmp)
+            raise
+        try:
+            _fsync_directory(directory)
+        except OSError as exc:
+            raise self._not_writable(directory, exc) from None
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _make_directory(self, directory: Path) -> None:
+        missing = []
+        d = directory
+        while not d.exists() and d != d.parent:
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+                os.chmod(d, 0o700)  # whatever the umask
+            except FileExistsError:
+                if not d.is_dir():
+                    raise self._not_writable(d, FileExistsError(errno.EEXIST, "not a directory")) from None
+            except OSError as exc:
+                raise self._not_writable(d, exc) from None
+        if not directory.is_dir():
+            raise self._not_writable(
+                directory, NotADirectoryError(errno.ENOTDIR, "exists but is not a directory")
+            )
+
+    def _probe_writable(self, directory: Path) -> None:
+        probe = directory / f".{self._path.name}.{secrets.token_hex(4)}.probe"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._not_writable(directory, exc) from None
+        os.close(fd)
+        _remove(probe)
+
+    def _remove_stale_temp_files(self, directory: Path) -> None:
+        # A process killed between creating its temp file and the rename leaves the temp file
+        # behind; holding the lock, we know no one else is writing one now.
+        for stale in directory.glob(f".{glob.escape(self._path.name)}.*.tmp"):
+            _remove(stale)
+
+    def _not_writable(self, where: Path, exc: OSError) -> StateNotWritable:
+        try:
+            import pwd
+
+            user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+        except (ImportError, KeyError):
+            user = f"uid {os.geteuid()}"
+        return StateNotWritable(
+            f"cannot write the state file {self._path}: {where}: {_reason(exc)}; make "
+            f"{self._path.parent} a directory writable by {user}, or {_FIX_HINT}"
+        )
+
+    def _corrupt(self, what: str) -> StateCorrupt:
+        return StateCorrupt(
+            f"state file {self._path} {what}; kata-events writes it atomically, so it was changed by "
+            f"something else: move it away (e.g. mv {self._path} {self._path}.bad) to start a new "
+            "subscription, or restore it"
+        )
+
+
+def _parse_plain(path: Path, data: bytes) -> Optional[str]:
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
+    if not text:
+        return None
+    if not _PLAIN_TOKEN.fullmatch(text):
+        raise StateCorrupt(
+            f"token file {path} holds more than one word, so it is neither a state file nor the "
+            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
+        )
+    return text
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _read_pid(fd: int) -> Optional[int]:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def _unlock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems (and some network mounts) refuse fsync on a directory: the rename is
+        # done, only its durability across a power cut is weaker there.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age_seconds(saved_at: str, now: Optional[_dt.datetime]) -> Optional[float]:
+    if not saved_at:
+        return None
+    try:
+        saved = _dt.datetime.strptime(saved_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        return None
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return (now - saved).total_seconds()
