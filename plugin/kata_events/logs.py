@@ -1,0 +1,350 @@
+"""Structured logs on stderr: every log line is a named event from one catalogue.
+
+`EVENTS` lists each thing the program can report, with its level, the fields it may carry and what
+it means (the README's troubleshooting table is generated from it). `emit` is the only way to log
+one; it rejects names and fields the catalogue does not declare, so code, logs and docs agree.
+
+Formats: JSON lines (python-json-logger) with ``time``, ``level``, ``event``, ``message`` and the
+event's fields, non-ASCII kept as is; or ``text`` for people. This module never writes to stdout:
+stdout carries events only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import PurePath
+from typing import Any, Dict, Optional, TextIO, Tuple, Union
+
+try:  # python-json-logger 3.x and later
+    from pythonjsonlogger.json import JsonFormatter
+except ImportError:  # pragma: no cover - python-json-logger 2.x
+    from pythonjsonlogger.jsonlogger import JsonFormatter
+
+from kata_events import options as opts
+
+LOGGER_NAME = "kata_events"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+# Attributes every LogRecord has: neither an event field may take one of these names (logging
+# refuses them in `extra`) nor may a formatter mistake one for a field.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+#: Names the formatters put on every line; no event field may use them.
+_OUTPUT_KEYS = frozenset({"time", "level", "event", "message"})
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One kind of log line: its name, default level, the fields it may carry, and its meaning."""
+
+    name: str
+    level: int
+    fields: Tuple[str, ...]
+    description: str
+
+    def __post_init__(self) -> None:
+        clash = (set(self.fields) & _RECORD_ATTRS) | (set(self.fields) & _OUTPUT_KEYS)
+        if clash:
+            raise ValueError(f"event {self.name}: field names {sorted(clash)} are reserved")
+
+
+_STATS_FIELDS = (
+    "events",
+    "pages",
+    "bytes",
+    "retries",
+    "lag_seconds",
+    "written",
+    "acknowledged",
+    "unacknowledged",
+    "committed_pages",
+    "uptime_seconds",
+)
+_RETRY_FIELDS = ("url", "reason", "status", "attempt", "delay", "retry_after")
+
+_CATALOGUE = (
+    EventSpec(
+        "start", logging.INFO,
+        ("version", "pid", "python", "urls", "external_system_id", "state_file", "max_events",
+         "max_timeout", "filter", "once"),
+        "The process started; its version and main settings.",
+    ),
+    EventSpec(
+        "config", logging.INFO, (*(o.name for o in opts.OPTIONS), "config_file", "sources"),
+        "The effective configuration and where each value came from (flag, variable, file).",
+    ),
+    EventSpec(
+        "mode", logging.INFO, ("mode", "requested", "reason"),
+        "The acknowledgement mode chosen (none or lines) and why, e.g. the shipper sent START.",
+    ),
+    EventSpec(
+        "insecure", logging.WARNING, ("url", "urls"),
+        "insecure = true: the Central Node's certificate is not verified. Use ca_file or pin_sha256.",
+    ),
+    EventSpec(
+        "state", logging.INFO, ("state_file", "reason"),
+        "Something notable about the state file: created, imported from the old token file, reset.",
+    ),
+    EventSpec(
+        "subscription_new", logging.INFO, ("url", "filter", "reason"),
+        "No saved continuation token: the next request starts a new subscription.",
+    ),
+    EventSpec(
+        "subscription_lost", logging.ERROR, ("url", "external_system_id", "status"),
+        "The server no longer knows the token (404 Subscription not found): a new subscription "
+        "starts and events may have been skipped. Usually the tool was stopped for over 2 hours.",
+    ),
+    EventSpec(
+        "filter_changed", logging.WARNING, ("old_filter", "new_filter", "state_file"),
+        "The filter differs from the one the saved token belongs to: a new subscription starts.",
+    ),
+    EventSpec(
+        "page", logging.INFO, ("events", "bytes", "seconds", "url", "lag_seconds"),
+        "One page of events was delivered (empty pages are logged at debug level).",
+    ),
+    EventSpec(
+        "commit", logging.DEBUG, ("pages", "events", "state_file"),
+        "A continuation token was saved: everything before it is delivered.",
+    ),
+    EventSpec(
+        "caught_up", logging.INFO, ("events", "pages"),
+        "--once: a page shorter than max_events arrived, everything is committed; exiting.",
+    ),
+    EventSpec(
+        "retry", logging.WARNING, _RETRY_FIELDS,
+        "A request failed for a transient reason; retrying after a delay with backoff.",
+    ),
+    EventSpec(
+        "unavailable", logging.WARNING, _RETRY_FIELDS,
+        "The Central Node cannot be reached or answers 429/5xx; retrying. Check the address, "
+        "DNS, the firewall and the server.",
+    ),
+    EventSpec(
+        "unauthorized", logging.ERROR, ("url", "external_system_id", "fingerprint"),
+        "HTTP 401: an administrator must approve this external system (id and certificate "
+        "fingerprint) in the Central Node web interface, External systems. Retrying meanwhile.",
+    ),
+    EventSpec(
+        "approved", logging.INFO, ("url", "external_system_id"),
+        "The Central Node accepts this external system now.",
+    ),
+    EventSpec(
+        "bad_request", logging.ERROR, ("url", "status", "reason", "filter"),
+        "HTTP 400: the server rejected a parameter, most often the filter. Fix it and restart.",
+    ),
+    EventSpec(
+        "bad_response", logging.WARNING, ("url", "status", "reason", "excerpt", "delay"),
+        "The response could not be parsed; the page is not committed and is fetched again.",
+    ),
+    EventSpec(
+        "tls_verify_failed", logging.ERROR, ("url", "reason", "server_fingerprint", "delay"),
+        "The Central Node's certificate is not trusted: set ca_file, or pin_sha256 to the "
+        "fingerprint shown if it is really your server.",
+    ),
+    EventSpec(
+        "client_certificate", logging.ERROR, ("cert", "key", "reason"),
+        "The client certificate or key cannot be used (unreadable, mismatched, expired).",
+    ),
+    EventSpec(
+        "lag", logging.WARNING, ("lag_seconds", "limit", "full_page"),
+        "The newest event delivered is older than lag_warning; past 2 hours events are lost. Raise "
+        "max_events, filter more, or speed up the consumer.",
+    ),
+    EventSpec(
+        "line_too_long", logging.WARNING, ("bytes", "limit"),
+        "An event line exceeds warn_line_bytes: raise the shipper's line limit (said once).",
+    ),
+    EventSpec(
+        "ack_timeout", logging.WARNING, ("unacknowledged", "acknowledged", "seconds", "limit"),
+        "Lines have waited longer than ack_timeout for the shipper's acknowledgement; nothing is "
+        "committed until they are acknowledged.",
+    ),
+    EventSpec(
+        "ack_protocol", logging.WARNING, ("line", "reason"),
+        "Unexpected input on stdin in acknowledgement mode (ignored), or stdin failed.",
+    ),
+    EventSpec(
+        "drain_unmeasurable", logging.WARNING, ("reason",),
+        "How much of stdout the reader has taken cannot be measured; a page counts as delivered "
+        "once written.",
+    ),
+    EventSpec(
+        "consumer_gone", logging.WARNING, ("reason",),
+        "The reader of stdout went away (broken pipe): stopping; nothing unflushed is committed.",
+    ),
+    EventSpec(
+        "stats", logging.INFO, _STATS_FIELDS,
+        "Periodic counters: events, pages, bytes, retries, lag, unacknowledged lines.",
+    ),
+    EventSpec(
+        "stop", logging.INFO, ("reason", "exit_code", *_STATS_FIELDS),
+        "The process is stopping (signal, STOP from the shipper, --once done, error) and why.",
+    ),
+    EventSpec(
+        "fatal", logging.ERROR, ("exit_code", "reason"),
+        "The process cannot go on (configuration, files, state lock); the message says the fix.",
+    ),
+)
+
+EVENTS: Dict[str, EventSpec] = {spec.name: spec for spec in _CATALOGUE}
+
+#: When True, `emit` raises ValueError on an undeclared event or field instead of logging it with
+#: a note. None means: strict under pytest, so drift fails the tests but never a running pipeline.
+STRICT: Optional[bool] = None
+
+
+def _strict() -> bool:
+    return STRICT if STRICT is not None else "pytest" in sys.modules
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fields: Any) -> None:
+    """Log event ``name`` with ``message`` and ``fields``, at the catalogue's level or ``level``.
+
+    Fields whose value is None are left out. Raises ValueError for an unknown event or field when
+    strict (see `STRICT`); otherwise logs it anyway with an ``undeclared`` note.
+    """
+    spec = EVENTS.get(name)
+    undeclared = sorted(fields) if spec is None else sorted(set(fields) - set(spec.fields))
+    if spec is None or undeclared:
+        problem = f"unknown log event {name!r}" if spec is None else (
+            f"log event {name!r} does not declare fields {undeclared}"
+        )
+        if _strict():
+            raise ValueError(problem + " (add it to kata_events.logs.EVENTS)")
+        fields = {k: v for k, v in fields.items() if k not in _RECORD_ATTRS and k not in _OUTPUT_KEYS}
+        fields["undeclared"] = problem
+    if level is None:
+        levelno = spec.level if spec is not None else logging.WARNING
+    elif isinstance(level, str):
+        levelno = LEVELS[level.lower()]
+    else:
+        levelno = level
+    logger = logging.getLogger(LOGGER_NAME)
+    if not logger.isEnabledFor(levelno):
+        return
+    extra = {key: _plain(value) for key, value in fields.items() if value is not None}
+    extra["event"] = name
+    logger.log(levelno, message, extra=extra, stacklevel=2)
+
+
+# -- formatters -------------------------------------------------------------------------------------
+
+
+def _fields_of(record: logging.LogRecord) -> Dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and k != "event"}
+
+
+def _utc(created: float, millis: bool) -> str:
+    moment = datetime.fromtimestamp(created, timezone.utc)
+    if millis:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class JsonLinesFormatter(JsonFormatter):
+    """One JSON object per line: time, level, event, message, then the event's fields."""
+
+    def __init__(self) -> None:
+        super().__init__(json_ensure_ascii=False, reserved_attrs=sorted(_RECORD_ATTRS))
+
+    # Positional parameters: their names changed between python-json-logger 2.x and 4.x.
+    def add_fields(self, log_data, record, message_dict):  # type: ignore[no-untyped-def]
+        log_data["time"] = _utc(record.created, millis=True)
+        log_data["level"] = record.levelname.lower()
+        log_data["event"] = getattr(record, "event", "log")
+        log_data["message"] = record.getMessage()
+        log_data.update(_fields_of(record))
+        for key in ("exc_info", "stack_info"):
+            if message_dict.get(key):
+                log_data[key] = message_dict[key]
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-27T21:30:00Z WARNING unauthorized: <message> key=value ...`` for people."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            _utc(record.created, millis=False),
+            record.levelname,
+            f"{getattr(record, 'event', 'log')}: {record.getMessage()}",
+        ]
+        for key, value in _fields_of(record).items():
+            parts.append(f"{key}={_text_value(value)}")
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str):
+        if value and not any(c.isspace() or c in "\"'=" for c in value):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _is_stdout(stream: TextIO) -> bool:
+    if stream is sys.stdout or stream is sys.__stdout__:
+        return True
+    try:
+        return stream.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None) -> None:
+    """Send the ``kata_events`` logger's lines to ``stream`` (default: the current sys.stderr).
+
+    ``level`` is debug|info|warning|error, ``fmt`` json|text. Calling it again replaces the previous
+    set-up. Refuses stdout, which carries events only.
+    """
+    if stream is None:
+        stream = sys.stderr
+    if _is_stdout(stream):
+        raise ValueError("logs never go to stdout: stdout carries events only")
+    if fmt not in ("json", "text"):
+        raise ValueError(f"log format must be json or text, not {fmt!r}")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonLinesFormatter() if fmt == "json" else TextFormatter())
+    logger = logging.getLogger(LOGGER_NAME)
+    for old in list(logger.handlers):
+        if getattr(old, "_kata_events", False):
+            logger.removeHandler(old)
+    handler._kata_events = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(LEVELS[level.lower()])
+    # Our lines are complete on their own; a root handler would print them a second time.
+    logger.propagate = False
+
+
+def troubleshooting_table() -> str:
+    """The README's table of log events: event, level, meaning."""
+    lines = ["| Event | Level | Meaning |", "|---|---|---|"]
+    for spec in _CATALOGUE:
+        level = logging.getLevelName(spec.level).lower()
+        meaning = spec.description.replace("|", "\\|")
+        lines.append(f"| `{spec.name}` | {level} | {meaning} |")
+    return "\n".join(lines) + "\n"
