@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from kata_events.exits import ExitStatus, UserError
 from kata_events.state import (
     StateCorrupt,
     StateError,
@@ -292,7 +293,8 @@ def test_a_directory_that_is_a_regular_file_is_not_writable(tmp_path):
     with pytest.raises(StateNotWritable) as err:
         store(path).open()
     message = str(err.value)
-    assert err.value.exit_code == 73
+    assert isinstance(err.value, UserError)  # so the command line reports it like any user error
+    assert err.value.exit_code == ExitStatus.CANT_CREATE == 73
     assert str(path) in message
     assert "directory" in message
     assert "--state-file" in message

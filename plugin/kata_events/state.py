@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
+from kata_events.exits import ExitStatus, UserError
+
 STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
 _MAX_STATE_BYTES = 1 << 20
@@ -44,27 +46,25 @@ _PLAIN_TOKEN = re.compile(r"\S+")
 _FIX_HINT = "choose a writable location with --state-file (KATA_EVENTS_STATE_FILE)"
 
 
-class StateError(Exception):
-    """A problem with the state file the process cannot work around; ``exit_code`` is sysexits-style."""
+class StateError(UserError):
+    """A problem with the state file the process cannot work around; ``exit_code`` says which."""
 
-    exit_code = 78  # EX_CONFIG
+    default_exit = ExitStatus.CONFIG
 
-    def __init__(self, message: str, exit_code: Optional[int] = None) -> None:
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
+    def __init__(self, message: str, exit_code: Optional[ExitStatus] = None) -> None:
+        super().__init__(message, self.default_exit if exit_code is None else exit_code)
 
 
 class StateNotWritable(StateError):
     """The state file or its directory cannot be created, read or written."""
 
-    exit_code = 73  # EX_CANTCREAT
+    default_exit = ExitStatus.CANT_CREATE
 
 
 class StateLocked(StateError):
-    """Another process holds the state file's lock."""
+    """Another process holds the state file's lock; ``holder_pid`` names it when known."""
 
-    exit_code = 75  # EX_TEMPFAIL
+    default_exit = ExitStatus.TEMP_FAIL
 
     def __init__(self, message: str, holder_pid: Optional[int] = None) -> None:
         super().__init__(message)
@@ -74,7 +74,7 @@ class StateLocked(StateError):
 class StateCorrupt(StateError):
     """The state file exists but is not a state file this version understands."""
 
-    exit_code = 78  # EX_CONFIG
+    default_exit = ExitStatus.CONFIG
 
 
 @dataclass
@@ -122,7 +122,7 @@ def import_seed_token(path: Union[Path, str]) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise StateError(f"token file {path} does not exist", exit_code=66) from None
+        raise StateError(f"token file {path} does not exist", exit_code=ExitStatus.NO_INPUT) from None
     except OSError as exc:
         raise StateNotWritable(f"cannot read token file {path}: {_reason(exc)}") from None
     token = _parse_plain(path, data)
