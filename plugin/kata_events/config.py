@@ -431,14 +431,13 @@ def _check_readable(files: List[Tuple[str, Path]]) -> None:
 
 
 def _suggest(word: str, known: Any) -> str:
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    if not close and word.upper().startswith(opts.ENV_PREFIX):
-        # Compare the key part too: KATA_EVENTS_MAXEVENTS → KATA_EVENTS_MAX_EVENTS.
+    if word.upper().startswith(opts.ENV_PREFIX):
+        # Compare the part after the shared prefix, which would make every name look close.
         key = word[len(opts.ENV_PREFIX):].lower()
-        close = [
-            opts.BY_NAME[c].env
-            for c in difflib.get_close_matches(key, list(opts.BY_NAME), n=1, cutoff=0.6)
-        ]
+        names = {name[len(opts.ENV_PREFIX):].lower(): name for name in known}
+        close = [names[c] for c in difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)]
+    else:
+        close = difflib.get_close_matches(word.replace("-", "_"), list(known), n=1, cutoff=0.6)
     if close:
         return f": did you mean {close[0]}?"
     return ": see `kata-events run --help` for the known ones"
