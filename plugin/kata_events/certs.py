@@ -1,0 +1,269 @@
+"""Certificates and keys: make a CA, a server certificate, a self-signed client certificate; fingerprints.
+
+Shared by the emulator, the tests and ``kata-events init``. Everything returns PEM bytes; the only
+file writer, :func:`write_private_file`, writes atomically with mode 0600 because keys must never be
+readable by others, not even for an instant. This module never logs and never prints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "KeyAndCert",
+    "cert_not_after",
+    "cert_subject_alt_names",
+    "format_fingerprint",
+    "load_cert_der",
+    "make_ca",
+    "make_self_signed_cert",
+    "make_server_cert",
+    "normalize_fingerprint",
+    "sha256_fingerprint",
+    "write_private_file",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Backdating absorbs small clock differences between the machine that makes a certificate and the one
+# that checks it.
+_BACKDATE = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class KeyAndCert:
+    """A private key and its certificate, both PEM."""
+
+    key_pem: bytes
+    cert_pem: bytes
+
+    def write(self, cert_path: PathLike, key_path: PathLike) -> None:
+        """Write the certificate and the key, each with mode 0600."""
+        write_private_file(cert_path, self.cert_pem)
+        write_private_file(key_path, self.key_pem)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate's DER, lowercase hex."""
+        return sha256_fingerprint(self.cert_pem)
+
+    def load_key(self):  # noqa: ANN201 - a cryptography private key object
+        return serialization.load_pem_private_key(self.key_pem, password=None)
+
+    def load_cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_pem)
+
+
+def _new_key(key_type: str):  # noqa: ANN202
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "ec":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
+
+
+def _key_pem(key) -> bytes:  # noqa: ANN001
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now - _BACKDATE, now + datetime.timedelta(days=days)
+
+
+def make_ca(
+    common_name: str = "kata-events emulator CA", days: int = 3650, key_type: str = "ec"
+) -> KeyAndCert:
+    """A self-signed certificate authority able to sign server certificates."""
+    key = _new_key(key_type)
+    not_before, not_after = _validity(days)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _not_after(cert: x509.Certificate) -> datetime.datetime:
+    # cryptography < 42 only has the naive-datetime property.
+    aware = getattr(cert, "not_valid_after_utc", None)
+    if aware is not None:
+        return aware
+    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+def _san_entries(hostnames: Iterable[str]) -> list[x509.GeneralName]:
+    entries: list[x509.GeneralName] = []
+    for name in hostnames:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return entries
+
+
+def make_server_cert(
+    ca: KeyAndCert,
+    hostnames: Iterable[str] = ("localhost", "127.0.0.1", "::1"),
+    days: int = 825,
+    key_type: str = "ec",
+) -> KeyAndCert:
+    """A TLS server certificate signed by ``ca``, valid for ``hostnames`` (DNS names or IP addresses)."""
+    names = list(dict.fromkeys(hostnames))
+    if not names:
+        raise ValueError("a server certificate needs at least one host name")
+    ca_key = ca.load_key()
+    ca_cert = ca.load_cert()
+    key = _new_key(key_type)
+    not_before, not_after = _validity(days)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, _not_after(ca_cert)))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(_san_entries(names)), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "rsa") -> KeyAndCert:
+    """A self-signed client certificate and key, like ``openssl req -x509 -newkey rsa:2048 -nodes``."""
+    key = _new_key(key_type)
+    not_before, not_after = _validity(days)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_private_file(path: PathLike, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename) with ``mode`` from the start."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_cert_der(pem_or_der: bytes) -> bytes:
+    """The DER bytes of a certificate given as PEM (the first one in the text) or DER."""
+    if pem_or_der.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(pem_or_der).public_bytes(serialization.Encoding.DER)
+    return pem_or_der
+
+
+def sha256_fingerprint(pem_or_der: bytes) -> str:
+    """SHA-256 of the certificate's DER encoding: lowercase hex, no colons."""
+    return hashlib.sha256(load_cert_der(pem_or_der)).hexdigest()
+
+
+def format_fingerprint(hex_fingerprint: str) -> str:
+    """``"abcd..."`` (colons optional) as ``"AB:CD:..."``, the way certificate dialogs show it."""
+    clean = normalize_fingerprint(hex_fingerprint)
+    return ":".join(clean[i : i + 2] for i in range(0, len(clean), 2)).upper()
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex.
+
+    Raises ``ValueError`` when it is not 32 bytes of hex.
+    """
+    clean = re.sub(r"[\s:]", "", text).lower()
+    if clean.startswith("sha256"):
+        clean = clean[len("sha256") :].lstrip("=/")
+    if not _HEX64.fullmatch(clean):
+        raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons optional): {text!r}")
+    return clean
+
+
+def cert_subject_alt_names(pem: bytes) -> list[str]:
+    """The DNS names and IP addresses a certificate's SAN extension lists (empty when it has none)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    names: list[str] = list(san.get_values_for_type(x509.DNSName))
+    names.extend(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
+    return names
+
+
+def cert_not_after(pem: bytes) -> datetime.datetime:
+    """When the certificate expires (UTC)."""
+    return _not_after(x509.load_pem_x509_certificate(pem))
