@@ -444,3 +444,14 @@ def test_readme_option_table_matches_the_option_list():
         "README.md's option table is out of date: replace the block between the markers with the "
         "output of `python -m kata_events.options`"
     )
+
+
+def test_the_example_config_file_is_valid():
+    places = (README.parent, README.parent / "examples")
+    example = next((p for p in (d / "kata-events.toml.example" for d in places) if p.exists()), None)
+    if example is None:
+        pytest.skip("no example config file in this checkout")
+    from kata_events.config import tomllib
+
+    data = tomllib.loads(example.read_text(encoding="utf-8"))
+    jsonschema.validate(data, opts.json_schema())  # known keys only, every value valid
