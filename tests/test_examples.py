@@ -1,0 +1,630 @@
+"""The shipper examples parse, name only keys their shipper knows, and set what delivery depends on.
+
+Each shipper's config format gets the smallest parser that catches what matters here: a typo in a
+key silently ignored (or rejected at start), a line-length limit left at a default that splits or
+cuts events, the tool's stderr mixed into the event stream, a command that is not ``kata-events
+run``. Known keys come from each shipper's own source (Vector ``src/sources/exec/mod.rs`` and the
+codec/buffer configs, Fluent Bit's config maps, rsyslog ``contrib/improg/improg.c`` and the queue
+and action parameters, syslog-ng's grammar). Where the shipper is installed, its own checker runs too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import jsonschema
+import pytest
+
+from kata_events import config as kata_config
+from kata_events import options
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+
+
+def read(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
+
+
+def is_kata_events_run(argv: List[str]) -> bool:
+    """An argv (or shell words) that runs ``kata-events run`` by absolute path."""
+    for i, word in enumerate(argv[:-1]):
+        if word.endswith("/kata-events") and word.startswith("/") and argv[i + 1] == "run":
+            return True
+    return False
+
+
+# --- Vector -------------------------------------------------------------------------------------
+
+EXEC_KEYS = {
+    "type", "mode", "scheduled", "streaming", "command", "environment", "clear_environment",
+    "working_directory", "include_stderr", "maximum_buffer_size_bytes", "framing", "decoding",
+}
+STREAMING_KEYS = {"respawn_on_exit", "respawn_interval_secs"}
+SINK_COMMON_KEYS = {"type", "inputs", "encoding", "framing", "buffer", "acknowledgements", "healthcheck"}
+SOCKET_SINK_KEYS = SINK_COMMON_KEYS | {"mode", "address", "keepalive", "tls", "send_buffer_bytes"}
+FILE_SINK_KEYS = SINK_COMMON_KEYS | {"path", "idle_timeout_secs", "compression", "timezone"}
+ENCODING_KEYS = {"codec", "except_fields", "only_fields", "timestamp_format"}
+BUFFER_KEYS = {"type", "max_events", "max_size", "when_full"}
+VECTOR_DISK_BUFFER_MIN = 268435488
+
+
+@pytest.fixture(scope="module")
+def vector() -> dict:
+    return tomllib.loads(read("vector.toml.example"))
+
+
+def test_vector_exec_source_streams_kata_events_run_without_stderr(vector: dict) -> None:
+    source = vector["sources"]["kata_events"]
+    assert set(source) <= EXEC_KEYS, set(source) - EXEC_KEYS
+    assert source["type"] == "exec"
+    assert source["mode"] == "streaming"
+    assert is_kata_events_run(source["command"]), source["command"]
+    assert source["command"][source["command"].index("--config") + 1].startswith("/")
+    # Vector's default is true: the tool's JSON logs would become events.
+    assert source["include_stderr"] is False
+    assert set(source["streaming"]) <= STREAMING_KEYS
+    assert source["streaming"]["respawn_on_exit"] is True
+    assert source["streaming"]["respawn_interval_secs"] >= 1
+
+
+def test_vector_decodes_one_json_object_per_line_of_up_to_at_least_one_mib(vector: dict) -> None:
+    source = vector["sources"]["kata_events"]
+    assert source["decoding"] == {"codec": "json"}
+    framing = source["framing"]
+    assert set(framing) == {"method", "newline_delimited"}
+    assert framing["method"] == "newline_delimited"
+    assert set(framing["newline_delimited"]) <= {"max_length", "oversized_action"}
+    assert framing["newline_delimited"]["max_length"] >= MIB
+
+
+def test_vector_sinks_use_known_keys_and_disk_buffers(vector: dict) -> None:
+    assert set(vector) <= {"data_dir", "sources", "transforms", "sinks"}
+    sinks = vector["sinks"]
+    assert {sink["type"] for sink in sinks.values()} == {"socket", "file"}
+    for name, sink in sinks.items():
+        allowed = SOCKET_SINK_KEYS if sink["type"] == "socket" else FILE_SINK_KEYS
+        assert set(sink) <= allowed, (name, set(sink) - allowed)
+        assert sink["inputs"] == ["kata_events"]
+        assert set(sink["encoding"]) <= ENCODING_KEYS
+        assert sink["encoding"]["codec"] == "json"
+        assert sink["framing"] == {"method": "newline_delimited"}
+        buffer = sink["buffer"]
+        assert set(buffer) <= BUFFER_KEYS
+        assert buffer["type"] == "disk"
+        assert buffer["max_size"] >= VECTOR_DISK_BUFFER_MIN
+        assert buffer["when_full"] == "block"
+    socket_sink = next(s for s in sinks.values() if s["type"] == "socket")
+    assert socket_sink["mode"] == "tcp"
+    assert re.fullmatch(r"[\w.-]+:\d+", socket_sink["address"])
+
+
+@pytest.mark.skipif(shutil.which("vector") is None, reason="vector is not installed")
+def test_vector_validates_the_example(tmp_path: Path) -> None:
+    text = read("vector.toml.example")
+    text = text.replace('data_dir = "/var/lib/kata-events"', f'data_dir = "{tmp_path}"')
+    config = tmp_path / "vector.toml"
+    config.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        ["vector", "validate", "--no-environment", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Fluent Bit (classic format) -----------------------------------------------------------------
+
+FLUENT_BIT_SECTIONS = {"SERVICE", "INPUT", "FILTER", "OUTPUT", "PARSER"}
+FLUENT_BIT_KEYS = {
+    "SERVICE": {"flush", "log_level", "parsers_file", "storage.path", "storage.sync", "daemon", "grace"},
+    "INPUT:exec": {
+        "name", "tag", "command", "parser", "interval_sec", "interval_nsec", "buf_size", "oneshot",
+        "exit_after_oneshot", "propagate_exit_code", "threaded", "storage.type", "mem_buf_limit", "alias",
+    },
+    "OUTPUT:tcp": {
+        "name", "match", "host", "port", "format", "json_date_key", "json_date_format", "retry_limit",
+        "tls", "tls.verify", "tls.ca_file", "workers", "alias",
+    },
+    "OUTPUT:file": {"name", "match", "path", "file", "format", "mkdir", "retry_limit", "alias"},
+    "PARSER:json": {"name", "format", "time_key", "time_format", "time_keep"},
+}
+
+Section = Tuple[str, Dict[str, str]]
+
+
+def parse_fluent_bit(text: str, include_commented: bool = False) -> List[Section]:
+    """Sections of a classic-format file, keys lowercased; raises ValueError on anything else.
+
+    With ``include_commented``, column-0 comments that hold a section header (``# [INPUT]``) or an
+    indented entry (``#     Name exec``) count as config too: commented alternatives must be as
+    valid as the active ones.
+    """
+    sections: List[Section] = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw
+        if include_commented:
+            match = re.fullmatch(r"# (\[[A-Z]+\]|    \S.*)", raw)
+            if match:
+                line = match.group(1)
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[([A-Z]+)\]", stripped)
+        if header:
+            if header.group(1) not in FLUENT_BIT_SECTIONS:
+                raise ValueError(f"line {number}: unknown section {stripped}")
+            sections.append((header.group(1), {}))
+            continue
+        entry = re.fullmatch(r"\s+(\S+)\s+(\S.*)", line)
+        if not entry or not sections:
+            raise ValueError(f"line {number}: not an indented 'Key Value' entry in a section: {raw!r}")
+        key = entry.group(1).lower()
+        if key in sections[-1][1]:
+            raise ValueError(f"line {number}: {key} set twice in one section")
+        sections[-1][1][key] = entry.group(2).strip()
+    return sections
+
+
+def fluent_bit_section_kind(section: Section) -> str:
+    name, entries = section
+    if name in ("INPUT", "OUTPUT", "FILTER"):
+        return f"{name}:{entries.get('name', '?').lower()}"
+    if name == "PARSER":
+        return f"PARSER:{entries.get('format', '?').lower()}"
+    return name
+
+
+def fluent_bit_size(value: str) -> int:
+    """Fluent Bit's size syntax (flb_utils_size_to_bytes): K, M, G are powers of 1000."""
+    match = re.fullmatch(r"(\d+)([KMG]?)B?", value.strip().upper())
+    assert match, value
+    return int(match.group(1)) * {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}[match.group(2)]
+
+
+def fluent_bit_on(value: str) -> bool:
+    return value.lower() in ("on", "true", "yes", "1")
+
+
+@pytest.mark.parametrize("include_commented", [False, True], ids=["active", "with-commented"])
+def test_fluent_bit_sections_use_known_keys(include_commented: bool) -> None:
+    sections = parse_fluent_bit(read("fluent-bit.conf.example"), include_commented)
+    sections += parse_fluent_bit(read("fluent-bit-parsers.conf.example"), include_commented)
+    for section in sections:
+        kind = fluent_bit_section_kind(section)
+        assert kind in FLUENT_BIT_KEYS, kind
+        assert set(section[1]) <= FLUENT_BIT_KEYS[kind], (kind, set(section[1]) - FLUENT_BIT_KEYS[kind])
+
+
+def exec_inputs(include_commented: bool) -> List[Dict[str, str]]:
+    sections = parse_fluent_bit(read("fluent-bit.conf.example"), include_commented)
+    return [entries for name, entries in sections if name == "INPUT"]
+
+
+def test_fluent_bit_long_running_exec_input() -> None:
+    (active,) = exec_inputs(include_commented=False)
+    assert active["name"] == "exec"
+    # Fluent Bit runs Command with /bin/sh -c; `exec` lets its SIGTERM reach the tool itself.
+    words = active["command"].split()
+    assert words[0] == "exec"
+    assert is_kata_events_run(words[1:])
+    assert "--once" not in words
+    # A oneshot command that never exits blocks the engine unless the input has its own thread.
+    assert fluent_bit_on(active["oneshot"])
+    assert fluent_bit_on(active["threaded"])
+
+
+def test_fluent_bit_interval_mode_drains_with_once() -> None:
+    inputs = exec_inputs(include_commented=True)
+    interval = [entries for entries in inputs if "interval_sec" in entries]
+    assert len(interval) == 1
+    (mode2,) = interval
+    assert "oneshot" not in mode2
+    words = mode2["command"].split()
+    assert is_kata_events_run(words[1:])
+    assert "--once" in words
+
+
+@pytest.mark.parametrize("include_commented", [False, True], ids=["active", "with-commented"])
+def test_fluent_bit_reads_lines_of_a_mebibyte_and_parses_them_as_json(include_commented: bool) -> None:
+    parser_sections = parse_fluent_bit(read("fluent-bit-parsers.conf.example"))
+    parsers = {entries["name"]: entries for _, entries in parser_sections}
+    service = next(e for name, e in parse_fluent_bit(read("fluent-bit.conf.example")) if name == "SERVICE")
+    assert service["parsers_file"].endswith("kata-events-parsers.conf")
+    for entries in exec_inputs(include_commented):
+        # The default 4096 splits longer lines into pieces that each fail JSON parsing.
+        assert fluent_bit_size(entries["buf_size"]) >= MIB
+        parser = parsers[entries["parser"]]
+        assert parser["format"] == "json"
+        # The stock json parser's Time_Key would drop events whose "time" has another format.
+        assert "time_key" not in parser
+
+
+def test_fluent_bit_size_follows_fluent_bit_not_binary_prefixes() -> None:
+    assert fluent_bit_size("4096") == 4096
+    assert fluent_bit_size("1M") == 1_000_000 < MIB
+    assert fluent_bit_size("1048576") == MIB
+
+
+def test_fluent_bit_tcp_output_writes_json_lines() -> None:
+    outputs = [e for name, e in parse_fluent_bit(read("fluent-bit.conf.example")) if name == "OUTPUT"]
+    (tcp,) = outputs
+    assert tcp["name"] == "tcp"
+    assert tcp["format"] == "json_lines"
+    assert tcp["match"] == "kata.events"
+    assert int(tcp["port"]) > 0
+    assert tcp["retry_limit"] == "no_limits"
+
+
+def test_fluent_bit_parser_rejects_what_fluent_bit_would() -> None:
+    with pytest.raises(ValueError, match="not an indented"):
+        parse_fluent_bit("[INPUT]\nName exec\n")
+    with pytest.raises(ValueError, match="unknown section"):
+        parse_fluent_bit("[INPUTS]\n    Name exec\n")
+    with pytest.raises(ValueError, match="set twice"):
+        parse_fluent_bit("[INPUT]\n    Name exec\n    name tail\n")
+
+
+# --- rsyslog (RainerScript) ----------------------------------------------------------------------
+
+IMPROG_PARAMS = {
+    "type", "binary", "tag", "severity", "facility", "ruleset", "confirmmessages", "signalonclose",
+    "closetimeout", "killunresponsive",
+}
+QUEUE_PARAMS = {
+    "queue.type", "queue.filename", "queue.maxdiskspace", "queue.saveonshutdown", "queue.size",
+    "queue.checkpointinterval", "queue.syncqueuefiles", "queue.highwatermark", "queue.lowwatermark",
+}
+RSYSLOG_PARAMS = {
+    "global": {"maxmessagesize", "workdirectory"},
+    "module": {"load"},
+    "template": {"name", "type", "string"},
+    "input": IMPROG_PARAMS,
+    "ruleset": {"name"} | QUEUE_PARAMS,
+    "action:omfwd": {
+        "type", "target", "port", "protocol", "template", "action.resumeretrycount", "action.resumeinterval",
+        "tcp_framing",
+    } | QUEUE_PARAMS,
+    "action:omfile": {"type", "file", "template"} | QUEUE_PARAMS,
+}
+RSYSLOG_STATEMENT = re.compile(r"\b(global|module|template|input|ruleset|action)\s*\(([^()]*)\)", re.S)
+RSYSLOG_PARAM = re.compile(r'([A-Za-z][\w.]*)\s*=\s*"([^"]*)"')
+
+
+def strip_rsyslog_comments(text: str, include_commented: bool) -> str:
+    """RainerScript without ``#`` comments; optionally with commented statements and parameters."""
+    lines = []
+    for raw in text.splitlines():
+        match = re.fullmatch(r"(\s*)# ((?:action|global)\(.*\)|queue\.\w+=\".*\")", raw)
+        if include_commented and match:
+            lines.append(match.group(1) + match.group(2))
+        elif not raw.lstrip().startswith("#"):
+            lines.append(raw)
+    return "\n".join(lines)
+
+
+def parse_rsyslog(text: str, include_commented: bool = False) -> List[Tuple[str, Dict[str, str], int]]:
+    """(kind, params with lowercased names, offset) for each statement; raises on stray text."""
+    body = strip_rsyslog_comments(text, include_commented)
+    statements = []
+    for match in RSYSLOG_STATEMENT.finditer(body):
+        inner = match.group(2)
+        params: Dict[str, str] = {}
+        for param in RSYSLOG_PARAM.finditer(inner):
+            name = param.group(1).lower()
+            if name in params and not include_commented:
+                raise ValueError(f"{name} set twice in {match.group(1)}()")
+            params[name] = param.group(2)
+        leftover = RSYSLOG_PARAM.sub("", inner).strip()
+        if leftover:
+            raise ValueError(f"unparsed text in {match.group(1)}(): {leftover!r}")
+        kind = match.group(1)
+        if kind == "action":
+            kind = f"action:{params.get('type')}"
+        statements.append((kind, params, match.start()))
+    rest = RSYSLOG_STATEMENT.sub("", body)
+    rest = re.sub(r"[{}]|\bstop\b", "", rest).strip()
+    if rest:
+        raise ValueError(f"unparsed text: {rest[:80]!r}")
+    return statements
+
+
+def rsyslog_size(value: str) -> int:
+    """rsyslog's size syntax: lowercase k, m, g are powers of 1024, uppercase powers of 1000."""
+    match = re.fullmatch(r"(\d+)([kmgKMG]?)", value)
+    assert match, value
+    factor = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "K": 1000, "M": 1000**2, "G": 1000**3}
+    return int(match.group(1)) * factor[match.group(2)]
+
+
+@pytest.mark.parametrize("include_commented", [False, True], ids=["active", "with-commented"])
+def test_rsyslog_statements_use_known_parameters(include_commented: bool) -> None:
+    statements = parse_rsyslog(read("rsyslog-improg.conf.example"), include_commented)
+    kinds = [kind for kind, _, _ in statements]
+    assert kinds.count("input") == 1
+    assert "action:omfwd" in kinds
+    if include_commented:
+        assert "action:omfile" in kinds
+    for kind, params, _ in statements:
+        assert kind in RSYSLOG_PARAMS, kind
+        assert set(params) <= RSYSLOG_PARAMS[kind], (kind, set(params) - RSYSLOG_PARAMS[kind])
+
+
+def test_rsyslog_max_message_size_is_set_before_the_input_and_at_least_one_mib() -> None:
+    statements = parse_rsyslog(read("rsyslog-improg.conf.example"))
+    sizes = [(params, offset) for kind, params, offset in statements if "maxmessagesize" in params]
+    assert len(sizes) == 1
+    params, offset = sizes[0]
+    assert rsyslog_size(params["maxmessagesize"]) >= MIB
+    input_offset = next(offset for kind, _, offset in statements if kind == "input")
+    assert offset < input_offset
+
+
+def test_rsyslog_improg_runs_kata_events_with_acknowledgements() -> None:
+    statements = parse_rsyslog(read("rsyslog-improg.conf.example"))
+    assert ("module", {"load": "improg"}) in [(k, p) for k, p, _ in statements]
+    (improg,) = [params for kind, params, _ in statements if kind == "input"]
+    assert improg["type"] == "improg"
+    # improg splits binary on spaces and execs it: no shell, so no PATH lookup and no quoting.
+    argv = improg["binary"].split(" ")
+    assert argv[0].startswith("/")
+    assert is_kata_events_run(argv)
+    assert argv[argv.index("--config") + 1].startswith("/")
+    assert "--ack" not in argv or argv[argv.index("--ack") + 1] in ("auto", "lines")
+    assert improg["confirmmessages"] == "on"
+    assert improg["signalonclose"] == "on"
+    assert int(improg["closetimeout"]) >= 1000
+    assert improg["tag"]  # required by improg
+
+
+def test_rsyslog_ruleset_has_a_disk_assisted_queue_and_forwards_only_the_line() -> None:
+    statements = parse_rsyslog(read("rsyslog-improg.conf.example"))
+    (improg,) = [params for kind, params, _ in statements if kind == "input"]
+    rulesets = {params["name"]: params for kind, params, _ in statements if kind == "ruleset"}
+    queue = rulesets[improg["ruleset"]]
+    assert queue["queue.type"] == "LinkedList"
+    assert queue["queue.filename"]
+    assert queue["queue.saveonshutdown"] == "on"
+    templates = {params["name"]: params for kind, params, _ in statements if kind == "template"}
+    (omfwd,) = [params for kind, params, _ in statements if kind == "action:omfwd"]
+    assert omfwd["protocol"] == "tcp"
+    assert omfwd["action.resumeretrycount"] == "-1"
+    template = templates[omfwd["template"]]
+    assert template["type"] == "string"
+    assert template["string"] == "%msg%\\n"
+
+
+def test_rsyslog_parser_rejects_what_rsyslog_would() -> None:
+    with pytest.raises(ValueError, match="unparsed"):
+        parse_rsyslog('input(type="improg" binary=/bin/x)')
+    with pytest.raises(ValueError, match="unparsed"):
+        parse_rsyslog('inptu(type="improg")')
+    assert rsyslog_size("8k") == 8192
+    assert rsyslog_size("1m") == MIB
+
+
+def rsyslogd() -> str:
+    return shutil.which("rsyslogd") or ("/usr/sbin/rsyslogd" if Path("/usr/sbin/rsyslogd").exists() else "")
+
+
+def improg_module_dir() -> str:
+    """Where improg.so is: a distribution's module directory, or PREFIX/lib/rsyslog of a build."""
+    candidates = ["/usr/lib/x86_64-linux-gnu/rsyslog", "/usr/lib64/rsyslog", "/usr/lib/rsyslog"]
+    if rsyslogd():
+        candidates.append(str(Path(rsyslogd()).resolve().parents[1] / "lib" / "rsyslog"))
+    for candidate in candidates:
+        if (Path(candidate) / "improg.so").exists():
+            return candidate
+    return ""
+
+
+@pytest.mark.skipif(not (rsyslogd() and improg_module_dir()), reason="rsyslogd with improg is not installed")
+def test_rsyslogd_accepts_the_example(tmp_path: Path) -> None:
+    text = read("rsyslog-improg.conf.example").replace(
+        '# global(workDirectory="/var/spool/rsyslog")', f'global(workDirectory="{tmp_path}")'
+    )
+    config = tmp_path / "rsyslog.conf"
+    config.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        [rsyslogd(), "-N1", "-f", str(config), "-M", improg_module_dir()],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- syslog-ng -----------------------------------------------------------------------------------
+
+def syslog_ng_source_block(text: str) -> str:
+    match = re.search(r"source\s+s_kata_events\s*\{(.*?)\n\};", text, re.S)
+    assert match
+    return re.sub(r"(?m)^\s*#.*$", "", match.group(1))
+
+
+def syslog_ng_size(value: str) -> int:
+    return int(value)
+
+
+def test_syslog_ng_program_source_takes_whole_lines_of_a_mebibyte() -> None:
+    source = syslog_ng_source_block(read("syslog-ng.conf.example"))
+    program = re.search(r'program\(\s*"([^"]+)"', source)
+    assert program
+    words = program.group(1).split()
+    # syslog-ng runs the string with /bin/sh -c: `exec` makes SIGTERM reach the tool itself, and
+    # the child's stderr is /dev/null unless redirected.
+    assert words[0] == "exec"
+    assert is_kata_events_run(words[1:])
+    assert any(word.startswith("2>>/") for word in words)
+    assert re.search(r"\bflags\(\s*no-parse\s*\)", source)
+    size = re.search(r"\blog-msg-size\(\s*(\d+)\s*\)", source)
+    assert size and syslog_ng_size(size.group(1)) >= MIB
+    # Nothing but the program() call with those two options.
+    leftover = re.sub(r'program\(\s*"[^"]+"|flags\(\s*no-parse\s*\)|log-msg-size\(\s*\d+\s*\)', "", source)
+    assert re.fullmatch(r"[\s);]*", leftover), leftover
+
+
+def test_syslog_ng_destinations_write_only_the_line_under_flow_control() -> None:
+    text = read("syslog-ng.conf.example")
+    template = re.search(r'template\s+(\w+)\s*\{\s*template\("([^"]*)"\);\s*\};', text)
+    assert template and template.group(2) == "${MESSAGE}\\n"
+    for destination in ("d_kata_siem", "d_kata_file"):
+        block = re.search(rf"destination\s+{destination}\s*\{{(.*?)\n\}};", text, re.S)
+        assert block, destination
+        assert f"template({template.group(1)})" in block.group(1)
+    assert re.search(r'network\("[\w.-]+"\s+transport\("tcp"\)\s+port\(\d+\)', text)
+    log = re.search(r"\nlog\s*\{(.*?)\n\};", text, re.S)
+    assert log
+    assert "source(s_kata_events);" in log.group(1)
+    flags = re.search(r"flags\(([^)]*)\);", log.group(1))
+    assert flags
+    assert {flag.strip() for flag in flags.group(1).split(",")} == {"flow-control", "final"}
+
+
+def syslog_ng() -> str:
+    fallback = "/usr/sbin/syslog-ng"
+    return shutil.which("syslog-ng") or (fallback if Path(fallback).exists() else "")
+
+
+def syslog_ng_config_version(binary: str) -> str:
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
+    match = re.search(r"^Config version:\s*(\d+\.\d+)", output, re.M)
+    assert match, output
+    return match.group(1)
+
+
+@pytest.mark.skipif(not syslog_ng(), reason="syslog-ng is not installed")
+@pytest.mark.parametrize("disk_buffer", [False, True], ids=["as-is", "with-disk-buffer"])
+def test_syslog_ng_accepts_the_example(tmp_path: Path, disk_buffer: bool) -> None:
+    text = read("syslog-ng.conf.example")
+    if disk_buffer:
+        text = text.replace("    # disk-buffer(", "    disk-buffer(")
+        assert "    disk-buffer(" in text
+    config = tmp_path / "syslog-ng.conf"
+    config.write_text(f"@version: {syslog_ng_config_version(syslog_ng())}\n{text}", encoding="utf-8")
+    result = subprocess.run(
+        [syslog_ng(), "--syntax-only", "-f", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not syslog_ng(), reason="syslog-ng is not installed")
+def test_syslog_ng_syntax_check_catches_a_misspelt_option(tmp_path: Path) -> None:
+    text = read("syslog-ng.conf.example").replace("log-msg-size(", "log-msg-sise(")
+    config = tmp_path / "syslog-ng.conf"
+    config.write_text(f"@version: {syslog_ng_config_version(syslog_ng())}\n{text}", encoding="utf-8")
+    result = subprocess.run(
+        [syslog_ng(), "--syntax-only", "-f", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+
+
+# --- systemd ---------------------------------------------------------------------------------------
+
+def parse_unit(text: str) -> Dict[str, Dict[str, List[str]]]:
+    sections: Dict[str, Dict[str, List[str]]] = {}
+    current = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        header = re.fullmatch(r"\[(\w+)\]", line)
+        if header:
+            current = sections.setdefault(header.group(1), {})
+            continue
+        entry = re.fullmatch(r"([A-Za-z]+)=(.*)", line)
+        if not entry or current is None:
+            raise ValueError(f"line {number}: {raw!r}")
+        current.setdefault(entry.group(1), []).append(entry.group(2))
+    return sections
+
+
+def test_systemd_unit_runs_a_sandboxed_shipper_with_a_state_directory() -> None:
+    unit = parse_unit(read("kata-events.service.example"))
+    assert set(unit) == {"Unit", "Service", "Install"}
+    service = {key: values[-1] for key, values in unit["Service"].items()}
+    assert service["User"] == "kata-events"
+    assert service["StateDirectory"] == "kata-events"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["ProtectSystem"] == "strict"
+    assert service["ProtectHome"] == "yes"
+    assert service["Restart"] == "always"
+    assert service["CapabilityBoundingSet"] == ""
+    # The shipper runs kata-events with the config vector.toml.example names.
+    assert service["ExecStart"].split()[-1] == "/etc/kata-events/vector.toml"
+    vector = tomllib.loads(read("vector.toml.example"))
+    assert vector["data_dir"] == "/var/lib/" + service["StateDirectory"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    # verify wants the executables to exist; the shipper is not installed here.
+    text = read("kata-events.service.example").replace("/usr/bin/vector", "/bin/true")
+    unit = tmp_path / "kata-events.service"
+    unit.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in result.stderr.splitlines() if "kata-events.service" in line]
+    assert result.returncode == 0 and not problems, result.stderr
+
+
+# --- kata-events' own config -----------------------------------------------------------------------
+
+def commented_assignments(text: str) -> Dict[str, object]:
+    """``# key = value`` lines, parsed as TOML: commented alternatives must be valid too."""
+    found: Dict[str, object] = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"# ([a-z_0-9]+ = .+)", line)
+        if match:
+            found.update(tomllib.loads(match.group(1)))
+    return found
+
+
+def test_config_example_sets_every_option_and_is_valid() -> None:
+    text = read("kata-events.toml.example")
+    active = tomllib.loads(text)
+    commented = commented_assignments(text)
+    known = {option.name for option in options.OPTIONS}
+    assert set(active) | set(commented) == known
+    assert not set(active) & set(commented)
+    jsonschema.validate(active, options.json_schema())
+    jsonschema.validate({**active, **commented}, options.json_schema())
+
+
+def test_config_example_loads_through_the_tool_s_own_loader(tmp_path: Path) -> None:
+    text = read("kata-events.toml.example").replace("/etc/kata-events/", f"{tmp_path}/")
+    text = text.replace("/var/lib/kata-events/", f"{tmp_path}/")
+    for name in ("client.crt", "client.key", "central-node-ca.pem"):
+        (tmp_path / name).write_text("placeholder\n", encoding="utf-8")
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(text, encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    options.add_run_arguments(parser)
+    args = parser.parse_args(["--config", str(config_file)])
+    config = kata_config.load_run_config(args, {})
+    active = tomllib.loads(text)
+    assert len(config.url) == len(active["url"])
+    assert config.warn_line_bytes == active["warn_line_bytes"]
+    assert all(origin.startswith("config file") for name, origin in config.sources.items() if name in active)
+
+
+def test_warn_line_bytes_fits_every_shipper_example() -> None:
+    warn = tomllib.loads(read("kata-events.toml.example"))["warn_line_bytes"]
+    vector = tomllib.loads(read("vector.toml.example"))
+    assert warn <= vector["sources"]["kata_events"]["framing"]["newline_delimited"]["max_length"]
+    # fgets() keeps Buf_Size - 1 bytes including the newline.
+    for entries in exec_inputs(include_commented=True):
+        assert warn <= fluent_bit_size(entries["buf_size"]) - 2
+    rsyslog = parse_rsyslog(read("rsyslog-improg.conf.example"))
+    size = next(params["maxmessagesize"] for _, params, _ in rsyslog if "maxmessagesize" in params)
+    assert warn <= rsyslog_size(size)
+    size_ng = re.search(r"log-msg-size\((\d+)\)", syslog_ng_source_block(read("syslog-ng.conf.example")))
+    assert size_ng and warn <= int(size_ng.group(1))
