@@ -57,7 +57,9 @@ class _Token:
 
 _KEYWORDS = {"and", "or", "not", "contains"}
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
-_NUMBER_RE = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_DIGITS = "0123456789"
+_NAME_START = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
 
 
 def _describe(token: _Token) -> str:
@@ -101,18 +103,18 @@ def _tokenize(text: str) -> List[_Token]:
                 break
             tokens.append(_Token("string", text[i:j], col, "".join(parts)))
             i = j
-        elif ch.isdigit() or (ch in "-." and i + 1 < n and (text[i + 1].isdigit() or text[i + 1] == ".")):
+        elif ch in _DIGITS or (ch in "-." and i + 1 < n and text[i + 1] in _DIGITS + "."):
             m = _NUMBER_RE.match(text, i)
             if not m:
                 raise FilterSyntaxError(f"malformed number {ch!r}", col)
             raw = m.group(0)
             end = m.end()
-            if end < n and (text[end].isalnum() or text[end] in "_."):
+            if end < n and (text[end] in _NAME_START or text[end] in _DIGITS + "."):
                 raise FilterSyntaxError(f"malformed number {text[i : end + 1]!r}", col)
             number: Value = float(raw) if any(c in raw for c in ".eE") else int(raw)
             tokens.append(_Token("number", raw, col, number))
             i = end
-        elif ch.isalpha() or ch == "_":
+        elif ch in _NAME_START:
             m = _NAME_RE.match(text, i)
             assert m is not None
             word = m.group(0)

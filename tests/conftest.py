@@ -1,0 +1,122 @@
+"""Shared fixtures: throw-away client certificates and running emulators (real mutual TLS on loopback)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List
+
+import pytest
+
+from emulator_helpers import ClientCert, EventsClient
+from kata_events import certs
+from kata_events.emulator import Emulator
+
+
+@pytest.fixture(scope="session")
+def _cert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("client-certs")
+
+
+@pytest.fixture(scope="session")
+def make_client_cert(_cert_dir: Path) -> Callable[..., ClientCert]:
+    """``make_client_cert(name, openssl=False)``: a new self-signed client certificate.
+
+    With ``openssl=True`` it is made by ``openssl req -x509 -newkey rsa:2048 -nodes``, the way
+    administrators make one; otherwise by ``kata_events.certs`` (EC, faster).
+    """
+    counter = [0]
+
+    def make(name: str = "client", openssl: bool = False) -> ClientCert:
+        counter[0] += 1
+        stem = _cert_dir / f"{name}-{counter[0]}"
+        cert_file, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        if openssl:
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-subj",
+                    f"/CN={name}",
+                    "-days",
+                    "2",
+                    "-keyout",
+                    str(key_file),
+                    "-out",
+                    str(cert_file),
+                ],
+                check=True,
+                capture_output=True,
+            )
+        else:
+            certs.make_self_signed_cert(name, days=2, key_type="ec").write(cert_file, key_file)
+        return ClientCert(cert_file, key_file, certs.sha256_fingerprint(cert_file.read_bytes()))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def client_cert(make_client_cert: Callable[..., ClientCert]) -> ClientCert:
+    return make_client_cert("default")
+
+
+@pytest.fixture
+def ext_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture
+def make_emulator(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
+    """``make_emulator(**options)``: a started emulator on a free port, stopped after the test.
+
+    Defaults suit tests: auto approval, no backlog, no steady source, a short default long poll.
+    """
+    started: List[Emulator] = []
+
+    def make(**options: Any) -> Emulator:
+        settings: Dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "state_dir": tmp_path / f"emulator-{len(started)}",
+            "approve": "auto",
+            "backlog": 0,
+            "rate": 0,
+            "event_bytes": 600,
+            "default_max_timeout": 1.0,
+        }
+        settings.update(options)
+        emulator = Emulator(**settings).start()
+        started.append(emulator)
+        return emulator
+
+    yield make
+    for emulator in started:
+        emulator.stop()
+
+
+@pytest.fixture
+def emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
+    return make_emulator()
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., EventsClient]]:
+    clients: List[EventsClient] = []
+
+    def make(emulator: Emulator, ext_id: str, cert: ClientCert | None) -> EventsClient:
+        client = EventsClient(emulator, ext_id, cert)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(emulator: Emulator, ext_id: str, client_cert: ClientCert, make_client: Any) -> EventsClient:
+    return make_client(emulator, ext_id, client_cert)
