@@ -10,6 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 from kata_events import __version__
+from kata_events.exits import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    from kata_events import demo, run_command
     from kata_events.emulator import cli as emulator_cli
+
+    run = sub.add_parser(
+        "run",
+        help="stream events to stdout (the main job)",
+        description=run_command.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run_command.add_arguments(run)
+    run.set_defaults(handler=run_command.run)
 
     emulator = sub.add_parser(
         "emulator",
@@ -32,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator_cli.add_arguments(emulator)
     emulator.set_defaults(handler=emulator_cli.run)
+
+    demo_parser = sub.add_parser(
+        "demo",
+        help="try it: the emulator and the emitter together, printing events",
+        description=demo.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(handler=demo.run)
     return parser
 
 
@@ -39,7 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        sys.stderr.write(f"kata-events: {exc}\n")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

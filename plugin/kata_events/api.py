@@ -1,0 +1,334 @@
+"""The Events API client: one keep-alive HTTPS session with mutual TLS, pages streamed as raw events.
+
+It builds requests the way the Central Node expects (``max_events`` and ``max_timeout`` always,
+``filter`` only when creating a subscription, ``continuation_token`` once there is one), verifies
+the server (system CAs, a CA file, or a pinned certificate), tries several base URLs in turn on
+connection failure, and translates every `requests`/`urllib3`/`ssl`/`OSError` failure into the
+project's own exceptions (`kata_events.errors`). It never writes to stdout and never logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import ssl
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from urllib.parse import urlsplit
+
+import jsonschema
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from kata_events.errors import (
+    BadRequest,
+    BadResponse,
+    ClientTlsError,
+    SubscriptionLost,
+    TlsVerifyFailed,
+    Unauthorized,
+    Unavailable,
+)
+from kata_events.stream import MalformedBody, PageSplitter
+
+API_PATH = "/kata/events_api/v1/{external_system_id}/events"
+#: Large reads keep Python's per-chunk work small next to the bytes moved.
+CHUNK_SIZE = 1 << 20
+CONNECT_TIMEOUT = 10.0
+#: The server may hold a long poll for ``max_timeout``; allow this much more before giving up.
+READ_TIMEOUT_MARGIN = 10.0
+#: How much of an error body is read, and how much of it is quoted in a message.
+ERROR_BODY_LIMIT = 65536
+EXCERPT_CHARS = 200
+
+ENVELOPE_SCHEMA: Dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "Events API page",
+    "type": "object",
+    "required": ["events", "continuationToken"],
+    "properties": {
+        "events": {"type": "array", "items": {"type": "object"}},
+        "continuationToken": {"type": "string", "minLength": 1},
+    },
+}
+_envelope_validator = jsonschema.Draft7Validator(ENVELOPE_SCHEMA)
+
+
+def excerpt(data: bytes, limit: int = EXCERPT_CHARS) -> str:
+    """A short printable excerpt of a body for a log line."""
+    text = data[: limit * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def file_fingerprint(cert_path: str) -> Optional[str]:
+    """SHA-256 (hex) of the first certificate in a PEM file, or None if it cannot be read."""
+    try:
+        with open(cert_path, encoding="ascii", errors="replace") as fh:
+            pem = fh.read()
+        begin = pem.index("-----BEGIN CERTIFICATE-----")
+        end = pem.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
+        der = ssl.PEM_cert_to_DER_cert(pem[begin:end])
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256(der).hexdigest()
+
+
+def colon_hex(hex_digest: str) -> str:
+    """``ab12..`` → ``AB:12:..``, the form web UIs and ``openssl x509 -fingerprint`` show."""
+    up = hex_digest.upper()
+    return ":".join(up[i : i + 2] for i in range(0, len(up), 2))
+
+
+def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float = 5.0) -> Optional[str]:
+    """Connect without verification only to read the server certificate's SHA-256 for a message."""
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "", parts.port or 443
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError):
+        pass
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(
+            raw, server_hostname=host
+        ) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Checks the server certificate's SHA-256 instead of a CA chain (self-signed Central Nodes)."""
+
+    def __init__(self, pin_sha256: str) -> None:
+        self._pin = pin_sha256
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["assert_fingerprint"] = self._pin
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class Page:
+    """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token."""
+
+    def __init__(self, response: requests.Response, base_url: str) -> None:
+        self._response = response
+        self.base_url = base_url
+        self._splitter = PageSplitter()
+        self.bytes_read = 0
+
+    @property
+    def event_count(self) -> int:
+        return self._splitter.event_count
+
+    def batches(self) -> Iterator[List[bytes]]:
+        """Events as they arrive, a list per network chunk; each item is one line without newline."""
+        raw = self._response.raw
+        try:
+            while True:
+                chunk = raw.read(CHUNK_SIZE, decode_content=True)
+                if not chunk:
+                    break
+                self.bytes_read += len(chunk)
+                events = self._splitter.feed(chunk)
+                if events:
+                    yield events
+        except MalformedBody as exc:
+            raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Unavailable(
+                f"the connection broke after {self.bytes_read} bytes of the page: {_reason(exc)}"
+            ) from None
+
+    def finish(self) -> str:
+        """The page's continuation token, once the whole body was read and checked."""
+        try:
+            skeleton = self._splitter.close()
+        except MalformedBody as exc:
+            raise BadResponse(f"the page is incomplete or not valid JSON: {exc}", exc.excerpt) from None
+        problems = sorted(_envelope_validator.iter_errors(skeleton), key=lambda e: list(e.path))
+        if problems:
+            where = "/".join(str(p) for p in problems[0].path) or "top level"
+            raise BadResponse(
+                f"the page does not look like an Events API response ({where}: {problems[0].message})",
+                excerpt(repr(skeleton).encode()),
+            )
+        return str(skeleton["continuationToken"])
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> Page:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost useful text of a requests/urllib3 exception chain."""
+    seen = exc
+    while True:
+        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        inner = inner or getattr(seen, "reason", None)
+        if not isinstance(inner, BaseException) or inner is seen:
+            break
+        seen = inner
+    text = str(seen) or seen.__class__.__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+class EventsClient:
+    """Speaks to one Central Node (possibly through several addresses) for one external system."""
+
+    def __init__(
+        self,
+        *,
+        urls: Sequence[str],
+        external_system_id: str,
+        cert: str,
+        key: str,
+        ca_file: Optional[str] = None,
+        pin_sha256: Optional[str] = None,
+        insecure: bool = False,
+        max_events: int = 10000,
+        max_timeout: int = 60,
+        filter: str = "",
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one URL is needed")
+        self.urls = [u.rstrip("/") for u in urls]
+        self.external_system_id = external_system_id
+        self.cert, self.key = cert, key
+        self.max_events = max_events
+        self.max_timeout = max_timeout
+        self.filter = filter
+        self._current = 0
+        session = requests.Session()
+        session.cert = (cert, key)
+        # Passed with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE and
+        # CURL_CA_BUNDLE override a session-level CA file, which would silently ignore ca_file.
+        self._verify: Union[bool, str]
+        if pin_sha256:
+            self._verify = False
+            session.mount("https://", _PinnedAdapter(pin_sha256))
+        elif insecure:
+            self._verify = False
+        else:
+            self._verify = ca_file or True
+        self._session = session
+
+    @property
+    def url(self) -> str:
+        """The base URL currently in use."""
+        return self.urls[self._current]
+
+    def params(self, token: Optional[str], max_timeout: Optional[int] = None) -> Dict[str, str]:
+        """Query parameters of the next request."""
+        params = {
+            "max_events": str(self.max_events),
+            "max_timeout": f"PT{int(max_timeout or self.max_timeout)}S",
+        }
+        if token:
+            params["continuation_token"] = token
+        elif self.filter:
+            params["filter"] = self.filter
+        return params
+
+    def fetch(self, token: Optional[str], max_timeout: Optional[int] = None) -> Page:
+        """Send one request and return the page, still streaming; raises `ApiError` subclasses."""
+        params = self.params(token, max_timeout)
+        read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
+        last_error: Optional[Exception] = None
+        for attempt in range(len(self.urls)):
+            base = self.urls[(self._current + attempt) % len(self.urls)]
+            url = base + API_PATH.format(external_system_id=self.external_system_id)
+            try:
+                response = self._session.get(
+                    url,
+                    params=params,
+                    stream=True,
+                    verify=self._verify,
+                    timeout=(CONNECT_TIMEOUT, read_timeout),
+                )
+            except requests.exceptions.SSLError as exc:
+                raise self._tls_error(base, exc) from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if isinstance(exc, requests.ReadTimeout):
+                    raise Unavailable(
+                        f"{base} did not answer within {read_timeout:.0f} s: {_reason(exc)}"
+                    ) from None
+                last_error = exc
+                continue
+            except (requests.RequestException, OSError) as exc:
+                if isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
+                    raise ClientTlsError(
+                        f"cannot use the client certificate {self.cert} / key {self.key}: {exc}"
+                    ) from None
+                raise Unavailable(f"request to {base} failed: {_reason(exc)}") from None
+            self._current = (self._current + attempt) % len(self.urls)
+            return self._check_status(response, base)
+        tried = ", ".join(self.urls)
+        raise Unavailable(f"cannot connect to {tried}: {_reason(last_error) if last_error else 'no URL'}")
+
+    def _check_status(self, response: requests.Response, base: str) -> Page:
+        status = response.status_code
+        if status == 200:
+            return Page(response, base)
+        try:
+            body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            body = b""
+        finally:
+            response.close()
+        text = excerpt(body)
+        if status == 401:
+            raise Unauthorized(f"HTTP 401 from {base}: {text}")
+        if status == 404 and b"subscription not found" in body.lower():
+            raise SubscriptionLost(f"HTTP 404 from {base}: {text}")
+        if status == 400:
+            raise BadRequest(text or "HTTP 400 with an empty body")
+        if status == 429 or status >= 500:
+            raise Unavailable(
+                f"HTTP {status} from {base}: {text}", _retry_after(response.headers.get("Retry-After"))
+            )
+        raise BadResponse(f"unexpected HTTP {status} from {base}", text)
+
+    def _tls_error(self, base: str, exc: Exception) -> Exception:
+        reason = _reason(exc)
+        lowered = reason.lower()
+        verify_words = (
+            "certificate_verify_failed",
+            "fingerprints did not match",
+            "hostname",
+            "doesn't match",
+        )
+        if any(w in lowered for w in verify_words):
+            return TlsVerifyFailed(
+                f"the server at {base} was not trusted: {reason}",
+                probe_server_fingerprint(base, self.cert, self.key),
+            )
+        if "pem" in lowered or "key values mismatch" in lowered or "no such file" in lowered:
+            return ClientTlsError(f"cannot use the client certificate {self.cert} / key {self.key}: {reason}")
+        return Unavailable(f"TLS handshake with {base} failed: {reason}")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def abort(self) -> None:
+        """Close the connections from another thread, so a blocked long poll returns at once."""
+        self._session.close()

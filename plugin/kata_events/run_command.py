@@ -1,0 +1,168 @@
+"""`kata-events run`: load the configuration, open the state, and hand everything to the runner.
+
+This module wires; it decides nothing about delivery or retries. Errors a user can cause
+(configuration, files, state lock) become one message on stderr and a sysexits code, never a
+traceback. It never writes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import List, Optional
+
+from kata_events import __version__, logs
+from kata_events.acks import choose_ack_mode
+from kata_events.api import EventsClient
+from kata_events.config import Config, load_run_config
+from kata_events.delivery import LineWriter, make_delivery
+from kata_events.exits import UserError
+from kata_events.options import add_run_arguments
+from kata_events.runner import Runner
+from kata_events.state import StateError, TokenStore
+
+DESCRIPTION = """\
+Stream events from a Central Node's Events API to stdout, one JSON object per line.
+Logs go to stderr. Every option is also a config file key and a KATA_EVENTS_<KEY>
+environment variable; precedence: flag > environment > file > default.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run`` options, all declared in `kata_events.options`."""
+    add_run_arguments(parser)
+
+
+def say(message: str) -> None:
+    """A plain one-line message on stderr, for errors before logging is set up."""
+    sys.stderr.write(f"kata-events: {message}\n")
+    sys.stderr.flush()
+
+
+def build_client(config: Config) -> EventsClient:
+    """The Events API client for a resolved configuration."""
+    return EventsClient(
+        urls=list(config.url),
+        external_system_id=config.external_system_id,
+        cert=str(config.cert),
+        key=str(config.key),
+        ca_file=str(config.ca_file) if config.ca_file else None,
+        pin_sha256=config.pin_sha256 or None,
+        insecure=config.insecure,
+        max_events=config.max_events,
+        max_timeout=config.max_timeout,
+        filter=config.filter,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``kata-events run``; returns the exit code."""
+    try:
+        config = load_run_config(args, os.environ)
+    except UserError as exc:
+        say(str(exc))
+        return int(exc.exit_code)
+    return run_config(config)
+
+
+def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
+    """Run the loop for an already resolved configuration (shared with ``demo``)."""
+    logs.setup_logging(config.log_level, config.log_format)
+    logs.emit(
+        "start",
+        f"kata-events {__version__} starting",
+        version=__version__,
+        urls=list(config.url),
+        external_system_id=config.external_system_id,
+        state_file=str(config.state_file),
+        max_events=config.max_events,
+        max_timeout=config.max_timeout,
+        filter=config.filter,
+        once=config.once,
+    )
+    if config.insecure:
+        logs.emit(
+            "insecure",
+            "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
+            "read and alter the events. Use ca_file or pin_sha256 instead",
+        )
+    store = TokenStore(
+        config.state_file,
+        url=config.url[0],
+        external_system_id=config.external_system_id,
+        filter=config.filter,
+    )
+    try:
+        store.open()
+    except StateError as exc:
+        say(str(exc))
+        return int(exc.exit_code)
+    try:
+        mode, why, already_read = choose_ack_mode(config.ack)
+        runner_box: List[Runner] = []
+        early_stop: List[str] = []
+
+        def on_stop(reason: str) -> None:
+            if runner_box:
+                runner_box[0].request_stop(reason)
+            else:
+                early_stop.append(reason)
+
+        ack_options = {}
+        if mode == "lines":
+            ack_options = dict(
+                on_stop=on_stop,
+                max_unacked=config.max_unacked or config.max_events,
+                ack_timeout=config.ack_timeout,
+                already_read=already_read,
+                started=config.ack == "auto",
+            )
+        delivery = make_delivery(mode, LineWriter(stdout_fd), store.commit, **ack_options)
+        logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
+        runner = Runner(
+            client=build_client(config),
+            store=store,
+            delivery=delivery,
+            once=config.once,
+            lag_warning=config.lag_warning,
+            stats_interval=config.stats_interval,
+            warn_line_bytes=config.warn_line_bytes,
+            stop_after=stop_after,
+        )
+        runner_box.append(runner)
+        previous = _install_signal_handlers(runner)
+        try:
+            for reason in early_stop:
+                runner.request_stop(reason)
+            return runner.run()
+        finally:
+            _restore_signal_handlers(previous)
+    finally:
+        store.close()
+
+
+def _install_signal_handlers(runner: Runner) -> dict:
+    """SIGTERM/SIGINT stop the runner; SIGUSR1 is how other threads interrupt the main one."""
+
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
+        runner.request_stop(signal.Signals(signum).name)
+
+    def wake(signum: int, frame: Optional[FrameType]) -> None:
+        runner.request_stop("wake")
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, wake)
+    main_ident = threading.main_thread().ident or 0
+    runner.wake_main = lambda: signal.pthread_kill(main_ident, signal.SIGUSR1)
+    return previous
+
+
+def _restore_signal_handlers(previous: dict) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)

@@ -1,0 +1,448 @@
+"""The main loop: fetch a page, deliver its lines, commit its token once delivered; retry the rest.
+
+Flow is one way: the API client produces pages, the `Delivery` writes their lines and decides when
+they are taken, and only then does the token store commit the page's token. The loop never imports
+`requests`; it reacts to the few exceptions of `kata_events.errors`. Nothing transient ends it:
+unavailability, bad bodies and untrusted servers are retried with backoff, a 401 waits for approval.
+
+Signal handlers only record the request to stop. While the loop is blocked in the network or in a
+write (`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked
+call at once; commits never run inside such a section, so a stop can't tear one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional
+
+from kata_events import logs
+from kata_events.api import EventsClient, Page, colon_hex, file_fingerprint
+from kata_events.backoff import Backoff
+from kata_events.delivery import ConsumerGone, Delivery
+from kata_events.errors import (
+    ApiError,
+    BadRequest,
+    BadResponse,
+    ClientTlsError,
+    SubscriptionLost,
+    TlsVerifyFailed,
+    Unauthorized,
+    Unavailable,
+)
+from kata_events.exits import ExitStatus
+from kata_events.state import TokenStore
+
+#: A 401 is retried at this pace: approval is a human step in the Central Node's web UI.
+UNAUTHORIZED_RETRY = 30.0
+#: The 401 explanation is repeated this often while approval is still missing.
+UNAUTHORIZED_REMIND = 600.0
+#: A lag warning is repeated at most this often while the lag stays above the threshold.
+LAG_WARN_EVERY = 300.0
+#: In --once mode the server need not hold the request open: we only drain what is there.
+ONCE_MAX_TIMEOUT = 1
+#: How long a clean stop waits for the tail: in ack mode for the shipper's STOP (and the
+#: acknowledgements before it), inside rsyslog's 200 ms closeTimeout; elsewhere for the pipe's drain.
+FINISH_WAIT = 0.1
+#: --once waits this long at most for the reader to take the last page before its last commit.
+ONCE_FINISH_WAIT = 10.0
+#: The server keeps events at most this long.
+RETENTION_SECONDS = 7200
+
+_TIMESTAMP = re.compile(rb'"Timestamp"\s*:\s*"?(\d{9,19})')
+
+
+class StopRequested(BaseException):
+    """Raised inside a blocking call when SIGTERM/SIGINT arrives (BaseException: no `except Exception`)."""
+
+
+def event_age(line: bytes, now: float) -> Optional[float]:
+    """Seconds since an event's ``Timestamp`` (epoch seconds, ms or µs), or None if it has none."""
+    match = _TIMESTAMP.search(line)
+    if not match:
+        return None
+    value = int(match.group(1))
+    if value > 10**17:  # nanoseconds
+        value_s = value / 1e9
+    elif value > 10**14:  # microseconds, what the Central Node sends
+        value_s = value / 1e6
+    elif value > 10**11:  # milliseconds
+        value_s = value / 1e3
+    else:
+        value_s = float(value)
+    return max(0.0, now - value_s)
+
+
+@dataclass
+class Stats:
+    """Counters for the periodic stats line and the final one."""
+
+    started: float = field(default_factory=time.monotonic)
+    events: int = 0
+    pages: int = 0
+    empty_pages: int = 0
+    bytes: int = 0
+    retries: int = 0
+    lag_seconds: Optional[float] = None
+
+
+class Runner:
+    """Runs the fetch → deliver → commit loop until stopped; `run()` returns the exit code."""
+
+    def __init__(
+        self,
+        *,
+        client: EventsClient,
+        store: TokenStore,
+        delivery: Delivery,
+        once: bool = False,
+        lag_warning: float = 3600.0,
+        stats_interval: float = 60.0,
+        warn_line_bytes: int = 0,
+        stop_after: Optional[int] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.delivery = delivery
+        self.once = once
+        self.lag_warning = lag_warning
+        self.stats_interval = stats_interval
+        self.warn_line_bytes = warn_line_bytes
+        self.stop_after = stop_after
+        self.clock = clock
+        self.backoff = Backoff()
+        self.stats = Stats()
+        self.token: Optional[str] = None
+        self._stop = threading.Event()
+        self._stop_reason = ""
+        self._interruptible = False
+        self._unauthorized_since: Optional[float] = None
+        self._unauthorized_told = 0.0
+        self._lag_warned = 0.0
+        self._line_warned = False
+        #: Set by the process wiring: interrupts the main thread from another thread.
+        self.wake_main: Optional[Callable[[], None]] = None
+        self._page_lines = 0
+
+    # -- stopping ---------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Ask the loop to stop; safe from signal handlers and other threads."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+        self._stop.set()
+        if threading.current_thread() is not threading.main_thread():
+            # Another thread (the ack reader on STOP) cannot raise into the main thread: it asks
+            # `wake_main` to signal it, so a blocked long poll or write returns at once.
+            if self.wake_main is not None:
+                self.wake_main()
+            else:
+                self.client.abort()
+        elif self._interruptible:
+            self._interruptible = False
+            raise StopRequested(reason)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A section where a stop request raises StopRequested instead of waiting for the loop."""
+        if self._stop.is_set():
+            raise StopRequested(self._stop_reason)
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(max(0.0, seconds))
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The loop. Returns an `ExitStatus` value; transient faults never end it."""
+        token, why = self.store.load()
+        if why:
+            logs.emit("state", why, state_file=str(self.store.path))
+        self.token = token
+        if token is None:
+            logs.emit(
+                "subscription_new",
+                "no saved continuation token: the first request creates a new subscription",
+                filter=self.client.filter,
+            )
+        stats_thread = self._start_stats_thread()
+        code = ExitStatus.OK
+        try:
+            code = self._loop()
+        except StopRequested:
+            pass
+        except ConsumerGone as exc:
+            logs.emit("consumer_gone", f"the reader of stdout went away ({exc}); stopping")
+        finally:
+            self._stop.set()
+            try:
+                drained = self.once and self._stop_reason in ("", "caught up")
+                self.delivery.finish(timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT)
+            except ConsumerGone:
+                pass
+            self.delivery.close()
+            self.client.close()
+            if stats_thread is not None:
+                stats_thread.join(timeout=1.0)
+            self._emit_stats("stop", final=True)
+        return int(code)
+
+    def _loop(self) -> ExitStatus:
+        while not self._stop.is_set():
+            self.delivery.wait_for_room(lambda: self._stop.is_set())
+            if self._stop.is_set():
+                break
+            try:
+                count = self._one_page()
+            except StopRequested:
+                break
+            except ApiError as exc:
+                code = self._handle_failure(exc)
+                if code is not None:
+                    return code
+                continue
+            if self.once and count < self.client.max_events:
+                logs.emit("caught_up", "caught up with the server (--once): exiting")
+                self._stop_reason = "caught up"
+                break
+        return ExitStatus.OK
+
+    def _one_page(self) -> int:
+        """Fetch, deliver and end one page; returns its number of events."""
+        started = time.monotonic()
+        with self.interruptible():
+            page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
+        with page:
+            if self._unauthorized_since is not None:
+                logs.emit("approved", "the Central Node accepts this external system now")
+                self._unauthorized_since = None
+            last_line = self._deliver(page)
+            new_token = page.finish()
+        count = page.event_count
+        self.delivery.end_page(new_token)
+        self.delivery.check_ack_timeout()
+        self.token = new_token
+        self.backoff.reset()
+        self._account(page, count, last_line, time.monotonic() - started)
+        return count
+
+    def _deliver(self, page: Page) -> Optional[bytes]:
+        batches = page.batches()
+        self._page_lines = 0
+        last: Optional[bytes] = None
+        while True:
+            with self.interruptible():
+                batch: Optional[List[bytes]] = next(batches, None)
+                if batch is None:
+                    return last
+                if self.stop_after is not None:
+                    batch = self._limit(batch)
+                self.delivery.write(batch)
+            last = batch[-1]
+            if self.warn_line_bytes and not self._line_warned:
+                self._check_line_lengths(batch)
+
+    def _limit(self, batch: List[bytes]) -> List[bytes]:
+        """Cut the batch at ``stop_after`` lines in all (the demo's --events) and ask to stop there."""
+        left = self.stop_after - (self.stats.events + self._page_lines)
+        self._page_lines += len(batch)
+        if left <= len(batch):
+            self._stop.set()
+            self._stop_reason = f"{self.stop_after} events shown"
+            return batch[: max(0, left)]
+        return batch
+
+    def _check_line_lengths(self, batch: List[bytes]) -> None:
+        longest = max(len(line) for line in batch) + 1
+        if longest > self.warn_line_bytes:
+            self._line_warned = True
+            logs.emit(
+                "line_too_long",
+                f"an event line of {longest} bytes exceeds warn_line_bytes={self.warn_line_bytes}: "
+                "raise your shipper's line limit (events are never cut); this is said once",
+                bytes=longest,
+                limit=self.warn_line_bytes,
+            )
+
+    def _account(self, page: Page, count: int, last_line: Optional[bytes], seconds: float) -> None:
+        stats = self.stats
+        stats.pages += 1
+        stats.events += count
+        stats.bytes += page.bytes_read
+        if count == 0:
+            stats.empty_pages += 1
+        now = self.clock()
+        if last_line is not None:
+            stats.lag_seconds = event_age(last_line, now)
+        elif count == 0:
+            stats.lag_seconds = 0.0
+        logs.emit(
+            "page",
+            f"page of {count} events delivered",
+            level="DEBUG" if count == 0 else None,
+            events=count,
+            bytes=page.bytes_read,
+            seconds=round(seconds, 3),
+            url=page.base_url,
+            lag_seconds=None if stats.lag_seconds is None else round(stats.lag_seconds, 1),
+        )
+        lag = stats.lag_seconds
+        if lag is not None and lag > self.lag_warning and now - self._lag_warned >= LAG_WARN_EVERY:
+            self._lag_warned = now
+            logs.emit(
+                "lag",
+                f"falling behind: the newest event delivered is {lag / 60:.0f} min old; the Central "
+                f"Node keeps events for at most {RETENTION_SECONDS // 3600} h, older ones are lost",
+                lag_seconds=round(lag, 1),
+                limit=self.lag_warning,
+                full_page=count >= self.client.max_events,
+            )
+
+    # -- failures ---------------------------------------------------------------------------------
+
+    def _handle_failure(self, exc: ApiError) -> Optional[ExitStatus]:
+        """Log a failed request and wait before the next; returns an exit code only for fatal ones."""
+        if isinstance(exc, BadRequest):
+            logs.emit(
+                "bad_request",
+                f"the Central Node rejected the request: {exc.reason}. Check the filter and "
+                "max_events / max_timeout, then restart",
+                reason=exc.reason,
+                filter=self.client.filter,
+            )
+            return ExitStatus.CONFIG
+        if isinstance(exc, ClientTlsError):
+            logs.emit("client_certificate", str(exc))
+            return ExitStatus.CONFIG
+        if isinstance(exc, Unauthorized):
+            self._unauthorized(exc)
+            self._sleep(UNAUTHORIZED_RETRY)
+            return None
+        if isinstance(exc, SubscriptionLost):
+            logs.emit(
+                "subscription_lost",
+                "the Central Node no longer knows our continuation token (Subscription not found): "
+                "starting a new subscription; events between the last delivered page and now may "
+                "have been skipped",
+                url=self.client.url,
+            )
+            self.store.clear()
+            self.token = None
+            self._sleep(self.backoff.next_delay())
+            return None
+        self.stats.retries += 1
+        retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+        delay = self.backoff.next_delay(retry_after)
+        if isinstance(exc, TlsVerifyFailed):
+            fp = exc.server_fingerprint
+            how = (
+                f"if this is your Central Node, trust it with pin_sha256 = \"{fp}\" "
+                f"(SHA-256 {colon_hex(fp)}) or with ca_file"
+                if fp
+                else "trust its CA with ca_file, or pin its certificate with pin_sha256"
+            )
+            logs.emit(
+                "tls_verify_failed",
+                f"{exc}; {how}; retrying in {delay:.1f} s",
+                url=self.client.url,
+                server_fingerprint=fp,
+                delay=round(delay, 1),
+            )
+        elif isinstance(exc, BadResponse):
+            logs.emit(
+                "bad_response",
+                f"{exc}; the page is not committed, retrying in {delay:.1f} s",
+                excerpt=exc.excerpt,
+                delay=round(delay, 1),
+            )
+        else:
+            logs.emit(
+                "retry",
+                f"{exc}; retrying in {delay:.1f} s",
+                delay=round(delay, 1),
+                retry_after=retry_after,
+                attempt=self.backoff.attempt,
+            )
+        self._sleep(delay)
+        return None
+
+    def _unauthorized(self, exc: Unauthorized) -> None:
+        now = time.monotonic()
+        first = self._unauthorized_since is None
+        if first:
+            self._unauthorized_since = now
+        if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
+            self._unauthorized_told = now
+            fp = file_fingerprint(self.client.cert)
+            shown = f"{colon_hex(fp)}" if fp else "(cannot read the certificate)"
+            logs.emit(
+                "unauthorized",
+                "the Central Node does not accept this external system yet (HTTP 401). An "
+                "administrator must approve it in the Central Node web interface, section External "
+                f"systems: external system id {self.client.external_system_id}, certificate SHA-256 "
+                f"{shown}. A new certificate needs a new approval. Retrying every "
+                f"{UNAUTHORIZED_RETRY:.0f} s",
+                external_system_id=self.client.external_system_id,
+                fingerprint=fp,
+                url=self.client.url,
+            )
+        else:
+            logs.emit(
+                "unauthorized",
+                "still waiting for approval of this external system",
+                level="DEBUG",
+                external_system_id=self.client.external_system_id,
+                fingerprint=None,
+                url=self.client.url,
+            )
+
+    # -- stats ------------------------------------------------------------------------------------
+
+    def _start_stats_thread(self) -> Optional[threading.Thread]:
+        if not self.stats_interval or self.stats_interval <= 0:
+            return None
+
+        def tick() -> None:
+            while not self._stop.wait(self.stats_interval):
+                self._emit_stats("stats")
+                self.delivery.check_ack_timeout()
+
+        thread = threading.Thread(target=tick, name="stats", daemon=True)
+        thread.start()
+        return thread
+
+    def _emit_stats(self, name: str, final: bool = False) -> None:
+        s = self.stats
+        ledger = self.delivery.ledger
+        fields = dict(
+            events=s.events,
+            pages=s.pages,
+            bytes=s.bytes,
+            retries=s.retries,
+            lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
+            written=ledger.written,
+            acknowledged=ledger.taken_position,
+            unacknowledged=ledger.unacked,
+            committed_pages=self.delivery.committed_pages,
+            uptime_seconds=round(time.monotonic() - s.started, 1),
+        )
+        if final:
+            reason = self._stop_reason or "finished"
+            message = f"stopped ({reason}): {s.events} events in {s.pages} pages"
+            logs.emit(name, message, reason=reason, **fields)
+        else:
+            message = f"{s.events} events in {s.pages} pages, {ledger.unacked} unacknowledged"
+            logs.emit(name, message, **fields)
