@@ -1,0 +1,394 @@
+"""Tests for kata_events.stream: splitting an Events API body into raw event bytes, chunk by chunk."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kata_events import stream
+from kata_events.stream import MalformedBody, PageSplitter
+
+
+def compact(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def pieces(body: bytes, cuts: Iterable[int]) -> List[bytes]:
+    """``body`` cut at the given offsets (sorted, deduplicated, clipped)."""
+    points = sorted({c for c in cuts if 0 < c < len(body)})
+    bounds = [0, *points, len(body)]
+    return [body[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def split(body: bytes, chunk_size: int = 1 << 18) -> Tuple[List[bytes], Dict[str, Any]]:
+    return split_pieces([body[i : i + chunk_size] for i in range(0, len(body), chunk_size)])
+
+
+def split_pieces(chunks: Sequence[bytes]) -> Tuple[List[bytes], Dict[str, Any]]:
+    splitter = PageSplitter()
+    events: List[bytes] = []
+    for chunk in chunks:
+        events.extend(splitter.feed(chunk))
+    envelope = splitter.close()
+    assert splitter.event_count == len(events)
+    assert splitter.bytes_fed == sum(len(c) for c in chunks)
+    return events, envelope
+
+
+def assert_malformed(body: bytes, chunk_size: int = 1 << 18) -> MalformedBody:
+    with pytest.raises(MalformedBody) as info:
+        split(body, chunk_size)
+    exc = info.value
+    assert len(exc.excerpt) <= stream.EXCERPT_CHARS
+    assert exc.excerpt.isprintable()
+    return exc
+
+
+EVENTS = [
+    {"EventType": "process", "HostName": "ws-01", "Timestamp": 1700000000000000},
+    {
+        "EventType": "registry",
+        "RegistryKey": "HKLM\\SOFTWARE\\Classes\\CLSID\\{0AFACED1-E828-11D1-9187-B532F1E9575D}\\x",
+        "CommandLine": 'cmd.exe /c "start \\"\\" notepad.exe" [x] {y} ,]}',
+        "UserName": "CORP\\Иванов",
+        "Ioa": {"Severity": "High", "Rules": [{"Id": "r1", "Techniques": ["T1059", "T1055"]}]},
+    },
+    {"Path": "C:\\", "Quote": "\\\"", "Empty": "", "List": [], "Obj": {}, "n": -1.5e3, "t": True, "z": None},
+]
+
+
+# ---------------------------------------------------------------------------------------- basics
+
+
+def test_token_after_events() -> None:
+    body = compact({"events": EVENTS, "continuationToken": "abc"})
+    events, envelope = split(body)
+    assert events == [compact(e) for e in EVENTS]
+    assert envelope == {"events": [], "continuationToken": "abc"}
+
+
+def test_token_before_events() -> None:
+    body = compact({"continuationToken": "abc", "events": EVENTS})
+    events, envelope = split(body)
+    assert events == [compact(e) for e in EVENTS]
+    assert list(envelope) == ["continuationToken", "events"]
+
+
+def test_empty_events() -> None:
+    spaced = b'{ "events" : [ \n ] , "continuationToken" : "t" }'
+    for body in (b'{"events":[],"continuationToken":"t"}', spaced):
+        assert split(body) == ([], {"events": [], "continuationToken": "t"})
+
+
+def test_whitespace_between_tokens_and_events_kept_compact() -> None:
+    inner = b",\r\n\t ".join(compact(e) for e in EVENTS)
+    body = b' \n{ \t"events"\n:\r\n[ \n' + inner + b"\n ]\n,\n\"continuationToken\" : \"t\" \n}\n "
+    events, envelope = split(body)
+    assert events == [compact(e) for e in EVENTS]
+    assert envelope["continuationToken"] == "t"
+
+
+def test_pretty_printed_body_events_reencoded_on_one_line() -> None:
+    body = json.dumps({"events": EVENTS, "continuationToken": "t"}, indent=2, ensure_ascii=False).encode()
+    for size in (1, 5, 64, len(body)):
+        events, _ = split(body, size)
+        assert [json.loads(e) for e in events] == EVENTS
+        assert events == [compact(e) for e in EVENTS]
+        assert all(b"\n" not in e and b"\r" not in e for e in events)
+
+
+def test_raw_newline_inside_event_is_reencoded() -> None:
+    raw = b'{"a": 1,\n "b" :\r\n"x\\n\\"y"}'
+    events, _ = split(b'{"events":[' + raw + b',{"c":2}]}')
+    assert events == [b'{"a":1,"b":"x\\n\\"y"}', b'{"c":2}']
+
+
+def test_raw_control_character_inside_string_is_escaped() -> None:
+    events, _ = split(b'{"events":[{"a":"tab\there"}]}')
+    assert events == [b'{"a":"tab\\there"}']
+
+
+def test_lone_surrogate_in_reencoded_event_stays_escaped() -> None:
+    events, _ = split(b'{"events":[{"a":\n"\\ud800"}]}')
+    assert events == [b'{"a":"\\ud800"}']
+
+
+def test_strings_with_brackets_quotes_and_backslashes() -> None:
+    tricky = [
+        {"k": "{"},
+        {"k": "}"},
+        {"k": "]"},
+        {"k": "[{\"}]"},
+        {"k": "\\"},
+        {"k": "\\\\\""},
+        {"k": '\\"}'},
+        {"k": "a\\\\", "l": ["}", "\\", "\""]},
+        {"{": {"}": ["]"]}},
+        {"k": "},{"},
+    ]
+    body = compact({"events": tricky})
+    for size in (1, 2, 3, 7, len(body)):
+        events, _ = split(body, size)
+        assert events == [compact(e) for e in tricky], size
+
+
+def test_utf8_split_across_chunks_every_offset() -> None:
+    event = {"UserName": "Иванов 😀 ёжик", "Path": "C:\\Пользователи\\"}
+    body = compact({"events": [event, event]})
+    for cut in range(1, len(body)):
+        events, _ = split_pieces([body[:cut], body[cut:]])
+        assert events == [compact(event)] * 2
+
+
+def test_one_byte_chunks() -> None:
+    body = compact({"continuationToken": "t", "x": {"a": [1, "]"]}, "events": EVENTS, "y": "z"})
+    events, envelope = split(body, 1)
+    assert events == [compact(e) for e in EVENTS]
+    assert envelope == {"continuationToken": "t", "x": {"a": [1, "]"]}, "events": [], "y": "z"}
+
+
+def test_backslash_as_last_byte_of_a_chunk() -> None:
+    body = compact({"events": [{"p": "a\\\"b\\\\"}, {"q": 1}]})
+    for cut in [i + 1 for i, b in enumerate(body) if b == 0x5C]:
+        events, _ = split_pieces([body[:cut], body[cut:]])
+        assert events == [compact({"p": "a\\\"b\\\\"}), compact({"q": 1})]
+
+
+def test_unknown_top_level_keys_and_duplicates_last_wins() -> None:
+    body = b'{"extra":{"deep":[1,2,{"x":"}"}]},"continuationToken":"old","events":[{"a":1}],' \
+           b'"continuationToken":"new","n":12.5,"flag":false,"s":"\\u00e9"}'
+    events, envelope = split(body, 3)
+    assert events == [b'{"a":1}']
+    assert envelope == json.loads(body) | {"events": []}
+    assert envelope["continuationToken"] == "new"
+
+
+def test_large_unknown_top_level_value_is_held() -> None:
+    blob = "x" * 3_000_000
+    body = compact({"events": [{"a": 1}], "blob": blob, "continuationToken": "t"})
+    events, envelope = split(body, 65536)
+    assert events == [b'{"a":1}']
+    assert envelope["blob"] == blob
+
+
+def test_event_split_across_many_chunks_is_returned_once_complete() -> None:
+    splitter = PageSplitter()
+    assert splitter.feed(b'{"events":[{"a":"') == []
+    assert splitter.feed(b"bc") == []
+    assert splitter.feed(b'"},{"b') == [b'{"a":"bc"}']
+    assert splitter.feed(b'":2}]}') == [b'{"b":2}']
+    assert splitter.close() == {"events": []}
+    assert splitter.event_count == 2
+
+
+def test_huge_single_event_is_linear() -> None:
+    # ~10 MB in 256 KB chunks: a rescan from the event start at every chunk would take minutes.
+    parts = [{"i": i, "s": "Путь C:\\dir\\{GUID} \"q\"", "n": [i, {"k": "]"}]} for i in range(120_000)]
+    event = {"parts": parts}
+    body = compact({"events": [event, {"a": 1}], "continuationToken": "t"})
+    assert len(body) > 8_000_000
+    started = time.perf_counter()
+    events, _ = split(body, 1 << 18)
+    elapsed = time.perf_counter() - started
+    assert events == [compact(event), b'{"a":1}']
+    assert elapsed < 5, elapsed
+
+
+def test_unterminated_string_does_not_backtrack_badly() -> None:
+    body = b'{"events":[{"a":"' + b'x\\"' * 300_000
+    splitter = PageSplitter()
+    started = time.perf_counter()
+    for i in range(0, len(body), 65536):
+        assert splitter.feed(body[i : i + 65536]) == []
+    assert time.perf_counter() - started < 2
+    with pytest.raises(MalformedBody, match="truncated"):
+        splitter.close()
+
+
+# -------------------------------------------------------------------------------- malformed input
+
+
+def test_truncated_at_every_prefix_is_malformed() -> None:
+    body = compact({"continuationToken": "t\\\"", "events": EVENTS[:2], "x": [1, {"y": None}], "n": 10})
+    for cut in range(len(body)):
+        with pytest.raises(MalformedBody):
+            split(body[:cut], 7)
+
+
+def test_non_object_elements_are_rejected() -> None:
+    for element in (b"1", b'"s"', b"[]", b"null", b"true", b"-1"):
+        exc = assert_malformed(b'{"events":[{"a":1},' + element + b"]}")
+        assert "not an object" in exc.reason
+        assert exc.offset == len(b'{"events":[{"a":1},')
+
+
+def test_malformed_is_raised_as_soon_as_possible() -> None:
+    splitter = PageSplitter()
+    assert splitter.feed(b'{"events":[{"a":1}') == [b'{"a":1}']
+    with pytest.raises(MalformedBody):
+        splitter.feed(b" x")
+    with pytest.raises(MalformedBody):  # and stays failed
+        splitter.feed(b"]}")
+    with pytest.raises(MalformedBody):
+        splitter.close()
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"", "empty"),
+        (b"   ", "truncated"),
+        (b"[]", "not a JSON object"),
+        (b'"events"', "not a JSON object"),
+        (b'{"events":{}}', "not an array"),
+        (b'{"events":null}', "not an array"),
+        (b'{"continuationToken":"t"}', 'no "events"'),
+        (b"{}", 'no "events"'),
+        (b'{"events":[]} x', "trailing data"),
+        (b'{"events":[]}{}', "trailing data"),
+        (b'{"events":[]}}', "trailing data"),
+        (b'{"events":[{"a":1},]}', "trailing comma"),
+        (b'{"events":[{"a":1} {"b":2}]}', "expected ','"),
+        (b'{"events":[{"a":1}:]}', "expected ','"),
+        (b'{"events":[{"a":[1}]}', "mismatched"),
+        (b'{"events":[{"a":1]]}', "mismatched"),
+        (b'{"events":[],"events":[]}', "duplicate"),
+        (b'{"events":[] "x":1}', "expected ','"),
+        (b'{"events" [] }', "expected ':'"),
+        (b'{events:[]}', "expected a key"),
+        (b'{"events":[],}', "expected a key"),
+        (b'{"events":[],"x":tru}', "not JSON"),
+        (b'{"events":[],"x":@}', "expected a JSON value"),
+        (b'{"events":[],"x":"\\q"}', "not JSON"),
+        (b'{"events":[{"a":\n1 2}]}', "not valid JSON"),
+    ],
+)
+def test_malformed_bodies(body: bytes, reason: str) -> None:
+    for size in (1, 4, 1 << 18):
+        exc = assert_malformed(body, size)
+        assert reason in str(exc)
+
+
+def test_excerpt_is_short_printable_and_points_at_the_problem() -> None:
+    body = b'{"events":[' + b'{"a":"\xd0\xb6\x01"},' * 50 + b"oops" + b"]}"
+    exc = assert_malformed(body, 1000)
+    assert "oops" in exc.excerpt
+    assert exc.offset == body.index(b"oops")
+
+
+# ---------------------------------------------------------- both regex spellings (3.9/3.10 vs 3.11+)
+
+
+@pytest.mark.parametrize("possessive", [False, True])
+def test_scanner_patterns_agree(monkeypatch: pytest.MonkeyPatch, possessive: bool) -> None:
+    if possessive and not stream._POSSESSIVE:
+        pytest.skip("possessive quantifiers need Python 3.11")
+    patterns = stream._scanner_patterns(possessive)
+    monkeypatch.setattr(stream, "_OUTSIDE", patterns["outside"].match)
+    monkeypatch.setattr(stream, "_STRING_REST", patterns["string_rest"].match)
+    body = compact({"events": EVENTS * 3, "continuationToken": "t"})
+    for size in (1, 3, 17, len(body)):
+        events, _ = split(body, size)
+        assert events == [compact(e) for e in EVENTS * 3]
+    # Linear backtracking on an unterminated string with the plain spelling too.
+    started = time.perf_counter()
+    splitter = PageSplitter()
+    splitter.feed(b'{"events":[{"a":[' + b'"\\\\\\"x' * 200_000)
+    assert time.perf_counter() - started < 2
+
+
+# ------------------------------------------------------------------------------------ properties
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    max_leaves=15,
+)
+json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
+
+
+Page = Tuple[List[Dict[str, Any]], bytes, List[bytes]]
+
+
+@st.composite
+def pages(draw: Any, indent: bool = False) -> Page:
+    events = draw(st.lists(json_objects, max_size=8))
+    token = draw(st.text(max_size=20))
+    keys = st.text(max_size=5).filter(lambda k: k not in ("events", "continuationToken"))
+    extra = draw(st.dictionaries(keys, json_values, max_size=2))
+    envelope: Dict[str, Any] = dict(extra)
+    position = draw(st.integers(0, len(envelope)))
+    items = list(envelope.items())
+    items.insert(position, ("events", events))
+    items.append(("continuationToken", token))
+    ordered = dict(items)
+    if indent:
+        body = json.dumps(ordered, ensure_ascii=False, indent=draw(st.sampled_from([1, 2, "\t"]))).encode()
+    else:
+        body = compact(ordered)
+    cuts = draw(st.lists(st.integers(0, max(len(body), 1)), max_size=12))
+    return events, body, pieces(body, cuts)
+
+
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(pages())
+def test_property_compact_events_are_byte_identical(page: Page) -> None:
+    events, body, chunks = page
+    got, envelope = split_pieces(chunks)
+    assert got == [compact(e) for e in events]
+    expected = json.loads(body)
+    expected["events"] = []
+    assert envelope == expected
+
+
+@SETTINGS
+@given(pages(indent=True))
+def test_property_pretty_events_parse_equal_on_one_line(page: Page) -> None:
+    events, _body, chunks = page
+    got, _ = split_pieces(chunks)
+    assert [json.loads(e) for e in got] == events
+    assert all(b"\n" not in e and b"\r" not in e for e in got)
+
+
+@SETTINGS
+@given(pages(), st.data())
+def test_property_truncated_body_is_malformed(page: Page, data: st.DataObject) -> None:
+    _events, body, _chunks = page
+    cut = data.draw(st.integers(0, len(body) - 1))
+    with pytest.raises(MalformedBody):
+        split(body[:cut], data.draw(st.integers(1, 64)))
+
+
+def test_random_chunkings_of_a_realistic_page() -> None:
+    rng = random.Random(7)
+    events = [
+        {
+            "EventType": rng.choice(["process", "registry"]),
+            "UserName": "CORP\\Петров",
+            "CommandLine": '"C:\\Program Files\\App\\app.exe" --x="{' + str(i) + '}" \\\\',
+            "Ioa": {"Rules": [{"Techniques": ["T1059"], "Name": "Запуск [x]"}] * (i % 3)},
+        }
+        for i in range(300)
+    ]
+    body = compact({"events": events, "continuationToken": "t"})
+    for _ in range(20):
+        chunks = pieces(body, [rng.randrange(len(body)) for _ in range(rng.randrange(1, 200))])
+        got, _ = split_pieces(chunks)
+        assert got == [compact(e) for e in events]
