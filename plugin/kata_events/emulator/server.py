@@ -139,6 +139,16 @@ class Emulator:
     """A Central Node Events API on loopback, for trying pipelines and for tests.
 
     Use as a context manager, or call :meth:`start` (returns once listening) and :meth:`stop`.
+
+    - ``listen``: ``HOST:PORT``; port 0 picks a free one (then read :attr:`port` / :attr:`url`).
+    - ``state_dir``: CA, server certificate and approvals (default ``~/.local/state/kata-events/emulator``).
+    - ``approve``: ``"manual"`` (401 until :meth:`approve` or the control endpoint) or ``"auto"``.
+    - ``backlog``: events present at start; ``rate``: new events per second, computed lazily from
+      the clock (0: none); ``event_bytes``: approximate encoded size of one event.
+    - ``retention``: seconds an event stays retrievable and a subscription may stay idle.
+    - ``max_events_limit``: the largest ``max_events`` accepted; ``default_max_timeout``: the long
+      poll when a request gives no ``max_timeout``.
+    - ``seed``: the event templates; ``faults``: faults queued from the start (specs or objects).
     """
 
     def __init__(
