@@ -108,7 +108,7 @@ class LineSink:
         self.server.close()
 
 
-def write_run_config(path: Path, emulator: Emulator, cert: Path, key: Path, state: Path) -> None:
+def write_run_config(path: Path, emulator: Emulator, cert: Path, key: Path, state: Path, ack: str) -> None:
     path.write_text(
         "\n".join(
             [
@@ -118,8 +118,7 @@ def write_run_config(path: Path, emulator: Emulator, cert: Path, key: Path, stat
                 f"key = {json.dumps(str(key))}",
                 f"ca_file = {json.dumps(str(emulator.ca_file))}",
                 f"state_file = {json.dumps(str(state))}",
-                # syslog-ng's stdin for the child is /dev/null opened write-only: no acknowledgements.
-                'ack = "none"',
+                f'ack = "{ack}"',
                 "max_timeout = 1",
                 'log_format = "json"',
                 "",
@@ -225,8 +224,10 @@ def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path)
     ) as small, Emulator(
         state_dir=tmp_path / "emu-big", backlog=BIG_EVENTS, event_bytes=BIG_EVENT_BYTES, **common
     ) as big:
-        write_run_config(tmp_path / "small.toml", small, cert, key, tmp_path / "small.token")
-        write_run_config(tmp_path / "big.toml", big, cert, key, tmp_path / "big.token")
+        # syslog-ng gives the child /dev/null opened write-only as stdin: "auto" (the default, which
+        # the example config keeps) must see that as no acknowledgements, like "none".
+        write_run_config(tmp_path / "small.toml", small, cert, key, tmp_path / "small.token", "none")
+        write_run_config(tmp_path / "big.toml", big, cert, key, tmp_path / "big.token", "auto")
         config = tmp_path / "syslog-ng.conf"
         config.write_text(
             derive_config(
