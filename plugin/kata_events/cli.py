@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from kata_events import demo, run_command
+    from kata_events import demo, init_command, run_command
     from kata_events.emulator import cli as emulator_cli
 
     run = sub.add_parser(
@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=demo.run)
+
+    init = sub.add_parser(
+        "init",
+        help="make an external system id, key, certificate and config file",
+        description=init_command.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    init_command.add_arguments(init)
+    init.set_defaults(handler=init_command.run)
     return parser
 
 

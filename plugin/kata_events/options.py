@@ -251,7 +251,8 @@ OPTIONS: Tuple[Option, ...] = (
         "ack",
         "choice",
         "Delivery acknowledgement: auto (acknowledgements if the shipper sends START on stdin), "
-        "none (a line counts as delivered once flushed), lines (expect ACK lines on stdin).",
+        "none (a line counts as delivered once the reader has taken it: pipe drained, TCP "
+        "acknowledged or file fsynced), lines (expect ACK lines on stdin).",
         default="auto",
         choices=("auto", "none", "lines"),
     ),

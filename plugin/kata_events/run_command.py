@@ -18,7 +18,7 @@ from typing import List, Optional
 from kata_events import __version__, logs
 from kata_events.acks import choose_ack_mode
 from kata_events.api import EventsClient
-from kata_events.config import Config, load_run_config
+from kata_events.config import Config, describe, load_run_config
 from kata_events.delivery import LineWriter, make_delivery
 from kata_events.exits import UserError
 from kata_events.options import add_run_arguments
@@ -84,6 +84,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         filter=config.filter,
         once=config.once,
     )
+    logs.emit("config", "effective configuration", **describe(config))
     if config.insecure:
         logs.emit(
             "insecure",
@@ -116,7 +117,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         if mode == "lines":
             ack_options = dict(
                 on_stop=on_stop,
-                max_unacked=config.max_unacked or config.max_events,
+                max_unacked=config.max_unacked,
                 ack_timeout=config.ack_timeout,
                 already_read=already_read,
                 started=config.ack == "auto",

@@ -1,0 +1,117 @@
+"""`kata-events init`: make an external system id, a key, a self-signed certificate and a config file.
+
+Then say the next step: approve the external system in the Central Node web interface, checking the
+certificate fingerprint printed here. It never overwrites an existing file unless asked, writes keys
+with mode 0600, and prints on stderr (stdout belongs to events).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+from kata_events import certs
+from kata_events.config import normalize_url
+from kata_events.exits import ExitStatus, UserError
+
+DESCRIPTION = """\
+Make what a new integration needs: an external system id (a UUID), a private key, a self-signed
+client certificate, and a config file for `kata-events run`; then print the next step.
+"""
+
+CONFIG_TEMPLATE = """\
+# kata-events configuration, made by `kata-events init`. All keys: kata-events.toml.example.
+url = [{url}]
+external_system_id = "{external_system_id}"
+cert = "client.crt"   # relative to this file
+key = "client.key"
+
+# Trust the Central Node's certificate: the CA that issued it, or (for the usual self-signed one)
+# its SHA-256 fingerprint. The first failed attempt logs the fingerprint to compare and paste.
+# ca_file = "central-node-ca.pem"
+# pin_sha256 = ""
+
+# filter = "Ioa.Severity == 'High'"
+# max_events = 10000
+# max_timeout = 60
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``init`` options."""
+    parser.add_argument(
+        "--dir", default=".", metavar="DIR", help="where to write the files (default: the current directory)"
+    )
+    parser.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="the Central Node's address, https://HOST[:PORT]; repeatable (default: a placeholder to edit)",
+    )
+    parser.add_argument(
+        "--common-name",
+        default=f"kata-events@{socket.gethostname()}",
+        metavar="NAME",
+        help="the certificate's subject CN (default: kata-events@<this host>)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``kata-events init``."""
+    directory = Path(args.dir).expanduser()
+    names = {
+        "cert": directory / "client.crt",
+        "key": directory / "client.key",
+        "config": directory / "config.toml",
+    }
+    existing = [str(p) for p in names.values() if p.exists()]
+    if existing and not args.force:
+        raise UserError(
+            f"{', '.join(existing)} already exist: choose another --dir, or --force to replace them "
+            "(a new certificate needs a new approval on the Central Node)",
+            ExitStatus.CANT_CREATE,
+        )
+    urls = []
+    for url in args.url:
+        try:
+            urls.append(normalize_url(url)[0])
+        except ValueError as exc:
+            raise UserError(f"--url {url!r}: {exc}", ExitStatus.USAGE) from None
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        external_system_id = str(uuid.uuid4())
+        pair = certs.make_self_signed_cert(args.common_name)
+        pair.write(names["cert"], names["key"])
+        url_text = ", ".join(f'"{u}"' for u in urls) or '"https://central-node.example.local"'
+        config = CONFIG_TEMPLATE.format(url=url_text, external_system_id=external_system_id)
+        certs.write_private_file(names["config"], config.encode("utf-8"))
+    except OSError as exc:
+        raise UserError(
+            f"cannot write into {directory}: {exc.strerror or exc}", ExitStatus.CANT_CREATE
+        ) from None
+    fingerprint = certs.format_fingerprint(pair.fingerprint)
+    config_path = os.path.relpath(names["config"])
+    sys.stderr.write(
+        f"""Made:
+  external system id  {external_system_id}
+  certificate         {names['cert']}   (self-signed, CN={args.common_name})
+  key                 {names['key']}   (mode 0600)
+  config              {names['config']}
+  certificate SHA-256 {fingerprint}
+
+Next:
+  1. {'Check the url in ' + config_path if urls else 'Set url in ' + config_path} and trust the Central Node
+     (ca_file or pin_sha256; see the comments in the file).
+  2. Run: kata-events run --config {config_path}
+     It logs "unauthorized" until an administrator approves this external system.
+  3. In the Central Node web interface, External systems: approve {external_system_id},
+     after checking that its certificate fingerprint is {fingerprint}.
+"""
+    )
+    return 0
