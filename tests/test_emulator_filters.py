@@ -180,7 +180,7 @@ def _expressions(draw: st.DrawFn, depth: int = 0) -> str:
 
 
 @given(_expressions())
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_every_generated_expression_parses_and_evaluates(text: str) -> None:
     compiled = compile_filter(text)
     assert compiled is not None
@@ -188,7 +188,7 @@ def test_every_generated_expression_parses_and_evaluates(text: str) -> None:
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_any_string_round_trips_through_quoting(value: str) -> None:
     event = {"Field": value}
     assert matches(f"Field == {_quote(value)}", event)
@@ -197,7 +197,7 @@ def test_any_string_round_trips_through_quoting(value: str) -> None:
 
 
 @given(_expressions())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_not_equals_is_the_negation_of_equals(text: str) -> None:
     compiled = compile_filter(text)
     negated = compile_filter(f"not ({text})")
