@@ -295,9 +295,11 @@ class AckDelivery(Delivery):
                 self.committed_pages += 1
 
     def write(self, lines: List[bytes]) -> None:
-        self.writer.write_lines(lines)
+        # Counted before the write: the shipper may read and acknowledge a line before os.write
+        # returns, and an ACK for a line not yet counted would be dropped as excess.
         with self._lock:
             self.ledger.wrote(len(lines), time.monotonic())
+        self.writer.write_lines(lines)
 
     # -- the reader thread ----------------------------------------------------------------------
 
