@@ -26,6 +26,7 @@ import array
 import errno
 import fcntl
 import os
+import select
 import stat
 import termios
 import threading
@@ -40,6 +41,8 @@ from kata_events.ledger import DeliveryLedger
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF}
 #: How often the drain of a pipe or socket is looked at while pages wait for their commit.
 DRAIN_POLL = 0.05
+#: How often the ack reader checks for lines waiting too long while stdin is silent.
+ACK_CHECK_EVERY = 0.25
 #: Linux: bytes in a socket's send queue not yet acknowledged by the peer.
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 
@@ -304,7 +307,14 @@ class AckDelivery(Delivery):
     # -- the reader thread ----------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
         while True:
+            # The main thread may sit in a long poll for minutes: silence on stdin is where an
+            # overdue acknowledgement shows, so the timeout is checked here too.
+            if not poller.poll(ACK_CHECK_EVERY * 1000):
+                self.check_ack_timeout()
+                continue
             try:
                 data = os.read(self._fd, 65536)
             except InterruptedError:
