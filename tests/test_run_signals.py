@@ -1,0 +1,103 @@
+"""Acceptance: SIGTERM ends an idle 300 s long poll within a second, and a reader that goes away
+(`| head`) ends the process quietly without committing what it did not take.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from run_helpers import Runs, assert_exact_events, clean_env, command, run_args
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[Runs]:
+    r = Runs(tmp_path)
+    yield r
+    r.close()
+
+
+def _wait_for_requests(emu, count: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while emu.requests_served < count:
+        assert time.monotonic() < deadline, f"the emulator got {emu.requests_served} requests, not {count}"
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_an_idle_300s_long_poll_exits_0_within_a_second(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, sig
+):
+    emu = make_emulator(default_max_timeout=300)
+    cert = make_client_cert("sigterm")
+    run = runs.start(run_args(emu, ext_id, cert, tmp_path / "s.json", "--max-timeout", "300"))
+    _wait_for_requests(emu, 1)
+    time.sleep(0.5)  # well inside the long poll: the server holds it for 300 s
+    assert run.returncode is None
+    sent = time.monotonic()
+    run.send(sig)
+    code = run.wait(10)
+    took = time.monotonic() - sent
+    print(f"{signal.Signals(sig).name} during a 300 s long poll: exit {code} after {took:.3f} s")
+    assert code == 0, run.stderr_text[-3000:]
+    assert took < 1.0
+    assert run.output == b""
+    run.assert_no_traceback()
+    stop = run.wait_event("stop", timeout=1)
+    assert signal.Signals(sig).name in stop["message"]
+
+
+@pytest.mark.timeout(60)
+def test_head_closing_the_pipe_ends_quietly_and_the_next_run_resumes_after_the_tenth(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator()
+    cert = make_client_cert("head")
+    state = tmp_path / "state.json"
+    args = run_args(emu, ext_id, cert, state, "--max-events", "2", "--max-timeout", "5")
+    rc_file = tmp_path / "rc"
+    script = f"{{ {shlex.join(command(args))}; echo $? > {shlex.quote(str(rc_file))}; }} | head -n 10"
+    stop_trickle = threading.Event()
+
+    def trickle() -> None:
+        # One event at a time, slower than a page's round trip: each page holds one event, so head
+        # never reads bytes past the tenth line that the process would count as taken.
+        while not stop_trickle.wait(0.15):
+            emu.add_events(1)
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
+    try:
+        done = subprocess.run(
+            ["sh", "-c", script], cwd=tmp_path, env=clean_env(), capture_output=True, timeout=40
+        )
+    finally:
+        stop_trickle.set()
+        feeder.join()
+    deadline = time.monotonic() + 10
+    while not (rc_file.exists() and rc_file.read_text().strip()):
+        assert time.monotonic() < deadline, "kata-events run did not exit after head closed the pipe"
+        time.sleep(0.05)
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert int(rc_file.read_text()) == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert '"consumer_gone"' in stderr, stderr[-3000:]
+    head_lines = done.stdout.split(b"\n")[:-1]
+    assert_exact_events(emu, head_lines, 1, 10)
+
+    resumed = runs.complete(run_args(emu, ext_id, cert, state, "--once", "--max-events", "1000"), timeout=30)
+    assert resumed.returncode == 0, resumed.stderr_text[-3000:]
+    seqs = resumed.seqs()
+    assert seqs, "the following run printed nothing"
+    assert seqs[0] <= 11, f"the following run starts at event {seqs[0]}: events after the 10th were skipped"
+    last = emu.next_seq - 1
+    assert_exact_events(emu, resumed.lines(), seqs[0], last)
+    print(f"after head -n 10 the next run starts at event {seqs[0]}")
