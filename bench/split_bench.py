@@ -74,7 +74,7 @@ def make_event(rng: random.Random, i: int) -> dict:
             ],
         },
         "Tags": ["edr", "ioa", "ёжик"],
-        "Padding": "Журнал событий: " + "данные " * rng.randrange(40, 70),
+        "Padding": "Журнал событий: " + "данные " * rng.randrange(5, 35),
     }
 
 

@@ -392,3 +392,47 @@ def test_random_chunkings_of_a_realistic_page() -> None:
         chunks = pieces(body, [rng.randrange(len(body)) for _ in range(rng.randrange(1, 200))])
         got, _ = split_pieces(chunks)
         assert got == [compact(e) for e in events]
+
+
+def scanner_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(PageSplitter, "_fast_events", lambda self, buf, pos, n, out: pos)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_property_bulk_path_agrees_with_scanner(data: st.DataObject) -> None:
+    # Hostile strings (brackets, escaped quotes, backslash runs, control bytes) in varied shapes,
+    # joined with varied separators, some of them wrong: both paths must give the same events and
+    # fail at the same place.
+    atoms = st.sampled_from(
+        ["{", "}", "[", "]", '\\"', "\\\\", "\\\\\\\"", '"', ",", "x", "\n", "\t", "\u00e9", "ж"]
+    )
+    strings = st.lists(atoms, max_size=6).map(lambda parts: '"' + "".join(parts).replace('"', '\\"') + '"')
+    values = st.recursive(
+        strings | st.sampled_from(["1", "null", "-2.5"]),
+        lambda inner: st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+        | st.lists(st.tuples(strings, inner), max_size=3).map(
+            lambda kv: "{" + ",".join(k + ":" + v for k, v in kv) + "}"
+        ),
+        max_leaves=8,
+    )
+    objects = st.lists(st.tuples(strings, values), max_size=4).map(
+        lambda kv: "{" + ",".join(k + ":" + v for k, v in kv) + "}"
+    )
+    seps = st.sampled_from([",", ",", ",", " , ", ",\n", "", ",,", " x "])
+    elements = data.draw(st.lists(st.tuples(objects | st.sampled_from(["1", "[]"]), seps), max_size=8))
+    inner = "".join(e + s for e, s in elements[:-1]) + (elements[-1][0] if elements else "")
+    body = ('{"events":[' + inner + '],"continuationToken":"t"}').encode()
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6))
+    chunks = pieces(body, cuts)
+
+    def outcome() -> Tuple[str, Any]:
+        try:
+            return "ok", split_pieces(chunks)
+        except MalformedBody as exc:
+            return "malformed", (exc.reason, exc.offset)
+
+    with_bulk = outcome()
+    with pytest.MonkeyPatch.context() as mp:
+        scanner_only(mp)
+        assert outcome() == with_bulk

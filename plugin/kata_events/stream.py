@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["MalformedBody", "PageSplitter"]
 
@@ -94,6 +94,14 @@ _FOR_EVENT, _FOR_KEY, _FOR_VALUE = 0, 1, 2
 _K_CONTAINER, _K_STRING, _K_SCALAR = 0, 1, 2
 
 _SCALAR_START = frozenset(b"-0123456789tfn")
+
+# Bulk path: bytes kept in an event's skeleton, and the shape cache's bounds.
+_NOT_SKELETON = bytes(b for b in range(0x20, 0x100) if b not in b'"{}[]\\')
+_BACKSLASH_RUN = re.compile(rb"\\{2,}").sub
+_SKELETON_WS = re.compile(rb"[\t\n\r]*").match
+_SEPARATOR = re.compile(rb"[ \t\n\r]*([,\]])[ \t\n\r]*").match
+_MAX_SHAPES = 64
+_MAX_SHAPE = 4096
 
 
 class MalformedBody(ValueError):
@@ -155,6 +163,9 @@ class PageSplitter:
         self._stack: List[int] = []
         self._in_string = False
         self._escape = False
+        # Bulk path: event skeleton shapes seen recently, with their count of "}" bytes.
+        self._shapes: List[Tuple[bytes, int]] = []
+        self._fast_ok = True
 
     # -- public -------------------------------------------------------------------------------
 
@@ -174,6 +185,7 @@ class PageSplitter:
             return out
         self._base = self.bytes_fed
         self.bytes_fed += len(chunk)
+        self._fast_ok = True
         try:
             self._run(chunk, out)
         except MalformedBody as exc:
@@ -398,5 +410,100 @@ class PageSplitter:
             self._state = _S_COMMA_OR_END
 
     def _fast_events(self, buf: bytes, pos: int, n: int, out: List[bytes]) -> int:
-        """Split as many whole events as possible starting at ``pos`` in bulk; return where it stopped."""
-        return pos
+        """Split whole events in bulk from ``pos`` (an element start); return where it stopped.
+
+        It stops, leaving the state machine and the incremental scanner to take over, at an event cut
+        by the end of the chunk, at anything unusual (an event holding control bytes or a shape it
+        cannot settle), and at the end of the array. It never raises: faults are reported by the
+        scanner, which re-reads the same bytes.
+        """
+        if not self._fast_ok:
+            return pos
+        pos = _WS(buf, pos).end()
+        if pos >= n or buf[pos] != _LBRACE:
+            return pos
+        window = buf[pos:] if pos else buf
+        # Make every quote left a string delimiter: drop escaped backslashes (left to right, as JSON
+        # reads them), and the quote of each escaped quote. Offsets change; only the order of what
+        # remains matters below. Each is a full substring search, so skip them when no quote follows
+        # a backslash. The backslash of an escaped quote stays, so that one outside any string
+        # (invalid JSON) shows in the skeleton and hands the event to the scanner.
+        unescaped = window.replace(b"\\\\", b"").replace(b'\\"', b"\\") if b'\\"' in window else window
+        # The skeleton: quotes, brackets, backslashes and control bytes, in order. Backslash runs are
+        # collapsed (only "is there one" matters), and adjacent quote pairs (strings with nothing
+        # kept inside) dropped: that keeps the quote parity before every other byte, so each bracket
+        # is still known to be inside or outside a string.
+        skeleton = unescaped.translate(None, _NOT_SKELETON)
+        if b"\\\\" in skeleton:
+            skeleton = _BACKSLASH_RUN(b"\\\\", skeleton)
+        skeleton = skeleton.replace(b'""', b"")
+        shapes = self._shapes
+        find = window.find
+        spos = wpos = 0
+        slen = len(skeleton)
+        while True:
+            known = None
+            for entry in shapes:
+                if skeleton.startswith(entry[0], spos):
+                    known = entry
+                    break
+            if known is None:
+                found = _event_shape(skeleton, spos)
+                if found is None:
+                    break  # cut by the end of the window, or unusual: the scanner decides
+                known = (found, found.count(b"}"))
+                if len(shapes) >= _MAX_SHAPES:
+                    shapes.pop()
+                shapes.insert(0, known)
+            shape, closers = known
+            end = wpos
+            for _ in range(closers):
+                end = find(b"}", end) + 1
+            out.append(window[wpos:end])
+            spos += len(shape)
+            sep = _SEPARATOR(window, end)
+            if sep is None:
+                wpos = end
+                self._state = _S_AFTER_ELEM  # the scanner reports what follows
+                break
+            wpos = sep.end()
+            if sep.group(1) == b"]":
+                self._state = _S_COMMA_OR_END
+                break
+            self._state = _S_ELEM
+            spos = _SKELETON_WS(skeleton, spos).end()
+            if wpos >= len(window) or spos >= slen or window[wpos] != _LBRACE:
+                break
+        if wpos < len(window) // 4 and wpos + pos < n:
+            self._fast_ok = False  # little gained here: no more bulk attempts in this chunk
+        return pos + wpos
+
+
+def _event_shape(skeleton: bytes, start: int) -> Optional[bytes]:
+    """The skeleton of the event starting at ``start``, if it is complete and ordinary.
+
+    ``None`` when the skeleton ends first, an event holds a control byte (it needs re-encoding), the
+    brackets do not match or a backslash stands outside a string (the scanner reports or settles
+    it), or the shape is implausibly long.
+    """
+    if start >= len(skeleton) or skeleton[start] != _LBRACE:
+        return None
+    stack: List[int] = []
+    in_string = False
+    for i in range(start, min(len(skeleton), start + _MAX_SHAPE)):
+        c = skeleton[i]
+        if c == _QUOTE:
+            in_string = not in_string
+        elif c < 0x20:
+            return None
+        elif in_string:
+            continue  # a bracket or backslash inside a string
+        elif c == _LBRACE:
+            stack.append(_RBRACE)
+        elif c == _LBRACKET:
+            stack.append(_RBRACKET)
+        elif c == _BACKSLASH or stack.pop() != c:
+            return None
+        elif not stack:
+            return skeleton[start : i + 1]
+    return None
