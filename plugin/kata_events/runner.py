@@ -170,7 +170,19 @@ class Runner:
         """The loop. Returns an `ExitStatus` value; transient faults never end it."""
         token, why = self.store.load()
         if why:
-            logs.emit("state", why, state_file=str(self.store.path))
+            stored = self.store.stored() if token is None else None
+            if stored is not None and stored.filter != self.client.filter:
+                logs.emit(
+                    "filter_changed",
+                    why,
+                    old_filter=stored.filter,
+                    new_filter=self.client.filter,
+                    state_file=str(self.store.path),
+                )
+            else:
+                # A dropped token means a new subscription: events since the last run may be lost.
+                level = "WARNING" if token is None else None
+                logs.emit("state", why, level=level, state_file=str(self.store.path))
         self.token = token
         if token is None:
             logs.emit(
