@@ -91,6 +91,9 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
+    # Chosen before any file is opened: a closed stdin is still seen as closed.
+    mode, why, already_read = choose_ack_mode(config.ack)
+    hold_closed_std_fds()
     store = TokenStore(
         config.state_file,
         url=config.url[0],
@@ -103,7 +106,6 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         say(str(exc))
         return int(exc.exit_code)
     try:
-        mode, why, already_read = choose_ack_mode(config.ack)
         runner_box: List[Runner] = []
         early_stop: List[str] = []
 
@@ -144,6 +146,24 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             _restore_signal_handlers(previous)
     finally:
         store.close()
+
+
+def hold_closed_std_fds() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr, opened so that using it still fails.
+
+    The next file opened takes the lowest free descriptor: with stdout closed, the state lock file
+    became fd 1 and events were written into it, fsynced and committed, then lost. /dev/null opened
+    read-only on fd 1 makes writes fail with EBADF, as on a closed stdout (the reader is gone,
+    nothing is committed); write-only on fd 0 makes reads fail, as on a closed stdin.
+    """
+    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            held = os.open(os.devnull, flags)
+            if held != fd:
+                os.dup2(held, fd)
+                os.close(held)
 
 
 def _install_signal_handlers(runner: Runner) -> dict:
