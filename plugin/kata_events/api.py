@@ -228,6 +228,9 @@ class EventsClient:
             session.mount("https://", _PinnedAdapter(pin_sha256))
         elif insecure:
             self._verify = False
+            # urllib3 would print a plain-text warning on stderr for every request, breaking the
+            # JSON log lines; the `insecure` log event says it once per start instead.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         else:
             self._verify = ca_file or True
         self._session = session
