@@ -1,0 +1,104 @@
+"""Acceptance: a missing file (certificate, key, CA, config) ends `kata-events run` with exit 66
+naming the path before any connection is made; a bad value ends it with 78 listing every problem.
+Never a traceback.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from run_helpers import Runs, run_args
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[Runs]:
+    r = Runs(tmp_path)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A TCP port that records whether anyone connected."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def _connected(sock: socket.socket) -> bool:
+    try:
+        conn, _ = sock.accept()
+    except BlockingIOError:
+        return False
+    conn.close()
+    return True
+
+
+def _args_towards(listener: socket.socket, make_emulator, cert, ext_id: str, state: Path) -> List[str]:
+    """Normal arguments, but the URL points at ``listener`` (which speaks no TLS at all)."""
+    emu = make_emulator()
+    args = run_args(emu, ext_id, cert, state, "--once")
+    port = listener.getsockname()[1]
+    return [f"https://127.0.0.1:{port}" if a == emu.url else a for a in args]
+
+
+def _replace(args: List[str], flag: str, value: str) -> List[str]:
+    out = list(args)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("flag", ["--cert", "--key", "--ca-file", "--config"])
+def test_a_missing_file_exits_66_naming_it_before_any_connection(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, listener, flag
+):
+    cert = make_client_cert("missing")
+    args = _args_towards(listener, make_emulator, cert, ext_id, tmp_path / "s.json")
+    missing = tmp_path / "nowhere" / f"missing{flag.replace('-', '_')}.pem"
+    args = args + [flag, str(missing)] if flag == "--config" else _replace(args, flag, str(missing))
+    run = runs.complete(args, timeout=20)
+    assert run.returncode == 66, run.stderr_text[-3000:]
+    assert str(missing) in run.stderr_text
+    run.assert_no_traceback()
+    assert run.output == b""
+    assert not _connected(listener), "the process connected before checking its files"
+    assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.timeout(30)
+def test_bad_values_exit_78_listing_each(make_emulator, make_client_cert, ext_id, runs, tmp_path, listener):
+    cert = make_client_cert("badvalue")
+    config = tmp_path / "kata-events.toml"
+    config.write_text('max_timeout = 301\nlog_format = "xml"\n')
+    args = _args_towards(listener, make_emulator, cert, ext_id, tmp_path / "s.json")
+    run = runs.complete(args + ["--config", str(config), "--max-events", "0"], timeout=20)
+    assert run.returncode == 78, run.stderr_text[-3000:]
+    text = run.stderr_text
+    for name in ("max_events", "max_timeout", "log_format"):
+        assert name in text, f"{name} is not named in:\n{text}"
+    run.assert_no_traceback()
+    assert run.output == b""
+    assert not _connected(listener)
+
+
+@pytest.mark.timeout(30)
+def test_an_unknown_config_key_exits_78_with_a_suggestion(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, listener
+):
+    cert = make_client_cert("badkey")
+    config = tmp_path / "kata-events.toml"
+    config.write_text("max_event = 100\n")
+    args = _args_towards(listener, make_emulator, cert, ext_id, tmp_path / "s.json")
+    run = runs.complete(args + ["--config", str(config)], timeout=20)
+    assert run.returncode == 78, run.stderr_text[-3000:]
+    assert "max_event" in run.stderr_text and "max_events" in run.stderr_text
+    run.assert_no_traceback()
+    assert not _connected(listener)
