@@ -9,12 +9,15 @@ real socket.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -131,8 +134,13 @@ class KataRun:
         stdout_file: Optional[Union[Path, str]] = None,
         stdin: Any = subprocess.DEVNULL,
         env: Optional[Dict[str, str]] = None,
+        hold_stdout: bool = False,
     ) -> None:
         self.args = list(args)
+        # Cleared: the stdout reader waits, so the pipe fills up (a stalled consumer).
+        self._reading = threading.Event()
+        if not hold_stdout:
+            self._reading.set()
         self._out = bytearray()
         self._logs: List[Dict[str, Any]] = []
         self._other_stderr: List[str] = []
@@ -167,6 +175,7 @@ class KataRun:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
         while True:
+            self._reading.wait()
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 break
@@ -193,6 +202,17 @@ class KataRun:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+    def release_stdout(self) -> None:
+        """Let the stdout reader go on (after ``hold_stdout=True``)."""
+        self._reading.set()
+
+    def unread_stdout(self) -> int:
+        """Bytes waiting in the stdout pipe (FIONREAD on the test's end)."""
+        assert self.proc.stdout is not None
+        buf = array.array("i", [0])
+        fcntl.ioctl(self.proc.stdout.fileno(), termios.FIONREAD, buf, True)
+        return buf[0]
 
     # -- what it said -------------------------------------------------------------------------------
 
@@ -303,6 +323,7 @@ class KataRun:
         """End the process if it still runs (test cleanup)."""
         if self.proc.poll() is None:
             self.proc.kill()
+        self._reading.set()
         try:
             self.wait(10)
         finally:

@@ -37,6 +37,7 @@ def test_100k_events_across_page_sizes_arrive_in_order_byte_identical(
         )
         assert run.returncode == 0, run.stderr_text[-3000:]
         run.assert_no_traceback()
+        assert not run.other_stderr.strip(), run.other_stderr
         pages = [p["events"] for p in run.events("page")]
         assert pages and max(pages) == min(added, max_events), pages
         out += run.output

@@ -51,6 +51,7 @@ def _run_with_fault(make_emulator, make_client_cert, ext_id, runs, tmp_path, fau
     run = runs.complete(args, timeout=45)
     assert run.returncode == 0, run.stderr_text[-3000:]
     run.assert_no_traceback()
+    assert not run.other_stderr.strip(), run.other_stderr  # JSON log lines only
     return emu, run
 
 
