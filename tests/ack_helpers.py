@@ -223,6 +223,13 @@ class ImprogConsumer:
                 return False
             return True
 
+    def close_stdin(self) -> None:
+        """End of input for the emitter (stdout stays open and is still read)."""
+        with self._write_lock:
+            if self._stdin_fd >= 0:
+                os.close(self._stdin_fd)
+                self._stdin_fd = -1
+
     def ack(self, n: int, batch: bool = False) -> None:
         """Acknowledge ``n`` more lines by hand (``ACK\\n`` each, or one ``ACK <n>``)."""
         if n <= 0:

@@ -160,7 +160,11 @@ def test_auto_mode_decides_from_stdin_without_delay(
 
 
 def test_ack_none_into_head_resumes_at_or_before_the_first_line_head_did_not_print(
-    make_emulator: Callable[..., Emulator], client_cert: ClientCert, ext_id: str, tmp_path: Path
+    make_emulator: Callable[..., Emulator],
+    client_cert: ClientCert,
+    ext_id: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     emulator = make_emulator(backlog=0, rate=0, event_bytes=300)
     state = tmp_path / "state.json"
@@ -194,6 +198,7 @@ def test_ack_none_into_head_resumes_at_or_before_the_first_line_head_did_not_pri
     finally:
         second.kill()
     resumed_at = second.seqs[0]
+    record_property("resumed_at", resumed_at)
     assert resumed_at <= 11, f"events {list(range(11, resumed_at))} were never printed by anyone"
     assert resumed_at >= 2, "at least the first page head read was committed"
 

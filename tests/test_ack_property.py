@@ -246,8 +246,7 @@ def test_real_process_no_token_ahead_of_acks_and_no_deadlock(
         time.sleep(0.2)
         ended = time.monotonic()
         if ending == "eof":
-            consumer._halt_reader()
-            consumer._close_pipes()
+            consumer.close_stdin()
         else:
             consumer.send(b"STOP\n")
             if ending == "stop then ack":
