@@ -111,14 +111,16 @@ def test_head_closing_the_pipe_ends_quietly_and_the_next_run_resumes_after_the_t
     emu = make_emulator()
     cert = make_client_cert("head")
     state = tmp_path / "state.json"
-    args = run_args(emu, ext_id, cert, state, "--max-events", "2", "--max-timeout", "5")
+    args = run_args(emu, ext_id, cert, state, "--max-events", "1", "--max-timeout", "5")
     rc_file = tmp_path / "rc"
     script = f"{{ {shlex.join(command(args))}; echo $? > {shlex.quote(str(rc_file))}; }} | head -n 10"
     stop_trickle = threading.Event()
 
     def trickle() -> None:
-        # One event at a time, slower than a page's round trip: each page holds one event, so head
-        # never reads bytes past the tenth line that the process would count as taken.
+        # Pages of one event, one event at a time once the process asks, slower than a page's round
+        # trip: head never reads bytes past the tenth line that the process would count as taken.
+        while emu.requests_served < 1 and not stop_trickle.wait(0.02):
+            pass
         while not stop_trickle.wait(0.15):
             emu.add_events(1)
 
