@@ -91,11 +91,6 @@ def test_sigterm_while_blocked_writing_exits_within_a_second_and_commits_nothing
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stop raised from the signal handler unwinds os.write after it returned, so the count of "
-    "bytes it wrote is lost and the line under way cannot be finished: stdout ends mid-line",
-)
 def test_sigterm_while_blocked_writing_leaves_no_partial_line(
     make_emulator, make_client_cert, ext_id, runs, tmp_path
 ):

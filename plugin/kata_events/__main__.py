@@ -1,5 +1,5 @@
 """Allow ``python -m kata_events``."""
 
-from kata_events.cli import main
+from kata_events.cli import console_main
 
-raise SystemExit(main())
+console_main()

@@ -6,6 +6,7 @@ Each subcommand lives in its own module; this one only dispatches. It never writ
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -77,5 +78,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
 
+def console_main() -> None:
+    """The console script: `main`, then exit without the interpreter's teardown.
+
+    Tearing down the imported modules takes ~100 ms, most of rsyslog's 200 ms closeTimeout after
+    STOP. Everything that matters is done by then: commits are fsynced, logs are flushed below.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

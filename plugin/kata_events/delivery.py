@@ -43,6 +43,10 @@ _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.E
 DRAIN_POLL = 0.05
 #: How often the ack reader checks for lines waiting too long while stdin is silent.
 ACK_CHECK_EVERY = 0.25
+#: While stopping, how long a half-written line may take to complete before it is abandoned.
+FINISH_LINE_GRACE = 0.5
+#: How long the writer waits for room in stdout before it looks at the stop flag again.
+WRITE_POLL_MS = 50
 #: Linux: bytes in a socket's send queue not yet acknowledged by the peer.
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 
@@ -70,13 +74,43 @@ def fd_kind(fd: int) -> Optional[str]:
     return "other"
 
 
-class LineWriter:
-    """Writes batches of lines to a file descriptor and confirms every byte was taken."""
+class WriteStopped(Exception):
+    """A stop was asked for while the writer waited for room in stdout; whole lines stay whole."""
 
-    def __init__(self, fd: int = 1) -> None:
+
+def _shared_with_stderr(fd: int) -> bool:
+    try:
+        a, b = os.fstat(fd), os.fstat(2)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class LineWriter:
+    """Writes batches of lines to a file descriptor and confirms every byte was taken.
+
+    On a pipe or socket the descriptor is made non-blocking and the writer waits for room with
+    poll(), checking ``should_stop`` between waits: a stop never lands in the middle of a write
+    (its count would be lost) and never leaves half a line behind when it can be helped — an
+    unfinished line gets `FINISH_LINE_GRACE` to complete. When stdout and stderr are one pipe
+    (``2>&1``) the descriptor stays blocking, since stderr would share the flag.
+    """
+
+    def __init__(self, fd: int = 1, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.fd = fd
+        self.should_stop = should_stop
+        #: Seconds a half-written line may take to complete once a stop is asked for.
+        self.finish_line_grace = FINISH_LINE_GRACE
         self.bytes_written = 0
         self.lines_written = 0
+        self._poll: Optional[select.poll] = None
+        if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
+            try:
+                os.set_blocking(fd, False)
+            except OSError:
+                return
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLOUT)
 
     def write_lines(self, lines: List[bytes]) -> int:
         """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
@@ -86,12 +120,27 @@ class LineWriter:
         view = memoryview(data)
         total = len(data)
         done = 0
+        give_up_at: Optional[float] = None
         try:
             while done < total:
-                n = os.write(self.fd, view[done:])
-                if n <= 0:
+                try:
+                    n = os.write(self.fd, view[done:])
+                except BlockingIOError:
+                    n = 0
+                if n > 0:
+                    done += n
+                    continue
+                if self._poll is None:
                     raise ConsumerGone(f"stdout took {done} of {total} bytes and then nothing")
-                done += n
+                if self.should_stop():
+                    if done == 0 or data[done - 1] == 0x0A:
+                        raise WriteStopped(f"stopped at a line boundary after {done} bytes")
+                    now = time.monotonic()
+                    if give_up_at is None:
+                        give_up_at = now + self.finish_line_grace
+                    if now >= give_up_at:
+                        raise WriteStopped("stdout took no more while stopping: a line is cut")
+                self._poll.poll(WRITE_POLL_MS)
         except OSError as exc:
             if exc.errno in _GONE:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
@@ -100,6 +149,14 @@ class LineWriter:
             self.bytes_written += done
         self.lines_written += len(lines)
         return total
+
+    def close(self) -> None:
+        """Give the descriptor back blocking: a shell holding the same pipe writes after us."""
+        if self._poll is not None:
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass
 
 
 class Delivery:
@@ -149,7 +206,8 @@ class Delivery:
         """Last chance to commit before exit (drain and ack modes wait for the tail here)."""
 
     def close(self) -> None:
-        """Stop background threads."""
+        """Stop background threads and give stdout back as it was."""
+        self.writer.close()
 
 
 class DrainDelivery(Delivery):
@@ -245,6 +303,7 @@ class DrainDelivery(Delivery):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+        super().close()
 
 
 class AckDelivery(Delivery):
@@ -418,6 +477,9 @@ def make_delivery(
 ) -> Delivery:
     """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
     if mode == "lines":
+        # After STOP the shipper takes nothing more: finishing a half-written line is pointless
+        # and would eat into its closeTimeout.
+        writer.finish_line_grace = 0.0
         return AckDelivery(writer, commit, **ack_options)  # type: ignore[arg-type]
     if mode != "none":
         raise ValueError(f"unknown delivery mode {mode!r}")

@@ -5,9 +5,10 @@ they are taken, and only then does the token store commit the page's token. The 
 `requests`; it reacts to the few exceptions of `kata_events.errors`. Nothing transient ends it:
 unavailability, bad bodies and untrusted servers are retried with backoff, a 401 waits for approval.
 
-Signal handlers only record the request to stop. While the loop is blocked in the network or in a
-write (`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked
-call at once; commits never run inside such a section, so a stop can't tear one.
+Signal handlers only record the request to stop. While the loop is blocked in the network
+(`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked call
+at once; commits never run inside such a section, so a stop can't tear one. Writes are never
+interrupted that way: the writer polls for room and looks at the stop flag itself.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Callable, Iterator, List, Optional
 from kata_events import logs
 from kata_events.api import EventsClient, Page, colon_hex, file_fingerprint
 from kata_events.backoff import Backoff
-from kata_events.delivery import ConsumerGone, Delivery
+from kata_events.delivery import ConsumerGone, Delivery, WriteStopped
 from kata_events.errors import (
     ApiError,
     BadRequest,
@@ -127,6 +128,7 @@ class Runner:
         #: Set by the process wiring: interrupts the main thread from another thread.
         self.wake_main: Optional[Callable[[], None]] = None
         self._page_lines = 0
+        delivery.writer.should_stop = self._stop.is_set
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -258,11 +260,16 @@ class Runner:
         while True:
             with self.interruptible():
                 batch: Optional[List[bytes]] = next(batches, None)
-                if batch is None:
-                    return last
-                if self.stop_after is not None:
-                    batch = self._limit(batch)
+            if batch is None:
+                return last
+            if self.stop_after is not None:
+                batch = self._limit(batch)
+            # Not interruptible: the writer watches the stop flag itself, so that a stop neither
+            # loses the count of a write under way nor cuts a line it can still finish.
+            try:
                 self.delivery.write(batch)
+            except WriteStopped:
+                raise StopRequested(self._stop_reason) from None
             last = batch[-1]
             if self.warn_line_bytes and not self._line_warned:
                 self._check_line_lengths(batch)
