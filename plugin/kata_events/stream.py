@@ -106,6 +106,15 @@ _SEPARATOR = re.compile(rb"[ \t\n\r]*([,\]])[ \t\n\r]*").match
 _MAX_SHAPES = 64
 _MAX_SHAPE = 4096
 
+# Window path: escaped quotes and "},{" separators become these control bytes before the skeleton is
+# taken; a window holding either byte itself is cut before it (control bytes need re-encoding anyway).
+_ESC_MARK, _SEP_MARK = b"\x01", b"\x02"
+# The window skeleton keeps quotes, brackets and both marks; every other control byte becomes \x00.
+_WINDOW_TABLE = bytes(b if b in (1, 2) or b >= 0x20 else 0 for b in range(256))
+_NOT_WINDOW_SKELETON = bytes(b for b in range(0x20, 0x100) if b not in b'"{}[]')
+_MAX_STATUSES = 4096
+_MARK_AFTER_BACKSLASH = re.compile(rb"\x01(?<=\\\x01)").search
+
 
 class MalformedBody(ValueError):
     """The body is not a complete JSON object of the expected shape.
@@ -166,7 +175,11 @@ class PageSplitter:
         self._stack: List[int] = []
         self._in_string = False
         self._escape = False
-        # Bulk path: event skeleton shapes seen recently, with their count of "}" bytes.
+        # Window path: what a piece's skeleton (after the open brackets it continues) settles to.
+        self._first: Dict[bytes, Optional[bytes]] = {}
+        self._more: Dict[bytes, Optional[bytes]] = {}
+        self._window_ok = True
+        # Shape path: event skeleton shapes seen recently, with their count of "}" bytes.
         self._shapes: List[Tuple[bytes, int]] = []
         self._fast_ok = True
 
@@ -188,6 +201,7 @@ class PageSplitter:
             return out
         self._base = self.bytes_fed
         self.bytes_fed += len(chunk)
+        self._window_ok = True
         self._fast_ok = True
         try:
             self._run(chunk, out)
@@ -415,6 +429,111 @@ class PageSplitter:
     def _fast_events(self, buf: bytes, pos: int, n: int, out: List[bytes]) -> int:
         """Split whole events in bulk from ``pos`` (an element start); return where it stopped.
 
+        The window path settles compact pages; what it leaves (separators with whitespace, control
+        bytes, a "},{" inside a string) goes to the shape path, and what that leaves to the scanner.
+        """
+        if self._window_ok:
+            pos, settled = self._window_events(buf, pos, n, out)
+            if settled or pos >= n:
+                return pos
+        if self._fast_ok:
+            pos = self._shape_events(buf, pos, n, out)
+        return pos
+
+    def _window_events(self, buf: bytes, pos: int, n: int, out: List[bytes]) -> Tuple[int, bool]:
+        """Split the events of the window ``buf[pos:]`` that end at a "},{" separator.
+
+        Returns where it stopped, and whether that is simply the window's last event (cut by the end
+        of the chunk, or followed by something other than "},{"), which only the scanner can settle.
+        Never raises: what it does not settle is left, unchanged, to the paths that report faults.
+        """
+        pos = _WS(buf, pos).end()
+        if pos >= n or buf[pos] != _LBRACE:
+            return pos, False
+        window = buf[pos:] if pos else buf
+        # Control bytes need re-encoding and would be mistaken for the marks: the window ends before
+        # the first \x01 or \x02 (a quick memchr), and its skeleton before the first other one.
+        cut = len(window)
+        for mark in (_ESC_MARK, _SEP_MARK):
+            at = window.find(mark, 0, cut)
+            if at >= 0:
+                cut = at
+        if cut < len(window):
+            window = window[:cut]
+        # Same-length rewrites keep offsets aligned. Escaped quotes become two \x01 bytes, so every
+        # quote left is a string delimiter; a quote after a run of 2+ backslashes needs the pairs
+        # rewritten first (left to right, as JSON reads them), which is rare and costs a pass.
+        marked = window
+        if b'\\"' in marked:
+            marked = marked.replace(b'\\"', _ESC_MARK * 2)
+            # A backslash before a mark: that quote followed 2+ backslashes, so the run is paired
+            # first, left to right as JSON does (rare; a search starting at a backslash is slow).
+            if _MARK_AFTER_BACKSLASH(marked) is not None:
+                marked = window.replace(b"\\\\", b"__").replace(b'\\"', _ESC_MARK * 2)
+        marked = marked.replace(b"},{", b"}" + _SEP_MARK + b"{")
+        # The skeleton: quotes, brackets and marks in order (\x00 for any other control byte).
+        skeleton = marked.translate(_WINDOW_TABLE, _NOT_WINDOW_SKELETON)
+        if b"\x00" in skeleton:
+            skeleton = skeleton[: skeleton.index(b"\x00")]
+            cut = -1  # something is left that the next paths must see
+        # Drop the strings: adjacent quote pairs first (most strings keep nothing), then the rest by
+        # parity. Every bracket and mark left is outside strings. A "},{" inside a string is a
+        # separator mark that disappears: only the marks before it can be trusted.
+        skeleton = skeleton.replace(b'""', b"")
+        if b'"' in skeleton:
+            parts = skeleton.split(b'"')
+            end = len(parts)
+            if _SEP_MARK in b"".join(parts[1::2]):
+                end = next(i for i in range(1, end, 2) if _SEP_MARK in parts[i])
+                cut = -1
+            skeleton = b"".join(parts[0:end:2])
+        pieces = skeleton.split(_SEP_MARK)
+        marks = len(pieces) - 1  # the pieces before the last one end at a trusted separator
+        if not marks:
+            return pos, False
+        first, more = self._first, self._more
+        if len(first) + len(more) > _MAX_STATUSES:
+            first.clear()
+            more.clear()
+        find = marked.find
+        start = off = 0  # where the current event and the current piece start in the window
+        closers = b""  # what the current event still needs closed after its earlier pieces
+        settled = cut == len(window)
+        for piece in pieces:
+            if closers:
+                key = closers + _SEP_MARK + piece
+                try:
+                    status = more[key]
+                except KeyError:
+                    status = more[key] = _piece_status(piece, closers)
+            else:
+                try:
+                    status = first[piece]
+                except KeyError:
+                    status = first[piece] = _piece_status(piece, b"")
+            if status is None:
+                settled = False
+                break  # not a plain compact event: the next paths settle it
+            off = find(_SEP_MARK, off)  # just after the "}" that ends this piece
+            if status:
+                closers = status
+            else:
+                out.append(window[start:off])
+                start = off + 1
+                closers = b""
+            off += 1
+            marks -= 1
+            if not marks:
+                break  # the last piece has no separator after it
+        if start:
+            self._state = _S_ELEM
+        if not settled and start < len(window) // 4:
+            self._window_ok = False  # little gained here: no more window attempts in this chunk
+        return pos + start, settled
+
+    def _shape_events(self, buf: bytes, pos: int, n: int, out: List[bytes]) -> int:
+        """Split whole events in bulk from ``pos`` (an element start); return where it stopped.
+
         It stops, leaving the state machine and the incremental scanner to take over, at an event cut
         by the end of the chunk, at anything unusual (an event holding control bytes or a shape it
         cannot settle), and at the end of the array. It never raises: faults are reported by the
@@ -480,6 +599,31 @@ class PageSplitter:
         if wpos < len(window) // 4 and wpos + pos < n:
             self._fast_ok = False  # little gained here: no more bulk attempts in this chunk
         return pos + wpos
+
+
+def _piece_status(piece: bytes, closers: bytes) -> Optional[bytes]:
+    """What one piece of a window skeleton settles to, after an event's earlier pieces left ``closers``.
+
+    A piece holds the brackets outside strings between two "},{" separators (or the window start), and
+    \x01 for an escaped quote outside any string. ``b""``: the event ends with the piece's last byte;
+    non-empty: the closers still needed (innermost last); ``None``: not a plain event (a separator with
+    whitespace, mismatched brackets, a backslash outside strings, implausibly deep): the other paths
+    settle or report it.
+    """
+    if not closers and (not piece or piece[0] != _LBRACE):
+        return None
+    if len(piece) + len(closers) > _MAX_SHAPE:
+        return None
+    stack = list(closers)
+    last = len(piece) - 1
+    for i, c in enumerate(piece):
+        if c == _LBRACE:
+            stack.append(_RBRACE)
+        elif c == _LBRACKET:
+            stack.append(_RBRACKET)
+        elif not stack or stack.pop() != c or (not stack and i != last):
+            return None
+    return bytes(stack)
 
 
 def _event_shape(skeleton: bytes, start: int) -> Optional[bytes]:
