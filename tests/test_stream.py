@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kata_events import stream
+from kata_events.emulator.events import EventFactory
 from kata_events.stream import MalformedBody, PageSplitter
 
 
@@ -398,15 +399,27 @@ def scanner_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(PageSplitter, "_fast_events", lambda self, buf, pos, n, out: pos)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.data())
-def test_property_bulk_path_agrees_with_scanner(data: st.DataObject) -> None:
-    # Hostile strings (brackets, escaped quotes, backslash runs, control bytes) in varied shapes,
-    # joined with varied separators, some of them wrong: both paths must give the same events and
-    # fail at the same place.
-    atoms = st.sampled_from(
-        ["{", "}", "[", "]", '\\"', "\\\\", "\\\\\\\"", '"', ",", "x", "\n", "\t", "\u00e9", "ж"]
-    )
+def bulk_mode(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Leave only one bulk path in front of the scanner ("window" or "shape"), or both ("both")."""
+    if mode == "window":
+        monkeypatch.setattr(PageSplitter, "_shape_events", lambda self, buf, pos, n, out: pos)
+    elif mode == "shape":
+        monkeypatch.setattr(PageSplitter, "_window_events", lambda self, buf, pos, n, out: (pos, False))
+
+
+# Fragments of JSON string source: brackets, separators, escaped quotes and backslash runs (their
+# halves land at chunk edges when a cut falls inside), raw control bytes (including the two the
+# window path uses as marks), and non-ASCII.
+HOSTILE_ATOMS = [
+    "{", "}", "[", "]", '\\"', "\\\\", "\\\\\\\"", '"', ",", "x", "\n", "\t", "\u00e9", "\u00e9",
+    "},{", '\\"},{\\"', "\\\\},{", "\x01", "\x02", "\u00e9", "ж", "\\\\\\\\\\\"",
+]  # fmt: skip
+
+
+@st.composite
+def hostile_bodies(draw: Any) -> List[bytes]:
+    """A body of hostile events (some of them malformed) cut into chunks."""
+    atoms = st.sampled_from(HOSTILE_ATOMS)
     strings = st.lists(atoms, max_size=6).map(lambda parts: '"' + "".join(parts).replace('"', '\\"') + '"')
     values = st.recursive(
         strings | st.sampled_from(["1", "null", "-2.5"]),
@@ -419,20 +432,116 @@ def test_property_bulk_path_agrees_with_scanner(data: st.DataObject) -> None:
     objects = st.lists(st.tuples(strings, values), max_size=4).map(
         lambda kv: "{" + ",".join(k + ":" + v for k, v in kv) + "}"
     )
-    seps = st.sampled_from([",", ",", ",", " , ", ",\n", "", ",,", " x "])
-    elements = data.draw(st.lists(st.tuples(objects | st.sampled_from(["1", "[]"]), seps), max_size=8))
+    # Mostly compact separators (the window path's case), some spaced or wrong.
+    seps = st.sampled_from([",", ",", ",", ",", ",", " , ", ",\n", "", ",,", " x ", '\\"', "\\\\"])
+    elements = draw(st.lists(st.tuples(objects | st.sampled_from(["1", "[]"]), seps), max_size=10))
     inner = "".join(e + s for e, s in elements[:-1]) + (elements[-1][0] if elements else "")
     body = ('{"events":[' + inner + '],"continuationToken":"t"}').encode()
-    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=6))
-    chunks = pieces(body, cuts)
+    cuts = draw(st.lists(st.integers(0, len(body)), max_size=6))
+    return pieces(body, cuts)
 
-    def outcome() -> Tuple[str, Any]:
-        try:
-            return "ok", split_pieces(chunks)
-        except MalformedBody as exc:
-            return "malformed", (exc.reason, exc.offset)
 
-    with_bulk = outcome()
+def outcome(chunks: Sequence[bytes]) -> Tuple[str, Any]:
+    try:
+        return "ok", split_pieces(chunks)
+    except MalformedBody as exc:
+        return "malformed", (exc.reason, exc.offset)
+
+
+@pytest.mark.parametrize("mode", ["both", "window", "shape"])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=hostile_bodies())
+def test_property_bulk_path_agrees_with_scanner(mode: str, chunks: List[bytes]) -> None:
+    # Hostile strings in varied shapes, joined with varied separators, some of them wrong: every
+    # bulk path must give the same events as the scanner alone and fail at the same place.
+    with pytest.MonkeyPatch.context() as mp:
+        bulk_mode(mp, mode)
+        with_bulk = outcome(chunks)
     with pytest.MonkeyPatch.context() as mp:
         scanner_only(mp)
-        assert outcome() == with_bulk
+        assert outcome(chunks) == with_bulk
+
+
+# ------------------------------------------------------------------------ the window path, directly
+
+
+def emulator_page(count: int, seed: int = 1) -> Tuple[bytes, List[bytes]]:
+    factory = EventFactory(seed=seed, event_bytes=2000)
+    events = [factory.event_bytes_for(seq, 1_700_000_000_000_000 + seq) for seq in range(1, count + 1)]
+    return b'{"events":[' + b",".join(events) + b'],"continuationToken":"x"}', events
+
+
+@pytest.mark.parametrize("mode", ["both", "window", "shape"])
+def test_emulator_page_random_chunkings(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    body, events = emulator_page(1500)
+    bulk_mode(monkeypatch, mode)
+    rng = random.Random(11)
+    for size in (1 << 20, 65536, 4093):
+        assert split(body, size)[0] == events
+    for _ in range(4):
+        chunks = pieces(body, [rng.randrange(len(body)) for _ in range(rng.randrange(1, 300))])
+        assert split_pieces(chunks)[0] == events
+
+
+SETTLED_BY_WINDOW = [
+    {"p": "C:\\", "q": "a\\\"b", "r": "x\\\\", "s": "\\\\\"", "t": "\"\\\\\""},
+    {"deep": [[[{"a": [{}]}]]], "s": '{"a":{},"b":[]}', "e": {}, "l": []},
+    {"k": "}, {", "l": "[{]}", "m": "\\}\\{", "u": "Иванов \u00e9 😀"},
+]
+
+
+@pytest.mark.parametrize("page", ["emulator", "tricky"])
+def test_window_path_settles_compact_pages_alone(monkeypatch: pytest.MonkeyPatch, page: str) -> None:
+    # On a compact page only the last event of each chunk is left to the scanner, never to the
+    # shape path; each of these events is one the window path must settle itself.
+    calls: List[int] = []
+    original = PageSplitter._shape_events
+
+    def counting(self: PageSplitter, buf: bytes, pos: int, n: int, out: List[bytes]) -> int:
+        calls.append(pos)
+        return original(self, buf, pos, n, out)
+
+    monkeypatch.setattr(PageSplitter, "_shape_events", counting)
+    if page == "emulator":
+        body, events = emulator_page(1500)
+    else:
+        events = [compact(e) for e in SETTLED_BY_WINDOW * 400]
+        body = b'{"events":[' + b",".join(events) + b"]}"
+    assert split(body, 1 << 20)[0] == events
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"k": "},{"},
+        {"k": "a},{b", "l": [{"m": "},{"}, {"n": "]},{["}]},
+        {"p": "C:\\", "q": "\\\"", "r": "x\\\\"},
+        {"ctl": "\x01\x02\x1f"},
+        {"deep": [[[{"a": [{}]}]]], "s": '{"a":{},"b":{}}'},
+    ],
+)
+def test_window_path_on_tricky_events(monkeypatch: pytest.MonkeyPatch, event: Dict[str, Any]) -> None:
+    plain = [{"a": i, "b": "x"} for i in range(5)]
+    events = plain[:2] + [event] + plain[2:] + [event, event] + plain
+    body = compact({"events": events, "continuationToken": "t"})
+    bulk_mode(monkeypatch, "window")
+    for size in (len(body), 97, 13, 1):
+        assert split(body, size)[0] == [compact(e) for e in events], size
+
+
+def test_backslash_before_quote_at_a_window_edge() -> None:
+    # "\\" then the closing quote: the quote is a delimiter, at any cut.
+    events = [{"p": "C:\\"}, {"q": "a\\\""}, {"r": 1}]
+    body = compact({"events": events * 3})
+    for cut in range(1, len(body)):
+        assert split_pieces([body[:cut], body[cut:]])[0] == [compact(e) for e in events * 3]
+
+
+def test_escaped_quote_outside_a_string_agrees_with_scanner(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = b'{"events":[{"a":1},{"a":1\\"},{"b":"x"}],"continuationToken":"t"}'
+    with pytest.MonkeyPatch.context() as mp:
+        bulk_mode(mp, "window")
+        with_window = outcome([body])
+    scanner_only(monkeypatch)
+    assert outcome([body]) == with_window
