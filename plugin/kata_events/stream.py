@@ -20,16 +20,20 @@ What it checks, and what it does not:
   ``json.loads(strict=False)`` / ``json.dumps(ensure_ascii=False, separators=(",", ":"))``: same keys,
   order and values, but one line. All other events are passed through byte for byte.
 
-How it is fast in CPython (a regex over the event bytes is no faster than ``json.loads``): each
-chunk is reduced with C-level bytes operations (escaped backslashes and quotes removed, everything
-but quotes, brackets and backslashes deleted with ``bytes.translate``, strings with nothing left
-inside dropped) to a short "skeleton" per event. Most events of a page share a handful of skeleton
-shapes, so each event is settled by ``startswith`` against a small cache of recent shapes (a shape is
-worked out in Python only when new), and its end is mapped back into the body by counting ``}``
-bytes with ``bytes.find``.
-Events that the skeleton cannot settle (cut by the end of the window, deeper than the skeleton
-pattern, holding control bytes) go through an incremental scanner that resumes where it stopped, so a
-10 MB event arriving in 256 KB chunks is scanned once.
+How it is fast in CPython (a regex over the event bytes is no faster than ``json.loads``): a whole
+chunk is handled with a few C-level bytes passes, and Python runs a few steps per event, not per
+byte. The window path rewrites the chunk at equal length (each escaped quote becomes two \\x01 bytes,
+so every quote left delimits a string; each ``},{`` gets \\x02 for its comma), keeps only quotes,
+brackets and marks with one ``bytes.translate``, drops the strings by quote parity (empty ones with
+one ``replace``, the few holding brackets by ``split``), and splits what is left at the \\x02 marks
+outside strings. Each piece between two marks is then settled by a dictionary of the bracket
+sequences seen before (a page has a handful), and the event's bytes are sliced at the mark.
+What it does not settle (separators with whitespace, control bytes, a ``},{`` inside a string, the
+event cut by the end of the chunk) goes to the shape path: the same skeleton idea per event, with
+shapes matched by ``startswith`` against a small cache and ends mapped back by counting ``}`` bytes.
+Events that neither settles (cut by the end of the window, unusual shapes, control bytes) go
+through an incremental scanner that resumes where it stopped, so a 10 MB event arriving in 256 KB
+chunks is scanned once.
 
 Memory: the splitter holds the current incomplete event (or top-level value) and the current chunk,
 never the page.
@@ -605,7 +609,7 @@ def _piece_status(piece: bytes, closers: bytes) -> Optional[bytes]:
     """What one piece of a window skeleton settles to, after an event's earlier pieces left ``closers``.
 
     A piece holds the brackets outside strings between two "},{" separators (or the window start), and
-    \x01 for an escaped quote outside any string. ``b""``: the event ends with the piece's last byte;
+    \\x01 for an escaped quote outside any string. ``b""``: the event ends with the piece's last byte;
     non-empty: the closers still needed (innermost last); ``None``: not a plain event (a separator with
     whitespace, mismatched brackets, a backslash outside strings, implausibly deep): the other paths
     settle or report it.
