@@ -126,7 +126,10 @@ def test_vector_validates_the_example(tmp_path: Path) -> None:
 
 FLUENT_BIT_SECTIONS = {"SERVICE", "INPUT", "FILTER", "OUTPUT", "PARSER"}
 FLUENT_BIT_KEYS = {
-    "SERVICE": {"flush", "log_level", "parsers_file", "storage.path", "storage.sync", "daemon", "grace"},
+    "SERVICE": {
+        "flush", "log_level", "parsers_file", "storage.path", "storage.sync", "daemon", "grace",
+        "json.escape_unicode",
+    },
     "INPUT:exec": {
         "name", "tag", "command", "parser", "interval_sec", "interval_nsec", "buf_size", "oneshot",
         "exit_after_oneshot", "propagate_exit_code", "threaded", "storage.type", "mem_buf_limit", "alias",
@@ -255,6 +258,11 @@ def test_fluent_bit_size_follows_fluent_bit_not_binary_prefixes() -> None:
     assert fluent_bit_size("1048576") == MIB
 
 
+def test_fluent_bit_keeps_utf8_as_written() -> None:
+    service = next(e for name, e in parse_fluent_bit(read("fluent-bit.conf.example")) if name == "SERVICE")
+    assert not fluent_bit_on(service["json.escape_unicode"])
+
+
 def test_fluent_bit_tcp_output_writes_json_lines() -> None:
     outputs = [e for name, e in parse_fluent_bit(read("fluent-bit.conf.example")) if name == "OUTPUT"]
     (tcp,) = outputs
@@ -263,6 +271,44 @@ def test_fluent_bit_tcp_output_writes_json_lines() -> None:
     assert tcp["match"] == "kata.events"
     assert int(tcp["port"]) > 0
     assert tcp["retry_limit"] == "no_limits"
+
+
+def fluent_bit_interval_variant(text: str) -> str:
+    """The example with the long-running input commented out and the interval one active."""
+    out, block = [], ""
+    for line in text.splitlines():
+        if line.startswith("[INPUT]"):
+            block = "active"
+        elif line.startswith("# [INPUT]"):
+            block = "commented"
+        elif not line.strip():
+            block = ""
+        if block == "active":
+            line = "# " + line
+        elif block == "commented":
+            line = line[2:]
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.skipif(shutil.which("fluent-bit") is None, reason="fluent-bit is not installed")
+@pytest.mark.parametrize("mode", ["long-running", "interval"])
+def test_fluent_bit_dry_run_accepts_the_example(tmp_path: Path, mode: str) -> None:
+    parsers = tmp_path / "parsers.conf"
+    parsers.write_text(read("fluent-bit-parsers.conf.example"), encoding="utf-8")
+    text = read("fluent-bit.conf.example").replace("/etc/fluent-bit/kata-events-parsers.conf", str(parsers))
+    text = text.replace("/var/lib/fluent-bit/storage", str(tmp_path / "storage"))
+    if mode == "interval":
+        text = fluent_bit_interval_variant(text)
+        (active,) = [entries for name, entries in parse_fluent_bit(text) if name == "INPUT"]
+        assert "interval_sec" in active and "--once" in active["command"]
+    config = tmp_path / "fluent-bit.conf"
+    config.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        ["fluent-bit", "--dry-run", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "configuration test is successful" in output, output
 
 
 def test_fluent_bit_parser_rejects_what_fluent_bit_would() -> None:
