@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -30,25 +28,11 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from emulator_helpers import ClientCert
 from kata_events.emulator import Emulator
+from run_helpers import clean_env, command, run_args, seq_of
 
 #: improg's default closeTimeout, and the pace at which it looks for the child's exit.
 CLOSE_TIMEOUT = 0.2
 WAITPID_POLL = 0.01
-
-_SEQ = re.compile(rb'^\{"EmulatorSeq":(\d+)')
-
-
-def seq_of(line: bytes) -> int:
-    """The EmulatorSeq of one event line (the emulator puts it first)."""
-    match = _SEQ.match(line)
-    assert match, f"not an emulator event line: {line[:80]!r}"
-    return int(match.group(1))
-
-
-def clean_env() -> Dict[str, str]:
-    """The test process's environment without any KATA_EVENTS_* setting that could leak in."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("KATA_EVENTS_")}
-
 
 def run_argv(
     emulator: Emulator,
@@ -60,31 +44,8 @@ def run_argv(
     max_timeout: int = 1,
 ) -> List[str]:
     """``kata-events run`` against ``emulator`` over mutual TLS, JSON logs on stderr."""
-    return [
-        sys.executable,
-        "-m",
-        "kata_events",
-        "run",
-        "--url",
-        emulator.url,
-        "--external-system-id",
-        ext_id,
-        "--cert",
-        str(cert.cert_file),
-        "--key",
-        str(cert.key_file),
-        "--ca-file",
-        str(emulator.ca_file),
-        "--state-file",
-        str(state_file),
-        "--max-events",
-        str(max_events),
-        "--max-timeout",
-        str(max_timeout),
-        "--log-format",
-        "json",
-        *extra,
-    ]
+    limits = ("--max-events", str(max_events), "--max-timeout", str(max_timeout), "--log-format", "json")
+    return command(run_args(emulator, ext_id, cert, state_file, *limits, *extra, stats_interval=60))
 
 
 def read_logs(path: Path) -> List[Dict[str, Any]]:

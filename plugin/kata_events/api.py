@@ -20,6 +20,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from kata_events import certs
 from kata_events.errors import (
     BadRequest,
     BadResponse,
@@ -64,20 +65,10 @@ def excerpt(data: bytes, limit: int = EXCERPT_CHARS) -> str:
 def file_fingerprint(cert_path: str) -> Optional[str]:
     """SHA-256 (hex) of the first certificate in a PEM file, or None if it cannot be read."""
     try:
-        with open(cert_path, encoding="ascii", errors="replace") as fh:
-            pem = fh.read()
-        begin = pem.index("-----BEGIN CERTIFICATE-----")
-        end = pem.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
-        der = ssl.PEM_cert_to_DER_cert(pem[begin:end])
+        with open(cert_path, "rb") as fh:
+            return certs.sha256_fingerprint(fh.read())
     except (OSError, ValueError):
         return None
-    return hashlib.sha256(der).hexdigest()
-
-
-def colon_hex(hex_digest: str) -> str:
-    """``ab12..`` → ``AB:12:..``, the form web UIs and ``openssl x509 -fingerprint`` show."""
-    up = hex_digest.upper()
-    return ":".join(up[i : i + 2] for i in range(0, len(up), 2))
 
 
 def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float = 5.0) -> Optional[str]:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
 
 from kata_events import logs
-from kata_events.api import EventsClient, Page, colon_hex, file_fingerprint
+from kata_events.api import EventsClient, Page, file_fingerprint
 from kata_events.backoff import Backoff
+from kata_events.certs import format_fingerprint
 from kata_events.delivery import ConsumerGone, Delivery, WriteStopped
 from kata_events.errors import (
     ApiError,
@@ -369,7 +370,7 @@ class Runner:
             fp = exc.server_fingerprint
             how = (
                 f"if this is your Central Node, trust it with pin_sha256 = \"{fp}\" "
-                f"(SHA-256 {colon_hex(fp)}) or with ca_file"
+                f"(SHA-256 {format_fingerprint(fp)}) or with ca_file"
                 if fp
                 else "trust its CA with ca_file, or pin its certificate with pin_sha256"
             )
@@ -406,7 +407,7 @@ class Runner:
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
             self._unauthorized_told = now
             fp = file_fingerprint(self.client.cert)
-            shown = f"{colon_hex(fp)}" if fp else "(cannot read the certificate)"
+            shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"
             logs.emit(
                 "unauthorized",
                 "the Central Node does not accept this external system yet (HTTP 401). An "
