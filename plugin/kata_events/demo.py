@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kata_events import certs
 from kata_events.config import load_run_config
-from kata_events.exits import UserError
+from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
 
 DESCRIPTION = """\
@@ -52,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.events < 0:
         say("--events must be 0 (no limit) or more")
-        return 64
+        return int(ExitStatus.USAGE)
+    # `not >= 0` also refuses nan; the emulator would otherwise end the demo with a traceback.
+    if args.backlog < 0 or not 0 <= args.rate < float("inf"):
+        say("--backlog and --rate must be 0 or more (and --rate finite)")
+        return int(ExitStatus.USAGE)
     with tempfile.TemporaryDirectory(prefix="kata-events-demo-") as tmp:
         root = Path(tmp)
         client = certs.make_self_signed_cert("kata-events demo")
