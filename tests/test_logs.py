@@ -65,9 +65,9 @@ def test_json_keeps_non_ascii_as_is():
 def test_json_values_are_made_plain():
     out = io.StringIO()
     logs.setup_logging("debug", "json", stream=out)
-    logs.emit("commit", "token saved", state_file=Path("/var/lib/x.token"), pages=(1, 2))
+    logs.emit("start", "starting", state_file=Path("/var/lib/x.token"), urls=(1, 2))
     record = json_lines(out)[0]
-    assert record["state_file"] == "/var/lib/x.token" and record["pages"] == [1, 2]
+    assert record["state_file"] == "/var/lib/x.token" and record["urls"] == [1, 2]
 
 
 def test_exception_text_is_one_json_field():

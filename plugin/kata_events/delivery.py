@@ -36,6 +36,7 @@ from typing import Callable, List, Optional
 from kata_events import logs
 from kata_events.acks import AckEvent, AckParser
 from kata_events.ledger import DeliveryLedger
+from kata_events.state import short_token
 
 #: errno values that mean "the reader is gone" rather than "try again".
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF}
@@ -191,6 +192,13 @@ class Delivery:
         if token is not None:
             self._commit(token)
             self.committed_pages += 1
+            logs.emit(
+                "commit",
+                "continuation token saved: everything before it is delivered",
+                pages=self.committed_pages,
+                position=self.ledger.taken_position,
+                token=short_token(token),
+            )
 
     @property
     def unacked(self) -> int:
@@ -351,10 +359,8 @@ class AckDelivery(Delivery):
     def end_page(self, token: str) -> None:
         with self._lock:
             self.ledger.page_end(token)
-            released = self.ledger.release()
-            if released is not None:
-                self._commit(released)
-                self.committed_pages += 1
+            # Only an empty page can be wholly acknowledged already; later ACKs release the rest.
+            self._take(self.ledger.taken_position)
 
     def write(self, lines: List[bytes]) -> None:
         # Counted before the write: the shipper may read and acknowledge a line before os.write
@@ -406,10 +412,7 @@ class AckDelivery(Delivery):
                             f"{self.ledger.written} were written; the excess is ignored",
                         )
                     position = self.ledger.written
-                token = self.ledger.taken(position)
-                if token is not None:
-                    self._commit(token)
-                    self.committed_pages += 1
+                self._take(position)
                 self._timeout_warned = False
                 self._cond.notify_all()
         elif event.kind == "start":

@@ -111,7 +111,7 @@ _CATALOGUE = (
         "One page of events was delivered (empty pages are logged at debug level).",
     ),
     EventSpec(
-        "commit", logging.DEBUG, ("pages", "events", "state_file"),
+        "commit", logging.DEBUG, ("pages", "position", "token"),
         "A continuation token was saved: everything before it is delivered.",
     ),
     EventSpec(
