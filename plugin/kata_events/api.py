@@ -20,7 +20,6 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from kata_events import certs
 from kata_events.errors import (
     BadRequest,
     BadResponse,
@@ -64,6 +63,8 @@ def excerpt(data: bytes, limit: int = EXCERPT_CHARS) -> str:
 
 def file_fingerprint(cert_path: str) -> Optional[str]:
     """SHA-256 (hex) of the first certificate in a PEM file, or None if it cannot be read."""
+    from kata_events import certs  # cryptography: loaded only when a message needs it
+
     try:
         with open(cert_path, "rb") as fh:
             return certs.sha256_fingerprint(fh.read())

@@ -15,7 +15,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from kata_events import certs
 from kata_events.config import load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
@@ -47,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events demo``."""
+    from kata_events import certs  # cryptography: only this command needs it
     from kata_events.emulator.server import Emulator
     from kata_events.run_command import run_config, say
 

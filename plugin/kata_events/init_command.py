@@ -14,7 +14,6 @@ import sys
 import uuid
 from pathlib import Path
 
-from kata_events import certs
 from kata_events.config import normalize_url
 from kata_events.exits import ExitStatus, UserError
 
@@ -64,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events init``."""
+    from kata_events import certs  # cryptography: only this command needs it
+
     directory = Path(args.dir).expanduser()
     names = {
         "cert": directory / "client.crt",

@@ -23,7 +23,6 @@ from typing import Callable, Iterator, List, Optional
 from kata_events import logs
 from kata_events.api import EventsClient, Page, file_fingerprint
 from kata_events.backoff import Backoff
-from kata_events.certs import format_fingerprint
 from kata_events.delivery import ConsumerGone, Delivery, WriteStopped
 from kata_events.errors import (
     ApiError,
@@ -135,12 +134,17 @@ class Runner:
 
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop; safe from signal handlers and other threads."""
-        if not self._stop.is_set():
+        first = not self._stop.is_set()
+        if first:
             self._stop_reason = reason
         self._stop.set()
         if threading.current_thread() is not threading.main_thread():
             # Another thread (the ack reader on STOP) cannot raise into the main thread: it asks
-            # `wake_main` to signal it, so a blocked long poll or write returns at once.
+            # `wake_main` to signal it, so a blocked long poll or write returns at once. Only the
+            # first request does: once stopping, the main thread is awake already, and may have
+            # put back the default SIGUSR1 action, which would kill the process.
+            if not first:
+                return
             if self.wake_main is not None:
                 self.wake_main()
             else:
@@ -367,6 +371,8 @@ class Runner:
         retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
         delay = self.backoff.next_delay(retry_after)
         if isinstance(exc, TlsVerifyFailed):
+            from kata_events.certs import format_fingerprint  # cryptography: only for this message
+
             fp = exc.server_fingerprint
             how = (
                 f"if this is your Central Node, trust it with pin_sha256 = \"{fp}\" "
@@ -406,6 +412,8 @@ class Runner:
             self._unauthorized_since = now
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
             self._unauthorized_told = now
+            from kata_events.certs import format_fingerprint  # cryptography: only for this message
+
             fp = file_fingerprint(self.client.cert)
             shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"
             logs.emit(
