@@ -8,6 +8,7 @@ with mode 0600, and prints on stderr (stdout belongs to events).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -89,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
         external_system_id = str(uuid.uuid4())
         pair = certs.make_self_signed_cert(args.common_name)
         pair.write(names["cert"], names["key"])
-        url_text = ", ".join(f'"{u}"' for u in urls) or '"https://central-node.example.local"'
+        # A JSON string is a valid TOML basic string: a quote or backslash in --url stays quoted.
+        url_text = ", ".join(json.dumps(u, ensure_ascii=False) for u in urls) or (
+            '"https://central-node.example.local"'
+        )
         config = CONFIG_TEMPLATE.format(url=url_text, external_system_id=external_system_id)
         certs.write_private_file(names["config"], config.encode("utf-8"))
     except OSError as exc:
