@@ -104,14 +104,17 @@ class LineWriter:
         self.finish_line_grace = FINISH_LINE_GRACE
         self.bytes_written = 0
         self.lines_written = 0
-        self._poll: Optional[select.poll] = None
+        # Also used when someone else made the descriptor non-blocking (a parent, or a shared
+        # 2>&1 pipe): a full pipe is then a wait, never mistaken for a vanished reader.
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+        self._made_nonblocking = False
         if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
             try:
                 os.set_blocking(fd, False)
+                self._made_nonblocking = True
             except OSError:
-                return
-            self._poll = select.poll()
-            self._poll.register(fd, select.POLLOUT)
+                pass
 
     def write_lines(self, lines: List[bytes]) -> int:
         """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
@@ -124,23 +127,24 @@ class LineWriter:
         give_up_at: Optional[float] = None
         try:
             while done < total:
-                try:
-                    n = os.write(self.fd, view[done:])
-                except BlockingIOError:
-                    n = 0
-                if n > 0:
-                    done += n
-                    continue
-                if self._poll is None:
-                    raise ConsumerGone(f"stdout took {done} of {total} bytes and then nothing")
+                end = total
                 if self.should_stop():
                     if done == 0 or data[done - 1] == 0x0A:
                         raise WriteStopped(f"stopped at a line boundary after {done} bytes")
+                    # Finish the line under way, and nothing after it.
+                    end = data.index(b"\n", done) + 1
                     now = time.monotonic()
                     if give_up_at is None:
                         give_up_at = now + self.finish_line_grace
                     if now >= give_up_at:
                         raise WriteStopped("stdout took no more while stopping: a line is cut")
+                try:
+                    n = os.write(self.fd, view[done:end])
+                except BlockingIOError:
+                    n = 0
+                if n > 0:
+                    done += n
+                    continue
                 self._poll.poll(WRITE_POLL_MS)
         except OSError as exc:
             if exc.errno in _GONE:
@@ -153,7 +157,7 @@ class LineWriter:
 
     def close(self) -> None:
         """Give the descriptor back blocking: a shell holding the same pipe writes after us."""
-        if self._poll is not None:
+        if self._made_nonblocking:
             try:
                 os.set_blocking(self.fd, True)
             except OSError:
