@@ -7,8 +7,10 @@ import threading
 from types import SimpleNamespace
 from typing import List
 
+import pytest
+
 from kata_events.delivery import Delivery, LineWriter
-from kata_events.runner import Runner
+from kata_events.runner import Runner, StopRequested
 
 
 def _runner(wakes: List[str]) -> Runner:
@@ -42,3 +44,21 @@ def test_no_wake_once_the_main_thread_is_stopping_already() -> None:
     runner.request_stop("SIGTERM")
     _from_another_thread(runner, "STOP")
     assert wakes == []
+
+
+def test_a_stop_inside_an_interruptible_section_unwinds_it() -> None:
+    runner = _runner([])
+    with pytest.raises(StopRequested), runner.interruptible():
+        runner.request_stop("SIGTERM")  # what the signal handler does in the main thread
+        raise AssertionError("not reached")
+    runner.request_stop("SIGINT")  # outside a section: recorded only, nothing raised
+
+
+def test_a_section_entered_after_the_stop_is_not_entered() -> None:
+    runner = _runner([])
+    runner.request_stop("SIGTERM")
+    entered = False
+    with pytest.raises(StopRequested), runner.interruptible():
+        entered = True
+    assert not entered
+    runner.request_stop("SIGINT")  # the section left nothing interruptible behind

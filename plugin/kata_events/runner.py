@@ -160,10 +160,12 @@ class Runner:
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
         """A section where a stop request raises StopRequested instead of waiting for the loop."""
-        if self._stop.is_set():
-            raise StopRequested(self._stop_reason)
+        # Flag first, then look: a signal landing between the two would otherwise find the section
+        # not yet interruptible and leave the loop blocked in a long poll for minutes.
         self._interruptible = True
         try:
+            if self._stop.is_set():
+                raise StopRequested(self._stop_reason)
             yield
         finally:
             self._interruptible = False
