@@ -176,5 +176,5 @@ def test_bad_fault_spec_is_a_usage_error(tmp_path: Path) -> None:
         text=True,
         timeout=30,
     )
-    assert result.returncode == 2
+    assert result.returncode == 64  # EX_USAGE, as for every usage error
     assert "unknown fault kind" in result.stderr or "cannot parse fault" in result.stderr

@@ -1,4 +1,4 @@
-"""LineWriter over real pipes: whole batches, a stop lands on a line boundary, a gone reader is named."""
+"""Writing stdout over real pipes: whole batches, a stop lands on a line boundary, failures are named."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from kata_events.delivery import ConsumerGone, LineWriter, WriteStopped
+from kata_events.delivery import AckDelivery, ConsumerGone, LineWriter, OutputFailed, WriteStopped
+from kata_events.state import StateNotWritable
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -120,3 +121,37 @@ def test_a_descriptor_made_non_blocking_by_someone_else_waits_instead_of_giving_
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_full_disk_is_output_failed_not_a_traceback() -> None:
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OutputFailed, match="No space left"):
+            LineWriter(fd).write_lines([b"{}"])
+    finally:
+        os.close(fd)
+
+
+def test_a_commit_failing_on_the_ack_reader_thread_is_handed_to_the_runner() -> None:
+    out_r, out_w = _pipe()
+    in_r, in_w = _pipe()
+    failures: list = []
+    got = threading.Event()
+
+    def commit(token: str) -> None:
+        raise StateNotWritable("/state/x.token is not writable: No space left on device")
+
+    delivery = AckDelivery(
+        LineWriter(out_w), commit, on_stop=lambda reason: None, max_unacked=10, ack_timeout=60, stdin_fd=in_r
+    )
+    delivery.on_failure = lambda exc: (failures.append(exc), got.set())
+    try:
+        delivery.write([b'{"a":1}'])
+        delivery.end_page("token-1")
+        os.write(in_w, b"START\nACK\n")
+        assert got.wait(5), "the failure reached the runner instead of killing the reader thread"
+        assert isinstance(failures[0], StateNotWritable)
+        assert delivery.committed_pages == 0
+    finally:
+        for fd in (out_r, out_w, in_w):
+            os.close(fd)

@@ -194,7 +194,7 @@ def test_troubleshooting_table_lists_every_event():
 REQUIRED_EVENTS = (
     "start", "config", "mode", "page", "commit", "retry", "unauthorized", "subscription_lost",
     "subscription_new", "filter_changed", "bad_request", "bad_response", "tls_verify_failed",
-    "insecure", "unavailable", "lag", "stats", "ack_timeout", "ack_protocol", "consumer_gone", "stop",
+    "insecure", "lag", "stats", "ack_timeout", "ack_protocol", "consumer_gone", "stop",
     "line_too_long",
 )
 

@@ -8,15 +8,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from kata_events import __version__
-from kata_events.exits import UserError
+from kata_events.exits import ExitStatus, UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 64 (EX_USAGE) as the exit-code table says, not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitStatus.USAGE), f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``kata-events`` parser with one subparser per subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kata-events",
         description="Stream KATA/KEDR Central Node Events API telemetry to stdout as NDJSON.",
     )

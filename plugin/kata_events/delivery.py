@@ -36,7 +36,7 @@ from typing import Callable, List, Optional
 from kata_events import logs
 from kata_events.acks import AckEvent, AckParser
 from kata_events.ledger import DeliveryLedger
-from kata_events.state import short_token
+from kata_events.state import StateError, short_token
 
 #: errno values that mean "the reader is gone" rather than "try again".
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF}
@@ -54,6 +54,10 @@ SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 
 class ConsumerGone(Exception):
     """stdout's reader went away (EPIPE and friends): stop quietly, commit nothing unflushed."""
+
+
+class OutputFailed(Exception):
+    """Writing or syncing stdout failed for another reason (a full or failing disk)."""
 
 
 def fd_kind(fd: int) -> Optional[str]:
@@ -149,7 +153,7 @@ class LineWriter:
         except OSError as exc:
             if exc.errno in _GONE:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
-            raise
+            raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
         finally:
             self.bytes_written += done
         self.lines_written += len(lines)
@@ -176,6 +180,8 @@ class Delivery:
         self._commit = commit
         self._lock = threading.Lock()
         self.committed_pages = 0
+        #: Told when a commit fails on a background thread (the main thread gets the exception).
+        self.on_failure: Callable[[Exception], None] = lambda exc: None
 
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines belonging to the current page."""
@@ -194,7 +200,14 @@ class Delivery:
         """With the lock held: record ``position`` as taken and commit what that releases."""
         token = self.ledger.taken(position)
         if token is not None:
-            self._commit(token)
+            try:
+                self._commit(token)
+            except StateError as exc:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                # A reader or watcher thread must not die with it: the runner stops with its code.
+                self.on_failure(exc)
+                return
             self.committed_pages += 1
             logs.emit(
                 "commit",
@@ -284,7 +297,7 @@ class DrainDelivery(Delivery):
                     os.fsync(self.writer.fd)
                 except OSError as exc:
                     if exc.errno not in (errno.EINVAL, errno.EROFS):
-                        raise
+                        raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
                 self.ledger.page_end(token)
                 self._take(self.ledger.written)
                 return
@@ -462,7 +475,7 @@ class AckDelivery(Delivery):
         """Give the shipper a moment to send its last acknowledgements and STOP."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not self._stopped and time.monotonic() < deadline:
+            while not self._stopped and self.ledger.unacked and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:

@@ -13,9 +13,6 @@ from typing import Optional
 class ApiError(Exception):
     """Base of every failure of one Events API request."""
 
-    #: The runner retries these with backoff; it never exits on them.
-    transient = True
-
 
 class Unauthorized(ApiError):
     """HTTP 401: the external system (id + client certificate) is not approved on the Central Node."""
@@ -27,8 +24,6 @@ class SubscriptionLost(ApiError):
 
 class BadRequest(ApiError):
     """HTTP 400: the server rejected a parameter (most often the filter). Not transient."""
-
-    transient = False
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -61,5 +56,3 @@ class TlsVerifyFailed(ApiError):
 
 class ClientTlsError(ApiError):
     """Our own certificate or key cannot be used (mismatched pair, encrypted key). Not transient."""
-
-    transient = False

@@ -123,11 +123,6 @@ _CATALOGUE = (
         "A request failed for a transient reason; retrying after a delay with backoff.",
     ),
     EventSpec(
-        "unavailable", logging.WARNING, _RETRY_FIELDS,
-        "The Central Node cannot be reached or answers 429/5xx; retrying. Check the address, "
-        "DNS, the firewall and the server.",
-    ),
-    EventSpec(
         "unauthorized", logging.ERROR, ("url", "external_system_id", "fingerprint"),
         "HTTP 401: an administrator must approve this external system (id and certificate "
         "fingerprint) in the Central Node web interface, External systems. Retrying meanwhile.",

@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def say(message: str) -> None:
     """A plain one-line message on stderr, for errors before logging is set up."""
-    sys.stderr.write(f"kata-events: {message}\n")
-    sys.stderr.flush()
+    if sys.stderr is not None:
+        sys.stderr.write(f"kata-events: {message}\n")
+        sys.stderr.flush()
 
 
 def build_client(config: Config) -> EventsClient:
@@ -103,7 +104,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     try:
         store.open()
     except StateError as exc:
-        say(str(exc))
+        logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason="state file")
         return int(exc.exit_code)
     try:
         runner_box: List[Runner] = []

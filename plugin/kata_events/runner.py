@@ -18,12 +18,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
 from kata_events import logs
 from kata_events.api import EventsClient, Page, file_fingerprint
 from kata_events.backoff import Backoff
-from kata_events.delivery import ConsumerGone, Delivery, WriteStopped
+from kata_events.delivery import ConsumerGone, Delivery, OutputFailed, WriteStopped
 from kata_events.errors import (
     ApiError,
     BadRequest,
@@ -35,7 +35,7 @@ from kata_events.errors import (
     Unavailable,
 )
 from kata_events.exits import ExitStatus
-from kata_events.state import TokenStore
+from kata_events.state import StateError, TokenStore
 
 #: A 401 is retried at this pace: approval is a human step in the Central Node's web UI.
 UNAUTHORIZED_RETRY = 30.0
@@ -127,6 +127,8 @@ class Runner:
         self._line_warned = False
         #: Set by the process wiring: interrupts the main thread from another thread.
         self.wake_main: Optional[Callable[[], None]] = None
+        self._failure: Optional[Tuple[ExitStatus, str]] = None
+        delivery.on_failure = lambda exc: self.fail(exc)
         self._page_lines = 0
         delivery.writer.should_stop = self._stop.is_set
 
@@ -152,6 +154,12 @@ class Runner:
         elif self._interruptible:
             self._interruptible = False
             raise StopRequested(reason)
+
+    def fail(self, exc: Exception) -> None:
+        """A background thread hit an error the process cannot go on with: stop with its code."""
+        code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
+        self._failure = (ExitStatus(code), str(exc))
+        self.request_stop("error")
 
     @property
     def stopping(self) -> bool:
@@ -207,6 +215,10 @@ class Runner:
             pass
         except ConsumerGone as exc:
             logs.emit("consumer_gone", f"the reader of stdout went away ({exc}); stopping")
+        except OutputFailed as exc:
+            self._failure = (ExitStatus.IO_ERROR, f"{exc}: nothing after the last commit is lost")
+        except StateError as exc:
+            self._failure = (ExitStatus(exc.exit_code), str(exc))
         finally:
             self._stop.set()
             try:
@@ -218,7 +230,11 @@ class Runner:
             self.client.close()
             if stats_thread is not None:
                 stats_thread.join(timeout=1.0)
-            self._emit_stats("stop", final=True)
+            if self._failure is not None:
+                code, message = self._failure
+                self._stop_reason = "error"
+                logs.emit("fatal", message, exit_code=int(code), reason="error")
+            self._emit_stats("stop", final=True, exit_code=int(code))
         return int(code)
 
     def _loop(self) -> ExitStatus:
@@ -454,7 +470,7 @@ class Runner:
         thread.start()
         return thread
 
-    def _emit_stats(self, name: str, final: bool = False) -> None:
+    def _emit_stats(self, name: str, final: bool = False, exit_code: Optional[int] = None) -> None:
         s = self.stats
         ledger = self.delivery.ledger
         fields = dict(
@@ -472,7 +488,7 @@ class Runner:
         if final:
             reason = self._stop_reason or "finished"
             message = f"stopped ({reason}): {s.events} events in {s.pages} pages"
-            logs.emit(name, message, reason=reason, **fields)
+            logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
         else:
             message = f"{s.events} events in {s.pages} pages, {ledger.unacked} unacknowledged"
             logs.emit(name, message, **fields)
