@@ -12,6 +12,7 @@ import pytest
 from emulator_helpers import ClientCert, EventsClient
 from kata_events import certs
 from kata_events.emulator import Emulator
+from run_helpers import Runs
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +121,13 @@ def make_client() -> Iterator[Callable[..., EventsClient]]:
 @pytest.fixture
 def client(emulator: Emulator, ext_id: str, client_cert: ClientCert, make_client: Any) -> EventsClient:
     return make_client(emulator, ext_id, client_cert)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Iterator[Runs]:
+    """Real ``kata-events run`` processes for one test, all stopped at its end."""
+    from run_helpers import Runs
+
+    r = Runs(tmp_path)
+    yield r
+    r.close()

@@ -11,14 +11,7 @@ from typing import Iterator, List
 
 import pytest
 
-from run_helpers import Runs, run_args
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
+from run_helpers import run_args
 
 
 @pytest.fixture

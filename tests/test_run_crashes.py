@@ -10,22 +10,15 @@ import os
 import random
 import signal
 import time
-from pathlib import Path
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
-from run_helpers import Runs, partial_tail, run_args, seq_of, split_lines
+from run_helpers import partial_tail, run_args, seq_of, split_lines
 
 #: Linux's default pipe capacity: what a killed process may have written that nobody read yet.
 PIPE_CAPACITY = 65536
 
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
 
 
 def _check_segment(emu, lines: List[bytes], tail: bytes, label: str) -> None:

@@ -5,19 +5,10 @@ the server sent it, in order, across page sizes; `--once` drains and exits; stdo
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from run_helpers import Runs, assert_exact_events, run_args, seq_of
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
+from run_helpers import assert_exact_events, run_args, seq_of
 
 
 @pytest.mark.timeout(180)

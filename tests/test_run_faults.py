@@ -5,23 +5,16 @@ and every event still arrives; a failed page is never committed, so only its eve
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
 from kata_events import certs
-from run_helpers import Runs, assert_exact_events, run_args, seq_of
+from run_helpers import assert_exact_events, run_args, seq_of
 
 EVENTS = 100
 PAGE = 30
 
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
 
 
 def _assert_all_with_one_replayed_page(seqs: List[int], total: int, page: int) -> int:

@@ -9,19 +9,10 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from run_helpers import Runs, assert_exact_events, clean_env, command, run_args
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
+from run_helpers import assert_exact_events, clean_env, command, run_args
 
 
 def _wait_for_requests(emu, count: int, timeout: float = 20.0) -> None:

@@ -7,22 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from run_helpers import Runs, assert_exact_events, run_args
+from run_helpers import assert_exact_events, run_args
 
 FILTER_A = "EventType != 'nothing-matches-this'"
 FILTER_B = "Ioa.Severity != 'nothing-matches-this'"
 
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
 
 
 @pytest.mark.timeout(40)

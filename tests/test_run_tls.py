@@ -5,20 +5,11 @@ certificate; --insecure works but says so. Real TLS against the emulator's own C
 from __future__ import annotations
 
 import signal
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from kata_events import certs
-from run_helpers import Runs, assert_exact_events, fingerprint_of_pem_file, run_args
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
+from run_helpers import assert_exact_events, fingerprint_of_pem_file, run_args
 
 
 def _refused(run, server_fp: str) -> None:

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import signal
 import socket
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from run_helpers import Runs, assert_exact_events, run_args
-
-
-@pytest.fixture
-def runs(tmp_path: Path) -> Iterator[Runs]:
-    r = Runs(tmp_path)
-    yield r
-    r.close()
+from run_helpers import assert_exact_events, run_args
 
 
 def _closed_port() -> int:
