@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from kata_events import demo, init_command, run_command
+    from kata_events import check_command, demo, init_command, run_command
     from kata_events.emulator import cli as emulator_cli
 
     run = sub.add_parser(
@@ -70,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init_command.add_arguments(init)
     init.set_defaults(handler=init_command.run)
+
+    check = sub.add_parser(
+        "check",
+        help="check a set-up: configuration, files, network, TLS, approval, filter, state file",
+        description=check_command.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check_command.add_arguments(check)
+    check.set_defaults(handler=check_command.run)
     return parser
 
 
