@@ -21,6 +21,7 @@ from kata_events import api, certs, errors, state
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
+from kata_events.run_command import build_client, token_store
 
 DESCRIPTION = """\
 Check a set-up without streaming events: the configuration, the certificate and key, each
@@ -197,18 +198,7 @@ def _check_tls(config: Config, base: str, sock: socket.socket, files_ok: bool, r
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
-    client = api.EventsClient(
-        urls=urls,
-        external_system_id=config.external_system_id,
-        cert=str(config.cert),
-        key=str(config.key),
-        ca_file=str(config.ca_file) if config.ca_file else None,
-        pin_sha256=config.pin_sha256 or None,
-        insecure=config.insecure,
-        max_events=1,
-        max_timeout=1,
-        filter=config.filter,
-    )
+    client = build_client(config, urls=urls, max_events=1, max_timeout=1)
     note = "(one request, which creates a throw-away subscription; the state file is not touched)"
     try:
         page = client.fetch(None)
@@ -242,12 +232,7 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
 
 
 def _check_state(config: Config, report: _Report) -> None:
-    store = state.TokenStore(
-        config.state_file,
-        url=config.url[0],
-        external_system_id=config.external_system_id,
-        filter=config.filter,
-    )
+    store = token_store(config)
     try:
         store.open()
     except state.StateLocked as exc:

@@ -35,50 +35,22 @@ def build_parser() -> argparse.ArgumentParser:
     from kata_events import check_command, demo, init_command, run_command
     from kata_events.emulator import cli as emulator_cli
 
-    run = sub.add_parser(
-        "run",
-        help="stream events to stdout (the main job)",
-        description=run_command.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    commands = (
+        ("run", run_command, "stream events to stdout (the main job)"),
+        ("emulator", emulator_cli, "run a local Central Node Events API emulator"),
+        ("demo", demo, "try it: the emulator and the emitter together, printing events"),
+        ("init", init_command, "make an external system id, key, certificate and config file"),
+        ("check", check_command, "check a set-up: config, files, network, TLS, approval, filter, state"),
     )
-    run_command.add_arguments(run)
-    run.set_defaults(handler=run_command.run)
-
-    emulator = sub.add_parser(
-        "emulator",
-        help="run a local Central Node Events API emulator",
-        description=emulator_cli.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    emulator_cli.add_arguments(emulator)
-    emulator.set_defaults(handler=emulator_cli.run)
-
-    demo_parser = sub.add_parser(
-        "demo",
-        help="try it: the emulator and the emitter together, printing events",
-        description=demo.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(handler=demo.run)
-
-    init = sub.add_parser(
-        "init",
-        help="make an external system id, key, certificate and config file",
-        description=init_command.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    init_command.add_arguments(init)
-    init.set_defaults(handler=init_command.run)
-
-    check = sub.add_parser(
-        "check",
-        help="check a set-up: configuration, files, network, TLS, approval, filter, state file",
-        description=check_command.DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    check_command.add_arguments(check)
-    check.set_defaults(handler=check_command.run)
+    for name, module, summary in commands:
+        command = sub.add_parser(
+            name,
+            help=summary,
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
     return parser
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from kata_events import __version__, logs
 from kata_events.acks import choose_ack_mode
@@ -44,9 +44,19 @@ def say(message: str) -> None:
         sys.stderr.flush()
 
 
-def build_client(config: Config) -> EventsClient:
-    """The Events API client for a resolved configuration."""
-    return EventsClient(
+def token_store(config: Config) -> TokenStore:
+    """The (not yet opened) token store of a resolved configuration."""
+    return TokenStore(
+        config.state_file,
+        url=config.url[0],
+        external_system_id=config.external_system_id,
+        filter=config.filter,
+    )
+
+
+def build_client(config: Config, **overrides: Any) -> EventsClient:
+    """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
+    arguments: Dict[str, Any] = dict(
         urls=list(config.url),
         external_system_id=config.external_system_id,
         cert=str(config.cert),
@@ -58,6 +68,8 @@ def build_client(config: Config) -> EventsClient:
         max_timeout=config.max_timeout,
         filter=config.filter,
     )
+    arguments.update(overrides)
+    return EventsClient(**arguments)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,12 +107,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
-    store = TokenStore(
-        config.state_file,
-        url=config.url[0],
-        external_system_id=config.external_system_id,
-        filter=config.filter,
-    )
+    store = token_store(config)
     try:
         store.open()
     except StateError as exc:
