@@ -195,6 +195,10 @@ def normalize_pin(pin: str) -> str:
     return pin.replace(":", "").strip().lower()
 
 
+#: A DNS name (internationalised ones too) or an IPv4 address; IPv6 literals come in brackets.
+_HOST = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
+
+
 def normalize_url(url: str) -> Tuple[str, Optional[str]]:
     """A Central Node address → (``https://host[:port]``, external system id found in it or None).
 
@@ -221,6 +225,8 @@ def normalize_url(url: str) -> Tuple[str, Optional[str]]:
     host = (parts.hostname or "").lower()
     if not host:
         raise ValueError("the host name is missing")
+    if ":" not in host and not _HOST.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name or IP address (letters, digits, '-' and '.' only)")
     found_id = None
     if parts.path.strip("/"):
         match = _EVENTS_PATH.match(parts.path)
