@@ -13,10 +13,11 @@ from __future__ import annotations
 import errno
 import os
 import select
-import stat
 import time
 from dataclasses import dataclass
 from typing import List, Tuple
+
+from kata_events.fds import fd_kind
 
 #: How long ``--ack auto`` listens on a silent stdin pipe for ``START`` before choosing ``none``.
 START_GRACE = 0.5
@@ -85,15 +86,14 @@ def choose_ack_mode(requested: str, fd: int = 0, grace: float = START_GRACE) -> 
         return "none", "ack = none was asked for", b""
     if requested == "lines":
         return "lines", "ack = lines was asked for", b""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return "none", "stdin is closed", b""
-    if os.isatty(fd):
-        return "none", "stdin is a terminal", b""
-    if not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
-        kind = "a character device such as /dev/null" if stat.S_ISCHR(st.st_mode) else "not a pipe"
-        return "none", f"stdin is {kind}", b""
+    kind = fd_kind(fd)
+    if kind not in ("pipe", "socket"):
+        what = {
+            None: "closed",
+            "tty": "a terminal",
+            "chardev": "a character device such as /dev/null",
+        }.get(kind, "not a pipe")
+        return "none", f"stdin is {what}", b""
     received = b""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)

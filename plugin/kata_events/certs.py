@@ -15,7 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -92,20 +92,30 @@ def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
     return now - _BACKDATE, now + datetime.timedelta(days=days)
 
 
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key, days: int, cap: Optional[datetime.datetime] = None  # noqa: ANN001
+) -> x509.CertificateBuilder:
+    """What every certificate made here has: names, key, random serial, validity, key identifier."""
+    not_before, not_after = _validity(days)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after if cap is None else min(not_after, cap))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
 def make_ca(
     common_name: str = "kata-events emulator CA", days: int = 3650, key_type: str = "ec"
 ) -> KeyAndCert:
     """A self-signed certificate authority able to sign server certificates."""
     key = _new_key(key_type)
-    not_before, not_after = _validity(days)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        _builder(_name(common_name), _name(common_name), key, days)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -121,7 +131,6 @@ def make_ca(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
@@ -158,19 +167,11 @@ def make_server_cert(
     ca_key = ca.load_key()
     ca_cert = ca.load_cert()
     key = _new_key(key_type)
-    not_before, not_after = _validity(days)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(min(not_after, _not_after(ca_cert)))
+        _builder(_name(names[0]), ca_cert.subject, key, days, cap=_not_after(ca_cert))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(_san_entries(names)), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
         )
@@ -182,18 +183,10 @@ def make_server_cert(
 def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "rsa") -> KeyAndCert:
     """A self-signed client certificate and key, like ``openssl req -x509 -newkey rsa:2048 -nodes``."""
     key = _new_key(key_type)
-    not_before, not_after = _validity(days)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        _builder(_name(common_name), _name(common_name), key, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))

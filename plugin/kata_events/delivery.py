@@ -27,7 +27,6 @@ import errno
 import fcntl
 import os
 import select
-import stat
 import termios
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Callable, List, Optional
 
 from kata_events import logs
 from kata_events.acks import AckEvent, AckParser
+from kata_events.fds import fd_kind
 from kata_events.ledger import DeliveryLedger
 from kata_events.state import StateError, short_token
 
@@ -58,25 +58,6 @@ class ConsumerGone(Exception):
 
 class OutputFailed(Exception):
     """Writing or syncing stdout failed for another reason (a full or failing disk)."""
-
-
-def fd_kind(fd: int) -> Optional[str]:
-    """``tty``, ``pipe``, ``socket``, ``file``, ``chardev`` or ``other``; None if it is closed."""
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return None
-    if os.isatty(fd):
-        return "tty"
-    if stat.S_ISFIFO(st.st_mode):
-        return "pipe"
-    if stat.S_ISSOCK(st.st_mode):
-        return "socket"
-    if stat.S_ISREG(st.st_mode):
-        return "file"
-    if stat.S_ISCHR(st.st_mode):
-        return "chardev"
-    return "other"
 
 
 class WriteStopped(Exception):
@@ -106,8 +87,6 @@ class LineWriter:
         self.should_stop = should_stop
         #: Seconds a half-written line may take to complete once a stop is asked for.
         self.finish_line_grace = FINISH_LINE_GRACE
-        self.bytes_written = 0
-        self.lines_written = 0
         # Also used when someone else made the descriptor non-blocking (a parent, or a shared
         # 2>&1 pipe): a full pipe is then a wait, never mistaken for a vanished reader.
         self._poll = select.poll()
@@ -154,9 +133,6 @@ class LineWriter:
             if exc.errno in _GONE:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
-        finally:
-            self.bytes_written += done
-        self.lines_written += len(lines)
         return total
 
     def close(self) -> None:

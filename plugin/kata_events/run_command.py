@@ -21,6 +21,7 @@ from kata_events.api import EventsClient
 from kata_events.config import Config, describe, load_run_config
 from kata_events.delivery import LineWriter, make_delivery
 from kata_events.exits import UserError
+from kata_events.fds import hold_closed_std_fds
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.state import StateError, TokenStore
@@ -154,24 +155,6 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             _restore_signal_handlers(previous)
     finally:
         store.close()
-
-
-def hold_closed_std_fds() -> None:
-    """Put /dev/null on a closed stdin, stdout or stderr, opened so that using it still fails.
-
-    The next file opened takes the lowest free descriptor: with stdout closed, the state lock file
-    became fd 1 and events were written into it, fsynced and committed, then lost. /dev/null opened
-    read-only on fd 1 makes writes fail with EBADF, as on a closed stdout (the reader is gone,
-    nothing is committed); write-only on fd 0 makes reads fail, as on a closed stdin.
-    """
-    for fd, flags in ((0, os.O_WRONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
-        try:
-            os.fstat(fd)
-        except OSError:
-            held = os.open(os.devnull, flags)
-            if held != fd:
-                os.dup2(held, fd)
-                os.close(held)
 
 
 def _install_signal_handlers(runner: Runner) -> dict:

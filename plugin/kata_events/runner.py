@@ -84,7 +84,6 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     events: int = 0
     pages: int = 0
-    empty_pages: int = 0
     bytes: int = 0
     retries: int = 0
     lag_seconds: Optional[float] = None
@@ -324,8 +323,6 @@ class Runner:
         stats.pages += 1
         stats.events += count
         stats.bytes += page.bytes_read
-        if count == 0:
-            stats.empty_pages += 1
         now = self.clock()
         if last_line is not None:
             stats.lag_seconds = event_age(last_line, now)
