@@ -23,7 +23,8 @@ from kata_events.exits import ExitStatus, UserError
 ID = "0b3c4f7e-5d2a-4a61-9b8e-2f6c1d0e9a7b"
 OTHER_ID = "9d1e2a3b-0000-4c5d-8e9f-112233445566"
 PIN = "AB:" * 31 + "CD"
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGURATION_DOC = ROOT / "docs" / "configuration.md"
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -436,18 +437,18 @@ def test_the_options_module_prints_the_table(capsys):
     assert json.loads(capsys.readouterr().out) == opts.json_schema()
 
 
-def test_readme_option_table_matches_the_option_list():
-    text = README.read_text(encoding="utf-8")
+def test_documented_option_table_matches_the_option_list():
+    text = CONFIGURATION_DOC.read_text(encoding="utf-8")
     match = re.search(r"<!-- options:begin -->\n(.*?)<!-- options:end -->", text, re.S)
-    assert match, "README.md lacks the options markers"
+    assert match, "docs/configuration.md lacks the options markers"
     assert match.group(1) == opts.markdown_table(), (
-        "README.md's option table is out of date: replace the block between the markers with the "
-        "output of `python -m kata_events.options`"
+        "docs/configuration.md's option table is out of date: replace the block between the markers "
+        "with the output of `python -m kata_events.options`"
     )
 
 
 def test_the_example_config_file_is_valid():
-    places = (README.parent, README.parent / "examples")
+    places = (ROOT, ROOT / "examples")
     example = next((p for p in (d / "kata-events.toml.example" for d in places) if p.exists()), None)
     if example is None:
         pytest.skip("no example config file in this checkout")

@@ -1,4 +1,5 @@
-"""`kata-events init` makes a usable integration; the README's generated tables match the code."""
+"""`kata-events init` makes a usable integration; the documentation's generated tables match the code,
+the README stays short and every link between the README and docs/ resolves."""
 
 from __future__ import annotations
 
@@ -55,13 +56,13 @@ def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert (tmp_path / "kata" / "client.key").read_bytes() != before
 
 
-def test_readme_troubleshooting_table_matches_the_log_event_catalogue() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_documented_troubleshooting_table_matches_the_log_event_catalogue() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
     match = re.search(r"<!-- events:begin -->\n(.*?)\n<!-- events:end -->", text, re.S)
-    assert match, "README.md lacks the events markers"
+    assert match, "docs/operations.md lacks the events markers"
     assert match.group(1).strip() == logs.troubleshooting_table().strip(), (
-        "README.md's troubleshooting table is out of date: paste logs.troubleshooting_table() "
-        "between the markers"
+        "docs/operations.md's troubleshooting table is out of date: paste "
+        "logs.troubleshooting_table() between the markers"
     )
 
 
@@ -73,3 +74,61 @@ def test_readme_names_the_two_commands_that_ci_runs() -> None:
     )
     assert test_command in text and test_command in ci
     assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/kata-events demo" in text
+
+
+def test_readme_stays_short() -> None:
+    size = len((ROOT / "README.md").read_bytes())
+    assert size < 15_000, f"README.md is {size} bytes: move reference material into docs/"
+
+
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set:
+    """The #anchors GitHub gives a page's headings (code blocks skipped, duplicates numbered)."""
+    found: set = set()
+    seen: dict = {}
+    fenced = False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        heading = re.match(r"#{1,6} (.*)", line)
+        if fenced or not heading:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        found.add(slug if count == 0 else f"{slug}-{count}")
+    return found
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 1, "docs/ holds no pages"
+    broken = []
+    checked = 0
+    for page in pages:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        fenced = False
+        for index, line in enumerate(lines):
+            if line.startswith("```"):
+                fenced = not fenced
+                lines[index] = ""
+            elif fenced:
+                lines[index] = ""  # code blocks hold no links
+        text = "\n".join(lines)
+        for link in _LINK.finditer(text):  # link text may wrap onto the next line
+            target = link.group(1)
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):
+                continue  # https:, mailto: and the like
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            checked += 1
+            number = text.count("\n", 0, link.start(1)) + 1
+            where = f"{page.relative_to(ROOT)}:{number}: {target}"
+            if not dest.exists():
+                broken.append(f"{where} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{where} (no such heading in {dest.name})")
+    assert checked > 0, "no relative links found"
+    assert not broken, "broken links:\n" + "\n".join(broken)

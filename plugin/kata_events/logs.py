@@ -1,7 +1,7 @@
 """Structured logs on stderr: every log line is a named event from one catalogue.
 
 `EVENTS` lists each thing the program can report, with its level, the fields it may carry and what
-it means (the README's troubleshooting table is generated from it). `emit` is the only way to log
+it means (the troubleshooting table of docs/operations.md is generated from it). `emit` is the only way to log
 one; it rejects names and fields the catalogue does not declare, so code, logs and docs agree.
 
 Formats: JSON lines (python-json-logger) with ``time``, ``level``, ``event``, ``message`` and the
@@ -336,7 +336,7 @@ def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None) -> None
 
 
 def troubleshooting_table() -> str:
-    """The README's table of log events: event, level, meaning."""
+    """The table of log events in docs/operations.md: event, level, meaning."""
     lines = ["| Event | Level | Meaning |", "|---|---|---|"]
     for spec in _CATALOGUE:
         level = logging.getLevelName(spec.level).lower()

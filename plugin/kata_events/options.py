@@ -3,11 +3,11 @@
 Each `Option` holds a name (the config file key), a type, a default, a range or a set of choices
 and its help. Everything else is derived from that one list: the command line flags
 (``max_events`` → ``--max-events``), the environment variables (``KATA_EVENTS_MAX_EVENTS``), the
-JSON schema that validates a configuration, and the option table in README.md (a test fails when
-the README drifts). Reading, merging and checking values is `kata_events.config`'s job; this module
+JSON schema that validates a configuration, and the option table in docs/configuration.md (a test
+fails when that table drifts). Reading, merging and checking values is `kata_events.config`'s job; this module
 only describes. It never reads files or the environment and never logs.
 
-``python -m kata_events.options`` prints the README table; ``--schema`` prints the JSON schema.
+``python -m kata_events.options`` prints the docs/configuration.md table; ``--schema`` prints the JSON schema.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Option:
 
     ``default`` is None when there is none or when `kata_events.config` computes it at load time
     (``state_file``, ``max_unacked``); ``default_doc`` then says what it is, for the help and the
-    README.
+    option table.
     """
 
     name: str
@@ -390,7 +390,7 @@ def _flag_text(option: Option) -> str:
 
 
 def markdown_table() -> str:
-    """The README's option table, generated from `OPTIONS`."""
+    """The option table of docs/configuration.md, generated from `OPTIONS`."""
     rows: List[Sequence[str]] = [
         (
             "—",
@@ -417,7 +417,7 @@ def markdown_table() -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Print the README table, or the JSON schema with ``--schema``."""
+    """Print the docs/configuration.md option table, or the JSON schema with ``--schema``."""
     parser = argparse.ArgumentParser(prog="python -m kata_events.options", description=main.__doc__)
     parser.add_argument("--schema", action="store_true", help="print the JSON schema instead")
     args = parser.parse_args(argv)
