@@ -132,26 +132,40 @@ def test_a_full_disk_is_output_failed_not_a_traceback() -> None:
         os.close(fd)
 
 
-def test_a_commit_failing_on_the_ack_reader_thread_is_handed_to_the_runner() -> None:
+def test_a_commit_failing_on_the_ack_reader_thread_pauses_and_a_retry_saves_it_later() -> None:
     out_r, out_w = _pipe()
     in_r, in_w = _pipe()
-    failures: list = []
-    got = threading.Event()
+    disk_full = threading.Event()
+    disk_full.set()
+    saved: list = []
 
     def commit(token: str) -> None:
-        raise StateNotWritable("/state/x.token is not writable: No space left on device")
+        if disk_full.is_set():
+            raise StateNotWritable("/state/x.token is not writable: No space left on device")
+        saved.append(token)
 
     delivery = AckDelivery(
         LineWriter(out_w), commit, on_stop=lambda reason: None, max_unacked=10, ack_timeout=60, stdin_fd=in_r
     )
-    delivery.on_failure = lambda exc: (failures.append(exc), got.set())
+    failures: list = []
+    delivery.on_failure = failures.append
     try:
         delivery.write([b'{"a":1}'])
         delivery.end_page("token-1")
         os.write(in_w, b"START\nACK\n")
-        assert got.wait(5), "the failure reached the runner instead of killing the reader thread"
-        assert isinstance(failures[0], StateNotWritable)
-        assert delivery.committed_pages == 0
+        deadline = time.monotonic() + 5
+        while not delivery.health.paused and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert delivery.health.paused, "the failed commit did not pause the delivery"
+        assert "No space left" in (delivery.health.cause() or "")
+        assert delivery.committed_pages == 0 and not failures
+        delivery.retry()  # the disk still fails: still paused, nothing saved
+        assert delivery.health.paused and not saved
+        disk_full.clear()
+        delivery.retry()
+        assert saved == ["token-1"] and delivery.committed_pages == 1
+        assert not delivery.health.paused
     finally:
+        os.write(in_w, b"STOP\n")
         for fd in (out_r, out_w, in_w):
             os.close(fd)

@@ -16,7 +16,10 @@ was taken. What "taken" means depends on what stdout is (see `make_delivery`):
 - anything else (a terminal): written is taken.
 
 Commits may happen on a background thread (acknowledgements and drain arrive while the loop waits
-in a long poll); all ledger updates and commits are serialised by one lock. This module writes
+in a long poll); all ledger updates and commits are serialised by one lock. A commit or a
+regular-file stdout failing mid-run on a disk fault does not end the process: it is reported to
+the `DiskHealth` (`kata_events.disk_faults`), the token released but not saved is kept, and
+`retry` saves it once the disk works again. This module writes
 nothing but event lines to stdout and never logs tokens.
 """
 
@@ -34,6 +37,7 @@ from typing import Callable, List, Optional
 
 from kata_events import logs
 from kata_events.acks import AckEvent, AckParser
+from kata_events.disk_faults import DiskHealth, is_disk_fault
 from kata_events.fds import fd_kind
 from kata_events.ledger import DeliveryLedger
 from kata_events.state import StateError, short_token
@@ -92,6 +96,9 @@ class LineWriter:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
         self._made_nonblocking = False
+        # A regular file (``>> file``) on a full or failing disk is waited out, not given up on.
+        self._regular_file = fd_kind(fd) == "file"
+        self.health: Optional[DiskHealth] = None
         if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
             try:
                 os.set_blocking(fd, False)
@@ -108,6 +115,7 @@ class LineWriter:
         total = len(data)
         done = 0
         give_up_at: Optional[float] = None
+        disk_trouble = False
         try:
             while done < total:
                 end = total
@@ -125,8 +133,20 @@ class LineWriter:
                     n = os.write(self.fd, view[done:end])
                 except BlockingIOError:
                     n = 0
+                except OSError as exc:
+                    if not (self._regular_file and self.health is not None and is_disk_fault(exc)):
+                        raise
+                    disk_trouble = True
+                    self.health.trouble("stdout", f"writing stdout failed: {os.strerror(exc.errno or 0)}")
+                    if not self.health.wait(self.should_stop):
+                        self._cut_partial_line(data, done)
+                        raise WriteStopped("stopped while stdout's disk failed") from None
+                    continue
                 if n > 0:
                     done += n
+                    if disk_trouble:
+                        disk_trouble = False
+                        self.health.recovered("stdout")  # type: ignore[union-attr]
                     continue
                 self._poll.poll(WRITE_POLL_MS)
         except OSError as exc:
@@ -134,6 +154,19 @@ class LineWriter:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
         return total
+
+    def _cut_partial_line(self, data: bytes, done: int) -> None:
+        """Take back the start of a line the file got before its disk failed: no torn line is left.
+
+        Assumes no one else appends to the file meanwhile (``>> file`` has one writer).
+        """
+        cut = done - (data.rfind(b"\n", 0, done) + 1)
+        if cut <= 0:
+            return
+        try:
+            os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - cut)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Give the descriptor back blocking: a shell holding the same pipe writes after us."""
@@ -156,8 +189,13 @@ class Delivery:
         self._commit = commit
         self._lock = threading.Lock()
         self.committed_pages = 0
-        #: Told when a commit fails on a background thread (the main thread gets the exception).
+        #: Told when a background thread hits an error the process cannot go on with.
         self.on_failure: Callable[[Exception], None] = lambda exc: None
+        #: Whether the state file and stdout take data; the runner pauses fetching while not.
+        self.health = DiskHealth()
+        writer.health = self.health
+        # The newest token released by the ledger but not saved yet (its commit failed).
+        self._unsaved: Optional[str] = None
 
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines belonging to the current page."""
@@ -176,26 +214,46 @@ class Delivery:
         """With the lock held: record ``position`` as taken and commit what that releases."""
         token = self.ledger.taken(position)
         if token is not None:
-            try:
-                self._commit(token)
-            except StateError as exc:
-                if threading.current_thread() is threading.main_thread():
-                    raise
-                # A reader or watcher thread must not die with it: the runner stops with its code.
-                self.on_failure(exc)
-                return
-            self.committed_pages += 1
-            logs.emit(
-                "commit",
-                "continuation token saved: everything before it is delivered",
-                pages=self.committed_pages,
-                position=self.ledger.taken_position,
-                token=short_token(token),
-            )
+            self._unsaved = token
+        self._save()
+
+    def _save(self, retry: bool = False) -> None:
+        """With the lock held: commit the token released last, unless the state file is failing.
+
+        While it fails, only the runner's `retry` tries again (with backoff), not every
+        acknowledgement. A failed commit leaves the previous state file whole.
+        """
+        token = self._unsaved
+        if token is None:
+            if retry:
+                self.health.recovered("state file")
+            return
+        if self.health.failing("state file") and not retry:
+            return
+        try:
+            self._commit(token)
+        except StateError as exc:
+            self.health.trouble("state file", str(exc))
+            return
+        self._unsaved = None
+        self.health.recovered("state file")
+        self.committed_pages += 1
+        logs.emit(
+            "commit",
+            "continuation token saved: everything before it is delivered",
+            pages=self.committed_pages,
+            position=self.ledger.taken_position,
+            token=short_token(token),
+        )
 
     @property
     def unacked(self) -> int:
         return self.ledger.unacked
+
+    def retry(self) -> None:
+        """While paused on a disk fault: try the failed step again (the runner calls it with backoff)."""
+        with self._lock:
+            self._save(retry=True)
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
         """Block while too much is unacknowledged; nothing to wait for when written is taken."""
@@ -269,17 +327,32 @@ class DrainDelivery(Delivery):
     def end_page(self, token: str) -> None:
         with self._lock:
             if self.kind == "file":
-                try:
-                    os.fsync(self.writer.fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EROFS):
-                        raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
                 self.ledger.page_end(token)
-                self._take(self.ledger.written)
+                self._sync_and_take()
                 return
             self.ledger.page_end(token)
             self._check()
         self._wake.set()
+
+    def _sync_and_take(self) -> None:
+        """With the lock held (file stdout): fsync, then everything written is taken."""
+        try:
+            os.fsync(self.writer.fd)
+        except OSError as exc:
+            if is_disk_fault(exc):
+                # Pages stay uncommitted until an fsync succeeds.
+                self.health.trouble("stdout", f"syncing stdout failed: {os.strerror(exc.errno or 0)}")
+                return
+            if exc.errno != errno.EINVAL:
+                raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
+        self.health.recovered("stdout")
+        self._take(self.ledger.written)
+
+    def retry(self) -> None:
+        with self._lock:
+            if self.kind == "file" and self.health.failing("stdout"):
+                self._sync_and_take()
+            self._save(retry=True)
 
     def _watch(self) -> None:
         while not self._closing:

@@ -98,7 +98,7 @@ _CATALOGUE = (
         "No saved continuation token: the next request starts a new subscription.",
     ),
     EventSpec(
-        "subscription_lost", logging.ERROR, ("url", "external_system_id", "status"),
+        "subscription_lost", logging.ERROR, ("url", "external_system_id", "status", "reason"),
         "The server no longer knows the token (404 Subscription not found): a new subscription "
         "starts and events may have been skipped. Usually the tool was stopped for over 2 hours.",
     ),
@@ -174,6 +174,16 @@ _CATALOGUE = (
     EventSpec(
         "consumer_gone", logging.WARNING, ("reason",),
         "The reader of stdout went away (broken pipe): stopping; nothing unflushed is committed.",
+    ),
+    EventSpec(
+        "disk_fault", logging.ERROR, ("what", "paused_seconds", "reason"),
+        "The state file or a regular-file stdout stopped taking data mid-run (disk full, read-only, "
+        "I/O error, quota): paused, the last saved token kept, retried until the disk works again "
+        "(repeated as a warning while it lasts). Free space or fix the file system.",
+    ),
+    EventSpec(
+        "disk_recovered", logging.INFO, ("what", "paused_seconds"),
+        "The disk takes data again after a disk_fault: the stream carries on by itself.",
     ),
     EventSpec(
         "stats", logging.INFO, _STATS_FIELDS,

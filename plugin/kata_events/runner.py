@@ -3,7 +3,9 @@
 Flow is one way: the API client produces pages, the `Delivery` writes their lines and decides when
 they are taken, and only then does the token store commit the page's token. The loop never imports
 `requests`; it reacts to the few exceptions of `kata_events.errors`. Nothing transient ends it:
-unavailability, bad bodies and untrusted servers are retried with backoff, a 401 waits for approval.
+unavailability, bad bodies and untrusted servers are retried with backoff, a 401 waits for approval,
+and a disk that stops taking the state file or stdout mid-run pauses fetching until it works again
+(`kata_events.disk_faults`).
 
 Signal handlers only record the request to stop. While the loop is blocked in the network
 (`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked call
@@ -225,6 +227,15 @@ class Runner:
                 self.delivery.finish(timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT)
             except ConsumerGone:
                 pass
+            if self.delivery.health.paused:
+                self.delivery.retry()
+            if self.delivery.health.paused:
+                logs.emit(
+                    "disk_fault",
+                    f"stopping while paused ({self.delivery.health.cause()}): the state file keeps "
+                    "the last saved token, and what followed it is sent again at the next start",
+                    level="WARNING",
+                )
             self.delivery.close()
             self.client.close()
             if stats_thread is not None:
@@ -241,6 +252,12 @@ class Runner:
             self.delivery.wait_for_room(lambda: self._stop.is_set())
             if self._stop.is_set():
                 break
+            if self.delivery.health.paused:
+                # No new page while the last one cannot be saved: retry that with backoff instead.
+                self._sleep(self.delivery.health.next_delay())
+                if not self._stop.is_set():
+                    self.delivery.retry()
+                continue
             try:
                 count = self._one_page()
             except StopRequested:
@@ -378,7 +395,11 @@ class Runner:
                 "have been skipped",
                 url=self.client.url,
             )
-            self.store.clear()
+            try:
+                self.store.clear()
+            except StateError as exc:
+                # The saved token is the lost one: a restart gets the same 404 and starts anew too.
+                logs.emit("state", f"cannot forget the lost token: {exc}", level="WARNING")
             self.token = None
             self._sleep(self.backoff.next_delay())
             return None

@@ -1,0 +1,132 @@
+"""Riding out a failing disk after start: the state file or a regular-file stdout that stops taking data.
+
+A full ``/var`` (ENOSPC), a file system remounted read-only after an error (EROFS), a failing disk
+(EIO) or a quota (EDQUOT) can hit the state file's commit or the ``>> file`` stdout hours after
+start. Exiting then would leave the stream dead under shippers that never restart their child
+(rsyslog's improg, Fluent Bit's oneshot exec) long after the disk is cleaned. So once running, such
+a fault pauses instead: the last good token stays in the state file (commits replace it atomically,
+so a failed one leaves the old file whole), no new page is fetched, the cause is logged once as an
+error and then reminded every `REMIND_EVERY` seconds, and the failed step is retried with backoff
+until it works, then the stream carries on by itself. Faults at start still end the process with
+their exit code: there the operator is looking.
+
+`DiskHealth` holds that state; the delivery reports troubles and recoveries into it, the runner
+looks at ``paused`` before each fetch and calls back for the retry. This module never writes to
+stdout and never touches the state file itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from typing import Callable, Optional
+
+from kata_events import logs
+from kata_events.backoff import Backoff
+
+#: errno values of a disk that does not take data now but may again (full, read-only, failing, quota).
+DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM}
+)
+#: The first retry comes this soon; then twice as late each time, up to `RETRY_CAP`.
+RETRY_BASE = 0.5
+#: A cleaned disk is noticed within this many seconds at most.
+RETRY_CAP = 10.0
+#: How often the error is repeated (as a warning) while the disk still fails.
+REMIND_EVERY = 60.0
+
+
+def is_disk_fault(exc: BaseException) -> bool:
+    """Whether an OSError is one a disk can recover from (see `DISK_ERRNOS`)."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+class DiskHealth:
+    """Whether the state file and stdout take data; thread-safe (commits run on reader threads too)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        # what ("state file" / "stdout") -> (since, last message)
+        self._troubles: dict = {}
+        self._reminded = 0.0
+        self.backoff = Backoff(RETRY_BASE, RETRY_CAP, rand=lambda: 1.0)
+        #: Faults seen since start (for the stats line and tests).
+        self.faults = 0
+
+    @property
+    def paused(self) -> bool:
+        """True while the state file or stdout fails: no new page is fetched."""
+        return bool(self._troubles)
+
+    def trouble(self, what: str, cause: str) -> None:
+        """``what`` failed with ``cause``: log it the first time, remind now and then."""
+        now = self._clock()
+        with self._lock:
+            first = what not in self._troubles
+            since = self._troubles[what][0] if not first else now
+            self._troubles[what] = (since, cause)
+            if first:
+                self.faults += 1
+                self._reminded = now
+            remind = not first and now - self._reminded >= REMIND_EVERY
+            if remind:
+                self._reminded = now
+        if first:
+            logs.emit(
+                "disk_fault",
+                f"{cause}. Pausing: no new page is fetched and the state file keeps the last saved "
+                f"token; retrying by itself with backoff (up to every {RETRY_CAP:.0f} s) until the "
+                "disk takes data again. Free space or fix the file system",
+                what=what,
+                paused_seconds=0.0,
+            )
+        elif remind:
+            logs.emit(
+                "disk_fault",
+                f"still paused for {now - since:.0f} s: {cause}",
+                level="WARNING",
+                what=what,
+                paused_seconds=round(now - since, 1),
+            )
+
+    def recovered(self, what: str) -> None:
+        """``what`` works again; the stream carries on when nothing else fails."""
+        with self._lock:
+            entry = self._troubles.pop(what, None)
+            if not self._troubles:
+                self.backoff.reset()
+        if entry is not None:
+            seconds = self._clock() - entry[0]
+            logs.emit(
+                "disk_recovered",
+                f"the {what} takes data again after {seconds:.1f} s: carrying on",
+                what=what,
+                paused_seconds=round(seconds, 1),
+            )
+
+    def failing(self, what: str) -> bool:
+        """Whether ``what`` ("state file" or "stdout") is failing now."""
+        return what in self._troubles
+
+    def next_delay(self) -> float:
+        """Seconds before the next retry."""
+        with self._lock:
+            return self.backoff.next_delay()
+
+    def wait(self, should_stop: Callable[[], bool], step: float = 0.05) -> bool:
+        """Sleep until the next retry; False if a stop was asked for meanwhile."""
+        deadline = self._clock() + self.next_delay()
+        while self._clock() < deadline:
+            if should_stop():
+                return False
+            time.sleep(min(step, max(0.0, deadline - self._clock())))
+        return not should_stop()
+
+    def cause(self) -> Optional[str]:
+        """The newest cause still failing, if any."""
+        with self._lock:
+            for _since, cause in self._troubles.values():
+                return cause
+        return None

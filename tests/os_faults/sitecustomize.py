@@ -1,0 +1,71 @@
+"""Test-only seam: make chosen OS calls fail with a chosen errno inside a real kata-events process.
+
+Loaded by Python at start-up when this directory is on PYTHONPATH (see `disk_helpers.OsFaults`), and
+only then: the product has no such hook. It wraps ``os.open``, ``os.write``, ``os.fsync`` and
+``os.replace``; a wrapped call whose file lies under a given path fails, while the JSON control file
+named by ``KATA_TEST_OS_FAULTS`` says so::
+
+    {"errno": "EIO", "calls": ["fsync"], "under": "/tmp/x/state"}
+
+An absent or empty control file means no fault, so a test switches faults on and off mid-run by
+writing and removing it. File descriptors are resolved through /proc/self/fd.
+"""
+
+import errno as _errno
+import json as _json
+import os as _os
+
+_CONTROL = _os.environ.get("KATA_TEST_OS_FAULTS", "")
+_real = {name: getattr(_os, name) for name in ("open", "write", "fsync", "replace")}
+_cache = {"key": None, "rule": None}
+
+
+def _rule():
+    try:
+        st = _os.stat(_CONTROL)
+    except OSError:
+        return None
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    if _cache["key"] != key:
+        try:
+            with open(_CONTROL, encoding="utf-8") as fh:
+                text = fh.read()
+            _cache["rule"] = _json.loads(text) if text.strip() else None
+        except (OSError, ValueError):
+            return None
+        _cache["key"] = key
+    return _cache["rule"]
+
+
+def _path_of(target):
+    if isinstance(target, int):
+        try:
+            return _os.readlink(f"/proc/self/fd/{target}")
+        except OSError:
+            return ""
+    return _os.fsdecode(_os.fspath(target))
+
+
+def _check(call, target):
+    rule = _rule()
+    if not rule or call not in rule.get("calls", ()):
+        return
+    if _path_of(target).startswith(rule["under"]):
+        code = getattr(_errno, rule["errno"])
+        raise OSError(code, _os.strerror(code))
+
+
+def _wrap(call, argument=0):
+    real = _real[call]
+
+    def wrapper(*args, **kwargs):
+        _check(call, args[argument])
+        return real(*args, **kwargs)
+
+    wrapper.__name__ = call
+    return wrapper
+
+
+if _CONTROL:
+    for _name in _real:
+        setattr(_os, _name, _wrap(_name))
