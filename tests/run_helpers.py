@@ -71,9 +71,22 @@ def run_args(
     return args + list(extra)
 
 
-def command(args: Sequence[str]) -> List[str]:
-    """The argv of ``kata-events run`` with ``args``, through this interpreter."""
+def command(args: Sequence[str], installed: bool = False) -> List[str]:
+    """The argv of ``kata-events run`` with ``args``: through this interpreter, or ``installed``
+    through the console script a user runs."""
+    if installed:
+        return [str(installed_command()), "run", *args]
     return [sys.executable, "-m", "kata_events", "run", *args]
+
+
+def installed_command() -> Path:
+    """The ``kata-events`` console script of this interpreter's environment (skips if absent)."""
+    import pytest
+
+    script = Path(sys.executable).with_name("kata-events")
+    if not script.exists():
+        pytest.skip(f"no kata-events console script next to {sys.executable}: pip install -e . first")
+    return script
 
 
 def seq_of(line: bytes) -> int:
@@ -135,8 +148,10 @@ class KataRun:
         stdin: Any = subprocess.DEVNULL,
         env: Optional[Dict[str, str]] = None,
         hold_stdout: bool = False,
+        installed: bool = False,
     ) -> None:
         self.args = list(args)
+        self.installed = installed
         # Cleared: the stdout reader waits, so the pipe fills up (a stalled consumer).
         self._reading = threading.Event()
         if not hold_stdout:
@@ -161,7 +176,7 @@ class KataRun:
 
     def _popen(self, cwd: Union[Path, str], stdin: Any, stdout: Any, env: Optional[Dict[str, str]]) -> Any:
         return subprocess.Popen(
-            command(self.args),
+            command(self.args, self.installed),
             cwd=str(cwd),
             stdin=stdin,
             stdout=stdout,

@@ -276,7 +276,6 @@ def test_files_are_checked_only_once_the_configuration_is_valid(tmp):
     ("https://cn.example.local/", "https://cn.example.local", None),
     ("https://10.0.0.5:443", "https://10.0.0.5", None),
     ("https://CN.Example.Local:8443", "https://cn.example.local:8443", None),
-    ("cn.example.local", "https://cn.example.local", None),
     ("https://[fd00::5]:443", "https://[fd00::5]", None),
     (f"https://cn:443/kata/events_api/v1/{ID}/events", "https://cn", ID),
     (f"HTTPS://cn/kata/events_api/v1/{ID}/events/", "https://cn", ID),
@@ -288,6 +287,8 @@ def test_url_normalization(given_url, base, found):
 
 @pytest.mark.parametrize("bad, reason", [
     ("http://cn.example.local", "http:// is refused"),
+    ("cn.example.local", "write https://cn.example.local (https:// is required)"),
+    ("127.0.0.1:8443", "write https://127.0.0.1:8443 (https:// is required)"),
     ("ftp://cn", "must be https://"),
     ("https://user:pw@cn", "certificate"),
     ("https://cn/kata/events_api/v1/x/events?max_events=5", "query"),

@@ -140,13 +140,13 @@ def test_401_names_the_system_and_certificate_and_resumes_once_approved(
     fp = certs.normalize_fingerprint(cert.fingerprint)
     assert certs.normalize_fingerprint(told["fingerprint"]) == fp
     assert ext_id in told["message"] and certs.format_fingerprint(fp) in told["message"]
-    assert "30 s" in told["message"]
+    assert "every 5 s for 5 min, then every 30 s" in told["message"]
     assert not emu.is_approved(ext_id, cert.fingerprint)
     emu.approve(ext_id, cert.fingerprint)
     approved = run.wait_event("approved", timeout=45)
     waited = approved["_at"] - told["_at"]
     print(f"401: resumed {waited:.1f} s after the unauthorized message")
-    assert 28 <= waited <= 40
+    assert waited <= 12  # retried every 5 s while the approval is fresh
     run.wait_lines(EVENTS, timeout=15)
     run.send(15)
     assert run.wait(10) == 0

@@ -93,6 +93,36 @@ def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float 
     return hashlib.sha256(der).hexdigest() if der else None
 
 
+def answers_plain_http(base_url: str, timeout: float = 3.0) -> bool:
+    """Whether the address answers a plain HTTP request: what a failed TLS handshake there means.
+
+    Only asked after a handshake failed, to tell "wrong port" apart from other TLS failures
+    whatever words the local OpenSSL uses for it (``WRONG_VERSION_NUMBER`` and others).
+    """
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "", parts.port or 443
+    request = f"HEAD / HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode("ascii", "replace")
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            raw.settimeout(timeout)
+            raw.sendall(request)
+            reply = raw.recv(5)
+    except (OSError, UnicodeError):
+        return False
+    return reply == b"HTTP/"
+
+
+def handshake_failure(base_url: str, reason: str) -> str:
+    """The message for a TLS handshake that failed for another reason than trust or our own files."""
+    if answers_plain_http(base_url):
+        parts = urlsplit(base_url)
+        return (
+            f"{parts.hostname} port {parts.port or 443} answers plain HTTP, not TLS: check the port "
+            f"in url ({base_url}); the Events API speaks HTTPS with mutual TLS"
+        )
+    return f"TLS handshake with {base_url} failed: {reason}"
+
+
 class _PinnedAdapter(HTTPAdapter):
     """Checks the server certificate's SHA-256 instead of a CA chain (self-signed Central Nodes)."""
 
@@ -318,8 +348,13 @@ class EventsClient:
                 probe_server_fingerprint(base, self.cert, self.key),
             )
         if "pem" in lowered or "key values mismatch" in lowered or "no such file" in lowered:
-            return ClientTlsError(f"cannot use the client certificate {self.cert} / key {self.key}: {reason}")
-        return Unavailable(f"TLS handshake with {base} failed: {reason}")
+            from kata_events import keypair
+
+            return ClientTlsError(
+                keypair.problem(self.cert, self.key)
+                or f"cannot use the client certificate {self.cert} / key {self.key}: {reason}"
+            )
+        return Unavailable(handshake_failure(base, reason))
 
     def close(self) -> None:
         self._session.close()

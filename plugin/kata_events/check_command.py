@@ -17,7 +17,7 @@ import sys
 from typing import List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from kata_events import api, certs, errors, state
+from kata_events import api, certs, errors, keypair, state
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
@@ -68,15 +68,9 @@ def _fp(hex_fingerprint: Optional[str]) -> str:
 
 
 def _check_files(config: Config, report: _Report) -> bool:
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(str(config.cert), str(config.key))
-    except (OSError, ssl.SSLError) as exc:
-        report.fail(
-            "files",
-            f"the key {config.key} cannot be used with the certificate {config.cert} ({exc}): "
-            "give the key that belongs to this certificate (both PEM)",
-            ExitStatus.NO_INPUT,
-        )
+    unusable = keypair.problem(config.cert, config.key)
+    if unusable is not None:
+        report.fail("files", unusable, ExitStatus.CONFIG)
         return False
     if config.ca_file is not None:
         try:
@@ -171,7 +165,7 @@ def _check_tls(config: Config, base: str, sock: socket.socket, files_ok: bool, r
         )
         return False
     except (OSError, ssl.SSLError) as exc:
-        report.fail(step, f"TLS handshake failed: {exc}", ExitStatus.CONFIG)
+        report.fail(step, api.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
         return False
     finally:
         sock.close()
@@ -208,7 +202,8 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
             "approval",
             f"{exc}: approve external system {config.external_system_id} (certificate SHA-256 "
             f"{_fp(api.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
-            "External systems",
+            "External systems; if it is approved already, compare the id and fingerprint shown "
+            "there with these (a mistyped external_system_id looks exactly like a missing approval)",
             ExitStatus.CONFIG,
         )
         return

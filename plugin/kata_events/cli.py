@@ -6,6 +6,7 @@ Each subcommand lives in its own module; this one only dispatches. It never writ
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from typing import NoReturn, Optional, Sequence
@@ -50,14 +51,32 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command)
-        command.set_defaults(handler=module.run)
+        command.set_defaults(handler=module.run, parser=command)
     return parser
+
+
+def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """The usage error for arguments a subcommand does not know, with the flag most like the first."""
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    flag = next((word.split("=", 1)[0] for word in extra if word.startswith("-")), None)
+    if flag is not None:
+        known = [s for action in command._actions for s in action.option_strings]
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        if close:
+            message += f": did you mean {close[0]}?"
+        else:
+            message += f": see `{command.prog} --help` for the known options"
+    return message
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,
+    # rather than by the top-level parser, which knows none of the subcommand's options.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.parser.error(_unknown_arguments(args.parser, extra))
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:

@@ -202,12 +202,13 @@ _HOST = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
 def normalize_url(url: str) -> Tuple[str, Optional[str]]:
     """A Central Node address → (``https://host[:port]``, external system id found in it or None).
 
-    Accepts a base address (``https://cn.example.local``, ``https://10.0.0.5:443``, a bare host) or
-    a full events URL copied from the documentation. Raises ValueError with a reason otherwise.
+    Accepts a base address (``https://cn.example.local``, ``https://10.0.0.5:443``) or a full
+    events URL copied from the documentation; the scheme is required. Raises ValueError with a
+    reason otherwise.
     """
     text = url.strip()
     if "://" not in text:
-        text = "https://" + text
+        raise ValueError(f"the scheme is missing: write https://{text} (https:// is required)")
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme == "http":

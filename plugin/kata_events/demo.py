@@ -9,6 +9,7 @@ temporary directory removed at exit. Events go to stdout; the commentary goes to
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -44,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _EmulatorEvents(logging.Filter):
+    """Names the built-in emulator's log records `emulator`, an event of the log catalogue."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.event = "emulator"
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events demo``."""
     from kata_events import certs  # cryptography: only this command needs it
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backlog < 0 or not 0 <= args.rate < float("inf"):
         say("--backlog and --rate must be 0 or more (and --rate finite)")
         return int(ExitStatus.USAGE)
+    logging.getLogger("kata_events.emulator").addFilter(_EmulatorEvents())
     with tempfile.TemporaryDirectory(prefix="kata-events-demo-") as tmp:
         root = Path(tmp)
         client = certs.make_self_signed_cert("kata-events demo")

@@ -1,8 +1,9 @@
 """`kata-events init`: make an external system id, a key, a self-signed certificate and a config file.
 
-Then say the next step: approve the external system in the Central Node web interface, checking the
-certificate fingerprint printed here. It never overwrites an existing file unless asked, writes keys
-with mode 0600, and prints on stderr (stdout belongs to events).
+Then say the next steps: trust the Central Node (check prints its fingerprint), approve the external
+system in the Central Node web interface checking the certificate fingerprint printed here, check,
+run. It never overwrites an existing file unless asked, writes keys with mode 0600, and prints on
+stderr (stdout belongs to events).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ cert = "client.crt"   # relative to this file
 key = "client.key"
 
 # Trust the Central Node's certificate: the CA that issued it, or (for the usual self-signed one)
-# its SHA-256 fingerprint. The first failed attempt logs the fingerprint to compare and paste.
+# its SHA-256 fingerprint. `kata-events check --config <this file>` prints the fingerprint to
+# compare and paste.
 # ca_file = "central-node-ca.pem"
 # pin_sha256 = ""
 
@@ -102,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     fingerprint = certs.format_fingerprint(pair.fingerprint)
     config_path = os.path.relpath(names["config"])
+    if config_path.startswith(".."):  # outside the working directory: the full path reads better
+        config_path = os.path.abspath(names["config"])
+    url_step = f"Check the url in {config_path}" if urls else f"Set url in {config_path}"
     sys.stderr.write(
         f"""Made:
   external system id  {external_system_id}
@@ -111,12 +116,13 @@ def run(args: argparse.Namespace) -> int:
   certificate SHA-256 {fingerprint}
 
 Next:
-  1. {'Check the url in ' + config_path if urls else 'Set url in ' + config_path} and trust the Central Node
-     (ca_file or pin_sha256; see the comments in the file).
-  2. Run: kata-events run --config {config_path}
-     It logs "unauthorized" until an administrator approves this external system.
-  3. In the Central Node web interface, External systems: approve {external_system_id},
+  1. {url_step}, then trust the Central Node:
+       kata-events check --config {config_path}
+     prints the server's fingerprint; set pin_sha256 to it (or ca_file: see the comments in the file).
+  2. In the Central Node web interface, External systems: approve {external_system_id},
      after checking that its certificate fingerprint is {fingerprint}.
+  3. kata-events check --config {config_path}   (every line ok), then
+     kata-events run --config {config_path}
 """
     )
     return 0

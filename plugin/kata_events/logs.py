@@ -125,7 +125,9 @@ _CATALOGUE = (
     EventSpec(
         "unauthorized", logging.ERROR, ("url", "external_system_id", "fingerprint"),
         "HTTP 401: an administrator must approve this external system (id and certificate "
-        "fingerprint) in the Central Node web interface, External systems. Retrying meanwhile.",
+        "fingerprint) in the Central Node web interface, External systems; if it is approved "
+        "already, compare the id and fingerprint shown there with the ones logged. Retried every "
+        "5 s for 5 minutes, then every 30 s.",
     ),
     EventSpec(
         "approved", logging.INFO, ("url", "external_system_id"),
@@ -146,7 +148,8 @@ _CATALOGUE = (
     ),
     EventSpec(
         "client_certificate", logging.ERROR, ("cert", "key", "reason"),
-        "The client certificate or key cannot be used (unreadable, mismatched, expired).",
+        "The client certificate or key cannot be used (a key of another certificate, a certificate "
+        "given as the key, a passphrase): the message names the files and the fix.",
     ),
     EventSpec(
         "lag", logging.WARNING, ("lag_seconds", "limit", "full_page"),
@@ -187,15 +190,22 @@ _CATALOGUE = (
     ),
     EventSpec(
         "stats", logging.INFO, _STATS_FIELDS,
-        "Periodic counters: events, pages, bytes, retries, lag, unacknowledged lines.",
+        "Periodic counters: events, pages, bytes (received), retries, lag; written counts event "
+        "lines written to stdout, acknowledged and unacknowledged (acknowledgement mode only) "
+        "count lines too.",
     ),
     EventSpec(
         "stop", logging.INFO, ("reason", "exit_code", *_STATS_FIELDS),
-        "The process is stopping (signal, STOP from the shipper, --once done, error) and why.",
+        "The process is stopping (signal, STOP from the shipper, --once done, error) and why; the "
+        "final counters, as in stats.",
     ),
     EventSpec(
         "fatal", logging.ERROR, ("exit_code", "reason"),
         "The process cannot go on (configuration, files, state lock); the message says the fix.",
+    ),
+    EventSpec(
+        "emulator", logging.INFO, (),
+        "kata-events demo only: what the built-in emulator did (approval, subscriptions, stop).",
     ),
 )
 

@@ -160,7 +160,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option(
         "url",
         "list",
-        "The Central Node's base address, https://HOST[:PORT]; repeat it for the addresses of a "
+        "The Central Node's base address, https://HOST[:PORT] (https:// is required); repeat it "
+        "for the addresses of a "
         "cluster, tried in turn when one fails. A full events URL copied from the documentation is "
         "accepted too. The variable takes a comma- or space-separated list.",
         required=True,

@@ -15,12 +15,12 @@ import threading
 from types import FrameType
 from typing import Any, Dict, List, Optional
 
-from kata_events import __version__, logs
+from kata_events import __version__, keypair, logs
 from kata_events.acks import choose_ack_mode
 from kata_events.api import EventsClient
 from kata_events.config import Config, describe, load_run_config
 from kata_events.delivery import LineWriter, make_delivery
-from kata_events.exits import UserError
+from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
@@ -105,6 +105,10 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
+    unusable = keypair.problem(config.cert, config.key)
+    if unusable is not None:
+        logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
+        return int(ExitStatus.CONFIG)
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()

@@ -39,7 +39,10 @@ from kata_events.errors import (
 from kata_events.exits import ExitStatus
 from kata_events.state import StateError, TokenStore
 
-#: A 401 is retried at this pace: approval is a human step in the Central Node's web UI.
+#: After the first 401, retried this often while an administrator is likely approving right now...
+UNAUTHORIZED_RETRY_FRESH = 5.0
+#: ...for this long; then at the slower pace below: approval is a human step in the web interface.
+UNAUTHORIZED_FRESH_FOR = 300.0
 UNAUTHORIZED_RETRY = 30.0
 #: The 401 explanation is repeated this often while approval is still missing.
 UNAUTHORIZED_REMIND = 600.0
@@ -88,6 +91,8 @@ class Stats:
     pages: int = 0
     bytes: int = 0
     retries: int = 0
+    #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
+    written: int = 0
     lag_seconds: Optional[float] = None
 
 
@@ -131,6 +136,7 @@ class Runner:
         self._failure: Optional[Tuple[ExitStatus, str]] = None
         delivery.on_failure = lambda exc: self.fail(exc)
         self._page_lines = 0
+        self._limit_reached = False
         delivery.writer.should_stop = self._stop.is_set
 
     # -- stopping ---------------------------------------------------------------------------------
@@ -309,19 +315,34 @@ class Runner:
                 self.delivery.write(batch)
             except WriteStopped:
                 raise StopRequested(self._stop_reason) from None
+            self.stats.written += len(batch)
+            if self._limit_reached:
+                self._stop_after_shown()
             last = batch[-1]
             if self.warn_line_bytes and not self._line_warned:
                 self._check_line_lengths(batch)
 
     def _limit(self, batch: List[bytes]) -> List[bytes]:
-        """Cut the batch at ``stop_after`` lines in all (the demo's --events) and ask to stop there."""
+        """Cut the batch at ``stop_after`` lines in all (the demo's --events).
+
+        The stop itself comes after the cut batch is written (`_stop_after_shown`): a stop flag set
+        before the write would make the writer leave those lines unwritten.
+        """
+        assert self.stop_after is not None
         left = self.stop_after - (self.stats.events + self._page_lines)
-        self._page_lines += len(batch)
         if left <= len(batch):
-            self._stop.set()
-            self._stop_reason = f"{self.stop_after} events shown"
-            return batch[: max(0, left)]
+            self._limit_reached = True
+            batch = batch[: max(0, left)]
+        self._page_lines += len(batch)
         return batch
+
+    def _stop_after_shown(self) -> None:
+        """``stop_after`` lines are written: count the unfinished page's lines and stop."""
+        self.stats.events += self._page_lines
+        self.stats.pages += 1
+        self._stop_reason = f"{self.stop_after} events shown"
+        self._stop.set()
+        raise StopRequested(self._stop_reason)
 
     def _check_line_lengths(self, batch: List[bytes]) -> None:
         longest = max(len(line) for line in batch) + 1
@@ -372,6 +393,7 @@ class Runner:
     def _handle_failure(self, exc: ApiError) -> Optional[ExitStatus]:
         """Log a failed request and wait before the next; returns an exit code only for fatal ones."""
         if isinstance(exc, BadRequest):
+            self._stop_reason = "bad request"
             logs.emit(
                 "bad_request",
                 f"the Central Node rejected the request: {exc.reason}. Check the filter and "
@@ -381,11 +403,11 @@ class Runner:
             )
             return ExitStatus.CONFIG
         if isinstance(exc, ClientTlsError):
+            self._stop_reason = "client certificate"
             logs.emit("client_certificate", str(exc))
             return ExitStatus.CONFIG
         if isinstance(exc, Unauthorized):
-            self._unauthorized(exc)
-            self._sleep(UNAUTHORIZED_RETRY)
+            self._sleep(self._unauthorized(exc))
             return None
         if isinstance(exc, SubscriptionLost):
             logs.emit(
@@ -441,24 +463,44 @@ class Runner:
         self._sleep(delay)
         return None
 
-    def _unauthorized(self, exc: Unauthorized) -> None:
+    def _unauthorized(self, exc: Unauthorized) -> float:
+        """Log a 401 (in full at first, then as a reminder); return the delay before the next try."""
         now = time.monotonic()
         first = self._unauthorized_since is None
         if first:
             self._unauthorized_since = now
+        waited = now - (self._unauthorized_since or now)
+        delay = UNAUTHORIZED_RETRY_FRESH if waited < UNAUTHORIZED_FRESH_FOR else UNAUTHORIZED_RETRY
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
             self._unauthorized_told = now
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
             fp = file_fingerprint(self.client.cert)
             shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"
+            ids = (
+                f"external system id {self.client.external_system_id}, certificate SHA-256 {shown}"
+            )
+            if first:
+                message = (
+                    "the Central Node does not accept this external system yet (HTTP 401). An "
+                    "administrator must approve it in the Central Node web interface, section "
+                    f"External systems: {ids}. A new certificate needs a new approval. If it is "
+                    "approved already, compare the id and fingerprint shown there with these: a "
+                    "mistyped external_system_id looks exactly like a missing approval. Retrying "
+                    f"every {UNAUTHORIZED_RETRY_FRESH:.0f} s for {UNAUTHORIZED_FRESH_FOR / 60:.0f} "
+                    f"min, then every {UNAUTHORIZED_RETRY:.0f} s"
+                )
+            else:
+                message = (
+                    f"still HTTP 401 after {waited / 60:.0f} min. If the external system was "
+                    "approved, compare the id and fingerprint approved in the Central Node web "
+                    f"interface (External systems) with this one's: {ids}. A mistyped "
+                    "external_system_id or another certificate looks exactly like a missing "
+                    f"approval. Retrying every {delay:.0f} s"
+                )
             logs.emit(
                 "unauthorized",
-                "the Central Node does not accept this external system yet (HTTP 401). An "
-                "administrator must approve it in the Central Node web interface, section External "
-                f"systems: external system id {self.client.external_system_id}, certificate SHA-256 "
-                f"{shown}. A new certificate needs a new approval. Retrying every "
-                f"{UNAUTHORIZED_RETRY:.0f} s",
+                message,
                 external_system_id=self.client.external_system_id,
                 fingerprint=fp,
                 url=self.client.url,
@@ -472,6 +514,7 @@ class Runner:
                 fingerprint=None,
                 url=self.client.url,
             )
+        return delay
 
     # -- stats ------------------------------------------------------------------------------------
 
@@ -491,15 +534,18 @@ class Runner:
     def _emit_stats(self, name: str, final: bool = False, exit_code: Optional[int] = None) -> None:
         s = self.stats
         ledger = self.delivery.ledger
+        # Ack mode counts lines; the others count bytes (drain) or lines (terminal): shown only
+        # where they are acknowledgements, so every field of the line is in lines.
+        acked = self.delivery.mode == "lines"
         fields = dict(
             events=s.events,
             pages=s.pages,
             bytes=s.bytes,
             retries=s.retries,
             lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
-            written=ledger.written,
-            acknowledged=ledger.taken_position,
-            unacknowledged=ledger.unacked,
+            written=ledger.written if acked else s.written,
+            acknowledged=ledger.taken_position if acked else None,
+            unacknowledged=ledger.unacked if acked else None,
             committed_pages=self.delivery.committed_pages,
             uptime_seconds=round(time.monotonic() - s.started, 1),
         )
@@ -508,5 +554,7 @@ class Runner:
             message = f"stopped ({reason}): {s.events} events in {s.pages} pages"
             logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
         else:
-            message = f"{s.events} events in {s.pages} pages, {ledger.unacked} unacknowledged"
+            message = f"{s.events} events in {s.pages} pages" + (
+                f", {ledger.unacked} unacknowledged" if acked else ""
+            )
             logs.emit(name, message, **fields)

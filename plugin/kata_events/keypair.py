@@ -1,0 +1,87 @@
+"""Whether a client certificate and key can be used together, and if not why, in the user's words.
+
+``run`` asks before any network traffic and ``check`` in its files step, so both name the same
+problem with the same message and exit code (78: the files are readable but the wrong ones).
+OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this module looks at what each file holds
+to tell a certificate given as the key, an encrypted key, and a key of another certificate apart.
+It reads the two files and never modifies, logs or prints anything.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Optional, Union
+
+_PathLike = Union[str, Path]
+
+_MAKE_NEW = (
+    "or make a new pair with `kata-events init` (a new certificate needs a new approval on the "
+    "Central Node)"
+)
+
+
+def _text(path: _PathLike) -> str:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 20).decode("ascii", "replace")
+    except OSError:
+        return ""
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase.
+    return b""
+
+
+def problem(cert: _PathLike, key: _PathLike) -> Optional[str]:
+    """None when ``key`` is the private key of the certificate in ``cert``; else what is wrong and the fix."""
+    cert_text, key_text = _text(cert), _text(key)
+    has_cert = "-----BEGIN CERTIFICATE-----" in cert_text
+    key_has_key = "PRIVATE KEY-----" in key_text
+    key_has_cert = "-----BEGIN CERTIFICATE-----" in key_text
+    if not key_has_key and key_has_cert and not has_cert and "PRIVATE KEY-----" in cert_text:
+        return (
+            f"the certificate and key files are swapped: set cert to {key} (it holds the "
+            f"certificate) and key to {cert} (it holds the private key)"
+        )
+    if not key_has_key and key_has_cert:
+        return (
+            f"the key file {key} holds a certificate, not a private key: set key to the private key "
+            f"file (PEM, '-----BEGIN ... PRIVATE KEY-----') made with the certificate {cert}, "
+            + _MAKE_NEW
+        )
+    if not has_cert and "PRIVATE KEY-----" in cert_text:
+        return (
+            f"the certificate file {cert} holds a private key, not a certificate: set cert to the "
+            f"certificate file (PEM, '-----BEGIN CERTIFICATE-----') and key to the private key "
+            "(cert and key swapped?)"
+        )
+    if "ENCRYPTED PRIVATE KEY-----" in key_text or "Proc-Type: 4,ENCRYPTED" in key_text:
+        return (
+            f"the key {key} is protected by a passphrase, which kata-events cannot ask for: "
+            f"store it without one (`openssl pkey -in {key} -out client.key`, mode 0600) and set "
+            "key to that file"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_cert_chain(str(cert), str(key), password=_no_passphrase)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            return (
+                f"the key {key} does not belong to the certificate {cert}: set key to the private "
+                f"key made with this certificate, " + _MAKE_NEW
+            )
+        if not has_cert:
+            what = f"the certificate file {cert} holds no PEM certificate"
+        elif not key_has_key:
+            what = f"the key file {key} holds no PEM private key"
+        else:
+            what = f"the certificate {cert} and key {key} cannot be used together ({exc.reason or exc})"
+        return (
+            f"{what}: give the client certificate as cert and its private key as key (both PEM), "
+            + _MAKE_NEW
+        )
+    except OSError as exc:
+        return f"cannot read the certificate {cert} or key {key}: {exc.strerror or exc}"
+    return None
