@@ -26,10 +26,12 @@ from kata_events.errors import (
     ClientTlsError,
     SubscriptionLost,
     TlsVerifyFailed,
+    TokenRefused,
     Unauthorized,
     Unavailable,
 )
 from kata_events.stream import MalformedBody, PageSplitter
+from kata_events.tokens import token_problem
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
 #: Large reads keep Python's per-chunk work small next to the bytes moved.
@@ -189,7 +191,15 @@ class Page:
                 f"the page does not look like an Events API response ({where}: {problems[0].message})",
                 excerpt(repr(skeleton).encode()),
             )
-        return str(skeleton["continuationToken"])
+        token = str(skeleton["continuationToken"])
+        problem = token_problem(token)
+        if problem:
+            # Saved, it would make every later request fail, across restarts too.
+            raise BadResponse(
+                f"the page's continuationToken is not one a server would send: {problem}",
+                excerpt(token.encode("utf-8", "replace"), 60),
+            )
+        return token
 
     def close(self) -> None:
         self._response.close()
@@ -306,11 +316,11 @@ class EventsClient:
                     ) from None
                 raise Unavailable(f"request to {base} failed: {_reason(exc)}") from None
             self._current = (self._current + attempt) % len(self.urls)
-            return self._check_status(response, base)
+            return self._check_status(response, base, token)
         tried = ", ".join(self.urls)
         raise Unavailable(f"cannot connect to {tried}: {_reason(last_error) if last_error else 'no URL'}")
 
-    def _check_status(self, response: requests.Response, base: str) -> Page:
+    def _check_status(self, response: requests.Response, base: str, token: Optional[str] = None) -> Page:
         status = response.status_code
         if status == 200:
             return Page(response, base)
@@ -325,8 +335,17 @@ class EventsClient:
             raise Unauthorized(f"HTTP 401 from {base}: {text}")
         if status == 404 and b"subscription not found" in body.lower():
             raise SubscriptionLost(f"HTTP 404 from {base}: {text}")
+        if token and status in (400, 404, 414):
+            raise TokenRefused(
+                f"HTTP {status} from {base} for the request carrying the continuation token "
+                f"({len(token)} characters): {text or 'empty body'}",
+                status,
+                text,
+            )
         if status == 400:
             raise BadRequest(text or "HTTP 400 with an empty body")
+        if status == 414:
+            raise BadRequest(f"HTTP 414 (URI too long): {text or 'empty body'}; is the filter that long?")
         if status == 429 or status >= 500:
             raise Unavailable(
                 f"HTTP {status} from {base}: {text}", _retry_after(response.headers.get("Retry-After"))

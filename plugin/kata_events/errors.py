@@ -22,6 +22,16 @@ class SubscriptionLost(ApiError):
     """HTTP 404 `Subscription not found`: the server no longer knows the continuation token."""
 
 
+class TokenRefused(ApiError):
+    """The server refused a request carrying our continuation token: HTTP 414 (too long), 400, or 404
+    without "Subscription not found". ``status`` and the server's ``reason`` say which."""
+
+    def __init__(self, message: str, status: int, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
 class BadRequest(ApiError):
     """HTTP 400: the server rejected a parameter (most often the filter). Not transient."""
 

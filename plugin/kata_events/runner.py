@@ -33,11 +33,13 @@ from kata_events.errors import (
     ClientTlsError,
     SubscriptionLost,
     TlsVerifyFailed,
+    TokenRefused,
     Unauthorized,
     Unavailable,
 )
 from kata_events.exits import ExitStatus
-from kata_events.state import StateError, TokenStore
+from kata_events.state import StateError, TokenStore, short_token
+from kata_events.tokens import token_problem
 
 #: After the first 401, retried this often while an administrator is likely approving right now...
 UNAUTHORIZED_RETRY_FRESH = 5.0
@@ -131,6 +133,9 @@ class Runner:
         self._unauthorized_told = 0.0
         self._lag_warned = 0.0
         self._line_warned = False
+        # Whether the server has answered a request of this process: a refusal after that is about
+        # the token, since nothing else in the request changed.
+        self._answered = False
         #: Set by the process wiring: interrupts the main thread from another thread.
         self.wake_main: Optional[Callable[[], None]] = None
         self._failure: Optional[Tuple[ExitStatus, str]] = None
@@ -207,6 +212,17 @@ class Runner:
                 # A dropped token means a new subscription: events since the last run may be lost.
                 level = "WARNING" if token is None else None
                 logs.emit("state", why, level=level, state_file=str(self.store.path))
+        problem = token_problem(token) if token is not None else None
+        if problem:
+            logs.emit(
+                "state",
+                f"the saved continuation token {short_token(token)} cannot be used ({problem}); no "
+                "server would accept it, so a new subscription starts: events since the last run "
+                "may have been skipped",
+                level="WARNING",
+                state_file=str(self.store.path),
+            )
+            token = None
         self.token = token
         if token is None:
             logs.emit(
@@ -284,6 +300,7 @@ class Runner:
         started = time.monotonic()
         with self.interruptible():
             page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
+        self._answered = True
         with page:
             if self._unauthorized_since is not None:
                 logs.emit("approved", "the Central Node accepts this external system now")
@@ -409,13 +426,26 @@ class Runner:
         if isinstance(exc, Unauthorized):
             self._sleep(self._unauthorized(exc))
             return None
-        if isinstance(exc, SubscriptionLost):
+        if isinstance(exc, TokenRefused) and exc.status != 414 and not self._answered:
+            # The first request of this run: a wrong URL or parameter is as likely as the token.
+            self._failure = (
+                ExitStatus.CONFIG,
+                f"{exc}. If the server names the token, move the state file {self.store.path} away "
+                "to start a new subscription; otherwise check url, max_events and max_timeout",
+            )
+            return ExitStatus.CONFIG
+        if isinstance(exc, (SubscriptionLost, TokenRefused)):
+            if isinstance(exc, TokenRefused):
+                why = f"the Central Node refused our continuation token ({exc})"
+            else:
+                why = "the Central Node no longer knows our continuation token (Subscription not found)"
             logs.emit(
                 "subscription_lost",
-                "the Central Node no longer knows our continuation token (Subscription not found): "
-                "starting a new subscription; events between the last delivered page and now may "
-                "have been skipped",
+                f"{why}: starting a new subscription; events between the last delivered page and "
+                "now may have been skipped",
                 url=self.client.url,
+                status=getattr(exc, "status", 404),
+                reason=str(exc),
             )
             try:
                 self.store.clear()

@@ -41,6 +41,13 @@ FAULT_KINDS: Dict[str, str] = {
     "hang": "never answer: hold the connection until the client leaves or the emulator stops",
     "401": "revoke the approval of the requesting certificate, then 401 (until approved again)",
     "404": "delete the subscription of the token used, then 404 Subscription not found",
+    "400": "HTTP 400 Bad Request whose reason names the continuation token as invalid",
+    "414": "HTTP 414 URI Too Long, as a server or proxy with a short request-line limit answers",
+    "huge_token": "a 200 page whose continuationToken is 2 MiB long",
+    "odd_token": (
+        "a 200 page whose continuationToken holds a space, a quote, a control character and a "
+        "non-ASCII letter"
+    ),
 }
 
 _KIND_RE = "|".join(sorted((re.escape(k) for k in FAULT_KINDS), key=len, reverse=True))

@@ -44,6 +44,11 @@ HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 600.0
 MAX_HEADER_BYTES = 65536
 MAX_CONTROL_BODY = 1 << 20
+#: A request line longer than MAX_HEADER_BYTES is read (and dropped) up to this much, then gets 414.
+MAX_DRAINED_REQUEST = 64 << 20
+#: The continuation tokens of the huge_token and odd_token faults.
+HUGE_TOKEN = "A" * (2 << 20)
+ODD_TOKEN = 'odd token"\x01\u00e9'
 TOKENS_KEPT_PER_SUBSCRIPTION = 64
 EVENTS_PER_CHUNK = 2000
 HANG_POLL = 0.1
@@ -57,6 +62,7 @@ _REASONS = {
     405: "Method Not Allowed",
     411: "Length Required",
     413: "Payload Too Large",
+    414: "URI Too Long",
     429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -658,6 +664,19 @@ class Emulator:
             line = reader.readline(MAX_HEADER_BYTES)
         if not line:
             return None
+        if len(line) >= MAX_HEADER_BYTES and not line.endswith(b"\n"):
+            # Like nginx or Apache: read the rest of the request and answer 414 (the client then
+            # sees the status, not a connection reset in the middle of its send).
+            drained = len(line)
+            while not line.endswith(b"\n") and drained < MAX_DRAINED_REQUEST:
+                line = reader.readline(1 << 20)
+                if not line:
+                    return None
+                drained += len(line)
+            while line not in (b"\r\n", b"\n", b"") and drained < MAX_DRAINED_REQUEST:
+                line = reader.readline(MAX_HEADER_BYTES)
+                drained += len(line)
+            return _Request("TOO_LONG", "", "HTTP/1.1", {"connection": "close"}, b"")
         try:
             method, target, version = line.decode("latin-1").strip().split(" ", 2)
         except ValueError:
@@ -725,6 +744,10 @@ class Emulator:
 
     def _dispatch(self, conn: ssl.SSLSocket, request: _Request, fingerprint: Optional[str]) -> bool:
         """Answer one request; return False when the connection must close."""
+        if request.method == "TOO_LONG":
+            log.info("request line too long: 414")
+            self._send_json(conn, 414, {"error": "URI Too Long"}, close=True)
+            return False
         parts = urlsplit(request.target)
         path = parts.path
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -842,7 +865,12 @@ class Emulator:
                     if entry is not None:
                         self._drop_subscription_locked(entry[0])
                 raise _HttpError(404, {"error": "Subscription not found"})
-            if kind in ("drop", "truncated", "no_events", "no_token"):
+            if kind == "400":
+                raise _bad_request("continuation_token: invalid token")
+            if kind == "414":
+                self._send_json(conn, 414, {"error": "URI Too Long"}, close=True)
+                return False
+            if kind in ("drop", "truncated", "no_events", "no_token", "huge_token", "odd_token"):
                 body_fault = kind
 
         self._check_approved(ext_id, fingerprint)
@@ -986,7 +1014,10 @@ class Emulator:
 
     def _send_page(self, conn: ssl.SSLSocket, page: _Page, token: str, body_fault: Optional[str]) -> None:
         heads, tails, events_length = self._page_pieces(page)
-        token_part = b'"continuationToken":"' + token.encode("ascii") + b'"}'
+        if body_fault in ("huge_token", "odd_token"):
+            # Not registered: a client that used it would get 404 Subscription not found.
+            token = HUGE_TOKEN if body_fault == "huge_token" else ODD_TOKEN
+        token_part = b'"continuationToken":' + json.dumps(token).encode("ascii") + b"}"
 
         def event_chunks() -> Iterator[bytes]:
             for start in range(0, len(heads), EVENTS_PER_CHUNK):
