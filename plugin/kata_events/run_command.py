@@ -156,7 +156,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
                 runner.request_stop(reason)
             return runner.run()
         finally:
-            _restore_signal_handlers(previous)
+            _restore_signal_handlers(runner, previous)
     finally:
         store.close()
 
@@ -174,11 +174,14 @@ def _install_signal_handlers(runner: Runner) -> dict:
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous[sig] = signal.signal(sig, handler)
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, wake)
+    # SIGALRM: the overall deadline of a network wait (kata_events.deadlines).
+    previous[signal.SIGALRM] = runner.deadlines.install()
     main_ident = threading.main_thread().ident or 0
     runner.wake_main = lambda: signal.pthread_kill(main_ident, signal.SIGUSR1)
     return previous
 
 
-def _restore_signal_handlers(previous: dict) -> None:
+def _restore_signal_handlers(runner: Runner, previous: dict) -> None:
+    runner.deadlines.uninstall()
     for sig, old in previous.items():
         signal.signal(sig, old)

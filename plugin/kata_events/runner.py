@@ -9,8 +9,10 @@ and a disk that stops taking the state file or stdout mid-run pauses fetching un
 
 Signal handlers only record the request to stop. While the loop is blocked in the network
 (`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked call
-at once; commits never run inside such a section, so a stop can't tear one. Writes are never
-interrupted that way: the writer polls for room and looks at the stop flag itself.
+at once; commits never run inside such a section, so a stop can't tear one. The same sections
+carry an overall deadline (`kata_events.deadlines`): a server trickling its answer byte by byte is
+abandoned and retried. Writes are never interrupted that way: the writer polls for room and
+looks at the stop flag itself.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from kata_events import logs
-from kata_events.api import EventsClient, Page, file_fingerprint
+from kata_events.api import CONNECT_TIMEOUT, READ_TIMEOUT_MARGIN, EventsClient, Page, file_fingerprint
 from kata_events.backoff import Backoff
+from kata_events.deadlines import Deadlines, RequestAbandoned
 from kata_events.delivery import ConsumerGone, Delivery, OutputFailed, WriteStopped
 from kata_events.errors import (
     ApiError,
@@ -57,6 +60,9 @@ ONCE_MAX_TIMEOUT = 1
 FINISH_WAIT = 0.1
 #: --once waits this long at most for the reader to take the last page before its last commit.
 ONCE_FINISH_WAIT = 10.0
+#: A network wait may outlast its socket timeouts by this much before it is abandoned (the per-read
+#: timeouts fire first when they apply, with their own message).
+DEADLINE_SLACK = 5.0
 #: The server keeps events at most this long.
 RETENTION_SECONDS = 7200
 
@@ -127,6 +133,8 @@ class Runner:
         self.stats = Stats()
         self.token: Optional[str] = None
         self._stop = threading.Event()
+        #: Overall limits on each network wait; armed only once the process wiring installs them.
+        self.deadlines = Deadlines()
         self._stop_reason = ""
         self._interruptible = False
         self._unauthorized_since: Optional[float] = None
@@ -284,6 +292,16 @@ class Runner:
                 count = self._one_page()
             except StopRequested:
                 break
+            except RequestAbandoned as exc:
+                self.client.abort()  # the connection is mid-answer: never reuse it
+                slow = Unavailable(
+                    f"{self.client.url}: {exc}: request abandoned (the server, or something in "
+                    "between, answers too slowly: a TLS handshake, headers or body trickling in)"
+                )
+                code = self._handle_failure(slow)
+                if code is not None:
+                    return code
+                continue
             except ApiError as exc:
                 code = self._handle_failure(exc)
                 if code is not None:
@@ -298,7 +316,8 @@ class Runner:
     def _one_page(self) -> int:
         """Fetch, deliver and end one page; returns its number of events."""
         started = time.monotonic()
-        with self.interruptible():
+        connects = CONNECT_TIMEOUT * (len(self.client.urls) - 1)
+        with self.interruptible(), self.deadlines.limit(connects + self._wait_limit(), "answer"):
             page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
         self._answered = True
         with page:
@@ -320,7 +339,7 @@ class Runner:
         self._page_lines = 0
         last: Optional[bytes] = None
         while True:
-            with self.interruptible():
+            with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
                 batch: Optional[List[bytes]] = next(batches, None)
             if batch is None:
                 return last
@@ -338,6 +357,11 @@ class Runner:
             last = batch[-1]
             if self.warn_line_bytes and not self._line_warned:
                 self._check_line_lengths(batch)
+
+    def _wait_limit(self) -> float:
+        """Seconds a request's answer, or the next chunk of its body, may take at most."""
+        max_timeout = ONCE_MAX_TIMEOUT if self.once else self.client.max_timeout
+        return max_timeout + READ_TIMEOUT_MARGIN + DEADLINE_SLACK
 
     def _limit(self, batch: List[bytes]) -> List[bytes]:
         """Cut the batch at ``stop_after`` lines in all (the demo's --events).

@@ -43,6 +43,8 @@ FAULT_KINDS: Dict[str, str] = {
     "404": "delete the subscription of the token used, then 404 Subscription not found",
     "400": "HTTP 400 Bad Request whose reason names the continuation token as invalid",
     "414": "HTTP 414 URI Too Long, as a server or proxy with a short request-line limit answers",
+    "trickle_headers": "send the status line and headers one byte every delay seconds, never ending",
+    "trickle_body": "send headers, then the body one byte every delay seconds, never ending",
     "huge_token": "a 200 page whose continuationToken is 2 MiB long",
     "odd_token": (
         "a 200 page whose continuationToken holds a space, a quote, a control character and a "

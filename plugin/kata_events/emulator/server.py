@@ -852,6 +852,9 @@ class Emulator:
             if kind == "hang":
                 self._hang(conn)
                 return False
+            if kind in ("trickle_headers", "trickle_body"):
+                self._trickle(conn, kind == "trickle_body", fault.delay)
+                return False
             if kind == "slow" and self._stopping.wait(fault.delay):
                 return False
             if kind == "401":
@@ -1060,6 +1063,21 @@ class Emulator:
             socket.socket.shutdown(conn, socket.SHUT_RDWR)
             return
         self._send(conn, 200, body(), content_length=length, content_type="application/octet-stream")
+
+    def _trickle(self, conn: ssl.SSLSocket, headers_first: bool, delay: float) -> None:
+        """One byte every ``delay`` s (after whole headers if ``headers_first``) until the client leaves."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
+        if headers_first:
+            conn.sendall(head)
+            head = b'{"events":['
+        data = head + b" " * (1 << 20)
+        for i in range(len(data)):  # bounded: a client that never leaves gets ~ a million delays
+            if self._stopping.wait(delay):
+                return
+            try:
+                conn.sendall(data[i : i + 1])
+            except (OSError, ssl.SSLError):
+                return
 
     def _hang(self, conn: ssl.SSLSocket) -> None:
         """Hold the connection without answering until the client leaves or the emulator stops."""

@@ -1,0 +1,201 @@
+"""Acceptance: a server that trickles its answer is abandoned after a bounded time and retried.
+
+Per-read timeouts do not bound a request whose server sends a byte every few seconds. Here the real
+process meets, on loopback: a raw-socket server in the test that accepts TCP and then feeds the TLS
+handshake one byte every second (then turns into a plain TCP proxy to the emulator), and the
+emulator's ``trickle_headers`` / ``trickle_body`` faults. A request whose headers or body trickle is
+abandoned after ``max_timeout + 10 + 5`` s (a trickling handshake already fails at the 10 s connect
+timeout: CPython bounds a TLS handshake as a whole), retried, and every event still arrives; SIGTERM
+during a trickle still stops the process within a second.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from typing import List, Tuple
+
+import pytest
+
+from run_helpers import assert_exact_events, run_args
+
+EVENTS = 60
+#: --max-timeout 1 (as --once uses): the answer, and each part of the body, get 1 + 10 + 5 s.
+LIMIT = 16
+
+
+class TrickleThenProxy:
+    """Loopback TCP server: the first ``trickled`` connections get a TLS record header and then one
+    zero byte every ``gap`` s (a handshake that never ends); later ones are proxied to ``target``.
+    """
+
+    def __init__(self, target: Tuple[str, int], trickled: int = 1, gap: float = 1.0) -> None:
+        self.target = target
+        self.trickled = trickled
+        self.gap = gap
+        self.connections = 0
+        self._stop = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._threads: List[threading.Thread] = []
+        self._start(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections <= self.trickled:
+                self._start(self._trickle, conn)
+            else:
+                upstream = socket.create_connection(self.target, timeout=10)
+                self._start(self._pipe, conn, upstream)
+                self._start(self._pipe, upstream, conn)
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                conn.recv(65536)  # the ClientHello
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KiB handshake record begins...
+                for _ in range(600):  # ... and never ends (bounded: 10 min at most)
+                    if self._stop.wait(self.gap):
+                        return
+                    conn.sendall(b"\x00")
+            except OSError:
+                return
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(1.0)
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(3)
+
+
+@pytest.fixture
+def trickle_proxy():
+    made: List[TrickleThenProxy] = []
+
+    def make(emu, **kwargs) -> TrickleThenProxy:
+        proxy = TrickleThenProxy(("127.0.0.1", int(emu.url.rsplit(":", 1)[1])), **kwargs)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def _args(emu, ext_id, cert, state, url, *extra):
+    args = run_args(emu, ext_id, cert, state, *extra)
+    args[args.index(emu.url)] = url
+    return args
+
+
+def _assert_abandoned_then_all_delivered(run, emu, stage: str, since: float) -> None:
+    retry = run.wait_event("retry", timeout=LIMIT + 10)
+    waited = retry["_at"] - since
+    print(f"{stage}: abandoned after {waited:.1f} s: {retry['message']}")
+    if stage == "handshake":
+        # CPython bounds a whole TLS handshake by the socket's timeout (the 10 s connect timeout),
+        # trickle or not; the overall deadline is the backstop.
+        assert "timed out" in retry["message"] or "abandoned" in retry["message"], retry["message"]
+        assert waited <= LIMIT + 6, waited
+    else:
+        assert f"no {stage} within {LIMIT} s" in retry["message"], retry["message"]
+        assert LIMIT - 1 <= waited <= LIMIT + 6, waited
+    assert run.wait(60) == 0, run.stderr_text[-3000:]
+    run.assert_no_traceback()
+    assert not run.other_stderr.strip(), run.other_stderr
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+
+
+@pytest.mark.timeout(90)
+def test_a_tls_handshake_trickling_a_byte_a_second_is_abandoned_and_retried(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, trickle_proxy
+):
+    emu = make_emulator(backlog=EVENTS)
+    proxy = trickle_proxy(emu)
+    args = _args(emu, ext_id, make_client_cert("trickle-tls"), tmp_path / "s.json", proxy.url, "--once")
+    run = runs.start(args)
+    _assert_abandoned_then_all_delivered(run, emu, "handshake", run.started)
+    assert proxy.connections >= 2
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "fault, stage", [("trickle_headers", "answer"), ("trickle_body", "part of the body")]
+)
+def test_headers_or_a_body_trickling_a_byte_a_second_are_abandoned_and_retried(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, fault, stage
+):
+    emu = make_emulator(backlog=EVENTS)
+    emu.inject(fault, after=1, delay=1)  # the first page is fine, the second request trickles
+    args = run_args(emu, ext_id, make_client_cert(fault), tmp_path / "s.json", "--once", "--max-events", "30")
+    run = runs.start(args)
+    first = run.wait_event("page", timeout=15)
+    _assert_abandoned_then_all_delivered(run, emu, stage, first["_at"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["handshake", "body"])
+def test_sigterm_during_a_trickle_stops_within_a_second(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, trickle_proxy, where
+):
+    emu = make_emulator(backlog=EVENTS)
+    cert = make_client_cert(f"trickle-term-{where}")
+    if where == "handshake":
+        proxy = trickle_proxy(emu)
+        args = _args(emu, ext_id, cert, tmp_path / "s.json", proxy.url)
+    else:
+        emu.inject("trickle_body", delay=1)
+        args = run_args(emu, ext_id, cert, tmp_path / "s.json")
+    run = runs.start(args)
+    run.wait_event("subscription_new", timeout=15)
+    time.sleep(3)  # well inside the trickle
+    assert run.returncode is None
+    sent = time.monotonic()
+    run.send(signal.SIGTERM)
+    assert run.wait(5) == 0, run.stderr_text[-3000:]
+    took = run.exited_at - sent
+    print(f"SIGTERM during a {where} trickle: exit after {took * 1000:.0f} ms")
+    assert took < 1.0
+    run.assert_no_traceback()
