@@ -15,26 +15,32 @@ Skips when syslog-ng is not installed, except under CI (``CI`` set), where that 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import pytest
 
 from kata_events import certs
 from kata_events.emulator.server import Emulator
+from shipper_helpers import (
+    LineSink,
+    count_lines,
+    kill_left,
+    program_string,
+    shipper_env,
+    syslog_ng_binary,
+    syslog_ng_command,
+    syslog_ng_config_version,
+    syslog_ng_example_config,
+    tail,
+    wait_gone,
+    write_run_config,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_EVENTS = 19_800
 SMALL_EVENT_BYTES = 1_500
 BIG_EVENTS = 200
@@ -44,148 +50,19 @@ DELIVERY_DEADLINE = 120.0
 STOP_WAIT = 15.0
 
 
-def syslog_ng_binary() -> str:
-    fallback = "/usr/sbin/syslog-ng"
-    found = shutil.which("syslog-ng") or (fallback if Path(fallback).exists() else "")
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail("syslog-ng is not installed; CI must install it (Debian package syslog-ng-core)")
-        pytest.skip("syslog-ng is not installed (Debian: apt-get install syslog-ng-core)")
-    return found
-
-
-def config_version(binary: str) -> str:
-    output = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout
-    match = re.search(r"^Config version:\s*(\d+\.\d+)", output, re.M)
-    assert match, output
-    return match.group(1)
-
-
-def kata_events_command() -> str:
-    """The installed console script next to this interpreter, else ``python -m kata_events``."""
-    script = Path(sys.executable).with_name("kata-events")
-    if script.exists():
-        return shlex.quote(str(script))
-    return f"{shlex.quote(sys.executable)} -m kata_events"
-
-
-class LineSink:
-    """A TCP listener standing in for the SIEM: appends whatever it receives to a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.2)
-        self.port = self.server.getsockname()[1]
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        with self.path.open("ab") as out:
-            while not self.stopping.is_set():
-                try:
-                    conn, _ = self.server.accept()
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                with conn:
-                    conn.settimeout(0.2)
-                    while not self.stopping.is_set():
-                        try:
-                            data = conn.recv(1 << 16)
-                        except socket.timeout:
-                            continue
-                        if not data:
-                            break
-                        out.write(data)
-                        out.flush()
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-        self.server.close()
-
-
-def write_run_config(path: Path, emulator: Emulator, cert: Path, key: Path, state: Path, ack: str) -> None:
-    path.write_text(
-        "\n".join(
-            [
-                f"url = [{json.dumps(emulator.url)}]",
-                f'external_system_id = "{uuid.uuid4()}"',
-                f"cert = {json.dumps(str(cert))}",
-                f"key = {json.dumps(str(key))}",
-                f"ca_file = {json.dumps(str(emulator.ca_file))}",
-                f"state_file = {json.dumps(str(state))}",
-                f'ack = "{ack}"',
-                "max_timeout = 1",
-                'log_format = "json"',
-                "",
-            ]
-        ),
-        encoding="utf-8",
-    )
-
-
-def program_string(config: Path, log: Path) -> str:
-    return f"exec {kata_events_command()} run --config {shlex.quote(str(config))} 2>>{shlex.quote(str(log))}"
-
-
 def derive_config(
     version: str, small_cmd: str, big_cmd: str, sink_port: int, small_file: Path, big_file: Path
 ) -> str:
     """The shipped example with its paths and SIEM address swapped, plus a second source."""
-    text = (ROOT / "syslog-ng.conf.example").read_text(encoding="utf-8")
-    example_cmd = (
-        "exec /usr/local/bin/kata-events run --config /etc/kata-events/config.toml "
-        "2>>/var/log/kata-events/kata-events.log"
-    )
-    replacements = {
-        f'program("{example_cmd}"': f'program("{small_cmd}"',
-        'network("siem.example.local"': 'network("127.0.0.1"',
-        "port(9000)": f"port({sink_port})",
-        'file("/var/log/kata-events/events.ndjson"': f'file("{small_file}"',
-    }
-    for old, new in replacements.items():
-        assert text.count(old) == 1, f"syslog-ng.conf.example no longer contains {old!r}"
-        text = text.replace(old, new)
+    text = syslog_ng_example_config(version, small_cmd, sink_port, small_file)
     source = re.search(r"source s_kata_events \{.*?\n\};\n", text, re.S)
     assert source
     big_source = source.group(0).replace("s_kata_events", "s_kata_big").replace(small_cmd, big_cmd)
     return (
-        f"@version: {version}\n{text}\n{big_source}\n"
+        f"{text}\n{big_source}\n"
         f'destination d_kata_big {{ file("{big_file}" template(t_kata_ndjson)); }};\n'
         "log { source(s_kata_big); destination(d_kata_big); flags(flow-control, final); };\n"
     )
-
-
-def count_lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def tail(path: Path, size: int = 3000) -> str:
-    try:
-        return path.read_bytes()[-size:].decode("utf-8", "replace")
-    except FileNotFoundError:
-        return "(no file)"
-
-
-def processes_mentioning(marker: str) -> List[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 def ordered(data: bytes) -> Any:
@@ -210,7 +87,7 @@ def assert_same_events(path: Path, emulator: Emulator, expected: int) -> Dict[st
 @pytest.mark.timeout(300)
 def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path) -> None:
     binary = syslog_ng_binary()
-    version = config_version(binary)
+    version = syslog_ng_config_version(binary)
     cert, key = tmp_path / "client.crt", tmp_path / "client.key"
     certs.make_self_signed_cert("syslog-ng-e2e", days=2).write(cert, key)
 
@@ -240,13 +117,8 @@ def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path)
             ),
             encoding="utf-8",
         )
-        env = {name: value for name, value in os.environ.items() if not name.startswith("KATA_EVENTS_")}
-        command = [
-            binary, "-F", "-e", "--no-caps", "-f", str(config),
-            "--persist-file", str(tmp_path / "syslog-ng.persist"),
-            "--pidfile", str(tmp_path / "syslog-ng.pid"),
-            "--control", str(tmp_path / "syslog-ng.ctl"),
-        ]  # fmt: skip
+        env = shipper_env()
+        command = syslog_ng_command(binary, config, tmp_path)
         process: Optional[subprocess.Popen] = None
         try:
             with ng_log.open("wb") as ng_out:
@@ -278,12 +150,8 @@ def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path)
                     process.wait()
             sink.close()
             # syslog-ng signals its programs' process groups on shutdown; make sure, by pid.
-            deadline = time.monotonic() + 5
-            while processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            leftovers = processes_mentioning(str(tmp_path))
-            for pid in leftovers:
-                os.kill(pid, signal.SIGKILL)
+            leftovers = wait_gone(str(tmp_path), 5)
+            kill_left(str(tmp_path))
         assert not leftovers, f"kata-events still running after syslog-ng stopped: {leftovers}"
 
         small_stats = assert_same_events(small_file, small, SMALL_EVENTS)
