@@ -206,3 +206,51 @@ def test_a_url_without_https_is_a_configuration_error(command: str, client_cert,
     text = done.stderr.decode()
     assert 'url = "127.0.0.1:8443" (from --url): the scheme is missing: write https://127.0.0.1:8443' in text
     assert "Traceback" not in text
+
+
+# -- 5. the README's first connection, in its order -----------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_the_readme_first_connection_works_in_its_order(make_emulator, runs, tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    steps = [readme.index(s) for s in ("kata-events init --dir", "**Trust the Central Node's certificate**",
+                                       "**Approve the external system.**", "**Check:**")]
+    assert steps == sorted(steps), "README: init, then trust, then approval, then check"
+
+    # A Central Node whose certificate nothing here trusts (as a self-signed one), approval by hand.
+    emu = make_emulator(approve="manual", backlog=3)
+    made = _kata("init", "--dir", str(tmp_path / "etc"), "--url", emu.url)
+    assert made.returncode == 0
+    config_file = tmp_path / "etc" / "config.toml"
+    config = ["--config", str(config_file), "--state-file", str(tmp_path / "s.json")]
+    text = made.stderr.decode()
+    assert text.index("trust the Central Node") < text.index("approve") < text.index("kata-events run")
+
+    # Trust: check prints the server's fingerprint and how to pin it.
+    untrusted = _kata("check", *config)
+    assert untrusted.returncode == 78
+    (fail,) = [line for line in untrusted.stderr.decode().splitlines() if line.startswith("FAIL")]
+    assert " TLS: the server certificate was not trusted" in fail
+    pin = fail.split("--pin-sha256 ", 1)[1].split(")", 1)[0]
+    lines = config_file.read_text(encoding="utf-8").replace('# pin_sha256 = ""', f'pin_sha256 = "{pin}"')
+    config_file.write_text(lines, encoding="utf-8")
+
+    # Approval: check names the id and fingerprint to approve.
+    unapproved = _kata("check", *config)
+    assert unapproved.returncode == 78
+    (fail,) = [line for line in unapproved.stderr.decode().splitlines() if line.startswith("FAIL")]
+    assert fail.startswith("FAIL  approval:")
+    ext_id = next(line.split()[-1] for line in text.splitlines() if "external system id" in line)
+    assert ext_id in fail
+    emu.approve(ext_id)
+
+    # Check: all ok, then run streams.
+    checked = _kata("check", *config)
+    assert checked.returncode == 0, checked.stderr.decode()
+    assert all(line.startswith("ok") for line in checked.stderr.decode().splitlines())
+    run = runs.start(config, installed=True)
+    run.wait_lines(3, timeout=20)
+    run.send(15)
+    assert run.wait(10) == 0
+    assert not run.events("tls_verify_failed") and not run.events("unauthorized")
