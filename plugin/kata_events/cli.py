@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import os
 import sys
 from typing import NoReturn, Optional, Sequence
@@ -23,8 +24,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(int(ExitStatus.USAGE), f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``kata-events`` parser with one subparser per subcommand."""
+#: Each subcommand: its module (imported only when that subcommand runs) and its one-line summary.
+COMMANDS = (
+    ("run", "kata_events.run_command", "stream events to stdout (the main job)"),
+    ("emulator", "kata_events.emulator.cli", "run a local Central Node Events API emulator"),
+    ("demo", "kata_events.demo", "try it: the emulator and the emitter together, printing events"),
+    ("init", "kata_events.init_command", "make an external system id, key, certificate and config file"),
+    (
+        "check",
+        "kata_events.check_command",
+        "check a set-up: config, files, network, TLS, approval, filter, state",
+    ),
+)
+
+
+def chosen_command(argv: Sequence[str]) -> str:
+    """The subcommand named in ``argv`` ("" if none): the first word that is not an option.
+
+    The top-level options (--help, --version) take no value, so no option's value can be mistaken
+    for it.
+    """
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``kata-events`` parser with one subparser per subcommand.
+
+    Start-up time is paid by every shipper that starts the command: only the module of subcommand
+    ``only`` is imported and given its arguments (``""``: none, for --version and --help); the
+    others get their summary alone. ``None`` builds them all.
+    """
     parser = _Parser(
         prog="kata-events",
         description="Stream KATA/KEDR Central Node Events API telemetry to stdout as NDJSON.",
@@ -32,18 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kata-events {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    from kata_events import check_command, demo, init_command, run_command
-    from kata_events.emulator import cli as emulator_cli
-
-    commands = (
-        ("run", run_command, "stream events to stdout (the main job)"),
-        ("emulator", emulator_cli, "run a local Central Node Events API emulator"),
-        ("demo", demo, "try it: the emulator and the emitter together, printing events"),
-        ("init", init_command, "make an external system id, key, certificate and config file"),
-        ("check", check_command, "check a set-up: config, files, network, TLS, approval, filter, state"),
-    )
-    for name, module, summary in commands:
+    for name, module_name, summary in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name, help=summary)
+            continue
+        module = importlib.import_module(module_name)
         command = sub.add_parser(
             name,
             help=summary,
@@ -71,7 +93,9 @@ def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(chosen_command(argv))
     # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,
     # rather than by the top-level parser, which knows none of the subcommand's options.
     args, extra = parser.parse_known_args(argv)
