@@ -237,3 +237,21 @@ def test_queue_runs_faults_in_order() -> None:
     hits = [queue.take() for _ in range(5)]
     assert [h.kind if h else None for h in hits] == [None, "503", "503", "drop", None]
     assert len(queue) == 0
+
+
+@pytest.mark.parametrize("spec", ["huge_event:size=5000000", "deep_event:depth=70000"])
+def test_hostile_events_are_made_as_sent_and_their_length_is_exact(spec: str) -> None:
+    from kata_events.emulator.faults import hostile_event
+
+    fault = Fault.parse(spec)
+    length, chunks = hostile_event(fault)
+    sizes, body = [], b""
+    for chunk in chunks:
+        sizes.append(len(chunk))
+        body += chunk
+    assert len(body) == length
+    assert max(sizes) <= 2 << 20  # never the whole event at once
+    if fault.kind == "deep_event":
+        assert body.count(b"[") == body.count(b"]") == 70000
+    else:
+        assert len(json.loads(body)["Parts"]) > 300

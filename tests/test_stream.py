@@ -296,9 +296,9 @@ json_values = st.recursive(
     json_scalars,
     lambda children: st.lists(children, max_size=5)
     | st.dictionaries(st.text(max_size=8), children, max_size=5),
-    max_leaves=15,
+    max_leaves=10,
 )
-json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=6)
+json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
 
 
 Page = Tuple[List[Dict[str, Any]], bytes, List[bytes]]
@@ -306,7 +306,7 @@ Page = Tuple[List[Dict[str, Any]], bytes, List[bytes]]
 
 @st.composite
 def pages(draw: Any, indent: bool = False) -> Page:
-    events = draw(st.lists(json_objects, max_size=8))
+    events = draw(st.lists(json_objects, max_size=6))
     token = draw(st.text(max_size=20))
     keys = st.text(max_size=5).filter(lambda k: k not in ("events", "continuationToken"))
     extra = draw(st.dictionaries(keys, json_values, max_size=2))
@@ -324,10 +324,13 @@ def pages(draw: Any, indent: bool = False) -> Page:
     return events, body, pieces(body, cuts)
 
 
-# The splitter is where a hostile body meets the product: CI tries each property 2,000 times.
+# The splitter is where a hostile body meets the product: CI tries each property 2,000 times (the
+# examples are kept small so that this stays around a minute each on a busy 2-core machine).
 SETTINGS = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_TIMEOUT = pytest.mark.timeout(900)
 
 
+@PROPERTY_TIMEOUT
 @SETTINGS
 @given(pages())
 def test_property_compact_events_are_byte_identical(page: Page) -> None:
@@ -339,6 +342,7 @@ def test_property_compact_events_are_byte_identical(page: Page) -> None:
     assert envelope == expected
 
 
+@PROPERTY_TIMEOUT
 @SETTINGS
 @given(pages(indent=True))
 def test_property_pretty_events_parse_equal_on_one_line(page: Page) -> None:
@@ -348,6 +352,7 @@ def test_property_pretty_events_parse_equal_on_one_line(page: Page) -> None:
     assert all(b"\n" not in e and b"\r" not in e for e in got)
 
 
+@PROPERTY_TIMEOUT
 @SETTINGS
 @given(pages(), st.data())
 def test_property_truncated_body_is_malformed(page: Page, data: st.DataObject) -> None:
@@ -421,6 +426,7 @@ def outcome(chunks: Sequence[bytes]) -> Tuple[str, Any]:
         return "malformed", (exc.reason, exc.offset)
 
 
+@PROPERTY_TIMEOUT
 @SETTINGS
 @given(chunks=hostile_bodies())
 def test_property_bulk_path_agrees_with_scanner(chunks: List[bytes]) -> None:
@@ -514,3 +520,82 @@ def test_escaped_quote_outside_a_string_agrees_with_scanner(monkeypatch: pytest.
     with_bulk = outcome([body])
     scanner_only(monkeypatch)
     assert outcome([body]) == with_bulk
+
+
+# --------------------------------------------------------------------------------- memory bounds
+
+
+def feed_all(splitter: PageSplitter, chunks: Iterable[bytes], held: List[int]) -> List[bytes]:
+    """Feed ``chunks``; return the events; record in ``held`` the bytes the splitter holds after each."""
+    out: List[bytes] = []
+    for chunk in chunks:
+        out.extend(splitter.feed(chunk))
+        held.append(len(splitter._buf))
+    return out
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 16])
+def test_an_event_over_the_cap_is_skipped_and_never_held(chunk: int) -> None:
+    cap = 64 * 1024
+    before, after = {"a": 1}, {"b": "after"}
+    big = b'{"Parts":[' + b",".join([b'{"s":"' + b"x" * 1000 + b'","l":[{"k":"},{"}]}'] * 2000) + b"]}"
+    inner = compact(before) + b"," + big + b"," + compact(after)
+    body = b'{"events":[' + inner + b'],"continuationToken":"t"}'
+    splitter = PageSplitter(max_event_bytes=cap)
+    held: List[int] = []
+    events = feed_all(splitter, (body[i : i + chunk] for i in range(0, len(body), chunk)), held)
+    assert events == [compact(before), compact(after)]
+    assert splitter.close() == {"events": [], "continuationToken": "t"}
+    assert max(held) <= cap + 2 * chunk
+    [skipped] = splitter.skipped
+    assert (skipped.index, skipped.offset, skipped.size) == (1, body.index(big), len(big))
+    assert "max_event_bytes" in skipped.reason
+
+
+def test_an_event_over_the_cap_within_one_chunk_is_skipped_too() -> None:
+    events = [compact({"i": i, "s": "y" * (100 if i != 3 else 5000)}) for i in range(8)]
+    body = b'{"events":[' + b",".join(events) + b"]}"
+    splitter = PageSplitter(max_event_bytes=4096)
+    got = splitter.feed(body)
+    splitter.close()
+    assert got == events[:3] + events[4:]
+    assert [(s.index, s.size) for s in splitter.skipped] == [(3, len(events[3]))]
+
+
+@pytest.mark.parametrize("depth", [2_000, 300_000])
+def test_nesting_too_deep_to_parse_is_skipped_not_a_recursion_error(depth: int) -> None:
+    deep = b'{"Nest":' + b"[" * depth + b"]" * depth + b"}"
+    body = b'{"events":[{"a":1},' + deep + b',{"b":2}],"continuationToken":"t"}'
+    splitter = PageSplitter()
+    events = feed_all(splitter, (body[i : i + 65536] for i in range(0, len(body), 65536)), [])
+    assert events == [b'{"a":1}', b'{"b":2}']
+    splitter.close()
+    assert [(s.index, s.size, s.reason) for s in splitter.skipped] == [(1, len(deep), "nested too deep")]
+
+
+@pytest.mark.parametrize("where", [b"{", b'{"events":[', b'{"events":[{"a":1}', b'{"events":[{"a":1},'])
+def test_endless_whitespace_holds_nothing(where: bytes) -> None:
+    splitter = PageSplitter()
+    splitter.feed(where)
+    for _ in range(200):
+        assert splitter.feed(b" \n\t\r" * 16384) == []
+        assert len(splitter._buf) <= len(where) + 1
+    with pytest.raises(MalformedBody, match="truncated"):
+        splitter.close()
+
+
+def test_an_endless_string_in_an_event_is_dropped_as_it_arrives() -> None:
+    splitter = PageSplitter(max_event_bytes=1 << 20)
+    held: List[int] = []
+    feed_all(splitter, [b'{"events":[{"a":"'] + [b"x\\\"" * 65536] * 64, held)
+    assert max(held) <= (1 << 20) + 2 * 3 * 65536
+    with pytest.raises(MalformedBody, match="truncated"):
+        splitter.close()
+
+
+@pytest.mark.parametrize("value", [b'"' + b"x" * 300_000, b"[" + b"1," * 150_000, b"1" * 300_000])
+def test_an_endless_top_level_value_is_malformed_past_the_cap(value: bytes) -> None:
+    splitter = PageSplitter(max_event_bytes=64 * 1024)
+    with pytest.raises(MalformedBody, match="larger than max_event_bytes"):
+        splitter.feed(b'{"events":[],"x":')
+        feed_all(splitter, (value[i : i + 4096] for i in range(0, len(value), 4096)), [])

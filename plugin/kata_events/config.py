@@ -68,6 +68,7 @@ class Config:
     stats_interval: int
     lag_warning: int
     warn_line_bytes: int
+    max_event_bytes: int
     once: bool
     config_file: Optional[Path] = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)

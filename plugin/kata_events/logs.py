@@ -61,6 +61,7 @@ _STATS_FIELDS = (
     "pages",
     "bytes",
     "retries",
+    "skipped",
     "lag_seconds",
     "written",
     "acknowledged",
@@ -155,6 +156,12 @@ _CATALOGUE = (
         "lag", logging.WARNING, ("lag_seconds", "limit", "full_page"),
         "The newest event delivered is older than lag_warning; past 2 hours events are lost. Raise "
         "max_events, filter more, or speed up the consumer.",
+    ),
+    EventSpec(
+        "event_skipped", logging.ERROR, ("index", "offset", "bytes", "reason", "limit", "url"),
+        "An event larger than max_event_bytes (or nested too deep to parse) was skipped, its bytes "
+        "dropped as they arrived; the rest of the page is delivered. A broken server or proxy; raise "
+        "max_event_bytes if such events are real.",
     ),
     EventSpec(
         "line_too_long", logging.WARNING, ("bytes", "limit"),

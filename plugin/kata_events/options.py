@@ -35,6 +35,9 @@ MAX_EVENTS_LIMIT = 72000
 # ISO-8601 PT300S is the documented ceiling of the long poll.
 MAX_TIMEOUT_LIMIT = 300
 
+# Events are a few KB; 16 MiB is far beyond any real one and keeps a few copies of it cheap.
+MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
+
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 # 64 hex digits, or 32 colon-separated pairs as `openssl x509 -fingerprint -sha256` prints them.
 PIN_PATTERN = r"^(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$"
@@ -316,6 +319,18 @@ OPTIONS: Tuple[Option, ...] = (
         default=0,
         minimum=0,
         maximum=2**31 - 1,
+        metavar="BYTES",
+    ),
+    Option(
+        "max_event_bytes",
+        "int",
+        "The largest event accepted, in bytes. A larger one (a broken server or proxy) is skipped, "
+        "its bytes dropped as they arrive, with an event_skipped error naming its place and size; "
+        "the rest of the page is delivered and its token committed, so one event cannot wedge the "
+        "stream nor exhaust memory.",
+        default=MAX_EVENT_BYTES_DEFAULT,
+        minimum=64 * 1024,
+        maximum=1024 * 1024 * 1024,
         metavar="BYTES",
     ),
     Option(

@@ -68,6 +68,7 @@ def build_client(config: Config, **overrides: Any) -> EventsClient:
         max_events=config.max_events,
         max_timeout=config.max_timeout,
         filter=config.filter,
+        max_event_bytes=config.max_event_bytes,
     )
     arguments.update(overrides)
     return EventsClient(**arguments)

@@ -99,6 +99,7 @@ class Stats:
     pages: int = 0
     bytes: int = 0
     retries: int = 0
+    skipped: int = 0
     #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
     written: int = 0
     lag_seconds: Optional[float] = None
@@ -314,7 +315,7 @@ class Runner:
         return ExitStatus.OK
 
     def _one_page(self) -> int:
-        """Fetch, deliver and end one page; returns its number of events."""
+        """Fetch, deliver and end one page; returns its number of events, skipped ones included."""
         started = time.monotonic()
         connects = CONNECT_TIMEOUT * (len(self.client.urls) - 1)
         with self.interruptible(), self.deadlines.limit(connects + self._wait_limit(), "answer"):
@@ -332,7 +333,7 @@ class Runner:
         self.token = new_token
         self.backoff.reset()
         self._account(page, count, last_line, time.monotonic() - started)
-        return count
+        return page.element_count
 
     def _deliver(self, page: Page) -> Optional[bytes]:
         batches = page.batches()
@@ -341,6 +342,7 @@ class Runner:
         while True:
             with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
                 batch: Optional[List[bytes]] = next(batches, None)
+            self._report_skipped(page)
             if batch is None:
                 return last
             if self.stop_after is not None:
@@ -362,6 +364,22 @@ class Runner:
         """Seconds a request's answer, or the next chunk of its body, may take at most."""
         max_timeout = ONCE_MAX_TIMEOUT if self.once else self.client.max_timeout
         return max_timeout + READ_TIMEOUT_MARGIN + DEADLINE_SLACK
+
+    def _report_skipped(self, page: Page) -> None:
+        for skipped in page.take_skipped():
+            self.stats.skipped += 1
+            logs.emit(
+                "event_skipped",
+                f"element {skipped.index} of the page's events ({skipped.size} bytes from byte "
+                f"{skipped.offset} of the body) is {skipped.reason}: skipped, the rest of the page is "
+                "delivered; if such events are expected, raise max_event_bytes",
+                index=skipped.index,
+                offset=skipped.offset,
+                bytes=skipped.size,
+                reason=skipped.reason,
+                limit=self.client.max_event_bytes,
+                url=page.base_url,
+            )
 
     def _limit(self, batch: List[bytes]) -> List[bytes]:
         """Cut the batch at ``stop_after`` lines in all (the demo's --events).
@@ -596,6 +614,7 @@ class Runner:
             pages=s.pages,
             bytes=s.bytes,
             retries=s.retries,
+            skipped=s.skipped,
             lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
             written=ledger.written if acked else s.written,
             acknowledged=ledger.taken_position if acked else None,

@@ -46,11 +46,13 @@ from typing import Any, Dict, List, NoReturn, Optional
 
 import msgspec
 
+from kata_events.options import MAX_EVENT_BYTES_DEFAULT
+
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "MalformedBody", "PageSplitter", "SkippedEvent", "reencode_event"]
 
 EXCERPT_CHARS = 200
 #: The largest event handed back; larger ones are skipped (see the module docstring).
-DEFAULT_MAX_EVENT_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES_DEFAULT
 #: Candidate cuts tried per window before the scanner takes the next event.
 _TRIES = 4
 
@@ -200,7 +202,6 @@ class PageSplitter:
         self._in_string = False
         self._skip_from = -1  # body offset of the oversized event being skipped
         self._bulk_from = 0  # body offset before which the bulk path is not tried again
-        self._lead = b""  # "}," + the first key of the first event: the likeliest cut
 
     # -- public -------------------------------------------------------------------------------
 
@@ -352,10 +353,9 @@ class PageSplitter:
         """
         if pos < 1:
             return False
-        if not self._lead:
-            key_end = buf.find(b":", pos, pos + 256)
-            self._lead = b"}," + bytes(buf[pos : key_end + 1]) if key_end > 0 else b"},{"
-        cut = buf.rfind(self._lead, pos, n)
+        # The likeliest cut: the window's first event's first key, starting the next event too.
+        key_end = buf.find(b":", pos, pos + 256)
+        cut = buf.rfind(b"}," + bytes(buf[pos : key_end + 1]) if key_end > 0 else b"},{", pos, n)
         hi = n
         for _ in range(_TRIES):
             if cut < 0:

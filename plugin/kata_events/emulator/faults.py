@@ -13,6 +13,7 @@ Spec syntax (``--fault``, ``Fault.parse``)::
     drop@10      let 10 requests through, then drop the connection mid-body once
     429:retry_after=2
     slow:delay=5,count=2
+    huge_event:size=600000000
 
 Pure data and a thread-safe queue: no sockets, no sleeping.
 """
@@ -23,9 +24,9 @@ import re
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Deque, Dict, List, Mapping, Optional, Union
+from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["FAULT_KINDS", "Fault", "FaultQueue", "FaultSpecError"]
+__all__ = ["FAULT_KINDS", "Fault", "FaultQueue", "FaultSpecError", "hostile_event"]
 
 # kind -> what it does (shown in --help)
 FAULT_KINDS: Dict[str, str] = {
@@ -46,6 +47,8 @@ FAULT_KINDS: Dict[str, str] = {
     "trickle_headers": "send the status line and headers one byte every delay seconds, never ending",
     "trickle_body": "send headers, then the body one byte every delay seconds, never ending",
     "huge_token": "a 200 page whose continuationToken is 2 MiB long",
+    "huge_event": "a 200 page whose first event is size bytes long (default 600 MB), made as it is sent",
+    "deep_event": "a 200 page whose first event nests arrays depth levels deep (default 300,000)",
     "odd_token": (
         "a 200 page whose continuationToken holds a space, a quote, a control character and a "
         "non-ASCII letter"
@@ -69,6 +72,8 @@ class Fault:
     after: int = 0
     retry_after: float = 1.0
     delay: float = 5.0
+    size: int = 600_000_000
+    depth: int = 300_000
     # Progress, changed by the queue.
     remaining: int = field(default=-1, repr=False)
     skip: int = field(default=-1, repr=False)
@@ -82,12 +87,16 @@ class Fault:
             self.after = int(self.after)
             self.retry_after = float(self.retry_after)
             self.delay = float(self.delay)
+            self.size = int(self.size)
+            self.depth = int(self.depth)
         except (TypeError, ValueError) as exc:
             raise FaultSpecError(f"fault {self.kind}: {exc}") from None
         if self.count < 1:
             raise FaultSpecError(f"fault {self.kind}: count must be at least 1")
         if self.after < 0 or self.retry_after < 0 or self.delay < 0:
             raise FaultSpecError(f"fault {self.kind}: after, retry_after and delay cannot be negative")
+        if self.size < 64 or self.depth < 1:
+            raise FaultSpecError(f"fault {self.kind}: size must be at least 64 and depth at least 1")
         if self.remaining < 0:
             self.remaining = self.count
         if self.skip < 0:
@@ -110,10 +119,10 @@ class Fault:
         for option in filter(None, (match.group("opts") or "").split(",")):
             key, sep, value = option.partition("=")
             key = key.strip()
-            if not sep or key not in ("count", "after", "retry_after", "delay"):
+            if not sep or key not in _FIELDS - {"kind"}:
                 raise FaultSpecError(
                     f"cannot parse fault {spec!r}: option {option!r} is not one of "
-                    "count=N, after=N, retry_after=SECONDS, delay=SECONDS"
+                    "count=N, after=N, retry_after=SECONDS, delay=SECONDS, size=BYTES, depth=N"
                 )
             values[key] = value.strip()
         return cls(**values)
@@ -122,11 +131,11 @@ class Fault:
     def from_obj(cls, obj: Union[str, Mapping[str, Any], Fault]) -> Fault:
         """A fault from a spec string, a JSON-style mapping, or a fault (copied)."""
         if isinstance(obj, Fault):
-            return cls(obj.kind, obj.count, obj.after, obj.retry_after, obj.delay)
+            return cls(obj.kind, obj.count, obj.after, obj.retry_after, obj.delay, obj.size, obj.depth)
         if isinstance(obj, str):
             return cls.parse(obj)
         if isinstance(obj, Mapping):
-            unknown = set(obj) - {"kind", "count", "after", "retry_after", "delay"}
+            unknown = set(obj) - _FIELDS
             if unknown:
                 raise FaultSpecError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
             if "kind" not in obj:
@@ -139,6 +148,40 @@ class Fault:
         data["remaining"] = self.remaining
         data["skip"] = self.skip
         return data
+
+
+#: One block of the huge_event fault: a long string, and brackets and separators inside strings too.
+_HUGE_BLOCK = b'{"Padding":"' + b"x" * 16000 + b'","Nested":[1,{"a":"}],{\\"["}]}'
+_HUGE_HEAD = b'{"EventType":"huge_event","Parts":['
+_DEEP_HEAD = b'{"EventType":"deep_event","Nest":'
+
+
+def hostile_event(fault: Fault) -> Tuple[int, Iterator[bytes]]:
+    """The length and the chunks of the event a huge_event or deep_event fault puts first in a page.
+
+    Made as it is sent, a block at a time: the emulator never holds the event.
+    """
+    if fault.kind == "deep_event":
+        depth, step = fault.depth, 65536
+        opening = (b"[" * min(depth - at, step) for at in range(0, depth, step))
+        closing = (b"]" * min(depth - at, step) for at in range(0, depth, step))
+        chunks = [_DEEP_HEAD], opening, closing, [b"}"]
+        size = len(_DEEP_HEAD) + 2 * depth + 1
+    else:
+        blocks = max(1, (fault.size - len(_HUGE_HEAD) - 2) // (len(_HUGE_BLOCK) + 1))
+        per_chunk = 64
+        rows = ((b"," + _HUGE_BLOCK) * min(per_chunk, blocks - at) for at in range(1, blocks, per_chunk))
+        chunks = [_HUGE_HEAD, _HUGE_BLOCK], rows, [b"]}"]
+        size = len(_HUGE_HEAD) + blocks * (len(_HUGE_BLOCK) + 1) - 1 + 2
+
+    def generate() -> Iterator[bytes]:
+        for part in chunks:
+            yield from part
+
+    return size, generate()
+
+
+_FIELDS = frozenset({"kind", "count", "after", "retry_after", "delay", "size", "depth"})
 
 
 class FaultQueue:

@@ -11,6 +11,7 @@ Never writes to stdout; it reports through the ``kata_events.emulator`` logger.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 from kata_events import certs
 from kata_events.emulator.anycert import accept_any_client_certificate
 from kata_events.emulator.events import EventFactory
-from kata_events.emulator.faults import Fault, FaultQueue
+from kata_events.emulator.faults import Fault, FaultQueue, hostile_event
 from kata_events.emulator.filters import Filter, FilterSyntaxError, compile_filter
 
 __all__ = ["DEFAULT_STATE_DIR", "Emulator", "parse_iso_duration"]
@@ -834,6 +835,7 @@ class Emulator:
 
         fault = self._faults.take()
         body_fault: Optional[str] = None
+        hostile: Optional[Fault] = None
         if fault is not None:
             log.info("injecting fault %s", fault.kind)
             kind = fault.kind
@@ -875,6 +877,8 @@ class Emulator:
                 return False
             if kind in ("drop", "truncated", "no_events", "no_token", "huge_token", "odd_token"):
                 body_fault = kind
+            if kind in ("huge_event", "deep_event"):
+                hostile = fault
 
         self._check_approved(ext_id, fingerprint)
         max_events = self._int_param(query, "max_events", DEFAULT_MAX_EVENTS, 1, self.max_events_limit)
@@ -892,7 +896,7 @@ class Emulator:
         page, new_token = self._serve_page(ext_id, token, query.get("filter"), max_events, timeout)
         if page is None:
             return False  # stopping
-        self._send_page(conn, page, new_token, body_fault)
+        self._send_page(conn, page, new_token, body_fault, hostile)
         return body_fault != "drop"
 
     def _check_approved(self, ext_id: str, fingerprint: Optional[str]) -> None:
@@ -1015,8 +1019,19 @@ class Emulator:
         total = sum(map(len, heads)) + sum(map(tail_lengths.__getitem__, page.templates))
         return heads, tails, total
 
-    def _send_page(self, conn: ssl.SSLSocket, page: _Page, token: str, body_fault: Optional[str]) -> None:
+    def _send_page(
+        self,
+        conn: ssl.SSLSocket,
+        page: _Page,
+        token: str,
+        body_fault: Optional[str],
+        hostile: Optional[Fault] = None,
+    ) -> None:
         heads, tails, events_length = self._page_pieces(page)
+        hostile_length, hostile_chunks = hostile_event(hostile) if hostile else (0, iter(()))
+        if hostile and heads:
+            hostile_length += 1
+            hostile_chunks = itertools.chain(hostile_chunks, [b","])
         if body_fault in ("huge_token", "odd_token"):
             # Not registered: a client that used it would get 404 Subscription not found.
             token = HUGE_TOKEN if body_fault == "huge_token" else ODD_TOKEN
@@ -1040,10 +1055,11 @@ class Emulator:
 
         def body() -> Iterator[bytes]:
             yield opening
+            yield from hostile_chunks
             yield from event_chunks()
             yield closing
 
-        length = len(opening) + events_length + len(closing)
+        length = len(opening) + hostile_length + events_length + len(closing)
         if body_fault == "truncated":
             cut = max(1, length // 2)
             self._send(
