@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 import pytest
 
+from ack_helpers import ImprogConsumer, events_named, read_logs, run_argv
 from disk_helpers import OsFaults, StateWatcher, fill, try_mount_tmpfs, unmount
 from run_helpers import assert_exact_events, clean_env, run_args, split_lines
 
@@ -140,3 +141,41 @@ def test_an_errno_injected_at_the_os_call_pauses_then_carries_on(
         stdout_file=out_dir / "events.ndjson",
         env=faults.env(),
     )
+
+
+@pytest.mark.timeout(90)
+def test_under_improg_acknowledgements_a_failing_state_disk_pauses_then_carries_on(
+    make_emulator, make_client_cert, ext_id, tmp_path
+):
+    """rsyslog's improg never restarts its child: the case this behaviour exists for."""
+    emu = make_emulator(backlog=FIRST)
+    faults = OsFaults(tmp_path / "os-faults.json")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    state = state_dir / "state.json"
+    log = tmp_path / "stderr.log"
+    argv = run_argv(emu, make_client_cert("improg-disk"), ext_id, state, max_events=int(PAGE))
+
+    def said(name: str) -> bool:
+        return bool(events_named(read_logs(log), name))
+
+    with ImprogConsumer(argv, log, env=clean_env(faults.env())) as improg, StateWatcher(state) as watcher:
+        assert improg.wait_lines(FIRST, 20)
+        _wait_for(state.exists, 10, "a state file")
+        faults.fail("EIO", ["replace"], state_dir)
+        emu.add_events(LATER)
+        _wait_for(lambda: said("disk_fault"), 15, "disk_fault")
+        time.sleep(1.5)
+        lines_paused, token_paused = len(improg.lines), _token(state)
+        emu.add_events(LATER)
+        assert improg.quiet_for(1.5), "a new page was fetched while the disk failed"
+        assert len(improg.lines) == lines_paused and _token(state) == token_paused
+        faults.clear()
+        _wait_for(lambda: said("disk_recovered"), 15, "disk_recovered")
+        assert improg.wait_lines(FIRST + 2 * LATER, 20)
+        _wait_for(lambda: _token(state) != token_paused, 10, "a commit after the fault")
+        result = improg.stop()
+    assert result.returncode == 0 and not result.killed, result
+    assert not watcher.problems, watcher.problems[:3]
+    assert "Traceback" not in log.read_text()
+    assert_exact_events(emu, improg.lines, 1, FIRST + 2 * LATER)
