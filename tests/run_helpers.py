@@ -50,8 +50,14 @@ def run_args(
     *extra: str,
     ca_file: bool = True,
     stats_interval: int = 0,
+    settle_time: Optional[float] = 0.0,
 ) -> List[str]:
-    """``run`` arguments for ``emu`` over mutual TLS, then ``extra``."""
+    """``run`` arguments for ``emu`` over mutual TLS, then ``extra``.
+
+    ``settle_time`` is 0 unless a test asks for one (None: the product's default): on a pipe a
+    ``--once`` run would otherwise wait that long after its last line, which only the tests of the
+    settle rule are about. A later ``--settle-time`` in ``extra`` wins.
+    """
     args = [
         "--url",
         emu.url,
@@ -68,6 +74,8 @@ def run_args(
     ]
     if ca_file:
         args += ["--ca-file", str(emu.ca_file)]
+    if settle_time is not None:
+        args += ["--settle-time", f"{settle_time:g}"]
     return args + list(extra)
 
 

@@ -143,8 +143,8 @@ def test_in_process_no_token_ahead_of_acks_and_no_deadlock(
     stopped = threading.Event()
     commits: List[Tuple[int, int]] = []  # (page index, acknowledgements written by then)
 
-    def commit(token: str) -> None:
-        commits.append((int(token[1:]), consumer.acked))
+    def commit(point) -> None:
+        commits.append((int(point.token[1:]), consumer.acked))
 
     delivery = AckDelivery(
         LineWriter(stdout_w),

@@ -139,10 +139,10 @@ def test_a_commit_failing_on_the_ack_reader_thread_pauses_and_a_retry_saves_it_l
     disk_full.set()
     saved: list = []
 
-    def commit(token: str) -> None:
+    def commit(point) -> None:
         if disk_full.is_set():
             raise StateNotWritable("/state/x.token is not writable: No space left on device")
-        saved.append(token)
+        saved.append(point.token)
 
     delivery = AckDelivery(
         LineWriter(out_w), commit, on_stop=lambda reason: None, max_unacked=10, ack_timeout=60, stdin_fd=in_r

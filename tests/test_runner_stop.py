@@ -16,7 +16,7 @@ from kata_events.runner import Runner, StopRequested
 def _runner(wakes: List[str]) -> Runner:
     read_end, write_end = os.pipe()
     os.close(read_end)
-    delivery = Delivery(LineWriter(write_end), commit=lambda token: None)
+    delivery = Delivery(LineWriter(write_end), commit=lambda point: None)
     runner = Runner(client=SimpleNamespace(), store=SimpleNamespace(), delivery=delivery)  # type: ignore[arg-type]
     runner.wake_main = lambda: wakes.append("wake")
     return runner

@@ -15,6 +15,7 @@ import argparse
 import difflib
 import errno
 import json
+import math
 import os
 import re
 import sys
@@ -61,6 +62,7 @@ class Config:
     max_timeout: int
     state_file: Path
     ack: str
+    settle_time: float
     max_unacked: int
     ack_timeout: int
     log_level: str
@@ -151,6 +153,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         if option.type == "path" and option.name in values:
             value, origin = values[option.name]
             resolved[option.name] = _resolve_path(value, origin, environ)
+    resolved["settle_time"] = float(resolved["settle_time"])
     if "max_unacked" not in resolved:
         resolved["max_unacked"] = resolved["max_events"]
     if "state_file" not in resolved:
@@ -288,6 +291,12 @@ def _convert(option: opts.Option, raw: str) -> Any:
             return int(text, 10)
         except ValueError:
             return raw
+    if option.type == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            return raw
+        return value if math.isfinite(value) else raw
     if option.type == "bool":
         if text.lower() in _TRUE:
             return True

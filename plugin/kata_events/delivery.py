@@ -5,41 +5,58 @@ every call really took, and turns a vanished reader into `ConsumerGone`. Python'
 ``sys.stdout`` is never used for events: on a pipe whose reader went away it can report a short
 write as success.
 
-A `Delivery` joins the writer to a `DeliveryLedger` and a commit callback: the runner says where
-pages end, and a page's token is committed only once the ledger says everything up to that page
-was taken. What "taken" means depends on what stdout is (see `make_delivery`):
+A `Delivery` joins the writer to a `DeliveryLedger` and the token store: the runner says where pages
+begin and end, lines are written in pieces of at most `PIECE_BYTES`, and after each piece the
+ledger knows the delivery point (`kata_events.progress.Point`: a token and how many events of its
+answer are delivered, with their digest) that the taken position stands for. A point with a new
+token is committed durably (the state file); a point further into the same page is noted cheaply
+(the companion record). All of it goes through `Delivery._persist`. What "taken" means depends on
+what stdout is (see `make_delivery`):
 
 - ``--ack lines`` (`AckDelivery`): the shipper acknowledged the line on stdin (rsyslog improg).
 - ``--ack none`` on a pipe (`DrainDelivery`): the reader has taken the bytes out of the pipe
   (``FIONREAD`` on our end shows what is still unread); on a TCP socket, the peer acknowledged
-  them (``SIOCOUTQ``); on a regular file, they were fsynced.
+  them (``SIOCOUTQ``); on a regular file, they were fsynced (a syncer thread fsyncs as writing
+  goes, so a point inside a page is reached without waiting for the page's end).
 - anything else (a terminal): written is taken.
+
+The settle rule (pipes and sockets): a reader may take lines and drop them while it shuts down
+(Fluent Bit's exec input reads on after its engine stopped flushing). While the process runs, the
+record follows the drained position closely, because a kill -9 of this process leaves the reader
+alive and its lines safe. A stop (signal, broken pipe, error) is the moment the reader may be
+going away: `DrainDelivery.finish` then writes back the point that was drained ``settle`` seconds
+earlier, so nothing younger counts as delivered. A clean ``--once`` end instead waits until the
+last line has settled, while the reader stays there.
 
 Commits may happen on a background thread (acknowledgements and drain arrive while the loop waits
 in a long poll); all ledger updates and commits are serialised by one lock. A commit or a
 regular-file stdout failing mid-run on a disk fault does not end the process: it is reported to
-the `DiskHealth` (`kata_events.disk_faults`), the token released but not saved is kept, and
-`retry` saves it once the disk works again. This module writes
-nothing but event lines to stdout and never logs tokens.
+the `DiskHealth` (`kata_events.disk_faults`), the point reached but not saved is kept, and
+`retry` saves it once the disk works again. This module writes nothing but event lines to stdout
+and never logs tokens.
 """
 
 from __future__ import annotations
 
 import array
+import bisect
 import errno
 import fcntl
+import itertools
 import os
 import select
 import termios
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from kata_events import logs
 from kata_events.acks import AckEvent, AckParser
 from kata_events.disk_faults import DiskHealth, is_disk_fault
+from kata_events.exits import ExitStatus
 from kata_events.fds import fd_kind
 from kata_events.ledger import DeliveryLedger
+from kata_events.progress import Point, joined
 from kata_events.state import StateError, short_token
 
 #: errno values that mean "the reader is gone" rather than "try again".
@@ -54,6 +71,11 @@ FINISH_LINE_GRACE = 0.5
 WRITE_POLL_MS = 50
 #: Linux: bytes in a socket's send queue not yet acknowledged by the peer.
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
+#: Lines are written (and their delivery point tracked) in pieces of about this many bytes: what a
+#: restart may send again beyond the last point is about one piece (~120 events of 2 KB).
+PIECE_BYTES = 256 * 1024
+#: A regular file is fsynced at most this often while lines are written to it.
+FILE_SYNC_EVERY = 0.02
 
 
 class ConsumerGone(Exception):
@@ -62,6 +84,28 @@ class ConsumerGone(Exception):
 
 class OutputFailed(Exception):
     """Writing or syncing stdout failed for another reason (a full or failing disk)."""
+
+    exit_code = ExitStatus.IO_ERROR
+
+
+def pieces(lines: List[bytes], limit: int = PIECE_BYTES) -> Iterator[Tuple[bytes, int]]:
+    """``lines`` as written (newline after each), cut at line ends into pieces of about ``limit``
+    bytes: (bytes, number of lines) each. A line longer than ``limit`` is a piece of its own."""
+    n = len(lines)
+    if n == 0:
+        return
+    ends = list(itertools.accumulate(map((1).__add__, map(len, lines))))
+    if ends[-1] <= limit:
+        yield joined(lines), n
+        return
+    start = 0
+    base = 0
+    while start < n:
+        stop = bisect.bisect_right(ends, base + limit, lo=start)
+        stop = max(stop, start + 1)
+        yield joined(lines[start:stop]), stop - start
+        base = ends[stop - 1]
+        start = stop
 
 
 class WriteStopped(Exception):
@@ -110,7 +154,12 @@ class LineWriter:
         """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
         if not lines:
             return 0
-        data = b"\n".join(lines) + b"\n"
+        return self.write_bytes(joined(lines))
+
+    def write_bytes(self, data: bytes) -> int:
+        """Write ``data`` (whole lines, each ending in a newline); return the bytes written."""
+        if not data:
+            return 0
         view = memoryview(data)
         total = len(data)
         done = 0
@@ -178,30 +227,69 @@ class LineWriter:
 
 
 class Delivery:
-    """Written is taken: for a terminal or anything whose drain cannot be measured."""
+    """Written is taken: for a terminal or anything whose drain cannot be measured.
+
+    ``commit(point)`` persists a point durably (a new token); ``note(point, durable)`` records a
+    point further into the same page cheaply (without it, only tokens are recorded). ``settle``:
+    seconds a line must have been taken before a stop for it to count (pipes and sockets only).
+    """
 
     mode = "none"
     guarantee = "a page counts as delivered once written"
+    #: Units of the ledger's positions: "bytes" or "lines".
+    units = "bytes"
 
-    def __init__(self, writer: LineWriter, commit: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        writer: LineWriter,
+        commit: Callable[[Point], None],
+        note: Optional[Callable[[Point, bool], None]] = None,
+        settle: float = 0.0,
+    ) -> None:
         self.writer = writer
-        self.ledger = DeliveryLedger()
+        self.settle = settle
+        self.ledger = DeliveryLedger(settle=settle)
         self._commit = commit
+        self._note = note
         self._lock = threading.Lock()
+        self._recorded: Optional[Point] = None
         self.committed_pages = 0
         #: Told when a background thread hits an error the process cannot go on with.
         self.on_failure: Callable[[Exception], None] = lambda exc: None
         #: Whether the state file and stdout take data; the runner pauses fetching while not.
         self.health = DiskHealth()
         writer.health = self.health
-        # The newest token released by the ledger but not saved yet (its commit failed).
-        self._unsaved: Optional[str] = None
+        # The newest point reached but not saved yet (its write failed), and whether it must be
+        # written durably (a stop going back).
+        self._unsaved: Optional[Point] = None
+        self._unsaved_durable = False
+
+    # -- the runner's side ----------------------------------------------------------------------
+
+    def start_from(self, point: Optional[Point]) -> None:
+        """The point the state holds at start: recording begins after it."""
+        with self._lock:
+            self._recorded = point
+
+    def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
+        """The next lines answer ``token``; its first ``events`` (digest in ``hasher``) are delivered."""
+        with self._lock:
+            self.ledger.begin_page(token, events, hasher)
+
+    def written_point(self) -> Optional[Point]:
+        """The point at what is written: a retry of the page may skip that much in-process."""
+        with self._lock:
+            return self.ledger.written_point()
 
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines belonging to the current page."""
-        self.writer.write_lines(lines)
+        for data, count in pieces(lines):
+            self._write_piece(data, count)
+
+    def _write_piece(self, data: bytes, count: int) -> None:
+        self.writer.write_bytes(data)
         with self._lock:
-            self.ledger.wrote(len(lines), time.monotonic())
+            self.ledger.wrote(len(data), time.monotonic(), data, count)
             self._take(self.ledger.written)
 
     def end_page(self, token: str) -> None:
@@ -211,40 +299,69 @@ class Delivery:
             self._take(self.ledger.written)
 
     def _take(self, position: int) -> None:
-        """With the lock held: record ``position`` as taken and commit what that releases."""
-        token = self.ledger.taken(position)
-        if token is not None:
-            self._unsaved = token
+        """With the lock held: record ``position`` as taken, and the delivery point it reaches."""
+        self.ledger.taken(position, time.monotonic())
+        self._record(self.ledger.point_at(self.ledger.taken_position))
+
+    def _record(self, point: Optional[Point], durable: bool = False) -> None:
+        """With the lock held: persist ``point`` if it is new (a new token durably)."""
+        if point is None or not point.recordable:
+            return
+        if point == self._recorded and self._unsaved is None and not durable:
+            return
+        self._unsaved = point
+        self._unsaved_durable = self._unsaved_durable or durable
         self._save()
 
     def _save(self, retry: bool = False) -> None:
-        """With the lock held: commit the token released last, unless the state file is failing.
+        """With the lock held: write the point reached last, unless the state file is failing.
 
         While it fails, only the runner's `retry` tries again (with backoff), not every
         acknowledgement. A failed commit leaves the previous state file whole.
         """
-        token = self._unsaved
-        if token is None:
+        point = self._unsaved
+        if point is None:
             if retry:
                 self.health.recovered("state file")
             return
         if self.health.failing("state file") and not retry:
             return
+        durable = self._unsaved_durable
+        new_token = self._recorded is None or point.token != self._recorded.token
         try:
-            self._commit(token)
+            self._persist(point, new_token or durable, durable)
         except StateError as exc:
             self.health.trouble("state file", str(exc))
             return
         self._unsaved = None
+        self._unsaved_durable = False
         self.health.recovered("state file")
-        self.committed_pages += 1
-        logs.emit(
-            "commit",
-            "continuation token saved: everything before it is delivered",
-            pages=self.committed_pages,
-            position=self.ledger.taken_position,
-            token=short_token(token),
-        )
+        self._recorded = point
+        if new_token or durable:
+            self.committed_pages += new_token
+            logs.emit(
+                "commit",
+                "continuation token saved: everything before it is delivered"
+                + (f", and {point.events} events after it" if point.events else ""),
+                pages=self.committed_pages,
+                position=self.ledger.taken_position,
+                events=point.events,
+                token=short_token(point.token),
+            )
+
+    def _persist(self, point: Point, commit: bool, durable: bool) -> None:
+        """The one place the state is written. ``commit``: the state file (temp file, fsync, rename,
+        fsync directory); else the companion record only. ``durable``: a stop writing a point that
+        may be behind the last one noted, so the companion goes first and is fsynced too."""
+        if self._note is not None and (durable or not commit):
+            self._note(point, durable)
+        if commit:
+            self._commit(point)
+
+    @property
+    def recorded(self) -> Optional[Point]:
+        """The newest point written to the state (or loaded from it)."""
+        return self._recorded
 
     @property
     def unacked(self) -> int:
@@ -261,8 +378,12 @@ class Delivery:
     def check_ack_timeout(self) -> None:
         """Warn when lines wait too long for their acknowledgement (ack mode only)."""
 
-    def finish(self, timeout: float) -> None:
-        """Last chance to commit before exit (drain and ack modes wait for the tail here)."""
+    def finish(
+        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Last chance to record before exit. ``clean``: a --once run that caught up (a pipe then
+        waits for the drain and the settle time); otherwise a stop (a pipe goes back to the point
+        that had settled). ``interrupted`` says a stop was asked for meanwhile."""
 
     def close(self) -> None:
         """Stop background threads and give stdout back as it was."""
@@ -272,25 +393,39 @@ class Delivery:
 class DrainDelivery(Delivery):
     """``--ack none`` on a pipe, socket or file: taken is what left the pipe / reached the peer / disk.
 
-    Units are bytes. Writing never waits for the drain; a watcher thread commits pages as their
-    bytes are taken, so the commit lags at most about a page behind what was written.
+    Units are bytes. Writing never waits for the drain: a watcher thread (pipe, socket) or a syncer
+    thread (file) moves the delivery point as the bytes are taken, so it lags the written position
+    by about a pipe's worth, or one fsync.
     """
 
-    def __init__(self, writer: LineWriter, commit: Callable[[str], None], kind: str) -> None:
-        super().__init__(writer, commit)
+    def __init__(
+        self,
+        writer: LineWriter,
+        commit: Callable[[Point], None],
+        kind: str,
+        note: Optional[Callable[[Point, bool], None]] = None,
+        settle: float = 0.0,
+    ) -> None:
+        super().__init__(writer, commit, note, settle if kind in ("pipe", "socket") else 0.0)
         self.kind = kind
         self.guarantee = {
-            "pipe": "a page counts as delivered once the reader has taken its bytes out of the pipe",
-            "socket": "a page counts as delivered once the peer's TCP stack acknowledged its bytes",
-            "file": "a page counts as delivered once its bytes are fsynced to the file",
+            "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
+            f"stayed {self.settle:g} s after that (settle_time)",
+            "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
+            f"peer stayed {self.settle:g} s after that (settle_time)",
+            "file": "a line counts as delivered once its bytes are fsynced to the file",
         }[kind]
         self._measurable = True
         self._wake = threading.Event()
         self._closing = False
+        #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
+        self._gone_at: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
         if kind in ("pipe", "socket"):
             self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
-            self._thread.start()
+        else:
+            self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
+        self._thread.start()
 
     def _unread(self) -> int:
         """Bytes written but not yet taken by the reader (0 when that cannot be measured)."""
@@ -311,66 +446,167 @@ class DrainDelivery(Delivery):
         return buf[0]
 
     def _check(self) -> None:
-        """With the lock held: commit whatever the reader has taken by now."""
+        """With the lock held: record whatever the reader has taken by now."""
         if self.kind == "file":
             return
         position = max(0, self.ledger.written - self._unread())
         self._take(position)
 
-    def write(self, lines: List[bytes]) -> None:
-        n = self.writer.write_lines(lines)
+    def _write_piece(self, data: bytes, count: int) -> None:
+        n = self.writer.write_bytes(data)
         with self._lock:
-            self.ledger.wrote(n, time.monotonic())
+            self.ledger.wrote(n, time.monotonic(), data, count)
             self._check()
         self._wake.set()
+
+    def _fsync(self) -> bool:
+        """fsync stdout (a regular file); False on a disk fault, reported to the health."""
+        try:
+            os.fsync(self.writer.fd)
+        except OSError as exc:
+            if is_disk_fault(exc):
+                # Nothing more is recorded until an fsync succeeds.
+                self.health.trouble("stdout", f"syncing stdout failed: {os.strerror(exc.errno or 0)}")
+                return False
+            if exc.errno not in (errno.EINVAL, errno.EROFS):
+                raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
+        return True
+
+    def _synced(self, position: int) -> None:
+        """With the lock held: everything up to ``position`` is fsynced."""
+        if self.health.failing("stdout"):
+            self.health.recovered("stdout")
+        self._take(position)
 
     def end_page(self, token: str) -> None:
         with self._lock:
             if self.kind == "file":
                 self.ledger.page_end(token)
-                self._sync_and_take()
+                position = self.ledger.written
+                if self._fsync():
+                    self._synced(position)
                 return
             self.ledger.page_end(token)
             self._check()
         self._wake.set()
 
-    def _sync_and_take(self) -> None:
-        """With the lock held (file stdout): fsync, then everything written is taken."""
-        try:
-            os.fsync(self.writer.fd)
-        except OSError as exc:
-            if is_disk_fault(exc):
-                # Pages stay uncommitted until an fsync succeeds.
-                self.health.trouble("stdout", f"syncing stdout failed: {os.strerror(exc.errno or 0)}")
-                return
-            if exc.errno != errno.EINVAL:
-                raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
-        self.health.recovered("stdout")
-        self._take(self.ledger.written)
-
     def retry(self) -> None:
         with self._lock:
             if self.kind == "file" and self.health.failing("stdout"):
-                self._sync_and_take()
+                position = self.ledger.written
+                if self._fsync():
+                    self._synced(position)
             self._save(retry=True)
 
     def _watch(self) -> None:
+        # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
+        poller = select.poll()
+        poller.register(self.writer.fd, select.POLLERR)
         while not self._closing:
-            if self.ledger.pending_pages == 0:
+            if self._gone_at is None:
+                events = poller.poll(DRAIN_POLL * 1000)
+                if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+                    self._gone_at = time.monotonic()
+            else:
+                time.sleep(DRAIN_POLL)
+            if self.ledger.unacked:
+                with self._lock:
+                    self._check()
+
+    def _sync_loop(self) -> None:
+        """A regular file: fsync what is written, then record it, as often as FILE_SYNC_EVERY."""
+        while not self._closing:
+            if self.ledger.unacked == 0:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
-            time.sleep(DRAIN_POLL)
-            with self._lock:
-                self._check()
+            time.sleep(FILE_SYNC_EVERY)
+            if self.health.failing("stdout"):
+                continue  # the runner's retry syncs again, with backoff
+            position = self.ledger.written
+            try:
+                synced = self._fsync()
+            except OutputFailed as exc:
+                self.on_failure(exc)
+                return
+            if synced:
+                with self._lock:
+                    self._synced(position)
 
-    def finish(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ledger.pending_pages and time.monotonic() < deadline:
+    def finish(
+        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
+    ) -> None:
+        if self.kind == "file":
             with self._lock:
+                position = self.ledger.written
+                if self._fsync():
+                    self._synced(position)
+            return
+        if clean:
+            deadline = time.monotonic() + timeout
+            while self.ledger.unacked and time.monotonic() < deadline and not interrupted():
+                with self._lock:
+                    self._check()
+                if self.ledger.unacked:
+                    time.sleep(DRAIN_POLL / 2)
+            if self._settle_wait(interrupted):
+                return
+        self._go_back_to_settled()
+
+    def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
+        """--once caught up: wait until the last line taken has settled; False if the reader left,
+        lines are still unread, or a stop came first."""
+        if self.settle <= 0:
+            return True
+        with self._lock:
+            self._check()
+            if self.ledger.unacked:
+                return False
+            target = self.ledger.taken_position
+        while not interrupted() and self._gone_at is None:
+            with self._lock:
+                if self.ledger.settled_position(time.monotonic()) >= target:
+                    return True
+            time.sleep(DRAIN_POLL)
+        return False
+
+    def _go_back_to_settled(self) -> None:
+        """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
+        with self._lock:
+            try:
                 self._check()
-            if self.ledger.pending_pages:
-                time.sleep(DRAIN_POLL / 2)
+            except OSError:
+                pass
+            now = time.monotonic()
+            reference = now if self._gone_at is None else min(now, self._gone_at)
+            position = self.ledger.settled_position(reference)
+            point = self.ledger.point_at(position)
+            if point is None or point == self._recorded:
+                return
+            younger = self.ledger.taken_position - position
+            if not point.recordable:
+                # Inside the first page of a new subscription: no token to go back to. Starting a
+                # new subscription instead would skip more than it saves.
+                logs.emit(
+                    "settle",
+                    f"stopping: the last {younger} bytes the reader took, in the last "
+                    f"{self.settle:g} s (settle_time), belong to the first page of a new "
+                    "subscription, which has no token to go back to: they count as delivered",
+                    level="WARNING",
+                    bytes=younger,
+                    settle_time=self.settle,
+                )
+                return
+            logs.emit(
+                "settle",
+                f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
+                "(settle_time), do not count as delivered; they are sent again at the next start",
+                bytes=younger,
+                settle_time=self.settle,
+                events=point.events,
+                token=short_token(point.token),
+            )
+            self._record(point, durable=True)
 
     def close(self) -> None:
         self._closing = True
@@ -390,12 +626,14 @@ class AckDelivery(Delivery):
     """
 
     mode = "lines"
-    guarantee = "a page counts as delivered once the shipper acknowledged each of its lines"
+    guarantee = "a line counts as delivered once the shipper acknowledged it"
+    units = "lines"
 
     def __init__(
         self,
         writer: LineWriter,
-        commit: Callable[[str], None],
+        commit: Callable[[Point], None],
+        note: Optional[Callable[[Point, bool], None]] = None,
         *,
         on_stop: Callable[[str], None],
         max_unacked: int,
@@ -404,7 +642,7 @@ class AckDelivery(Delivery):
         already_read: bytes = b"",
         started: bool = False,
     ) -> None:
-        super().__init__(writer, commit)
+        super().__init__(writer, commit, note)
         self._cond = threading.Condition(self._lock)
         self._parser = AckParser()
         self._on_stop = on_stop
@@ -428,12 +666,12 @@ class AckDelivery(Delivery):
             # Only an empty page can be wholly acknowledged already; later ACKs release the rest.
             self._take(self.ledger.taken_position)
 
-    def write(self, lines: List[bytes]) -> None:
+    def _write_piece(self, data: bytes, count: int) -> None:
         # Counted before the write: the shipper may read and acknowledge a line before os.write
         # returns, and an ACK for a line not yet counted would be dropped as excess.
         with self._lock:
-            self.ledger.wrote(len(lines), time.monotonic())
-        self.writer.write_lines(lines)
+            self.ledger.wrote(count, time.monotonic(), data, count)
+        self.writer.write_bytes(data)
 
     # -- the reader thread ----------------------------------------------------------------------
 
@@ -520,7 +758,9 @@ class AckDelivery(Delivery):
                     seconds=round(age, 1),
                 )
 
-    def finish(self, timeout: float) -> None:
+    def finish(
+        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
+    ) -> None:
         """Give the shipper a moment to send its last acknowledgements and STOP."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -541,7 +781,9 @@ class AckDelivery(Delivery):
 def make_delivery(
     mode: str,
     writer: LineWriter,
-    commit: Callable[[str], None],
+    commit: Callable[[Point], None],
+    note: Optional[Callable[[Point, bool], None]] = None,
+    settle: float = 0.0,
     **ack_options: object,
 ) -> Delivery:
     """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
@@ -549,10 +791,10 @@ def make_delivery(
         # After STOP the shipper takes nothing more: finishing a half-written line is pointless
         # and would eat into its closeTimeout.
         writer.finish_line_grace = 0.0
-        return AckDelivery(writer, commit, **ack_options)  # type: ignore[arg-type]
+        return AckDelivery(writer, commit, note, **ack_options)  # type: ignore[arg-type]
     if mode != "none":
         raise ValueError(f"unknown delivery mode {mode!r}")
     kind = fd_kind(writer.fd)
     if kind in ("pipe", "socket", "file"):
-        return DrainDelivery(writer, commit, kind)
-    return Delivery(writer, commit)
+        return DrainDelivery(writer, commit, kind, note, settle)
+    return Delivery(writer, commit, note)

@@ -18,6 +18,16 @@ Units written for a page that failed mid-body (no :meth:`~DeliveryLedger.page_en
 positions, because the consumer acknowledges them too, but they release no token: the next page end
 covers them. After a restart those lines are sent again (at-least-once).
 
+Delivery points (`kata_events.progress.Point`): beside the page marks the ledger keeps a trail of
+checkpoints, one per piece written: the token the current page was asked with, how many of its
+events are written by then, and the running digest of their bytes. `point_at` turns a taken position
+into the newest point at or before it, so a restart can skip exactly what was delivered inside a
+page. Checkpoints are only made for writes that carry their bytes (``wrote(..., data=...)``).
+
+The settle window: `taken` also dates each advance of the taken position, and `settled_position`
+answers "what had been taken ``settle`` seconds ago" (for readers that may drop what they took while
+they shut down). Checkpoints and dates older than the window are forgotten.
+
 The ledger is pure: no I/O, no clock of its own (times are passed in), no threads. It never writes
 to stdout, never touches the state file and never logs.
 """
@@ -25,7 +35,12 @@ to stdout, never touches the state file and never logs.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Optional, Tuple
+from typing import Any, Deque, Optional, Tuple
+
+from kata_events.progress import Point, new_hasher
+
+#: A checkpoint: (position, token the page was asked with, events of the page up to here, hasher).
+_Checkpoint = Tuple[int, Optional[str], int, Any]
 
 
 class DeliveryLedger:
@@ -38,7 +53,8 @@ class DeliveryLedger:
     it supersedes every older one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: Optional[Point] = None, settle: float = 0.0) -> None:
+        self.settle = settle
         self._written = 0
         self._taken = 0
         # (page end position, token), oldest first; none of them released yet.
@@ -48,20 +64,70 @@ class DeliveryLedger:
         self._write_times: Deque[Tuple[int, float]] = deque()
         self._pending: Optional[str] = None
         self._committed: Optional[str] = None
+        # The page being written: [token it was asked with, events so far, running hasher], or None
+        # before the first page_end/begin_page (then no checkpoint is made).
+        self._page: Optional[list] = None
+        self._start = start
+        self._trail: Deque[_Checkpoint] = deque()
+        if start is not None:
+            self.begin_page(start.token, start.events, None, start.digest)
+        # (time, taken position) for every advance, oldest first, pruned to the settle window;
+        # ``_settled_floor`` is a position known to be settled (taken before the oldest date kept).
+        self._taken_at: Deque[Tuple[float, int]] = deque()
+        self._settled_floor = 0
 
     # -- the writer's side -------------------------------------------------------------------------
 
-    def wrote(self, n: int, now: Optional[float] = None) -> None:
+    def begin_page(
+        self, token: Optional[str], events: int = 0, hasher: Any = None, digest: Optional[str] = None
+    ) -> None:
+        """The next units belong to the answer to ``token``, whose first ``events`` are already
+        delivered (skipped on a resume) with ``hasher`` holding their digest.
+
+        ``digest`` (hex) stands in for a hasher that is not at hand (a point loaded from disk): the
+        page's checkpoints then carry that digest until the page grows, which only a resume does.
+        """
+        if hasher is None and events == 0:
+            hasher = new_hasher()
+        self._page = [token, events, hasher]
+        self._checkpoint(digest)
+
+    def _checkpoint(self, digest: Optional[str] = None) -> None:
+        page = self._page
+        if page is None:
+            return
+        token, events, hasher = page
+        state: Any = digest if hasher is None else hasher.copy()
+        entry = (self._written, token, events, state)
+        if self._trail and self._trail[-1][0] == self._written:
+            self._trail[-1] = entry
+        else:
+            self._trail.append(entry)
+
+    def wrote(
+        self, n: int, now: Optional[float] = None, data: Optional[bytes] = None, lines: int = 0
+    ) -> None:
         """Record ``n`` more units written; ``now`` (any monotonic clock) dates them for lag warnings.
 
-        The units may belong to a page whose token is not known yet, or to a page that fails later and
-        never gets a token.
+        ``data`` (the bytes written, ``lines`` event lines) extends the current page's digest and
+        makes a checkpoint at the new position. The units may belong to a page whose token is not
+        known yet, or to a page that fails later and never gets a token.
         """
         if n < 0:
             raise ValueError(f"wrote() needs a count >= 0, got {n}")
         if n == 0:
             return
         self._written += n
+        page = self._page
+        if data is not None and page is not None:
+            if page[2] is None:
+                # A loaded point's digest cannot be extended: its hasher is gone. The page's next
+                # checkpoints would lie, so the page is given up as a resume base from here on.
+                self._page = None
+            else:
+                page[2].update(data)
+                page[1] += lines
+                self._checkpoint()
         if now is not None:
             if self._write_times and self._write_times[-1][1] == now:
                 self._write_times[-1] = (self._written, now)
@@ -76,10 +142,12 @@ class DeliveryLedger:
         """
         self._marks.append((self._written, token))
         self._pending = token
+        self._page = [token, 0, new_hasher()]
+        self._checkpoint()
 
     # -- the consumer's side -----------------------------------------------------------------------
 
-    def taken(self, position: int) -> Optional[str]:
+    def taken(self, position: int, now: Optional[float] = None) -> Optional[str]:
         """The first ``position`` units are taken; return the newest token this releases, or None.
 
         A position beyond what was written is a protocol error (the consumer acknowledged lines it
@@ -95,6 +163,11 @@ class DeliveryLedger:
             self._taken = position
             while self._write_times and self._write_times[0][0] <= position:
                 self._write_times.popleft()
+            if now is not None and self.settle > 0:
+                self._taken_at.append((now, position))
+                self._prune_dates(now)
+        if self.settle <= 0:
+            self._prune_trail(self._taken)
         return self._release_up_to(self._taken)
 
     def release(self) -> Optional[str]:
@@ -108,6 +181,51 @@ class DeliveryLedger:
         if token is not None:
             self._committed = token
         return token
+
+    # -- delivery points -----------------------------------------------------------------------------
+
+    def point_at(self, position: int) -> Optional[Point]:
+        """The newest delivery point at or before ``position`` (None when none is known)."""
+        found: Optional[_Checkpoint] = None
+        for entry in reversed(self._trail):
+            if entry[0] <= position:
+                found = entry
+                break
+        if found is None:
+            return None
+        _, token, events, state = found
+        digest = state if isinstance(state, str) else state.hexdigest()
+        return Point(token, events, digest)
+
+    def written_point(self) -> Optional[Point]:
+        """The point at the written position (what a retry of the same page may skip in-process)."""
+        return self.point_at(self._written)
+
+    def settled_position(self, now: float) -> int:
+        """The taken position as it was ``settle`` seconds before ``now`` (dates only; conservative)."""
+        if self.settle <= 0:
+            return self._taken
+        cutoff = now - self.settle
+        settled = self._settled_floor
+        for when, position in self._taken_at:
+            if when > cutoff:
+                break
+            settled = position
+        return settled
+
+    def _prune_dates(self, now: float) -> None:
+        cutoff = now - self.settle
+        while len(self._taken_at) > 1 and self._taken_at[1][0] <= cutoff:
+            self._settled_floor = self._taken_at.popleft()[1]
+        if self._taken_at and self._taken_at[0][0] <= cutoff:
+            self._settled_floor = max(self._settled_floor, self._taken_at[0][1])
+        self._prune_trail(self._settled_floor)
+
+    def _prune_trail(self, position: int) -> None:
+        """Forget checkpoints older than the newest one at or before ``position``."""
+        trail = self._trail
+        while len(trail) > 1 and trail[1][0] <= position:
+            trail.popleft()
 
     # -- what the runner reports ---------------------------------------------------------------------
 

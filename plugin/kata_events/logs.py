@@ -112,8 +112,29 @@ _CATALOGUE = (
         "One page of events was delivered (empty pages are logged at debug level).",
     ),
     EventSpec(
-        "commit", logging.DEBUG, ("pages", "position", "token"),
-        "A continuation token was saved: everything before it is delivered.",
+        "commit", logging.DEBUG, ("pages", "position", "events", "token"),
+        "A continuation token was saved: everything before it is delivered (and the first "
+        "`events` of the page after it).",
+    ),
+    EventSpec(
+        "resume", logging.INFO, ("events", "token"),
+        "A restart skips the first events of the answer to the saved token: their digest matches "
+        "what was delivered before.",
+    ),
+    EventSpec(
+        "resume_mismatch", logging.WARNING, ("events", "token", "reason"),
+        "The answer to the saved token does not start with the events recorded as delivered (the "
+        "server answered with other events, or fewer): nothing is skipped, all is delivered again.",
+    ),
+    EventSpec(
+        "progress_record", logging.WARNING, ("state_file", "reason"),
+        "The record of progress inside a page is corrupt or unusable: resuming from the last "
+        "commit; events delivered since are sent again.",
+    ),
+    EventSpec(
+        "settle", logging.INFO, ("bytes", "settle_time", "events", "token"),
+        "Stopping on a pipe: what the reader took in the last settle_time seconds does not count "
+        "as delivered (a shipper may drop what it reads while it shuts down); it is sent again.",
     ),
     EventSpec(
         "caught_up", logging.INFO, ("events", "pages"),

@@ -25,7 +25,7 @@ CONFIG_FLAG = "--config"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
 #: The option types: how a value is written in TOML, converted from a variable, and validated.
-TYPES = ("str", "int", "bool", "list", "choice", "path")
+TYPES = ("str", "int", "float", "bool", "list", "choice", "path")
 
 #: Events stay retrievable on the Central Node for at most this long.
 SERVER_RETENTION_SECONDS = 2 * 3600
@@ -34,6 +34,9 @@ SERVER_RETENTION_SECONDS = 2 * 3600
 MAX_EVENTS_LIMIT = 72000
 # ISO-8601 PT300S is the documented ceiling of the long poll.
 MAX_TIMEOUT_LIMIT = 300
+#: Fluent Bit stops its engine's flushing, reads on for its shutdown grace (``Grace``, 5 s by
+#: default) and only then signals its exec child: what it read meanwhile is lost. A margin above it.
+SETTLE_TIME_DEFAULT = 6.0
 
 # Events are a few KB; 16 MiB is far beyond any real one and keeps a few copies of it cheap.
 MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
@@ -57,8 +60,8 @@ class Option:
     help: str
     default: Any = None
     default_doc: str = ""
-    minimum: Optional[int] = None
-    maximum: Optional[int] = None
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
     choices: Tuple[str, ...] = ()
     pattern: Optional[str] = None
     required: bool = False
@@ -112,6 +115,8 @@ class Option:
             if self.maximum is not None:
                 return f"an integer from {self.minimum} to {self.maximum}"
             return f"an integer of at least {self.minimum}"
+        if self.type == "float":
+            return f"a number of seconds from {self.minimum:g} to {self.maximum:g}"
         if self.type == "bool":
             return "true or false"
         if self.type == "choice":
@@ -133,8 +138,8 @@ class Option:
     def schema(self) -> Dict[str, Any]:
         """This option's JSON schema fragment."""
         fragment: Dict[str, Any]
-        if self.type == "int":
-            fragment = {"type": "integer"}
+        if self.type in ("int", "float"):
+            fragment = {"type": "integer" if self.type == "int" else "number"}
             if self.minimum is not None:
                 fragment["minimum"] = self.minimum
             if self.maximum is not None:
@@ -259,6 +264,18 @@ OPTIONS: Tuple[Option, ...] = (
         "acknowledged or file fsynced), lines (expect ACK lines on stdin).",
         default="auto",
         choices=("auto", "none", "lines"),
+    ),
+    Option(
+        "settle_time",
+        "float",
+        "With --ack none on a pipe or socket: a line counts as delivered once the reader took it and "
+        "stayed this many seconds after that; a stop (signal, broken pipe) commits nothing younger, "
+        "and --once waits this long after its last line. Covers a shipper that reads on while it "
+        "shuts down (Fluent Bit's grace period, 5 s by default). 0 turns it off.",
+        default=SETTLE_TIME_DEFAULT,
+        minimum=0,
+        maximum=600,
+        metavar="SECONDS",
     ),
     Option(
         "max_unacked",

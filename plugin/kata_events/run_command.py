@@ -138,7 +138,9 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
                 already_read=already_read,
                 started=config.ack == "auto",
             )
-        delivery = make_delivery(mode, LineWriter(stdout_fd), store.commit, **ack_options)
+        delivery = make_delivery(
+            mode, LineWriter(stdout_fd), store.commit_point, store.note, config.settle_time, **ack_options
+        )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         runner = Runner(
             client=build_client(config),

@@ -7,6 +7,13 @@ unavailability, bad bodies and untrusted servers are retried with backoff, a 401
 and a disk that stops taking the state file or stdout mid-run pauses fetching until it works again
 (`kata_events.disk_faults`).
 
+Resuming inside a page: the state holds a delivery point (a token and how many events of its
+answer were delivered, with their digest). The first request asks again with that token; when the
+first events of the answer hash to the digest they are skipped, exactly those, and delivery goes on
+after them. When they do not (the server answered with other events, or fewer), nothing is
+skipped: the answer is asked for again and delivered whole, and a warning says why. The same
+check lets a page retried after a broken transfer skip what this process already wrote.
+
 Signal handlers only record the request to stop. While the loop is blocked in the network
 (`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked call
 at once; commits never run inside such a section, so a stop can't tear one. The same sections
@@ -41,6 +48,7 @@ from kata_events.errors import (
     Unavailable,
 )
 from kata_events.exits import ExitStatus
+from kata_events.progress import Point, joined, new_hasher
 from kata_events.state import StateError, TokenStore, short_token
 from kata_events.tokens import token_problem
 
@@ -71,6 +79,10 @@ _TIMESTAMP = re.compile(rb'"Timestamp"\s*:\s*"?(\d{9,19})')
 
 class StopRequested(BaseException):
     """Raised inside a blocking call when SIGTERM/SIGINT arrives (BaseException: no `except Exception`)."""
+
+
+class ResumeMismatch(Exception):
+    """The answer to the resume token does not start with the events recorded as delivered."""
 
 
 def event_age(line: bytes, now: float) -> Optional[float]:
@@ -136,6 +148,10 @@ class Runner:
         self._stop = threading.Event()
         #: Overall limits on each network wait; armed only once the process wiring installs them.
         self.deadlines = Deadlines()
+        #: Set by every stop request (signal, STOP, broken pipe), never by --once catching up.
+        self._asked_to_stop = threading.Event()
+        #: The point to resume from: the next answer to its token skips its events if they match.
+        self.resume: Optional[Point] = None
         self._stop_reason = ""
         self._interruptible = False
         self._unauthorized_since: Optional[float] = None
@@ -160,6 +176,7 @@ class Runner:
         first = not self._stop.is_set()
         if first:
             self._stop_reason = reason
+        self._asked_to_stop.set()
         self._stop.set()
         if threading.current_thread() is not threading.main_thread():
             # Another thread (the ack reader on STOP) cannot raise into the main thread: it asks
@@ -239,6 +256,16 @@ class Runner:
                 "no saved continuation token: the first request creates a new subscription",
                 filter=self.client.filter,
             )
+        else:
+            point, warnings = self.store.resume_point()
+            for warning in warnings:
+                logs.emit("progress_record", warning, state_file=str(self.store.path))
+            if point is not None and point.token and token_problem(point.token):
+                point = Point(token)
+            if point is not None and point.token:
+                self.token = point.token
+                self.delivery.start_from(point)
+                self.resume = point if point.events else None
         stats_thread = self._start_stats_thread()
         code = ExitStatus.OK
         try:
@@ -255,9 +282,15 @@ class Runner:
             self._stop.set()
             try:
                 drained = self.once and self._stop_reason in ("", "caught up")
-                self.delivery.finish(timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT)
+                self.delivery.finish(
+                    timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT,
+                    clean=drained,
+                    interrupted=self._asked_to_stop.is_set,
+                )
             except ConsumerGone:
                 pass
+            except StateError as exc:
+                self._failure = self._failure or (ExitStatus(exc.exit_code), str(exc))
             if self.delivery.health.paused:
                 self.delivery.retry()
             if self.delivery.health.paused:
@@ -304,6 +337,10 @@ class Runner:
                     return code
                 continue
             except ApiError as exc:
+                # What this process already wrote of the page need not be written again.
+                written = self.delivery.written_point()
+                if written is not None and written.token == self.token and written.events:
+                    self.resume = written
                 code = self._handle_failure(exc)
                 if code is not None:
                     return code
@@ -321,12 +358,31 @@ class Runner:
         with self.interruptible(), self.deadlines.limit(connects + self._wait_limit(), "answer"):
             page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
         self._answered = True
+        resume, self.resume = self.resume, None
+        if resume is not None and resume.token != self.token:
+            resume = None
         with page:
             if self._unauthorized_since is not None:
                 logs.emit("approved", "the Central Node accepts this external system now")
                 self._unauthorized_since = None
-            last_line = self._deliver(page)
-            new_token = page.finish()
+            try:
+                last_line = self._deliver(page, resume)
+            except ResumeMismatch as exc:
+                logs.emit(
+                    "resume_mismatch",
+                    f"the server's answer to token {short_token(self.token)} does not start with the "
+                    f"{resume.events if resume else 0} events recorded as delivered ({exc}): "
+                    "skipping nothing, the whole answer is delivered",
+                    events=resume.events if resume else 0,
+                    token=short_token(self.token),
+                    reason=str(exc),
+                )
+                page = None
+            if page is not None:
+                new_token = page.finish()
+        if page is None:
+            # The events read while checking were not written: ask again, deliver it all.
+            return self._one_page()
         count = page.event_count
         self.delivery.end_page(new_token)
         self.delivery.check_ack_timeout()
@@ -335,14 +391,52 @@ class Runner:
         self._account(page, count, last_line, time.monotonic() - started)
         return page.element_count
 
-    def _deliver(self, page: Page) -> Optional[bytes]:
+    def _skip(self, batches: Iterator[List[bytes]], resume: Point) -> List[bytes]:
+        """Read the answer's first ``resume.events`` events and check their digest; the rest of the
+        batch they end in is returned. Raises ResumeMismatch when they differ or are fewer."""
+        hasher = new_hasher()
+        seen = 0
+        rest: List[bytes] = []
+        while seen < resume.events:
+            with self.interruptible():
+                batch: Optional[List[bytes]] = next(batches, None)
+            if batch is None:
+                raise ResumeMismatch(f"it holds only {seen} events")
+            take = batch[: resume.events - seen]
+            hasher.update(joined(take))
+            seen += len(take)
+            rest = batch[len(take):]
+        if hasher.hexdigest() != resume.digest:
+            raise ResumeMismatch("their digest differs")
+        self.delivery.begin_page(self.token, seen, hasher)
+        logs.emit(
+            "resume",
+            f"skipping the first {seen} events of the answer to token {short_token(self.token)}: "
+            "they were delivered before",
+            events=seen,
+            token=short_token(self.token),
+        )
+        return rest
+
+    def _deliver(self, page: Page, resume: Optional[Point] = None) -> Optional[bytes]:
         batches = page.batches()
         self._page_lines = 0
         last: Optional[bytes] = None
+        first: Optional[List[bytes]] = None
+        if resume is not None:
+            first = self._skip(batches, resume)
+        else:
+            self.delivery.begin_page(self.token)
         while True:
-            with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
-                batch: Optional[List[bytes]] = next(batches, None)
-            self._report_skipped(page)
+            if first is not None:
+                batch: Optional[List[bytes]] = first
+                first = None
+                if not batch:
+                    continue
+            else:
+                with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
+                    batch = next(batches, None)
+                self._report_skipped(page)
             if batch is None:
                 return last
             if self.stop_after is not None:

@@ -8,6 +8,16 @@ The state file is JSON::
     {"version": 1, "token": "...", "url": "...", "external_system_id": "...", "filter": "...",
      "saved_at": "2026-11-27T21:30:00Z"}
 
+``progress`` (optional) says how far into the answer to ``token`` delivery had gone at that commit:
+``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.progress`).
+
+Progress inside a page moves many times a second, too often for a durable commit each time: it is
+written to a companion file ``<state>.progress`` in place, without fsync (a kill -9 keeps the page
+cache; a power cut may lose or tear it, and its own checksum tells). Every record, in the state
+file or the companion, carries a sequence number; a restart resumes from the newest valid one, so
+the companion may run ahead of the state file (even to a newer token: every record is a true claim
+when written), and a stop that must go back writes the companion durably first, then the state.
+
 It is replaced atomically (temp file in the same directory, fsync, rename, fsync the directory), so
 a crash or kill -9 leaves either the old or the new file, never a torn one; a file that does not
 parse was edited by hand and is reported, never silently dropped. Mode 0600: the token lets anyone
@@ -35,9 +45,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from kata_events.exits import ExitStatus, UserError
+from kata_events.progress import Point, RecordError, check_point_fields, decode_record, encode_record
 
 STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
@@ -86,6 +97,9 @@ class Subscription:
     external_system_id: str
     filter: str
     saved_at: str  # ISO-8601 UTC, e.g. 2026-11-27T21:30:00Z
+    #: The ``progress`` object as stored (None when absent), and why it is unusable (else "").
+    progress: Optional[Dict[str, Any]] = None
+    progress_problem: str = ""
 
 
 def short_token(token: Optional[str]) -> str:
@@ -147,10 +161,19 @@ class TokenStore:
         self.filter = filter
         self._lock_fd: Optional[int] = None
         self._committed: Optional[str] = None
+        self._loaded: Optional[Subscription] = None
+        self._seq = 0
+        self._progress_fd: Optional[int] = None
+        self._progress_len = 0
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def progress_path(self) -> Path:
+        """The companion file holding progress inside a page (written often, not fsynced)."""
+        return self._path.with_name(self._path.name + ".progress")
 
     @property
     def lock_path(self) -> Path:
@@ -212,9 +235,13 @@ class TokenStore:
             _unlock(fd)
             raise self._not_writable(self.lock_path, exc) from None
         self._lock_fd = fd
+        self._seq = max(self._stored_seq(), self._companion_seq())
 
     def close(self) -> None:
         """Release the lock (the lock file stays: removing it would race with a starting instance)."""
+        progress_fd, self._progress_fd = self._progress_fd, None
+        if progress_fd is not None:
+            os.close(progress_fd)
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             try:
@@ -242,6 +269,7 @@ class TokenStore:
         taken as is (dropped, imported, or kept despite a changed URL), else None.
         """
         sub, kind = self._read()
+        self._loaded = sub if kind == "json" else None
         if sub is None:
             if kind == "empty":
                 return None, (
@@ -334,32 +362,161 @@ class TokenStore:
             if not isinstance(value, str):
                 raise self._corrupt(f"has a {key!r} that is not a string")
             fields[key] = value
-        return Subscription(token=token, **fields)
+        progress = doc.get("progress")
+        problem = ""
+        if progress is not None:
+            try:
+                if not isinstance(progress, dict):
+                    raise RecordError("it is not a JSON object")
+                check_point_fields(progress)
+            except RecordError as exc:
+                # Only the position inside a page is lost: the token itself still holds.
+                problem = str(exc)
+                progress = None
+        return Subscription(token=token, **fields, progress=progress, progress_problem=problem)
+
+    # -- progress inside a page -----------------------------------------------------------------------
+
+    def resume_point(self) -> Tuple[Optional[Point], List[str]]:
+        """Where to resume after `load` returned a token: the newest valid record, and warnings.
+
+        A record that does not parse, or whose checksum fails, is a warning: resuming falls back to
+        the state file's own record (fsynced at each commit), and at worst to its bare token.
+        """
+        sub = self._loaded
+        if sub is None or sub.token is None or self._committed != sub.token:
+            return (Point(self._committed) if self._committed else None), []
+        warnings: List[str] = []
+        best, best_seq = Point(sub.token), -1
+        if sub.progress is not None:
+            best = Point(sub.token, sub.progress["events"], sub.progress["digest"])
+            best_seq = sub.progress["seq"]
+        elif sub.progress_problem:
+            warnings.append(
+                f"the progress recorded in state file {self._path} is unusable "
+                f"({sub.progress_problem}): resuming from its token, events already delivered of "
+                "that page are sent again"
+            )
+        try:
+            record = self._read_companion()
+        except RecordError as exc:
+            warnings.append(
+                f"progress record {self.progress_path} is corrupt ({exc}): resuming from the state "
+                "file's last commit, events delivered since are sent again"
+            )
+            record = None
+        if record is not None and record["seq"] > best_seq and self._same_subscription(record):
+            best = Point(record["token"], record["events"], record["digest"])
+        return best, warnings
+
+    def _same_subscription(self, record: Mapping[str, Any]) -> bool:
+        return (
+            record.get("external_system_id") == self.external_system_id
+            and record.get("filter") == self.filter
+        )
+
+    def _read_companion(self) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.progress_path, "rb") as f:
+                data = f.read(_MAX_STATE_BYTES)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RecordError(f"cannot be read: {_reason(exc)}") from None
+        if not data.strip():
+            return None  # created, never written: a kill -9 at the very first record
+        fields = decode_record(data)
+        if "token" not in fields:
+            raise RecordError("it has no token")
+        return fields
+
+    def _stored_seq(self) -> int:
+        try:
+            sub, kind = self._read()
+        except StateError:
+            return 0
+        if kind == "json" and sub is not None and sub.progress is not None:
+            return int(sub.progress["seq"])
+        return 0
+
+    def _companion_seq(self) -> int:
+        try:
+            record = self._read_companion()
+        except RecordError:
+            return 0
+        return int(record["seq"]) if record is not None else 0
+
+    def note(self, point: Point, durable: bool = False) -> None:
+        """Record ``point`` in the companion file: in place, fsynced only when ``durable``.
+
+        Raises StateNotWritable when the file cannot be written.
+        """
+        if self._lock_fd is None:
+            raise RuntimeError("TokenStore.open() must be called before writing the state file")
+        if not point.token:
+            raise ValueError("note() needs a point with a token")
+        self._seq += 1
+        data = encode_record(
+            point, self._seq, {"external_system_id": self.external_system_id, "filter": self.filter}
+        )
+        if len(data) < self._progress_len:
+            # JSON ignores trailing blanks: a shorter record leaves no bytes of the longer one.
+            data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
+        try:
+            if self._progress_fd is None:
+                self._progress_fd = os.open(
+                    self.progress_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+                os.fchmod(self._progress_fd, 0o600)
+                self._progress_len = os.fstat(self._progress_fd).st_size
+                if len(data) < self._progress_len:
+                    data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
+            written = os.pwrite(self._progress_fd, data, 0)
+            if written != len(data):
+                raise OSError(errno.EIO, "short write")
+            self._progress_len = max(self._progress_len, len(data))
+            if durable:
+                os.fsync(self._progress_fd)
+        except OSError as exc:
+            raise self._not_writable(self.progress_path, exc) from None
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def commit(self, token: str) -> None:
-        """Persist ``token`` atomically; it is what a restart resumes from."""
+    def commit(self, token: str, point: Optional[Point] = None) -> None:
+        """Persist ``token`` atomically, with how far into its answer delivery went (``point``)."""
         if not isinstance(token, str) or not token:
             raise ValueError("commit() needs a non-empty token")
-        self._write(token)
+        if point is not None and point.token != token:
+            raise ValueError("commit(): the point belongs to another token")
+        self._write(token, point or Point(token))
         self._committed = token
+
+    def commit_point(self, point: Point) -> None:
+        """`commit` for a delivery point (its token, and the events delivered after it)."""
+        self.commit(point.token or "", point)
 
     def clear(self) -> None:
         """Forget the token (the subscription is lost), keeping url, external system id and filter."""
-        self._write(None)
+        self._write(None, None)
         self._committed = None
 
-    def _write(self, token: Optional[str]) -> None:
+    def _write(self, token: Optional[str], point: Optional[Point]) -> None:
         if self._lock_fd is None:
             raise RuntimeError("TokenStore.open() must be called before writing the state file")
-        doc = {
+        self._seq += 1
+        doc: Dict[str, Any] = {
             "version": STATE_VERSION,
             "token": token,
             "url": self.url,
             "external_system_id": self.external_system_id,
             "filter": self.filter,
             "saved_at": _utc_now(),
+            # A cleared token still carries a sequence number: older progress records lose to it.
+            "progress": {
+                "seq": self._seq,
+                "events": point.events if point else 0,
+                "digest": point.digest if point else Point(None).digest,
+            },
         }
         data = (json.dumps(doc, ensure_ascii=False, indent=None) + "\n").encode("utf-8")
         self._replace(data)

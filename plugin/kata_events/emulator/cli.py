@@ -50,7 +50,7 @@ Control endpoints (same address, no client certificate needed):
   GET  /emulator/status      pending and approved pairs, subscriptions, sequence numbers, faults
 
 Fault spec (--fault, repeatable; faults queue up in order and hit events-API requests only):
-  KIND[xCOUNT][@AFTER][:key=value,...]   keys: count, after, retry_after, delay
+  KIND[xCOUNT][@AFTER][:key=value,...]   keys: count, after, retry_after, delay, shift
   e.g. 503   503x3   drop@10   429:retry_after=2   slow:delay=5,count=2
   (AFTER: let that many requests through first, once the fault is at the head of the queue)
 {_FAULT_LINES}

@@ -14,6 +14,7 @@ Spec syntax (``--fault``, ``Fault.parse``)::
     429:retry_after=2
     slow:delay=5,count=2
     huge_event:size=600000000
+    other_events:shift=100
 
 Pure data and a thread-safe queue: no sockets, no sleeping.
 """
@@ -53,6 +54,8 @@ FAULT_KINDS: Dict[str, str] = {
         "a 200 page whose continuationToken holds a space, a quote, a control character and a "
         "non-ASCII letter"
     ),
+    "other_events": "answer the token used with other events than it got before: its page starts "
+    "shift events earlier (default 1), as a server that does not repeat an answer",
 }
 
 _KIND_RE = "|".join(sorted((re.escape(k) for k in FAULT_KINDS), key=len, reverse=True))
@@ -74,6 +77,7 @@ class Fault:
     delay: float = 5.0
     size: int = 600_000_000
     depth: int = 300_000
+    shift: int = 1
     # Progress, changed by the queue.
     remaining: int = field(default=-1, repr=False)
     skip: int = field(default=-1, repr=False)
@@ -89,12 +93,15 @@ class Fault:
             self.delay = float(self.delay)
             self.size = int(self.size)
             self.depth = int(self.depth)
+            self.shift = int(self.shift)
         except (TypeError, ValueError) as exc:
             raise FaultSpecError(f"fault {self.kind}: {exc}") from None
         if self.count < 1:
             raise FaultSpecError(f"fault {self.kind}: count must be at least 1")
-        if self.after < 0 or self.retry_after < 0 or self.delay < 0:
-            raise FaultSpecError(f"fault {self.kind}: after, retry_after and delay cannot be negative")
+        if self.after < 0 or self.retry_after < 0 or self.delay < 0 or self.shift < 0:
+            raise FaultSpecError(
+                f"fault {self.kind}: after, retry_after, delay and shift cannot be negative"
+            )
         if self.size < 64 or self.depth < 1:
             raise FaultSpecError(f"fault {self.kind}: size must be at least 64 and depth at least 1")
         if self.remaining < 0:
@@ -122,7 +129,8 @@ class Fault:
             if not sep or key not in _FIELDS - {"kind"}:
                 raise FaultSpecError(
                     f"cannot parse fault {spec!r}: option {option!r} is not one of "
-                    "count=N, after=N, retry_after=SECONDS, delay=SECONDS, size=BYTES, depth=N"
+                    "count=N, after=N, retry_after=SECONDS, delay=SECONDS, size=BYTES, depth=N, "
+                    "shift=N"
                 )
             values[key] = value.strip()
         return cls(**values)
@@ -131,7 +139,9 @@ class Fault:
     def from_obj(cls, obj: Union[str, Mapping[str, Any], Fault]) -> Fault:
         """A fault from a spec string, a JSON-style mapping, or a fault (copied)."""
         if isinstance(obj, Fault):
-            return cls(obj.kind, obj.count, obj.after, obj.retry_after, obj.delay, obj.size, obj.depth)
+            return cls(
+                obj.kind, obj.count, obj.after, obj.retry_after, obj.delay, obj.size, obj.depth, obj.shift
+            )
         if isinstance(obj, str):
             return cls.parse(obj)
         if isinstance(obj, Mapping):
@@ -181,7 +191,7 @@ def hostile_event(fault: Fault) -> Tuple[int, Iterator[bytes]]:
     return size, generate()
 
 
-_FIELDS = frozenset({"kind", "count", "after", "retry_after", "delay", "size", "depth"})
+_FIELDS = frozenset({"kind", "count", "after", "retry_after", "delay", "size", "depth", "shift"})
 
 
 class FaultQueue:

@@ -50,7 +50,9 @@ MAX_DRAINED_REQUEST = 64 << 20
 #: The continuation tokens of the huge_token and odd_token faults.
 HUGE_TOKEN = "A" * (2 << 20)
 ODD_TOKEN = 'odd token"\x01\u00e9'
-TOKENS_KEPT_PER_SUBSCRIPTION = 64
+#: A client going back to the token of a page it delivered a few seconds ago (a stop on a pipe, the
+#: settle time) asks again with a token up to hundreds of pages old when pages are small.
+TOKENS_KEPT_PER_SUBSCRIPTION = 4096
 EVENTS_PER_CHUNK = 2000
 HANG_POLL = 0.1
 STOP_JOIN = 0.5
@@ -836,6 +838,7 @@ class Emulator:
         fault = self._faults.take()
         body_fault: Optional[str] = None
         hostile: Optional[Fault] = None
+        shift = 0
         if fault is not None:
             log.info("injecting fault %s", fault.kind)
             kind = fault.kind
@@ -879,6 +882,8 @@ class Emulator:
                 body_fault = kind
             if kind in ("huge_event", "deep_event"):
                 hostile = fault
+            if kind == "other_events":
+                shift = fault.shift
 
         self._check_approved(ext_id, fingerprint)
         max_events = self._int_param(query, "max_events", DEFAULT_MAX_EVENTS, 1, self.max_events_limit)
@@ -893,7 +898,9 @@ class Emulator:
                     f"max_timeout: must be more than PT0S and at most PT{MAX_TIMEOUT_LIMIT:g}S"
                 )
         token = query.get("continuation_token")
-        page, new_token = self._serve_page(ext_id, token, query.get("filter"), max_events, timeout)
+        page, new_token = self._serve_page(
+            ext_id, token, query.get("filter"), max_events, timeout, shift
+        )
         if page is None:
             return False  # stopping
         self._send_page(conn, page, new_token, body_fault, hostile)
@@ -947,9 +954,16 @@ class Emulator:
         return value
 
     def _serve_page(
-        self, ext_id: str, token: Optional[str], filter_text: Optional[str], max_events: int, timeout: float
+        self,
+        ext_id: str,
+        token: Optional[str],
+        filter_text: Optional[str],
+        max_events: int,
+        timeout: float,
+        shift: int = 0,
     ) -> Tuple[Optional[_Page], str]:
-        """Pick the events for a response, long polling when none are available."""
+        """Pick the events for a response, long polling when none are available; ``shift``: start
+        that many events before the token's position (the ``other_events`` fault)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             now = time.time()
@@ -960,7 +974,7 @@ class Emulator:
                 sub = self._subscriptions.get(entry[0]) if entry else None
                 if entry is None or sub is None or sub.external_system_id != ext_id:
                     raise _HttpError(404, {"error": "Subscription not found"})
-                position = entry[1]
+                position = max(self._base_seq, entry[1] - shift)
             else:
                 try:
                     flt = compile_filter(filter_text)

@@ -1,0 +1,153 @@
+"""The settle rule on a pipe: a stop counts nothing the reader took in the last settle_time seconds.
+
+A shipper may read lines and drop them while it shuts down (Fluent Bit's exec input reads on after
+its engine stopped flushing, and signals its child only at the end of its grace period). So while
+the process runs the record follows what the reader has taken (a kill -9 of kata-events leaves the
+reader and its lines alive), and a stop writes back the point the reader had reached settle_time
+earlier. A clean ``--once`` end waits until its last line has settled instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from typing import List, Tuple
+
+import pytest
+
+from run_helpers import clean_env, command, run_args
+
+SETTLE = 1.5
+RATE = 400
+
+
+class Sampler:
+    """Counts the complete lines the test's reader holds, every 20 ms, with the time."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.samples: List[Tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.run.output.count(b"\n")))
+            time.sleep(0.02)
+
+    def read_by(self, when: float) -> int:
+        """An upper bound of the lines read by ``when``: the first sample at or after it."""
+        if not self.samples:
+            return 0
+        times = [t for t, _ in self.samples]
+        i = bisect.bisect_left(times, when)
+        return self.samples[min(i, len(self.samples) - 1)][1]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class FileSampler(Sampler):
+    """Counts the lines a reader process wrote to ``path``."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+        super().__init__(None)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            count = self.path.read_bytes().count(b"\n") if self.path.exists() else 0
+            self.samples.append((time.monotonic(), count))
+            time.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["SIGTERM", "reader killed"])
+def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
+    make_emulator, client_cert, ext_id, runs, tmp_path, how
+):
+    emu = make_emulator(backlog=0, rate=RATE, event_bytes=300)
+    state = tmp_path / "state.json"
+    args = run_args(emu, ext_id, client_cert, state, "--max-events", "50", "--max-timeout", "1",
+                    settle_time=SETTLE)
+    taken = tmp_path / "taken.ndjson"
+    # The reader: cat, writing at once what it reads to a file the test watches.
+    read_end, write_end = os.pipe()
+    with open(taken, "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
+        proc = subprocess.Popen(command(args), stdout=write_end, stderr=err, env=clean_env())
+        reader = subprocess.Popen(["cat"], stdin=read_end, stdout=out)
+    os.close(read_end)
+    os.close(write_end)
+    try:
+        sampler = FileSampler(taken)
+        deadline = time.monotonic() + 20
+        while sampler.read_by(time.monotonic()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3.0)
+        stopped_at = time.monotonic()
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            reader.kill()  # the shipper dies: the next write fails with EPIPE
+        assert proc.wait(10) == 0
+        reader.wait(10)
+        time.sleep(0.1)
+        sampler.stop()
+    finally:
+        for p in (proc, reader):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
+    settle = [r for r in logs if r.get("event") == "settle"]
+    assert settle and settle[0]["settle_time"] == SETTLE, logs[-5:]
+    # Everything read after stopped_at - SETTLE must come again; the re-send stays near the window.
+    limit = sampler.read_by(stopped_at - SETTLE)
+    got_before = taken.read_bytes().count(b"\n")
+    again = runs.complete(args + ["--once"], timeout=30)
+    assert again.returncode == 0, again.stderr_text[-2000:]
+    assert again.seqs(), again.stderr_text[-3000:]
+    first = again.seqs()[0]
+    assert first <= limit + 1, f"restarted at {first}: lines read after {limit} within the settle time lost"
+    assert got_before - first + 1 <= (SETTLE + 1.0) * RATE + 100, "re-sent far more than the settle time"
+
+
+@pytest.mark.timeout(60)
+def test_once_on_a_pipe_waits_for_its_last_line_to_settle_then_commits_it(
+    make_emulator, client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=500, event_bytes=300)
+    state = tmp_path / "state.json"
+    args = run_args(emu, ext_id, client_cert, state, "--once", settle_time=SETTLE)
+    run = runs.complete(args, timeout=30)
+    assert run.returncode == 0 and len(run.lines()) == 500
+    last_page = run.events("page")[-1]["_at"]
+    assert run.exited_at - last_page >= SETTLE - 0.2, "exited before the last line settled"
+    assert not run.events("settle")
+    assert runs.complete(args, timeout=30).lines() == []
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_while_once_waits_for_the_settle_goes_back(
+    make_emulator, client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=0, event_bytes=300)
+    state = tmp_path / "state.json"
+    assert runs.complete(run_args(emu, ext_id, client_cert, state, "--once")).returncode == 0
+    emu.add_events(500)
+    args = run_args(emu, ext_id, client_cert, state, "--once", settle_time=5)
+    run = runs.start(args)
+    run.wait_event("caught_up", timeout=20)
+    time.sleep(0.5)
+    run.send(signal.SIGTERM)
+    assert run.wait(10) == 0
+    assert run.wait_event("settle")
+    again = runs.complete(run_args(emu, ext_id, client_cert, state, "--once"), timeout=30)
+    assert again.seqs()[:1] == [1], "the lines taken within the settle time must come again"
