@@ -74,8 +74,11 @@ SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 #: Lines are written (and their delivery point tracked) in pieces of about this many bytes: what a
 #: restart may send again beyond the last point is about one piece (~120 events of 2 KB).
 PIECE_BYTES = 256 * 1024
-#: A regular file is fsynced at most this often while lines are written to it.
+#: A regular file is fsynced at most this often while lines are written to it...
 FILE_SYNC_EVERY = 0.02
+#: ...and writing waits while this many lines are written but not yet fsynced: a slow disk slows the
+#: writing rather than letting what a kill -9 makes kata-events send again grow.
+FILE_AHEAD_LINES = 2000
 
 
 class ConsumerGone(Exception):
@@ -418,6 +421,10 @@ class DrainDelivery(Delivery):
         self._measurable = True
         self._wake = threading.Event()
         self._closing = False
+        # A regular file: lines written, and lines known fsynced (the syncer tells the writer).
+        self._lines_written = 0
+        self._lines_synced = 0
+        self._synced_cond = threading.Condition(self._lock)
         #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
         self._gone_at: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
@@ -453,9 +460,20 @@ class DrainDelivery(Delivery):
         self._take(position)
 
     def _write_piece(self, data: bytes, count: int) -> None:
+        if self.kind == "file":
+            with self._synced_cond:
+                while (
+                    self._lines_written - self._lines_synced >= FILE_AHEAD_LINES
+                    and not self.writer.should_stop()
+                    and not self.health.failing("stdout")
+                    and not self._closing
+                ):
+                    self._wake.set()
+                    self._synced_cond.wait(DRAIN_POLL)
         n = self.writer.write_bytes(data)
         with self._lock:
             self.ledger.wrote(n, time.monotonic(), data, count)
+            self._lines_written += count
             self._check()
         self._wake.set()
 
@@ -472,19 +490,21 @@ class DrainDelivery(Delivery):
                 raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
         return True
 
-    def _synced(self, position: int) -> None:
-        """With the lock held: everything up to ``position`` is fsynced."""
+    def _synced(self, position: int, lines: int) -> None:
+        """With the lock held: everything up to ``position`` (``lines`` lines) is fsynced."""
         if self.health.failing("stdout"):
             self.health.recovered("stdout")
+        self._lines_synced = max(self._lines_synced, lines)
+        self._synced_cond.notify_all()
         self._take(position)
 
     def end_page(self, token: str) -> None:
         with self._lock:
             if self.kind == "file":
                 self.ledger.page_end(token)
-                position = self.ledger.written
+                position, lines = self.ledger.written, self._lines_written
                 if self._fsync():
-                    self._synced(position)
+                    self._synced(position, lines)
                 return
             self.ledger.page_end(token)
             self._check()
@@ -493,9 +513,9 @@ class DrainDelivery(Delivery):
     def retry(self) -> None:
         with self._lock:
             if self.kind == "file" and self.health.failing("stdout"):
-                position = self.ledger.written
+                position, lines = self.ledger.written, self._lines_written
                 if self._fsync():
-                    self._synced(position)
+                    self._synced(position, lines)
             self._save(retry=True)
 
     def _watch(self) -> None:
@@ -523,7 +543,8 @@ class DrainDelivery(Delivery):
             time.sleep(FILE_SYNC_EVERY)
             if self.health.failing("stdout"):
                 continue  # the runner's retry syncs again, with backoff
-            position = self.ledger.written
+            with self._lock:
+                position, lines = self.ledger.written, self._lines_written
             try:
                 synced = self._fsync()
             except OutputFailed as exc:
@@ -531,16 +552,16 @@ class DrainDelivery(Delivery):
                 return
             if synced:
                 with self._lock:
-                    self._synced(position)
+                    self._synced(position, lines)
 
     def finish(
         self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
     ) -> None:
         if self.kind == "file":
             with self._lock:
-                position = self.ledger.written
+                position, lines = self.ledger.written, self._lines_written
                 if self._fsync():
-                    self._synced(position)
+                    self._synced(position, lines)
             return
         if clean:
             deadline = time.monotonic() + timeout

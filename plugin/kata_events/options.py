@@ -34,9 +34,10 @@ SERVER_RETENTION_SECONDS = 2 * 3600
 MAX_EVENTS_LIMIT = 72000
 # ISO-8601 PT300S is the documented ceiling of the long poll.
 MAX_TIMEOUT_LIMIT = 300
-#: Fluent Bit stops its engine's flushing, reads on for its shutdown grace (``Grace``, 5 s by
-#: default) and only then signals its exec child: what it read meanwhile is lost. A margin above it.
-SETTLE_TIME_DEFAULT = 6.0
+#: Fluent Bit's exec input reads on while its engine shuts down and signals its child at the end;
+#: what it read after the engine's last ring-buffer pass (every 250 ms) is dropped. Four times that,
+#: plus scheduling jitter; Vector, syslog-ng and nc drop nothing they took at a clean stop.
+SETTLE_TIME_DEFAULT = 1.0
 
 # Events are a few KB; 16 MiB is far beyond any real one and keeps a few copies of it cheap.
 MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
@@ -271,7 +272,7 @@ OPTIONS: Tuple[Option, ...] = (
         "With --ack none on a pipe or socket: a line counts as delivered once the reader took it and "
         "stayed this many seconds after that; a stop (signal, broken pipe) commits nothing younger, "
         "and --once waits this long after its last line. Covers a shipper that reads on while it "
-        "shuts down (Fluent Bit's grace period, 5 s by default). 0 turns it off.",
+        "shuts down (Fluent Bit's exec input drops what it read in its last 250 ms). 0 turns it off.",
         default=SETTLE_TIME_DEFAULT,
         minimum=0,
         maximum=600,
