@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import datetime, timezone
 from typing import List, Tuple
 
 import pytest
@@ -27,7 +28,8 @@ RATE = 400
 
 
 class Sampler:
-    """Counts the complete lines the test's reader holds, every 20 ms, with the time."""
+    """Counts the complete lines the test's reader holds, every 20 ms, with the wall-clock time
+    (the process's log lines carry that clock)."""
 
     def __init__(self, run) -> None:
         self.run = run
@@ -38,7 +40,7 @@ class Sampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), self.run.output.count(b"\n")))
+            self.samples.append((time.time(), self.run.output.count(b"\n")))
             time.sleep(0.02)
 
     def read_by(self, when: float) -> int:
@@ -64,7 +66,7 @@ class FileSampler(Sampler):
     def _loop(self) -> None:
         while not self._stop.is_set():
             count = self.path.read_bytes().count(b"\n") if self.path.exists() else 0
-            self.samples.append((time.monotonic(), count))
+            self.samples.append((time.time(), count))
             time.sleep(0.02)
 
 
@@ -88,10 +90,9 @@ def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
     try:
         sampler = FileSampler(taken)
         deadline = time.monotonic() + 20
-        while sampler.read_by(time.monotonic()) < 1 and time.monotonic() < deadline:
+        while sampler.read_by(time.time()) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(3.0)
-        stopped_at = time.monotonic()
         if how == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
         else:
@@ -108,8 +109,10 @@ def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
     logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
     settle = [r for r in logs if r.get("event") == "settle"]
     assert settle and settle[0]["settle_time"] == SETTLE, logs[-5:]
-    # Everything read after stopped_at - SETTLE must come again; the re-send stays near the window.
-    limit = sampler.read_by(stopped_at - SETTLE)
+    # Everything read within SETTLE before the stop was decided (the settle line's time) must come
+    # again; the re-send stays near the window.
+    decided = datetime.strptime(settle[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    limit = sampler.read_by(decided.timestamp() - SETTLE)
     got_before = taken.read_bytes().count(b"\n")
     again = runs.complete(args + ["--once"], timeout=30)
     assert again.returncode == 0, again.stderr_text[-2000:]
