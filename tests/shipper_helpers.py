@@ -439,3 +439,24 @@ def fluent_bit_example_config(
     assert "Interval_Sec  30\n" in enabled, enabled
     enabled = enabled.replace("Interval_Sec  30\n", f"Interval_Sec  {interval}\n")
     return text.replace(commented.group(0), enabled).replace(active.group(0), disabled)
+
+
+def first_run_once(config: Path, stderr_path: Path, timeout: float = 60.0) -> List[int]:
+    """``kata-events run --once`` with its stdout read by the test: makes the subscription and
+    commits its first pages; the EmulatorSeq of every line it wrote.
+
+    A stop within ``settle_time`` of a new subscription's first page cannot go back before that
+    page (there is no token to ask for it again; kata-events warns and counts it delivered), so
+    tests about restarts start from an existing subscription.
+    """
+    with stderr_path.open("ab") as stderr:
+        done = subprocess.run(
+            ["/bin/sh", "-c", f"exec {kata_events_command()} run --once --config {shlex.quote(str(config))}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=shipper_env(),
+            timeout=timeout,
+        )
+    assert done.returncode == 0, f"run --once exited {done.returncode}\n{tail(stderr_path)}"
+    return [int(json.loads(line)["EmulatorSeq"]) for line in done.stdout.split(b"\n") if line.strip()]

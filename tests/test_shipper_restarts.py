@@ -37,6 +37,7 @@ from shipper_helpers import (
     ExecInputLikeReader,
     LineSink,
     StopStartLog,
+    first_run_once,
     fluent_bit_binary,
     fluent_bit_example_config,
     kata_events_command,
@@ -86,9 +87,9 @@ def run_config(tmp_path: Path, emulator: Emulator, cert: ClientCert) -> Path:
 class Collected:
     """The lines a reader forwarded, from every run, in arrival order (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seqs: List[int]) -> None:
         self._lock = threading.Lock()
-        self._seqs: List[int] = []
+        self._seqs: List[int] = list(seqs)
 
     def add(self, line: bytes) -> None:
         seq = int(json.loads(line)["EmulatorSeq"])
@@ -108,10 +109,10 @@ def test_reader_stopping_like_fluent_bit_exec_loses_nothing(
     emulator = steady_emulator(make_emulator)
     config = run_config(tmp_path, emulator, client_cert)
     command = f"exec {kata_events_command()} run --config {config}"
-    collected = Collected()
+    stderr = tmp_path / "kata-events.log"
+    collected = Collected(first_run_once(config, stderr))
     log = StopStartLog(seed())
     rng = random.Random(log.seed)
-    stderr = tmp_path / "kata-events.log"
     reader: Optional[ExecInputLikeReader] = None
     dropped = 0
     try:
@@ -159,6 +160,7 @@ def test_syslog_ng_stopped_started_and_reloaded_loses_nothing(
         encoding="utf-8",
     )
     command = syslog_ng_command(binary, ng_config, tmp_path)
+    before = first_run_once(config, kata_log)
     log = StopStartLog(seed())
     rng = random.Random(log.seed)
     process: Optional[subprocess.Popen] = None
@@ -189,9 +191,9 @@ def test_syslog_ng_stopped_started_and_reloaded_loses_nothing(
         running = process
 
         report = wait_delivered(
-            lambda: seqs_in_ndjson(siem_file), last, DRAIN_DEADLINE, lambda: running.poll() is None
+            lambda: before + seqs_in_ndjson(siem_file), last, DRAIN_DEADLINE, lambda: running.poll() is None
         )
-        copy_report = wait_delivered(lambda: seqs_in_ndjson(copy_file), last, 5.0)
+        copy_report = wait_delivered(lambda: before + seqs_in_ndjson(copy_file), last, 5.0)
     finally:
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -232,6 +234,7 @@ def test_fluent_bit_stopped_and_started_loses_nothing(
     fb_config.write_text(
         fluent_bit_example_config(mode, config, parsers, tmp_path / "storage", sink.port), encoding="utf-8"
     )
+    before = first_run_once(config, tmp_path / "first-run.log")
     log = StopStartLog(seed())
     rng = random.Random(log.seed)
     process: Optional[subprocess.Popen] = None
@@ -264,7 +267,7 @@ def test_fluent_bit_stopped_and_started_loses_nothing(
         last = emulator.next_seq - 1
         running = process
         report = wait_delivered(
-            lambda: seqs_in_ndjson(siem_file), last, DRAIN_DEADLINE, lambda: running.poll() is None
+            lambda: before + seqs_in_ndjson(siem_file), last, DRAIN_DEADLINE, lambda: running.poll() is None
         )
     finally:
         if process is not None and process.poll() is None:
