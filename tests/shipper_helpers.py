@@ -115,9 +115,10 @@ def write_run_config(
 
 
 class LineSink:
-    """A TCP listener standing in for the SIEM: appends whatever it receives to a file.
+    """A TCP listener standing in for the SIEM: appends the lines it receives to a file.
 
-    It serves one connection after another on one thread (a shipper reconnects after a restart).
+    Every connection is served at once on a thread of its own (Fluent Bit's tcp output opens one
+    per worker), and only whole lines are appended, so lines from two connections never mix.
     """
 
     def __init__(self, path: Path) -> None:
@@ -126,36 +127,57 @@ class LineSink:
         self.server.settimeout(0.2)
         self.port = self.server.getsockname()[1]
         self.stopping = threading.Event()
+        self._write_lock = threading.Lock()
+        self._out = self.path.open("ab")
+        self._threads: List[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
-        with self.path.open("ab") as out:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._receive, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _receive(self, conn: socket.socket) -> None:
+        pending = b""
+        with conn:
+            conn.settimeout(0.2)
             while not self.stopping.is_set():
                 try:
-                    conn, _ = self.server.accept()
+                    data = conn.recv(1 << 16)
                 except socket.timeout:
                     continue
                 except OSError:
-                    return
-                with conn:
-                    conn.settimeout(0.2)
-                    while not self.stopping.is_set():
-                        try:
-                            data = conn.recv(1 << 16)
-                        except socket.timeout:
-                            continue
-                        except OSError:
-                            break
-                        if not data:
-                            break
-                        out.write(data)
-                        out.flush()
+                    break
+                if not data:
+                    break
+                pending += data
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    self._append(pending[:cut])
+                    pending = pending[cut:]
+        if pending:
+            self._append(pending)
+
+    def _append(self, data: bytes) -> None:
+        with self._write_lock:
+            self._out.write(data)
+            self._out.flush()
 
     def close(self) -> None:
         self.stopping.set()
         self.thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
         self.server.close()
+        self._out.close()
 
 
 def count_lines(path: Path) -> int:
