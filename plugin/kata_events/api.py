@@ -10,8 +10,10 @@ project's own exceptions (`kata_events.errors`). It never writes to stdout and n
 from __future__ import annotations
 
 import hashlib
+import queue
 import socket
 import ssl
+import threading
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
@@ -133,6 +135,48 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None
 
 
+class _ReadAhead:
+    """Reads a body in a thread, a few chunks ahead of the caller.
+
+    The socket and TLS work run in C without the GIL while the caller splits and writes the previous
+    chunk, instead of one after the other; the server's sending never waits on our splitting. At
+    most ``depth`` chunks wait in the queue. A failure is handed over and raised by ``get``.
+    """
+
+    def __init__(self, raw: Any, depth: int = 2) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
+        self._closed = threading.Event()
+        threading.Thread(target=self._read, args=(raw,), name="page-reader", daemon=True).start()
+
+    def _read(self, raw: Any) -> None:
+        try:
+            while not self._closed.is_set():
+                chunk = raw.read(CHUNK_SIZE, decode_content=True)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the caller's thread, which decides
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def get(self) -> bytes:
+        """The next chunk (``b""`` at the end of the body); raises what the read raised."""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+
+
 class Page:
     """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token."""
 
@@ -142,6 +186,7 @@ class Page:
         self._response = response
         self.base_url = base_url
         self._splitter = PageSplitter(max_event_bytes)
+        self._reader: Optional[_ReadAhead] = None
         self.bytes_read = 0
 
     @property
@@ -167,10 +212,10 @@ class Page:
 
     def batches(self) -> Iterator[List[bytes]]:
         """Events as they arrive, a list per network chunk; each item is one line without newline."""
-        raw = self._response.raw
+        self._reader = _ReadAhead(self._response.raw)
         try:
             while True:
-                chunk = raw.read(CHUNK_SIZE, decode_content=True)
+                chunk = self._reader.get()
                 if not chunk:
                     break
                 self.bytes_read += len(chunk)
@@ -207,6 +252,8 @@ class Page:
         return token
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self._response.close()
 
     def __enter__(self) -> Page:
