@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kata_events import logs
@@ -457,3 +457,23 @@ def test_the_example_config_file_is_valid():
 
     data = tomllib.loads(example.read_text(encoding="utf-8"))
     jsonschema.validate(data, opts.json_schema())  # known keys only, every value valid
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.sampled_from([0, 1, 64 * 1024, 72000, 72001, 300, 301, 2**31 - 1, 2**31, 1024**3, 1024**3 + 1]),
+    st.text(max_size=70),
+    st.sampled_from(["", "json", "text", "auto", "none", "lines", "debug", "INFO", "x" * 64, "ab:" * 32]),
+    st.lists(st.text(max_size=8), max_size=3),
+    st.floats(allow_nan=False).filter(lambda f: f != int(f) if abs(f) < 1e300 else True),
+)
+
+
+@settings(max_examples=400)
+@given(name=st.sampled_from([o.name for o in opts.OPTIONS]), value=_ANY_VALUE)
+def test_each_options_check_agrees_with_its_json_schema(name, value):
+    option = opts.BY_NAME[name]
+    schema_says = jsonschema.Draft202012Validator(option.schema()).is_valid(value)
+    assert option.accepts(value) == schema_says, (name, value)
