@@ -467,7 +467,8 @@ _ANY_VALUE = st.one_of(
     st.text(max_size=70),
     st.sampled_from(["", "json", "text", "auto", "none", "lines", "debug", "INFO", "x" * 64, "ab:" * 32]),
     st.lists(st.text(max_size=8), max_size=3),
-    st.floats(allow_nan=False).filter(lambda f: f != int(f) if abs(f) < 1e300 else True),
+    st.floats(allow_nan=False),
+    st.sampled_from([0.0, 0.5, 1.0, 599.5, 600.0, 600.5, -0.1]),
 )
 
 
@@ -476,4 +477,6 @@ _ANY_VALUE = st.one_of(
 def test_each_options_check_agrees_with_its_json_schema(name, value):
     option = opts.BY_NAME[name]
     schema_says = jsonschema.Draft202012Validator(option.schema()).is_valid(value)
+    if option.type == "int" and isinstance(value, float):
+        schema_says = False  # JSON Schema counts 1.0 as an integer; a count of 1.0 is refused here
     assert option.accepts(value) == schema_says, (name, value)

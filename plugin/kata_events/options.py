@@ -144,9 +144,10 @@ class Option:
         would cost every start more than the check itself (a test holds the two to the same answers;
         an integral float, which JSON Schema counts as an integer, is refused here).
         """
-        if self.type == "int":
+        if self.type in ("int", "float"):
+            number = (int,) if self.type == "int" else (int, float)
             return (
-                isinstance(value, int)
+                isinstance(value, number)
                 and not isinstance(value, bool)
                 and (self.minimum is None or value >= self.minimum)
                 and (self.maximum is None or value <= self.maximum)
