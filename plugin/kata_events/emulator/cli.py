@@ -21,7 +21,7 @@ EXIT_OK = 0
 EXIT_USAGE = 64
 EXIT_CONFIG = 78
 
-_FAULT_LINES = "\n".join(f"  {kind:<10} {what}" for kind, what in FAULT_KINDS.items())
+_FAULT_LINES = "\n".join(f"  {kind:<16} {what}" for kind, what in FAULT_KINDS.items())
 
 DESCRIPTION = f"""\
 Run a local stand-in for a Central Node's Events API: HTTPS with mutual TLS on loopback, the approval
