@@ -55,17 +55,20 @@ def _check(call, target):
         raise OSError(code, _os.strerror(code))
 
 
-def _wrap(call, argument=0):
-    real = _real[call]
+class _Wrapped:
+    """A callable, not a function: stored as a class attribute (Python 3.9's pathlib keeps
+    ``open = os.open`` on its accessor class) it must not become a bound method."""
 
-    def wrapper(*args, **kwargs):
-        _check(call, args[argument])
-        return real(*args, **kwargs)
+    def __init__(self, call):
+        self.call = call
+        self.real = _real[call]
+        self.__name__ = call
 
-    wrapper.__name__ = call
-    return wrapper
+    def __call__(self, *args, **kwargs):
+        _check(self.call, args[0])
+        return self.real(*args, **kwargs)
 
 
 if _CONTROL:
     for _name in _real:
-        setattr(_os, _name, _wrap(_name))
+        setattr(_os, _name, _Wrapped(_name))
