@@ -146,17 +146,24 @@ class _ReadAhead:
     def __init__(self, raw: Any, depth: int = 2) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._closed = threading.Event()
+        #: Set once the reading thread has stopped reading (end of body, or a failure).
+        self.done = threading.Event()
         threading.Thread(target=self._read, args=(raw,), name="page-reader", daemon=True).start()
 
     def _read(self, raw: Any) -> None:
         try:
             while not self._closed.is_set():
                 chunk = raw.read(CHUNK_SIZE, decode_content=True)
+                if not chunk:
+                    self.done.set()
                 self._put(chunk)
                 if not chunk:
                     return
         except BaseException as exc:  # handed to the caller's thread, which decides
+            self.done.set()
             self._put(exc)
+        finally:
+            self.done.set()
 
     def _put(self, item: Any) -> None:
         while not self._closed.is_set():
@@ -254,6 +261,11 @@ class Page:
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
+            if not self._reader.done.is_set():
+                # The reading thread is inside a read, holding the response's buffer: closing the
+                # response would wait for the server's next byte (for ever, if it trickles). Shut
+                # the socket down first, so that read returns at once (a stop, a deadline).
+                _shutdown(self._response)
         self._response.close()
 
     def __enter__(self) -> Page:
@@ -261,6 +273,19 @@ class Page:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _shutdown(response: requests.Response) -> None:
+    """Shut down the socket under a streamed response (from any thread); errors are ignored."""
+    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is None:
+        return
+    try:
+        # socket.socket's own shutdown: an SSLSocket's would drop its TLS object under the reader.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _reason(exc: BaseException) -> str:
