@@ -145,6 +145,8 @@ class LineWriter:
         self._made_nonblocking = False
         # A regular file (``>> file``) on a full or failing disk is waited out, not given up on.
         self._regular_file = fd_kind(fd) == "file"
+        #: True while a write waits out a disk fault (an fsync that succeeds meanwhile is no recovery).
+        self.write_failing = False
         self.health: Optional[DiskHealth] = None
         if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
             try:
@@ -188,16 +190,17 @@ class LineWriter:
                 except OSError as exc:
                     if not (self._regular_file and self.health is not None and is_disk_fault(exc)):
                         raise
-                    disk_trouble = True
+                    disk_trouble = self.write_failing = True
                     self.health.trouble("stdout", f"writing stdout failed: {os.strerror(exc.errno or 0)}")
                     if not self.health.wait(self.should_stop):
+                        self.write_failing = False
                         self._cut_partial_line(data, done)
                         raise WriteStopped("stopped while stdout's disk failed") from None
                     continue
                 if n > 0:
                     done += n
                     if disk_trouble:
-                        disk_trouble = False
+                        disk_trouble = self.write_failing = False
                         self.health.recovered("stdout")  # type: ignore[union-attr]
                     continue
                 self._poll.poll(WRITE_POLL_MS)
@@ -492,7 +495,7 @@ class DrainDelivery(Delivery):
 
     def _synced(self, position: int, lines: int) -> None:
         """With the lock held: everything up to ``position`` (``lines`` lines) is fsynced."""
-        if self.health.failing("stdout"):
+        if self.health.failing("stdout") and not self.writer.write_failing:
             self.health.recovered("stdout")
         self._lines_synced = max(self._lines_synced, lines)
         self._synced_cond.notify_all()
