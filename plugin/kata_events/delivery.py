@@ -269,6 +269,9 @@ class Delivery:
         # written durably (a stop going back).
         self._unsaved: Optional[Point] = None
         self._unsaved_durable = False
+        #: When a stop was first asked for (a signal, STOP, a failure), else None: the moment a
+        #: stop goes back from, however long the loop then takes to unwind on a loaded host.
+        self.stop_asked_at: Optional[float] = None
 
     # -- the runner's side ----------------------------------------------------------------------
 
@@ -601,8 +604,9 @@ class DrainDelivery(Delivery):
                 self._check()
             except OSError:
                 pass
-            now = time.monotonic()
-            reference = now if self._gone_at is None else min(now, self._gone_at)
+            reference = min(
+                t for t in (time.monotonic(), self._gone_at, self.stop_asked_at) if t is not None
+            )
             position = self.ledger.settled_position(reference)
             point = self.ledger.point_at(position)
             if point is None or point == self._recorded:

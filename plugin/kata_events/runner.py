@@ -176,6 +176,7 @@ class Runner:
         first = not self._stop.is_set()
         if first:
             self._stop_reason = reason
+            self.delivery.stop_asked_at = time.monotonic()
         self._asked_to_stop.set()
         self._stop.set()
         if threading.current_thread() is not threading.main_thread():
