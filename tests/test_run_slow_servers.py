@@ -12,13 +12,12 @@ during a trickle still stops the process within a second.
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 import time
-from typing import List, Tuple
+from typing import List
 
 import pytest
 
+from proxy_helpers import LoopbackProxy
 from run_helpers import assert_exact_events, run_args
 
 EVENTS = 60
@@ -26,96 +25,13 @@ EVENTS = 60
 LIMIT = 16
 
 
-class TrickleThenProxy:
-    """Loopback TCP server: the first ``trickled`` connections get a TLS record header and then one
-    zero byte every ``gap`` s (a handshake that never ends); later ones are proxied to ``target``.
-    """
-
-    def __init__(self, target: Tuple[str, int], trickled: int = 1, gap: float = 1.0) -> None:
-        self.target = target
-        self.trickled = trickled
-        self.gap = gap
-        self.connections = 0
-        self._stop = threading.Event()
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
-        self.port = self._listener.getsockname()[1]
-        self._threads: List[threading.Thread] = []
-        self._start(self._accept)
-
-    @property
-    def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def _start(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections <= self.trickled:
-                self._start(self._trickle, conn)
-            else:
-                upstream = socket.create_connection(self.target, timeout=10)
-                self._start(self._pipe, conn, upstream)
-                self._start(self._pipe, upstream, conn)
-
-    def _trickle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(10)
-            try:
-                conn.recv(65536)  # the ClientHello
-                conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KiB handshake record begins...
-                for _ in range(600):  # ... and never ends (bounded: 10 min at most)
-                    if self._stop.wait(self.gap):
-                        return
-                    conn.sendall(b"\x00")
-            except OSError:
-                return
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        src.settimeout(1.0)
-        try:
-            while not self._stop.is_set():
-                try:
-                    data = src.recv(65536)
-                except socket.timeout:
-                    continue
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        for thread in self._threads:
-            thread.join(3)
-
-
 @pytest.fixture
 def trickle_proxy():
-    made: List[TrickleThenProxy] = []
+    made: List[LoopbackProxy] = []
 
-    def make(emu, **kwargs) -> TrickleThenProxy:
-        proxy = TrickleThenProxy(("127.0.0.1", int(emu.url.rsplit(":", 1)[1])), **kwargs)
+    def make(emu, **kwargs) -> LoopbackProxy:
+        kwargs.setdefault("trickled", 1)
+        proxy = LoopbackProxy(("127.0.0.1", int(emu.url.rsplit(":", 1)[1])), **kwargs)
         made.append(proxy)
         return proxy
 

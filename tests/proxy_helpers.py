@@ -1,0 +1,125 @@
+"""A loopback TCP proxy in front of the emulator that misbehaves the way a network can.
+
+`LoopbackProxy` passes bytes both ways to ``target``. Two ways to misbehave, each on the first
+connections only: ``trickled`` connections get a TLS record header and then one zero byte every
+``gap`` seconds (a handshake that never ends; bounded to 10 minutes); with ``hold_after``, the first
+proxied connection lets that many of the server's bytes through and holds the rest until
+:meth:`LoopbackProxy.release`. Tests only; traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import List, Optional, Tuple
+
+
+class LoopbackProxy:
+    def __init__(
+        self, target: Tuple[str, int], trickled: int = 0, gap: float = 1.0, hold_after: Optional[int] = None
+    ) -> None:
+        self.target = target
+        self.trickled = trickled
+        self.gap = gap
+        self.hold_after = hold_after
+        self.connections = 0
+        #: The server's bytes passed on the held connection, and whether it now holds.
+        self.passed = 0
+        self.holding = threading.Event()
+        self._released = threading.Event()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._threads: List[threading.Thread] = []
+        self._start(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def release(self) -> None:
+        """Let the held connection's remaining bytes through."""
+        self._released.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._released.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(3)
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            if self.connections <= self.trickled:
+                self._start(self._trickle, conn)
+                continue
+            upstream = socket.create_connection(self.target, timeout=10)
+            held = self.hold_after is not None and self.connections == self.trickled + 1
+            self._start(self._pipe, conn, upstream, False)
+            self._start(self._pipe, upstream, conn, held)
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                conn.recv(65536)  # the ClientHello
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # a 16 KiB handshake record begins...
+                for _ in range(600):  # ... and never ends (bounded: 10 min at most)
+                    if self._stop.wait(self.gap):
+                        return
+                    conn.sendall(b"\x00")
+            except OSError:
+                return
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, held: bool) -> None:
+        src.settimeout(0.5)
+        try:
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    break
+                if held and not self._released.is_set():
+                    data = self._hold(data, dst)
+                    if data is None:
+                        return
+                if held:
+                    self.passed += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _hold(self, data: bytes, dst: socket.socket) -> Optional[bytes]:
+        """Pass ``data`` up to the hold point, wait for release; what is left, or None on close."""
+        assert self.hold_after is not None
+        room = self.hold_after - self.passed
+        if len(data) < room:
+            return data
+        dst.sendall(data[:room])
+        self.passed += room
+        self.holding.set()
+        while not self._released.wait(0.2):
+            if self._stop.is_set():
+                return None
+        return data[room:]
