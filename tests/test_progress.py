@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -11,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kata_events.delivery import pieces
+from kata_events.delivery import LineWriter, make_delivery, pieces
 from kata_events.ledger import DeliveryLedger
 from kata_events.progress import EMPTY_DIGEST, Point, RecordError, decode_record, encode_record, joined
 from kata_events.state import TokenStore
@@ -118,6 +120,71 @@ def test_the_settled_position_is_what_was_taken_settle_seconds_earlier_or_less(
     assert settled == truth
     point = ledger.point_at(settled)
     assert point is not None and point.token == "t0"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 50)), min_size=1, max_size=30),
+    after=st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(1, 50)), min_size=1, max_size=30),
+    settle=st.floats(0.1, 3.0),
+)
+def test_takes_after_a_stop_was_asked_never_move_what_had_settled_at_the_stop(
+    before: List[Tuple[float, int]], after: List[Tuple[float, int]], settle: float
+) -> None:
+    """A stop goes back from the moment it was asked for; the process may take seconds to unwind,
+    and the reader may go on taking lines meanwhile: none of that may count as settled."""
+    ledger = DeliveryLedger(settle=settle)
+    ledger.begin_page("t0")
+    now, position = 0.0, 0
+
+    def take(gap: float, more: int) -> None:
+        nonlocal now, position
+        now += gap
+        ledger.wrote(more, now, b"x" * more, 1)
+        position += more
+        ledger.taken(position, now)
+
+    for gap, more in before:
+        take(gap, more)
+    stop = now
+    ledger.freeze(stop)
+    at_stop = ledger.settled_position(stop)
+    for gap, more in after:
+        take(gap, more)
+    assert ledger.settled_position(stop) == at_stop
+
+
+def test_a_stop_going_back_is_not_undone_by_the_drain_thread_closing(tmp_path: Path):
+    """On a pipe: the reader took 50 lines long ago and 30 just before the stop; the stop records
+    50, and nothing the drain thread sees while the delivery closes records more."""
+    read_end, write_end = os.pipe()
+    records: List[Tuple[str, int]] = []
+    delivery = make_delivery(
+        "none",
+        LineWriter(write_end),
+        lambda point: records.append(("commit", point.events)),
+        lambda point, durable: records.append(("note", point.events)),
+        settle=1.0,
+    )
+    try:
+        delivery.start_from(Point("t0"))
+        delivery.begin_page("t0")
+        line = b'{"a":"' + b"x" * 90 + b'"}\n'
+        for _ in range(100):
+            delivery.write([line[:-1]])
+        os.read(read_end, 50 * len(line))
+        time.sleep(1.3)
+        os.read(read_end, 30 * len(line))
+        time.sleep(0.2)
+        delivery.stop_asked(time.monotonic())
+        delivery.finish(timeout=0.1)
+        went_back = list(records)
+        time.sleep(0.3)  # the drain thread polls again meanwhile
+    finally:
+        delivery.close()
+        os.close(read_end)
+    assert went_back[-1] == ("commit", 50), went_back
+    assert records == went_back, f"recorded after going back: {records[len(went_back):]}"
 
 
 def test_without_settle_the_settled_position_is_the_taken_one():

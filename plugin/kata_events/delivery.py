@@ -272,6 +272,9 @@ class Delivery:
         #: When a stop was first asked for (a signal, STOP, a failure), else None: the moment a
         #: stop goes back from, however long the loop then takes to unwind on a loaded host.
         self.stop_asked_at: Optional[float] = None
+        # Set once a stop went back to the settled point: nothing younger is recorded after it
+        # (a background thread's last check while closing must not undo the going back).
+        self._final = False
 
     # -- the runner's side ----------------------------------------------------------------------
 
@@ -312,9 +315,15 @@ class Delivery:
         self.ledger.taken(position, time.monotonic())
         self._record(self.ledger.point_at(self.ledger.taken_position))
 
+    def stop_asked(self, at: float) -> None:
+        """A stop was asked for at ``at``. Safe from a signal handler: no lock, plain assignments."""
+        if self.stop_asked_at is None:
+            self.stop_asked_at = at
+            self.ledger.freeze(at)
+
     def _record(self, point: Optional[Point], durable: bool = False) -> None:
         """With the lock held: persist ``point`` if it is new (a new token durably)."""
-        if point is None or not point.recordable:
+        if point is None or not point.recordable or self._final:
             return
         if point == self._recorded and self._unsaved is None and not durable:
             return
@@ -533,6 +542,7 @@ class DrainDelivery(Delivery):
                 events = poller.poll(DRAIN_POLL * 1000)
                 if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
                     self._gone_at = time.monotonic()
+                    self.ledger.freeze(self._gone_at)
             else:
                 time.sleep(DRAIN_POLL)
             if self.ledger.unacked:
@@ -609,7 +619,12 @@ class DrainDelivery(Delivery):
             )
             position = self.ledger.settled_position(reference)
             point = self.ledger.point_at(position)
+            # Whatever happens below, nothing younger is recorded after this: not a point a failing
+            # state file left unsaved, not the drain thread's last look while it closes.
+            self._unsaved = None
+            self._unsaved_durable = False
             if point is None or point == self._recorded:
+                self._final = True
                 return
             younger = self.ledger.taken_position - position
             if not point.recordable:
@@ -624,6 +639,7 @@ class DrainDelivery(Delivery):
                     bytes=younger,
                     settle_time=self.settle,
                 )
+                self._final = True
                 return
             logs.emit(
                 "settle",
@@ -635,6 +651,7 @@ class DrainDelivery(Delivery):
                 token=short_token(point.token),
             )
             self._record(point, durable=True)
+            self._final = True
 
     def close(self) -> None:
         self._closing = True

@@ -75,6 +75,9 @@ class DeliveryLedger:
         # ``_settled_floor`` is a position known to be settled (taken before the oldest date kept).
         self._taken_at: Deque[Tuple[float, int]] = deque()
         self._settled_floor = 0
+        #: Once a stop is asked for (or the reader is seen gone): the moment it goes back from.
+        #: Dates are never pruned past it, so takes while the process unwinds cannot move the floor.
+        self.frozen_at: Optional[float] = None
 
     # -- the writer's side -------------------------------------------------------------------------
 
@@ -213,8 +216,15 @@ class DeliveryLedger:
             settled = position
         return settled
 
+    def freeze(self, at: float) -> None:
+        """A stop measured from ``at`` is coming: keep the dates it needs. Plain assignments only,
+        so a signal handler may call it while another frame holds the caller's lock."""
+        if self.frozen_at is None or at < self.frozen_at:
+            self.frozen_at = at
+
     def _prune_dates(self, now: float) -> None:
-        cutoff = now - self.settle
+        frozen = self.frozen_at
+        cutoff = (now if frozen is None else min(now, frozen)) - self.settle
         while len(self._taken_at) > 1 and self._taken_at[1][0] <= cutoff:
             self._settled_floor = self._taken_at.popleft()[1]
         if self._taken_at and self._taken_at[0][0] <= cutoff:

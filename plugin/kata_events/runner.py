@@ -176,7 +176,7 @@ class Runner:
         first = not self._stop.is_set()
         if first:
             self._stop_reason = reason
-            self.delivery.stop_asked_at = time.monotonic()
+            self.delivery.stop_asked(time.monotonic())
         self._asked_to_stop.set()
         self._stop.set()
         if threading.current_thread() is not threading.main_thread():
@@ -193,6 +193,12 @@ class Runner:
         elif self._interruptible:
             self._interruptible = False
             raise StopRequested(reason)
+
+    def _resume_from_written(self) -> None:
+        """A page failed mid-body: what this process already wrote of it need not be written again."""
+        written = self.delivery.written_point()
+        if written is not None and written.token == self.token and written.events:
+            self.resume = written
 
     def fail(self, exc: Exception) -> None:
         """A background thread hit an error the process cannot go on with: stop with its code."""
@@ -329,6 +335,7 @@ class Runner:
                 break
             except RequestAbandoned as exc:
                 self.client.abort()  # the connection is mid-answer: never reuse it
+                self._resume_from_written()
                 slow = Unavailable(
                     f"{self.client.url}: {exc}: request abandoned (the server, or something in "
                     "between, answers too slowly: a TLS handshake, headers or body trickling in)"
@@ -338,10 +345,7 @@ class Runner:
                     return code
                 continue
             except ApiError as exc:
-                # What this process already wrote of the page need not be written again.
-                written = self.delivery.written_point()
-                if written is not None and written.token == self.token and written.events:
-                    self.resume = written
+                self._resume_from_written()
                 code = self._handle_failure(exc)
                 if code is not None:
                     return code
