@@ -296,6 +296,11 @@ class Runner:
                 )
             except ConsumerGone:
                 pass
+            except OutputFailed as exc:
+                self._failure = self._failure or (
+                    ExitStatus.IO_ERROR,
+                    f"{exc}: nothing after the last commit is lost",
+                )
             except StateError as exc:
                 self._failure = self._failure or (ExitStatus(exc.exit_code), str(exc))
             if self.delivery.health.paused:
