@@ -115,3 +115,28 @@ def test_sigterm_during_a_trickle_stops_within_a_second(
     print(f"SIGTERM during a {where} trickle: exit after {took * 1000:.0f} ms")
     assert took < 1.0
     run.assert_no_traceback()
+
+
+@pytest.mark.timeout(90)
+def test_a_body_trickling_while_a_retry_skips_what_was_written_is_abandoned_too(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    """A page cut mid-body is asked again, and its first events, already written, are skipped: a
+    trickle then must be abandoned like any other, not wait for ever inside the skipping."""
+    emu = make_emulator(backlog=EVENTS)
+    # The first page makes the subscription; of the second, about half arrives before the
+    # body ends (a truncated answer); the retry's body never ends.
+    emu.inject("truncated", after=1)
+    emu.inject("trickle_body", delay=1)
+    args = run_args(
+        emu, ext_id, make_client_cert("trickle-skip"), tmp_path / "s.json", "--once", "--max-events", "30"
+    )
+    run = runs.start(args)
+    abandoned = run.wait_event(
+        "retry", timeout=LIMIT + 20, where=lambda r: "part of the body" in r.get("message", "")
+    )
+    print(f"trickle while skipping: {abandoned['message']}")
+    assert run.wait(60) == 0, run.stderr_text[-3000:]
+    assert run.events("resume"), "the retry did not skip what was written"
+    run.assert_no_traceback()
+    assert_exact_events(emu, run.lines(), 1, EVENTS)

@@ -408,8 +408,7 @@ class Runner:
         seen = 0
         rest: List[bytes] = []
         while seen < resume.events:
-            with self.interruptible():
-                batch: Optional[List[bytes]] = next(batches, None)
+            batch = self._next_batch(batches)
             if batch is None:
                 raise ResumeMismatch(f"it holds only {seen} events")
             take = batch[: resume.events - seen]
@@ -444,8 +443,7 @@ class Runner:
                 if not batch:
                     continue
             else:
-                with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
-                    batch = next(batches, None)
+                batch = self._next_batch(batches)
                 self._report_skipped(page)
             if batch is None:
                 return last
@@ -463,6 +461,11 @@ class Runner:
             last = batch[-1]
             if self.warn_line_bytes and not self._line_warned:
                 self._check_line_lengths(batch)
+
+    def _next_batch(self, batches: Iterator[List[bytes]]) -> Optional[List[bytes]]:
+        """The next batch of the body, within the deadline (a trickle is abandoned, skipping or not)."""
+        with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
+            return next(batches, None)
 
     def _wait_limit(self) -> float:
         """Seconds a request's answer, or the next chunk of its body, may take at most."""
