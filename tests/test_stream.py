@@ -566,7 +566,9 @@ def test_an_event_over_the_cap_within_one_chunk_is_skipped_too() -> None:
     assert [(s.index, s.size) for s in splitter.skipped] == [(3, len(events[3]))]
 
 
-@pytest.mark.parametrize("depth", [2_000, 300_000])
+# Past what msgspec parses on any supported interpreter (about 1,000 levels before Python 3.12,
+# several thousand on 3.13).
+@pytest.mark.parametrize("depth", [20_000, 300_000])
 def test_nesting_too_deep_to_parse_is_skipped_not_a_recursion_error(depth: int) -> None:
     deep = b'{"Nest":' + b"[" * depth + b"]" * depth + b"}"
     body = b'{"events":[{"a":1},' + deep + b',{"b":2}],"continuationToken":"t"}'
