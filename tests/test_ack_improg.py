@@ -9,6 +9,7 @@ the process at once.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import time
 from datetime import datetime, timezone
@@ -289,3 +290,30 @@ def test_exit_soon_after_stop(
     # The target is 150 ms (rsyslog SIGKILLs after 200); the bound leaves room for a busy CI machine.
     assert statistics.median(exits["STOP only"]) < 1000
     assert statistics.median(exits["improg"]) < 1000
+
+
+def test_sigterms_right_after_stop_up_to_the_exit_still_end_with_0(
+    make_emulator: Callable[..., Emulator], client_cert: ClientCert, ext_id: str, tmp_path: Path
+) -> None:
+    """improg writes STOP and then signals: the signal may land while the process is already ending.
+
+    SIGTERM is sent again and again from STOP until the process is gone, so one meets the last
+    moments of the exit, after the run's outcome is settled: it must not turn exit 0 into death by
+    signal 15.
+    """
+    emulator = make_emulator(backlog=0, event_bytes=200)
+    state, stderr = tmp_path / "state.json", tmp_path / "stderr.log"
+    for _ in range(5):
+        emulator.add_events(300)
+        consumer = ImprogConsumer(run_argv(emulator, client_cert, ext_id, state, max_events=100), stderr)
+        with consumer:
+            assert consumer.wait_lines(300, 30)
+            proc = consumer.proc
+            assert proc is not None
+            assert consumer.send(b"STOP\n")
+            signals, deadline = 0, time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                proc.send_signal(signal.SIGTERM)
+                signals += 1
+                time.sleep(0.0001)
+            assert proc.wait(timeout=10) == 0, f"exit {proc.returncode} after {signals} SIGTERMs"

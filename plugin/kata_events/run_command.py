@@ -185,6 +185,21 @@ def _install_signal_handlers(runner: Runner) -> dict:
 
 
 def _restore_signal_handlers(runner: Runner, previous: dict) -> None:
+    """Put the alarm back; leave stops harmless while the process ends.
+
+    The run's outcome and exit code are settled by now, and shippers commonly stop their child
+    twice (rsyslog's improg writes STOP then sends SIGTERM): a SIGTERM landing in the last
+    milliseconds would otherwise kill the process with the default action and turn a clean exit
+    into "killed by signal 15". A wake-up from a thread that has not yet noticed the end must not
+    kill it either (SIGUSR1's default action is to terminate).
+    """
     runner.deadlines.uninstall()
     for sig, old in previous.items():
-        signal.signal(sig, old)
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, _after_the_run)
+        else:
+            signal.signal(sig, old)
+
+
+def _after_the_run(signum: int, frame: Optional[FrameType]) -> None:
+    """A stop or wake-up after the run ended: nothing is left to stop."""

@@ -145,11 +145,16 @@ class Runner:
         self.backoff = Backoff()
         self.stats = Stats()
         self.token: Optional[str] = None
+        #: Whether the loop is to stop. A plain attribute, not an Event: a signal handler runs on the
+        #: main thread inside whatever it was doing, perhaps holding the very lock it would wait for.
+        self._stopping = False
+        #: Wakes the threads that wait for the stop (the stats thread, `_sleep`); set by other threads
+        #: and by the main thread outside signal handlers.
         self._stop = threading.Event()
         #: Overall limits on each network wait; armed only once the process wiring installs them.
         self.deadlines = Deadlines()
         #: Set by every stop request (signal, STOP, broken pipe), never by --once catching up.
-        self._asked_to_stop = threading.Event()
+        self._asked_to_stop = False
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None
         self._stop_reason = ""
@@ -167,19 +172,25 @@ class Runner:
         delivery.on_failure = lambda exc: self.fail(exc)
         self._page_lines = 0
         self._limit_reached = False
-        delivery.writer.should_stop = self._stop.is_set
+        delivery.writer.should_stop = lambda: self._stopping
 
     # -- stopping ---------------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop; safe from signal handlers and other threads."""
-        first = not self._stop.is_set()
+        """Ask the loop to stop; safe from signal handlers and other threads.
+
+        On the main thread (a signal handler) it takes no lock: plain assignments, then
+        `StopRequested` if the main thread is in an interruptible wait. The loop sees the flag at
+        its next check, and `run` wakes the other waiters once it ends.
+        """
+        first = not self._stopping
         if first:
             self._stop_reason = reason
             self.delivery.stop_asked(time.monotonic())
-        self._asked_to_stop.set()
-        self._stop.set()
+        self._stopping = True
+        self._asked_to_stop = True
         if threading.current_thread() is not threading.main_thread():
+            self._stop.set()
             # Another thread (the ack reader on STOP) cannot raise into the main thread: it asks
             # `wake_main` to signal it, so a blocked long poll or write returns at once. Only the
             # first request does: once stopping, the main thread is awake already, and may have
@@ -208,7 +219,7 @@ class Runner:
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stopping
 
     @contextlib.contextmanager
     def interruptible(self) -> Iterator[None]:
@@ -217,14 +228,16 @@ class Runner:
         # not yet interruptible and leave the loop blocked in a long poll for minutes.
         self._interruptible = True
         try:
-            if self._stop.is_set():
+            if self._stopping:
                 raise StopRequested(self._stop_reason)
             yield
         finally:
             self._interruptible = False
 
     def _sleep(self, seconds: float) -> None:
-        self._stop.wait(max(0.0, seconds))
+        """Wait ``seconds`` unless asked to stop (by a signal: it raises out of the wait)."""
+        with self.interruptible():
+            self._stop.wait(max(0.0, seconds))
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -286,13 +299,14 @@ class Runner:
         except StateError as exc:
             self._failure = (ExitStatus(exc.exit_code), str(exc))
         finally:
+            self._stopping = True
             self._stop.set()
             try:
                 drained = self.once and self._stop_reason in ("", "caught up")
                 self.delivery.finish(
                     timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT,
                     clean=drained,
-                    interrupted=self._asked_to_stop.is_set,
+                    interrupted=lambda: self._asked_to_stop,
                 )
             except ConsumerGone:
                 pass
@@ -324,14 +338,14 @@ class Runner:
         return int(code)
 
     def _loop(self) -> ExitStatus:
-        while not self._stop.is_set():
-            self.delivery.wait_for_room(lambda: self._stop.is_set())
-            if self._stop.is_set():
+        while not self._stopping:
+            self.delivery.wait_for_room(lambda: self._stopping)
+            if self._stopping:
                 break
             if self.delivery.health.paused:
                 # No new page while the last one cannot be saved: retry that with backoff instead.
                 self._sleep(self.delivery.health.next_delay())
-                if not self._stop.is_set():
+                if not self._stopping:
                     self.delivery.retry()
                 continue
             try:
@@ -507,7 +521,7 @@ class Runner:
         self.stats.events += self._page_lines
         self.stats.pages += 1
         self._stop_reason = f"{self.stop_after} events shown"
-        self._stop.set()
+        self._stopping = True
         raise StopRequested(self._stop_reason)
 
     def _check_line_lengths(self, batch: List[bytes]) -> None:
