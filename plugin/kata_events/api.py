@@ -14,7 +14,7 @@ import queue
 import socket
 import ssl
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 import requests
@@ -136,29 +136,40 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
 
 
 class _ReadAhead:
-    """Reads a body in a thread, a few chunks ahead of the caller.
+    """Reads and splits a body in a thread, a few chunks ahead of the caller.
 
-    The socket and TLS work run in C without the GIL while the caller splits and writes the previous
-    chunk, instead of one after the other; the server's sending never waits on our splitting. At
-    most ``depth`` chunks wait in the queue. A failure is handed over and raised by ``get``.
+    The caller writes and hashes the previous chunk's events (without the GIL, in C) while this
+    thread reads the next one (socket and TLS work, also without the GIL) and splits it: the three
+    overlap on two cores instead of running one after the other, and the server's sending never
+    waits on our splitting. At most ``depth`` items wait in the queue: ``(events, skipped)`` per
+    chunk, then ``None`` at the end of the body. A failure (the connection's, or the splitter's
+    `MalformedBody`) is handed over and raised by ``get``.
     """
 
-    def __init__(self, raw: Any, depth: int = 2) -> None:
+    def __init__(self, raw: Any, splitter: PageSplitter, depth: int = 2) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._closed = threading.Event()
+        self._splitter = splitter
+        #: Bytes of the body read so far.
+        self.bytes_read = 0
         #: Set once the reading thread has stopped reading (end of body, or a failure).
         self.done = threading.Event()
         threading.Thread(target=self._read, args=(raw,), name="page-reader", daemon=True).start()
 
     def _read(self, raw: Any) -> None:
+        splitter = self._splitter
         try:
             while not self._closed.is_set():
                 chunk = raw.read(CHUNK_SIZE, decode_content=True)
                 if not chunk:
                     self.done.set()
-                self._put(chunk)
-                if not chunk:
+                    self._put(None)
                     return
+                self.bytes_read += len(chunk)
+                events = splitter.feed(chunk)
+                skipped, splitter.skipped = splitter.skipped, []
+                if events or skipped:
+                    self._put((events, skipped))
         except BaseException as exc:  # handed to the caller's thread, which decides
             self.done.set()
             self._put(exc)
@@ -173,8 +184,8 @@ class _ReadAhead:
             except queue.Full:
                 continue
 
-    def get(self) -> bytes:
-        """The next chunk (``b""`` at the end of the body); raises what the read raised."""
+    def get(self) -> Optional[Tuple[List[bytes], List[SkippedEvent]]]:
+        """The next chunk's events and skipped events (None at the end); raises what failed."""
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -194,11 +205,16 @@ class Page:
         self.base_url = base_url
         self._splitter = PageSplitter(max_event_bytes)
         self._reader: Optional[_ReadAhead] = None
-        self.bytes_read = 0
+        self._skipped: List[SkippedEvent] = []
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the body read so far (a few chunks ahead of the events handed back)."""
+        return self._reader.bytes_read if self._reader is not None else 0
 
     @property
     def event_count(self) -> int:
-        """Events handed back so far."""
+        """Events split so far: all of the page's once `batches` is exhausted."""
         return self._splitter.event_count
 
     @property
@@ -210,23 +226,20 @@ class Page:
 
     def take_skipped(self) -> List[SkippedEvent]:
         """Events skipped since the last call (too large, nested too deep), for the caller to report."""
-        skipped = self._splitter.skipped
-        if not skipped:
-            return []
-        self._splitter.skipped = []
+        skipped, self._skipped = self._skipped, []
         self._skipped_total += len(skipped)
         return skipped
 
     def batches(self) -> Iterator[List[bytes]]:
         """Events as they arrive, a list per network chunk; each item is one line without newline."""
-        self._reader = _ReadAhead(self._response.raw)
+        self._reader = _ReadAhead(self._response.raw, self._splitter)
         try:
             while True:
-                chunk = self._reader.get()
-                if not chunk:
+                item = self._reader.get()
+                if item is None:
                     break
-                self.bytes_read += len(chunk)
-                events = self._splitter.feed(chunk)
+                events, skipped = item
+                self._skipped += skipped
                 if events:
                     yield events
         except MalformedBody as exc:
