@@ -237,19 +237,25 @@ def _deliver_part_of_a_page(runs, emu, args, out_file: Path, lines_wanted: int) 
     return [seq_of(line) for line in lines], run
 
 
+def _killed_inside_a_big_page(make_emulator, client_cert, ext_id, runs, tmp_path: Path):
+    """A first page of 10 events makes a token; a second run is killed inside the next page (a big
+    one) once 20,000 of its lines are in a file. Returns the emulator, the state file, the arguments
+    of a run, and the seqs the killed run delivered."""
+    emu = make_emulator(backlog=10, event_bytes=EVENT_BYTES)
+    state = tmp_path / "state.json"
+    args = run_args(emu, ext_id, client_cert, state, "--max-events", str(PAGE), "--max-timeout", "1")
+    first_args = run_args(emu, ext_id, client_cert, state, "--once")
+    assert runs.complete(first_args, stdout_file=tmp_path / "ten.ndjson").returncode == 0
+    emu.add_events(200_000)
+    seqs, _ = _deliver_part_of_a_page(runs, emu, args, tmp_path / "first.ndjson", 20_000)
+    return emu, state, args, seqs
+
+
 @pytest.mark.timeout(90)
 def test_a_reused_token_answered_with_other_events_skips_nothing_and_says_why(
     make_emulator, client_cert, ext_id, runs, tmp_path
 ):
-    emu = make_emulator(backlog=10, event_bytes=EVENT_BYTES)
-    state = tmp_path / "state.json"
-    out_file = tmp_path / "first.ndjson"
-    args = run_args(emu, ext_id, client_cert, state, "--max-events", str(PAGE), "--max-timeout", "1")
-    # A first page of 10 events makes a token; the kill lands inside the second (the big one).
-    first_args = run_args(emu, ext_id, client_cert, state, "--once")
-    assert runs.complete(first_args, stdout_file=tmp_path / "ten.ndjson").returncode == 0
-    emu.add_events(200_000)
-    seqs, _ = _deliver_part_of_a_page(runs, emu, args, out_file, 20_000)
+    emu, state, args, seqs = _killed_inside_a_big_page(make_emulator, client_cert, ext_id, runs, tmp_path)
     assert 5_000 < len(seqs) < PAGE, "the kill was meant to land inside the first big page"
     progress = state.with_name(state.name + ".progress")
     assert progress.exists(), "no progress record inside the page"
@@ -268,14 +274,7 @@ def test_a_reused_token_answered_with_other_events_skips_nothing_and_says_why(
 def test_a_restart_skips_exactly_the_events_recorded_as_delivered(
     make_emulator, client_cert, ext_id, runs, tmp_path
 ):
-    emu = make_emulator(backlog=10, event_bytes=EVENT_BYTES)
-    state = tmp_path / "state.json"
-    out_file = tmp_path / "first.ndjson"
-    args = run_args(emu, ext_id, client_cert, state, "--max-events", str(PAGE), "--max-timeout", "1")
-    first_args = run_args(emu, ext_id, client_cert, state, "--once")
-    assert runs.complete(first_args, stdout_file=tmp_path / "ten.ndjson").returncode == 0
-    emu.add_events(200_000)
-    seqs, _ = _deliver_part_of_a_page(runs, emu, args, out_file, 20_000)
+    emu, state, args, seqs = _killed_inside_a_big_page(make_emulator, client_cert, ext_id, runs, tmp_path)
     second = runs.complete(args + ["--once"], timeout=60)
     assert second.returncode == 0, second.stderr_text[-3000:]
     skipped = second.wait_event("resume")["events"]
@@ -293,14 +292,7 @@ def test_a_corrupt_progress_record_resends_from_the_commit_with_a_warning(
 ):
     import json
 
-    emu = make_emulator(backlog=10, event_bytes=EVENT_BYTES)
-    state = tmp_path / "state.json"
-    out_file = tmp_path / "first.ndjson"
-    args = run_args(emu, ext_id, client_cert, state, "--max-events", str(PAGE), "--max-timeout", "1")
-    first_args = run_args(emu, ext_id, client_cert, state, "--once")
-    assert runs.complete(first_args, stdout_file=tmp_path / "ten.ndjson").returncode == 0
-    emu.add_events(200_000)
-    seqs, _ = _deliver_part_of_a_page(runs, emu, args, out_file, 20_000)
+    emu, state, args, seqs = _killed_inside_a_big_page(make_emulator, client_cert, ext_id, runs, tmp_path)
     progress = state.with_name(state.name + ".progress")
     if where == "companion":
         data = bytearray(progress.read_bytes())
