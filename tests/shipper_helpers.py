@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -178,6 +179,18 @@ class LineSink:
             thread.join(5)
         self.server.close()
         self._out.close()
+
+
+def stop_shipper(process: Optional[subprocess.Popen], wait: float) -> None:
+    """Stop a shipper still running as its service manager would: SIGTERM, then SIGKILL after ``wait`` s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(wait)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def count_lines(path: Path) -> int:

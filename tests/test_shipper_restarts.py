@@ -46,6 +46,7 @@ from shipper_helpers import (
     report_line,
     seqs_in_ndjson,
     shipper_env,
+    stop_shipper,
     syslog_ng_binary,
     syslog_ng_command,
     syslog_ng_config_version,
@@ -195,13 +196,7 @@ def test_syslog_ng_stopped_started_and_reloaded_loses_nothing(
         )
         copy_report = wait_delivered(lambda: before + seqs_in_ndjson(copy_file), last, 5.0)
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_shipper(process, 15)
         sink.close()
         leftovers = wait_gone(str(config), 5)
         kill_left(str(config))
@@ -270,13 +265,7 @@ def test_fluent_bit_stopped_and_started_loses_nothing(
             lambda: before + seqs_in_ndjson(siem_file), last, DRAIN_DEADLINE, lambda: running.poll() is None
         )
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(FLUENT_BIT_STOP_WAIT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_shipper(process, FLUENT_BIT_STOP_WAIT)
         sink.close()
         kill_left(str(config))
     print(report_line(f"Fluent Bit ({mode})", report, log, time.monotonic() - began))

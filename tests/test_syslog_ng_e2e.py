@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from shipper_helpers import (
     kill_left,
     program_string,
     shipper_env,
+    stop_shipper,
     syslog_ng_binary,
     syslog_ng_command,
     syslog_ng_config_version,
@@ -141,13 +141,7 @@ def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path)
                 )
                 assert counts == (SMALL_EVENTS, SMALL_EVENTS, BIG_EVENTS), diagnosis
         finally:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(STOP_WAIT)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_shipper(process, STOP_WAIT)
             sink.close()
             # syslog-ng signals its programs' process groups on shutdown; make sure, by pid.
             leftovers = wait_gone(str(tmp_path), 5)
