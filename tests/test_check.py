@@ -74,8 +74,9 @@ def test_an_untrusted_server_shows_its_fingerprint(
 ):
     emu = make_emulator()
     cert = make_client_cert("check-untrusted")
-    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
-    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    # What OpenSSL's default trust store honours: here it must be the system's own.
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     result = _check(run_args(emu, ext_id, cert, tmp_path / "s.json", ca_file=False))
     _assert_clean(result)
     assert result.returncode == 78

@@ -1,27 +1,30 @@
-"""The Events API client: one keep-alive HTTPS session with mutual TLS, pages streamed as raw events.
+"""The Events API client: one keep-alive HTTPS connection with mutual TLS, pages streamed as raw events.
 
 It builds requests the way the Central Node expects (``max_events`` and ``max_timeout`` always,
 ``filter`` only when creating a subscription, ``continuation_token`` once there is one), verifies
-the server (system CAs, a CA file, or a pinned certificate), tries several base URLs in turn on
-connection failure, and translates every `requests`/`urllib3`/`ssl`/`OSError` failure into the
-project's own exceptions (`kata_events.errors`). It never writes to stdout and never logs.
+the server (the system's trust store, a CA file, or a pinned certificate), tries several base URLs
+in turn on connection failure, and translates every `http.client`/`ssl`/`OSError` failure into the
+project's own exceptions (`kata_events.errors`). HTTP is the standard library's `http.client` and
+the Central Node is reached directly (no proxy); the body splitter (`kata_events.stream`, msgspec) is
+loaded when the first body arrives: both keep the time to the first request short. It never writes
+to stdout and never logs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import queue
+import select
 import socket
 import ssl
 import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import urlencode, urlsplit
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
-
+from kata_events import __version__
 from kata_events.errors import (
+    ApiError,
     BadRequest,
     BadResponse,
     ClientTlsError,
@@ -31,8 +34,11 @@ from kata_events.errors import (
     Unauthorized,
     Unavailable,
 )
-from kata_events.stream import DEFAULT_MAX_EVENT_BYTES, MalformedBody, PageSplitter, SkippedEvent
+from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.tokens import token_problem
+
+if TYPE_CHECKING:
+    from kata_events.stream import PageSplitter, SkippedEvent
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
 #: Large reads keep Python's per-chunk work small next to the bytes moved.
@@ -43,6 +49,9 @@ READ_TIMEOUT_MARGIN = 10.0
 #: How much of an error body is read, and how much of it is quoted in a message.
 ERROR_BODY_LIMIT = 65536
 EXCERPT_CHARS = 200
+#: Failures of the connection: ``http.client``'s own (a status line that is not HTTP, a cut chunked
+#: body) are not OSErrors.
+_CONNECTION_ERRORS = (OSError, http.client.HTTPException)
 
 
 def excerpt(data: bytes, limit: int = EXCERPT_CHARS) -> str:
@@ -114,18 +123,6 @@ def handshake_failure(base_url: str, reason: str) -> str:
     return f"TLS handshake with {base_url} failed: {reason}"
 
 
-class _PinnedAdapter(HTTPAdapter):
-    """Checks the server certificate's SHA-256 instead of a CA chain (self-signed Central Nodes)."""
-
-    def __init__(self, pin_sha256: str) -> None:
-        self._pin = pin_sha256
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["assert_fingerprint"] = self._pin
-        super().init_poolmanager(*args, **kwargs)
-
-
 def _retry_after(value: Optional[str]) -> Optional[float]:
     if not value:
         return None
@@ -146,7 +143,7 @@ class _ReadAhead:
     `MalformedBody`) is handed over and raised by ``get``.
     """
 
-    def __init__(self, raw: Any, splitter: PageSplitter, depth: int = 2) -> None:
+    def __init__(self, response: http.client.HTTPResponse, splitter: PageSplitter, depth: int = 2) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._closed = threading.Event()
         self._splitter = splitter
@@ -154,14 +151,19 @@ class _ReadAhead:
         self.bytes_read = 0
         #: Set once the reading thread has stopped reading (end of body, or a failure).
         self.done = threading.Event()
-        threading.Thread(target=self._read, args=(raw,), name="page-reader", daemon=True).start()
+        #: Set once the whole body was read (the connection can carry the next request).
+        self.complete = False
+        threading.Thread(target=self._read, args=(response,), name="page-reader", daemon=True).start()
 
-    def _read(self, raw: Any) -> None:
+    def _read(self, response: http.client.HTTPResponse) -> None:
         splitter = self._splitter
         try:
             while not self._closed.is_set():
-                chunk = raw.read(CHUNK_SIZE, decode_content=True)
+                chunk = response.read(CHUNK_SIZE)
                 if not chunk:
+                    if response.length:  # http.client returns b"" at an early end, without an error
+                        raise ConnectionError(f"the body ended {response.length} bytes early")
+                    self.complete = True
                     self.done.set()
                     self._put(None)
                     return
@@ -199,10 +201,20 @@ class Page:
     """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token."""
 
     def __init__(
-        self, response: requests.Response, base_url: str, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+        self,
+        response: http.client.HTTPResponse,
+        base_url: str,
+        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
+        sock: Optional[socket.socket] = None,
+        release: Optional[Callable[[bool], None]] = None,
     ) -> None:
+        # msgspec and the splitter load here, once the first answer is in: not before the first request.
+        from kata_events.stream import PageSplitter
+
         self._response = response
         self.base_url = base_url
+        self._sock = sock
+        self._release = release
         self._splitter = PageSplitter(max_event_bytes)
         self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []
@@ -232,7 +244,9 @@ class Page:
 
     def batches(self) -> Iterator[List[bytes]]:
         """Events as they arrive, a list per network chunk; each item is one line without newline."""
-        self._reader = _ReadAhead(self._response.raw, self._splitter)
+        from kata_events.stream import MalformedBody
+
+        self._reader = _ReadAhead(self._response, self._splitter)
         try:
             while True:
                 item = self._reader.get()
@@ -244,13 +258,15 @@ class Page:
                     yield events
         except MalformedBody as exc:
             raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        except _CONNECTION_ERRORS as exc:
             raise Unavailable(
                 f"the connection broke after {self.bytes_read} bytes of the page: {_reason(exc)}"
             ) from None
 
     def finish(self) -> str:
         """The page's continuation token, once the whole body was read and checked."""
+        from kata_events.stream import MalformedBody
+
         try:
             skeleton = self._splitter.close()
         except MalformedBody as exc:
@@ -272,14 +288,19 @@ class Page:
         return token
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            if not self._reader.done.is_set():
+        reader = self._reader
+        if reader is not None:
+            reader.close()
+            if not reader.done.is_set() and self._sock is not None:
                 # The reading thread is inside a read, holding the response's buffer: closing the
                 # response would wait for the server's next byte (for ever, if it trickles). Shut
                 # the socket down first, so that read returns at once (a stop, a deadline).
-                _shutdown(self._response)
+                _shutdown(self._sock)
         self._response.close()
+        if self._release is not None:
+            # Only a body read to its end leaves the connection ready for the next request.
+            self._release(reader is not None and reader.complete and not self._response.will_close)
+            self._release = None
 
     def __enter__(self) -> Page:
         return self
@@ -288,12 +309,8 @@ class Page:
         self.close()
 
 
-def _shutdown(response: requests.Response) -> None:
-    """Shut down the socket under a streamed response (from any thread); errors are ignored."""
-    connection = getattr(response.raw, "_connection", None) or getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is None:
-        return
+def _shutdown(sock: socket.socket) -> None:
+    """Shut down a connection's socket (from any thread); errors are ignored."""
     try:
         # socket.socket's own shutdown: an SSLSocket's would drop its TLS object under the reader.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -301,17 +318,21 @@ def _shutdown(response: requests.Response) -> None:
         pass
 
 
+def _dropped(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive connection was closed by the server (readable means EOF or junk)."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 def _reason(exc: BaseException) -> str:
-    """The innermost useful text of a requests/urllib3 exception chain."""
-    seen = exc
-    while True:
-        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-        inner = inner or getattr(seen, "reason", None)
-        if not isinstance(inner, BaseException) or inner is seen:
-            break
-        seen = inner
-    text = str(seen) or seen.__class__.__name__
+    text = str(exc) or exc.__class__.__name__
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+class _Unreachable(Exception):
+    """This address could not be reached or did not answer the request: the next one is tried."""
 
 
 class EventsClient:
@@ -330,34 +351,28 @@ class EventsClient:
         max_events: int = 10000,
         max_timeout: int = 60,
         filter: str = "",
-        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.external_system_id = external_system_id
         self.cert, self.key = cert, key
+        self.ca_file = ca_file
+        self.pin_sha256 = pin_sha256.replace(":", "").lower() if pin_sha256 else None
+        self.insecure = insecure
         self.max_events = max_events
         self.max_timeout = max_timeout
         self.filter = filter
         self.max_event_bytes = max_event_bytes
         self._current = 0
-        session = requests.Session()
-        session.cert = (cert, key)
-        # Passed with every request, not set on the session: requests lets REQUESTS_CA_BUNDLE and
-        # CURL_CA_BUNDLE override a session-level CA file, which would silently ignore ca_file.
-        self._verify: Union[bool, str]
-        if pin_sha256:
-            self._verify = False
-            session.mount("https://", _PinnedAdapter(pin_sha256))
-        elif insecure:
-            self._verify = False
-            # urllib3 would print a plain-text warning on stderr for every request, breaking the
-            # JSON log lines; the `insecure` log event says it once per start instead.
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        else:
-            self._verify = ca_file or True
-        self._session = session
+        self._context: Optional[ssl.SSLContext] = None
+        # The kept-alive connection, the base URL it goes to, and its socket (shut down by `abort`).
+        self._conn: Optional[http.client.HTTPSConnection] = None
+        self._conn_base = ""
+        self._sock: Optional[socket.socket] = None
+        self._aborted = False
+        self._headers = {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*"}
 
     @property
     def url(self) -> str:
@@ -380,48 +395,133 @@ class EventsClient:
         """Send one request and return the page, still streaming; raises `ApiError` subclasses."""
         params = self.params(token, max_timeout)
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
-        last_error: Optional[Exception] = None
+        target = API_PATH.format(external_system_id=self.external_system_id) + "?" + urlencode(params)
+        self._aborted = False
+        last_error: Optional[BaseException] = None
         for attempt in range(len(self.urls)):
-            base = self.urls[(self._current + attempt) % len(self.urls)]
-            url = base + API_PATH.format(external_system_id=self.external_system_id)
+            index = (self._current + attempt) % len(self.urls)
+            base = self.urls[index]
             try:
-                response = self._session.get(
-                    url,
-                    params=params,
-                    stream=True,
-                    verify=self._verify,
-                    timeout=(CONNECT_TIMEOUT, read_timeout),
-                )
-            except requests.exceptions.SSLError as exc:
-                raise self._tls_error(base, exc) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if isinstance(exc, requests.ReadTimeout):
-                    raise Unavailable(
-                        f"{base} did not answer within {read_timeout:.0f} s: {_reason(exc)}"
-                    ) from None
-                last_error = exc
+                response = self._request(base, target, read_timeout)
+            except _Unreachable as exc:
+                last_error = exc.__cause__
                 continue
-            except (requests.RequestException, OSError) as exc:
-                if isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
-                    raise ClientTlsError(
-                        f"cannot use the client certificate {self.cert} / key {self.key}: {exc}"
-                    ) from None
-                raise Unavailable(f"request to {base} failed: {_reason(exc)}") from None
-            self._current = (self._current + attempt) % len(self.urls)
+            except BaseException:
+                # Mid-request (a deadline, a stop, an error): the connection is never reused.
+                self._release()
+                raise
+            self._current = index
             return self._check_status(response, base, token)
         tried = ", ".join(self.urls)
         raise Unavailable(f"cannot connect to {tried}: {_reason(last_error) if last_error else 'no URL'}")
 
-    def _check_status(self, response: requests.Response, base: str, token: Optional[str] = None) -> Page:
-        status = response.status_code
-        if status == 200:
-            return Page(response, base, self.max_event_bytes)
+    def _request(self, base: str, target: str, read_timeout: float) -> http.client.HTTPResponse:
+        """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
+        reused = self._conn is not None and self._conn_base == base and not _dropped(self._sock)
+        if not reused:
+            self._release()
+            self._connect(base)
+        assert self._conn is not None and self._sock is not None
         try:
-            body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+            self._sock.settimeout(read_timeout)
+            self._conn.request("GET", target, headers=self._headers)
+            return self._conn.getresponse()
+        except socket.timeout as exc:
+            raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s: {_reason(exc)}") from None
+        except ssl.SSLError as exc:  # the server refusing our certificate, with TLS 1.3
+            raise self._tls_error(base, exc) from None
+        except _CONNECTION_ERRORS as exc:
+            self._release()
+            if reused and not self._aborted:
+                # The server closed the idle connection as the request went out: once more, anew.
+                return self._request(base, target, read_timeout)
+            raise _Unreachable() from exc
+
+    def _connect(self, base: str) -> None:
+        parts = urlsplit(base)
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port or 443, timeout=CONNECT_TIMEOUT, context=self._ssl_context()
+        )
+        try:
+            conn.connect()
+        except ssl.SSLError as exc:
+            conn.close()
+            raise self._tls_error(base, exc) from None
+        except OSError as exc:  # refused, unreachable, timed out (the TCP connect or the handshake)
+            conn.close()
+            raise _Unreachable() from exc
+        sock = conn.sock
+        if self.pin_sha256:
+            seen = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
+            if seen != self.pin_sha256:
+                conn.close()
+                raise TlsVerifyFailed(
+                    f"the server at {base} was not trusted: fingerprints did not match (pinned "
+                    f"{self.pin_sha256}, the server's certificate has {seen})",
+                    seen,
+                )
+        self._conn, self._conn_base, self._sock = conn, base, sock
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """The TLS settings of every connection, made once (a broken file is tried again next time)."""
+        if self._context is not None:
+            return self._context
+        if self.pin_sha256 or self.insecure:
+            # A pin is checked against the certificate right after the handshake (`_connect`).
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            try:
+                # No ca_file: the system's trust store (OpenSSL's, SSL_CERT_FILE / SSL_CERT_DIR honoured).
+                ctx = ssl.create_default_context(cafile=self.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise TlsVerifyFailed(
+                    f"the CA file {self.ca_file} holds no usable PEM certificate ({exc})"
+                ) from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(["http/1.1"])
+        if ctx.post_handshake_auth is not None:
+            ctx.post_handshake_auth = True  # a server may ask for the client certificate after the handshake
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            from kata_events import keypair
+
+            raise ClientTlsError(
+                keypair.problem(self.cert, self.key)
+                or f"cannot use the client certificate {self.cert} / key {self.key}: {exc}"
+            ) from None
+        self._context = ctx
+        return ctx
+
+    def _release(self, keep: bool = False) -> None:
+        """Keep the connection for the next request (its answer was read to the end), or close it."""
+        if keep:
+            return
+        conn, self._conn, self._sock = self._conn, None, None
+        if conn is not None:
+            conn.close()
+
+    def _check_status(
+        self, response: http.client.HTTPResponse, base: str, token: Optional[str] = None
+    ) -> Page:
+        status = response.status
+        if status == 200:
+            encoding = response.getheader("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                response.close()
+                self._release()
+                raise BadResponse(f"the page came {encoding}-encoded from {base}; none was asked for")
+            return Page(response, base, self.max_event_bytes, self._sock, self._release)
+        try:
+            body = response.read(ERROR_BODY_LIMIT) or b""
+        except _CONNECTION_ERRORS:
             body = b""
         finally:
+            keep = response.isclosed() and not response.will_close
             response.close()
+            self._release(keep)
         text = excerpt(body)
         if status == 401:
             raise Unauthorized(f"HTTP 401 from {base}: {text}")
@@ -440,36 +540,24 @@ class EventsClient:
             raise BadRequest(f"HTTP 414 (URI too long): {text or 'empty body'}; is the filter that long?")
         if status == 429 or status >= 500:
             raise Unavailable(
-                f"HTTP {status} from {base}: {text}", _retry_after(response.headers.get("Retry-After"))
+                f"HTTP {status} from {base}: {text}", _retry_after(response.getheader("Retry-After"))
             )
         raise BadResponse(f"unexpected HTTP {status} from {base}", text)
 
-    def _tls_error(self, base: str, exc: Exception) -> Exception:
-        reason = _reason(exc)
-        lowered = reason.lower()
-        verify_words = (
-            "certificate_verify_failed",
-            "fingerprints did not match",
-            "hostname",
-            "doesn't match",
-        )
-        if any(w in lowered for w in verify_words):
+    def _tls_error(self, base: str, exc: ssl.SSLError) -> ApiError:
+        if isinstance(exc, ssl.SSLCertVerificationError):
             return TlsVerifyFailed(
-                f"the server at {base} was not trusted: {reason}",
+                f"the server at {base} was not trusted: {_reason(exc)}",
                 probe_server_fingerprint(base, self.cert, self.key),
             )
-        if "pem" in lowered or "key values mismatch" in lowered or "no such file" in lowered:
-            from kata_events import keypair
-
-            return ClientTlsError(
-                keypair.problem(self.cert, self.key)
-                or f"cannot use the client certificate {self.cert} / key {self.key}: {reason}"
-            )
-        return Unavailable(handshake_failure(base, reason))
+        return Unavailable(handshake_failure(base, _reason(exc)))
 
     def close(self) -> None:
-        self._session.close()
+        self._release()
 
     def abort(self) -> None:
-        """Close the connections from another thread, so a blocked long poll returns at once."""
-        self._session.close()
+        """Cut the connection from another thread, so a blocked long poll returns at once."""
+        self._aborted = True
+        sock = self._sock
+        if sock is not None:
+            _shutdown(sock)

@@ -91,23 +91,14 @@ def _check_files(config: Config, report: _Report) -> bool:
     return True
 
 
-def _default_ca_bundle() -> str:
-    # What requests verifies against when verify=True, so the check agrees with run.
-    import requests.certs
-
-    return (
-        os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or requests.certs.where()
-    )
-
-
 def _tls_context(config: Config, with_client_cert: bool) -> ssl.SSLContext:
     if config.pin_sha256 or config.insecure:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
-        cafile = str(config.ca_file) if config.ca_file else _default_ca_bundle()
-        ctx = ssl.create_default_context(cafile=cafile)
+        # As run does: the CA file, or else the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR).
+        ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
     if with_client_cert:
         ctx.load_cert_chain(str(config.cert), str(config.key))
     return ctx
