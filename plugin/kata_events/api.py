@@ -151,7 +151,7 @@ class _ReadAhead:
         self.bytes_read = 0
         #: Set once the reading thread has stopped reading (end of body, or a failure).
         self.done = threading.Event()
-        #: Set once the whole body was read (the connection can carry the next request).
+        #: True once the whole body was read (the connection can carry the next request).
         self.complete = False
         threading.Thread(target=self._read, args=(response,), name="page-reader", daemon=True).start()
 
@@ -417,7 +417,8 @@ class EventsClient:
 
     def _request(self, base: str, target: str, read_timeout: float) -> http.client.HTTPResponse:
         """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
-        reused = self._conn is not None and self._conn_base == base and not _dropped(self._sock)
+        sock = self._conn.sock if self._conn is not None and self._conn_base == base else None
+        reused = sock is not None and not _dropped(sock)
         if not reused:
             self._release()
             self._connect(base)
@@ -428,13 +429,13 @@ class EventsClient:
             return self._conn.getresponse()
         except socket.timeout as exc:
             raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s: {_reason(exc)}") from None
-        except ssl.SSLError as exc:  # the server refusing our certificate, with TLS 1.3
-            raise self._tls_error(base, exc) from None
         except _CONNECTION_ERRORS as exc:
             self._release()
             if reused and not self._aborted:
                 # The server closed the idle connection as the request went out: once more, anew.
                 return self._request(base, target, read_timeout)
+            if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+                raise self._tls_error(base, exc) from None  # TLS 1.3: the server refusing our certificate
             raise _Unreachable() from exc
 
     def _connect(self, base: str) -> None:
