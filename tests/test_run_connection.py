@@ -1,17 +1,24 @@
 """Acceptance: how `kata-events run` connects. Every page of a run rides one kept-alive TLS
 connection; a connection the server closed while idle is replaced without a failed request; with no
 ca_file the server is verified by the system's trust store, which SSL_CERT_FILE points elsewhere,
-for `run` and `check` alike. Real processes against the emulator over mutual TLS on loopback; the
+for `run` and `check` alike; a client certificate renewed in place is used from the next
+connection on, and a half-done renewal keeps the last good pair. Real processes against the emulator over mutual TLS on loopback; the
 connections are counted by a loopback TCP proxy in front of the emulator.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import List
 
 import pytest
 
+from emulator_helpers import ClientCert
 from kata_events import certs
 from kata_events.emulator import server
 from proxy_helpers import LoopbackProxy
@@ -90,3 +97,52 @@ def test_without_ca_file_the_system_trust_store_verifies_the_server(
     assert check.returncode == 0, check.stderr
     server_fp = certs.format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
     assert f"ok    {emu.url} TLS: server certificate verified (SHA-256 {server_fp})" in check.stderr
+
+
+def _install(cert: ClientCert, cert_file: Path, key_file: Path) -> None:
+    """Put ``cert`` in place the way renewal tools do: each file written aside, then renamed over."""
+    for source, target in ((cert.key_file, key_file), (cert.cert_file, cert_file)):
+        aside = target.with_suffix(".new")
+        shutil.copyfile(source, aside)
+        os.replace(aside, target)
+
+
+@pytest.mark.timeout(60)
+def test_a_client_certificate_renewed_in_place_is_used_from_the_next_connection(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=EVENTS)
+    old, new = make_client_cert("before-renewal"), make_client_cert("after-renewal")
+    cert_file, key_file = tmp_path / "client.crt", tmp_path / "client.key"
+    _install(old, cert_file, key_file)
+    in_place = ClientCert(cert_file, key_file, old.fingerprint)
+    args = run_args(emu, ext_id, in_place, tmp_path / "s.json", "--max-events", "100", "--max-timeout", "1")
+    run = runs.start(args)
+    run.wait_lines(EVENTS, timeout=20)
+    # Half renewed for a moment: the new key next to the old certificate. A connection made now
+    # keeps the last good settings instead of failing.
+    shutil.copyfile(new.key_file, key_file)
+    emu.inject("drop")  # the next page breaks mid-body: the retry needs a new connection
+    emu.add_events(EVENTS)
+    run.wait_lines(EVENTS + 1, timeout=20)
+    _install(new, cert_file, key_file)
+    emu.inject("drop")
+    emu.add_events(EVENTS)
+    renewed = certs.normalize_fingerprint(new.fingerprint)
+    deadline = time.monotonic() + 20
+    while renewed not in _approved_fingerprints(emu, ext_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.wait_lines(3 * EVENTS, timeout=20)
+    run.stop()
+    assert renewed in _approved_fingerprints(emu, ext_id), run.stderr_text[-3000:]
+    assert sorted(set(run.seqs())) == list(range(1, 3 * EVENTS + 1))
+    assert not run.events("client_certificate") and not run.events("fatal")
+    run.assert_no_traceback()
+
+
+def _approved_fingerprints(emu, ext_id: str) -> List[str]:
+    return [
+        certs.normalize_fingerprint(a["fingerprint"])
+        for a in emu.status()["approved"]
+        if a["external_system_id"] == ext_id
+    ]

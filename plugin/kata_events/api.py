@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import queue
 import select
 import socket
@@ -367,6 +368,8 @@ class EventsClient:
         self.max_event_bytes = max_event_bytes
         self._current = 0
         self._context: Optional[ssl.SSLContext] = None
+        #: What the files the TLS settings were made from looked like then (see `_files_stamp`).
+        self._context_stamp: Tuple[Any, ...] = ()
         # The kept-alive connection, the base URL it goes to, and its socket (shut down by `abort`).
         self._conn: Optional[http.client.HTTPSConnection] = None
         self._conn_base = ""
@@ -463,10 +466,38 @@ class EventsClient:
                 )
         self._conn, self._conn_base, self._sock = conn, base, sock
 
+    def _files_stamp(self) -> Tuple[Any, ...]:
+        """Identity, size and time of the certificate, key and CA files: a change means new files."""
+        stamp: List[Any] = []
+        for path in (self.cert, self.key, self.ca_file):
+            try:
+                st = os.stat(path) if path else None
+            except OSError:
+                st = None
+            stamp.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
+        return tuple(stamp)
+
     def _ssl_context(self) -> ssl.SSLContext:
-        """The TLS settings of every connection, made once (a broken file is tried again next time)."""
-        if self._context is not None:
+        """The TLS settings of every new connection, made again when their files changed.
+
+        A certificate renewed in place on a box that runs for months is used from the next
+        connection on, without a restart. Files changed but not usable (the key not yet replaced,
+        a file half written) keep the last good settings, and are tried again at the next
+        connection; only at the first connection are they an error.
+        """
+        stamp = self._files_stamp()
+        if self._context is not None and stamp == self._context_stamp:
             return self._context
+        try:
+            ctx = self._new_ssl_context()
+        except (ClientTlsError, TlsVerifyFailed):
+            if self._context is None:
+                raise
+            return self._context
+        self._context, self._context_stamp = ctx, stamp
+        return ctx
+
+    def _new_ssl_context(self) -> ssl.SSLContext:
         if self.pin_sha256 or self.insecure:
             # A pin is checked against the certificate right after the handshake (`_connect`).
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -493,7 +524,6 @@ class EventsClient:
                 keypair.problem(self.cert, self.key)
                 or f"cannot use the client certificate {self.cert} / key {self.key}: {exc}"
             ) from None
-        self._context = ctx
         return ctx
 
     def _release(self, keep: bool = False) -> None:
