@@ -2,8 +2,9 @@
 connection; a connection the server closed while idle is replaced without a failed request; with no
 ca_file the server is verified by the system's trust store, which SSL_CERT_FILE points elsewhere,
 for `run` and `check` alike; a client certificate renewed in place is used from the next
-connection on, and a half-done renewal keeps the last good pair. Real processes against the emulator over mutual TLS on loopback; the
-connections are counted by a loopback TCP proxy in front of the emulator.
+connection on, and a half-done renewal keeps the last good pair. Real processes against the
+emulator over mutual TLS on loopback; the connections are counted by a loopback TCP proxy in front
+of the emulator.
 """
 
 from __future__ import annotations
