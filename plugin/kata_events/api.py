@@ -319,6 +319,18 @@ def _shutdown(sock: socket.socket) -> None:
         pass
 
 
+def _keep_alive_probes(sock: socket.socket) -> None:
+    """TCP keepalive on a connection: a peer gone silently (power loss, a NAT that forgot the
+    connection) shows as an error within about two minutes instead of after a long poll's hour."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
+            if hasattr(socket, name):  # Linux names; other systems keep their defaults
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass
+
+
 def _dropped(sock: socket.socket) -> bool:
     """Whether an idle kept-alive connection was closed by the server (readable means EOF or junk)."""
     try:
@@ -333,7 +345,10 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Unreachable(Exception):
-    """This address could not be reached or did not answer the request: the next one is tried."""
+    """This address could not be reached or did not answer the request: the next one is tried.
+
+    Its text says what happened there, for the message naming every address tried.
+    """
 
 
 class EventsClient:
@@ -400,23 +415,24 @@ class EventsClient:
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
         target = API_PATH.format(external_system_id=self.external_system_id) + "?" + urlencode(params)
         self._aborted = False
-        last_error: Optional[BaseException] = None
+        failures: List[str] = []
         for attempt in range(len(self.urls)):
             index = (self._current + attempt) % len(self.urls)
             base = self.urls[index]
             try:
                 response = self._request(base, target, read_timeout)
+                self._current = index
+                return self._check_status(response, base, token)
             except _Unreachable as exc:
-                last_error = exc.__cause__
+                failures.append(str(exc))
                 continue
             except BaseException:
                 # Mid-request (a deadline, a stop, an error): the connection is never reused.
                 self._release()
                 raise
-            self._current = index
-            return self._check_status(response, base, token)
-        tried = ", ".join(self.urls)
-        raise Unavailable(f"cannot connect to {tried}: {_reason(last_error) if last_error else 'no URL'}")
+        if len(failures) == 1:
+            raise Unavailable(failures[0])
+        raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")
 
     def _request(self, base: str, target: str, read_timeout: float) -> http.client.HTTPResponse:
         """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
@@ -430,16 +446,17 @@ class EventsClient:
             self._sock.settimeout(read_timeout)
             self._conn.request("GET", target, headers=self._headers)
             return self._conn.getresponse()
-        except socket.timeout as exc:
-            raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s: {_reason(exc)}") from None
         except _CONNECTION_ERRORS as exc:
             self._release()
+            if isinstance(exc, socket.timeout) and exc.errno is None:
+                # The read timeout (a kernel's ETIMEDOUT on a dead peer has an errno: it is below).
+                raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s") from None
             if reused and not self._aborted:
                 # The server closed the idle connection as the request went out: once more, anew.
                 return self._request(base, target, read_timeout)
             if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
                 raise self._tls_error(base, exc) from None  # TLS 1.3: the server refusing our certificate
-            raise _Unreachable() from exc
+            raise _Unreachable(f"{base} closed the connection before answering: {_reason(exc)}") from exc
 
     def _connect(self, base: str) -> None:
         parts = urlsplit(base)
@@ -450,11 +467,20 @@ class EventsClient:
             conn.connect()
         except ssl.SSLError as exc:
             conn.close()
-            raise self._tls_error(base, exc) from None
-        except OSError as exc:  # refused, unreachable, timed out (the TCP connect or the handshake)
+            error = self._tls_error(base, exc)
+            if isinstance(error, Unavailable):
+                # Not about trust nor our files (an address whose TLS end has nothing behind it, a
+                # plain-HTTP port): the next address may answer.
+                raise _Unreachable(str(error)) from exc
+            raise error from None
+        except (OSError, UnicodeError) as exc:  # refused, unreachable, timed out, a bad host name
             conn.close()
-            raise _Unreachable() from exc
+            raise _Unreachable(f"cannot connect to {base}: {_reason(exc)}") from exc
+        except BaseException:  # a deadline or a stop: no socket is left behind
+            conn.close()
+            raise
         sock = conn.sock
+        _keep_alive_probes(sock)
         if self.pin_sha256:
             seen = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
             if seen != self.pin_sha256:
@@ -545,17 +571,19 @@ class EventsClient:
                 self._release()
                 raise BadResponse(f"the page came {encoding}-encoded from {base}; none was asked for")
             return Page(response, base, self.max_event_bytes, self._sock, self._release)
+        keep = False
         try:
             body = response.read(ERROR_BODY_LIMIT) or b""
+            # Kept only when the whole answer was read (not cut short, not over the limit).
+            keep = response.isclosed() and not response.will_close and not response.length
         except _CONNECTION_ERRORS:
             body = b""
         finally:
-            keep = response.isclosed() and not response.will_close
             response.close()
             self._release(keep)
         text = excerpt(body)
         if status == 401:
-            raise Unauthorized(f"HTTP 401 from {base}: {text}")
+            raise Unauthorized(f"HTTP 401 from {base}: {text or 'empty body'}")
         if status == 404 and b"subscription not found" in body.lower():
             raise SubscriptionLost(f"HTTP 404 from {base}: {text}")
         if token and status in (400, 404, 414):
@@ -571,7 +599,8 @@ class EventsClient:
             raise BadRequest(f"HTTP 414 (URI too long): {text or 'empty body'}; is the filter that long?")
         if status == 429 or status >= 500:
             raise Unavailable(
-                f"HTTP {status} from {base}: {text}", _retry_after(response.getheader("Retry-After"))
+                f"HTTP {status} from {base}: {text or 'empty body'}",
+                _retry_after(response.getheader("Retry-After")),
             )
         raise BadResponse(f"unexpected HTTP {status} from {base}", text)
 
