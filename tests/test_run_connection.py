@@ -126,6 +126,8 @@ def test_a_client_certificate_renewed_in_place_is_used_from_the_next_connection(
     emu.inject("drop")  # the next page breaks mid-body: the retry needs a new connection
     emu.add_events(EVENTS)
     run.wait_lines(EVENTS + 1, timeout=20)
+    warning = run.wait_event("tls_files_changed", timeout=20)
+    assert warning["level"] == "warning" and str(key_file) in warning["reason"], warning
     _install(new, cert_file, key_file)
     emu.inject("drop")
     emu.add_events(EVENTS)

@@ -385,6 +385,8 @@ class EventsClient:
         self._context: Optional[ssl.SSLContext] = None
         #: What the files the TLS settings were made from looked like then (see `_files_stamp`).
         self._context_stamp: Tuple[Any, ...] = ()
+        #: Why changed TLS files are not in use yet (the last good ones are), for the caller to log.
+        self.tls_files_problem: Optional[str] = None
         # The kept-alive connection, the base URL it goes to, and its socket (shut down by `abort`).
         self._conn: Optional[http.client.HTTPSConnection] = None
         self._conn_base = ""
@@ -516,11 +518,13 @@ class EventsClient:
             return self._context
         try:
             ctx = self._new_ssl_context()
-        except (ClientTlsError, TlsVerifyFailed):
+        except (ClientTlsError, TlsVerifyFailed) as exc:
             if self._context is None:
                 raise
+            self.tls_files_problem = str(exc)
             return self._context
         self._context, self._context_stamp = ctx, stamp
+        self.tls_files_problem = None
         return ctx
 
     def _new_ssl_context(self) -> ssl.SSLContext:

@@ -169,6 +169,12 @@ _CATALOGUE = (
         "fingerprint shown if it is really your server.",
     ),
     EventSpec(
+        "tls_files_changed", logging.WARNING, ("reason",),
+        "The certificate, key or CA file changed but the new files cannot be used yet (the message "
+        "says why, e.g. a key of another certificate in the middle of a renewal): connections keep "
+        "the last good files and try the new ones again at the next connection. Finish the renewal.",
+    ),
+    EventSpec(
         "client_certificate", logging.ERROR, ("cert", "key", "reason"),
         "The client certificate or key cannot be used (a key of another certificate, a certificate "
         "given as the key, a passphrase): the message names the files and the fix.",

@@ -161,6 +161,7 @@ class Runner:
         self._interruptible = False
         self._unauthorized_since: Optional[float] = None
         self._unauthorized_told = 0.0
+        self._tls_files_told: Optional[str] = None
         self._lag_warned = 0.0
         self._line_warned = False
         # Whether the server has answered a request of this process: a refusal after that is about
@@ -379,8 +380,11 @@ class Runner:
         """Fetch, deliver and end one page; returns its number of events, skipped ones included."""
         started = time.monotonic()
         connects = CONNECT_TIMEOUT * (len(self.client.urls) - 1)
-        with self.interruptible(), self.deadlines.limit(connects + self._wait_limit(), "answer"):
-            page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
+        try:
+            with self.interruptible(), self.deadlines.limit(connects + self._wait_limit(), "answer"):
+                page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
+        finally:
+            self._report_tls_files()
         self._answered = True
         resume, self.resume = self.resume, None
         if resume is not None and resume.token != self.token:
@@ -475,6 +479,19 @@ class Runner:
             last = batch[-1]
             if self.warn_line_bytes and not self._line_warned:
                 self._check_line_lengths(batch)
+
+    def _report_tls_files(self) -> None:
+        """Say once why renewed certificate files are not in use yet (see `EventsClient`)."""
+        problem = self.client.tls_files_problem
+        if problem and problem != self._tls_files_told:
+            logs.emit(
+                "tls_files_changed",
+                f"the certificate, key or CA files changed but cannot be used yet ({problem}); "
+                "connections keep the last good files and will try the new ones again",
+                level="WARNING",
+                reason=problem,
+            )
+        self._tls_files_told = problem
 
     def _next_batch(self, batches: Iterator[List[bytes]]) -> Optional[List[bytes]]:
         """The next batch of the body, within the deadline (a trickle is abandoned, skipping or not)."""
