@@ -28,10 +28,17 @@ from run_helpers import assert_exact_events, clean_env, run_args
 EVENTS = 300
 
 
-def _through_proxy(emu, args):
+def _every_event_through_a_proxy(emu, runs, args):
+    """Complete the run through a loopback proxy counting connections; every event must arrive."""
     proxy = LoopbackProxy(("127.0.0.1", int(emu.url.rsplit(":", 1)[1])))
     args[args.index(emu.url)] = proxy.url
-    return proxy
+    try:
+        run = runs.complete(args, timeout=40)
+    finally:
+        proxy.close()
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    return run, proxy.connections
 
 
 @pytest.mark.timeout(60)
@@ -39,15 +46,9 @@ def test_every_page_rides_one_kept_alive_connection(make_emulator, make_client_c
     emu = make_emulator(backlog=EVENTS)
     args = run_args(emu, ext_id, make_client_cert("keep-alive"), tmp_path / "s.json", "--once")
     args += ["--max-events", "50"]
-    proxy = _through_proxy(emu, args)
-    try:
-        run = runs.complete(args, timeout=40)
-    finally:
-        proxy.close()
-    assert run.returncode == 0, run.stderr_text[-3000:]
-    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    _, connections = _every_event_through_a_proxy(emu, runs, args)
     assert emu.requests_served >= 7  # six full pages and the last, short one
-    assert proxy.connections == 1
+    assert connections == 1
 
 
 @pytest.mark.timeout(60)
@@ -61,16 +62,10 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_failure
     emu.inject("429", after=1, retry_after=1)
     args = run_args(emu, ext_id, make_client_cert("idle-close"), tmp_path / "s.json", "--once")
     args += ["--max-events", "100"]
-    proxy = _through_proxy(emu, args)
-    try:
-        run = runs.complete(args, timeout=40)
-    finally:
-        proxy.close()
-    assert run.returncode == 0, run.stderr_text[-3000:]
-    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    run, connections = _every_event_through_a_proxy(emu, runs, args)
     retries = run.events("retry")
     assert len(retries) == 1 and "HTTP 429" in retries[0]["message"], retries
-    assert proxy.connections == 2
+    assert connections == 2
 
 
 @pytest.mark.timeout(60)
