@@ -2,7 +2,8 @@
 connection; a connection the server closed while idle is replaced without a failed request; with no
 ca_file the server is verified by the system's trust store, which SSL_CERT_FILE points elsewhere,
 for `run` and `check` alike; a client certificate renewed in place is used from the next
-connection on, and a half-done renewal keeps the last good pair. Real processes against the
+connection on, and a half-done renewal keeps the last good pair; proxy and CA-bundle variables that
+other HTTPS clients read are named where they would matter. Real processes against the
 emulator over mutual TLS on loopback; the connections are counted by a loopback TCP proxy in front
 of the emulator.
 """
@@ -144,3 +145,25 @@ def _approved_fingerprints(emu, ext_id: str) -> List[str]:
         for a in emu.status()["approved"]
         if a["external_system_id"] == ext_id
     ]
+
+
+@pytest.mark.timeout(60)
+def test_proxy_and_ca_bundle_variables_are_named_where_they_would_matter(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=10)
+    cert = make_client_cert("environment")
+    # A proxy that does not exempt the Central Node; the CA bundle does not matter with ca_file.
+    env = clean_env({"HTTPS_PROXY": "http://127.0.0.1:9", "REQUESTS_CA_BUNDLE": str(emu.ca_file)})
+    run = runs.complete(run_args(emu, ext_id, cert, tmp_path / "a.json", "--once"), env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, 10)  # directly: the proxy address takes nothing
+    assert [e["variable"] for e in run.events("environment_ignored")] == ["HTTPS_PROXY"]
+    # Exempted by NO_PROXY, it is not named; without ca_file the CA bundle would matter, and is.
+    env.update({"NO_PROXY": "localhost,127.0.0.1", "SSL_CERT_FILE": str(emu.ca_file)})
+    args = run_args(emu, ext_id, cert, tmp_path / "b.json", "--once", ca_file=False)
+    run = runs.complete(args, env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    warnings = run.events("environment_ignored")
+    assert [e["variable"] for e in warnings] == ["REQUESTS_CA_BUNDLE"], warnings
+    assert "ca_file" in warnings[0]["message"]

@@ -169,6 +169,12 @@ _CATALOGUE = (
         "fingerprint shown if it is really your server.",
     ),
     EventSpec(
+        "environment_ignored", logging.WARNING, ("variable",),
+        "A variable other HTTPS clients read is set where it would matter (a proxy that does not "
+        "exempt the Central Node, a CA bundle with no ca_file): kata-events connects directly and "
+        "verifies with ca_file, a pin, or the system's trust store; the message says what to set.",
+    ),
+    EventSpec(
         "tls_files_changed", logging.WARNING, ("reason",),
         "The certificate, key or CA file changed but the new files cannot be used yet (the message "
         "says why, e.g. a key of another certificate in the middle of a renewal): connections keep "
