@@ -375,7 +375,7 @@ class EventsClient:
         self.external_system_id = external_system_id
         self.cert, self.key = cert, key
         self.ca_file = ca_file
-        self.pin_sha256 = pin_sha256.replace(":", "").lower() if pin_sha256 else None
+        self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
         self.insecure = insecure
         self.max_events = max_events
         self.max_timeout = max_timeout
@@ -423,8 +423,6 @@ class EventsClient:
             base = self.urls[index]
             try:
                 response = self._request(base, target, read_timeout)
-                self._current = index
-                return self._check_status(response, base, token)
             except _Unreachable as exc:
                 failures.append(str(exc))
                 continue
@@ -432,6 +430,9 @@ class EventsClient:
                 # Mid-request (a deadline, a stop, an error): the connection is never reused.
                 self._release()
                 raise
+            self._current = index
+            # It decides itself whether the connection is kept (an error answer read to its end).
+            return self._check_status(response, base, token)
         if len(failures) == 1:
             raise Unavailable(failures[0])
         raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")

@@ -611,47 +611,49 @@ class DrainDelivery(Delivery):
         """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
         with self._lock:
             try:
-                self._check()
-            except OSError:
-                pass
-            reference = min(
-                t for t in (time.monotonic(), self._gone_at, self.stop_asked_at) if t is not None
-            )
-            position = self.ledger.settled_position(reference)
-            point = self.ledger.point_at(position)
-            # Whatever happens below, nothing younger is recorded after this: not a point a failing
-            # state file left unsaved, not the drain thread's last look while it closes.
-            self._unsaved = None
-            self._unsaved_durable = False
-            if point is None or point == self._recorded:
+                self._record_settled_point()
+            finally:
+                # Nothing younger is recorded after this: not a point a failing state file left
+                # unsaved, not the drain thread's last look while it closes.
                 self._final = True
-                return
-            younger = self.ledger.taken_position - position
-            if not point.recordable:
-                # Inside the first page of a new subscription: no token to go back to. Starting a
-                # new subscription instead would skip more than it saves.
-                logs.emit(
-                    "settle",
-                    f"stopping: the last {younger} bytes the reader took, in the last "
-                    f"{self.settle:g} s (settle_time), belong to the first page of a new "
-                    "subscription, which has no token to go back to: they count as delivered",
-                    level="WARNING",
-                    bytes=younger,
-                    settle_time=self.settle,
-                )
-                self._final = True
-                return
+
+    def _record_settled_point(self) -> None:
+        """With the lock held: the body of `_go_back_to_settled`."""
+        try:
+            self._check()
+        except OSError:
+            pass
+        reference = min(t for t in (time.monotonic(), self._gone_at, self.stop_asked_at) if t is not None)
+        position = self.ledger.settled_position(reference)
+        point = self.ledger.point_at(position)
+        self._unsaved = None
+        self._unsaved_durable = False
+        if point is None or point == self._recorded:
+            return
+        younger = self.ledger.taken_position - position
+        if not point.recordable:
+            # Inside the first page of a new subscription: no token to go back to. Starting a
+            # new subscription instead would skip more than it saves.
             logs.emit(
                 "settle",
-                f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
-                "(settle_time), do not count as delivered; they are sent again at the next start",
+                f"stopping: the last {younger} bytes the reader took, in the last "
+                f"{self.settle:g} s (settle_time), belong to the first page of a new "
+                "subscription, which has no token to go back to: they count as delivered",
+                level="WARNING",
                 bytes=younger,
                 settle_time=self.settle,
-                events=point.events,
-                token=short_token(point.token),
             )
-            self._record(point, durable=True)
-            self._final = True
+            return
+        logs.emit(
+            "settle",
+            f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
+            "(settle_time), do not count as delivered; they are sent again at the next start",
+            bytes=younger,
+            settle_time=self.settle,
+            events=point.events,
+            token=short_token(point.token),
+        )
+        self._record(point, durable=True)
 
     def close(self) -> None:
         self._closing = True

@@ -155,13 +155,13 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             stop_after=stop_after,
         )
         runner_box.append(runner)
-        previous = _install_signal_handlers(runner)
+        previous_alarm = _install_signal_handlers(runner)
         try:
             for reason in early_stop:
                 runner.request_stop(reason)
             return runner.run()
         finally:
-            _restore_signal_handlers(runner, previous)
+            _restore_signal_handlers(runner, previous_alarm)
     finally:
         store.close()
 
@@ -200,8 +200,11 @@ def _warn_ignored_environment(config: Config, environ: Mapping[str, str]) -> Non
                 )
 
 
-def _install_signal_handlers(runner: Runner) -> dict:
-    """SIGTERM/SIGINT stop the runner; SIGUSR1 is how other threads interrupt the main one."""
+def _install_signal_handlers(runner: Runner) -> Any:
+    """SIGTERM/SIGINT stop the runner; SIGUSR1 is how other threads interrupt the main one.
+
+    Returns the SIGALRM handler it replaced (for `_restore_signal_handlers`).
+    """
 
     def handler(signum: int, frame: Optional[FrameType]) -> None:
         runner.request_stop(signal.Signals(signum).name)
@@ -209,19 +212,17 @@ def _install_signal_handlers(runner: Runner) -> dict:
     def wake(signum: int, frame: Optional[FrameType]) -> None:
         runner.request_stop("wake")
 
-    previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, wake)
-    # SIGALRM: the overall deadline of a network wait (kata_events.deadlines).
-    previous[signal.SIGALRM] = runner.deadlines.install()
+        signal.signal(sig, handler)
+    signal.signal(signal.SIGUSR1, wake)
     main_ident = threading.main_thread().ident or 0
     runner.wake_main = lambda: signal.pthread_kill(main_ident, signal.SIGUSR1)
-    return previous
+    # SIGALRM: the overall deadline of a network wait (kata_events.deadlines).
+    return runner.deadlines.install()
 
 
-def _restore_signal_handlers(runner: Runner, previous: dict) -> None:
-    """Put the alarm back; leave stops harmless while the process ends.
+def _restore_signal_handlers(runner: Runner, previous_alarm: Any) -> None:
+    """Put the alarm back; ignore stops and wake-ups while the process ends.
 
     The run's outcome and exit code are settled by now, and shippers commonly stop their child
     twice (rsyslog's improg writes STOP then sends SIGTERM): a SIGTERM landing in the last
@@ -230,12 +231,6 @@ def _restore_signal_handlers(runner: Runner, previous: dict) -> None:
     kill it either (SIGUSR1's default action is to terminate).
     """
     runner.deadlines.uninstall()
-    for sig, old in previous.items():
-        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            signal.signal(sig, _after_the_run)
-        else:
-            signal.signal(sig, old)
-
-
-def _after_the_run(signum: int, frame: Optional[FrameType]) -> None:
-    """A stop or wake-up after the run ended: nothing is left to stop."""
+    signal.signal(signal.SIGALRM, previous_alarm)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
