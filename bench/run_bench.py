@@ -74,8 +74,10 @@ def split_all(body: bytes, chunk: int, events: Optional[List[bytes]] = None) -> 
 def bench_splitter(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
     body, events = build_body(args.events, args.event_bytes)
     mb = len(body) / 1e6
-    print(f"python {sys.version.split()[0]}; emulator body {mb:.1f} MB, {args.events} events "
-          f"(avg {len(body) / args.events:.0f} B), chunks of {args.chunk} B")
+    print(
+        f"python {sys.version.split()[0]}; emulator body {mb:.1f} MB, {args.events} events "
+        f"(avg {len(body) / args.events:.0f} B), chunks of {args.chunk} B"
+    )
     if not split_all(body, args.chunk, events):
         print("ERROR: the splitter's events differ from the emulator's bytes")
         sys.exit(1)
@@ -93,10 +95,16 @@ def bench_splitter(args: argparse.Namespace) -> List[Tuple[str, str, str]]:
         loads_cpu = min(loads_cpu, time.process_time() - c0)
     # CPU time is shown too: on a busy machine it moves less than the wall clock.
     rows = [
-        ("PageSplitter, 1 MiB chunks", f"{best:.3f} s (cpu {best_cpu:.3f} s)",
-         f"{mb / best:.0f} MB/s (cpu {mb / best_cpu:.0f}), {args.events / best:,.0f} events/s"),
-        ("json.loads (baseline)", f"{loads:.3f} s (cpu {loads_cpu:.3f} s)",
-         f"{mb / loads:.0f} MB/s; splitter takes {best_cpu / loads_cpu:.2f}x its cpu time"),
+        (
+            "PageSplitter, 1 MiB chunks",
+            f"{best:.3f} s (cpu {best_cpu:.3f} s)",
+            f"{mb / best:.0f} MB/s (cpu {mb / best_cpu:.0f}), {args.events / best:,.0f} events/s",
+        ),
+        (
+            "json.loads (baseline)",
+            f"{loads:.3f} s (cpu {loads_cpu:.3f} s)",
+            f"{mb / loads:.0f} MB/s; splitter takes {best_cpu / loads_cpu:.2f}x its cpu time",
+        ),
     ]
     return rows
 
@@ -143,14 +151,26 @@ def _timed(cmd: List[str], env: Optional[dict] = None, cwd: Optional[str] = None
     """(seconds, peak RSS MB) of ``cmd`` with stdout on /dev/null; raises if it fails."""
     with open(os.devnull, "wb") as devnull:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *cmd], stdout=devnull,
-                              stderr=subprocess.PIPE, env=env, cwd=cwd, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PEAK_WRAPPER, *cmd],
+            stdout=devnull,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            timeout=600,
+        )
         elapsed = time.perf_counter() - t0
     err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} exited {proc.returncode}: {err[-2000:]}")
-    peak = next((int(line.split("=", 1)[1]) / 1024 for line in err.splitlines()[::-1]
-                 if line.startswith("peak_rss_kib=")), 0.0)
+    peak = next(
+        (
+            int(line.split("=", 1)[1]) / 1024
+            for line in err.splitlines()[::-1]
+            if line.startswith("peak_rss_kib=")
+        ),
+        0.0,
+    )
     return elapsed, peak
 
 
@@ -172,8 +192,14 @@ class Setup:
         self.requests = events // max_events + 1  # the full pages, then the empty 1 s long poll
         self.crt, self.key = Path(tmp, "client.crt"), Path(tmp, "client.key")
         make_self_signed_cert("bench").write(self.crt, self.key)
-        self.emu = Emulator(listen="127.0.0.1:0", state_dir=Path(tmp, f"emu-{events}-{event_bytes}"),
-                            approve="auto", backlog=events, rate=0, event_bytes=event_bytes)
+        self.emu = Emulator(
+            listen="127.0.0.1:0",
+            state_dir=Path(tmp, f"emu-{events}-{event_bytes}"),
+            approve="auto",
+            backlog=events,
+            rate=0,
+            event_bytes=event_bytes,
+        )
         self.emu.start()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("KATA_EVENTS_")}
         self.kata = [str(Path(sys.executable).with_name("kata-events"))]
@@ -187,8 +213,18 @@ class Setup:
         """The floor: one curl process per request, each with the previous page's token, the last a
         1 s long poll that comes back empty; bodies to /dev/null."""
         ext_id = str(uuid.uuid4())
-        base = ["curl", "-sS", "-o", "/dev/null", "--cert", str(self.crt), "--key", str(self.key),
-                "--cacert", str(self.emu.ca_file)]
+        base = [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--cert",
+            str(self.crt),
+            "--key",
+            str(self.key),
+            "--cacert",
+            str(self.emu.ca_file),
+        ]
         url = f"{self.emu.events_url(ext_id)}?max_events={self.max_events}&max_timeout=PT1S"
         t0 = time.perf_counter()
         token = ""
@@ -200,15 +236,46 @@ class Setup:
 
     def seed_loop(self) -> Tuple[float, float]:
         url = self.emu.events_url(str(uuid.uuid4()))
-        return _timed([sys.executable, "-c", _SEED_LOOP, url, str(self.crt), str(self.key),
-                       str(self.emu.ca_file), str(self.max_events)], self.env, cwd=self.tmp)
+        return _timed(
+            [
+                sys.executable,
+                "-c",
+                _SEED_LOOP,
+                url,
+                str(self.crt),
+                str(self.key),
+                str(self.emu.ca_file),
+                str(self.max_events),
+            ],
+            self.env,
+            cwd=self.tmp,
+        )
 
     def run_args(self, max_events: Optional[int] = None) -> List[str]:
         state = Path(self.tmp, f"state-{uuid.uuid4().hex}.json")
-        return [*self.kata, "run", "--once", "--url", self.emu.url, "--external-system-id",
-                str(uuid.uuid4()), "--cert", str(self.crt), "--key", str(self.key), "--ca-file",
-                str(self.emu.ca_file), "--state-file", str(state), "--max-events",
-                str(max_events or self.max_events), "--stats-interval", "0", "--log-level", "warning"]
+        return [
+            *self.kata,
+            "run",
+            "--once",
+            "--url",
+            self.emu.url,
+            "--external-system-id",
+            str(uuid.uuid4()),
+            "--cert",
+            str(self.crt),
+            "--key",
+            str(self.key),
+            "--ca-file",
+            str(self.emu.ca_file),
+            "--state-file",
+            str(state),
+            "--max-events",
+            str(max_events or self.max_events),
+            "--stats-interval",
+            "0",
+            "--log-level",
+            "warning",
+        ]
 
     def kata_events(self, max_events: Optional[int] = None) -> Tuple[float, float]:
         return _timed(self.run_args(max_events), self.env)
@@ -231,8 +298,9 @@ def _best(measure: Callable[[], Any], repeat: int) -> Any:
     return min(results, key=lambda r: r[0] if isinstance(r, tuple) else r), results
 
 
-def bench_shape(args: argparse.Namespace, tmp: str, label: str, events: int, event_bytes: int,
-                max_events: int) -> List[Tuple[str, str, str]]:
+def bench_shape(
+    args: argparse.Namespace, tmp: str, label: str, events: int, event_bytes: int, max_events: int
+) -> List[Tuple[str, str, str]]:
     setup = Setup(tmp, events, event_bytes, max_events)
     try:
         floor, _ = _best(setup.curl_chain, args.repeat)
@@ -249,13 +317,21 @@ def bench_shape(args: argparse.Namespace, tmp: str, label: str, events: int, eve
         rows = [
             (f"{label}: curl chain, to /dev/null (floor)", f"{floor:.2f} s", "1.00x"),
             seed_row,
-            (f"{label}: kata-events run --once > /dev/null", f"{kata:.2f} s",
-             f"**{kata / floor:.2f}x floor**{than_loop}; peak RSS **{kata_rss:.0f} MB**"),
+            (
+                f"{label}: kata-events run --once > /dev/null",
+                f"{kata:.2f} s",
+                f"**{kata / floor:.2f}x floor**{than_loop}; peak RSS **{kata_rss:.0f} MB**",
+            ),
         ]
         if args.rss_pages and max_events > 1000:
             (small, small_rss), _ = _best(lambda: setup.kata_events(1000), 1)
-            rows.append((f"{label}: kata-events, --max-events 1000 instead", f"{small:.2f} s",
-                         f"peak RSS {small_rss:.0f} MB ({kata_rss / small_rss:.2f}x the 1,000-event run)"))
+            rows.append(
+                (
+                    f"{label}: kata-events, --max-events 1000 instead",
+                    f"{small:.2f} s",
+                    f"peak RSS {small_rss:.0f} MB ({kata_rss / small_rss:.2f}x the 1,000-event run)",
+                )
+            )
         return rows
     finally:
         setup.close()
@@ -272,10 +348,16 @@ def bench_startup(args: argparse.Namespace, tmp: str) -> List[Tuple[str, str, st
         setup.close()
     return [
         ("start-up: python -c pass (same venv)", f"{bare * 1000:.0f} ms", ""),
-        ("start-up: kata-events --version", f"{version * 1000:.0f} ms",
-         f"**+{(version - bare) * 1000:.0f} ms** over the bare interpreter"),
-        ("start-up: kata-events run, to its first request", f"{first * 1000:.0f} ms",
-         "process start to the emulator holding the request (TLS handshake included)"),
+        (
+            "start-up: kata-events --version",
+            f"{version * 1000:.0f} ms",
+            f"**+{(version - bare) * 1000:.0f} ms** over the bare interpreter",
+        ),
+        (
+            "start-up: kata-events run, to its first request",
+            f"{first * 1000:.0f} ms",
+            "process start to the emulator holding the request (TLS handshake included)",
+        ),
     ]
 
 
@@ -309,11 +391,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--chunk", type=int, default=1 << 20)
     parser.add_argument("--repeat", type=int, default=3, help="best of R runs")
     parser.add_argument("--end-to-end", action="store_true", help="also time curl and kata-events run")
-    parser.add_argument("--start-up", action="store_true",
-                        help="only the start-up figures (--version, run to its first request): ~20 s")
+    parser.add_argument(
+        "--start-up",
+        action="store_true",
+        help="only the start-up figures (--version, run to its first request): ~20 s",
+    )
     parser.add_argument("--no-splitter", action="store_true", help="skip the in-memory splitter figure")
-    parser.add_argument("--no-rss-pages", dest="rss_pages", action="store_false",
-                        help="skip the --max-events 1000 run that compares peak RSS")
+    parser.add_argument(
+        "--no-rss-pages",
+        dest="rss_pages",
+        action="store_false",
+        help="skip the --max-events 1000 run that compares peak RSS",
+    )
     args = parser.parse_args(argv)
     rows: List[Tuple[str, str, str]] = []
     if not args.no_splitter and not args.start_up:

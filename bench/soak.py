@@ -49,10 +49,22 @@ from kata_events import certs  # noqa: E402
 SEQ = re.compile(rb'^\{"EmulatorSeq":(\d+),')
 #: Faults drawn at random (weights in the second field): what a Central Node or a proxy can do.
 FAULTS = [
-    ("500", 3), ("502", 3), ("503", 3), ("503x3", 2), ("429:retry_after=2", 2),
-    ("drop", 3), ("truncated", 2), ("no_events", 1), ("no_token", 1),
-    ("slow:delay=3", 2), ("hang", 1), ("401", 1),
-    ("huge_token", 1), ("odd_token", 1), ("trickle_headers:delay=1", 1), ("trickle_body:delay=1", 1),
+    ("500", 3),
+    ("502", 3),
+    ("503", 3),
+    ("503x3", 2),
+    ("429:retry_after=2", 2),
+    ("drop", 3),
+    ("truncated", 2),
+    ("no_events", 1),
+    ("no_token", 1),
+    ("slow:delay=3", 2),
+    ("hang", 1),
+    ("401", 1),
+    ("huge_token", 1),
+    ("odd_token", 1),
+    ("trickle_headers:delay=1", 1),
+    ("trickle_body:delay=1", 1),
 ]
 
 
@@ -191,10 +203,30 @@ def main() -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN), env.get("PYTHONPATH", "")]))
     emu_log = open(work / "emulator.log", "wb")  # noqa: SIM115 - closed after the emulator stops
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "kata_events", "emulator", "--listen", f"127.0.0.1:{port}",
-         "--state-dir", str(emu_dir), "--approve", "auto", "--backlog", "0", "--rate", str(args.rate),
-         "--event-bytes", str(args.event_bytes), "--log-level", "warning"],
-        stdin=subprocess.DEVNULL, stdout=emu_log, stderr=emu_log, env=env,
+        [
+            sys.executable,
+            "-m",
+            "kata_events",
+            "emulator",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--state-dir",
+            str(emu_dir),
+            "--approve",
+            "auto",
+            "--backlog",
+            "0",
+            "--rate",
+            str(args.rate),
+            "--event-bytes",
+            str(args.event_bytes),
+            "--log-level",
+            "warning",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=emu_log,
+        stderr=emu_log,
+        env=env,
     )
     control = requests.Session()
     control.trust_env = False
@@ -210,14 +242,34 @@ def main() -> int:
         return 1
 
     run_argv = [
-        sys.executable, "-m", "kata_events", "run", "--url", url,
-        "--external-system-id", str(uuid.uuid4()), "--cert", str(cert_file), "--key", str(key_file),
-        "--ca-file", str(ca_file), "--state-file", str(work / "state.json"), "--ack", "none",
-        "--max-events", str(args.max_events), "--max-timeout", str(args.max_timeout),
-        "--stats-interval", "60",
+        sys.executable,
+        "-m",
+        "kata_events",
+        "run",
+        "--url",
+        url,
+        "--external-system-id",
+        str(uuid.uuid4()),
+        "--cert",
+        str(cert_file),
+        "--key",
+        str(key_file),
+        "--ca-file",
+        str(ca_file),
+        "--state-file",
+        str(work / "state.json"),
+        "--ack",
+        "none",
+        "--max-events",
+        str(args.max_events),
+        "--max-timeout",
+        str(args.max_timeout),
+        "--stats-interval",
+        "60",
     ]
-    run = subprocess.Popen(run_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, env=env)
+    run = subprocess.Popen(
+        run_argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
     assert run.stdout is not None and run.stderr is not None
     consumer = Consumer(run.stdout.fileno(), rng, args.pause_every, args.pause_max)
     stderr = StderrReader(run.stderr)
@@ -239,9 +291,12 @@ def main() -> int:
             if sample:
                 samples.append(sample)
                 if len(samples) % 30 == 1:
-                    print(f"  {(now - started) / 60:5.1f} min: {consumer.lines} lines, "
-                          f"RSS {sample['rss_kib'] / 1024:.1f} MiB, fds {sample['fds']}, "
-                          f"threads {sample['threads']}, faults {sum(faults.values())}", flush=True)
+                    print(
+                        f"  {(now - started) / 60:5.1f} min: {consumer.lines} lines, "
+                        f"RSS {sample['rss_kib'] / 1024:.1f} MiB, fds {sample['fds']}, "
+                        f"threads {sample['threads']}, faults {sum(faults.values())}",
+                        flush=True,
+                    )
             next_sample += args.sample
         if now >= next_fault:
             # One fault at a time: queued faster than requests are made (a retry waits with
@@ -250,8 +305,9 @@ def main() -> int:
             try:
                 queued_now = control.get(f"{url}/emulator/status", verify=str(ca_file), timeout=5)
                 if not queued_now.json().get("faults"):
-                    control.post(f"{url}/emulator/faults", json=spec, verify=str(ca_file),
-                                 timeout=5).raise_for_status()
+                    control.post(
+                        f"{url}/emulator/faults", json=spec, verify=str(ca_file), timeout=5
+                    ).raise_for_status()
                     faults[spec.split(":")[0]] += 1
             except (requests.RequestException, ValueError) as exc:
                 print(f"  could not queue fault {spec}: {exc}", flush=True)
@@ -298,8 +354,10 @@ def main() -> int:
     threads = [s["threads"] for s in samples] or [0]
     print()
     print(f"duration        {args.minutes:g} min of faults, then {caught_up:.1f} s to catch up")
-    print(f"events          {last} made, {last - lost} of them delivered, {consumer.lines} lines read "
-          f"({consumer.lines / max(1.0, args.minutes * 60 + caught_up):.0f} lines/s)")
+    print(
+        f"events          {last} made, {last - lost} of them delivered, {consumer.lines} lines read "
+        f"({consumer.lines / max(1.0, args.minutes * 60 + caught_up):.0f} lines/s)"
+    )
     print(f"faults injected {sum(faults.values())}: {dict(sorted(faults.items()))} ({queued} still queued)")
     print(f"consumer pauses {consumer.pauses}, {consumer.paused_seconds:.0f} s in all")
     print(f"RSS MiB         min {min(rss):.1f} max {max(rss):.1f} ({len(samples)} samples)")
@@ -313,12 +371,16 @@ def main() -> int:
     print(f"stderr non-JSON {len(stderr.other)} lines, traceback: {'yes' if traceback else 'no'}")
     print(f"exit            code {code} {exit_ms:.0f} ms after SIGTERM")
     print()
-    print("| minutes | events | faults | pauses | RSS MiB min/max | fds min/max | threads min/max "
-          "| duplicates | lost |")
+    print(
+        "| minutes | events | faults | pauses | RSS MiB min/max | fds min/max | threads min/max "
+        "| duplicates | lost |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {args.minutes:g} | {last} | {sum(faults.values())} | {consumer.pauses} "
-          f"| {min(rss):.1f} / {max(rss):.1f} | {min(fds)} / {max(fds)} | {min(threads)} / {max(threads)} "
-          f"| {consumer.duplicates} | {lost} |")
+    print(
+        f"| {args.minutes:g} | {last} | {sum(faults.values())} | {consumer.pauses} "
+        f"| {min(rss):.1f} / {max(rss):.1f} | {min(fds)} / {max(fds)} | {min(threads)} / {max(threads)} "
+        f"| {consumer.duplicates} | {lost} |"
+    )
     ok = lost == 0 and not traceback and code == 0 and consumer.bad_lines == 0
     return 0 if ok else 1
 

@@ -24,8 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugin"))
 from kata_events.stream import PageSplitter  # noqa: E402
 
 EVENT_TYPES = [
-    "process", "process_terminate", "module", "connection", "applock", "blockdocument", "filechange",
-    "windowsevent", "registry", "portlisten", "driver", "threatdetect", "amsiscan",
+    "process",
+    "process_terminate",
+    "module",
+    "connection",
+    "applock",
+    "blockdocument",
+    "filechange",
+    "windowsevent",
+    "registry",
+    "portlisten",
+    "driver",
+    "threatdetect",
+    "amsiscan",
 ]
 USERS = ["CORP\\Иванов.ИИ", "CORP\\Петрова.АС", "CORP\\svc_backup", "NT AUTHORITY\\SYSTEM", "CORP\\Смирнов"]
 TECHNIQUES = ["T1059", "T1059.001", "T1055", "T1003.001", "T1547.001", "T1021.002", "T1218.011"]
@@ -59,7 +70,7 @@ def make_event(rng: random.Random, i: int) -> dict:
         },
         "Description": "Процесс запущен из временного каталога пользователя; запрошен доступ к [LSASS] {"
         + guid
-        + "}, ответ: \"отказано\"",
+        + '}, ответ: "отказано"',
         "Ioa": {
             "Severity": rng.choice(["Low", "Medium", "High"]),
             "Confidence": rng.choice(["Low", "Medium", "High"]),
@@ -111,8 +122,10 @@ def main() -> int:
 
     body = build_body(args.events)
     mb = len(body) / 1e6
-    print(f"python {sys.version.split()[0]}; body {mb:.1f} MB, {args.events} events "
-          f"(avg {len(body) / args.events:.0f} B), chunks of {args.chunk} B")
+    print(
+        f"python {sys.version.split()[0]}; body {mb:.1f} MB, {args.events} events "
+        f"(avg {len(body) / args.events:.0f} B), chunks of {args.chunk} B"
+    )
 
     best = float("inf")
     for _ in range(args.repeat):

@@ -34,6 +34,7 @@ from run_helpers import clean_env, command, run_args, seq_of
 CLOSE_TIMEOUT = 0.2
 WAITPID_POLL = 0.01
 
+
 def run_argv(
     emulator: Emulator,
     cert: ClientCert,
@@ -178,7 +179,7 @@ class ImprogConsumer:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(self._stdin_fd, view):]
+                    view = view[os.write(self._stdin_fd, view) :]
             except OSError:
                 self._stdin_broken = True
                 return False

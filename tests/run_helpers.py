@@ -30,16 +30,22 @@ _SEQ = re.compile(rb'^\{"EmulatorSeq":(\d+),')
 
 #: Variables that would change what the process does behind the test's back.
 _DROPPED_ENV = (
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
-    "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
 )
 
 
 def clean_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The test's environment without KATA_EVENTS_*, CA-bundle and proxy variables, plus ``extra``."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("KATA_EVENTS_") and k not in _DROPPED_ENV
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KATA_EVENTS_") and k not in _DROPPED_ENV}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra or {})
     return env

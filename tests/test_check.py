@@ -123,8 +123,18 @@ def test_a_closed_port_fails_tcp(make_client_cert, ext_id, tmp_path):
     cert = make_client_cert("check-closed")
     url = f"https://127.0.0.1:{port}"
     result = _check(
-        ["--url", url, "--external-system-id", ext_id, "--cert", str(cert.cert_file),
-         "--key", str(cert.key_file), "--state-file", str(tmp_path / "s.json")]
+        [
+            "--url",
+            url,
+            "--external-system-id",
+            ext_id,
+            "--cert",
+            str(cert.cert_file),
+            "--key",
+            str(cert.key_file),
+            "--state-file",
+            str(tmp_path / "s.json"),
+        ]
     )
     _assert_clean(result)
     assert result.returncode == 75

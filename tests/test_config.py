@@ -48,11 +48,16 @@ def env_for(tmp: Path, **extra: str) -> Dict[str, str]:
 
 def required_flags(tmp: Path) -> list:
     return [
-        "--url", "https://cn.example.local",
-        "--external-system-id", ID,
-        "--cert", str(tmp / "client.crt"),
-        "--key", str(tmp / "client.key"),
-        "--state-file", str(tmp / "state.token"),
+        "--url",
+        "https://cn.example.local",
+        "--external-system-id",
+        ID,
+        "--cert",
+        str(tmp / "client.crt"),
+        "--key",
+        str(tmp / "client.key"),
+        "--state-file",
+        str(tmp / "state.token"),
     ]
 
 
@@ -101,14 +106,22 @@ def test_state_file_default_is_computed_from_the_id_and_environment(tmp):
 # key, value in the file (TOML), in the environment, as flags, and the expected typed values.
 PRECEDENCE = [
     ("max_events", "max_events = 100", "200", ["--max-events", "300"], (10000, 100, 200, 300)),
-    ("filter", "filter = \"Ioa.Severity == 'High'\"", "HostName == 'x'",
-     ["--filter", "EventType == 'process'"],
-     ("", "Ioa.Severity == 'High'", "HostName == 'x'", "EventType == 'process'")),
+    (
+        "filter",
+        "filter = \"Ioa.Severity == 'High'\"",
+        "HostName == 'x'",
+        ["--filter", "EventType == 'process'"],
+        ("", "Ioa.Severity == 'High'", "HostName == 'x'", "EventType == 'process'"),
+    ),
     ("insecure", "insecure = true", "no", ["--insecure"], (False, True, False, True)),
     ("log_format", 'log_format = "text"', "json", ["--log-format", "text"], ("json", "text", "json", "text")),
-    ("url", 'url = ["https://file-a", "https://file-b"]', "https://env-a,https://env-b",
-     ["--url", "https://flag-a"],
-     (None, ("https://file-a", "https://file-b"), ("https://env-a", "https://env-b"), ("https://flag-a",))),
+    (
+        "url",
+        'url = ["https://file-a", "https://file-b"]',
+        "https://env-a,https://env-b",
+        ["--url", "https://flag-a"],
+        (None, ("https://file-a", "https://file-b"), ("https://env-a", "https://env-b"), ("https://flag-a",)),
+    ),
 ]
 
 
@@ -129,7 +142,10 @@ def test_flag_beats_environment_beats_file_beats_default(tmp, key, toml, env_val
         if want is None:
             continue
         config = load(
-            tmp, *base, *flag_list, env={**env, **env_extra},
+            tmp,
+            *base,
+            *flag_list,
+            env={**env, **env_extra},
             toml=None if file_text is None else file_text + "\n",
         )
         assert getattr(config, key) == want
@@ -153,10 +169,20 @@ def test_empty_environment_variable_counts_as_unset(tmp):
     assert config.max_events == 5 and config.ca_file is None
 
 
-@pytest.mark.parametrize("text, value", [
-    ("true", True), ("TRUE", True), ("1", True), ("yes", True), ("on", True),
-    ("false", False), ("0", False), ("No", False), ("off", False),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("on", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
 def test_boolean_variables(tmp, text, value):
     assert load(tmp, *required_flags(tmp), env=env_for(tmp, KATA_EVENTS_ONCE=text)).once is value
 
@@ -174,8 +200,9 @@ def test_single_url_string_in_file_is_a_list_of_one(tmp):
 
 
 def test_choice_values_are_case_insensitive(tmp):
-    config = load(tmp, *required_flags(tmp), env=env_for(tmp, KATA_EVENTS_LOG_LEVEL="DEBUG"),
-                  toml='ack = "Lines"\n')
+    config = load(
+        tmp, *required_flags(tmp), env=env_for(tmp, KATA_EVENTS_LOG_LEVEL="DEBUG"), toml='ack = "Lines"\n'
+    )
     assert (config.log_level, config.ack) == ("debug", "lines")
 
 
@@ -184,8 +211,12 @@ def test_choice_values_are_case_insensitive(tmp):
 
 def test_three_bad_values_from_three_sources_are_reported_together(tmp):
     error = fails(
-        tmp, *required_flags(tmp), "--stats-interval", "-1",
-        env=env_for(tmp, KATA_EVENTS_MAX_TIMEOUT="999"), toml="max_events = 0\n",
+        tmp,
+        *required_flags(tmp),
+        "--stats-interval",
+        "-1",
+        env=env_for(tmp, KATA_EVENTS_MAX_TIMEOUT="999"),
+        toml="max_events = 0\n",
     )
     assert error.exit_code == ExitStatus.CONFIG == 78
     assert len(error.problems) == 3
@@ -198,8 +229,14 @@ def test_three_bad_values_from_three_sources_are_reported_together(tmp):
 
 def test_type_errors_say_what_is_allowed(tmp):
     error = fails(
-        tmp, *required_flags(tmp), "--max-events", "lots", "--log-level", "loud",
-        env=env_for(tmp, KATA_EVENTS_INSECURE="maybe"), toml="once = \"sometimes\"\nlag_warning = 1.5\n",
+        tmp,
+        *required_flags(tmp),
+        "--max-events",
+        "lots",
+        "--log-level",
+        "loud",
+        env=env_for(tmp, KATA_EVENTS_INSECURE="maybe"),
+        toml='once = "sometimes"\nlag_warning = 1.5\n',
     )
     message = str(error)
     assert len(error.problems) == 5, message
@@ -271,32 +308,38 @@ def test_files_are_checked_only_once_the_configuration_is_valid(tmp):
 # -- urls, id, pin -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("given_url, base, found", [
-    ("https://cn.example.local", "https://cn.example.local", None),
-    ("https://cn.example.local/", "https://cn.example.local", None),
-    ("https://10.0.0.5:443", "https://10.0.0.5", None),
-    ("https://CN.Example.Local:8443", "https://cn.example.local:8443", None),
-    ("https://[fd00::5]:443", "https://[fd00::5]", None),
-    (f"https://cn:443/kata/events_api/v1/{ID}/events", "https://cn", ID),
-    (f"HTTPS://cn/kata/events_api/v1/{ID}/events/", "https://cn", ID),
-    ("https://cn/kata/events_api/v1", "https://cn", None),
-])
+@pytest.mark.parametrize(
+    "given_url, base, found",
+    [
+        ("https://cn.example.local", "https://cn.example.local", None),
+        ("https://cn.example.local/", "https://cn.example.local", None),
+        ("https://10.0.0.5:443", "https://10.0.0.5", None),
+        ("https://CN.Example.Local:8443", "https://cn.example.local:8443", None),
+        ("https://[fd00::5]:443", "https://[fd00::5]", None),
+        (f"https://cn:443/kata/events_api/v1/{ID}/events", "https://cn", ID),
+        (f"HTTPS://cn/kata/events_api/v1/{ID}/events/", "https://cn", ID),
+        ("https://cn/kata/events_api/v1", "https://cn", None),
+    ],
+)
 def test_url_normalization(given_url, base, found):
     assert normalize_url(given_url) == (base, found)
 
 
-@pytest.mark.parametrize("bad, reason", [
-    ("http://cn.example.local", "http:// is refused"),
-    ("cn.example.local", "write https://cn.example.local (https:// is required)"),
-    ("127.0.0.1:8443", "write https://127.0.0.1:8443 (https:// is required)"),
-    ("ftp://cn", "must be https://"),
-    ("https://user:pw@cn", "certificate"),
-    ("https://cn/kata/events_api/v1/x/events?max_events=5", "query"),
-    ("https://cn/some/path", "unexpected path"),
-    ("https://cn/kata/events_api/v1/not-a-uuid/events", "not a UUID"),
-    ("https://cn:99999", "port"),
-    ("https://", "host"),
-])
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        ("http://cn.example.local", "http:// is refused"),
+        ("cn.example.local", "write https://cn.example.local (https:// is required)"),
+        ("127.0.0.1:8443", "write https://127.0.0.1:8443 (https:// is required)"),
+        ("ftp://cn", "must be https://"),
+        ("https://user:pw@cn", "certificate"),
+        ("https://cn/kata/events_api/v1/x/events?max_events=5", "query"),
+        ("https://cn/some/path", "unexpected path"),
+        ("https://cn/kata/events_api/v1/not-a-uuid/events", "not a UUID"),
+        ("https://cn:99999", "port"),
+        ("https://", "host"),
+    ],
+)
 def test_url_refusals(bad, reason):
     with pytest.raises(ValueError, match=re.escape(reason)):
         normalize_url(bad)

@@ -48,8 +48,18 @@ def is_kata_events_run(argv: List[str]) -> bool:
 # --- Vector -------------------------------------------------------------------------------------
 
 EXEC_KEYS = {
-    "type", "mode", "scheduled", "streaming", "command", "environment", "clear_environment",
-    "working_directory", "include_stderr", "maximum_buffer_size_bytes", "framing", "decoding",
+    "type",
+    "mode",
+    "scheduled",
+    "streaming",
+    "command",
+    "environment",
+    "clear_environment",
+    "working_directory",
+    "include_stderr",
+    "maximum_buffer_size_bytes",
+    "framing",
+    "decoding",
 }
 STREAMING_KEYS = {"respawn_on_exit", "respawn_interval_secs"}
 SINK_COMMON_KEYS = {"type", "inputs", "encoding", "framing", "buffer", "acknowledgements", "healthcheck"}
@@ -127,16 +137,45 @@ def test_vector_validates_the_example(tmp_path: Path) -> None:
 FLUENT_BIT_SECTIONS = {"SERVICE", "INPUT", "FILTER", "OUTPUT", "PARSER"}
 FLUENT_BIT_KEYS = {
     "SERVICE": {
-        "flush", "log_level", "parsers_file", "storage.path", "storage.sync", "daemon", "grace",
+        "flush",
+        "log_level",
+        "parsers_file",
+        "storage.path",
+        "storage.sync",
+        "daemon",
+        "grace",
         "json.escape_unicode",
     },
     "INPUT:exec": {
-        "name", "tag", "command", "parser", "interval_sec", "interval_nsec", "buf_size", "oneshot",
-        "exit_after_oneshot", "propagate_exit_code", "threaded", "storage.type", "mem_buf_limit", "alias",
+        "name",
+        "tag",
+        "command",
+        "parser",
+        "interval_sec",
+        "interval_nsec",
+        "buf_size",
+        "oneshot",
+        "exit_after_oneshot",
+        "propagate_exit_code",
+        "threaded",
+        "storage.type",
+        "mem_buf_limit",
+        "alias",
     },
     "OUTPUT:tcp": {
-        "name", "match", "host", "port", "format", "json_date_key", "json_date_format", "retry_limit",
-        "tls", "tls.verify", "tls.ca_file", "workers", "alias",
+        "name",
+        "match",
+        "host",
+        "port",
+        "format",
+        "json_date_key",
+        "json_date_format",
+        "retry_limit",
+        "tls",
+        "tls.verify",
+        "tls.ca_file",
+        "workers",
+        "alias",
     },
     "OUTPUT:file": {"name", "match", "path", "file", "format", "mkdir", "retry_limit", "alias"},
     "PARSER:json": {"name", "format", "time_key", "time_format", "time_keep"},
@@ -323,12 +362,27 @@ def test_fluent_bit_parser_rejects_what_fluent_bit_would() -> None:
 # --- rsyslog (RainerScript) ----------------------------------------------------------------------
 
 IMPROG_PARAMS = {
-    "type", "binary", "tag", "severity", "facility", "ruleset", "confirmmessages", "signalonclose",
-    "closetimeout", "killunresponsive",
+    "type",
+    "binary",
+    "tag",
+    "severity",
+    "facility",
+    "ruleset",
+    "confirmmessages",
+    "signalonclose",
+    "closetimeout",
+    "killunresponsive",
 }
 QUEUE_PARAMS = {
-    "queue.type", "queue.filename", "queue.maxdiskspace", "queue.saveonshutdown", "queue.size",
-    "queue.checkpointinterval", "queue.syncqueuefiles", "queue.highwatermark", "queue.lowwatermark",
+    "queue.type",
+    "queue.filename",
+    "queue.maxdiskspace",
+    "queue.saveonshutdown",
+    "queue.size",
+    "queue.checkpointinterval",
+    "queue.syncqueuefiles",
+    "queue.highwatermark",
+    "queue.lowwatermark",
 }
 RSYSLOG_PARAMS = {
     "global": {"maxmessagesize", "workdirectory"},
@@ -337,9 +391,16 @@ RSYSLOG_PARAMS = {
     "input": IMPROG_PARAMS,
     "ruleset": {"name"} | QUEUE_PARAMS,
     "action:omfwd": {
-        "type", "target", "port", "protocol", "template", "action.resumeretrycount", "action.resumeinterval",
+        "type",
+        "target",
+        "port",
+        "protocol",
+        "template",
+        "action.resumeretrycount",
+        "action.resumeinterval",
         "tcp_framing",
-    } | QUEUE_PARAMS,
+    }
+    | QUEUE_PARAMS,
     "action:omfile": {"type", "file", "template"} | QUEUE_PARAMS,
 }
 RSYSLOG_STATEMENT = re.compile(r"\b(global|module|template|input|ruleset|action)\s*\(([^()]*)\)", re.S)
@@ -482,12 +543,15 @@ def test_rsyslogd_accepts_the_example(tmp_path: Path) -> None:
     config.write_text(text, encoding="utf-8")
     result = subprocess.run(
         [rsyslogd(), "-N1", "-f", str(config), "-M", improg_module_dir()],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- syslog-ng -----------------------------------------------------------------------------------
+
 
 def syslog_ng_source_block(text: str) -> str:
     match = re.search(r"source\s+s_kata_events\s*\{(.*?)\n\};", text, re.S)
@@ -574,6 +638,7 @@ def test_syslog_ng_syntax_check_catches_a_misspelt_option(tmp_path: Path) -> Non
 
 # --- systemd ---------------------------------------------------------------------------------------
 
+
 def parse_unit(text: str) -> Dict[str, Dict[str, List[str]]]:
     sections: Dict[str, Dict[str, List[str]]] = {}
     current = None
@@ -623,6 +688,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
 
 
 # --- kata-events' own config -----------------------------------------------------------------------
+
 
 def commented_assignments(text: str) -> Dict[str, object]:
     """``# key = value`` lines, parsed as TOML: commented alternatives must be valid too."""

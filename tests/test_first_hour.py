@@ -98,8 +98,16 @@ def test_a_plain_http_port_is_named_by_check_and_run(
 ) -> None:
     cert = make_client_cert("plain-http")
     args = [
-        "--url", plain_http_url, "--external-system-id", ext_id, "--cert", str(cert.cert_file),
-        "--key", str(cert.key_file), "--state-file", str(tmp_path / "s.json"),
+        "--url",
+        plain_http_url,
+        "--external-system-id",
+        ext_id,
+        "--cert",
+        str(cert.cert_file),
+        "--key",
+        str(cert.key_file),
+        "--state-file",
+        str(tmp_path / "s.json"),
     ]
     checked = _kata("check", *args)
     assert checked.returncode == 78
@@ -169,8 +177,13 @@ def test_a_401_says_what_to_compare_and_an_approval_is_noticed_within_seconds(
     run = runs.start(args, installed=True)
     told = run.wait_event("unauthorized", timeout=20)
     fingerprint = certs.format_fingerprint(certs.normalize_fingerprint(cert.fingerprint))
-    for part in (ext_id, fingerprint, "compare the id and fingerprint", "mistyped external_system_id",
-                 "every 5 s for 5 min, then every 30 s"):
+    for part in (
+        ext_id,
+        fingerprint,
+        "compare the id and fingerprint",
+        "mistyped external_system_id",
+        "every 5 s for 5 min, then every 30 s",
+    ):
         assert part in told["message"], told["message"]
     time.sleep(1)
     emu.approve(ext_id, cert.fingerprint)
@@ -199,8 +212,15 @@ def test_a_mistyped_flag_gets_the_subcommands_usage_and_a_guess(command: str) ->
 @pytest.mark.parametrize("command", ["run", "check"])
 def test_a_url_without_https_is_a_configuration_error(command: str, client_cert, ext_id: str) -> None:
     done = _kata(
-        command, "--url", "127.0.0.1:8443", "--external-system-id", ext_id,
-        "--cert", str(client_cert.cert_file), "--key", str(client_cert.key_file),
+        command,
+        "--url",
+        "127.0.0.1:8443",
+        "--external-system-id",
+        ext_id,
+        "--cert",
+        str(client_cert.cert_file),
+        "--key",
+        str(client_cert.key_file),
     )
     assert done.returncode == 78
     text = done.stderr.decode()
@@ -214,8 +234,15 @@ def test_a_url_without_https_is_a_configuration_error(command: str, client_cert,
 @pytest.mark.timeout(90)
 def test_the_readme_first_connection_works_in_its_order(make_emulator, runs, tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    steps = [readme.index(s) for s in ("kata-events init --dir", "**Trust the Central Node's certificate**",
-                                       "**Approve the external system.**", "**Check:**")]
+    steps = [
+        readme.index(s)
+        for s in (
+            "kata-events init --dir",
+            "**Trust the Central Node's certificate**",
+            "**Approve the external system.**",
+            "**Check:**",
+        )
+    ]
     assert steps == sorted(steps), "README: init, then trust, then approval, then check"
 
     # A Central Node whose certificate nothing here trusts (as a self-signed one), approval by hand.

@@ -41,8 +41,15 @@ def json_lines(stream: io.StringIO) -> list:
 def test_json_line_carries_time_level_event_message_and_fields():
     out = io.StringIO()
     logs.setup_logging("info", "json", stream=out)
-    logs.emit("page", "page of 3 events delivered", events=3, bytes=2048, seconds=0.25,
-              url="https://cn", lag_seconds=None)
+    logs.emit(
+        "page",
+        "page of 3 events delivered",
+        events=3,
+        bytes=2048,
+        seconds=0.25,
+        url="https://cn",
+        lag_seconds=None,
+    )
     (record,) = json_lines(out)
     assert list(record)[:4] == ["time", "level", "event", "message"]
     assert ISO_MS.match(record["time"])
@@ -84,8 +91,13 @@ def test_exception_text_is_one_json_field():
 def test_text_format_for_people():
     out = io.StringIO()
     logs.setup_logging("info", "text", stream=out)
-    logs.emit("unauthorized", "approve this external system", url="https://cn:443",
-              fingerprint="ab cd", external_system_id="Иван")
+    logs.emit(
+        "unauthorized",
+        "approve this external system",
+        url="https://cn:443",
+        fingerprint="ab cd",
+        external_system_id="Иван",
+    )
     (line,) = lines_of(out)
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ERROR unauthorized: approve this external system "
@@ -176,7 +188,9 @@ def test_a_real_process_keeps_stdout_clean():
     )
     done = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
-        capture_output=True, timeout=60, check=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
     )
     assert done.stdout == b""
     err = done.stderr.decode("utf-8").splitlines()
@@ -192,9 +206,26 @@ def test_troubleshooting_table_lists_every_event():
 
 
 REQUIRED_EVENTS = (
-    "start", "config", "mode", "page", "commit", "retry", "unauthorized", "subscription_lost",
-    "subscription_new", "filter_changed", "bad_request", "bad_response", "tls_verify_failed",
-    "insecure", "lag", "stats", "ack_timeout", "ack_protocol", "consumer_gone", "stop",
+    "start",
+    "config",
+    "mode",
+    "page",
+    "commit",
+    "retry",
+    "unauthorized",
+    "subscription_lost",
+    "subscription_new",
+    "filter_changed",
+    "bad_request",
+    "bad_response",
+    "tls_verify_failed",
+    "insecure",
+    "lag",
+    "stats",
+    "ack_timeout",
+    "ack_protocol",
+    "consumer_gone",
+    "stop",
     "line_too_long",
 )
 

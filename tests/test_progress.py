@@ -68,7 +68,7 @@ def test_a_point_never_claims_an_event_beyond_the_position_and_its_digest_is_of_
 def test_a_page_end_is_the_point_zero_events_into_its_token():
     ledger = DeliveryLedger()
     ledger.begin_page("t0")
-    ledger.wrote(8, 0.0, b"{\"a\":1}\n", 1)
+    ledger.wrote(8, 0.0, b'{"a":1}\n', 1)
     ledger.page_end("t1")
     assert ledger.point_at(8) == Point("t1", 0, EMPTY_DIGEST)
     assert ledger.point_at(7) == Point("t0", 0, EMPTY_DIGEST)
@@ -184,7 +184,7 @@ def test_a_stop_going_back_is_not_undone_by_the_drain_thread_closing(tmp_path: P
         delivery.close()
         os.close(read_end)
     assert went_back[-1] == ("commit", 50), went_back
-    assert records == went_back, f"recorded after going back: {records[len(went_back):]}"
+    assert records == went_back, f"recorded after going back: {records[len(went_back) :]}"
 
 
 def test_without_settle_the_settled_position_is_the_taken_one():

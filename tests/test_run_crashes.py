@@ -20,7 +20,6 @@ from run_helpers import partial_tail, run_args, seq_of, split_lines
 PIPE_CAPACITY = 65536
 
 
-
 def _check_segment(emu, lines: List[bytes], tail: bytes, label: str) -> None:
     """One run's output: contiguous events, each byte-identical; a cut last line only as a prefix."""
     seqs = [seq_of(line) for line in lines]

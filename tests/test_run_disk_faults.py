@@ -39,8 +39,16 @@ def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def _ride_out(
-    runs, emu, cert, ext_id, state: Path, what: str, break_disk, mend_disk,
-    stdout_file: Optional[Path] = None, env=None,
+    runs,
+    emu,
+    cert,
+    ext_id,
+    state: Path,
+    what: str,
+    break_disk,
+    mend_disk,
+    stdout_file: Optional[Path] = None,
+    env=None,
 ) -> None:
     args = run_args(emu, ext_id, cert, state, "--max-events", PAGE, "--max-timeout", "1", "--ack", "none")
     run = runs.start(args, stdout_file=stdout_file, env=clean_env(env))
@@ -92,7 +100,12 @@ def test_state_file_on_a_full_tmpfs_pauses_then_carries_on_when_cleaned(
     emu = make_emulator(backlog=FIRST)
     filler = []
     _ride_out(
-        runs, emu, make_client_cert("tmpfs-state"), ext_id, tmpfs / "state.json", "state file",
+        runs,
+        emu,
+        make_client_cert("tmpfs-state"),
+        ext_id,
+        tmpfs / "state.json",
+        "state file",
         break_disk=lambda: filler.append(fill(tmpfs)),
         mend_disk=lambda: filler[0].unlink(),
     )
@@ -105,7 +118,12 @@ def test_stdout_file_on_a_full_tmpfs_pauses_then_carries_on_without_a_torn_line(
     emu = make_emulator(backlog=FIRST)
     filler = []
     _ride_out(
-        runs, emu, make_client_cert("tmpfs-out"), ext_id, tmp_path / "state.json", "stdout",
+        runs,
+        emu,
+        make_client_cert("tmpfs-out"),
+        ext_id,
+        tmp_path / "state.json",
+        "stdout",
         break_disk=lambda: filler.append(fill(tmpfs)),
         mend_disk=lambda: filler[0].unlink(),
         stdout_file=tmpfs / "events.ndjson",
@@ -135,7 +153,12 @@ def test_an_errno_injected_at_the_os_call_pauses_then_carries_on(
     out_dir.mkdir()
     under = state_dir if target == "state file" else out_dir
     _ride_out(
-        runs, emu, make_client_cert(f"inject-{call}"), ext_id, state_dir / "state.json", target,
+        runs,
+        emu,
+        make_client_cert(f"inject-{call}"),
+        ext_id,
+        state_dir / "state.json",
+        target,
         break_disk=lambda: faults.fail(errno_name, [call], under),
         mend_disk=faults.clear,
         stdout_file=out_dir / "events.ndjson",

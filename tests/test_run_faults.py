@@ -16,7 +16,6 @@ EVENTS = 100
 PAGE = 30
 
 
-
 def _assert_all_with_one_replayed_page(seqs: List[int], total: int, page: int) -> int:
     """``seqs`` is 1..k, then a restart at the first event of a page not after k+1, then on to ``total``;
     returns how many events were sent twice.

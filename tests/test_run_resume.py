@@ -100,8 +100,17 @@ def test_kill9_on_a_pipe_resends_at_most_5000_of_a_72000_event_page(
     emu = _setup(make_emulator, tmp_path, runs, ext_id, client_cert)
     state = tmp_path / "state.json"
     args = run_args(
-        emu, ext_id, client_cert, state, "--max-events", str(PAGE), "--max-timeout", "1",
-        "--log-level", "debug", settle_time=None,
+        emu,
+        ext_id,
+        client_cert,
+        state,
+        "--max-events",
+        str(PAGE),
+        "--max-timeout",
+        "1",
+        "--log-level",
+        "debug",
+        settle_time=None,
     )
     history = History()
     history.add(list(range(1, 11)), "the first ten")
@@ -138,8 +147,16 @@ def test_kill9_on_a_regular_file_resends_at_most_5000_of_a_72000_event_page(
     state = tmp_path / "state.json"
     out_file = tmp_path / "events.ndjson"
     args = run_args(
-        emu, ext_id, client_cert, state, "--max-events", str(PAGE), "--max-timeout", "1",
-        "--log-level", "debug",
+        emu,
+        ext_id,
+        client_cert,
+        state,
+        "--max-events",
+        str(PAGE),
+        "--max-timeout",
+        "1",
+        "--log-level",
+        "debug",
     )
     history = History()
     history.add(list(range(1, 11)), "the first ten")

@@ -77,8 +77,9 @@ def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
 ):
     emu = make_emulator(backlog=0, rate=RATE, event_bytes=300)
     state = tmp_path / "state.json"
-    args = run_args(emu, ext_id, client_cert, state, "--max-events", "50", "--max-timeout", "1",
-                    settle_time=SETTLE)
+    args = run_args(
+        emu, ext_id, client_cert, state, "--max-events", "50", "--max-timeout", "1", settle_time=SETTLE
+    )
     taken = tmp_path / "taken.ndjson"
     # The reader: cat, writing at once what it reads to a file the test watches.
     read_end, write_end = os.pipe()

@@ -16,7 +16,6 @@ FILTER_A = "EventType != 'nothing-matches-this'"
 FILTER_B = "Ioa.Severity != 'nothing-matches-this'"
 
 
-
 @pytest.mark.timeout(40)
 def test_state_file_is_0600_and_records_url_id_and_filter(
     make_emulator, make_client_cert, ext_id, runs, tmp_path

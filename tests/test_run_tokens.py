@@ -98,8 +98,14 @@ def test_a_saved_token_no_server_would_take_starts_a_new_subscription(
     state = tmp_path / "s.json"
     state.write_text(
         json.dumps(
-            {"version": 1, "token": token, "url": emu.url, "external_system_id": ext_id, "filter": "",
-             "saved_at": "2026-01-01T00:00:00Z"}
+            {
+                "version": 1,
+                "token": token,
+                "url": emu.url,
+                "external_system_id": ext_id,
+                "filter": "",
+                "saved_at": "2026-01-01T00:00:00Z",
+            }
         )
     )
     state.chmod(0o600)

@@ -81,9 +81,20 @@ def test_when_every_address_is_down_it_retries_with_backoff_and_names_them(
     first, second = (f"https://127.0.0.1:{_closed_port()}" for _ in range(2))
     state = tmp_path / "state.json"
     args = [
-        "--url", first, "--url", second, "--external-system-id", ext_id,
-        "--cert", str(cert.cert_file), "--key", str(cert.key_file), "--state-file", str(state),
-        "--stats-interval", "0",
+        "--url",
+        first,
+        "--url",
+        second,
+        "--external-system-id",
+        ext_id,
+        "--cert",
+        str(cert.cert_file),
+        "--key",
+        str(cert.key_file),
+        "--state-file",
+        str(state),
+        "--stats-interval",
+        "0",
     ]
     run = runs.start(args)
     retry = run.wait_event("retry", timeout=30)

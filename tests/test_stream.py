@@ -61,7 +61,7 @@ EVENTS = [
         "UserName": "CORP\\Иванов",
         "Ioa": {"Severity": "High", "Rules": [{"Id": "r1", "Techniques": ["T1059", "T1055"]}]},
     },
-    {"Path": "C:\\", "Quote": "\\\"", "Empty": "", "List": [], "Obj": {}, "n": -1.5e3, "t": True, "z": None},
+    {"Path": "C:\\", "Quote": '\\"', "Empty": "", "List": [], "Obj": {}, "n": -1.5e3, "t": True, "z": None},
 ]
 
 
@@ -90,7 +90,7 @@ def test_empty_events() -> None:
 
 def test_whitespace_between_tokens_and_events_kept_compact() -> None:
     inner = b",\r\n\t ".join(compact(e) for e in EVENTS)
-    body = b' \n{ \t"events"\n:\r\n[ \n' + inner + b"\n ]\n,\n\"continuationToken\" : \"t\" \n}\n "
+    body = b' \n{ \t"events"\n:\r\n[ \n' + inner + b'\n ]\n,\n"continuationToken" : "t" \n}\n '
     events, envelope = split(body)
     assert events == [compact(e) for e in EVENTS]
     assert envelope["continuationToken"] == "t"
@@ -126,11 +126,11 @@ def test_strings_with_brackets_quotes_and_backslashes() -> None:
         {"k": "{"},
         {"k": "}"},
         {"k": "]"},
-        {"k": "[{\"}]"},
+        {"k": '[{"}]'},
         {"k": "\\"},
-        {"k": "\\\\\""},
+        {"k": '\\\\"'},
         {"k": '\\"}'},
-        {"k": "a\\\\", "l": ["}", "\\", "\""]},
+        {"k": "a\\\\", "l": ["}", "\\", '"']},
         {"{": {"}": ["]"]}},
         {"k": "},{"},
     ]
@@ -156,15 +156,17 @@ def test_one_byte_chunks() -> None:
 
 
 def test_backslash_as_last_byte_of_a_chunk() -> None:
-    body = compact({"events": [{"p": "a\\\"b\\\\"}, {"q": 1}]})
+    body = compact({"events": [{"p": 'a\\"b\\\\'}, {"q": 1}]})
     for cut in [i + 1 for i, b in enumerate(body) if b == 0x5C]:
         events, _ = split_pieces([body[:cut], body[cut:]])
-        assert events == [compact({"p": "a\\\"b\\\\"}), compact({"q": 1})]
+        assert events == [compact({"p": 'a\\"b\\\\'}), compact({"q": 1})]
 
 
 def test_unknown_top_level_keys_and_duplicates_last_wins() -> None:
-    body = b'{"extra":{"deep":[1,2,{"x":"}"}]},"continuationToken":"old","events":[{"a":1}],' \
-           b'"continuationToken":"new","n":12.5,"flag":false,"s":"\\u00e9"}'
+    body = (
+        b'{"extra":{"deep":[1,2,{"x":"}"}]},"continuationToken":"old","events":[{"a":1}],'
+        b'"continuationToken":"new","n":12.5,"flag":false,"s":"\\u00e9"}'
+    )
     events, envelope = split(body, 3)
     assert events == [b'{"a":1}']
     assert envelope == json.loads(body) | {"events": []}
@@ -191,7 +193,7 @@ def test_event_split_across_many_chunks_is_returned_once_complete() -> None:
 
 def test_huge_single_event_is_linear() -> None:
     # ~10 MB in 256 KB chunks: a rescan from the event start at every chunk would take minutes.
-    parts = [{"i": i, "s": "Путь C:\\dir\\{GUID} \"q\"", "n": [i, {"k": "]"}]} for i in range(120_000)]
+    parts = [{"i": i, "s": 'Путь C:\\dir\\{GUID} "q"', "n": [i, {"k": "]"}]} for i in range(120_000)]
     event = {"parts": parts}
     body = compact({"events": [event, {"a": 1}], "continuationToken": "t"})
     assert len(body) > 8_000_000
@@ -217,7 +219,7 @@ def test_unterminated_string_does_not_backtrack_badly() -> None:
 
 
 def test_truncated_at_every_prefix_is_malformed() -> None:
-    body = compact({"continuationToken": "t\\\"", "events": EVENTS[:2], "x": [1, {"y": None}], "n": 10})
+    body = compact({"continuationToken": 't\\"', "events": EVENTS[:2], "x": [1, {"y": None}], "n": 10})
     for cut in range(len(body)):
         with pytest.raises(MalformedBody):
             split(body[:cut], 7)
@@ -263,7 +265,7 @@ def test_malformed_is_raised_as_soon_as_possible() -> None:
         (b'{"events":[],"events":[]}', "duplicate"),
         (b'{"events":[] "x":1}', "expected ','"),
         (b'{"events" [] }', "expected ':'"),
-        (b'{events:[]}', "expected a key"),
+        (b"{events:[]}", "expected a key"),
         (b'{"events":[],}', "expected a key"),
         (b'{"events":[],"x":tru}', "not JSON"),
         (b'{"events":[],"x":@}', "expected a JSON value"),
@@ -295,8 +297,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=10,
 )
 json_objects = st.dictionaries(st.text(max_size=10), json_values, max_size=5)
@@ -405,9 +408,11 @@ def hostile_bodies(draw: Any) -> List[bytes]:
     strings = st.lists(atoms, max_size=6).map(lambda parts: '"' + "".join(parts).replace('"', '\\"') + '"')
     values = st.recursive(
         strings | st.sampled_from(["1", "null", "-2.5"]),
-        lambda inner: st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
-        | st.lists(st.tuples(strings, inner), max_size=3).map(
-            lambda kv: "{" + ",".join(k + ":" + v for k, v in kv) + "}"
+        lambda inner: (
+            st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+            | st.lists(st.tuples(strings, inner), max_size=3).map(
+                lambda kv: "{" + ",".join(k + ":" + v for k, v in kv) + "}"
+            )
         ),
         max_leaves=8,
     )
@@ -465,9 +470,9 @@ def test_emulator_page_random_chunkings(monkeypatch: pytest.MonkeyPatch, bulk: b
 
 
 SETTLED_BY_BULK = [
-    {"p": "C:\\", "q": "a\\\"b", "r": "x\\\\", "s": "\\\\\"", "t": "\"\\\\\""},
+    {"p": "C:\\", "q": 'a\\"b', "r": "x\\\\", "s": '\\\\"', "t": '"\\\\"'},
     {"deep": [[[{"a": [{}]}]]], "s": '{"a":{},"b":[]}', "e": {}, "l": [{"x": 1}, {"y": 2}]},
-    {"k": "}, {", "l": "[{]}", "m": "\\}\\{", "u": "Иванов \u00e9 😀", "v": "},{\"k\":"},
+    {"k": "}, {", "l": "[{]}", "m": "\\}\\{", "u": "Иванов \u00e9 😀", "v": '},{"k":'},
 ]
 
 
@@ -498,7 +503,7 @@ def test_bulk_path_settles_compact_pages(monkeypatch: pytest.MonkeyPatch, page: 
     [
         {"k": "},{"},
         {"k": "a},{b", "l": [{"m": "},{"}, {"n": "]},{["}]},
-        {"p": "C:\\", "q": "\\\"", "r": "x\\\\"},
+        {"p": "C:\\", "q": '\\"', "r": "x\\\\"},
         {"ctl": "\x01\x02\x1f"},
         {"deep": [[[{"a": [{}]}]]], "s": '{"a":{},"b":{}}'},
     ],
@@ -513,7 +518,7 @@ def test_bulk_path_on_tricky_events(event: Dict[str, Any]) -> None:
 
 def test_backslash_before_quote_at_a_chunk_edge() -> None:
     # "\\" then the closing quote: the quote is a delimiter, at any cut.
-    events = [{"p": "C:\\"}, {"q": "a\\\""}, {"r": 1}]
+    events = [{"p": "C:\\"}, {"q": 'a\\"'}, {"r": 1}]
     body = compact({"events": events * 3})
     for cut in range(1, len(body)):
         assert split_pieces([body[:cut], body[cut:]])[0] == [compact(e) for e in events * 3]
@@ -593,7 +598,7 @@ def test_endless_whitespace_holds_nothing(where: bytes) -> None:
 def test_an_endless_string_in_an_event_is_dropped_as_it_arrives() -> None:
     splitter = PageSplitter(max_event_bytes=1 << 20)
     held: List[int] = []
-    feed_all(splitter, [b'{"events":[{"a":"'] + [b"x\\\"" * 65536] * 64, held)
+    feed_all(splitter, [b'{"events":[{"a":"'] + [b'x\\"' * 65536] * 64, held)
     assert max(held) <= (1 << 20) + 2 * 3 * 65536
     with pytest.raises(MalformedBody, match="truncated"):
         splitter.close()

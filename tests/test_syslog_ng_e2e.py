@@ -96,11 +96,14 @@ def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path)
     small_log, big_log, ng_log = tmp_path / "small.log", tmp_path / "big.log", tmp_path / "syslog-ng.log"
     sink = LineSink(siem_file)
     common: Dict[str, Any] = {"listen": "127.0.0.1:0", "approve": "auto", "rate": 0}
-    with Emulator(
-        state_dir=tmp_path / "emu-small", backlog=SMALL_EVENTS, event_bytes=SMALL_EVENT_BYTES, **common
-    ) as small, Emulator(
-        state_dir=tmp_path / "emu-big", backlog=BIG_EVENTS, event_bytes=BIG_EVENT_BYTES, **common
-    ) as big:
+    with (
+        Emulator(
+            state_dir=tmp_path / "emu-small", backlog=SMALL_EVENTS, event_bytes=SMALL_EVENT_BYTES, **common
+        ) as small,
+        Emulator(
+            state_dir=tmp_path / "emu-big", backlog=BIG_EVENTS, event_bytes=BIG_EVENT_BYTES, **common
+        ) as big,
+    ):
         # syslog-ng gives the child /dev/null opened write-only as stdin: "auto" (the default, which
         # the example config keeps) must see that as no acknowledgements, like "none".
         write_run_config(tmp_path / "small.toml", small, cert, key, tmp_path / "small.token", "none")

@@ -85,9 +85,10 @@ def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float 
     except (OSError, ssl.SSLError):
         pass
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, ctx.wrap_socket(
-            raw, server_hostname=host
-        ) as tls:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None

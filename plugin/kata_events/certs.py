@@ -93,7 +93,11 @@ def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
 
 
 def _builder(
-    subject: x509.Name, issuer: x509.Name, key, days: int, cap: Optional[datetime.datetime] = None  # noqa: ANN001
+    subject: x509.Name,
+    issuer: x509.Name,
+    key,
+    days: int,
+    cap: Optional[datetime.datetime] = None,  # noqa: ANN001
 ) -> x509.CertificateBuilder:
     """What every certificate made here has: names, key, random serial, validity, key identifier."""
     not_before, not_after = _validity(days)

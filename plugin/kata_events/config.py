@@ -265,9 +265,7 @@ def _read_toml(path: Path) -> Dict[str, Any]:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise UserError(
-            f"cannot read config file {path}: {_reason(exc)}", ExitStatus.NO_INPUT
-        ) from None
+        raise UserError(f"cannot read config file {path}: {_reason(exc)}", ExitStatus.NO_INPUT) from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -444,8 +442,8 @@ def _check_readable(files: List[Tuple[str, Path]]) -> None:
 def _suggest(word: str, known: Any) -> str:
     if word.upper().startswith(opts.ENV_PREFIX):
         # Compare the part after the shared prefix, which would make every name look close.
-        key = word[len(opts.ENV_PREFIX):].lower()
-        names = {name[len(opts.ENV_PREFIX):].lower(): name for name in known}
+        key = word[len(opts.ENV_PREFIX) :].lower()
+        names = {name[len(opts.ENV_PREFIX) :].lower(): name for name in known}
         close = [names[c] for c in difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)]
     else:
         close = difflib.get_close_matches(word.replace("-", "_"), list(known), n=1, cutoff=0.6)

@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
     sys.stderr.write(
         f"""Made:
   external system id  {external_system_id}
-  certificate         {names['cert']}   (self-signed, CN={args.common_name})
-  key                 {names['key']}   (mode 0600)
-  config              {names['config']}
+  certificate         {names["cert"]}   (self-signed, CN={args.common_name})
+  key                 {names["key"]}   (mode 0600)
+  config              {names["config"]}
   certificate SHA-256 {fingerprint}
 
 Next:

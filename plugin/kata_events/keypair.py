@@ -16,8 +16,7 @@ from typing import Optional, Union
 _PathLike = Union[str, Path]
 
 _MAKE_NEW = (
-    "or make a new pair with `kata-events init` (a new certificate needs a new approval on the "
-    "Central Node)"
+    "or make a new pair with `kata-events init` (a new certificate needs a new approval on the Central Node)"
 )
 
 
@@ -48,8 +47,7 @@ def problem(cert: _PathLike, key: _PathLike) -> Optional[str]:
     if not key_has_key and key_has_cert:
         return (
             f"the key file {key} holds a certificate, not a private key: set key to the private key "
-            f"file (PEM, '-----BEGIN ... PRIVATE KEY-----') made with the certificate {cert}, "
-            + _MAKE_NEW
+            f"file (PEM, '-----BEGIN ... PRIVATE KEY-----') made with the certificate {cert}, " + _MAKE_NEW
         )
     if not has_cert and "PRIVATE KEY-----" in cert_text:
         return (
@@ -79,8 +77,7 @@ def problem(cert: _PathLike, key: _PathLike) -> Optional[str]:
         else:
             what = f"the certificate {cert} and key {key} cannot be used together ({exc.reason or exc})"
         return (
-            f"{what}: give the client certificate as cert and its private key as key (both PEM), "
-            + _MAKE_NEW
+            f"{what}: give the client certificate as cert and its private key as key (both PEM), " + _MAKE_NEW
         )
     except OSError as exc:
         return f"cannot read the certificate {cert} or key {key}: {exc.strerror or exc}"

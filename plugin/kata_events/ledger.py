@@ -159,9 +159,7 @@ class DeliveryLedger:
         the current position -- so ``taken(ledger.taken_position)`` is a valid way to ask again.
         """
         if position > self._written:
-            raise ValueError(
-                f"consumer reports {position} units taken but only {self._written} were written"
-            )
+            raise ValueError(f"consumer reports {position} units taken but only {self._written} were written")
         if position > self._taken:
             self._taken = position
             while self._write_times and self._write_times[0][0] <= position:

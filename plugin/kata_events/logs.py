@@ -73,178 +73,261 @@ _RETRY_FIELDS = ("url", "reason", "status", "attempt", "delay", "retry_after")
 
 _CATALOGUE = (
     EventSpec(
-        "start", logging.INFO,
-        ("version", "pid", "python", "urls", "external_system_id", "state_file", "max_events",
-         "max_timeout", "filter", "once"),
+        "start",
+        logging.INFO,
+        (
+            "version",
+            "pid",
+            "python",
+            "urls",
+            "external_system_id",
+            "state_file",
+            "max_events",
+            "max_timeout",
+            "filter",
+            "once",
+        ),
         "The process started; its version and main settings.",
     ),
     EventSpec(
-        "config", logging.INFO, (*(o.name for o in opts.OPTIONS), "config_file", "sources"),
+        "config",
+        logging.INFO,
+        (*(o.name for o in opts.OPTIONS), "config_file", "sources"),
         "The effective configuration and where each value came from (flag, variable, file).",
     ),
     EventSpec(
-        "mode", logging.INFO, ("mode", "requested", "reason"),
+        "mode",
+        logging.INFO,
+        ("mode", "requested", "reason"),
         "The acknowledgement mode chosen (none or lines) and why, e.g. the shipper sent START.",
     ),
     EventSpec(
-        "insecure", logging.WARNING, ("url", "urls"),
+        "insecure",
+        logging.WARNING,
+        ("url", "urls"),
         "insecure = true: the Central Node's certificate is not verified. Use ca_file or pin_sha256.",
     ),
     EventSpec(
-        "state", logging.INFO, ("state_file", "reason"),
+        "state",
+        logging.INFO,
+        ("state_file", "reason"),
         "Something notable about the state file: created, imported from the old token file, reset.",
     ),
     EventSpec(
-        "subscription_new", logging.INFO, ("url", "filter", "reason"),
+        "subscription_new",
+        logging.INFO,
+        ("url", "filter", "reason"),
         "No saved continuation token: the next request starts a new subscription.",
     ),
     EventSpec(
-        "subscription_lost", logging.ERROR, ("url", "external_system_id", "status", "reason"),
+        "subscription_lost",
+        logging.ERROR,
+        ("url", "external_system_id", "status", "reason"),
         "The server no longer knows the token (404 Subscription not found): a new subscription "
         "starts and events may have been skipped. Usually the tool was stopped for over 2 hours.",
     ),
     EventSpec(
-        "filter_changed", logging.WARNING, ("old_filter", "new_filter", "state_file"),
+        "filter_changed",
+        logging.WARNING,
+        ("old_filter", "new_filter", "state_file"),
         "The filter differs from the one the saved token belongs to: a new subscription starts.",
     ),
     EventSpec(
-        "page", logging.INFO, ("events", "bytes", "seconds", "url", "lag_seconds"),
+        "page",
+        logging.INFO,
+        ("events", "bytes", "seconds", "url", "lag_seconds"),
         "One page of events was delivered (empty pages are logged at debug level).",
     ),
     EventSpec(
-        "commit", logging.DEBUG, ("pages", "position", "events", "token"),
+        "commit",
+        logging.DEBUG,
+        ("pages", "position", "events", "token"),
         "A continuation token was saved: everything before it is delivered (and the first "
         "`events` of the page after it).",
     ),
     EventSpec(
-        "resume", logging.INFO, ("events", "token"),
+        "resume",
+        logging.INFO,
+        ("events", "token"),
         "A restart skips the first events of the answer to the saved token: their digest matches "
         "what was delivered before.",
     ),
     EventSpec(
-        "resume_mismatch", logging.WARNING, ("events", "token", "reason"),
+        "resume_mismatch",
+        logging.WARNING,
+        ("events", "token", "reason"),
         "The answer to the saved token does not start with the events recorded as delivered (the "
         "server answered with other events, or fewer): nothing is skipped, all is delivered again.",
     ),
     EventSpec(
-        "progress_record", logging.WARNING, ("state_file", "reason"),
+        "progress_record",
+        logging.WARNING,
+        ("state_file", "reason"),
         "The record of progress inside a page is corrupt or unusable: resuming from the last "
         "commit; events delivered since are sent again.",
     ),
     EventSpec(
-        "settle", logging.INFO, ("bytes", "settle_time", "events", "token"),
+        "settle",
+        logging.INFO,
+        ("bytes", "settle_time", "events", "token"),
         "Stopping on a pipe: what the reader took in the last settle_time seconds does not count "
         "as delivered (a shipper may drop what it reads while it shuts down); it is sent again.",
     ),
     EventSpec(
-        "caught_up", logging.INFO, ("events", "pages"),
+        "caught_up",
+        logging.INFO,
+        ("events", "pages"),
         "--once: a page shorter than max_events arrived, everything is committed; exiting.",
     ),
     EventSpec(
-        "retry", logging.WARNING, _RETRY_FIELDS,
+        "retry",
+        logging.WARNING,
+        _RETRY_FIELDS,
         "A request failed for a transient reason; retrying after a delay with backoff.",
     ),
     EventSpec(
-        "unauthorized", logging.ERROR, ("url", "external_system_id", "fingerprint"),
+        "unauthorized",
+        logging.ERROR,
+        ("url", "external_system_id", "fingerprint"),
         "HTTP 401: an administrator must approve this external system (id and certificate "
         "fingerprint) in the Central Node web interface, External systems; if it is approved "
         "already, compare the id and fingerprint shown there with the ones logged. Retried every "
         "5 s for 5 minutes, then every 30 s.",
     ),
     EventSpec(
-        "approved", logging.INFO, ("url", "external_system_id"),
+        "approved",
+        logging.INFO,
+        ("url", "external_system_id"),
         "The Central Node accepts this external system now.",
     ),
     EventSpec(
-        "bad_request", logging.ERROR, ("url", "status", "reason", "filter"),
+        "bad_request",
+        logging.ERROR,
+        ("url", "status", "reason", "filter"),
         "HTTP 400: the server rejected a parameter, most often the filter. Fix it and restart.",
     ),
     EventSpec(
-        "bad_response", logging.WARNING, ("url", "status", "reason", "excerpt", "delay"),
+        "bad_response",
+        logging.WARNING,
+        ("url", "status", "reason", "excerpt", "delay"),
         "The response could not be parsed; the page is not committed and is fetched again.",
     ),
     EventSpec(
-        "tls_verify_failed", logging.ERROR, ("url", "reason", "server_fingerprint", "delay"),
+        "tls_verify_failed",
+        logging.ERROR,
+        ("url", "reason", "server_fingerprint", "delay"),
         "The Central Node's certificate is not trusted: set ca_file, or pin_sha256 to the "
         "fingerprint shown if it is really your server.",
     ),
     EventSpec(
-        "environment_ignored", logging.WARNING, ("variable",),
+        "environment_ignored",
+        logging.WARNING,
+        ("variable",),
         "A variable other HTTPS clients read is set where it would matter (a proxy that does not "
         "exempt the Central Node, a CA bundle with no ca_file): kata-events connects directly and "
         "verifies with ca_file, a pin, or the system's trust store; the message says what to set.",
     ),
     EventSpec(
-        "tls_files_changed", logging.WARNING, ("reason",),
+        "tls_files_changed",
+        logging.WARNING,
+        ("reason",),
         "The certificate, key or CA file changed but the new files cannot be used yet (the message "
         "says why, e.g. a key of another certificate in the middle of a renewal): connections keep "
         "the last good files and try the new ones again at the next connection. Finish the renewal.",
     ),
     EventSpec(
-        "client_certificate", logging.ERROR, ("cert", "key", "reason"),
+        "client_certificate",
+        logging.ERROR,
+        ("cert", "key", "reason"),
         "The client certificate or key cannot be used (a key of another certificate, a certificate "
         "given as the key, a passphrase): the message names the files and the fix.",
     ),
     EventSpec(
-        "lag", logging.WARNING, ("lag_seconds", "limit", "full_page"),
+        "lag",
+        logging.WARNING,
+        ("lag_seconds", "limit", "full_page"),
         "The newest event delivered is older than lag_warning; past 2 hours events are lost. Raise "
         "max_events, filter more, or speed up the consumer.",
     ),
     EventSpec(
-        "event_skipped", logging.ERROR, ("index", "offset", "bytes", "reason", "limit", "url"),
+        "event_skipped",
+        logging.ERROR,
+        ("index", "offset", "bytes", "reason", "limit", "url"),
         "An event larger than max_event_bytes (or nested too deep to parse) was skipped, its bytes "
         "dropped as they arrived; the rest of the page is delivered. A broken server or proxy; raise "
         "max_event_bytes if such events are real.",
     ),
     EventSpec(
-        "line_too_long", logging.WARNING, ("bytes", "limit"),
+        "line_too_long",
+        logging.WARNING,
+        ("bytes", "limit"),
         "An event line exceeds warn_line_bytes: raise the shipper's line limit (said once).",
     ),
     EventSpec(
-        "ack_timeout", logging.WARNING, ("unacknowledged", "acknowledged", "seconds", "limit"),
+        "ack_timeout",
+        logging.WARNING,
+        ("unacknowledged", "acknowledged", "seconds", "limit"),
         "Lines have waited longer than ack_timeout for the shipper's acknowledgement; nothing is "
         "committed until they are acknowledged.",
     ),
     EventSpec(
-        "ack_protocol", logging.WARNING, ("line", "reason"),
+        "ack_protocol",
+        logging.WARNING,
+        ("line", "reason"),
         "Unexpected input on stdin in acknowledgement mode (ignored), or stdin failed.",
     ),
     EventSpec(
-        "drain_unmeasurable", logging.WARNING, ("reason",),
+        "drain_unmeasurable",
+        logging.WARNING,
+        ("reason",),
         "How much of stdout the reader has taken cannot be measured; a page counts as delivered "
         "once written.",
     ),
     EventSpec(
-        "consumer_gone", logging.WARNING, ("reason",),
+        "consumer_gone",
+        logging.WARNING,
+        ("reason",),
         "The reader of stdout went away (broken pipe): stopping; nothing unflushed is committed.",
     ),
     EventSpec(
-        "disk_fault", logging.ERROR, ("what", "paused_seconds", "reason"),
+        "disk_fault",
+        logging.ERROR,
+        ("what", "paused_seconds", "reason"),
         "The state file or a regular-file stdout stopped taking data mid-run (disk full, read-only, "
         "I/O error, quota): paused, the last saved token kept, retried until the disk works again "
         "(repeated as a warning while it lasts). Free space or fix the file system.",
     ),
     EventSpec(
-        "disk_recovered", logging.INFO, ("what", "paused_seconds"),
+        "disk_recovered",
+        logging.INFO,
+        ("what", "paused_seconds"),
         "The disk takes data again after a disk_fault: the stream carries on by itself.",
     ),
     EventSpec(
-        "stats", logging.INFO, _STATS_FIELDS,
+        "stats",
+        logging.INFO,
+        _STATS_FIELDS,
         "Periodic counters: events, pages, bytes (received), retries, lag; written counts event "
         "lines written to stdout, acknowledged and unacknowledged (acknowledgement mode only) "
         "count lines too.",
     ),
     EventSpec(
-        "stop", logging.INFO, ("reason", "exit_code", *_STATS_FIELDS),
+        "stop",
+        logging.INFO,
+        ("reason", "exit_code", *_STATS_FIELDS),
         "The process is stopping (signal, STOP from the shipper, --once done, error) and why; the "
         "final counters, as in stats.",
     ),
     EventSpec(
-        "fatal", logging.ERROR, ("exit_code", "reason"),
+        "fatal",
+        logging.ERROR,
+        ("exit_code", "reason"),
         "The process cannot go on (configuration, files, state lock); the message says the fix.",
     ),
     EventSpec(
-        "emulator", logging.INFO, (),
+        "emulator",
+        logging.INFO,
+        (),
         "kata-events demo only: what the built-in emulator did (approval, subscriptions, stop).",
     ),
 )
@@ -279,8 +362,10 @@ def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fiel
     spec = EVENTS.get(name)
     undeclared = sorted(fields) if spec is None else sorted(set(fields) - set(spec.fields))
     if spec is None or undeclared:
-        problem = f"unknown log event {name!r}" if spec is None else (
-            f"log event {name!r} does not declare fields {undeclared}"
+        problem = (
+            f"unknown log event {name!r}"
+            if spec is None
+            else (f"log event {name!r} does not declare fields {undeclared}")
         )
         if _strict():
             raise ValueError(problem + " (add it to kata_events.logs.EVENTS)")

@@ -309,8 +309,7 @@ OPTIONS: Tuple[Option, ...] = (
     Option(
         "max_unacked",
         "int",
-        "With acknowledgements: the most lines written but not yet acknowledged; writing pauses "
-        "there.",
+        "With acknowledgements: the most lines written but not yet acknowledged; writing pauses there.",
         default_doc="the value of max_events",
         minimum=1,
         metavar="N",
@@ -413,18 +412,28 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         if option.type == "bool":
             # None rather than SUPPRESS: 3.9's BooleanOptionalAction would print SUPPRESS in --help.
             parser.add_argument(
-                option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
+                option.flag,
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
                 help=help_text,
             )
         elif option.type == "list":
             parser.add_argument(
-                option.flag, dest=option.name, action="append", default=argparse.SUPPRESS,
-                metavar=option.metavar_text, help=help_text,
+                option.flag,
+                dest=option.name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar=option.metavar_text,
+                help=help_text,
             )
         else:
             parser.add_argument(
-                option.flag, dest=option.name, default=argparse.SUPPRESS,
-                metavar=option.metavar_text, help=help_text,
+                option.flag,
+                dest=option.name,
+                default=argparse.SUPPRESS,
+                metavar=option.metavar_text,
+                help=help_text,
             )
 
 

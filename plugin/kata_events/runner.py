@@ -432,7 +432,7 @@ class Runner:
             take = batch[: resume.events - seen]
             hasher.update(joined(take))
             seen += len(take)
-            rest = batch[len(take):]
+            rest = batch[len(take) :]
         if hasher.hexdigest() != resume.digest:
             raise ResumeMismatch("their digest differs")
         self.delivery.begin_page(self.token, seen, hasher)
@@ -643,7 +643,7 @@ class Runner:
 
             fp = exc.server_fingerprint
             how = (
-                f"if this is your Central Node, trust it with pin_sha256 = \"{fp}\" "
+                f'if this is your Central Node, trust it with pin_sha256 = "{fp}" '
                 f"(SHA-256 {format_fingerprint(fp)}) or with ca_file"
                 if fp
                 else "trust its CA with ca_file, or pin its certificate with pin_sha256"
@@ -687,9 +687,7 @@ class Runner:
 
             fp = file_fingerprint(self.client.cert)
             shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"
-            ids = (
-                f"external system id {self.client.external_system_id}, certificate SHA-256 {shown}"
-            )
+            ids = f"external system id {self.client.external_system_id}, certificate SHA-256 {shown}"
             if first:
                 message = (
                     "the Central Node does not accept this external system yet (HTTP 401). An "

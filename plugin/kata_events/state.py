@@ -464,9 +464,7 @@ class TokenStore:
             data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
         try:
             if self._progress_fd is None:
-                self._progress_fd = os.open(
-                    self.progress_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-                )
+                self._progress_fd = os.open(self.progress_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 os.fchmod(self._progress_fd, 0o600)
                 self._progress_len = os.fstat(self._progress_fd).st_size
                 if len(data) < self._progress_len:
@@ -533,7 +531,7 @@ class TokenStore:
                 os.fchmod(fd, 0o600)  # whatever the umask
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -454,8 +454,9 @@ class PageSplitter:
             self._pos = self._scan_pos  # skipping: nothing of the event is kept
         elif n - self._pos > self.max_event_bytes:
             if self._purpose != _FOR_EVENT:
-                self._fail(f"a top-level value is larger than max_event_bytes ({self.max_event_bytes})",
-                           self._pos)
+                self._fail(
+                    f"a top-level value is larger than max_event_bytes ({self.max_event_bytes})", self._pos
+                )
             self._skip_from = self._off + self._pos
             self._pos = self._scan_pos
 
@@ -466,8 +467,12 @@ class PageSplitter:
         if purpose == _FOR_EVENT:
             self._state = _S_AFTER_ELEM
             if self._skip_from >= 0:
-                self._skip(self._index, self._skip_from, self._off + end - self._skip_from,
-                           "larger than max_event_bytes")
+                self._skip(
+                    self._index,
+                    self._skip_from,
+                    self._off + end - self._skip_from,
+                    "larger than max_event_bytes",
+                )
                 self._index += 1
                 self._skip_from = -1
             else:

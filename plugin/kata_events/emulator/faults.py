@@ -99,9 +99,7 @@ class Fault:
         if self.count < 1:
             raise FaultSpecError(f"fault {self.kind}: count must be at least 1")
         if self.after < 0 or self.retry_after < 0 or self.delay < 0 or self.shift < 0:
-            raise FaultSpecError(
-                f"fault {self.kind}: after, retry_after, delay and shift cannot be negative"
-            )
+            raise FaultSpecError(f"fault {self.kind}: after, retry_after, delay and shift cannot be negative")
         if self.size < 64 or self.depth < 1:
             raise FaultSpecError(f"fault {self.kind}: size must be at least 64 and depth at least 1")
         if self.remaining < 0:

@@ -898,9 +898,7 @@ class Emulator:
                     f"max_timeout: must be more than PT0S and at most PT{MAX_TIMEOUT_LIMIT:g}S"
                 )
         token = query.get("continuation_token")
-        page, new_token = self._serve_page(
-            ext_id, token, query.get("filter"), max_events, timeout, shift
-        )
+        page, new_token = self._serve_page(ext_id, token, query.get("filter"), max_events, timeout, shift)
         if page is None:
             return False  # stopping
         self._send_page(conn, page, new_token, body_fault, hostile)
