@@ -70,7 +70,8 @@ def test_readme_names_the_two_commands_that_ci_runs() -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     test_command = (
-        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest"
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'"
+        " && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/python -m pytest"
     )
     assert test_command in text and test_command in ci
     assert "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/kata-events demo" in text
