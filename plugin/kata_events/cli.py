@@ -91,10 +91,46 @@ def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -
     return message
 
 
+def _unknown_command(word: str, names: Sequence[str]) -> str:
+    """The usage error for a subcommand that does not exist, with the one most like it."""
+    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
+    guess = f"did you mean {close[0]}? " if close else ""
+    return f"unknown command {word!r}: {guess}the commands are {', '.join(names)}"
+
+
+def unsupported_platform() -> Optional[str]:
+    """Why this platform cannot run kata-events (None: it can): the sentence for the user.
+
+    The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
+    are POSIX calls; on Windows the first import of `fcntl` or `termios` would end in a traceback.
+    """
+    missing = []
+    for name in ("fcntl", "termios"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if not missing:
+        return None
+    return (
+        f"this Python ({sys.platform}) has no {' or '.join(missing)}: kata-events runs on Linux "
+        "(and other POSIX systems); run it on the collector's Linux host, or in WSL on Windows"
+    )
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
     if argv is None:
         argv = sys.argv[1:]
+    command = chosen_command(argv)
+    names = [name for name, _, _ in COMMANDS]
+    if command and command not in names:
+        build_parser("").error(_unknown_command(command, names))
+    # Before any subcommand's module is imported (they need fcntl); --version and --help still work.
+    unsupported = unsupported_platform() if command else None
+    if unsupported:
+        sys.stderr.write(f"kata-events: {unsupported}\n")
+        return int(ExitStatus.UNAVAILABLE)
     parser = build_parser(chosen_command(argv))
     # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,
     # rather than by the top-level parser, which knows none of the subcommand's options.

@@ -21,6 +21,8 @@ class ExitStatus(IntEnum):
     USAGE = 64
     #: A file the user named (config, certificate, key, CA) is missing or unreadable (EX_NOINPUT).
     NO_INPUT = 66
+    #: This platform lacks what kata-events needs (POSIX: fcntl, termios) (EX_UNAVAILABLE).
+    UNAVAILABLE = 69
     #: Writing the events failed (stdout on a full or failing disk) (EX_IOERR).
     IO_ERROR = 74
     #: The state file or its directory cannot be written (EX_CANTCREAT).
