@@ -71,6 +71,9 @@ class Option:
     metavar: Optional[str] = None
     #: What a valid value looks like, for error messages; derived from the type when empty.
     allowed: str = ""
+    #: Only ``run`` uses it (streaming, delivery, acknowledgements): `check` accepts the flag, so a
+    #: run's command line can be checked as it is, but does not list it in its --help.
+    run_only: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -293,6 +296,7 @@ OPTIONS: Tuple[Option, ...] = (
         "acknowledged or file fsynced), lines (expect ACK lines on stdin).",
         default="auto",
         choices=("auto", "none", "lines"),
+        run_only=True,
     ),
     Option(
         "settle_time",
@@ -305,6 +309,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=0,
         maximum=600,
         metavar="SECONDS",
+        run_only=True,
     ),
     Option(
         "max_unacked",
@@ -313,6 +318,7 @@ OPTIONS: Tuple[Option, ...] = (
         default_doc="the value of max_events",
         minimum=1,
         metavar="N",
+        run_only=True,
     ),
     Option(
         "ack_timeout",
@@ -322,6 +328,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=1,
         maximum=86400,
         metavar="SECONDS",
+        run_only=True,
     ),
     Option(
         "log_level",
@@ -345,6 +352,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=0,
         maximum=86400,
         metavar="SECONDS",
+        run_only=True,
     ),
     Option(
         "lag_warning",
@@ -355,6 +363,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=1,
         maximum=SERVER_RETENTION_SECONDS,
         metavar="SECONDS",
+        run_only=True,
     ),
     Option(
         "warn_line_bytes",
@@ -365,6 +374,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=0,
         maximum=2**31 - 1,
         metavar="BYTES",
+        run_only=True,
     ),
     Option(
         "max_event_bytes",
@@ -384,6 +394,7 @@ OPTIONS: Tuple[Option, ...] = (
         "Fetch until caught up (a page shorter than max_events), commit, exit 0: for schedulers "
         "and Fluent Bit's interval mode.",
         default=False,
+        run_only=True,
     ),
 )
 
@@ -393,11 +404,12 @@ BY_ENV: Dict[str, Option] = {option.env: option for option in OPTIONS}
 KNOWN_ENV: Tuple[str, ...] = (CONFIG_ENV, *BY_ENV)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = True) -> None:
     """Add ``--config`` and one flag per option to ``parser``.
 
     A flag that is not given leaves no attribute (booleans: None), so `config` can tell it from a
     value; values stay strings here and are converted and checked together with the other sources.
+    ``show_run_only=False`` (`check`) keeps the run-only flags out of --help while accepting them.
     """
     parser.add_argument(
         CONFIG_FLAG,
@@ -409,6 +421,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         repeat = " Repeatable." if option.type == "list" else ""
         help_text = f"{option.long_help}{repeat} Env: {option.env}.".replace("%", "%%")
+        if option.run_only and not show_run_only:
+            help_text = argparse.SUPPRESS
         if option.type == "bool":
             # None rather than SUPPRESS: 3.9's BooleanOptionalAction would print SUPPRESS in --help.
             parser.add_argument(
