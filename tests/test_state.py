@@ -303,7 +303,7 @@ def test_a_directory_that_is_a_regular_file_is_not_writable(tmp_path):
 def test_a_missing_parent_under_a_regular_file_deep_down_is_not_writable(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
-    with pytest.raises(StateNotWritable, match="Not a directory"):
+    with pytest.raises(StateNotWritable, match=r"afile is a file, not a directory"):
         store(afile / "deeper" / "x.token").open()
 
 

@@ -122,12 +122,18 @@ def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.
     state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state_directory:
         return Path(state_directory) / name
+    return state_home(environ) / name
+
+
+def state_home(environ: Mapping[str, str] = os.environ) -> Path:
+    """The user's kata-events state directory: ``$XDG_STATE_HOME/kata-events``, else
+    ``~/.local/state/kata-events`` (the emulator keeps its CA and approvals under it too)."""
     xdg = environ.get("XDG_STATE_HOME", "")
     # The XDG base directory spec says relative paths are invalid and must be ignored.
     if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "kata-events" / name
+        return Path(xdg) / "kata-events"
     home = environ.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "kata-events" / name
+    return Path(home) / ".local" / "state" / "kata-events"
 
 
 def import_seed_token(path: Union[Path, str]) -> str:
@@ -555,19 +561,27 @@ class TokenStore:
         while not d.exists() and d != d.parent:
             missing.append(d)
             d = d.parent
+        if not d.is_dir():
+            raise self._not_a_directory(d)
         for d in reversed(missing):
             try:
                 os.mkdir(d, 0o700)
                 os.chmod(d, 0o700)  # whatever the umask
             except FileExistsError:
                 if not d.is_dir():
-                    raise self._not_writable(d, FileExistsError(errno.EEXIST, "not a directory")) from None
+                    raise self._not_a_directory(d) from None
             except OSError as exc:
                 raise self._not_writable(d, exc) from None
         if not directory.is_dir():
-            raise self._not_writable(
-                directory, NotADirectoryError(errno.ENOTDIR, "exists but is not a directory")
-            )
+            raise self._not_a_directory(directory)
+
+    def _not_a_directory(self, where: Path) -> StateNotWritable:
+        # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
+        what = "a file" if where.is_file() else "not a directory"
+        return StateNotWritable(
+            f"cannot write the state file {self._path}: {where} is {what}, not a directory that can "
+            f"hold it; {_FIX_HINT} (a path inside a directory)"
+        )
 
     def _probe_writable(self, directory: Path) -> None:
         probe = directory / f".{self._path.name}.{secrets.token_hex(4)}.probe"
