@@ -289,12 +289,14 @@ class Runner:
                 self.resume = point if point.events else None
         stats_thread = self._start_stats_thread()
         code = ExitStatus.OK
+        gone = False
         try:
             code = self._loop()
         except StopRequested:
             pass
         except ConsumerGone as exc:
             logs.emit("consumer_gone", f"the reader of stdout went away ({exc}); stopping")
+            gone = True
         except OutputFailed as exc:
             self._failure = (ExitStatus.IO_ERROR, f"{exc}: nothing after the last commit is lost")
         except StateError as exc:
@@ -331,6 +333,8 @@ class Runner:
             self.client.close()
             if stats_thread is not None:
                 stats_thread.join(timeout=1.0)
+            if gone and not self._stop_reason:
+                self._stop_reason = "consumer gone"
             if self._failure is not None:
                 code, message = self._failure
                 self._stop_reason = "error"
@@ -565,7 +569,7 @@ class Runner:
             stats.lag_seconds = 0.0
         logs.emit(
             "page",
-            f"page of {count} events delivered",
+            f"page of {count} event{'' if count == 1 else 's'} delivered",
             level="DEBUG" if count == 0 else None,
             events=count,
             bytes=page.bytes_read,
