@@ -13,7 +13,7 @@ import threading
 from typing import Any, List
 
 from kata_events.emulator.faults import FAULT_KINDS, Fault, FaultSpecError
-from kata_events.emulator.server import DEFAULT_STATE_DIR, MAX_TIMEOUT_LIMIT, Emulator
+from kata_events.emulator.server import MAX_TIMEOUT_LIMIT, Emulator
 
 __all__ = ["DESCRIPTION", "add_arguments", "run"]
 
@@ -103,10 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--state-dir",
-        default=str(DEFAULT_STATE_DIR),
+        default=None,
         metavar="DIR",
         help="where the CA, the server certificate and the approvals are kept, made if missing "
-        "(mode 0700, files 0600) (default: %(default)s)",
+        "(mode 0700, files 0600) (default: $XDG_STATE_HOME/kata-events/emulator, else "
+        "~/.local/state/kata-events/emulator, beside run's tokens)",
     )
     parser.add_argument(
         "--approve",

@@ -33,11 +33,19 @@ from kata_events.emulator.events import EventFactory
 from kata_events.emulator.faults import Fault, FaultQueue, hostile_event
 from kata_events.emulator.filters import Filter, FilterSyntaxError, compile_filter
 
-__all__ = ["DEFAULT_STATE_DIR", "Emulator", "parse_iso_duration"]
+__all__ = ["Emulator", "default_state_dir", "parse_iso_duration"]
 
 log = logging.getLogger("kata_events.emulator")
 
-DEFAULT_STATE_DIR = Path("~/.local/state/kata-events/emulator")
+
+def default_state_dir(environ: Optional[Dict[str, str]] = None) -> Path:
+    """Where the emulator keeps its CA and approvals unless told: ``emulator`` in the directory
+    `run` keeps its tokens in (``$XDG_STATE_HOME/kata-events``, else ``~/.local/state/kata-events``)."""
+    from kata_events.state import state_home
+
+    return state_home(os.environ if environ is None else environ) / "emulator"
+
+
 EVENTS_PATH_PREFIX = "/kata/events_api/v1/"
 DEFAULT_MAX_EVENTS = 1000
 MAX_TIMEOUT_LIMIT = 300.0
@@ -150,7 +158,7 @@ class Emulator:
     Use as a context manager, or call :meth:`start` (returns once listening) and :meth:`stop`.
 
     - ``listen``: ``HOST:PORT``; port 0 picks a free one (then read :attr:`port` / :attr:`url`).
-    - ``state_dir``: CA, server certificate and approvals (default ``~/.local/state/kata-events/emulator``).
+    - ``state_dir``: CA, server certificate and approvals (default: `default_state_dir`).
     - ``approve``: ``"manual"`` (401 until :meth:`approve` or the control endpoint) or ``"auto"``.
     - ``backlog``: events present at start; ``rate``: new events per second, computed lazily from
       the clock (0: none); ``event_bytes``: approximate encoded size of one event.
@@ -182,7 +190,7 @@ class Emulator:
         if not 0 < default_max_timeout <= MAX_TIMEOUT_LIMIT:
             raise ValueError(f"default_max_timeout must be in (0, {MAX_TIMEOUT_LIMIT:g}]")
         self.host, self._requested_port = _split_listen(listen)
-        self.state_dir = Path(state_dir if state_dir is not None else DEFAULT_STATE_DIR).expanduser()
+        self.state_dir = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
         self.approve_mode = approve
         self.backlog = backlog
         self.rate = float(rate)
