@@ -323,22 +323,39 @@ def report_line(name: str, report: GapReport, log: StopStartLog, seconds: Option
 
 # -- syslog-ng's shipped example ----------------------------------------------------------------------
 
-SYSLOG_NG_EXAMPLE_COMMAND = (
-    "exec /usr/local/bin/kata-events run --config /etc/kata-events/config.toml "
-    "2>>/var/log/kata-events/kata-events.log"
-)
+_PROGRAM = re.compile(r'program\("((?:[^"\\]|\\.)*)"')
 
 
-def program_string(config: Path, log: Path) -> str:
-    """The example's program() string with this test's config file and log file."""
-    return f"exec {kata_events_command()} run --config {shlex.quote(str(config))} 2>>{shlex.quote(str(log))}"
+def syslog_ng_example_program() -> str:
+    """The example's program() string, as written in the file (syslog-ng's escapes kept)."""
+    match = _PROGRAM.search((ROOT / "syslog-ng.conf.example").read_text(encoding="utf-8"))
+    assert match, "syslog-ng.conf.example has no program() source"
+    return match.group(1)
+
+
+def program_string(config: Path, log: Path, logger_socket: Optional[Path] = None) -> str:
+    """The example's program() string with only its addresses changed: this test's command, config
+    file and log file (its directory too), and ``logger_socket`` for the system log's socket."""
+    text = syslog_ng_example_program()
+    replacements = {
+        "/usr/local/bin/kata-events": kata_events_command(),
+        "/etc/kata-events/config.toml": shlex.quote(str(config)),
+        "/var/log/kata-events/kata-events.log": shlex.quote(str(log)),
+        "mkdir -p /var/log/kata-events;": f"mkdir -p {shlex.quote(str(log.parent))};",
+    }
+    if logger_socket is not None:
+        replacements["logger -t"] = f"logger -u {shlex.quote(str(logger_socket))} -t"
+    for old, new in replacements.items():
+        assert old in text, f"syslog-ng.conf.example's program() no longer contains {old!r}"
+        text = text.replace(old, new)
+    return text
 
 
 def syslog_ng_example_config(version: str, program: str, sink_port: int, copy_file: Path) -> str:
     """``syslog-ng.conf.example`` with only its program string, SIEM address and file path changed."""
     text = (ROOT / "syslog-ng.conf.example").read_text(encoding="utf-8")
     replacements = {
-        f'program("{SYSLOG_NG_EXAMPLE_COMMAND}"': f'program("{program}"',
+        f'program("{syslog_ng_example_program()}"': f'program("{program}"',
         'network("siem.example.local"': 'network("127.0.0.1"',
         "port(9000)": f"port({sink_port})",
         'file("/var/log/kata-events/events.ndjson"': f'file("{copy_file}"',

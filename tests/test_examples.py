@@ -565,19 +565,25 @@ def syslog_ng_size(value: str) -> int:
 
 def test_syslog_ng_program_source_takes_whole_lines_of_a_mebibyte() -> None:
     source = syslog_ng_source_block(read("syslog-ng.conf.example"))
-    program = re.search(r'program\(\s*"([^"]+)"', source)
+    program = re.search(r'program\(\s*"((?:[^"\\]|\\.)+)"', source)
     assert program
-    words = program.group(1).split()
-    # syslog-ng runs the string with /bin/sh -c: `exec` makes SIGTERM reach the tool itself, and
-    # the child's stderr is /dev/null unless redirected.
-    assert words[0] == "exec"
-    assert is_kata_events_run(words[1:])
-    assert any(word.startswith("2>>/") for word in words)
+    # syslog-ng runs the string with /bin/sh -c, the child's stderr on /dev/null, and starts it
+    # again at once whenever it ends: the log directory is made first, stderr is appended to a file
+    # in it, and a failure is logged (logger) and paced (sleep) rather than looped unseen.
+    mkdir, run, on_failure = re.fullmatch(r"(mkdir -p \S+); (.*?) \|\| \{ (.*) \}", program.group(1)).groups()
+    words = run.split()
+    assert is_kata_events_run(words)
+    log_file = next(word[3:] for word in words if word.startswith("2>>/"))
+    assert mkdir == f"mkdir -p {log_file.rsplit('/', 1)[0]}"
+    assert on_failure.startswith("logger -t kata-events ") and "$?" in on_failure
+    assert re.search(r"; sleep [1-9]\d*;$", on_failure)
     assert re.search(r"\bflags\(\s*no-parse\s*\)", source)
     size = re.search(r"\blog-msg-size\(\s*(\d+)\s*\)", source)
     assert size and syslog_ng_size(size.group(1)) >= MIB
     # Nothing but the program() call with those two options.
-    leftover = re.sub(r'program\(\s*"[^"]+"|flags\(\s*no-parse\s*\)|log-msg-size\(\s*\d+\s*\)', "", source)
+    leftover = re.sub(
+        r'program\(\s*"(?:[^"\\]|\\.)+"|flags\(\s*no-parse\s*\)|log-msg-size\(\s*\d+\s*\)', "", source
+    )
     assert re.fullmatch(r"[\s);]*", leftover), leftover
 
 

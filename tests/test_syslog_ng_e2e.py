@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -159,3 +161,135 @@ def test_syslog_ng_program_source_delivers_every_event_unaltered(tmp_path: Path)
     assert siem_stats["non_ascii"] == small_stats["non_ascii"]
     assert big_stats["longest"] > SYSLOG_NG_DEFAULT_MSG_SIZE
     assert big_stats["non_ascii"] == BIG_EVENTS
+
+
+# -- the example on a fresh box -------------------------------------------------------------------------
+
+
+class _SystemLog:
+    """A stand-in for /dev/log: a Unix datagram socket that keeps every message logger sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: List[str] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self.messages.append(self.sock.recv(65536).decode("utf-8", "replace"))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _run_syslog_ng(binary: str, config: Path, work: Path, ng_log: Path) -> subprocess.Popen:
+    with ng_log.open("ab") as out:
+        return subprocess.Popen(
+            syslog_ng_command(binary, config, work),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=shipper_env(),
+        )
+
+
+@pytest.mark.timeout(120)
+def test_the_example_streams_on_a_box_without_its_log_directory(tmp_path: Path) -> None:
+    """The example with only its addresses changed; /var/log/kata-events (here under tmp) is absent."""
+    binary = syslog_ng_binary()
+    cert, key = tmp_path / "client.crt", tmp_path / "client.key"
+    certs.make_self_signed_cert("syslog-ng-fresh", days=2).write(cert, key)
+    kata_log = tmp_path / "var-log" / "kata-events" / "kata-events.log"
+    copy_file, ng_log = tmp_path / "copy.ndjson", tmp_path / "syslog-ng.log"
+    sink = LineSink(tmp_path / "siem.ndjson")
+    with Emulator(
+        listen="127.0.0.1:0", state_dir=tmp_path / "emu", approve="auto", rate=0, backlog=300
+    ) as emu:
+        write_run_config(tmp_path / "run.toml", emu, cert, key, tmp_path / "run.token", "auto")
+        config = tmp_path / "syslog-ng.conf"
+        config.write_text(
+            syslog_ng_example_config(
+                syslog_ng_config_version(binary),
+                program_string(tmp_path / "run.toml", kata_log),
+                sink.port,
+                copy_file,
+            ),
+            encoding="utf-8",
+        )
+        process: Optional[subprocess.Popen] = None
+        try:
+            process = _run_syslog_ng(binary, config, tmp_path, ng_log)
+            deadline = time.monotonic() + 60
+            while count_lines(copy_file) < 300 and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.1)
+            assert count_lines(copy_file) == 300, f"--- syslog-ng:\n{tail(ng_log)}"
+        finally:
+            stop_shipper(process, STOP_WAIT)
+            sink.close()
+            leftovers = wait_gone(str(tmp_path), 5)
+            kill_left(str(tmp_path))
+        assert not leftovers, leftovers
+        assert_same_events(copy_file, emu, 300)
+    # The directory was made, and kata-events' log lines are in the file (JSON, one per line).
+    records = [json.loads(line) for line in kata_log.read_text(encoding="utf-8").splitlines()]
+    assert any(r.get("event") == "start" for r in records), records[:5]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("failure", ["kata-events exits", "the log file cannot be opened"])
+def test_a_child_that_fails_at_once_is_said_in_the_system_log_not_restarted_unseen(
+    tmp_path: Path, failure: str
+) -> None:
+    binary = syslog_ng_binary()
+    if failure == "kata-events exits":
+        # No such config file: kata-events exits 66 at once, its reason in its own log file.
+        kata_log, expected_status = tmp_path / "logs" / "kata-events.log", 66
+    else:
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        kata_log, expected_status = blocker / "kata-events" / "kata-events.log", 2
+    system_log = _SystemLog(tmp_path / "dev-log")
+    config = tmp_path / "syslog-ng.conf"
+    config.write_text(
+        syslog_ng_example_config(
+            syslog_ng_config_version(binary),
+            program_string(tmp_path / "missing.toml", kata_log, logger_socket=tmp_path / "dev-log"),
+            9,  # the SIEM is never reached: nothing is sent
+            tmp_path / "copy.ndjson",
+        ),
+        encoding="utf-8",
+    )
+    ng_log = tmp_path / "syslog-ng.log"
+    process: Optional[subprocess.Popen] = None
+    try:
+        process = _run_syslog_ng(binary, config, tmp_path, ng_log)
+        deadline = time.monotonic() + 30
+        while not system_log.messages and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert system_log.messages, f"nothing in the system log; syslog-ng:\n{tail(ng_log)}"
+        first = time.monotonic()
+        time.sleep(3.0)  # a restart loop would start the program hundreds of times by now
+        messages = list(system_log.messages)
+    finally:
+        stop_shipper(process, STOP_WAIT)
+        system_log.close()
+        wait_gone(str(tmp_path), 5)
+        kill_left(str(tmp_path))
+    assert len(messages) == 1, messages[:5]
+    assert f"kata-events run exited with status {expected_status}" in messages[0], messages
+    assert time.monotonic() - first >= 3.0
+    if expected_status == 66:
+        # One start in those seconds, and its reason in kata-events' own log file.
+        lines = kata_log.read_text(encoding="utf-8").splitlines()
+        assert len(lines) == 1 and "missing.toml" in lines[0], lines[:5]
