@@ -57,7 +57,8 @@ def _stop_records(stderr: str) -> List[Dict[str, Any]]:
 def test_check_help_lists_only_what_check_uses_and_accepts_a_runs_command_line(tmp_path: Path) -> None:
     shown = _kata("check", "--help")
     assert shown.returncode == 0
-    options = shown.stdout.split("\noptions:", 1)
+    # "options:" since Python 3.10, "optional arguments:" before.
+    options = re.split(r"\n(?:options|optional arguments):", shown.stdout, maxsplit=1)
     usage_and_options = options[0].split("\n\n", 1)[0] + options[1]
     for run_only in (
         "--once",

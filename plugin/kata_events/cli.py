@@ -131,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unsupported:
         sys.stderr.write(f"kata-events: {unsupported}\n")
         return int(ExitStatus.UNAVAILABLE)
-    parser = build_parser(chosen_command(argv))
+    parser = build_parser(command)
     # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,
     # rather than by the top-level parser, which knows none of the subcommand's options.
     args, extra = parser.parse_known_args(argv)
