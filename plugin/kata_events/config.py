@@ -55,6 +55,7 @@ class Config:
     ca_file: Optional[Path]
     pin_sha256: Optional[str]
     insecure: bool
+    proxy: Optional[str]
     filter: str
     max_events: int
     max_timeout: int
@@ -182,6 +183,8 @@ def describe(config: Config) -> Dict[str, Any]:
         value = getattr(config, option.name)
         if option.secret and value is not None:
             value = "<redacted>"
+        elif option.name == "proxy" and value is not None:
+            value = without_credentials(value)
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
@@ -190,6 +193,12 @@ def describe(config: Config) -> Dict[str, Any]:
     described["config_file"] = None if config.config_file is None else str(config.config_file)
     described["sources"] = {k: v for k, v in config.sources.items() if v != _DEFAULT.label}
     return described
+
+
+def without_credentials(url: str) -> str:
+    """``http://user:password@host:port`` → ``http://host:port``: a URL fit for a log line."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
 def normalize_pin(pin: str) -> str:

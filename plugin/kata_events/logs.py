@@ -86,8 +86,12 @@ _CATALOGUE = (
             "max_timeout",
             "filter",
             "once",
+            "verified_by",
+            "proxies",
         ),
-        "The process started; its version and main settings.",
+        "The process started; its version, main settings, what verifies the server (pin_sha256, "
+        "ca_file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE or the system's trust store) and the proxy "
+        "of each address that has one (without credentials).",
     ),
     EventSpec(
         "config",
@@ -218,14 +222,6 @@ _CATALOGUE = (
         ("url", "reason", "server_fingerprint", "delay"),
         "The Central Node's certificate is not trusted: set ca_file, or pin_sha256 to the "
         "fingerprint shown if it is really your server.",
-    ),
-    EventSpec(
-        "environment_ignored",
-        logging.WARNING,
-        ("variable",),
-        "A variable other HTTPS clients read is set where it would matter (a proxy that does not "
-        "exempt the Central Node, a CA bundle with no ca_file): kata-events connects directly and "
-        "verifies with ca_file, a pin, or the system's trust store; the message says what to set.",
     ),
     EventSpec(
         "tls_files_changed",

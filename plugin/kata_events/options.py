@@ -45,6 +45,8 @@ MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
 
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 # 64 hex digits, or 32 colon-separated pairs as `openssl x509 -fingerprint -sha256` prints them.
+#: A proxy's address: scheme, optional credentials, host and port, nothing after.
+PROXY_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+/?$"
 PIN_PATTERN = r"^(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$"
 
 
@@ -250,6 +252,17 @@ OPTIONS: Tuple[Option, ...] = (
         "Do not verify the Central Node's certificate at all (warned on every start; use ca_file "
         "or pin_sha256 instead).",
         default=False,
+    ),
+    Option(
+        "proxy",
+        "str",
+        "The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT (a CONNECT tunnel: TLS "
+        "stays end to end, a pin still holds). Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY, which "
+        "are used otherwise. Its credentials never appear in a log line.",
+        default_doc="HTTPS_PROXY / ALL_PROXY unless NO_PROXY exempts the host; else none",
+        pattern=PROXY_PATTERN,
+        metavar="URL",
+        allowed="an http:// or https:// proxy address such as http://proxy.example.local:3128",
     ),
     Option(
         "filter",

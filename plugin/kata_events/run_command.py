@@ -13,8 +13,7 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, Dict, List, Mapping, Optional
-from urllib.parse import urlsplit
+from typing import Any, Dict, List, Optional
 
 from kata_events import __version__, keypair, logs
 from kata_events.acks import choose_ack_mode
@@ -66,6 +65,7 @@ def build_client(config: Config, **overrides: Any) -> EventsClient:
         ca_file=str(config.ca_file) if config.ca_file else None,
         pin_sha256=config.pin_sha256 or None,
         insecure=config.insecure,
+        proxy=config.proxy,
         max_events=config.max_events,
         max_timeout=config.max_timeout,
         filter=config.filter,
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format)
+    client = build_client(config)
     logs.emit(
         "start",
         f"kata-events {__version__} starting",
@@ -99,6 +100,8 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         max_timeout=config.max_timeout,
         filter=config.filter,
         once=config.once,
+        verified_by=client.trust.text,
+        proxies=client.shown_proxies() or None,
     )
     logs.emit("config", "effective configuration", **describe(config))
     if config.insecure:
@@ -107,7 +110,6 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
-    _warn_ignored_environment(config, os.environ)
     unusable = keypair.problem(config.cert, config.key)
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
@@ -145,7 +147,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         runner = Runner(
-            client=build_client(config),
+            client=client,
             store=store,
             delivery=delivery,
             once=config.once,
@@ -164,40 +166,6 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             _restore_signal_handlers(runner, previous_alarm)
     finally:
         store.close()
-
-
-def _warn_ignored_environment(config: Config, environ: Mapping[str, str]) -> None:
-    """Name the variables other HTTPS clients read and kata-events does not, where they would matter.
-
-    A proxy variable that does not exempt the Central Node's host, and a CA-bundle variable when
-    neither ca_file nor a pin chooses the trust: after an upgrade from a requests-based tool, the
-    cause of a "cannot connect" or an untrusted server is then on the screen.
-    """
-    proxy_names = [n for n in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if environ.get(n)]
-    if proxy_names:
-        from urllib.request import proxy_bypass_environment  # only when a proxy variable is set
-
-        hosts = {urlsplit(url).hostname or "" for url in config.url}
-        proxies = {"no": environ.get("NO_PROXY") or environ.get("no_proxy") or ""}
-        if not all(proxy_bypass_environment(host, proxies) for host in hosts):
-            logs.emit(
-                "environment_ignored",
-                f"{proxy_names[0]} is set, but kata-events connects to the Central Node directly: "
-                "proxy variables are not used",
-                level="WARNING",
-                variable=proxy_names[0],
-            )
-    if not (config.ca_file or config.pin_sha256 or config.insecure):
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            if environ.get(name):
-                logs.emit(
-                    "environment_ignored",
-                    f"{name} is set, but kata-events does not read it: without ca_file the Central "
-                    "Node is verified with the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR "
-                    f"point it elsewhere); set ca_file = {environ[name]!r} to trust that bundle",
-                    level="WARNING",
-                    variable=name,
-                )
 
 
 def _install_signal_handlers(runner: Runner) -> Any:
