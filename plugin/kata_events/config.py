@@ -172,6 +172,23 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
+def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """The log format asked for by flag, variable or config file, for errors before the
+    configuration is resolved: the first valid one in precedence order, else the default."""
+    option = opts.BY_NAME["log_format"]
+    candidates = [getattr(args, "log_format", None), environ.get(option.env)]
+    try:
+        path = _config_path(args, environ)
+        if path is not None:
+            candidates.append(_read_toml(path).get("log_format"))
+    except (UserError, OSError):
+        pass
+    for value in candidates:
+        if isinstance(value, str) and value.strip().lower() in option.choices:
+            return value.strip().lower()
+    return str(option.default)
+
+
 def describe(config: Config) -> Dict[str, Any]:
     """The effective configuration as JSON-ready values, for the ``config`` log event.
 

@@ -317,8 +317,9 @@ _CATALOGUE = (
     EventSpec(
         "fatal",
         logging.ERROR,
-        ("exit_code", "reason"),
-        "The process cannot go on (configuration, files, state lock); the message says the fix.",
+        ("exit_code", "reason", "problems", "usage"),
+        "The process cannot go on (configuration, a missing file, a usage error, the state lock); "
+        "the message says the fix, `problems` lists each of several.",
     ),
     EventSpec(
         "emulator",

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from kata_events import __version__, keypair, logs
 from kata_events.acks import choose_ack_mode
 from kata_events.api import EventsClient
-from kata_events.config import Config, describe, load_run_config
+from kata_events.config import Config, describe, load_run_config, requested_log_format
 from kata_events.delivery import LineWriter, make_delivery
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
@@ -80,9 +80,38 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
-        say(str(exc))
-        return int(exc.exit_code)
+        return fatal(exc, requested_log_format(args, os.environ))
     return run_config(config)
+
+
+def fatal(exc: UserError, log_format: str, **fields: Any) -> int:
+    """Log a configuration, file or usage error as one ``fatal`` line; its exit code.
+
+    Before the configuration is resolved the log set-up is not either: the format is the one asked
+    for wherever it could be read (`requested_log_format`), JSON otherwise.
+    """
+    logs.setup_logging("info", log_format)
+    reason = {ExitStatus.NO_INPUT: "missing file", ExitStatus.USAGE: "usage"}.get(
+        exc.exit_code, "configuration"
+    )
+    problems = list(exc.problems) if len(exc.problems) > 1 else None
+    logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason=reason, problems=problems, **fields)
+    return int(exc.exit_code)
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """A usage error of ``run`` (an unknown flag, a missing value) as a ``fatal`` line; exit 64."""
+    argv = sys.argv[1:]
+    given = next(
+        (v for f, v in zip(argv, argv[1:]) if f == "--log-format"),
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")), None),
+    )
+    error = UserError(f"{message}; see `{parser.prog} --help`", ExitStatus.USAGE)
+    return fatal(
+        error,
+        requested_log_format(argparse.Namespace(log_format=given), os.environ),
+        usage=parser.format_usage().strip(),
+    )
 
 
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
