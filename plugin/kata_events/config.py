@@ -1,8 +1,8 @@
 """Loading and checking the ``run`` configuration: flags, environment, TOML file, defaults.
 
 Precedence: flag > environment (``KATA_EVENTS_*``) > config file > default. The merged values are
-validated against the schema derived from `kata_events.options`, and every problem found is
-reported at once in one `UserError` (exit 78), each naming the key, the value, where it came from
+validated with jsonschema against the schema `kata_events.options` publishes, and every problem
+found is reported at once in one `UserError` (exit 78), each naming the key, the value, where it came from
 and what is allowed. Then defaults are computed, URLs and the pin normalized, and the files the
 user named are checked (exit 66) before any network traffic.
 
@@ -103,15 +103,11 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         origin = _Origin("file", f"config file {config_file}", config_file.parent)
         for key, value in _read_toml(config_file).items():
             option = opts.BY_NAME.get(key)
-            if option is None:
-                hint = _suggest(key, opts.BY_NAME)
-                problems.append(f"unknown key {key!r} in config file {config_file}{hint}")
-                continue
-            if option.type == "list" and isinstance(value, str):
+            if option is not None and option.type == "list" and isinstance(value, str):
                 value = [value]
-            elif option.type == "choice" and isinstance(value, str):
+            elif option is not None and option.type == "choice" and isinstance(value, str):
                 value = value.lower()
-            values[key] = (value, origin)
+            values[key] = (value, origin)  # an unknown key too: the schema reports it
 
     for name, raw in sorted(environ.items()):
         if not name.startswith(opts.ENV_PREFIX) or name == opts.CONFIG_ENV:
@@ -133,14 +129,15 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         values[option.name] = (given, _Origin("flag", option.flag))
 
     _take_id_from_url(values)
-    invalid = _schema_problems(values)
+    unknown, invalid, missing = schema_problems(values)
+    problems = unknown + problems
     urls: Tuple[str, ...] = ()
     if "url" in values and "url" not in invalid:
         # url comes first in OPTIONS, so its problems lead the per-key ones.
         urls, url_problems = _normalize_urls(values)
         problems += url_problems
     problems += invalid.values()
-    problems += _missing_required(values)
+    problems += missing
     if problems:
         raise _config_error(problems)
 
@@ -341,25 +338,61 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _schema_problems(values: Mapping[str, Tuple[Any, _Origin]]) -> Dict[str, str]:
-    """One message per invalid key, in the order of `kata_events.options.OPTIONS`."""
-    found: Dict[str, str] = {}
-    for option in opts.OPTIONS:
-        if option.name in values:
-            value, origin = values[option.name]
-            if not option.accepts(value):
-                found[option.name] = (
-                    f"{option.name} = {_shown(value)} (from {origin.label}): expected {option.allowed_text}"
-                )
-    return found
+_validator: Any = None
 
 
-def _missing_required(values: Mapping[str, Tuple[Any, _Origin]]) -> List[str]:
-    return [
+def _schema_validator() -> Any:
+    """jsonschema's validator of `kata_events.options.json_schema`, made once.
+
+    A JSON Schema "integer" includes 1.0; a count or a number of seconds given as 1.0 in TOML is
+    refused here instead, so that what passes is what the code takes (an int).
+    """
+    global _validator
+    if _validator is None:
+        import jsonschema  # loaded by the commands that validate a configuration, not by --version
+
+        base = jsonschema.Draft202012Validator
+        checker = base.TYPE_CHECKER.redefine(
+            "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+        )
+        _validator = jsonschema.validators.extend(base, type_checker=checker)(opts.json_schema())
+    return _validator
+
+
+def schema_problems(
+    values: Mapping[str, Tuple[Any, _Origin]],
+) -> Tuple[List[str], Dict[str, str], List[str]]:
+    """The merged values checked against the published schema, each error in the user's words.
+
+    Returns the unknown keys (with the closest known one), one message per invalid key in the order
+    of `kata_events.options.OPTIONS` (key, value, where it came from, what is expected), and the
+    required keys missing (with the three ways to give each).
+    """
+    instance = {name: value for name, (value, _) in values.items()}
+    keys: set = set()
+    kinds: set = set()
+    for error in _schema_validator().iter_errors(instance):
+        kinds.add(error.validator)
+        if error.absolute_path:
+            keys.add(str(error.absolute_path[0]))
+    unknown = [
+        f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
+        for key in instance
+        if "additionalProperties" in kinds and key not in opts.BY_NAME
+    ]
+    missing = [
         f"{o.name} is required: give {o.flag}, set {o.env}, or put {o.name} = ... in the config file"
         for o in opts.OPTIONS
-        if o.required and o.name not in values
+        if "required" in kinds and o.required and o.name not in instance
     ]
+    invalid: Dict[str, str] = {}
+    for option in opts.OPTIONS:
+        if option.name in keys:
+            value, origin = values[option.name]
+            invalid[option.name] = (
+                f"{option.name} = {_shown(value)} (from {origin.label}): expected {option.allowed_text}"
+            )
+    return unknown, invalid, missing
 
 
 def _take_id_from_url(values: Dict[str, Tuple[Any, _Origin]]) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -138,33 +137,6 @@ class Option:
         if self.type == "choice":
             return "{" + ",".join(self.choices) + "}"
         return self.name.upper()
-
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` is valid for this option: what `schema` says, checked directly.
-
-        `run` checks its configuration with this rather than a JSON-schema validator, whose import
-        would cost every start more than the check itself (a test holds the two to the same answers;
-        an integral float, which JSON Schema counts as an integer, is refused here).
-        """
-        if self.type in ("int", "float"):
-            number = (int,) if self.type == "int" else (int, float)
-            return (
-                isinstance(value, number)
-                and not isinstance(value, bool)
-                and (self.minimum is None or value >= self.minimum)
-                and (self.maximum is None or value <= self.maximum)
-            )
-        if self.type == "bool":
-            return isinstance(value, bool)
-        if self.type == "list":
-            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
-        if not isinstance(value, str):
-            return False
-        if self.type == "choice" and value not in self.choices:
-            return False
-        if self.type == "path" and not value:
-            return False
-        return not self.pattern or re.search(self.pattern, value) is not None
 
     def schema(self) -> Dict[str, Any]:
         """This option's JSON schema fragment."""
