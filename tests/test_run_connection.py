@@ -10,6 +10,7 @@ of the emulator.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -181,3 +182,27 @@ def test_an_explicit_ca_file_wins_over_a_bundle_that_cannot_verify_the_server(
     run.send(signal.SIGTERM)
     assert run.wait(10) == 0
     assert run.output == b""
+
+
+@pytest.mark.timeout(60)
+def test_run_loads_and_uses_requests_jsonschema_and_python_json_logger(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=EVENTS)
+    counts = tmp_path / "stack.json"
+    probe = Path(__file__).with_name("stack_probe")
+    env = clean_env({"PYTHONPATH": f"{probe}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    env["KATA_TEST_STACK_FILE"] = str(counts)
+    args = run_args(
+        emu, ext_id, make_client_cert("stack"), tmp_path / "s.json", "--once", "--max-events", "100"
+    )
+    run = runs.complete(args, env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    stack = json.loads(counts.read_text())
+    assert stack["loaded"] == {"requests": True, "jsonschema": True, "pythonjsonlogger": True}, stack
+    # Every request went through a requests Session; the configuration and each page's envelope
+    # through a jsonschema validator; every log line through python-json-logger's formatter.
+    assert stack["calls"]["requests"] == emu.requests_served >= 4, stack
+    assert stack["calls"]["jsonschema"] >= 1 + emu.requests_served, stack
+    assert stack["calls"]["pythonjsonlogger"] == len(run.logs) >= 3, stack
