@@ -163,3 +163,54 @@ def test_proxy_credentials_appear_in_no_log_line(connect_proxy, make_client_cert
     run.send(signal.SIGTERM)
     assert run.wait(10) == 0
     assert secret not in run.stderr_text and "collector" not in run.stderr_text
+
+
+def _check(args, env):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "kata_events", "check", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=40,
+        env=env,
+    )
+
+
+@pytest.mark.timeout(60)
+def test_check_goes_through_the_proxy_and_names_it(connect_proxy, make_client_cert, ext_id, tmp_path):
+    emu, make = connect_proxy
+    proxy = make(credentials="collector:s3cret-check")
+    args = run_args(emu, ext_id, make_client_cert("check-proxy"), tmp_path / "s.json")
+    done = _check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    assert done.returncode == 0, done.stderr
+    shown = f"http://127.0.0.1:{proxy.port}"
+    lines = done.stderr.splitlines()
+    assert f"ok    {emu.url} TCP: connected to the proxy {shown} 127.0.0.1 port {proxy.port}" in lines
+    assert f"ok    {emu.url} TCP: the proxy {shown} opened a tunnel to {_emu_target(emu)}" in lines
+    assert any(f"{emu.url} TLS: server certificate through the proxy {shown} verified" in x for x in lines)
+    assert "s3cret" not in done.stderr and len(proxy.tunnels) >= 2  # the TLS step, then the approval
+
+
+@pytest.mark.timeout(60)
+def test_check_names_a_refusing_or_down_proxy_as_the_proxy(connect_proxy, make_client_cert, ext_id, tmp_path):
+    emu, make = connect_proxy
+    proxy = make(refuse=True)
+    args = run_args(emu, ext_id, make_client_cert("check-proxy-down"), tmp_path / "s.json")
+    done = _check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    assert done.returncode == 75, done.stderr
+    assert (
+        f"FAIL  {emu.url} TCP: the proxy {proxy.url} refused the tunnel to {_emu_target(emu)}: "
+        in done.stderr
+    )
+    assert "403 Forbidden" in done.stderr
+    down = f"http://127.0.0.1:{_free_port()}"
+    done = _check(args, clean_env({"HTTPS_PROXY": down}))
+    assert done.returncode == 75, done.stderr
+    assert (
+        f"FAIL  {emu.url} TCP: cannot connect to the proxy {down} 127.0.0.1 port {down.rsplit(':', 1)[1]}"
+        in (done.stderr)
+    )
+    assert "that the proxy is up" in done.stderr
