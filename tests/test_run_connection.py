@@ -14,8 +14,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
@@ -27,6 +25,7 @@ from kata_events import certs
 from kata_events.emulator import server
 from proxy_helpers import LoopbackProxy
 from run_helpers import assert_exact_events, clean_env, run_args
+from run_helpers import check as run_check
 
 EVENTS = 300
 
@@ -85,14 +84,7 @@ def test_without_ca_file_the_system_trust_store_verifies_the_server(
     assert not run.events("tls_verify_failed")
 
     check_args = run_args(emu, ext_id, cert, tmp_path / "c.json", ca_file=False)
-    check = subprocess.run(
-        [sys.executable, "-m", "kata_events", "check", *check_args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
+    check = run_check(check_args, env)
     assert check.returncode == 0, check.stderr
     server_fp = certs.format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
     assert f"ok    {emu.url} TLS: server certificate verified (SHA-256 {server_fp})" in check.stderr

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 from proxy_helpers import LoopbackProxy
-from run_helpers import assert_exact_events, clean_env, fingerprint_of_pem_file, run_args
+from run_helpers import assert_exact_events, check, clean_env, fingerprint_of_pem_file, run_args
 
 EVENTS = 120
 
@@ -165,26 +165,12 @@ def test_proxy_credentials_appear_in_no_log_line(connect_proxy, make_client_cert
     assert secret not in run.stderr_text and "collector" not in run.stderr_text
 
 
-def _check(args, env):
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "kata_events", "check", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=40,
-        env=env,
-    )
-
-
 @pytest.mark.timeout(60)
 def test_check_goes_through_the_proxy_and_names_it(connect_proxy, make_client_cert, ext_id, tmp_path):
     emu, make = connect_proxy
     proxy = make(credentials="collector:s3cret-check")
     args = run_args(emu, ext_id, make_client_cert("check-proxy"), tmp_path / "s.json")
-    done = _check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    done = check(args, clean_env({"HTTPS_PROXY": proxy.url}))
     assert done.returncode == 0, done.stderr
     shown = f"http://127.0.0.1:{proxy.port}"
     lines = done.stderr.splitlines()
@@ -199,7 +185,7 @@ def test_check_names_a_refusing_or_down_proxy_as_the_proxy(connect_proxy, make_c
     emu, make = connect_proxy
     proxy = make(refuse=True)
     args = run_args(emu, ext_id, make_client_cert("check-proxy-down"), tmp_path / "s.json")
-    done = _check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    done = check(args, clean_env({"HTTPS_PROXY": proxy.url}))
     assert done.returncode == 75, done.stderr
     assert (
         f"FAIL  {emu.url} TCP: the proxy {proxy.url} refused the tunnel to {_emu_target(emu)}: "
@@ -207,7 +193,7 @@ def test_check_names_a_refusing_or_down_proxy_as_the_proxy(connect_proxy, make_c
     )
     assert "403 Forbidden" in done.stderr
     down = f"http://127.0.0.1:{_free_port()}"
-    done = _check(args, clean_env({"HTTPS_PROXY": down}))
+    done = check(args, clean_env({"HTTPS_PROXY": down}))
     assert done.returncode == 75, done.stderr
     assert (
         f"FAIL  {emu.url} TCP: cannot connect to the proxy {down} 127.0.0.1 port {down.rsplit(':', 1)[1]}"

@@ -180,7 +180,7 @@ class _ReadAhead:
     `MalformedBody`) is handed over and raised by ``get``.
     """
 
-    def __init__(self, raw: Any, splitter: PageSplitter, depth: int = 2) -> None:
+    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool, depth: int = 2) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._closed = threading.Event()
         self._splitter = splitter
@@ -190,14 +190,15 @@ class _ReadAhead:
         self.done = threading.Event()
         #: True once the whole body was read (the connection can carry the next request).
         self.complete = False
-        threading.Thread(target=self._read, args=(raw,), name="page-reader", daemon=True).start()
+        threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
 
-    def _read(self, raw: Any) -> None:
+    def _read(self, raw: Any, decode: bool) -> None:
         splitter = self._splitter
         try:
             while not self._closed.is_set():
-                # urllib3's response: decoded only if the server encoded it although not asked to.
-                chunk = raw.read(CHUNK_SIZE, decode_content=True)
+                # Decoded only if the server encoded it although not asked to: urllib3 then copies
+                # through a buffer, which a plain body is spared.
+                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
                 if not chunk:
                     left = getattr(raw, "length_remaining", None)
                     if left:
@@ -283,7 +284,8 @@ class Page:
         """Events as they arrive, a list per network chunk; each item is one line without newline."""
         from kata_events.stream import MalformedBody
 
-        self._reader = _ReadAhead(self._response.raw, self._splitter)
+        encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
+        self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
         try:
             while True:
                 item = self._reader.get()
