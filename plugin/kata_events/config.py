@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import functools
 import json
 import math
 import os
@@ -338,25 +339,17 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-_validator: Any = None
-
-
+@functools.cache
 def _schema_validator() -> Any:
-    """jsonschema's validator of `kata_events.options.json_schema`, made once.
+    """jsonschema's validator of the published schema, where an integral float (1.0) is no integer:
+    what passes is what the code takes."""
+    import jsonschema  # loaded by the commands that validate a configuration, not by --version
 
-    A JSON Schema "integer" includes 1.0; a count or a number of seconds given as 1.0 in TOML is
-    refused here instead, so that what passes is what the code takes (an int).
-    """
-    global _validator
-    if _validator is None:
-        import jsonschema  # loaded by the commands that validate a configuration, not by --version
-
-        base = jsonschema.Draft202012Validator
-        checker = base.TYPE_CHECKER.redefine(
-            "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
-        )
-        _validator = jsonschema.validators.extend(base, type_checker=checker)(opts.json_schema())
-    return _validator
+    base = jsonschema.Draft202012Validator
+    integer = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=integer)(opts.json_schema())
 
 
 def schema_problems(
@@ -369,12 +362,9 @@ def schema_problems(
     required keys missing (with the three ways to give each).
     """
     instance = {name: value for name, (value, _) in values.items()}
-    keys: set = set()
-    kinds: set = set()
-    for error in _schema_validator().iter_errors(instance):
-        kinds.add(error.validator)
-        if error.absolute_path:
-            keys.add(str(error.absolute_path[0]))
+    errors = list(_schema_validator().iter_errors(instance))
+    kinds = {error.validator for error in errors}
+    keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
     unknown = [
         f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
         for key in instance
@@ -385,13 +375,12 @@ def schema_problems(
         for o in opts.OPTIONS
         if "required" in kinds and o.required and o.name not in instance
     ]
-    invalid: Dict[str, str] = {}
-    for option in opts.OPTIONS:
-        if option.name in keys:
-            value, origin = values[option.name]
-            invalid[option.name] = (
-                f"{option.name} = {_shown(value)} (from {origin.label}): expected {option.allowed_text}"
-            )
+    invalid = {
+        o.name: f"{o.name} = {_shown(values[o.name][0])} (from {values[o.name][1].label}): expected "
+        + o.allowed_text
+        for o in opts.OPTIONS
+        if o.name in keys
+    }
     return unknown, invalid, missing
 
 
