@@ -16,7 +16,10 @@ kata-events runs once more with ``--max-events 1000`` to compare its peak RSS. B
 markdown table of the figures and ratios is printed at the end.
 
 Run: ``python bench/run_bench.py [--events N] [--chunk BYTES] [--repeat R] [--end-to-end]``
-(``--start-up``: only the start-up figures). The original script's loop needs ``requests`` (the
+(``--start-up``: only the start-up figures). ``--against PYTHON`` times another installation's
+``kata-events`` (the one next to that interpreter, e.g. a checkout of the previous commit) in the
+same run, each of its runs right after one of this one's, and adds its rows and the ratio: an A/B
+on a machine whose load moves. The original script's loop needs ``requests`` (the
 ``[test]`` extra installs it); without it, that row says so. Not a test: it prints figures and
 asserts nothing beyond the splitter returning every event.
 """
@@ -251,10 +254,10 @@ class Setup:
             cwd=self.tmp,
         )
 
-    def run_args(self, max_events: Optional[int] = None) -> List[str]:
+    def run_args(self, max_events: Optional[int] = None, kata: Optional[List[str]] = None) -> List[str]:
         state = Path(self.tmp, f"state-{uuid.uuid4().hex}.json")
         return [
-            *self.kata,
+            *(kata or self.kata),
             "run",
             "--once",
             "--url",
@@ -277,15 +280,17 @@ class Setup:
             "warning",
         ]
 
-    def kata_events(self, max_events: Optional[int] = None) -> Tuple[float, float]:
-        return _timed(self.run_args(max_events), self.env)
+    def kata_events(
+        self, max_events: Optional[int] = None, kata: Optional[List[str]] = None
+    ) -> Tuple[float, float]:
+        return _timed(self.run_args(max_events, kata), self.env)
 
-    def first_request(self) -> float:
+    def first_request(self, kata: Optional[List[str]] = None) -> float:
         """Seconds from starting ``run`` until the emulator has its first request."""
         served = self.emu.requests_served
         with open(os.devnull, "wb") as devnull:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(self.run_args(), stdout=devnull, stderr=devnull, env=self.env)
+            proc = subprocess.Popen(self.run_args(None, kata), stdout=devnull, stderr=devnull, env=self.env)
             while self.emu.requests_served == served and time.perf_counter() - t0 < 10:
                 time.sleep(0.0005)
             elapsed = time.perf_counter() - t0
@@ -298,14 +303,39 @@ def _best(measure: Callable[[], Any], repeat: int) -> Any:
     return min(results, key=lambda r: r[0] if isinstance(r, tuple) else r), results
 
 
+def _against(args: argparse.Namespace) -> Optional[List[str]]:
+    """The other installation's ``kata-events`` (``--against``), or None."""
+    return [str(Path(args.against).with_name("kata-events"))] if args.against else None
+
+
+def _ab(measure: Callable[[Optional[List[str]]], Any], other: List[str], repeat: int) -> Tuple[Any, Any]:
+    """Best of ``repeat`` for this installation and for ``other``, their runs alternating."""
+    mine: List[Any] = []
+    theirs: List[Any] = []
+    for _ in range(repeat):
+        mine.append(measure(None))
+        theirs.append(measure(other))
+
+    def key(r: Any) -> float:
+        return r[0] if isinstance(r, tuple) else r
+
+    return min(mine, key=key), min(theirs, key=key)
+
+
 def bench_shape(
     args: argparse.Namespace, tmp: str, label: str, events: int, event_bytes: int, max_events: int
 ) -> List[Tuple[str, str, str]]:
     setup = Setup(tmp, events, event_bytes, max_events)
     try:
         floor, _ = _best(setup.curl_chain, args.repeat)
-        (kata, kata_rss), runs = _best(setup.kata_events, args.repeat)
-        kata_rss = max(r[1] for r in runs)
+        other = _against(args)
+        if other is not None:
+            (kata, kata_rss), (before, before_rss) = _ab(
+                lambda k: setup.kata_events(None, k), other, args.repeat
+            )
+        else:
+            (kata, kata_rss), runs = _best(setup.kata_events, args.repeat)
+            kata_rss = max(r[1] for r in runs)
         loop, than_loop = f"{label}: the original script's loop", ""
         # The original script needs requests, which kata-events itself no longer installs.
         if importlib.util.find_spec("requests") is None:
@@ -323,6 +353,15 @@ def bench_shape(
                 f"**{kata / floor:.2f}x floor**{than_loop}; peak RSS **{kata_rss:.0f} MB**",
             ),
         ]
+        if other is not None:
+            rows.append(
+                (
+                    f"{label}: kata-events of --against, same run",
+                    f"{before:.2f} s",
+                    f"{before / floor:.2f}x floor; peak RSS {before_rss:.0f} MB; this one takes "
+                    f"**{kata / before:.2f}x** its time",
+                )
+            )
         if args.rss_pages and max_events > 1000:
             (small, small_rss), _ = _best(lambda: setup.kata_events(1000), 1)
             rows.append(
@@ -341,12 +380,17 @@ def bench_startup(args: argparse.Namespace, tmp: str) -> List[Tuple[str, str, st
     kata = Path(sys.executable).with_name("kata-events")
     bare = min(_wall([sys.executable, "-c", "pass"]) for _ in range(10))
     version = min(_wall([str(kata), "--version"]) for _ in range(10))
+    other = _against(args)
     setup = Setup(tmp, 0, 500, 1000)
     try:
-        first = min(setup.first_request() for _ in range(5))
+        if other is not None:
+            version_b = min(_wall([other[0], "--version"]) for _ in range(10))
+            first, first_b = _ab(setup.first_request, other, 5)
+        else:
+            first = min(setup.first_request() for _ in range(5))
     finally:
         setup.close()
-    return [
+    rows = [
         ("start-up: python -c pass (same venv)", f"{bare * 1000:.0f} ms", ""),
         (
             "start-up: kata-events --version",
@@ -359,6 +403,16 @@ def bench_startup(args: argparse.Namespace, tmp: str) -> List[Tuple[str, str, st
             "process start to the emulator holding the request (TLS handshake included)",
         ),
     ]
+    if other is not None:
+        rows += [
+            (
+                "start-up: --against's kata-events --version",
+                f"{version_b * 1000:.0f} ms",
+                f"+{(version_b - bare) * 1000:.0f} ms over the bare interpreter",
+            ),
+            ("start-up: --against's kata-events run, to its first request", f"{first_b * 1000:.0f} ms", ""),
+        ]
+    return rows
 
 
 def _wall(cmd: List[str]) -> float:
@@ -395,6 +449,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--start-up",
         action="store_true",
         help="only the start-up figures (--version, run to its first request): ~20 s",
+    )
+    parser.add_argument(
+        "--against",
+        metavar="PYTHON",
+        help="also time the kata-events installed next to this interpreter, alternating runs (A/B)",
     )
     parser.add_argument("--no-splitter", action="store_true", help="skip the in-memory splitter figure")
     parser.add_argument(

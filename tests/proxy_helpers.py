@@ -1,6 +1,10 @@
 """A loopback TCP proxy in front of the emulator that misbehaves the way a network can.
 
-`LoopbackProxy` passes bytes both ways to ``target``. Two ways to misbehave, each on the first
+`LoopbackProxy` passes bytes both ways to ``target``. With ``connect=True`` it is an HTTP proxy
+instead: each connection starts with ``CONNECT host:port``, answered ``200`` (then bytes pass both
+ways to that host and port: TLS stays end to end), or ``407`` when ``credentials`` (``user:password``)
+are required and missing, or ``403`` with ``refuse``; ``tunnels`` records each request's target and
+``Proxy-Authorization`` header. Two ways to misbehave, each on the first
 connections only: ``trickled`` connections get a TLS record header and then one zero byte every
 ``gap`` seconds (a handshake that never ends; bounded to 10 minutes); with ``hold_after``, the first
 proxied connection lets that many of the server's bytes through and holds the rest until
@@ -16,9 +20,21 @@ from typing import List, Optional, Tuple
 
 class LoopbackProxy:
     def __init__(
-        self, target: Tuple[str, int], trickled: int = 0, gap: float = 1.0, hold_after: Optional[int] = None
+        self,
+        target: Tuple[str, int],
+        trickled: int = 0,
+        gap: float = 1.0,
+        hold_after: Optional[int] = None,
+        connect: bool = False,
+        credentials: Optional[str] = None,
+        refuse: bool = False,
     ) -> None:
         self.target = target
+        self.connect = connect
+        self.credentials = credentials
+        self.refuse = refuse
+        #: CONNECT requests seen: (host:port, Proxy-Authorization header or None).
+        self.tunnels: List[Tuple[str, Optional[str]]] = []
         self.trickled = trickled
         self.gap = gap
         self.hold_after = hold_after
@@ -36,6 +52,10 @@ class LoopbackProxy:
 
     @property
     def url(self) -> str:
+        """Where a client goes instead of the emulator (or, with ``connect``, the proxy's URL)."""
+        if self.connect:
+            auth = f"{self.credentials}@" if self.credentials else ""
+            return f"http://{auth}127.0.0.1:{self.port}"
         return f"https://127.0.0.1:{self.port}"
 
     def release(self) -> None:
@@ -66,10 +86,53 @@ class LoopbackProxy:
             if self.connections <= self.trickled:
                 self._start(self._trickle, conn)
                 continue
+            if self.connect:
+                self._start(self._tunnel, conn)
+                continue
             upstream = socket.create_connection(self.target, timeout=10)
             held = self.hold_after is not None and self.connections == self.trickled + 1
             self._start(self._pipe, conn, upstream, False)
             self._start(self._pipe, upstream, conn, held)
+
+    def _tunnel(self, conn: socket.socket) -> None:
+        """Read a CONNECT request; answer it and, when allowed, pass bytes to the host it names."""
+        import base64
+
+        conn.settimeout(10)
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                data = conn.recv(4096)
+                if not data:
+                    raise OSError("closed before the request ended")
+                head += data
+            lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
+            auth = next((v.strip() for k, v in headers.items() if k.lower() == "proxy-authorization"), None)
+            self.tunnels.append((target, auth))
+            wanted = (
+                "Basic " + base64.b64encode(self.credentials.encode()).decode() if self.credentials else None
+            )
+            if method != "CONNECT" or self.refuse:
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                conn.close()
+                return
+            if wanted is not None and auth != wanted:
+                conn.sendall(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    b'Proxy-Authenticate: Basic realm="test"\r\nContent-Length: 0\r\n\r\n'
+                )
+                conn.close()
+                return
+            host, port = target.rsplit(":", 1)
+            upstream = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        except (OSError, ValueError):
+            conn.close()
+            return
+        self._start(self._pipe, conn, upstream, False)
+        self._start(self._pipe, upstream, conn, False)
 
     def _trickle(self, conn: socket.socket) -> None:
         with conn:

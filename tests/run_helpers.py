@@ -96,6 +96,18 @@ def command(args: Sequence[str], installed: bool = False) -> List[str]:
     return [sys.executable, "-m", "kata_events", "run", *args]
 
 
+def check(args: Sequence[str], env: Optional[Dict[str, str]] = None, timeout: float = 40) -> Any:
+    """Run ``kata-events check`` with ``args`` to its end (stdin closed); the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "kata_events", "check", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def installed_command() -> Path:
     """The ``kata-events`` console script of this interpreter's environment (skips if absent)."""
     import pytest

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
@@ -15,17 +14,11 @@ import pytest
 
 from kata_events import certs
 from kata_events.state import TokenStore
-from run_helpers import run_args
+from run_helpers import check, run_args
 
 
 def _check(args: List[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kata_events", "check", *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return check(args)
 
 
 def _lines(result: subprocess.CompletedProcess, status: str) -> List[str]:

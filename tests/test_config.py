@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kata_events import logs
+from kata_events import config, logs
 from kata_events import options as opts
 from kata_events.config import Config, describe, load_run_config, normalize_pin, normalize_url
 from kata_events.exits import ExitStatus, UserError
@@ -517,9 +517,16 @@ _ANY_VALUE = st.one_of(
 
 @settings(max_examples=400)
 @given(name=st.sampled_from([o.name for o in opts.OPTIONS]), value=_ANY_VALUE)
-def test_each_options_check_agrees_with_its_json_schema(name, value):
+def test_each_problem_is_the_published_schemas_answer_in_the_users_words(name, value):
     option = opts.BY_NAME[name]
     schema_says = jsonschema.Draft202012Validator(option.schema()).is_valid(value)
     if option.type == "int" and isinstance(value, float):
         schema_says = False  # JSON Schema counts 1.0 as an integer; a count of 1.0 is refused here
-    assert option.accepts(value) == schema_says, (name, value)
+    origin = config._Origin("file", "config file /etc/k.toml")
+    unknown, invalid, missing = config.schema_problems({name: (value, origin)})
+    assert unknown == []
+    assert (name not in invalid) == schema_says, (name, value, invalid)
+    if not schema_says:
+        assert invalid[name].startswith(f"{name} = ")
+        assert "(from config file /etc/k.toml): expected " + option.allowed_text in invalid[name]
+    assert len(missing) == sum(o.required and o.name != name for o in opts.OPTIONS)

@@ -2,18 +2,18 @@
 connection; a connection the server closed while idle is replaced without a failed request; with no
 ca_file the server is verified by the system's trust store, which SSL_CERT_FILE points elsewhere,
 for `run` and `check` alike; a client certificate renewed in place is used from the next
-connection on, and a half-done renewal keeps the last good pair; proxy and CA-bundle variables that
-other HTTPS clients read are named where they would matter. Real processes against the
+connection on, and a half-done renewal keeps the last good pair; REQUESTS_CA_BUNDLE or
+CURL_CA_BUNDLE alone verifies the server, and an explicit ca_file wins over them. Real processes against the
 emulator over mutual TLS on loopback; the connections are counted by a loopback TCP proxy in front
 of the emulator.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
-import sys
+import signal
 import time
 from pathlib import Path
 from typing import List
@@ -25,6 +25,7 @@ from kata_events import certs
 from kata_events.emulator import server
 from proxy_helpers import LoopbackProxy
 from run_helpers import assert_exact_events, clean_env, run_args
+from run_helpers import check as run_check
 
 EVENTS = 300
 
@@ -83,14 +84,7 @@ def test_without_ca_file_the_system_trust_store_verifies_the_server(
     assert not run.events("tls_verify_failed")
 
     check_args = run_args(emu, ext_id, cert, tmp_path / "c.json", ca_file=False)
-    check = subprocess.run(
-        [sys.executable, "-m", "kata_events", "check", *check_args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
+    check = run_check(check_args, env)
     assert check.returncode == 0, check.stderr
     server_fp = certs.format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
     assert f"ok    {emu.url} TLS: server certificate verified (SHA-256 {server_fp})" in check.stderr
@@ -148,22 +142,59 @@ def _approved_fingerprints(emu, ext_id: str) -> List[str]:
 
 
 @pytest.mark.timeout(60)
-def test_proxy_and_ca_bundle_variables_are_named_where_they_would_matter(
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_variable_alone_verifies_the_server(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, variable
+):
+    emu = make_emulator(backlog=10)
+    cert = make_client_cert("ca-bundle")
+    env = clean_env({variable: str(emu.ca_file)})
+    run = runs.complete(run_args(emu, ext_id, cert, tmp_path / "s.json", "--once", ca_file=False), env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, 10)
+    assert run.wait_event("start", timeout=1)["verified_by"] == f"{variable} {emu.ca_file}"
+
+
+@pytest.mark.timeout(60)
+def test_an_explicit_ca_file_wins_over_a_bundle_that_cannot_verify_the_server(
     make_emulator, make_client_cert, ext_id, runs, tmp_path
 ):
     emu = make_emulator(backlog=10)
-    cert = make_client_cert("environment")
-    # A proxy that does not exempt the Central Node; the CA bundle does not matter with ca_file.
-    env = clean_env({"HTTPS_PROXY": "http://127.0.0.1:9", "REQUESTS_CA_BUNDLE": str(emu.ca_file)})
+    cert = make_client_cert("ca-file-wins")
+    # A bundle of another CA (our own client certificate's): alone, it cannot verify the emulator.
+    env = clean_env({"REQUESTS_CA_BUNDLE": str(cert.cert_file)})
     run = runs.complete(run_args(emu, ext_id, cert, tmp_path / "a.json", "--once"), env=env)
     assert run.returncode == 0, run.stderr_text[-3000:]
-    assert_exact_events(emu, run.lines(), 1, 10)  # directly: the proxy address takes nothing
-    assert [e["variable"] for e in run.events("environment_ignored")] == ["HTTPS_PROXY"]
-    # Exempted by NO_PROXY, it is not named; without ca_file the CA bundle would matter, and is.
-    env.update({"NO_PROXY": "localhost,127.0.0.1", "SSL_CERT_FILE": str(emu.ca_file)})
-    args = run_args(emu, ext_id, cert, tmp_path / "b.json", "--once", ca_file=False)
+    assert_exact_events(emu, run.lines(), 1, 10)
+    assert run.wait_event("start", timeout=1)["verified_by"] == f"ca_file {emu.ca_file}"
+    # Without the ca_file, that bundle is what verifies, and it refuses the server.
+    run = runs.start(run_args(emu, ext_id, cert, tmp_path / "b.json", ca_file=False), env=env)
+    failed = run.wait_event("tls_verify_failed", timeout=20)
+    assert f"REQUESTS_CA_BUNDLE {cert.cert_file}" in failed["message"], failed
+    run.send(signal.SIGTERM)
+    assert run.wait(10) == 0
+    assert run.output == b""
+
+
+@pytest.mark.timeout(60)
+def test_run_loads_and_uses_requests_jsonschema_and_python_json_logger(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=EVENTS)
+    counts = tmp_path / "stack.json"
+    probe = Path(__file__).with_name("stack_probe")
+    env = clean_env({"PYTHONPATH": f"{probe}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    env["KATA_TEST_STACK_FILE"] = str(counts)
+    args = run_args(
+        emu, ext_id, make_client_cert("stack"), tmp_path / "s.json", "--once", "--max-events", "100"
+    )
     run = runs.complete(args, env=env)
     assert run.returncode == 0, run.stderr_text[-3000:]
-    warnings = run.events("environment_ignored")
-    assert [e["variable"] for e in warnings] == ["REQUESTS_CA_BUNDLE"], warnings
-    assert "ca_file" in warnings[0]["message"]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    stack = json.loads(counts.read_text())
+    assert stack["loaded"] == {"requests": True, "jsonschema": True, "pythonjsonlogger": True}, stack
+    # Every request went through a requests Session; the configuration and each page's envelope
+    # through a jsonschema validator; every log line through python-json-logger's formatter.
+    assert stack["calls"]["requests"] == emu.requests_served >= 4, stack
+    assert stack["calls"]["jsonschema"] >= 1 + emu.requests_served, stack
+    assert stack["calls"]["pythonjsonlogger"] == len(run.logs) >= 3, stack

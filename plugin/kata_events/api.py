@@ -1,29 +1,30 @@
-"""The Events API client: one keep-alive HTTPS connection with mutual TLS, pages streamed as raw events.
+"""The Events API client: pages over one kept-alive mutual-TLS connection, streamed as raw events.
 
 It builds requests the way the Central Node expects (``max_events`` and ``max_timeout`` always,
-``filter`` only when creating a subscription, ``continuation_token`` once there is one), verifies
-the server (the system's trust store, a CA file, or a pinned certificate), tries several base URLs
-in turn on connection failure, and translates every `http.client`/`ssl`/`OSError` failure into the
-project's own exceptions (`kata_events.errors`). HTTP is the standard library's `http.client` and
-the Central Node is reached directly (no proxy); the body splitter (`kata_events.stream`, msgspec) is
-loaded when the first body arrives: both keep the time to the first request short. It never writes
-to stdout and never logs.
+``filter`` only when creating a subscription, ``continuation_token`` once there is one), sends them
+through requests (`kata_events.transport`: the TLS settings of `kata_events.tls`, proxies), tries
+several base URLs in turn on connection failure, and translates every requests/urllib3/`ssl`/
+`OSError` failure into the project's own exceptions (`kata_events.errors`), here and only here.
+The body splitter (`kata_events.stream`, msgspec) is loaded when the first body arrives, and checks
+the answer's envelope against `ENVELOPE_SCHEMA`. It never writes to stdout and never logs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import queue
-import select
+import re
 import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
-from urllib.parse import urlencode, urlsplit
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
-from kata_events import __version__
+import requests
+import urllib3.exceptions
+
+from kata_events import __version__, tls, transport
 from kata_events.errors import (
     ApiError,
     BadRequest,
@@ -50,9 +51,10 @@ READ_TIMEOUT_MARGIN = 10.0
 #: How much of an error body is read, and how much of it is quoted in a message.
 ERROR_BODY_LIMIT = 65536
 EXCERPT_CHARS = 200
-#: Failures of the connection: ``http.client``'s own (a status line that is not HTTP, a cut chunked
-#: body) are not OSErrors.
-_CONNECTION_ERRORS = (OSError, http.client.HTTPException)
+#: Failures of the connection while a body is read: urllib3's own are not OSErrors.
+_CONNECTION_ERRORS = (OSError, urllib3.exceptions.HTTPError, requests.RequestException)
+#: urllib3's words for a certificate that is not the pinned one, and the fingerprint it saw.
+_PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
 
 
 def excerpt(data: bytes, limit: int = EXCERPT_CHARS) -> str:
@@ -134,6 +136,39 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None
 
 
+#: The answer's envelope: every top-level key but the events' contents. Unknown keys are harmless.
+ENVELOPE_SCHEMA: Dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Events API answer envelope",
+    "type": "object",
+    "properties": {
+        "continuationToken": {"type": "string", "minLength": 1},
+        "events": {"type": "array"},
+    },
+    "required": ["continuationToken", "events"],
+}
+_envelope_validator: Any = None
+
+
+def envelope_problem(envelope: Dict[str, Any]) -> Optional[str]:
+    """What makes an envelope (``events`` emptied by the splitter) not an Events API answer, or None."""
+    global _envelope_validator
+    if _envelope_validator is None:
+        import jsonschema  # loaded once the first page is in, not before the first request
+
+        _envelope_validator = jsonschema.Draft202012Validator(ENVELOPE_SCHEMA)
+    error = next(iter(_envelope_validator.iter_errors(envelope)), None)
+    if error is None:
+        return None
+    if error.validator == "required":
+        missing = next(k for k in ENVELOPE_SCHEMA["required"] if k not in envelope)
+        return f"no {missing}"
+    where = "/".join(str(p) for p in error.absolute_path) or "the body"
+    if where == "continuationToken" and error.validator == "type":
+        return "continuationToken is not a string"
+    return f"{where}: {error.message}"
+
+
 class _ReadAhead:
     """Reads and splits a body in a thread, a few chunks ahead of the caller.
 
@@ -145,7 +180,7 @@ class _ReadAhead:
     `MalformedBody`) is handed over and raised by ``get``.
     """
 
-    def __init__(self, response: http.client.HTTPResponse, splitter: PageSplitter, depth: int = 2) -> None:
+    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool, depth: int = 2) -> None:
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._closed = threading.Event()
         self._splitter = splitter
@@ -155,16 +190,19 @@ class _ReadAhead:
         self.done = threading.Event()
         #: True once the whole body was read (the connection can carry the next request).
         self.complete = False
-        threading.Thread(target=self._read, args=(response,), name="page-reader", daemon=True).start()
+        threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
 
-    def _read(self, response: http.client.HTTPResponse) -> None:
+    def _read(self, raw: Any, decode: bool) -> None:
         splitter = self._splitter
         try:
             while not self._closed.is_set():
-                chunk = response.read(CHUNK_SIZE)
+                # Decoded only if the server encoded it although not asked to: urllib3 then copies
+                # through a buffer, which a plain body is spared.
+                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
                 if not chunk:
-                    if response.length:  # http.client returns b"" at an early end, without an error
-                        raise ConnectionError(f"the body ended {response.length} bytes early")
+                    left = getattr(raw, "length_remaining", None)
+                    if left:
+                        raise ConnectionError(f"the body ended {left} bytes early")
                     self.complete = True
                     self.done.set()
                     self._put(None)
@@ -204,11 +242,10 @@ class Page:
 
     def __init__(
         self,
-        response: http.client.HTTPResponse,
+        response: requests.Response,
         base_url: str,
         max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
         sock: Optional[socket.socket] = None,
-        release: Optional[Callable[[bool], None]] = None,
     ) -> None:
         # msgspec and the splitter load here, once the first answer is in: not before the first request.
         from kata_events.stream import PageSplitter
@@ -216,7 +253,6 @@ class Page:
         self._response = response
         self.base_url = base_url
         self._sock = sock
-        self._release = release
         self._splitter = PageSplitter(max_event_bytes)
         self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []
@@ -248,7 +284,8 @@ class Page:
         """Events as they arrive, a list per network chunk; each item is one line without newline."""
         from kata_events.stream import MalformedBody
 
-        self._reader = _ReadAhead(self._response, self._splitter)
+        encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
+        self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
         try:
             while True:
                 item = self._reader.get()
@@ -262,7 +299,8 @@ class Page:
             raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
         except _CONNECTION_ERRORS as exc:
             raise Unavailable(
-                f"the connection broke after {self.bytes_read} bytes of the page: {_reason(exc)}"
+                f"the connection broke after {self.bytes_read} bytes of the page: "
+                f"{transport.root_reason(exc)}"
             ) from None
 
     def finish(self) -> str:
@@ -270,16 +308,16 @@ class Page:
         from kata_events.stream import MalformedBody
 
         try:
-            skeleton = self._splitter.close()
+            envelope = self._splitter.close()
         except MalformedBody as exc:
             raise BadResponse(f"the page is incomplete or not valid JSON: {exc}", exc.excerpt) from None
-        token = skeleton.get("continuationToken")
-        if not isinstance(token, str) or not token:
-            problem = "no continuationToken" if token is None else "continuationToken is not a string"
+        problem = envelope_problem(envelope)
+        if problem:
             raise BadResponse(
                 f"the page does not look like an Events API response ({problem})",
-                excerpt(repr(skeleton).encode()),
+                excerpt(repr(envelope).encode()),
             )
+        token = envelope["continuationToken"]
         problem = token_problem(token)
         if problem:
             # Saved, it would make every later request fail, across restarts too.
@@ -298,11 +336,9 @@ class Page:
                 # response would wait for the server's next byte (for ever, if it trickles). Shut
                 # the socket down first, so that read returns at once (a stop, a deadline).
                 _shutdown(self._sock)
+        # A body read to its end has put the connection back for the next request already;
+        # otherwise this closes it: a connection mid-answer is never reused.
         self._response.close()
-        if self._release is not None:
-            # Only a body read to its end leaves the connection ready for the next request.
-            self._release(reader is not None and reader.complete and not self._response.will_close)
-            self._release = None
 
     def __enter__(self) -> Page:
         return self
@@ -318,26 +354,6 @@ def _shutdown(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
-
-
-def _keep_alive_probes(sock: socket.socket) -> None:
-    """TCP keepalive on a connection: a peer gone silently (power loss, a NAT that forgot the
-    connection) shows as an error within about two minutes instead of after a long poll's hour."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for name, value in (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 6)):
-            if hasattr(socket, name):  # Linux names; other systems keep their defaults
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-    except OSError:
-        pass
-
-
-def _dropped(sock: socket.socket) -> bool:
-    """Whether an idle kept-alive connection was closed by the server (readable means EOF or junk)."""
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
 
 
 def _reason(exc: BaseException) -> str:
@@ -369,6 +385,7 @@ class EventsClient:
         max_timeout: int = 60,
         filter: str = "",
         max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
+        proxy: Optional[str] = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
@@ -378,6 +395,10 @@ class EventsClient:
         self.ca_file = ca_file
         self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
         self.insecure = insecure
+        #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
+        self.trust = tls.choose_trust(ca_file, pin_sha256, insecure, os.environ)
+        #: The proxy each base URL is reached through (None: directly).
+        self.proxies = {u: transport.proxy_for(u + "/", proxy) for u in self.urls}
         self.max_events = max_events
         self.max_timeout = max_timeout
         self.filter = filter
@@ -388,17 +409,24 @@ class EventsClient:
         self._context_stamp: Tuple[Any, ...] = ()
         #: Why changed TLS files are not in use yet (the last good ones are), for the caller to log.
         self.tls_files_problem: Optional[str] = None
-        # The kept-alive connection, the base URL it goes to, and its socket (shut down by `abort`).
-        self._conn: Optional[http.client.HTTPSConnection] = None
-        self._conn_base = ""
-        self._sock: Optional[socket.socket] = None
+        #: The connection carrying the current request (shut down by `abort`), and whether it is new.
+        self._active: Any = None
+        self._fresh = True
+        self._connected = False
         self._aborted = False
-        self._headers = {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*"}
+        self._transport = transport.Transport(
+            {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"},
+            self._watch,
+        )
 
     @property
     def url(self) -> str:
         """The base URL currently in use."""
         return self.urls[self._current]
+
+    def shown_proxies(self) -> Dict[str, str]:
+        """The proxy of each base URL that has one, without credentials: for logs and messages."""
+        return {u: transport.shown_proxy(p) for u, p in self.proxies.items() if p}
 
     def params(self, token: Optional[str], max_timeout: Optional[int] = None) -> Dict[str, str]:
         """Query parameters of the next request."""
@@ -416,90 +444,83 @@ class EventsClient:
         """Send one request and return the page, still streaming; raises `ApiError` subclasses."""
         params = self.params(token, max_timeout)
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
-        target = API_PATH.format(external_system_id=self.external_system_id) + "?" + urlencode(params)
         self._aborted = False
         failures: List[str] = []
         for attempt in range(len(self.urls)):
             index = (self._current + attempt) % len(self.urls)
             base = self.urls[index]
             try:
-                response = self._request(base, target, read_timeout)
+                response = self._request(base, params, read_timeout)
             except _Unreachable as exc:
                 failures.append(str(exc))
                 continue
-            except BaseException:
-                # Mid-request (a deadline, a stop, an error): the connection is never reused.
-                self._release()
-                raise
             self._current = index
-            # It decides itself whether the connection is kept (an error answer read to its end).
             return self._check_status(response, base, token)
         if len(failures) == 1:
             raise Unavailable(failures[0])
         raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")
 
-    def _request(self, base: str, target: str, read_timeout: float) -> http.client.HTTPResponse:
-        """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
-        sock = self._conn.sock if self._conn is not None and self._conn_base == base else None
-        reused = sock is not None and not _dropped(sock)
-        if not reused:
-            self._release()
-            self._connect(base)
-        assert self._conn is not None and self._sock is not None
-        try:
-            self._sock.settimeout(read_timeout)
-            self._conn.request("GET", target, headers=self._headers)
-            return self._conn.getresponse()
-        except _CONNECTION_ERRORS as exc:
-            self._release()
-            if isinstance(exc, socket.timeout) and exc.errno is None:
-                # The read timeout (a kernel's ETIMEDOUT on a dead peer has an errno: it is below).
-                raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s") from None
-            if reused and not self._aborted:
-                # The server closed the idle connection as the request went out: once more, anew.
-                return self._request(base, target, read_timeout)
-            if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
-                raise self._tls_error(base, exc) from None  # TLS 1.3: the server refusing our certificate
-            raise _Unreachable(f"{base} closed the connection before answering: {_reason(exc)}") from exc
+    def _watch(self, conn: Any, connected: bool) -> None:
+        """Told by the connection pool which connection carries the request, and when it is up."""
+        if connected:
+            self._connected = True
+            return
+        self._active = conn
+        self._fresh = conn.sock is None
+        self._connected = not self._fresh
 
-    def _connect(self, base: str) -> None:
-        parts = urlsplit(base)
-        conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port or 443, timeout=CONNECT_TIMEOUT, context=self._ssl_context()
-        )
+    def _request(self, base: str, params: Dict[str, str], read_timeout: float, again: bool = True) -> Any:
+        """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
+        self._mount()
+        self._active, self._fresh, self._connected = None, True, False
+        url = base + API_PATH.format(external_system_id=self.external_system_id)
+        proxy = self.proxies[base]
         try:
-            conn.connect()
-        except ssl.SSLError as exc:
-            conn.close()
-            error = self._tls_error(base, exc)
-            if isinstance(error, Unavailable):
-                # Not about trust nor our files (an address whose TLS end has nothing behind it, a
-                # plain-HTTP port): the next address may answer.
-                raise _Unreachable(str(error)) from exc
-            raise error from None
-        except (OSError, UnicodeError) as exc:  # refused, unreachable, timed out, a bad host name
-            conn.close()
-            raise _Unreachable(f"cannot connect to {base}: {_reason(exc)}") from exc
-        except BaseException:  # a deadline or a stop: no socket is left behind
-            conn.close()
-            raise
-        sock = conn.sock
-        _keep_alive_probes(sock)
-        if self.pin_sha256:
-            seen = hashlib.sha256(sock.getpeercert(binary_form=True) or b"").hexdigest()
-            if seen != self.pin_sha256:
-                conn.close()
-                raise TlsVerifyFailed(
+            return self._transport.get(url, params, (CONNECT_TIMEOUT, read_timeout), proxy)
+        except requests.ReadTimeout:
+            if not self._connected:  # urllib3 counts a handshake that does not end as a read timeout
+                via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
+                raise _Unreachable(f"cannot connect to {base}{via}: the TLS handshake timed out") from None
+            raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s") from None
+        except requests.RequestException as exc:
+            if again and not self._fresh and not self._aborted:
+                # The server closed the idle connection as the request went out: once more, anew.
+                return self._request(base, params, read_timeout, again=False)
+            raise self._translate(base, proxy, exc) from None
+
+    def _translate(self, base: str, proxy: Optional[str], exc: requests.RequestException) -> Exception:
+        """requests' exception → the project's (or `_Unreachable`: the next address is tried)."""
+        via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
+        if isinstance(exc, requests.exceptions.ProxyError):
+            return _Unreachable(
+                f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy or '')} "
+                f"failed: {transport.root_reason(exc)}"
+            )
+        for cause in transport.causes(exc):
+            pin = _PIN_MISMATCH.search(str(cause))
+            if pin:
+                seen = pin.group(1).lower()
+                return TlsVerifyFailed(
                     f"the server at {base} was not trusted: fingerprints did not match (pinned "
                     f"{self.pin_sha256}, the server's certificate has {seen})",
                     seen,
                 )
-        self._conn, self._conn_base, self._sock = conn, base, sock
+            if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
+                error = self._tls_error(base, cause, proxy)
+                # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP
+                # port, our certificate refused): the next address may answer.
+                return _Unreachable(str(error)) if isinstance(error, Unavailable) else error
+        connecting = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
+        if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.InvalidURL)) or any(
+            isinstance(cause, connecting) for cause in transport.causes(exc)
+        ):
+            return _Unreachable(f"cannot connect to {base}{via}: {transport.root_reason(exc)}")
+        return _Unreachable(f"{base} closed the connection before answering: {transport.root_reason(exc)}")
 
     def _files_stamp(self) -> Tuple[Any, ...]:
         """Identity, size and time of the certificate, key and CA files: a change means new files."""
         stamp: List[Any] = []
-        for path in (self.cert, self.key, self.ca_file):
+        for path in (self.cert, self.key, self.trust.path):
             try:
                 st = os.stat(path) if path else None
             except OSError:
@@ -507,7 +528,7 @@ class EventsClient:
             stamp.append((st.st_ino, st.st_size, st.st_mtime_ns) if st else None)
         return tuple(stamp)
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _mount(self) -> None:
         """The TLS settings of every new connection, made again when their files changed.
 
         A certificate renewed in place on a box that runs for months is used from the next
@@ -517,76 +538,29 @@ class EventsClient:
         """
         stamp = self._files_stamp()
         if self._context is not None and stamp == self._context_stamp:
-            return self._context
+            return
         try:
-            ctx = self._new_ssl_context()
+            ctx = tls.context(self.trust, self.cert, self.key)
         except (ClientTlsError, TlsVerifyFailed) as exc:
             if self._context is None:
                 raise
             self.tls_files_problem = str(exc)
-            return self._context
+            return
         self._context, self._context_stamp = ctx, stamp
         self.tls_files_problem = None
-        return ctx
+        self._transport.mount(ctx, self.pin_sha256)
 
-    def _new_ssl_context(self) -> ssl.SSLContext:
-        if self.pin_sha256 or self.insecure:
-            # A pin is checked against the certificate right after the handshake (`_connect`).
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            try:
-                # No ca_file: the system's trust store (OpenSSL's, SSL_CERT_FILE / SSL_CERT_DIR honoured).
-                ctx = ssl.create_default_context(cafile=self.ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise TlsVerifyFailed(
-                    f"the CA file {self.ca_file} holds no usable PEM certificate ({exc})"
-                ) from None
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(["http/1.1"])
-        if ctx.post_handshake_auth is not None:
-            ctx.post_handshake_auth = True  # a server may ask for the client certificate after the handshake
-        try:
-            ctx.load_cert_chain(self.cert, self.key)
-        except (OSError, ssl.SSLError) as exc:
-            from kata_events import keypair
-
-            raise ClientTlsError(
-                keypair.problem(self.cert, self.key)
-                or f"cannot use the client certificate {self.cert} / key {self.key}: {exc}"
-            ) from None
-        return ctx
-
-    def _release(self, keep: bool = False) -> None:
-        """Keep the connection for the next request (its answer was read to the end), or close it."""
-        if keep:
-            return
-        conn, self._conn, self._sock = self._conn, None, None
-        if conn is not None:
-            conn.close()
-
-    def _check_status(
-        self, response: http.client.HTTPResponse, base: str, token: Optional[str] = None
-    ) -> Page:
-        status = response.status
+    def _check_status(self, response: requests.Response, base: str, token: Optional[str] = None) -> Page:
+        status = response.status_code
         if status == 200:
-            encoding = response.getheader("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                response.close()
-                self._release()
-                raise BadResponse(f"the page came {encoding}-encoded from {base}; none was asked for")
-            return Page(response, base, self.max_event_bytes, self._sock, self._release)
-        keep = False
+            return Page(response, base, self.max_event_bytes, getattr(self._active, "sock", None))
         try:
-            body = response.read(ERROR_BODY_LIMIT) or b""
-            # Kept only when the whole answer was read (not cut short, not over the limit).
-            keep = response.isclosed() and not response.will_close and not response.length
+            # A body read to its end leaves the connection ready for the next request.
+            body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
         except _CONNECTION_ERRORS:
             body = b""
         finally:
             response.close()
-            self._release(keep)
         text = excerpt(body)
         if status == 401:
             raise Unauthorized(f"HTTP 401 from {base}: {text or 'empty body'}")
@@ -606,24 +580,28 @@ class EventsClient:
         if status == 429 or status >= 500:
             raise Unavailable(
                 f"HTTP {status} from {base}: {text or 'empty body'}",
-                _retry_after(response.getheader("Retry-After")),
+                _retry_after(response.headers.get("Retry-After")),
             )
         raise BadResponse(f"unexpected HTTP {status} from {base}", text)
 
-    def _tls_error(self, base: str, exc: ssl.SSLError) -> ApiError:
+    def _tls_error(self, base: str, exc: ssl.SSLError, proxy: Optional[str] = None) -> ApiError:
         if isinstance(exc, ssl.SSLCertVerificationError):
             return TlsVerifyFailed(
-                f"the server at {base} was not trusted: {_reason(exc)}",
-                probe_server_fingerprint(base, self.cert, self.key),
+                f"the server at {base} was not trusted ({self.trust.text}): {_reason(exc)}",
+                None if proxy else probe_server_fingerprint(base, self.cert, self.key),
             )
+        if proxy:
+            via = transport.shown_proxy(proxy)
+            return Unavailable(f"TLS handshake with {base} through the proxy {via} failed: {_reason(exc)}")
         return Unavailable(handshake_failure(base, _reason(exc)))
 
     def close(self) -> None:
-        self._release()
+        self._active = None
+        self._transport.close()
 
     def abort(self) -> None:
         """Cut the connection from another thread, so a blocked long poll returns at once."""
         self._aborted = True
-        sock = self._sock
+        sock = getattr(self._active, "sock", None)
         if sock is not None:
             _shutdown(sock)

@@ -1,7 +1,8 @@
 """`kata-events check`: walk through everything a run needs and say what is wrong and how to fix it.
 
 It resolves the configuration exactly like ``run``, then checks the files, each address (DNS, TCP,
-TLS with the same verification ``run`` uses), the approval and filter with one real request, and
+through the same proxy as ``run`` and named when there is one, TLS with the same verification
+``run`` uses), the approval and filter with one real request, and
 the state file and its lock. One line per step goes to stderr; stdout stays empty. It never writes
 the state file's token and never holds the lock longer than the check takes.
 """
@@ -9,15 +10,16 @@ the state file's token and never holds the lock longer than the check takes.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import os
 import socket
 import ssl
 import sys
 from typing import List, Optional, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-from kata_events import api, certs, errors, keypair, state
+from kata_events import api, certs, errors, keypair, state, tls, transport
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
@@ -65,6 +67,13 @@ class _Report:
             self.exit_code = code
 
 
+class _Silent(_Report):
+    """A report that prints nothing: for a second connection made only to read a fingerprint."""
+
+    def line(self, status: str, step: str, message: str) -> None:
+        pass
+
+
 def _fp(hex_fingerprint: Optional[str]) -> str:
     return certs.format_fingerprint(hex_fingerprint) if hex_fingerprint else "unknown"
 
@@ -93,31 +102,81 @@ def _check_files(config: Config, report: _Report) -> bool:
     return True
 
 
+def _trust(config: Config) -> tls.Trust:
+    ca_file = str(config.ca_file) if config.ca_file else None
+    return tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
+
+
 def _tls_context(config: Config, with_client_cert: bool) -> ssl.SSLContext:
-    if config.pin_sha256 or config.insecure:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        # As run does: the CA file, or else the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR).
-        ctx = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
     if with_client_cert:
-        ctx.load_cert_chain(str(config.cert), str(config.key))
-    return ctx
+        return tls.context(_trust(config), str(config.cert), str(config.key))
+    return tls.context(_trust(config))
 
 
-def _connect(host: str, port: int, report: _Report, step: str) -> Optional[socket.socket]:
+def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> Optional[socket.socket]:
+    """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
+    TCP steps are reported when ``report`` is given."""
+    host, port = _base_parts(base)
+    quiet = _Silent() if report is None else report
+    if proxy is None:
+        return _connect(host, port, quiet, base, silent=report is None)
+    shown = transport.shown_proxy(proxy)
+    proxy_host, proxy_port = _base_parts(proxy, 80 if proxy.lower().startswith("http:") else 443)
+    sock = _connect(proxy_host, proxy_port, quiet, base, silent=report is None, proxy=shown)
+    if sock is None:
+        return None
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    user, password = urlsplit(proxy).username, urlsplit(proxy).password
+    if user is not None:
+        token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
+        request += f"Proxy-Authorization: Basic {token}\r\n"
+    try:
+        sock.sendall((request + "\r\n").encode("latin-1"))
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            data = sock.recv(4096)
+            if not data:
+                break
+            head += data
+    except OSError as exc:
+        head = f"no answer ({exc})".encode()
+    status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace").strip() or "no answer"
+    if status.split(" ")[1:2] != ["200"]:
+        sock.close()
+        quiet.fail(
+            f"{base} TCP",
+            f"the proxy {shown} refused the tunnel to {target}: {status}: check the proxy option or "
+            "HTTPS_PROXY (address, credentials) and that the proxy lets this host reach the Central Node",
+            ExitStatus.TEMP_FAIL,
+        )
+        return None
+    quiet.ok(f"{base} TCP", f"the proxy {shown} opened a tunnel to {target}")
+    return sock
+
+
+def _connect(
+    host: str, port: int, report: _Report, step: str, silent: bool = False, proxy: str = ""
+) -> Optional[socket.socket]:
+    if silent:
+        try:
+            return socket.create_connection((host, port), timeout=TCP_TIMEOUT)
+        except OSError:
+            return None
+    what = f"the proxy {proxy} " if proxy else ""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         report.fail(
             f"{step} DNS",
-            f"cannot resolve {host}: {exc}: check the host name in url and the DNS settings",
+            f"cannot resolve {what}{host}: {exc}: check the host name in "
+            f"{'the proxy' if proxy else 'url'} and the DNS settings",
             ExitStatus.TEMP_FAIL,
         )
         return None
     addresses = sorted({info[4][0] for info in infos})
-    report.ok(f"{step} DNS", f"{host} resolves to {', '.join(addresses)}")
+    report.ok(f"{step} DNS", f"{what}{host} resolves to {', '.join(addresses)}")
     last: Optional[OSError] = None
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
@@ -128,37 +187,45 @@ def _connect(host: str, port: int, report: _Report, step: str) -> Optional[socke
             sock.close()
             last = exc
             continue
-        report.ok(f"{step} TCP", f"connected to {address[0]} port {port}")
+        report.ok(f"{step} TCP", f"connected to {what}{address[0]} port {port}")
         return sock
     reason = "timed out" if isinstance(last, socket.timeout) else str(last)
+    where, up = ("the proxy's address", "the proxy") if proxy else ("url", "the Central Node")
     report.fail(
         f"{step} TCP",
-        f"cannot connect to {host} port {port} ({reason}): check the address and port in url, "
-        "that the Central Node is up, and that firewalls let this host through",
+        f"cannot connect to {what}{host} port {port} ({reason}): check the address and port in "
+        f"{where}, that {up} is up, and that firewalls let this host through",
         ExitStatus.TEMP_FAIL,
     )
     return None
 
 
-def _check_tls(config: Config, base: str, sock: socket.socket, files_ok: bool, report: _Report) -> bool:
+def _check_tls(
+    config: Config, base: str, sock: socket.socket, files_ok: bool, report: _Report, proxy: Optional[str]
+) -> bool:
     step = f"{base} TLS"
     host = urlsplit(base).hostname or ""
+    via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
     try:
         ctx = _tls_context(config, files_ok)
         with ctx.wrap_socket(sock, server_hostname=host) as tls:
             der = tls.getpeercert(binary_form=True) or b""
     except ssl.SSLCertVerificationError as exc:
-        server_fp = api.probe_server_fingerprint(base, str(config.cert), str(config.key))
+        server_fp = _probe_fingerprint(base, proxy)
         report.fail(
             step,
-            f"the server certificate was not trusted ({exc.verify_message or exc}); its SHA-256 is "
+            f"the server certificate{via} was not trusted by {_trust(config).text} "
+            f"({exc.verify_message or exc}); its SHA-256 is "
             f"{_fp(server_fp)}: if that is the Central Node's certificate, set pin_sha256 "
             f"(--pin-sha256 {_fp(server_fp)}), or give the CA that issued it with ca_file",
             ExitStatus.CONFIG,
         )
         return False
     except (OSError, ssl.SSLError) as exc:
-        report.fail(step, api.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
+        if proxy:
+            report.fail(step, f"TLS handshake with {base}{via} failed: {exc}", ExitStatus.CONFIG)
+        else:
+            report.fail(step, api.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
         return False
     finally:
         sock.close()
@@ -172,16 +239,36 @@ def _check_tls(config: Config, base: str, sock: socket.socket, files_ok: bool, r
                 ExitStatus.CONFIG,
             )
             return False
-        report.ok(step, f"server certificate matches the pin (SHA-256 {_fp(server_fp)})")
+        report.ok(step, f"server certificate{via} matches the pin (SHA-256 {_fp(server_fp)})")
     elif config.insecure:
         report.warn(
             step,
-            f"server certificate NOT verified (insecure = true; SHA-256 {_fp(server_fp)}): set "
+            f"server certificate{via} NOT verified (insecure = true; SHA-256 {_fp(server_fp)}): set "
             "pin_sha256 to this fingerprint or give ca_file instead",
         )
     else:
-        report.ok(step, f"server certificate verified (SHA-256 {_fp(server_fp)})")
+        report.ok(
+            step, f"server certificate{via} verified (SHA-256 {_fp(server_fp)}) by {_trust(config).text}"
+        )
     return True
+
+
+def _probe_fingerprint(base: str, proxy: Optional[str]) -> Optional[str]:
+    """The server certificate's SHA-256, read over an unverified handshake: for a message only."""
+    sock = _open(base, proxy)
+    if sock is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with ctx.wrap_socket(sock, server_hostname=_base_parts(base)[0]) as tls_sock:
+            der = tls_sock.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return None
+    finally:
+        sock.close()
+    return hashlib.sha256(der).hexdigest() if der else None
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
@@ -264,9 +351,9 @@ def _check_state(config: Config, report: _Report) -> None:
     )
 
 
-def _base_parts(base: str) -> Tuple[str, int]:
+def _base_parts(base: str, default_port: int = 443) -> Tuple[str, int]:
     parts = urlsplit(base)
-    return parts.hostname or "", parts.port or 443
+    return parts.hostname or "", parts.port or default_port
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,12 +373,12 @@ def run(args: argparse.Namespace) -> int:
     files_ok = _check_files(config, report)
     trusted: List[str] = []
     for base in config.url:
-        host, port = _base_parts(base)
-        sock = _connect(host, port, report, base)
+        proxy = transport.proxy_for(base + "/", config.proxy)
+        sock = _open(base, proxy, report)
         if sock is None:
             report.skip(f"{base} TLS", "no connection")
             continue
-        if _check_tls(config, base, sock, files_ok, report):
+        if _check_tls(config, base, sock, files_ok, report, proxy):
             trusted.append(base)
 
     if not files_ok:

@@ -10,7 +10,7 @@ import difflib
 import importlib
 import os
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from kata_events import __version__
 from kata_events.exits import ExitStatus, UserError
@@ -19,7 +19,12 @@ from kata_events.exits import ExitStatus, UserError
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error exits 64 (EX_USAGE) as the exit-code table says, not 2."""
 
+    #: A subcommand's own way to report a usage error (``run``: a log line), if it has one.
+    report_usage_error: Optional[Callable[[argparse.ArgumentParser, str], int]] = None
+
     def error(self, message: str) -> NoReturn:
+        if self.report_usage_error is not None:
+            self.exit(self.report_usage_error(self, message))
         self.print_usage(sys.stderr)
         self.exit(int(ExitStatus.USAGE), f"{self.prog}: error: {message}\n")
 
@@ -73,6 +78,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(command)
+        command.report_usage_error = getattr(module, "usage_error", None)
         command.set_defaults(handler=module.run, parser=command)
     return parser
 

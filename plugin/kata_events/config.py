@@ -1,8 +1,8 @@
 """Loading and checking the ``run`` configuration: flags, environment, TOML file, defaults.
 
 Precedence: flag > environment (``KATA_EVENTS_*``) > config file > default. The merged values are
-validated against the schema derived from `kata_events.options`, and every problem found is
-reported at once in one `UserError` (exit 78), each naming the key, the value, where it came from
+validated with jsonschema against the schema `kata_events.options` publishes, and every problem
+found is reported at once in one `UserError` (exit 78), each naming the key, the value, where it came from
 and what is allowed. Then defaults are computed, URLs and the pin normalized, and the files the
 user named are checked (exit 66) before any network traffic.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import functools
 import json
 import math
 import os
@@ -55,6 +56,7 @@ class Config:
     ca_file: Optional[Path]
     pin_sha256: Optional[str]
     insecure: bool
+    proxy: Optional[str]
     filter: str
     max_events: int
     max_timeout: int
@@ -102,15 +104,11 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         origin = _Origin("file", f"config file {config_file}", config_file.parent)
         for key, value in _read_toml(config_file).items():
             option = opts.BY_NAME.get(key)
-            if option is None:
-                hint = _suggest(key, opts.BY_NAME)
-                problems.append(f"unknown key {key!r} in config file {config_file}{hint}")
-                continue
-            if option.type == "list" and isinstance(value, str):
+            if option is not None and option.type == "list" and isinstance(value, str):
                 value = [value]
-            elif option.type == "choice" and isinstance(value, str):
+            elif option is not None and option.type == "choice" and isinstance(value, str):
                 value = value.lower()
-            values[key] = (value, origin)
+            values[key] = (value, origin)  # an unknown key too: the schema reports it
 
     for name, raw in sorted(environ.items()):
         if not name.startswith(opts.ENV_PREFIX) or name == opts.CONFIG_ENV:
@@ -132,14 +130,15 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         values[option.name] = (given, _Origin("flag", option.flag))
 
     _take_id_from_url(values)
-    invalid = _schema_problems(values)
+    unknown, invalid, missing = schema_problems(values)
+    problems = unknown + problems
     urls: Tuple[str, ...] = ()
     if "url" in values and "url" not in invalid:
         # url comes first in OPTIONS, so its problems lead the per-key ones.
         urls, url_problems = _normalize_urls(values)
         problems += url_problems
     problems += invalid.values()
-    problems += _missing_required(values)
+    problems += missing
     if problems:
         raise _config_error(problems)
 
@@ -171,6 +170,23 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
+def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    """The log format asked for by flag, variable or config file, for errors before the
+    configuration is resolved: the first valid one in precedence order, else the default."""
+    option = opts.BY_NAME["log_format"]
+    candidates = [getattr(args, "log_format", None), environ.get(option.env)]
+    try:
+        path = _config_path(args, environ)
+        if path is not None:
+            candidates.append(_read_toml(path).get("log_format"))
+    except (UserError, OSError):
+        pass
+    for value in candidates:
+        if isinstance(value, str) and value.strip().lower() in option.choices:
+            return value.strip().lower()
+    return str(option.default)
+
+
 def describe(config: Config) -> Dict[str, Any]:
     """The effective configuration as JSON-ready values, for the ``config`` log event.
 
@@ -182,6 +198,8 @@ def describe(config: Config) -> Dict[str, Any]:
         value = getattr(config, option.name)
         if option.secret and value is not None:
             value = "<redacted>"
+        elif option.name == "proxy" and value is not None:
+            value = without_credentials(value)
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
@@ -190,6 +208,12 @@ def describe(config: Config) -> Dict[str, Any]:
     described["config_file"] = None if config.config_file is None else str(config.config_file)
     described["sources"] = {k: v for k, v in config.sources.items() if v != _DEFAULT.label}
     return described
+
+
+def without_credentials(url: str) -> str:
+    """``http://user:password@host:port`` → ``http://host:port``: a URL fit for a log line."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
 def normalize_pin(pin: str) -> str:
@@ -315,25 +339,49 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _schema_problems(values: Mapping[str, Tuple[Any, _Origin]]) -> Dict[str, str]:
-    """One message per invalid key, in the order of `kata_events.options.OPTIONS`."""
-    found: Dict[str, str] = {}
-    for option in opts.OPTIONS:
-        if option.name in values:
-            value, origin = values[option.name]
-            if not option.accepts(value):
-                found[option.name] = (
-                    f"{option.name} = {_shown(value)} (from {origin.label}): expected {option.allowed_text}"
-                )
-    return found
+@functools.cache
+def _schema_validator() -> Any:
+    """jsonschema's validator of the published schema, where an integral float (1.0) is no integer:
+    what passes is what the code takes."""
+    import jsonschema  # loaded by the commands that validate a configuration, not by --version
+
+    base = jsonschema.Draft202012Validator
+    integer = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=integer)(opts.json_schema())
 
 
-def _missing_required(values: Mapping[str, Tuple[Any, _Origin]]) -> List[str]:
-    return [
+def schema_problems(
+    values: Mapping[str, Tuple[Any, _Origin]],
+) -> Tuple[List[str], Dict[str, str], List[str]]:
+    """The merged values checked against the published schema, each error in the user's words.
+
+    Returns the unknown keys (with the closest known one), one message per invalid key in the order
+    of `kata_events.options.OPTIONS` (key, value, where it came from, what is expected), and the
+    required keys missing (with the three ways to give each).
+    """
+    instance = {name: value for name, (value, _) in values.items()}
+    errors = list(_schema_validator().iter_errors(instance))
+    kinds = {error.validator for error in errors}
+    keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
+    unknown = [
+        f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
+        for key in instance
+        if "additionalProperties" in kinds and key not in opts.BY_NAME
+    ]
+    missing = [
         f"{o.name} is required: give {o.flag}, set {o.env}, or put {o.name} = ... in the config file"
         for o in opts.OPTIONS
-        if o.required and o.name not in values
+        if "required" in kinds and o.required and o.name not in instance
     ]
+    invalid = {
+        o.name: f"{o.name} = {_shown(values[o.name][0])} (from {values[o.name][1].label}): expected "
+        + o.allowed_text
+        for o in opts.OPTIONS
+        if o.name in keys
+    }
+    return unknown, invalid, missing
 
 
 def _take_id_from_url(values: Dict[str, Tuple[Any, _Origin]]) -> None:

@@ -1,4 +1,4 @@
-"""The few failures the API client reports upward; the loop above never sees `http.client` or `ssl`.
+"""The few failures the API client reports upward; the loop above never sees requests, urllib3 or `ssl`.
 
 Each class says what the runner should do: wait for approval, start a new subscription, stop with
 a configuration error, or retry with backoff. Messages are for people and never carry a full token

@@ -28,7 +28,7 @@ def _text(path: _PathLike) -> str:
         return ""
 
 
-def _no_passphrase() -> bytes:
+def no_passphrase() -> bytes:
     # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase.
     return b""
 
@@ -63,7 +63,7 @@ def problem(cert: _PathLike, key: _PathLike) -> Optional[str]:
         )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_cert_chain(str(cert), str(key), password=_no_passphrase)
+        context.load_cert_chain(str(cert), str(key), password=no_passphrase)
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc):
             return (

@@ -86,8 +86,12 @@ _CATALOGUE = (
             "max_timeout",
             "filter",
             "once",
+            "verified_by",
+            "proxies",
         ),
-        "The process started; its version and main settings.",
+        "The process started; its version, main settings, what verifies the server (pin_sha256, "
+        "ca_file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE or the system's trust store) and the proxy "
+        "of each address that has one (without credentials).",
     ),
     EventSpec(
         "config",
@@ -220,14 +224,6 @@ _CATALOGUE = (
         "fingerprint shown if it is really your server.",
     ),
     EventSpec(
-        "environment_ignored",
-        logging.WARNING,
-        ("variable",),
-        "A variable other HTTPS clients read is set where it would matter (a proxy that does not "
-        "exempt the Central Node, a CA bundle with no ca_file): kata-events connects directly and "
-        "verifies with ca_file, a pin, or the system's trust store; the message says what to set.",
-    ),
-    EventSpec(
         "tls_files_changed",
         logging.WARNING,
         ("reason",),
@@ -321,8 +317,9 @@ _CATALOGUE = (
     EventSpec(
         "fatal",
         logging.ERROR,
-        ("exit_code", "reason"),
-        "The process cannot go on (configuration, files, state lock); the message says the fix.",
+        ("exit_code", "reason", "problems", "usage"),
+        "The process cannot go on (configuration, a missing file, a usage error, the state lock); "
+        "the message says the fix, `problems` lists each of several.",
     ),
     EventSpec(
         "emulator",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -45,6 +44,8 @@ MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
 
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 # 64 hex digits, or 32 colon-separated pairs as `openssl x509 -fingerprint -sha256` prints them.
+#: A proxy's address: scheme, optional credentials, host and port, nothing after.
+PROXY_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+/?$"
 PIN_PATTERN = r"^(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$"
 
 
@@ -140,33 +141,6 @@ class Option:
             return "{" + ",".join(self.choices) + "}"
         return self.name.upper()
 
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` is valid for this option: what `schema` says, checked directly.
-
-        `run` checks its configuration with this rather than a JSON-schema validator, whose import
-        would cost every start more than the check itself (a test holds the two to the same answers;
-        an integral float, which JSON Schema counts as an integer, is refused here).
-        """
-        if self.type in ("int", "float"):
-            number = (int,) if self.type == "int" else (int, float)
-            return (
-                isinstance(value, number)
-                and not isinstance(value, bool)
-                and (self.minimum is None or value >= self.minimum)
-                and (self.maximum is None or value <= self.maximum)
-            )
-        if self.type == "bool":
-            return isinstance(value, bool)
-        if self.type == "list":
-            return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
-        if not isinstance(value, str):
-            return False
-        if self.type == "choice" and value not in self.choices:
-            return False
-        if self.type == "path" and not value:
-            return False
-        return not self.pattern or re.search(self.pattern, value) is not None
-
     def schema(self) -> Dict[str, Any]:
         """This option's JSON schema fragment."""
         fragment: Dict[str, Any]
@@ -253,6 +227,17 @@ OPTIONS: Tuple[Option, ...] = (
         "Do not verify the Central Node's certificate at all (warned on every start; use ca_file "
         "or pin_sha256 instead).",
         default=False,
+    ),
+    Option(
+        "proxy",
+        "str",
+        "The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT (a CONNECT tunnel: TLS "
+        "stays end to end, a pin still holds). Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY, which "
+        "are used otherwise. Its credentials never appear in a log line.",
+        default_doc="HTTPS_PROXY / ALL_PROXY unless NO_PROXY exempts the host; else none",
+        pattern=PROXY_PATTERN,
+        metavar="URL",
+        allowed="an http:// or https:// proxy address such as http://proxy.example.local:3128",
     ),
     Option(
         "filter",

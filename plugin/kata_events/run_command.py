@@ -13,13 +13,12 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, Dict, List, Mapping, Optional
-from urllib.parse import urlsplit
+from typing import Any, Dict, List, Optional
 
 from kata_events import __version__, keypair, logs
 from kata_events.acks import choose_ack_mode
 from kata_events.api import EventsClient
-from kata_events.config import Config, describe, load_run_config
+from kata_events.config import Config, describe, load_run_config, requested_log_format
 from kata_events.delivery import LineWriter, make_delivery
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
@@ -66,6 +65,7 @@ def build_client(config: Config, **overrides: Any) -> EventsClient:
         ca_file=str(config.ca_file) if config.ca_file else None,
         pin_sha256=config.pin_sha256 or None,
         insecure=config.insecure,
+        proxy=config.proxy,
         max_events=config.max_events,
         max_timeout=config.max_timeout,
         filter=config.filter,
@@ -80,14 +80,44 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
-        say(str(exc))
-        return int(exc.exit_code)
+        return fatal(exc, requested_log_format(args, os.environ))
     return run_config(config)
+
+
+def fatal(exc: UserError, log_format: str, **fields: Any) -> int:
+    """Log a configuration, file or usage error as one ``fatal`` line; its exit code.
+
+    Before the configuration is resolved the log set-up is not either: the format is the one asked
+    for wherever it could be read (`requested_log_format`), JSON otherwise.
+    """
+    logs.setup_logging("info", log_format)
+    reason = {ExitStatus.NO_INPUT: "missing file", ExitStatus.USAGE: "usage"}.get(
+        exc.exit_code, "configuration"
+    )
+    problems = list(exc.problems) if len(exc.problems) > 1 else None
+    logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason=reason, problems=problems, **fields)
+    return int(exc.exit_code)
+
+
+def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
+    """A usage error of ``run`` (an unknown flag, a missing value) as a ``fatal`` line; exit 64."""
+    argv = sys.argv[1:]
+    given = next(
+        (v for f, v in zip(argv, argv[1:]) if f == "--log-format"),
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")), None),
+    )
+    error = UserError(f"{message}; see `{parser.prog} --help`", ExitStatus.USAGE)
+    return fatal(
+        error,
+        requested_log_format(argparse.Namespace(log_format=given), os.environ),
+        usage=parser.format_usage().strip(),
+    )
 
 
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format)
+    client = build_client(config)
     logs.emit(
         "start",
         f"kata-events {__version__} starting",
@@ -99,6 +129,8 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         max_timeout=config.max_timeout,
         filter=config.filter,
         once=config.once,
+        verified_by=client.trust.text,
+        proxies=client.shown_proxies() or None,
     )
     logs.emit("config", "effective configuration", **describe(config))
     if config.insecure:
@@ -107,7 +139,6 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
-    _warn_ignored_environment(config, os.environ)
     unusable = keypair.problem(config.cert, config.key)
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
@@ -145,7 +176,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         runner = Runner(
-            client=build_client(config),
+            client=client,
             store=store,
             delivery=delivery,
             once=config.once,
@@ -164,40 +195,6 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             _restore_signal_handlers(runner, previous_alarm)
     finally:
         store.close()
-
-
-def _warn_ignored_environment(config: Config, environ: Mapping[str, str]) -> None:
-    """Name the variables other HTTPS clients read and kata-events does not, where they would matter.
-
-    A proxy variable that does not exempt the Central Node's host, and a CA-bundle variable when
-    neither ca_file nor a pin chooses the trust: after an upgrade from a requests-based tool, the
-    cause of a "cannot connect" or an untrusted server is then on the screen.
-    """
-    proxy_names = [n for n in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy") if environ.get(n)]
-    if proxy_names:
-        from urllib.request import proxy_bypass_environment  # only when a proxy variable is set
-
-        hosts = {urlsplit(url).hostname or "" for url in config.url}
-        proxies = {"no": environ.get("NO_PROXY") or environ.get("no_proxy") or ""}
-        if not all(proxy_bypass_environment(host, proxies) for host in hosts):
-            logs.emit(
-                "environment_ignored",
-                f"{proxy_names[0]} is set, but kata-events connects to the Central Node directly: "
-                "proxy variables are not used",
-                level="WARNING",
-                variable=proxy_names[0],
-            )
-    if not (config.ca_file or config.pin_sha256 or config.insecure):
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            if environ.get(name):
-                logs.emit(
-                    "environment_ignored",
-                    f"{name} is set, but kata-events does not read it: without ca_file the Central "
-                    "Node is verified with the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR "
-                    f"point it elsewhere); set ca_file = {environ[name]!r} to trust that bundle",
-                    level="WARNING",
-                    variable=name,
-                )
 
 
 def _install_signal_handlers(runner: Runner) -> Any:

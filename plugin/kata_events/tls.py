@@ -1,0 +1,96 @@
+"""TLS settings of every connection to the Central Node: which trust verifies it, and our certificate.
+
+The server is verified by the first of these that is set: ``pin_sha256`` (its certificate's SHA-256,
+checked by urllib3 after the handshake and before the request goes out), ``ca_file``, the
+``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` variables (the convention of requests and curl), and
+otherwise the system's trust store (OpenSSL's, with ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
+honoured; not certifi's bundle, so a CA installed on the box keeps working). ``insecure`` verifies
+nothing. TLS 1.2 is the least version accepted, whatever the local OpenSSL would allow. The client
+certificate and key go on the context (a key with a passphrase is refused with a message, never
+prompted for on a terminal). This module never logs and never touches the network.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from kata_events import keypair
+from kata_events.errors import ClientTlsError, TlsVerifyFailed
+
+#: The variables requests and curl read for a CA bundle, in requests' order.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What verifies the server: ``kind`` is pin_sha256, ca_file, a CA_BUNDLE variable, system or
+    insecure; ``path`` the CA file or bundle, ``pin`` the fingerprint (lowercase hex)."""
+
+    kind: str
+    path: Optional[str] = None
+    pin: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        """For the start log and messages: what verified the server."""
+        if self.kind == "pin_sha256":
+            return f"pin_sha256 {self.pin}"
+        if self.kind == "insecure":
+            return "nothing (insecure = true)"
+        if self.kind == "system":
+            return "the system's trust store"
+        return f"{self.kind} {self.path}"
+
+
+def choose_trust(
+    ca_file: Optional[str], pin_sha256: Optional[str], insecure: bool, environ: Mapping[str, str]
+) -> Trust:
+    """The trust in force: an explicit pin or ca_file always wins over the environment."""
+    if pin_sha256:
+        return Trust("pin_sha256", pin=pin_sha256)
+    if insecure:
+        return Trust("insecure")
+    if ca_file:
+        return Trust("ca_file", ca_file)
+    for name in CA_BUNDLE_VARIABLES:
+        if environ.get(name):
+            return Trust(name, environ[name])
+    return Trust("system")
+
+
+def context(trust: Trust, cert: Optional[str] = None, key: Optional[str] = None) -> ssl.SSLContext:
+    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given.
+
+    Raises `TlsVerifyFailed` when the CA file or bundle is unusable, `ClientTlsError` when our
+    certificate or key is.
+    """
+    if trust.kind in ("pin_sha256", "insecure"):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        try:
+            if trust.path and os.path.isdir(trust.path):
+                ctx = ssl.create_default_context(capath=trust.path)
+            else:
+                ctx = ssl.create_default_context(cafile=trust.path)
+        except (OSError, ssl.SSLError) as exc:
+            what = "CA file" if trust.kind == "ca_file" else f"CA bundle {trust.kind}="
+            raise TlsVerifyFailed(
+                f"the {what.rstrip('=')} {trust.path} holds no usable PEM certificate ({exc})"
+            ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    if ctx.post_handshake_auth is not None:
+        ctx.post_handshake_auth = True  # a server may ask for the client certificate after the handshake
+    if cert and key:
+        try:
+            ctx.load_cert_chain(cert, key, password=keypair.no_passphrase)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientTlsError(
+                keypair.problem(cert, key) or f"cannot use the client certificate {cert} / key {key}: {exc}"
+            ) from None
+    return ctx

@@ -1,0 +1,202 @@
+"""Acceptance: `run` reaches the Central Node through an HTTP proxy as requests does.
+
+HTTPS_PROXY carries every event through a CONNECT tunnel with TLS end to end (a wrong pin through
+the proxy gets no event); NO_PROXY exempts the host; the ``proxy`` option wins over the
+environment; a proxy that is down is retried and named as the proxy; the proxy's credentials
+appear in no log line, debug level included. Real processes, the emulator over mutual TLS, and the
+loopback CONNECT proxy of proxy_helpers.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from proxy_helpers import LoopbackProxy
+from run_helpers import assert_exact_events, check, clean_env, fingerprint_of_pem_file, run_args
+
+EVENTS = 120
+
+
+@pytest.fixture
+def connect_proxy(make_emulator):
+    """The emulator and a CONNECT proxy in front of it: (emu, proxy factory)."""
+    emu = make_emulator(backlog=EVENTS)
+    made = []
+
+    def make(**kwargs):
+        proxy = LoopbackProxy(("127.0.0.1", 9), connect=True, **kwargs)
+        made.append(proxy)
+        return proxy
+
+    yield emu, make
+    for proxy in made:
+        proxy.close()
+
+
+def _emu_target(emu) -> str:
+    return emu.url.split("://", 1)[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(60)
+def test_every_event_through_https_proxy(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, make = connect_proxy
+    proxy = make()
+    args = run_args(emu, ext_id, make_client_cert("proxy-env"), tmp_path / "s.json", "--once")
+    args += ["--max-events", "50"]
+    run = runs.complete(args, env=clean_env({"HTTPS_PROXY": proxy.url}))
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    # One tunnel, kept alive for every page, to the emulator's own address.
+    assert [target for target, _ in proxy.tunnels] == [_emu_target(emu)]
+    start = run.wait_event("start", timeout=1)
+    assert start["proxies"] == {emu.url: proxy.url}
+    assert start["verified_by"] == f"ca_file {emu.ca_file}"
+    assert not run.other_stderr.strip(), run.other_stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_wrong_pin_holds_through_the_proxy(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, make = connect_proxy
+    proxy = make()
+    cert = make_client_cert("proxy-pin")
+    server_fp = fingerprint_of_pem_file(emu.server_cert_file)
+    wrong = fingerprint_of_pem_file(cert.cert_file)
+    args = run_args(emu, ext_id, cert, tmp_path / "s.json", "--pin-sha256", wrong, ca_file=False)
+    run = runs.start(args, env=clean_env({"HTTPS_PROXY": proxy.url}))
+    failed = run.wait_event("tls_verify_failed", timeout=20)
+    assert "fingerprints did not match" in failed["message"]
+    assert server_fp in failed["message"] and failed["server_fingerprint"] == server_fp
+    assert proxy.tunnels and proxy.tunnels[0][0] == _emu_target(emu)
+    run.send(signal.SIGTERM)
+    assert run.wait(10) == 0
+    assert run.output == b""
+    # Checked before the request went out: the server never saw one.
+    assert emu.requests_served == 0
+    assert emu.status()["subscriptions"] == []
+
+
+@pytest.mark.timeout(60)
+def test_no_proxy_exempts_the_central_node(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, make = connect_proxy
+    proxy = make()
+    env = clean_env({"HTTPS_PROXY": proxy.url, "NO_PROXY": "localhost,127.0.0.1"})
+    args = run_args(emu, ext_id, make_client_cert("proxy-no"), tmp_path / "s.json", "--once")
+    run = runs.complete(args, env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    assert proxy.connections == 0
+    assert "proxies" not in run.wait_event("start", timeout=1)
+
+
+@pytest.mark.timeout(60)
+def test_the_proxy_option_wins_over_the_environment(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, make = connect_proxy
+    chosen = make()
+    # The environment names a proxy that is down and exempts the host: the option wins over both.
+    down = f"http://127.0.0.1:{_free_port()}"
+    env = clean_env({"HTTPS_PROXY": down, "NO_PROXY": "127.0.0.1", "KATA_EVENTS_PROXY": down})
+    args = run_args(emu, ext_id, make_client_cert("proxy-option"), tmp_path / "s.json", "--once")
+    run = runs.complete(args + ["--proxy", chosen.url], env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    assert [target for target, _ in chosen.tunnels] == [_emu_target(emu)]
+    assert run.events("retry") == []
+
+
+@pytest.mark.timeout(60)
+def test_a_proxy_that_is_down_is_retried_and_named(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, _ = connect_proxy
+    down = f"http://127.0.0.1:{_free_port()}"
+    args = run_args(emu, ext_id, make_client_cert("proxy-down"), tmp_path / "s.json")
+    run = runs.start(args, env=clean_env({"HTTPS_PROXY": down}))
+    retry = run.wait_event("retry", timeout=20)
+    assert f"through the proxy {down}" in retry["message"], retry
+    assert f"the proxy {down} failed" in retry["message"] and "Connection refused" in retry["message"]
+    assert emu.url not in retry["message"].split("through")[1]  # the proxy is blamed, not the node
+    run.send(signal.SIGTERM)
+    assert run.wait(10) == 0
+    assert emu.requests_served == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_refusing_proxy_is_named(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, make = connect_proxy
+    proxy = make(refuse=True)
+    args = run_args(emu, ext_id, make_client_cert("proxy-refuse"), tmp_path / "s.json")
+    run = runs.start(args, env=clean_env({"HTTPS_PROXY": proxy.url}))
+    retry = run.wait_event("retry", timeout=20)
+    assert f"the proxy {proxy.url} failed" in retry["message"] and "403" in retry["message"], retry
+    run.send(signal.SIGTERM)
+    assert run.wait(10) == 0
+
+
+@pytest.mark.timeout(60)
+def test_proxy_credentials_appear_in_no_log_line(connect_proxy, make_client_cert, ext_id, runs, tmp_path):
+    emu, make = connect_proxy
+    secret = "pa55-w0rd-s3cret"
+    proxy = make(credentials=f"collector:{secret}")
+    args = run_args(emu, ext_id, make_client_cert("proxy-auth"), tmp_path / "s.json", "--once")
+    args += ["--log-level", "debug", "--max-events", "50"]
+    env = clean_env({"HTTPS_PROXY": proxy.url})
+    run = runs.complete(args, env=env)
+    assert run.returncode == 0, run.stderr_text[-3000:]
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+    assert proxy.tunnels[0][1] is not None  # the credentials were sent, to the proxy only
+    assert len(run.logs) > 3 and "debug" in {r["level"].lower() for r in run.logs}
+    assert secret not in run.stderr_text and "collector" not in run.stderr_text
+    assert run.wait_event("start", timeout=1)["proxies"] == {emu.url: f"http://127.0.0.1:{proxy.port}"}
+    # With the option, and a proxy that refuses them: still no credentials in any line.
+    wrong = proxy.url.replace(secret, "wrong-" + secret)
+    run = runs.start(args[:-4] + ["--proxy", wrong, "--log-level", "debug"], env=clean_env())
+    retry = run.wait_event("retry", timeout=20)
+    assert "407" in retry["message"], retry
+    run.send(signal.SIGTERM)
+    assert run.wait(10) == 0
+    assert secret not in run.stderr_text and "collector" not in run.stderr_text
+
+
+@pytest.mark.timeout(60)
+def test_check_goes_through_the_proxy_and_names_it(connect_proxy, make_client_cert, ext_id, tmp_path):
+    emu, make = connect_proxy
+    proxy = make(credentials="collector:s3cret-check")
+    args = run_args(emu, ext_id, make_client_cert("check-proxy"), tmp_path / "s.json")
+    done = check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    assert done.returncode == 0, done.stderr
+    shown = f"http://127.0.0.1:{proxy.port}"
+    lines = done.stderr.splitlines()
+    assert f"ok    {emu.url} TCP: connected to the proxy {shown} 127.0.0.1 port {proxy.port}" in lines
+    assert f"ok    {emu.url} TCP: the proxy {shown} opened a tunnel to {_emu_target(emu)}" in lines
+    assert any(f"{emu.url} TLS: server certificate through the proxy {shown} verified" in x for x in lines)
+    assert "s3cret" not in done.stderr and len(proxy.tunnels) >= 2  # the TLS step, then the approval
+
+
+@pytest.mark.timeout(60)
+def test_check_names_a_refusing_or_down_proxy_as_the_proxy(connect_proxy, make_client_cert, ext_id, tmp_path):
+    emu, make = connect_proxy
+    proxy = make(refuse=True)
+    args = run_args(emu, ext_id, make_client_cert("check-proxy-down"), tmp_path / "s.json")
+    done = check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    assert done.returncode == 75, done.stderr
+    assert (
+        f"FAIL  {emu.url} TCP: the proxy {proxy.url} refused the tunnel to {_emu_target(emu)}: "
+        in done.stderr
+    )
+    assert "403 Forbidden" in done.stderr
+    down = f"http://127.0.0.1:{_free_port()}"
+    done = check(args, clean_env({"HTTPS_PROXY": down}))
+    assert done.returncode == 75, done.stderr
+    assert (
+        f"FAIL  {emu.url} TCP: cannot connect to the proxy {down} 127.0.0.1 port {down.rsplit(':', 1)[1]}"
+        in (done.stderr)
+    )
+    assert "that the proxy is up" in done.stderr
