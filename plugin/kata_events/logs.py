@@ -273,8 +273,10 @@ _CATALOGUE = (
     EventSpec(
         "ack_protocol",
         logging.WARNING,
-        ("line", "reason"),
-        "Unexpected input on stdin in acknowledgement mode (ignored), or stdin failed.",
+        ("line", "reason", "acknowledged", "written", "count"),
+        "Unexpected input on stdin in acknowledgement mode (ignored), stdin failed, or an "
+        "acknowledgement of more lines than were written (a protocol error, logged at error level "
+        "the first time: that acknowledgement is ignored, nothing counts as delivered by it).",
     ),
     EventSpec(
         "drain_unmeasurable",

@@ -277,6 +277,14 @@ class Runner:
                 "no saved continuation token: the first request creates a new subscription",
                 filter=self.client.filter,
             )
+            point, warnings = self.store.first_page_point()
+            for warning in warnings:
+                logs.emit("progress_record", warning, state_file=str(self.store.path))
+            if point is not None:
+                # The last run was killed inside the first answer of its new subscription: the
+                # new one may answer with the same events, and the digest tells.
+                self.delivery.start_from(point)
+                self.resume = point
         else:
             point, warnings = self.store.resume_point()
             for warning in warnings:
@@ -398,7 +406,7 @@ class Runner:
             except ResumeMismatch as exc:
                 logs.emit(
                     "resume_mismatch",
-                    f"the server's answer to token {short_token(self.token)} does not start with the "
+                    f"the server's answer to {self._asked_with()} does not start with the "
                     f"{resume.events if resume else 0} events recorded as delivered ({exc}): "
                     "skipping nothing, the whole answer is delivered",
                     events=resume.events if resume else 0,
@@ -438,12 +446,18 @@ class Runner:
         self.delivery.begin_page(self.token, seen, hasher)
         logs.emit(
             "resume",
-            f"skipping the first {seen} events of the answer to token {short_token(self.token)}: "
+            f"skipping the first {seen} events of the answer to {self._asked_with()}: "
             "they were delivered before",
             events=seen,
             token=short_token(self.token),
         )
         return rest
+
+    def _asked_with(self) -> str:
+        """What the current request was asked with, for messages about its answer."""
+        if self.token is None:
+            return "the first request of a new subscription (no token)"
+        return f"token {short_token(self.token)}"
 
     def _deliver(self, page: Page, resume: Optional[Point] = None) -> Optional[bytes]:
         batches = page.batches()

@@ -405,9 +405,40 @@ class TokenStore:
                 "file's last commit, events delivered since are sent again"
             )
             record = None
-        if record is not None and record["seq"] > best_seq and self._same_subscription(record):
+        if (
+            record is not None
+            and record["token"] is not None
+            and record["seq"] > best_seq
+            and self._same_subscription(record)
+        ):
             best = Point(record["token"], record["events"], record["digest"])
         return best, warnings
+
+    def first_page_point(self) -> Tuple[Optional[Point], List[str]]:
+        """After `load` returned no token: how far into the first answer of the last new
+        subscription delivery went (a point without a token), and warnings.
+
+        Only a record newer than the state file's own (a commit or a cleared token supersedes it)
+        and of the same external system and filter counts; None when there is none.
+        """
+        sub = self._loaded
+        stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
+        try:
+            record = self._read_companion()
+        except RecordError as exc:
+            return None, [
+                f"progress record {self.progress_path} is corrupt ({exc}): the first answer of the "
+                "new subscription is delivered whole, events delivered before are sent again"
+            ]
+        if (
+            record is None
+            or record["token"] is not None
+            or not record["events"]
+            or record["seq"] <= stored_seq
+            or not self._same_subscription(record)
+        ):
+            return None, []
+        return Point(None, record["events"], record["digest"]), []
 
     def _same_subscription(self, record: Mapping[str, Any]) -> bool:
         return (
@@ -447,14 +478,13 @@ class TokenStore:
         return int(record["seq"]) if record is not None else 0
 
     def note(self, point: Point, durable: bool = False) -> None:
-        """Record ``point`` in the companion file: in place, fsynced only when ``durable``.
+        """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
+        without a token is inside the first answer of a new subscription (`first_page_point`).
 
         Raises StateNotWritable when the file cannot be written.
         """
         if self._lock_fd is None:
             raise RuntimeError("TokenStore.open() must be called before writing the state file")
-        if not point.token:
-            raise ValueError("note() needs a point with a token")
         self._seq += 1
         data = encode_record(
             point, self._seq, {"external_system_id": self.external_system_id, "filter": self.filter}
