@@ -364,3 +364,28 @@ def test_a_new_subscription_answering_with_other_events_skips_nothing_and_says_w
     got = second.seqs()
     # Nothing skipped: the answer of the new subscription asked for again is delivered whole.
     assert got == list(range(got[0], emu.next_seq)) and got[0] <= 101, got[:3]
+
+
+@pytest.mark.timeout(120)
+def test_a_body_trickling_while_the_restart_skips_is_abandoned_and_the_skip_kept(
+    make_emulator, client_cert, ext_id, runs, tmp_path
+):
+    """The answer to the saved token trickles while the restart checks and skips what was
+    delivered: it is abandoned within the usual deadline (``--max-timeout 1``: 1 + 10 + 5 s), and
+    the retry still skips those events rather than sending them all again."""
+    emu, state, args, seqs = _killed_inside_a_big_page(make_emulator, client_cert, ext_id, runs, tmp_path)
+    emu.inject("trickle_body", delay=1)
+    started = time.monotonic()
+    second = runs.start(args + ["--once"])
+    retry = second.wait_event("retry", timeout=40, where=lambda r: "part of the body" in r.get("message", ""))
+    waited = retry["_at"] - started
+    print(f"trickle during the resume skip: abandoned after {waited:.1f} s")
+    assert waited <= 16 + 6, waited
+    assert second.wait(60) == 0, second.stderr_text[-3000:]
+    skipped = second.wait_event("resume")["events"]
+    got = second.seqs()
+    # Before: the point was dropped with the abandoned answer, and all of it came again from 11.
+    assert got[0] == 11 + skipped and skipped > 0
+    assert got[0] <= seqs[-1] + 1 and seqs[-1] - got[0] + 1 <= RESEND_BOUND
+    assert got == list(range(got[0], emu.next_seq))
+    second.assert_no_traceback()

@@ -394,9 +394,11 @@ class Runner:
         finally:
             self._report_tls_files()
         self._answered = True
-        resume, self.resume = self.resume, None
+        # Kept until the skip has checked the answer: a body abandoned or broken while skipping
+        # leaves the point for the retry (else it would send all the skipped events again).
+        resume = self.resume
         if resume is not None and resume.token != self.token:
-            resume = None
+            resume = self.resume = None
         with page:
             if self._unauthorized_since is not None:
                 logs.emit("approved", "the Central Node accepts this external system now")
@@ -404,6 +406,7 @@ class Runner:
             try:
                 last_line = self._deliver(page, resume)
             except ResumeMismatch as exc:
+                self.resume = None
                 logs.emit(
                     "resume_mismatch",
                     f"the server's answer to {self._asked_with()} does not start with the "
@@ -443,6 +446,7 @@ class Runner:
             rest = batch[len(take) :]
         if hasher.hexdigest() != resume.digest:
             raise ResumeMismatch("their digest differs")
+        self.resume = None
         self.delivery.begin_page(self.token, seen, hasher)
         logs.emit(
             "resume",
