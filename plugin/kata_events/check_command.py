@@ -232,6 +232,8 @@ def _check_state(config: Config, report: _Report) -> None:
     except UserError as exc:
         report.fail("state", str(exc), exc.exit_code)
         return
+    for warning in store.warnings:
+        report.warn("state directory", warning)
     try:
         stored = store.stored()
         token, reason = store.load()

@@ -121,6 +121,8 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     except StateError as exc:
         logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason="state file")
         return int(exc.exit_code)
+    for warning in store.warnings:
+        logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
         runner_box: List[Runner] = []
         early_stop: List[str] = []
