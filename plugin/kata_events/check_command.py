@@ -88,6 +88,9 @@ def _check_files(config: Config, report: _Report) -> bool:
         f"certificate {config.cert} and key {config.key} match "
         f"(certificate SHA-256 {_fp(api.file_fingerprint(str(config.cert)))}){ca}",
     )
+    exposed = keypair.key_exposure(config.key)
+    if exposed is not None:
+        report.warn("key", exposed)
     return True
 
 

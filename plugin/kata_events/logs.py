@@ -236,6 +236,13 @@ _CATALOGUE = (
         "the last good files and try the new ones again at the next connection. Finish the renewal.",
     ),
     EventSpec(
+        "key_permissions",
+        logging.WARNING,
+        ("key", "fix"),
+        "The client's private key can be read by other accounts (group or others): whoever reads "
+        "it can fetch this external system's events. Fix: chmod 600 on the key file (said at start).",
+    ),
+    EventSpec(
         "client_certificate",
         logging.ERROR,
         ("cert", "key", "reason"),

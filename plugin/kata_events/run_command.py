@@ -112,6 +112,9 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
+    exposed = keypair.key_exposure(config.key)
+    if exposed is not None:
+        logs.emit("key_permissions", exposed, key=str(config.key), fix=f"chmod 600 {config.key}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
