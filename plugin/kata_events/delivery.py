@@ -6,12 +6,14 @@ every call really took, and turns a vanished reader into `ConsumerGone`. Python'
 write as success.
 
 A `Delivery` joins the writer to a `DeliveryLedger` and the token store: the runner says where pages
-begin and end, lines are written in pieces of at most `PIECE_BYTES`, and after each piece the
-ledger knows the delivery point (`kata_events.progress.Point`: a token and how many events of its
-answer are delivered, with their digest) that the taken position stands for. A point with a new
+begin and end, lines are written in pieces of at most `PIECE_BYTES` and `PIECE_LINES`, and after
+each piece the ledger knows the delivery point (`kata_events.progress.Point`: a token and how many
+events of its answer are delivered, with their digest) that the taken position stands for. A point with a new
 token is committed durably (the state file); a point further into the same page is noted cheaply
-(the companion record). All of it goes through `Delivery._persist`. What "taken" means depends on
-what stdout is (see `make_delivery`):
+(the companion record). All of it goes through `Delivery._persist`. Before each piece, writing
+waits while `RECORD_AHEAD_LINES` lines are written but not recorded, in every mode: what a kill -9
+sends again is bounded by that count (`RESEND_BOUND`), never by how the threads were scheduled.
+What "taken" means depends on what stdout is (see `make_delivery`):
 
 - ``--ack lines`` (`AckDelivery`): the shipper acknowledged the line on stdin (rsyslog improg).
 - ``--ack none`` on a pipe (`DrainDelivery`): the reader has taken the bytes out of the pipe
@@ -459,9 +461,9 @@ class Delivery:
 class DrainDelivery(Delivery):
     """``--ack none`` on a pipe, socket or file: taken is what left the pipe / reached the peer / disk.
 
-    Units are bytes. Writing never waits for the drain: a watcher thread (pipe, socket) or a syncer
-    thread (file) moves the delivery point as the bytes are taken, so it lags the written position
-    by about a pipe's worth, or one fsync.
+    Units are bytes. Writing waits for the drain only at the record window: a watcher thread
+    (pipe, socket) or a syncer thread (file) moves the delivery point as the bytes are taken, so it
+    lags the written position by about a pipe's worth, or one fsync.
     """
 
     def __init__(
@@ -709,7 +711,8 @@ class AckDelivery(Delivery):
 
     A reader thread drains stdin all the time (else the shipper's ACK pipe fills and both sides
     block), feeds the ledger and commits. Writing runs ahead of acknowledgements by a bounded
-    window: before each new page the runner waits in `wait_for_room`. ``STOP`` or EOF on stdin
+    window: before each new page the runner waits in `wait_for_room`, and inside a page writing
+    waits at the record window (`RECORD_AHEAD_LINES`). ``STOP`` or EOF on stdin
     asks the runner to stop; acknowledgements after ``STOP`` are ignored.
     """
 
