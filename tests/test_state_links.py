@@ -37,6 +37,11 @@ def _state_dir(tmp_path: Path, mode: int) -> Path:
     return directory
 
 
+def _run_once(runs, emu, ext_id: str, cert, directory: Path):
+    """``run --once`` with its state file in ``directory``."""
+    return runs.complete(run_args(emu, ext_id, cert, directory / "state.json", "--once"), timeout=30)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("dir_mode", [0o700, 0o1777], ids=["private", "sticky-world-writable"])
 def test_a_link_at_each_file_kata_events_writes_is_refused_and_its_target_untouched(
@@ -47,9 +52,7 @@ def test_a_link_at_each_file_kata_events_writes_is_refused_and_its_target_untouc
         (tmp_path / name).mkdir()
         directory = _state_dir(tmp_path / name, dir_mode)
         target = _plant(directory, name, tmp_path / name)
-        run = runs.complete(
-            run_args(emu, ext_id, client_cert, directory / "state.json", "--once"), timeout=30
-        )
+        run = _run_once(runs, emu, ext_id, client_cert, directory)
         assert run.returncode == 73, (name, run.stderr_text[-2000:])
         assert run.lines() == []
         fatal = run.wait_event("fatal")
@@ -66,7 +69,7 @@ def test_a_state_directory_every_account_can_write_without_sticky_bit_is_refused
     emu = make_emulator(backlog=30)
     directory = _state_dir(tmp_path, 0o777)
     targets = [_plant(directory, name, tmp_path) for name in NAMES]
-    run = runs.complete(run_args(emu, ext_id, client_cert, directory / "state.json", "--once"), timeout=30)
+    run = _run_once(runs, emu, ext_id, client_cert, directory)
     assert run.returncode == 73, run.stderr_text[-2000:]
     fatal = run.wait_event("fatal")
     assert f"state directory {directory} can be written by every account" in fatal["message"]
@@ -81,7 +84,7 @@ def test_a_group_writable_state_directory_is_warned_about_and_used(
 ):
     emu = make_emulator(backlog=30)
     directory = _state_dir(tmp_path, 0o770)
-    run = runs.complete(run_args(emu, ext_id, client_cert, directory / "state.json", "--once"), timeout=30)
+    run = _run_once(runs, emu, ext_id, client_cert, directory)
     assert run.returncode == 0, run.stderr_text[-2000:]
     assert len(run.lines()) == 30
     warning = run.wait_event("state", where=lambda r: "can be written by its group" in r["message"])
