@@ -8,9 +8,9 @@ write as success.
 A `Delivery` joins the writer to a `DeliveryLedger` and the token store: the runner says where pages
 begin and end, lines are written in pieces of at most `PIECE_BYTES` and `PIECE_LINES`, and after
 each piece the ledger knows the delivery point (`kata_events.progress.Point`: a token and how many
-events of its answer are delivered, with their digest) that the taken position stands for. A point with a new
-token is committed durably (the state file); a point further into the same page is noted cheaply
-(the companion record). All of it goes through `Delivery._persist`. Before each piece, writing
+events of its answer are delivered, with their digest) that the taken position stands for. A point
+with a new token is committed durably (the state file); a point further into the same page is
+noted cheaply (the companion record). All of it goes through `Delivery._persist`. Before each piece, writing
 waits while `RECORD_AHEAD_LINES` lines are written but not recorded, in every mode: what a kill -9
 sends again is bounded by that count (`RESEND_BOUND`), never by how the threads were scheduled.
 What "taken" means depends on what stdout is (see `make_delivery`):
@@ -272,8 +272,6 @@ class Delivery:
         # Event lines the recorded point covers, and the writer's wait on it (RECORD_AHEAD_LINES).
         self._recorded_lines = 0
         self._recorded_cond = threading.Condition(self._lock)
-        #: Lines written ahead of the record before writing waits (a class constant; tests lower it).
-        self.record_ahead = RECORD_AHEAD_LINES
         self.committed_pages = 0
         #: Told when a background thread hits an error the process cannot go on with.
         self.on_failure: Callable[[Exception], None] = lambda exc: None
@@ -322,16 +320,16 @@ class Delivery:
             self._take(self.ledger.written)
 
     def _wait_for_record(self) -> None:
-        """Before a piece: wait while `record_ahead` lines written are not recorded as delivered.
+        """Before a piece: wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered.
 
         Counted in lines whatever the threads' timing, so what a kill -9 sends again is bounded
         by a count. The wait ends at a stop, or while a disk fault pauses recording (the runner's
         retry then owns the state file, and the bound is the disk's, as the pause says).
         """
         with self._recorded_cond:
-            while self.ledger.lines - self._recorded_lines >= self.record_ahead and not self._wait_ends():
+            while self.ledger.lines - self._recorded_lines >= RECORD_AHEAD_LINES and not self._wait_ends():
                 self._nudge()
-                if self.ledger.lines - self._recorded_lines < self.record_ahead:
+                if self.ledger.lines - self._recorded_lines < RECORD_AHEAD_LINES:
                     break
                 self._recorded_cond.wait(DRAIN_POLL)
 
