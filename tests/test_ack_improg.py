@@ -203,6 +203,37 @@ def test_junk_lines_are_logged_once_and_ignored(
     assert final_stop(stderr)["acknowledged"] == 100
 
 
+def test_an_ack_of_more_lines_than_written_is_a_logged_protocol_error_that_moves_nothing(
+    make_emulator: Callable[..., Emulator], client_cert: ClientCert, ext_id: str, tmp_path: Path
+) -> None:
+    emulator = make_emulator(backlog=300, event_bytes=300)
+    state, stderr = tmp_path / "state.json", tmp_path / "stderr.log"
+    argv = run_argv(emulator, client_cert, ext_id, state, max_events=100)
+    consumer = ImprogConsumer(argv, stderr, ack="none").start()
+    try:
+        assert consumer.wait_lines(100, 30)
+        consumer.ack(30, batch=True)
+        consumer.send(b"ACK 500\n")  # 530 in all, 100 written
+        deadline = time.monotonic() + 10
+        while not events_named(read_logs(stderr), "ack_protocol") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        consumer.kill()
+    protocol = events_named(read_logs(stderr), "ack_protocol")
+    assert len(protocol) == 1 and protocol[0]["level"] == "error", protocol
+    assert "protocol error" in protocol[0]["message"] and protocol[0]["written"] == 100
+    # At most the 30 lines acknowledged before count (the record moves a piece at a time): the
+    # restart sends the page's first 30 or more again. Before, the excess was clamped to what was
+    # written, so all 100 counted as delivered and the restart began at 101.
+    again = ImprogConsumer(argv, stderr).start()
+    try:
+        assert again.wait_lines(1, 30)
+    finally:
+        again.stop()
+    assert again.seqs[0] <= 31, again.seqs[:3]
+
+
 def test_ack_timeout_is_warned_when_lines_wait(
     make_emulator: Callable[..., Emulator], client_cert: ClientCert, ext_id: str, tmp_path: Path
 ) -> None:

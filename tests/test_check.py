@@ -208,3 +208,18 @@ def test_a_configuration_error_is_the_first_failure(tmp_path):
     _assert_clean(result)
     assert result.returncode == 78
     assert result.stderr.startswith("FAIL  configuration:")
+
+
+@pytest.mark.timeout(40)
+def test_a_key_readable_by_other_accounts_is_a_warning_with_the_chmod(
+    make_emulator, make_client_cert, ext_id, tmp_path
+):
+    emu = make_emulator()
+    cert = make_client_cert("check-key-mode")
+    os.chmod(cert.key_file, 0o644)
+    result = _check(run_args(emu, ext_id, cert, tmp_path / "s.json"))
+    _assert_clean(result)
+    assert result.returncode == 0, result.stderr
+    (line,) = _lines(result, "warn")
+    assert line.startswith(f"warn  key: the private key {cert.key_file} is accessible by its group and every")
+    assert f"chmod 600 {cert.key_file}" in line

@@ -194,14 +194,30 @@ def test_without_settle_the_settled_position_is_the_taken_one():
     assert ledger.settled_position(1.0) == 7
 
 
-@given(st.lists(line, max_size=60), st.integers(1, 300))
-def test_pieces_are_the_lines_as_written_cut_at_line_ends(lines: List[bytes], limit: int) -> None:
-    got = list(pieces(lines, limit))
+@given(st.lists(line, max_size=60), st.integers(1, 300), st.integers(1, 70))
+def test_pieces_are_the_lines_as_written_cut_at_line_ends(lines: List[bytes], limit: int, most: int) -> None:
+    got = list(pieces(lines, limit, most))
     assert b"".join(data for data, _ in got) == joined(lines)
     assert sum(count for _, count in got) == len(lines)
     for data, count in got:
         assert data.endswith(b"\n") and data.count(b"\n") == count
         assert len(data) <= limit or count == 1
+        assert count <= most
+
+
+def test_a_checkpoint_knows_the_lines_written_up_to_it():
+    ledger = DeliveryLedger()
+    ledger.begin_page(None)
+    ledger.wrote(30, data=b"a\n" * 10, lines=10)
+    ledger.wrote(60, data=b"b\n" * 20, lines=20)
+    assert (ledger.lines, ledger.lines_at(29), ledger.lines_at(30), ledger.lines_at(89)) == (30, 0, 10, 10)
+    assert ledger.lines_at(90) == 30
+    assert ledger.point_at(90) == Point(None, 30, hashlib.sha256(b"a\n" * 10 + b"b\n" * 20).hexdigest())
+
+
+def test_a_point_of_the_first_page_of_a_new_subscription_round_trips_without_a_token():
+    data = encode_record(Point(None, 5, EMPTY_DIGEST), 3, {"external_system_id": "x", "filter": ""})
+    assert decode_record(data)["token"] is None
 
 
 # -- the record on disk ------------------------------------------------------------------------------

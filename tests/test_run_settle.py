@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -155,3 +156,64 @@ def test_sigterm_while_once_waits_for_the_settle_goes_back(
     assert run.wait_event("settle")
     again = runs.complete(run_args(emu, ext_id, client_cert, state, "--once"), timeout=30)
     assert again.seqs()[:1] == [1], "the lines taken within the settle time must come again"
+
+
+#: A reader taking about 2,000 lines of 200 B a second: a page of 72,000 takes it half a minute.
+SLOW_READER = (
+    "import os, sys, time\n"
+    "while True:\n"
+    "    data = os.read(0, 4096)\n"
+    "    if not data:\n"
+    "        break\n"
+    "    os.write(1, data)\n"
+    "    time.sleep(0.01)\n"
+)
+
+
+@pytest.mark.timeout(90)
+def test_a_stop_inside_the_first_page_of_a_new_subscription_goes_back_too(
+    make_emulator, client_cert, ext_id, runs, tmp_path
+):
+    """No token before the first page: the stop still writes back the point the reader had reached
+    settle_time earlier (in the progress record), and the restart's new subscription skips exactly
+    that much. Before, the lines counted as delivered and the restart sent the page from its start."""
+    emu = make_emulator(backlog=72_000, event_bytes=200)
+    state = tmp_path / "state.json"
+    args = run_args(
+        emu, ext_id, client_cert, state, "--max-events", "72000", "--max-timeout", "1", settle_time=SETTLE
+    )
+    taken = tmp_path / "taken.ndjson"
+    read_end, write_end = os.pipe()
+    with open(taken, "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
+        proc = subprocess.Popen(command(args), stdout=write_end, stderr=err, env=clean_env())
+        reader = subprocess.Popen([sys.executable, "-c", SLOW_READER], stdin=read_end, stdout=out)
+    os.close(read_end)
+    os.close(write_end)
+    try:
+        sampler = FileSampler(taken)
+        deadline = time.monotonic() + 20
+        while sampler.read_by(time.time()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        sampler.stop()
+    finally:
+        for p in (proc, reader):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
+    settle = [r for r in logs if r.get("event") == "settle"]
+    assert settle and settle[0]["level"] == "info", logs[-5:]
+    decided = datetime.strptime(settle[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    limit = sampler.read_by(decided.timestamp() - SETTLE)
+    got_before = taken.read_bytes().count(b"\n")
+    assert got_before < 72_000, "the stop was meant to land inside the first page"
+    again = runs.complete(args + ["--once", "--settle-time", "0"], timeout=60)
+    assert again.returncode == 0, again.stderr_text[-2000:]
+    skipped = again.wait_event("resume")["events"]
+    first = again.seqs()[0]
+    assert first == 1 + skipped and skipped > 0
+    assert first <= limit + 1, f"restarted at {first}: lines read after {limit} within the settle time lost"
+    assert again.seqs() == list(range(first, emu.next_seq))

@@ -4,6 +4,7 @@ certificate; --insecure works but says so. Real TLS against the emulator's own C
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -73,3 +74,20 @@ def test_insecure_works_and_warns(make_emulator, make_client_cert, ext_id, runs,
     assert_exact_events(emu, run.lines(), 1, 10)
     run.assert_no_traceback()
     assert not run.other_stderr.strip(), "stderr holds more than JSON log lines (a Python warning?)"
+
+
+@pytest.mark.timeout(40)
+def test_a_key_readable_by_other_accounts_is_warned_about_once_at_start(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path
+):
+    emu = make_emulator(backlog=5)
+    cert = make_client_cert("key-mode")
+    os.chmod(cert.key_file, 0o640)
+    run = runs.complete(run_args(emu, ext_id, cert, tmp_path / "s.json", "--once"), timeout=30)
+    assert run.returncode == 0, run.stderr_text[-2000:]
+    (warning,) = run.events("key_permissions")
+    assert warning["level"] == "warning" and warning["key"] == str(cert.key_file)
+    assert (
+        f"chmod 600 {cert.key_file}" in warning["message"] and "its group (mode 0640)" in warning["message"]
+    )
+    assert len(run.lines()) == 5

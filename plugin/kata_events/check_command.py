@@ -99,6 +99,9 @@ def _check_files(config: Config, report: _Report) -> bool:
         f"certificate {config.cert} and key {config.key} match "
         f"(certificate SHA-256 {_fp(api.file_fingerprint(str(config.cert)))}){ca}",
     )
+    exposed = keypair.key_exposure(config.key)
+    if exposed is not None:
+        report.warn("key", exposed)
     return True
 
 
@@ -321,6 +324,8 @@ def _check_state(config: Config, report: _Report) -> None:
     except UserError as exc:
         report.fail("state", str(exc), exc.exit_code)
         return
+    for warning in store.warnings:
+        report.warn("state directory", warning)
     try:
         stored = store.stored()
         token, reason = store.load()

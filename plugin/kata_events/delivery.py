@@ -6,12 +6,14 @@ every call really took, and turns a vanished reader into `ConsumerGone`. Python'
 write as success.
 
 A `Delivery` joins the writer to a `DeliveryLedger` and the token store: the runner says where pages
-begin and end, lines are written in pieces of at most `PIECE_BYTES`, and after each piece the
-ledger knows the delivery point (`kata_events.progress.Point`: a token and how many events of its
-answer are delivered, with their digest) that the taken position stands for. A point with a new
-token is committed durably (the state file); a point further into the same page is noted cheaply
-(the companion record). All of it goes through `Delivery._persist`. What "taken" means depends on
-what stdout is (see `make_delivery`):
+begin and end, lines are written in pieces of at most `PIECE_BYTES` and `PIECE_LINES`, and after
+each piece the ledger knows the delivery point (`kata_events.progress.Point`: a token and how many
+events of its answer are delivered, with their digest) that the taken position stands for. A point
+with a new token is committed durably (the state file); a point further into the same page is
+noted cheaply (the companion record). All of it goes through `Delivery._persist`. Before each piece, writing
+waits while `RECORD_AHEAD_LINES` lines are written but not recorded, in every mode: what a kill -9
+sends again is bounded by that count (`RESEND_BOUND`), never by how the threads were scheduled.
+What "taken" means depends on what stdout is (see `make_delivery`):
 
 - ``--ack lines`` (`AckDelivery`): the shipper acknowledged the line on stdin (rsyslog improg).
 - ``--ack none`` on a pipe (`DrainDelivery`): the reader has taken the bytes out of the pipe
@@ -71,14 +73,19 @@ FINISH_LINE_GRACE = 0.5
 WRITE_POLL_MS = 50
 #: Linux: bytes in a socket's send queue not yet acknowledged by the peer.
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
-#: Lines are written (and their delivery point tracked) in pieces of about this many bytes: what a
-#: restart may send again beyond the last point is about one piece (~120 events of 2 KB).
+#: Lines are written (and their delivery point tracked) in pieces of about this many bytes...
 PIECE_BYTES = 256 * 1024
-#: A regular file is fsynced at most this often while lines are written to it...
+#: ...and at most this many lines (small events would otherwise make a piece of thousands).
+PIECE_LINES = 1000
+#: Writing waits while this many lines are written but not yet recorded as delivered (in the state
+#: file or its progress record), in every mode: a busy machine, a slow disk or an acknowledgement
+#: thread kept off the CPU slows the writing, never lets what a kill -9 sends again grow. A restart
+#: re-sends at most this plus one piece: `RESEND_BOUND` lines.
+RECORD_AHEAD_LINES = 2000
+#: The bound on lines delivered and sent again after a kill -9, whatever the threads' timing.
+RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
+#: A regular file is fsynced at most this often while lines are written to it.
 FILE_SYNC_EVERY = 0.02
-#: ...and writing waits while this many lines are written but not yet fsynced: a slow disk slows the
-#: writing rather than letting what a kill -9 makes kata-events send again grow.
-FILE_AHEAD_LINES = 2000
 
 
 class ConsumerGone(Exception):
@@ -91,21 +98,24 @@ class OutputFailed(Exception):
     exit_code = ExitStatus.IO_ERROR
 
 
-def pieces(lines: List[bytes], limit: int = PIECE_BYTES) -> Iterator[Tuple[bytes, int]]:
+def pieces(
+    lines: List[bytes], limit: int = PIECE_BYTES, max_lines: int = PIECE_LINES
+) -> Iterator[Tuple[bytes, int]]:
     """``lines`` as written (newline after each), cut at line ends into pieces of about ``limit``
-    bytes: (bytes, number of lines) each. A line longer than ``limit`` is a piece of its own."""
+    bytes and at most ``max_lines`` lines: (bytes, number of lines) each. A line longer than
+    ``limit`` is a piece of its own."""
     n = len(lines)
     if n == 0:
         return
     ends = list(itertools.accumulate(map((1).__add__, map(len, lines))))
-    if ends[-1] <= limit:
+    if ends[-1] <= limit and n <= max_lines:
         yield joined(lines), n
         return
     start = 0
     base = 0
     while start < n:
         stop = bisect.bisect_right(ends, base + limit, lo=start)
-        stop = max(stop, start + 1)
+        stop = min(max(stop, start + 1), start + max_lines)
         yield joined(lines[start:stop]), stop - start
         base = ends[stop - 1]
         start = stop
@@ -259,6 +269,9 @@ class Delivery:
         self._note = note
         self._lock = threading.Lock()
         self._recorded: Optional[Point] = None
+        # Event lines the recorded point covers, and the writer's wait on it (RECORD_AHEAD_LINES).
+        self._recorded_lines = 0
+        self._recorded_cond = threading.Condition(self._lock)
         self.committed_pages = 0
         #: Told when a background thread hits an error the process cannot go on with.
         self.on_failure: Callable[[Exception], None] = lambda exc: None
@@ -269,6 +282,7 @@ class Delivery:
         # written durably (a stop going back).
         self._unsaved: Optional[Point] = None
         self._unsaved_durable = False
+        self._unsaved_lines = 0
         #: When a stop was first asked for (a signal, STOP, a failure), else None: the moment a
         #: stop goes back from, however long the loop then takes to unwind on a loaded host.
         self.stop_asked_at: Optional[float] = None
@@ -296,6 +310,7 @@ class Delivery:
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines belonging to the current page."""
         for data, count in pieces(lines):
+            self._wait_for_record()
             self._write_piece(data, count)
 
     def _write_piece(self, data: bytes, count: int) -> None:
@@ -303,6 +318,27 @@ class Delivery:
         with self._lock:
             self.ledger.wrote(len(data), time.monotonic(), data, count)
             self._take(self.ledger.written)
+
+    def _wait_for_record(self) -> None:
+        """Before a piece: wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered.
+
+        Counted in lines whatever the threads' timing, so what a kill -9 sends again is bounded
+        by a count. The wait ends at a stop, or while a disk fault pauses recording (the runner's
+        retry then owns the state file, and the bound is the disk's, as the pause says).
+        """
+        with self._recorded_cond:
+            while self.ledger.lines - self._recorded_lines >= RECORD_AHEAD_LINES and not self._wait_ends():
+                self._nudge()
+                if self.ledger.lines - self._recorded_lines < RECORD_AHEAD_LINES:
+                    break
+                self._recorded_cond.wait(DRAIN_POLL)
+
+    def _wait_ends(self) -> bool:
+        """With the lock held: whether a wait for the record must give up (a stop, a disk fault)."""
+        return self.writer.should_stop() or self.health.paused or self._final
+
+    def _nudge(self) -> None:
+        """With the lock held: help the record move while the writer waits for it (subclasses)."""
 
     def end_page(self, token: str) -> None:
         """The current page is complete; its token may be committed once its lines are taken."""
@@ -313,7 +349,8 @@ class Delivery:
     def _take(self, position: int) -> None:
         """With the lock held: record ``position`` as taken, and the delivery point it reaches."""
         self.ledger.taken(position, time.monotonic())
-        self._record(self.ledger.point_at(self.ledger.taken_position))
+        taken = self.ledger.taken_position
+        self._record(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken))
 
     def stop_asked(self, at: float) -> None:
         """A stop was asked for at ``at``. Safe from a signal handler: no lock, plain assignments."""
@@ -321,14 +358,20 @@ class Delivery:
             self.stop_asked_at = at
             self.ledger.freeze(at)
 
-    def _record(self, point: Optional[Point], durable: bool = False) -> None:
-        """With the lock held: persist ``point`` if it is new (a new token durably)."""
-        if point is None or not point.recordable or self._final:
+    def _record(self, point: Optional[Point], durable: bool = False, lines: Optional[int] = None) -> None:
+        """With the lock held: persist ``point`` if it is new (a new token durably). ``lines``: the
+        event lines written up to it (None for a stop going back: no writing follows)."""
+        if point is None or self._final:
             return
         if point == self._recorded and self._unsaved is None and not durable:
+            if lines is not None and lines > self._recorded_lines:
+                self._recorded_lines = lines
+                self._recorded_cond.notify_all()
             return
         self._unsaved = point
         self._unsaved_durable = self._unsaved_durable or durable
+        if lines is not None:
+            self._unsaved_lines = lines
         self._save()
 
     def _save(self, retry: bool = False) -> None:
@@ -345,9 +388,12 @@ class Delivery:
         if self.health.failing("state file") and not retry:
             return
         durable = self._unsaved_durable
-        new_token = self._recorded is None or point.token != self._recorded.token
+        # A point inside the first page of a new subscription has no token: only noted.
+        recorded = self._recorded
+        new_token = point.token is not None and (recorded is None or point.token != recorded.token)
+        commit = new_token or (durable and point.token is not None)
         try:
-            self._persist(point, new_token or durable, durable)
+            self._persist(point, commit, durable)
         except StateError as exc:
             self.health.trouble("state file", str(exc))
             return
@@ -355,7 +401,9 @@ class Delivery:
         self._unsaved_durable = False
         self.health.recovered("state file")
         self._recorded = point
-        if new_token or durable:
+        self._recorded_lines = max(self._recorded_lines, self._unsaved_lines)
+        self._recorded_cond.notify_all()
+        if commit:
             self.committed_pages += new_token
             logs.emit(
                 "commit",
@@ -411,9 +459,9 @@ class Delivery:
 class DrainDelivery(Delivery):
     """``--ack none`` on a pipe, socket or file: taken is what left the pipe / reached the peer / disk.
 
-    Units are bytes. Writing never waits for the drain: a watcher thread (pipe, socket) or a syncer
-    thread (file) moves the delivery point as the bytes are taken, so it lags the written position
-    by about a pipe's worth, or one fsync.
+    Units are bytes. Writing waits for the drain only at the record window: a watcher thread
+    (pipe, socket) or a syncer thread (file) moves the delivery point as the bytes are taken, so it
+    lags the written position by about a pipe's worth, or one fsync.
     """
 
     def __init__(
@@ -436,10 +484,6 @@ class DrainDelivery(Delivery):
         self._measurable = True
         self._wake = threading.Event()
         self._closing = False
-        # A regular file: lines written, and lines known fsynced (the syncer tells the writer).
-        self._lines_written = 0
-        self._lines_synced = 0
-        self._synced_cond = threading.Condition(self._lock)
         #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
         self._gone_at: Optional[float] = None
         self._thread: Optional[threading.Thread] = None
@@ -475,22 +519,21 @@ class DrainDelivery(Delivery):
         self._take(position)
 
     def _write_piece(self, data: bytes, count: int) -> None:
-        if self.kind == "file":
-            with self._synced_cond:
-                while (
-                    self._lines_written - self._lines_synced >= FILE_AHEAD_LINES
-                    and not self.writer.should_stop()
-                    and not self.health.failing("stdout")
-                    and not self._closing
-                ):
-                    self._wake.set()
-                    self._synced_cond.wait(DRAIN_POLL)
         n = self.writer.write_bytes(data)
         with self._lock:
             self.ledger.wrote(n, time.monotonic(), data, count)
-            self._lines_written += count
             self._check()
         self._wake.set()
+
+    def _wait_ends(self) -> bool:
+        return self._closing or super()._wait_ends()
+
+    def _nudge(self) -> None:
+        # A regular file: the syncer records what it fsyncs; a pipe or socket: look at the drain.
+        if self.kind == "file":
+            self._wake.set()
+        else:
+            self._check()
 
     def _fsync(self) -> bool:
         """fsync stdout (a regular file); False on a disk fault, reported to the health."""
@@ -505,21 +548,19 @@ class DrainDelivery(Delivery):
                 raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
         return True
 
-    def _synced(self, position: int, lines: int) -> None:
-        """With the lock held: everything up to ``position`` (``lines`` lines) is fsynced."""
+    def _synced(self, position: int) -> None:
+        """With the lock held: everything up to ``position`` is fsynced."""
         if self.health.failing("stdout") and not self.writer.write_failing:
             self.health.recovered("stdout")
-        self._lines_synced = max(self._lines_synced, lines)
-        self._synced_cond.notify_all()
         self._take(position)
 
     def end_page(self, token: str) -> None:
         with self._lock:
             if self.kind == "file":
                 self.ledger.page_end(token)
-                position, lines = self.ledger.written, self._lines_written
+                position = self.ledger.written
                 if self._fsync():
-                    self._synced(position, lines)
+                    self._synced(position)
                 return
             self.ledger.page_end(token)
             self._check()
@@ -528,9 +569,9 @@ class DrainDelivery(Delivery):
     def retry(self) -> None:
         with self._lock:
             if self.kind == "file" and self.health.failing("stdout"):
-                position, lines = self.ledger.written, self._lines_written
+                position = self.ledger.written
                 if self._fsync():
-                    self._synced(position, lines)
+                    self._synced(position)
             self._save(retry=True)
 
     def _watch(self) -> None:
@@ -560,7 +601,7 @@ class DrainDelivery(Delivery):
             if self.health.failing("stdout"):
                 continue  # the runner's retry syncs again, with backoff
             with self._lock:
-                position, lines = self.ledger.written, self._lines_written
+                position = self.ledger.written
             try:
                 synced = self._fsync()
             except OutputFailed as exc:
@@ -568,16 +609,16 @@ class DrainDelivery(Delivery):
                 return
             if synced:
                 with self._lock:
-                    self._synced(position, lines)
+                    self._synced(position)
 
     def finish(
         self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
     ) -> None:
         if self.kind == "file":
             with self._lock:
-                position, lines = self.ledger.written, self._lines_written
+                position = self.ledger.written
                 if self._fsync():
-                    self._synced(position, lines)
+                    self._synced(position)
             return
         if clean:
             deadline = time.monotonic() + timeout
@@ -631,9 +672,9 @@ class DrainDelivery(Delivery):
         if point is None or point == self._recorded:
             return
         younger = self.ledger.taken_position - position
-        if not point.recordable:
-            # Inside the first page of a new subscription: no token to go back to. Starting a
-            # new subscription instead would skip more than it saves.
+        if point.first_page and self._recorded is not None and self._recorded.token is not None:
+            # Inside the first page of a new subscription, whose token is committed already: no
+            # token to go back to. Starting a new subscription instead would skip more than it saves.
             logs.emit(
                 "settle",
                 f"stopping: the last {younger} bytes the reader took, in the last "
@@ -668,7 +709,8 @@ class AckDelivery(Delivery):
 
     A reader thread drains stdin all the time (else the shipper's ACK pipe fills and both sides
     block), feeds the ledger and commits. Writing runs ahead of acknowledgements by a bounded
-    window: before each new page the runner waits in `wait_for_room`. ``STOP`` or EOF on stdin
+    window: before each new page the runner waits in `wait_for_room`, and inside a page writing
+    waits at the record window (`RECORD_AHEAD_LINES`). ``STOP`` or EOF on stdin
     asks the runner to stop; acknowledgements after ``STOP`` are ignored.
     """
 
@@ -699,13 +741,16 @@ class AckDelivery(Delivery):
         self._started = started
         self._stopped = False
         self._junk_logged = False
-        self._overack_logged = False
+        self._overacks = 0
         self._timeout_warned = False
         self._thread = threading.Thread(target=self._read_loop, name="acks", daemon=True)
         if already_read:
             for event in self._parser.feed(already_read):
                 self._handle(event)
         self._thread.start()
+
+    def _wait_ends(self) -> bool:
+        return self._stopped or super()._wait_ends()
 
     def end_page(self, token: str) -> None:
         with self._lock:
@@ -755,14 +800,22 @@ class AckDelivery(Delivery):
             with self._cond:
                 position = self.ledger.taken_position + event.count
                 if position > self.ledger.written:
-                    if not self._overack_logged:
-                        self._overack_logged = True
-                        logs.emit(
-                            "ack_protocol",
-                            f"the shipper acknowledged {position} lines but only "
-                            f"{self.ledger.written} were written; the excess is ignored",
-                        )
-                    position = self.ledger.written
+                    # Lines are counted before they are written, so no true acknowledgement goes
+                    # past them: the shipper's count is wrong, and nothing it says then is evidence
+                    # of delivery. Taken as far as written, it could mark undelivered lines done.
+                    self._overacks += 1
+                    logs.emit(
+                        "ack_protocol",
+                        f"protocol error: the shipper acknowledged {event.count} more lines, up to "
+                        f"line {position}, but only {self.ledger.written} were written; this "
+                        "acknowledgement is ignored (nothing counts as delivered by it)",
+                        level="ERROR" if self._overacks == 1 else "DEBUG",
+                        reason="more acknowledged than written",
+                        acknowledged=self.ledger.taken_position,
+                        written=self.ledger.written,
+                        count=event.count,
+                    )
+                    return
                 self._take(position)
                 self._timeout_warned = False
                 self._cond.notify_all()

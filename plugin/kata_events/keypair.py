@@ -4,12 +4,15 @@
 problem with the same message and exit code (78: the files are readable but the wrong ones).
 OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this module looks at what each file holds
 to tell a certificate given as the key, an encrypted key, and a key of another certificate apart.
-It reads the two files and never modifies, logs or prints anything.
+`key_exposure` says whether the key is readable by other accounts. It reads the two files and
+never modifies, logs or prints anything.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
+import stat
 from pathlib import Path
 from typing import Optional, Union
 
@@ -26,6 +29,22 @@ def _text(path: _PathLike) -> str:
             return handle.read(1 << 20).decode("ascii", "replace")
     except OSError:
         return ""
+
+
+def key_exposure(key: _PathLike) -> Optional[str]:
+    """What is wrong with who may read the private key ``key``, and the fix; None when only its
+    owner can (the way ssh refuses an unprotected key, but a warning: the key works)."""
+    try:
+        mode = stat.S_IMODE(os.stat(key).st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
+    return (
+        f"the private key {key} is accessible by {who} (mode {mode:04o}): whoever reads it can "
+        f"fetch this external system's events as kata-events does; fix it with chmod 600 {key}"
+    )
 
 
 def no_passphrase() -> bytes:

@@ -39,8 +39,9 @@ from typing import Any, Deque, Optional, Tuple
 
 from kata_events.progress import Point, new_hasher
 
-#: A checkpoint: (position, token the page was asked with, events of the page up to here, hasher).
-_Checkpoint = Tuple[int, Optional[str], int, Any]
+#: A checkpoint: (position, token the page was asked with, events of the page up to here, hasher,
+#: event lines written by the process up to here).
+_Checkpoint = Tuple[int, Optional[str], int, Any, int]
 
 
 class DeliveryLedger:
@@ -57,6 +58,8 @@ class DeliveryLedger:
         self.settle = settle
         self._written = 0
         self._taken = 0
+        # Event lines written (whatever the units), for the count-bound on what is not recorded.
+        self._lines = 0
         # (page end position, token), oldest first; none of them released yet.
         self._marks: Deque[Tuple[int, str]] = deque()
         # (end position of a write, time of that write), oldest first, only for writes given a time;
@@ -101,7 +104,7 @@ class DeliveryLedger:
             return
         token, events, hasher = page
         state: Any = digest if hasher is None else hasher.copy()
-        entry = (self._written, token, events, state)
+        entry = (self._written, token, events, state, self._lines)
         if self._trail and self._trail[-1][0] == self._written:
             self._trail[-1] = entry
         else:
@@ -121,6 +124,7 @@ class DeliveryLedger:
         if n == 0:
             return
         self._written += n
+        self._lines += lines
         page = self._page
         if data is not None and page is not None:
             if page[2] is None:
@@ -194,9 +198,17 @@ class DeliveryLedger:
                 break
         if found is None:
             return None
-        _, token, events, state = found
+        _, token, events, state, _ = found
         digest = state if isinstance(state, str) else state.hexdigest()
         return Point(token, events, digest)
+
+    def lines_at(self, position: int) -> int:
+        """Event lines written up to the newest checkpoint at or before ``position`` (what a
+        record of `point_at` covers); 0 when no checkpoint is known."""
+        for entry in reversed(self._trail):
+            if entry[0] <= position:
+                return entry[4]
+        return 0
 
     def written_point(self) -> Optional[Point]:
         """The point at the written position (what a retry of the same page may skip in-process)."""
@@ -241,6 +253,11 @@ class DeliveryLedger:
     def written(self) -> int:
         """Units written so far."""
         return self._written
+
+    @property
+    def lines(self) -> int:
+        """Event lines written so far (``wrote(..., lines=...)``), whatever the units."""
+        return self._lines
 
     @property
     def taken_position(self) -> int:

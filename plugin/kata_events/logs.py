@@ -232,6 +232,13 @@ _CATALOGUE = (
         "the last good files and try the new ones again at the next connection. Finish the renewal.",
     ),
     EventSpec(
+        "key_permissions",
+        logging.WARNING,
+        ("key", "fix"),
+        "The client's private key can be read by other accounts (group or others): whoever reads "
+        "it can fetch this external system's events. Fix: chmod 600 on the key file (said at start).",
+    ),
+    EventSpec(
         "client_certificate",
         logging.ERROR,
         ("cert", "key", "reason"),
@@ -269,8 +276,10 @@ _CATALOGUE = (
     EventSpec(
         "ack_protocol",
         logging.WARNING,
-        ("line", "reason"),
-        "Unexpected input on stdin in acknowledgement mode (ignored), or stdin failed.",
+        ("line", "reason", "acknowledged", "written", "count"),
+        "Unexpected input on stdin in acknowledgement mode (ignored), stdin failed, or an "
+        "acknowledgement of more lines than were written (a protocol error, logged at error level "
+        "the first time: that acknowledgement is ignored, nothing counts as delivered by it).",
     ),
     EventSpec(
         "drain_unmeasurable",

@@ -4,7 +4,8 @@ A `Point` says "the first ``events`` events of the answer to ``token`` are deliv
 ``digest`` is the SHA-256 of their bytes as written (each event line followed by its newline)".
 ``events == 0`` is the same claim as a committed token: every page before it is delivered. A restart
 asks again with ``token`` and skips exactly those events when the first ``events`` of the new
-answer hash to ``digest`` (`matches`); otherwise it delivers everything.
+answer hash to ``digest``; otherwise it delivers everything. ``token`` None is the first answer of a
+new subscription (asked for without a token): a restart's new subscription is checked the same way.
 
 This module is pure: points, the digest, and the companion record's bytes (with its own checksum,
 since that record is not fsynced on every update). No I/O, no clock, no logging.
@@ -42,9 +43,10 @@ class Point:
     digest: str = EMPTY_DIGEST
 
     @property
-    def recordable(self) -> bool:
-        """A point without a token (inside the first page of a new subscription) cannot be resumed."""
-        return bool(self.token)
+    def first_page(self) -> bool:
+        """A point inside the first answer of a new subscription (asked for without a token): a
+        restart's new subscription may answer with the same events, which its digest tells."""
+        return self.token is None
 
 
 class RecordError(ValueError):
@@ -96,5 +98,5 @@ def check_point_fields(fields: Dict[str, Any]) -> None:
     if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise RecordError("'digest' is not a SHA-256 in hex")
     token = fields.get("token", "x")
-    if not isinstance(token, str) or not token:
-        raise RecordError("'token' is not a non-empty string")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise RecordError("'token' is not a non-empty string or null")

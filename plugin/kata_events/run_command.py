@@ -143,6 +143,9 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
+    exposed = keypair.key_exposure(config.key)
+    if exposed is not None:
+        logs.emit("key_permissions", exposed, key=str(config.key), fix=f"chmod 600 {config.key}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
@@ -152,6 +155,8 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     except StateError as exc:
         logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason="state file")
         return int(exc.exit_code)
+    for warning in store.warnings:
+        logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
         runner_box: List[Runner] = []
         early_stop: List[str] = []

@@ -277,6 +277,14 @@ class Runner:
                 "no saved continuation token: the first request creates a new subscription",
                 filter=self.client.filter,
             )
+            point, warnings = self.store.first_page_point()
+            for warning in warnings:
+                logs.emit("progress_record", warning, state_file=str(self.store.path))
+            if point is not None:
+                # The last run was killed inside the first answer of its new subscription: the
+                # new one may answer with the same events, and the digest tells.
+                self.delivery.start_from(point)
+                self.resume = point
         else:
             point, warnings = self.store.resume_point()
             for warning in warnings:
@@ -390,9 +398,11 @@ class Runner:
         finally:
             self._report_tls_files()
         self._answered = True
-        resume, self.resume = self.resume, None
+        # Kept until the skip has checked the answer: a body abandoned or broken while skipping
+        # leaves the point for the retry (else it would send all the skipped events again).
+        resume = self.resume
         if resume is not None and resume.token != self.token:
-            resume = None
+            resume = self.resume = None
         with page:
             if self._unauthorized_since is not None:
                 logs.emit("approved", "the Central Node accepts this external system now")
@@ -400,9 +410,10 @@ class Runner:
             try:
                 last_line = self._deliver(page, resume)
             except ResumeMismatch as exc:
+                self.resume = None
                 logs.emit(
                     "resume_mismatch",
-                    f"the server's answer to token {short_token(self.token)} does not start with the "
+                    f"the server's answer to {self._asked_with()} does not start with the "
                     f"{resume.events if resume else 0} events recorded as delivered ({exc}): "
                     "skipping nothing, the whole answer is delivered",
                     events=resume.events if resume else 0,
@@ -439,15 +450,22 @@ class Runner:
             rest = batch[len(take) :]
         if hasher.hexdigest() != resume.digest:
             raise ResumeMismatch("their digest differs")
+        self.resume = None
         self.delivery.begin_page(self.token, seen, hasher)
         logs.emit(
             "resume",
-            f"skipping the first {seen} events of the answer to token {short_token(self.token)}: "
+            f"skipping the first {seen} events of the answer to {self._asked_with()}: "
             "they were delivered before",
             events=seen,
             token=short_token(self.token),
         )
         return rest
+
+    def _asked_with(self) -> str:
+        """What the current request was asked with, for messages about its answer."""
+        if self.token is None:
+            return "the first request of a new subscription (no token)"
+        return f"token {short_token(self.token)}"
 
     def _deliver(self, page: Page, resume: Optional[Point] = None) -> Optional[bytes]:
         batches = page.batches()

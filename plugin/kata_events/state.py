@@ -43,6 +43,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -70,6 +71,10 @@ class StateNotWritable(StateError):
     """The state file or its directory cannot be created, read or written."""
 
     default_exit = ExitStatus.CANT_CREATE
+
+
+class StateLinkRefused(StateNotWritable):
+    """A symbolic link sits where kata-events writes in its state directory: never followed."""
 
 
 class StateLocked(StateError):
@@ -171,6 +176,8 @@ class TokenStore:
         self._seq = 0
         self._progress_fd: Optional[int] = None
         self._progress_len = 0
+        #: What `open` found worth a warning (a state directory its group can write to).
+        self.warnings: List[str] = []
 
     @property
     def path(self) -> Path:
@@ -207,14 +214,18 @@ class TokenStore:
             return
         directory = self._path.parent
         self._make_directory(directory)
+        refusal, warning = directory_permissions(directory)
+        if refusal:
+            raise StateNotWritable(refusal)
+        self.warnings = [warning] if warning else []
+        for path in (self._path, self.lock_path, self.progress_path):
+            if path.is_symlink():
+                raise self._link_refused(path)
         if self._path.is_dir():
             raise StateNotWritable(
                 f"state file {self._path} is a directory: {_FIX_HINT}, e.g. {self._path}/state.token"
             )
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise self._not_writable(self.lock_path, exc) from None
+        fd = self._open(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -327,13 +338,16 @@ class TokenStore:
 
     def _read(self) -> Tuple[Optional[Subscription], str]:
         try:
-            with open(self._path, "rb") as f:
+            fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
                 data = f.read(_MAX_STATE_BYTES + 1)
         except FileNotFoundError:
             return None, "missing"
         except IsADirectoryError:
             raise StateNotWritable(f"state file {self._path} is a directory: {_FIX_HINT}") from None
         except OSError as exc:
+            if _is_link_error(exc, self._path):
+                raise self._link_refused(self._path) from None
             raise StateNotWritable(
                 f"cannot read state file {self._path}: {_reason(exc)}; fix its ownership and "
                 "permissions (it should belong to the user kata-events runs as, mode 0600)"
@@ -411,9 +425,40 @@ class TokenStore:
                 "file's last commit, events delivered since are sent again"
             )
             record = None
-        if record is not None and record["seq"] > best_seq and self._same_subscription(record):
+        if (
+            record is not None
+            and record["token"] is not None
+            and record["seq"] > best_seq
+            and self._same_subscription(record)
+        ):
             best = Point(record["token"], record["events"], record["digest"])
         return best, warnings
+
+    def first_page_point(self) -> Tuple[Optional[Point], List[str]]:
+        """After `load` returned no token: how far into the first answer of the last new
+        subscription delivery went (a point without a token), and warnings.
+
+        Only a record newer than the state file's own (a commit or a cleared token supersedes it)
+        and of the same external system and filter counts; None when there is none.
+        """
+        sub = self._loaded
+        stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
+        try:
+            record = self._read_companion()
+        except RecordError as exc:
+            return None, [
+                f"progress record {self.progress_path} is corrupt ({exc}): the first answer of the "
+                "new subscription is delivered whole, events delivered before are sent again"
+            ]
+        if (
+            record is None
+            or record["token"] is not None
+            or not record["events"]
+            or record["seq"] <= stored_seq
+            or not self._same_subscription(record)
+        ):
+            return None, []
+        return Point(None, record["events"], record["digest"]), []
 
     def _same_subscription(self, record: Mapping[str, Any]) -> bool:
         return (
@@ -423,7 +468,8 @@ class TokenStore:
 
     def _read_companion(self) -> Optional[Dict[str, Any]]:
         try:
-            with open(self.progress_path, "rb") as f:
+            fd = os.open(self.progress_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
                 data = f.read(_MAX_STATE_BYTES)
         except FileNotFoundError:
             return None
@@ -453,14 +499,13 @@ class TokenStore:
         return int(record["seq"]) if record is not None else 0
 
     def note(self, point: Point, durable: bool = False) -> None:
-        """Record ``point`` in the companion file: in place, fsynced only when ``durable``.
+        """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
+        without a token is inside the first answer of a new subscription (`first_page_point`).
 
         Raises StateNotWritable when the file cannot be written.
         """
         if self._lock_fd is None:
             raise RuntimeError("TokenStore.open() must be called before writing the state file")
-        if not point.token:
-            raise ValueError("note() needs a point with a token")
         self._seq += 1
         data = encode_record(
             point, self._seq, {"external_system_id": self.external_system_id, "filter": self.filter}
@@ -470,7 +515,7 @@ class TokenStore:
             data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
         try:
             if self._progress_fd is None:
-                self._progress_fd = os.open(self.progress_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._progress_fd = self._open(self.progress_path, os.O_RDWR | os.O_CREAT)
                 os.fchmod(self._progress_fd, 0o600)
                 self._progress_len = os.fstat(self._progress_fd).st_size
                 if len(data) < self._progress_len:
@@ -528,10 +573,7 @@ class TokenStore:
     def _replace(self, data: bytes) -> None:
         directory = self._path.parent
         tmp = directory / f".{self._path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise self._not_writable(directory, exc) from None
+        fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             try:
                 os.fchmod(fd, 0o600)  # whatever the umask
@@ -585,11 +627,7 @@ class TokenStore:
 
     def _probe_writable(self, directory: Path) -> None:
         probe = directory / f".{self._path.name}.{secrets.token_hex(4)}.probe"
-        try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise self._not_writable(directory, exc) from None
-        os.close(fd)
+        os.close(self._open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         _remove(probe)
 
     def _remove_stale_temp_files(self, directory: Path) -> None:
@@ -597,6 +635,28 @@ class TokenStore:
         # behind; holding the lock, we know no one else is writing one now.
         for stale in directory.glob(f".{glob.escape(self._path.name)}.*.tmp"):
             _remove(stale)
+
+    def _open(self, path: Path, flags: int) -> int:
+        """Open a file of the state directory (mode 0600 if created), never through a symbolic
+        link: a link planted there cannot make kata-events write into the file it names."""
+        try:
+            return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if _is_link_error(exc, path):
+                raise self._link_refused(path) from None
+            raise self._not_writable(path if path.exists() else path.parent, exc) from None
+
+    def _link_refused(self, path: Path) -> StateLinkRefused:
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        return StateLinkRefused(
+            f"{path} is a symbolic link{target}: kata-events never follows links where it writes "
+            f"its state, so nothing can make it write into another file; the link's target is "
+            f"untouched. Remove the link (rm {path}), make {path.parent} writable only by the "
+            f"account kata-events runs as (chmod 700 {path.parent}), or {_FIX_HINT}"
+        )
 
     def _not_writable(self, where: Path, exc: OSError) -> StateNotWritable:
         try:
@@ -616,6 +676,42 @@ class TokenStore:
             f"something else: move it away (e.g. mv {self._path} {self._path}.bad) to start a new "
             "subscription, or restore it"
         )
+
+
+def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]]:
+    """Who else may write in the state directory: (a refusal, a warning), each None when fine.
+
+    Every account writing there (o+w) without the sticky bit could replace the state file or
+    plant links: refused. Its group writing there (or every account, with the sticky bit, as in
+    /tmp: others can still create files under kata-events' names): warned.
+    """
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return None, None
+    shown = f"mode {stat.S_IMODE(mode):04o}"
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        return (
+            f"state directory {directory} can be written by every account ({shown}, no sticky "
+            "bit): anyone could replace the state file or plant links to make kata-events "
+            f"overwrite other files. Fix it with chmod o-w {directory} (better chmod 700 "
+            f"{directory}), or {_FIX_HINT}",
+            None,
+        )
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "every account (sticky bit set)" if mode & stat.S_IWOTH else "its group"
+        return None, (
+            f"state directory {directory} can be written by {who} ({shown}): they could create "
+            f"files under the state file's names; chmod 700 {directory} unless that is meant"
+        )
+    return None, None
+
+
+def _is_link_error(exc: OSError, path: Path) -> bool:
+    """O_NOFOLLOW met a symbolic link (ELOOP on Linux, EMLINK or EFTYPE elsewhere)."""
+    if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)):
+        return True
+    return os.path.islink(path)
 
 
 def _parse_plain(path: Path, data: bytes) -> Optional[str]:

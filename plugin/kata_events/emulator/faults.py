@@ -55,7 +55,8 @@ FAULT_KINDS: Dict[str, str] = {
         "non-ASCII letter"
     ),
     "other_events": "answer the token used with other events than it got before: its page starts "
-    "shift events earlier (default 1), as a server that does not repeat an answer",
+    "shift events earlier (default 1), as a server that does not repeat an answer; a request "
+    "without a token starts its new subscription shift events after the oldest event kept",
 }
 
 _KIND_RE = "|".join(sorted((re.escape(k) for k in FAULT_KINDS), key=len, reverse=True))

@@ -969,7 +969,8 @@ class Emulator:
         shift: int = 0,
     ) -> Tuple[Optional[_Page], str]:
         """Pick the events for a response, long polling when none are available; ``shift``: start
-        that many events before the token's position (the ``other_events`` fault)."""
+        that many events before the token's position, or after the oldest event for a new subscription
+        (the ``other_events`` fault)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             now = time.time()
@@ -994,7 +995,7 @@ class Emulator:
                     if not sub.per_event:
                         sub.template_matches = [None] * self.factory.count
                 self._subscriptions[sub.id] = sub
-                position = self._base_seq
+                position = self._base_seq + shift
                 log.info("new subscription %s for %s (filter: %s)", sub.id, ext_id, filter_text or "none")
             while True:
                 sub.last_used = time.time()
