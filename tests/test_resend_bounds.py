@@ -55,7 +55,9 @@ def test_unread_acknowledgements_of_a_72000_event_page_resend_at_most_the_bound(
     finally:
         silent.kill()  # at once: the acknowledgement may well be unread
     seqs = silent.seqs
-    assert seqs == list(range(11, 11 + ahead))
+    # The acknowledgement may have been read before the kill: then more lines followed it.
+    assert len(seqs) >= ahead
+    assert seqs == list(range(11, 11 + len(seqs)))
 
     drain = ImprogConsumer(argv, tmp_path / "stderr.log").start()
     try:
