@@ -134,9 +134,10 @@ _CATALOGUE = (
     ),
     EventSpec(
         "page",
-        logging.INFO,
+        logging.DEBUG,
         ("events", "bytes", "seconds", "url", "lag_seconds"),
-        "One page of events was delivered (empty pages are logged at debug level).",
+        "One page of events was delivered (debug level: at info, steady streaming logs only the "
+        "stats line and changes of state).",
     ),
     EventSpec(
         "commit",
@@ -248,6 +249,12 @@ _CATALOGUE = (
         ("lag_seconds", "limit", "full_page"),
         "The newest event delivered is older than lag_warning; past 2 hours events are lost. Raise "
         "max_events, filter more, or speed up the consumer.",
+    ),
+    EventSpec(
+        "lag_recovered",
+        logging.INFO,
+        ("lag_seconds", "limit"),
+        "After a lag warning, the newest event delivered is younger than lag_warning again.",
     ),
     EventSpec(
         "event_skipped",

@@ -34,6 +34,10 @@ environment variable; precedence: flag > environment > file > default.
 """
 
 
+#: The signals that stop a run cleanly (stop line, commit of what is delivered, exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` options, all declared in `kata_events.options`."""
     add_run_arguments(parser)
@@ -201,7 +205,10 @@ def _warn_ignored_environment(config: Config, environ: Mapping[str, str]) -> Non
 
 
 def _install_signal_handlers(runner: Runner) -> Any:
-    """SIGTERM/SIGINT stop the runner; SIGUSR1 is how other threads interrupt the main one.
+    """SIGTERM/SIGINT/SIGHUP stop the runner; SIGUSR1 is how other threads interrupt the main one.
+
+    SIGHUP is a stop like the others (a closed terminal, supervisors that stop with it): its default
+    action would kill the process with no stop line and exit 129.
 
     Returns the SIGALRM handler it replaced (for `_restore_signal_handlers`).
     """
@@ -212,7 +219,7 @@ def _install_signal_handlers(runner: Runner) -> Any:
     def wake(signum: int, frame: Optional[FrameType]) -> None:
         runner.request_stop("wake")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     signal.signal(signal.SIGUSR1, wake)
     main_ident = threading.main_thread().ident or 0
@@ -232,5 +239,5 @@ def _restore_signal_handlers(runner: Runner, previous_alarm: Any) -> None:
     """
     runner.deadlines.uninstall()
     signal.signal(signal.SIGALRM, previous_alarm)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in (*STOP_SIGNALS, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)

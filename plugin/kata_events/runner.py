@@ -566,7 +566,6 @@ class Runner:
         logs.emit(
             "page",
             f"page of {count} events delivered",
-            level="DEBUG" if count == 0 else None,
             events=count,
             bytes=page.bytes_read,
             seconds=round(seconds, 3),
@@ -583,6 +582,14 @@ class Runner:
                 lag_seconds=round(lag, 1),
                 limit=self.lag_warning,
                 full_page=count >= self.client.max_events,
+            )
+        elif self._lag_warned and lag is not None and lag <= self.lag_warning:
+            self._lag_warned = 0.0
+            logs.emit(
+                "lag_recovered",
+                f"caught up: the newest event delivered is {lag:.0f} s old",
+                lag_seconds=round(lag, 1),
+                limit=self.lag_warning,
             )
 
     # -- failures ---------------------------------------------------------------------------------
