@@ -311,6 +311,13 @@ _CATALOGUE = (
         "The disk takes data again after a disk_fault: the stream carries on by itself.",
     ),
     EventSpec(
+        "metrics_failed",
+        logging.WARNING,
+        (),
+        "The metrics file cannot be written (said once until a write works again); the run goes "
+        "on. Check metrics_file's directory.",
+    ),
+    EventSpec(
         "stats",
         logging.INFO,
         _STATS_FIELDS,
