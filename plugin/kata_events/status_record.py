@@ -2,9 +2,11 @@
 
 ``kata-events status`` reads it (with the state file) to tell a monitoring system how the run is
 doing without touching the network or the lock. `Health` holds what the record says and writes it
-atomically (a temp file renamed over the old one, so a reader never sees half a record) at each
-commit, at least every `REFRESH` seconds, and at the stop. It is not fsynced: after a power cut it
-may be older than the state file, which is the one that matters.
+atomically (a temp file renamed over the old one, so a reader never sees half a record) soon after
+each commit, at least every `REFRESH` seconds, and at the stop. A commit only marks the record
+changed: the file is written by a thread of its own, never on the commit path, where the delivery
+lock is held and file I/O on a loaded disk would hold up the acknowledgements. It is not fsynced:
+after a power cut it may be older than the state file, which is the one that matters.
 
 The record::
 
@@ -31,7 +33,7 @@ from typing import Any, Callable, Dict, Optional
 RECORD_VERSION = 1
 #: The record is rewritten at least this often while the run lives (seconds).
 REFRESH = 5.0
-#: ...and at most this often on commits (a commit a page, pages of a few events, is many a second).
+#: ...and at most this often after commits (a commit a page, pages of a few events, is many a second).
 MIN_INTERVAL = 0.25
 #: streaming: answers arrive; refused: 401, waiting for approval; failing: requests fail and are
 #: retried; stopped: the process ended (cleanly or with an error, see ``reason``).
@@ -46,8 +48,11 @@ class Health:
     ) -> None:
         self.path = path
         self.clock = clock
+        #: Guards `record`; never held during file I/O.
         self._lock = threading.Lock()
-        self._written = 0.0
+        #: Serializes writers, so that the last write holds the newest record.
+        self._write_lock = threading.Lock()
+        self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         now = clock()
@@ -93,34 +98,49 @@ class Health:
 
     def stopped(self, reason: str) -> None:
         self._stop.set()
+        self._dirty.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
         self._update(force=True, state="stopped", reason=reason, stopped_at=self.clock())
 
     # -- writing ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Write the first record and keep it fresh every `REFRESH` seconds until `stopped`."""
-        self._update(force=True)
+        """Write the first record; then a thread rewrites it after changes (at most every
+        `MIN_INTERVAL`) and every `REFRESH` seconds until `stopped`."""
+        self.write()
 
         def refresh() -> None:
-            while not self._stop.wait(REFRESH):
-                self._update(force=True)
+            while not self._stop.is_set():
+                self._dirty.wait(REFRESH)
+                self._dirty.clear()
+                if self._stop.is_set():
+                    return
+                self.write()
+                self._stop.wait(MIN_INTERVAL)
 
         self._thread = threading.Thread(target=refresh, name="status", daemon=True)
         self._thread.start()
 
     def _update(self, force: bool, **fields: Any) -> None:
+        """Change the record; ``force``: write it now (from the caller's thread), else soon."""
         with self._lock:
             self.record.update(fields)
-            now = self.clock()
-            if not force and now - self._written < MIN_INTERVAL:
-                return
-            self.record["updated_at"] = now
-            self._written = now
-            data = (json.dumps(self.record) + "\n").encode()
+        if force:
+            self.write()
+        else:
+            self._dirty.set()
+
+    def write(self) -> None:
+        """Replace the file with the record as it is now; a failure waits for the next write."""
+        with self._write_lock:
+            with self._lock:
+                self.record["updated_at"] = self.clock()
+                data = (json.dumps(self.record) + "\n").encode()
             try:
                 write_atomically(self.path, data)
             except OSError:
-                self._written = 0.0  # try again at the next update
+                pass  # the next write tries again; status then shows the record's age
 
 
 def write_atomically(path: Path, data: bytes) -> None:
