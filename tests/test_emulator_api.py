@@ -447,6 +447,17 @@ def test_control_events_and_status(emulator: Emulator, client: EventsClient) -> 
     assert client.control("POST", "events", params={"count": "-1"}).status_code == 400
 
 
+def test_events_can_be_added_as_an_old_backlog(emulator: Emulator, client: EventsClient) -> None:
+    before = time.time()
+    client.control("POST", "events", params={"count": 3, "age": 6000})
+    emulator.add_events(2, age=2400)
+    events = client.page(max_events=10)["events"]
+    ages = [before - e["Timestamp"] / 1e6 for e in events]
+    assert [round(a / 60) for a in ages] == [100, 100, 100, 40, 40]
+    assert client.control("POST", "events", params={"count": 1, "age": "soon"}).status_code == 400
+    assert client.control("POST", "events", params={"count": 1, "age": 9000}).status_code == 400
+
+
 def test_connections_are_kept_alive(make_emulator, client_cert, make_client, ext_id) -> None:
     emulator = make_emulator(backlog=30)
     client = make_client(emulator, ext_id, client_cert)

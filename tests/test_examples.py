@@ -67,6 +67,8 @@ SOCKET_SINK_KEYS = SINK_COMMON_KEYS | {"mode", "address", "keepalive", "tls", "s
 FILE_SINK_KEYS = SINK_COMMON_KEYS | {"path", "idle_timeout_secs", "compression", "timezone"}
 ENCODING_KEYS = {"codec", "except_fields", "only_fields", "timestamp_format"}
 BUFFER_KEYS = {"type", "max_events", "max_size", "when_full"}
+#: src/transforms/route.rs (RouteConfig) plus the keys every transform takes.
+ROUTE_KEYS = {"type", "inputs", "route", "reroute_unmatched"}
 VECTOR_DISK_BUFFER_MIN = 268435488
 
 
@@ -75,15 +77,15 @@ def vector() -> dict:
     return tomllib.loads(read("vector.toml.example"))
 
 
-def test_vector_exec_source_streams_kata_events_run_without_stderr(vector: dict) -> None:
+def test_vector_exec_source_streams_kata_events_run_with_stderr_marked(vector: dict) -> None:
     source = vector["sources"]["kata_events"]
     assert set(source) <= EXEC_KEYS, set(source) - EXEC_KEYS
     assert source["type"] == "exec"
     assert source["mode"] == "streaming"
     assert is_kata_events_run(source["command"]), source["command"]
     assert source["command"][source["command"].index("--config") + 1].startswith("/")
-    # Vector's default is true: the tool's JSON logs would become events.
-    assert source["include_stderr"] is False
+    # Kept (Vector's default is true), and routed apart from the events: see the route test.
+    assert source["include_stderr"] is True
     assert set(source["streaming"]) <= STREAMING_KEYS
     assert source["streaming"]["respawn_on_exit"] is True
     assert source["streaming"]["respawn_interval_secs"] >= 1
@@ -99,6 +101,46 @@ def test_vector_decodes_one_json_object_per_line_of_up_to_at_least_one_mib(vecto
     assert framing["newline_delimited"]["max_length"] >= MIB
 
 
+def _route_matches(condition: str, event: dict) -> bool:
+    """The example's VRL conditions, which are all ``.FIELD == "TEXT"`` or ``.FIELD != "TEXT"``."""
+    match = re.fullmatch(r'\.(\w+) (==|!=) "([^"]*)"', condition)
+    assert match, f"not a condition this test understands: {condition}"
+    field, op, text = match.groups()
+    return (event.get(field) == text) == (op == "==")
+
+
+def _with_exec_metadata(event: dict, stream: str) -> dict:
+    """What Vector's exec source makes of a line: it inserts `stream` only where the line has none
+    (LegacyKey::InsertIfEmpty in src/sources/exec/mod.rs)."""
+    return {"stream": stream, **event}
+
+
+def test_vector_routes_the_tools_stderr_to_its_own_log_sink(vector: dict) -> None:
+    route = vector["transforms"]["kata_events_split"]
+    assert set(route) <= ROUTE_KEYS, set(route) - ROUTE_KEYS
+    assert route["type"] == "route" and route["inputs"] == ["kata_events"]
+    assert set(route["route"]) == {"events", "logs"}
+    assert not set(route["route"]) & {"_unmatched", "_default"}  # reserved by Vector
+    routed = {
+        "a log line": (_with_exec_metadata({"event": "lag", "level": "warning"}, "stderr"), {"logs"}),
+        "an event": (_with_exec_metadata({"EventType": "process"}, "stdout"), {"events"}),
+        "an event with its own stream field": (
+            _with_exec_metadata({"EventType": "process", "stream": "x"}, "stdout"),
+            {"events"},
+        ),
+    }
+    for what, (event, expected) in routed.items():
+        got = {name for name, condition in route["route"].items() if _route_matches(condition, event)}
+        assert got == expected, what  # exactly one route: nothing unmatched, nothing twice
+    inputs = {name: sink["inputs"] for name, sink in vector["sinks"].items()}
+    assert inputs.pop("kata_events_logs") == ["kata_events_split.logs"]
+    assert set(map(tuple, inputs.values())) == {("kata_events_split.events",)}
+    logs_buffer = vector["sinks"]["kata_events_logs"]["buffer"]
+    # A full log buffer must not stop the events behind the same route.
+    assert logs_buffer["type"] == "memory" and logs_buffer["when_full"] == "drop_newest"
+    assert vector["sinks"]["kata_events_logs"]["path"].startswith("/var/log/kata-events/")
+
+
 def test_vector_sinks_use_known_keys_and_disk_buffers(vector: dict) -> None:
     assert set(vector) <= {"data_dir", "sources", "transforms", "sinks"}
     sinks = vector["sinks"]
@@ -106,12 +148,13 @@ def test_vector_sinks_use_known_keys_and_disk_buffers(vector: dict) -> None:
     for name, sink in sinks.items():
         allowed = SOCKET_SINK_KEYS if sink["type"] == "socket" else FILE_SINK_KEYS
         assert set(sink) <= allowed, (name, set(sink) - allowed)
-        assert sink["inputs"] == ["kata_events"]
         assert set(sink["encoding"]) <= ENCODING_KEYS
         assert sink["encoding"]["codec"] == "json"
         assert sink["framing"] == {"method": "newline_delimited"}
         buffer = sink["buffer"]
         assert set(buffer) <= BUFFER_KEYS
+        if sink["inputs"] != ["kata_events_split.events"]:
+            continue  # the tool's own logs: see the route test
         assert buffer["type"] == "disk"
         assert buffer["max_size"] >= VECTOR_DISK_BUFFER_MIN
         assert buffer["when_full"] == "block"

@@ -130,7 +130,18 @@ def test_a_page_of_one_event_is_singular(
 ) -> None:
     emu = make_emulator(backlog=1)
     run = runs.complete(
-        run_args(emu, ext_id, client_cert, tmp_path / "state", "--once", "--max-events", "5"), installed=True
+        run_args(
+            emu,
+            ext_id,
+            client_cert,
+            tmp_path / "state",
+            "--once",
+            "--max-events",
+            "5",
+            "--log-level",
+            "debug",
+        ),
+        installed=True,
     )
     assert run.returncode == 0, run.stderr_text[-2000:]
     pages = [r["message"] for r in run.events("page") if r.get("events") == 1]

@@ -40,7 +40,7 @@ def json_lines(stream: io.StringIO) -> list:
 
 def test_json_line_carries_time_level_event_message_and_fields():
     out = io.StringIO()
-    logs.setup_logging("info", "json", stream=out)
+    logs.setup_logging("debug", "json", stream=out)
     logs.emit(
         "page",
         "page of 3 events delivered",
@@ -53,7 +53,7 @@ def test_json_line_carries_time_level_event_message_and_fields():
     (record,) = json_lines(out)
     assert list(record)[:4] == ["time", "level", "event", "message"]
     assert ISO_MS.match(record["time"])
-    assert record["level"] == "info" and record["event"] == "page"
+    assert record["level"] == "debug" and record["event"] == "page"
     assert record["message"] == "page of 3 events delivered"
     assert record["events"] == 3 and record["bytes"] == 2048 and record["url"] == "https://cn"
     assert "lag_seconds" not in record  # None means "not known": left out
@@ -152,7 +152,7 @@ def test_unknown_event_or_field_is_rejected():
 def test_outside_tests_an_undeclared_field_is_logged_with_a_note(monkeypatch):
     monkeypatch.setattr(logs, "STRICT", False)
     out = io.StringIO()
-    logs.setup_logging("info", "json", stream=out)
+    logs.setup_logging("debug", "json", stream=out)
     logs.emit("page", "typo", evnts=3, events=1)
     logs.emit("pgae", "typo")
     first, second = json_lines(out)

@@ -104,7 +104,18 @@ def test_stdout_to_a_regular_file_commits_only_what_was_written_and_fsynced(
     cert = make_client_cert("file")
     state = tmp_path / "state.json"
     out_file = tmp_path / "events.ndjson"
-    args = run_args(emu, ext_id, cert, state, "--max-events", str(max_events), "--max-timeout", "2")
+    args = run_args(
+        emu,
+        ext_id,
+        cert,
+        state,
+        "--max-events",
+        str(max_events),
+        "--max-timeout",
+        "2",
+        "--log-level",
+        "debug",
+    )
     segments: List[Tuple[List[int], str]] = []
     for n in range(12):
         before = out_file.stat().st_size if out_file.exists() else 0

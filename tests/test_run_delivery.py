@@ -24,7 +24,10 @@ def test_100k_events_across_page_sizes_arrive_in_order_byte_identical(
     for added, max_events in ((30, 1), (700, 7), (29270, 1000), (70000, 72000)):
         emu.add_events(added)
         run = runs.complete(
-            run_args(emu, ext_id, cert, state, "--once", "--max-events", str(max_events)), timeout=120
+            run_args(
+                emu, ext_id, cert, state, "--once", "--max-events", str(max_events), "--log-level", "debug"
+            ),
+            timeout=120,
         )
         assert run.returncode == 0, run.stderr_text[-3000:]
         run.assert_no_traceback()

@@ -39,7 +39,9 @@ def _run_with_fault(make_emulator, make_client_cert, ext_id, runs, tmp_path, fau
     emu = make_emulator(backlog=EVENTS)
     emu.inject(fault, after=1, **options)  # the second request: a page is already committed
     cert = make_client_cert(f"fault-{fault}")
-    args = run_args(emu, ext_id, cert, tmp_path / "s.json", "--once", "--max-events", str(PAGE))
+    args = run_args(
+        emu, ext_id, cert, tmp_path / "s.json", "--once", "--max-events", str(PAGE), "--log-level", "debug"
+    )
     run = runs.complete(args, timeout=45)
     assert run.returncode == 0, run.stderr_text[-3000:]
     run.assert_no_traceback()
@@ -113,7 +115,18 @@ def test_hanging_server_times_out_after_max_timeout_plus_margin_then_retries(
     emu = make_emulator(backlog=EVENTS)
     emu.inject("hang", after=1)
     cert = make_client_cert("hang")
-    args = run_args(emu, ext_id, cert, tmp_path / "s.json", "--max-events", str(PAGE), "--max-timeout", "1")
+    args = run_args(
+        emu,
+        ext_id,
+        cert,
+        tmp_path / "s.json",
+        "--max-events",
+        str(PAGE),
+        "--max-timeout",
+        "1",
+        "--log-level",
+        "debug",
+    )
     run = runs.start(args)
     first_page = run.wait_event("page", timeout=20)
     retry = run.wait_event("retry", timeout=20)

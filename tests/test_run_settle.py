@@ -130,7 +130,7 @@ def test_once_on_a_pipe_waits_for_its_last_line_to_settle_then_commits_it(
 ):
     emu = make_emulator(backlog=500, event_bytes=300)
     state = tmp_path / "state.json"
-    args = run_args(emu, ext_id, client_cert, state, "--once", settle_time=SETTLE)
+    args = run_args(emu, ext_id, client_cert, state, "--once", "--log-level", "debug", settle_time=SETTLE)
     run = runs.complete(args, timeout=30)
     assert run.returncode == 0 and len(run.lines()) == 500
     last_page = run.events("page")[-1]["_at"]

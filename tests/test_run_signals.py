@@ -1,5 +1,5 @@
-"""Acceptance: SIGTERM ends an idle 300 s long poll within a second, and a reader that goes away
-(`| head`) ends the process quietly without committing what it did not take.
+"""Acceptance: SIGTERM (SIGINT, SIGHUP) ends an idle 300 s long poll within a second, and a reader
+that goes away (`| head`) ends the process quietly without committing what it did not take.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def _wait_for_requests(emu, count: int, timeout: float = 20.0) -> None:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+# SIGHUP too: a closed terminal or a supervisor's stop must not kill the run without its stop line.
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_during_an_idle_300s_long_poll_exits_0_within_a_second(
     make_emulator, make_client_cert, ext_id, runs, tmp_path, sig
 ):

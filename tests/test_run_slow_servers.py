@@ -85,7 +85,17 @@ def test_headers_or_a_body_trickling_a_byte_a_second_are_abandoned_and_retried(
 ):
     emu = make_emulator(backlog=EVENTS)
     emu.inject(fault, after=1, delay=1)  # the first page is fine, the second request trickles
-    args = run_args(emu, ext_id, make_client_cert(fault), tmp_path / "s.json", "--once", "--max-events", "30")
+    args = run_args(
+        emu,
+        ext_id,
+        make_client_cert(fault),
+        tmp_path / "s.json",
+        "--once",
+        "--max-events",
+        "30",
+        "--log-level",
+        "debug",
+    )
     run = runs.start(args)
     first = run.wait_event("page", timeout=15)
     _assert_abandoned_then_all_delivered(run, emu, stage, first["_at"])

@@ -32,8 +32,8 @@ def test_state_file_is_0600_and_records_url_id_and_filter(
     assert doc["external_system_id"] == ext_id
     assert doc["filter"] == FILTER_A
     assert isinstance(doc["token"], str) and doc["token"]
-    # The lock, and the progress record (the first page's progress is noted there too).
-    kept = ("state.json", "state.json.lock", "state.json.progress")
+    # The lock, the progress record (the first page's progress is noted there too), the status record.
+    kept = ("state.json", "state.json.lock", "state.json.progress", "state.json.status")
     leftovers = [p.name for p in state.parent.iterdir() if p.name not in kept]
     assert leftovers == [], "temporary files were left next to the state file"
 

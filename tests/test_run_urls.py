@@ -61,7 +61,9 @@ def test_a_dead_first_address_falls_over_to_the_next_and_delivers_everything(
 ):
     emu = make_emulator(backlog=300)
     cert = make_client_cert("urls")
-    args = run_args(emu, ext_id, cert, tmp_path / "state.json", "--once", "--max-events", "100")
+    args = run_args(
+        emu, ext_id, cert, tmp_path / "state.json", "--once", "--max-events", "100", "--log-level", "debug"
+    )
     with _dead_address(kind) as dead:
         # The dead address first: every request must fail over to the emulator, with no retry logged.
         url_at = args.index("--url")

@@ -19,6 +19,7 @@ from kata_events.exits import ExitStatus, UserError
 from kata_events.state import (
     StateCorrupt,
     StateError,
+    StateForeign,
     StateLocked,
     StateNotWritable,
     TokenStore,
@@ -386,12 +387,21 @@ def test_a_changed_filter_drops_the_token_with_a_reason(tmp_path):
     assert LONG_TOKEN[:8] in reason
 
 
-def test_a_changed_external_system_id_drops_the_token_with_a_reason(tmp_path):
+def test_a_state_file_of_another_external_system_is_refused_and_left_as_it_is(tmp_path):
     path = tmp_path / "s.token"
     _commit(path)
-    token, reason = store(path, external_system_id="other-id").load()
-    assert token is None
-    assert f"external system id changed from {ID!r} to 'other-id'" in reason
+    before = path.read_bytes()
+    other = store(path, external_system_id="other-id")
+    with pytest.raises(StateForeign) as caught:
+        other.check_owner()
+    with pytest.raises(StateForeign):
+        other.load()
+    assert caught.value.exit_code == ExitStatus.CONFIG
+    message = str(caught.value)
+    assert ID in message and "other-id" in message
+    assert "state reset" in message and "--state-file" in message
+    assert LONG_TOKEN not in message
+    assert path.read_bytes() == before
 
 
 def test_a_changed_url_keeps_the_token_and_says_so(tmp_path):

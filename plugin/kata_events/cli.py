@@ -40,6 +40,8 @@ COMMANDS = (
         "kata_events.check_command",
         "check a set-up: config, files, network, TLS, approval, filter, state",
     ),
+    ("status", "kata_events.status_command", "for monitoring: OK/WARNING/CRITICAL from local files, lag"),
+    ("state", "kata_events.state_command", "show the state file, or reset it (a new subscription)"),
 )
 
 

@@ -71,6 +71,8 @@ class Config:
     lag_warning: int
     warn_line_bytes: int
     max_event_bytes: int
+    metrics_file: Optional[Path]
+    metrics_listen: Optional[str]
     once: bool
     config_file: Optional[Path] = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)

@@ -138,9 +138,10 @@ _CATALOGUE = (
     ),
     EventSpec(
         "page",
-        logging.INFO,
+        logging.DEBUG,
         ("events", "bytes", "seconds", "url", "lag_seconds"),
-        "One page of events was delivered (empty pages are logged at debug level).",
+        "One page of events was delivered (debug level: at info, steady streaming logs only the "
+        "stats line and changes of state).",
     ),
     EventSpec(
         "commit",
@@ -253,6 +254,12 @@ _CATALOGUE = (
         "max_events, filter more, or speed up the consumer.",
     ),
     EventSpec(
+        "lag_recovered",
+        logging.INFO,
+        ("lag_seconds", "limit"),
+        "After a lag warning, the newest event delivered is younger than lag_warning again.",
+    ),
+    EventSpec(
         "event_skipped",
         logging.ERROR,
         ("index", "offset", "bytes", "reason", "limit", "url"),
@@ -307,6 +314,13 @@ _CATALOGUE = (
         logging.INFO,
         ("what", "paused_seconds"),
         "The disk takes data again after a disk_fault: the stream carries on by itself.",
+    ),
+    EventSpec(
+        "metrics_failed",
+        logging.WARNING,
+        (),
+        "The metrics file cannot be written (said once until a write works again); the run goes "
+        "on. Check metrics_file's directory.",
     ),
     EventSpec(
         "stats",

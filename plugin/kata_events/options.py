@@ -43,6 +43,11 @@ SETTLE_TIME_DEFAULT = 1.0
 MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
 
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+# A port alone, or HOST:PORT with a name, an IPv4 address or a bracketed IPv6 one.
+LISTEN_PATTERN = (
+    r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?"
+    r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+)
 # 64 hex digits, or 32 colon-separated pairs as `openssl x509 -fingerprint -sha256` prints them.
 #: A proxy's address: scheme, optional credentials, host and port, nothing after.
 PROXY_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+/?$"
@@ -372,6 +377,25 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=64 * 1024,
         maximum=1024 * 1024 * 1024,
         metavar="BYTES",
+    ),
+    Option(
+        "metrics_file",
+        "path",
+        "Write Prometheus metrics (kata_events_*) in the text format to this file for "
+        "node_exporter's textfile collector (name it *.prom), replaced atomically every "
+        "stats_interval seconds (60 when 0) and at the stop. " + PATH_NOTE,
+        default_doc="none (no file)",
+        metavar="FILE",
+    ),
+    Option(
+        "metrics_listen",
+        "str",
+        "Serve the same metrics on http://HOST:PORT/metrics; a port alone listens on loopback "
+        "(127.0.0.1). Opt-in: nothing listens unless set.",
+        default_doc="none (nothing listens)",
+        pattern=LISTEN_PATTERN,
+        metavar="[HOST:]PORT",
+        allowed="a port (1-65535) or HOST:PORT, e.g. 9464 or 0.0.0.0:9464",
     ),
     Option(
         "once",

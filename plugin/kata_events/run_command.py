@@ -22,15 +22,21 @@ from kata_events.config import Config, describe, load_run_config, requested_log_
 from kata_events.delivery import LineWriter, make_delivery
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
+from kata_events.locate import status_path
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.state import StateError, TokenStore
+from kata_events.status_record import Health
 
 DESCRIPTION = """\
 Stream events from a Central Node's Events API to stdout, one JSON object per line.
 Logs go to stderr. Every option is also a config file key and a KATA_EVENTS_<KEY>
 environment variable; precedence: flag > environment > file > default.
 """
+
+
+#: The signals that stop a run cleanly (stop line, commit of what is delivered, exit 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +158,9 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     store = token_store(config)
     try:
         store.open()
+        store.check_owner()
     except StateError as exc:
+        store.close()
         logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason="state file")
         return int(exc.exit_code)
     for warning in store.warnings:
@@ -180,7 +188,10 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             mode, LineWriter(stdout_fd), store.commit_point, store.note, config.settle_time, **ack_options
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
+        health = Health(status_path(config.state_file), config.max_timeout)
+        store.on_commit = health.committed
         runner = Runner(
+            health=health,
             client=client,
             store=store,
             delivery=delivery,
@@ -191,6 +202,9 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             stop_after=stop_after,
         )
         runner_box.append(runner)
+        metrics = start_metrics(config, runner)
+        if metrics is False:
+            return int(ExitStatus.CONFIG)
         previous_alarm = _install_signal_handlers(runner)
         try:
             for reason in early_stop:
@@ -198,12 +212,48 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             return runner.run()
         finally:
             _restore_signal_handlers(runner, previous_alarm)
+            if metrics:
+                metrics.close()
     finally:
         store.close()
 
 
+def start_metrics(config: Config, runner: Runner) -> Any:
+    """The run's `Metrics` when metrics_file or metrics_listen asks for them (None otherwise);
+    False, after a fatal line, when the listen address cannot be bound."""
+    if config.metrics_file is None and not config.metrics_listen:
+        return None
+    from kata_events.metrics import Metrics  # prometheus_client: only when metrics are asked for
+
+    def failed(message: str) -> None:
+        logs.emit("metrics_failed", message, level="WARNING")
+
+    metrics = Metrics(
+        runner.snapshot,
+        config.metrics_file,
+        config.metrics_listen,
+        interval=config.stats_interval or 60,
+        on_error=failed,
+    )
+    try:
+        metrics.start()
+    except OSError as exc:
+        logs.emit(
+            "fatal",
+            f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; choose a free "
+            "port with metrics_listen (--metrics-listen), or leave it unset",
+            exit_code=int(ExitStatus.CONFIG),
+            reason="metrics_listen",
+        )
+        return False
+    return metrics
+
+
 def _install_signal_handlers(runner: Runner) -> Any:
-    """SIGTERM/SIGINT stop the runner; SIGUSR1 is how other threads interrupt the main one.
+    """SIGTERM/SIGINT/SIGHUP stop the runner; SIGUSR1 is how other threads interrupt the main one.
+
+    SIGHUP is a stop like the others (a closed terminal, supervisors that stop with it): its default
+    action would kill the process with no stop line and exit 129.
 
     Returns the SIGALRM handler it replaced (for `_restore_signal_handlers`).
     """
@@ -214,7 +264,7 @@ def _install_signal_handlers(runner: Runner) -> Any:
     def wake(signum: int, frame: Optional[FrameType]) -> None:
         runner.request_stop("wake")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
     signal.signal(signal.SIGUSR1, wake)
     main_ident = threading.main_thread().ident or 0
@@ -234,5 +284,5 @@ def _restore_signal_handlers(runner: Runner, previous_alarm: Any) -> None:
     """
     runner.deadlines.uninstall()
     signal.signal(signal.SIGALRM, previous_alarm)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    for sig in (*STOP_SIGNALS, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)

@@ -29,9 +29,9 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
-from kata_events import logs
+from kata_events import __version__, logs
 from kata_events.api import CONNECT_TIMEOUT, READ_TIMEOUT_MARGIN, EventsClient, Page, file_fingerprint
 from kata_events.backoff import Backoff
 from kata_events.deadlines import Deadlines, RequestAbandoned
@@ -48,9 +48,14 @@ from kata_events.errors import (
     Unavailable,
 )
 from kata_events.exits import ExitStatus
+from kata_events.fault_advice import RepeatedFault, persistent_advice
 from kata_events.progress import Point, joined, new_hasher
 from kata_events.state import StateError, TokenStore, short_token
 from kata_events.tokens import token_problem
+
+if TYPE_CHECKING:
+    from kata_events.metrics import Snapshot
+    from kata_events.status_record import Health
 
 #: After the first 401, retried this often while an administrator is likely approving right now...
 UNAUTHORIZED_RETRY_FRESH = 5.0
@@ -75,6 +80,20 @@ DEADLINE_SLACK = 5.0
 RETENTION_SECONDS = 7200
 
 _TIMESTAMP = re.compile(rb'"Timestamp"\s*:\s*"?(\d{9,19})')
+
+
+def retry_reason(exc: ApiError) -> str:
+    """The ``reason`` label of a retried failure: tls, bad_response, timeout, http_error, connection."""
+    if isinstance(exc, TlsVerifyFailed):
+        return "tls"
+    if isinstance(exc, BadResponse):
+        return "bad_response"
+    text = str(exc)
+    if "request abandoned" in text or "did not answer within" in text:
+        return "timeout"
+    if text.startswith("HTTP "):
+        return "http_error"
+    return "connection"
 
 
 class StopRequested(BaseException):
@@ -115,6 +134,10 @@ class Stats:
     #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
     written: int = 0
     lag_seconds: Optional[float] = None
+    #: Retries by reason (the metric's label): unavailable, tls, bad_response, timeout.
+    retry_reasons: Dict[str, int] = field(default_factory=dict)
+    #: Whether the last answer was full: the server has more, the stream is behind.
+    behind: bool = False
 
 
 class Runner:
@@ -132,6 +155,7 @@ class Runner:
         warn_line_bytes: int = 0,
         stop_after: Optional[int] = None,
         clock: Callable[[], float] = time.time,
+        health: Optional[Health] = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -142,6 +166,11 @@ class Runner:
         self.warn_line_bytes = warn_line_bytes
         self.stop_after = stop_after
         self.clock = clock
+        #: The status record `kata-events status` reads (None: not kept, e.g. in tests).
+        self.health = health
+        #: Whether the Central Node answers (the up metric): False while refused or failing.
+        self.up = False
+        self.faults = RepeatedFault()
         self.backoff = Backoff()
         self.stats = Stats()
         self.token: Optional[str] = None
@@ -296,6 +325,8 @@ class Runner:
                 self.delivery.start_from(point)
                 self.resume = point if point.events else None
         stats_thread = self._start_stats_thread()
+        if self.health is not None:
+            self.health.start()
         code = ExitStatus.OK
         gone = False
         try:
@@ -348,6 +379,9 @@ class Runner:
                 self._stop_reason = "error"
                 logs.emit("fatal", message, exit_code=int(code), reason="error")
             self._emit_stats("stop", final=True, exit_code=int(code))
+            self.up = False
+            if self.health is not None:
+                self.health.stopped(self._stop_reason or "finished")
         return int(code)
 
     def _loop(self) -> ExitStatus:
@@ -431,6 +465,8 @@ class Runner:
         self.delivery.check_ack_timeout()
         self.token = new_token
         self.backoff.reset()
+        self.faults.clear()
+        self.up = True
         self._account(page, count, last_line, time.monotonic() - started)
         return page.element_count
 
@@ -581,14 +617,17 @@ class Runner:
         stats.events += count
         stats.bytes += page.bytes_read
         now = self.clock()
-        if last_line is not None:
-            stats.lag_seconds = event_age(last_line, now)
+        newest = event_age(last_line, now) if last_line is not None else None
+        if newest is not None:
+            stats.lag_seconds = newest
         elif count == 0:
             stats.lag_seconds = 0.0
+        stats.behind = count >= self.client.max_events
+        if self.health is not None:
+            self.health.page(count, stats.behind, None if newest is None else now - newest)
         logs.emit(
             "page",
             f"page of {count} event{'' if count == 1 else 's'} delivered",
-            level="DEBUG" if count == 0 else None,
             events=count,
             bytes=page.bytes_read,
             seconds=round(seconds, 3),
@@ -605,6 +644,14 @@ class Runner:
                 lag_seconds=round(lag, 1),
                 limit=self.lag_warning,
                 full_page=count >= self.client.max_events,
+            )
+        elif self._lag_warned and lag is not None and lag <= self.lag_warning:
+            self._lag_warned = 0.0
+            logs.emit(
+                "lag_recovered",
+                f"caught up: the newest event delivered is {lag:.0f} s old",
+                lag_seconds=round(lag, 1),
+                limit=self.lag_warning,
             )
 
     # -- failures ---------------------------------------------------------------------------------
@@ -626,6 +673,11 @@ class Runner:
             logs.emit("client_certificate", str(exc))
             return ExitStatus.CONFIG
         if isinstance(exc, Unauthorized):
+            self.up = False
+            if self.health is not None:
+                self.health.refused(
+                    f"HTTP 401: external system {self.client.external_system_id} is not approved"
+                )
             self._sleep(self._unauthorized(exc))
             return None
         if isinstance(exc, TokenRefused) and exc.status != 414 and not self._answered:
@@ -641,6 +693,8 @@ class Runner:
                 why = f"the Central Node refused our continuation token ({exc})"
             else:
                 why = "the Central Node no longer knows our continuation token (Subscription not found)"
+            if self.health is not None:
+                self.health.subscription_lost(why)
             logs.emit(
                 "subscription_lost",
                 f"{why}: starting a new subscription; events between the last delivered page and "
@@ -658,8 +712,14 @@ class Runner:
             self._sleep(self.backoff.next_delay())
             return None
         self.stats.retries += 1
+        reason = retry_reason(exc)
+        self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
+        self.up = False
+        if self.health is not None:
+            self.health.failing(str(exc))
         retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
         delay = self.backoff.next_delay(retry_after)
+        lasting = self.faults.seen(str(exc), self.clock())
         if isinstance(exc, TlsVerifyFailed):
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
@@ -685,9 +745,10 @@ class Runner:
                 delay=round(delay, 1),
             )
         else:
+            advice = persistent_advice(str(exc), self.client.urls, lasting) if lasting else ""
             logs.emit(
                 "retry",
-                f"{exc}; retrying in {delay:.1f} s",
+                f"{exc}; {advice}retrying in {delay:.1f} s",
                 delay=round(delay, 1),
                 retry_after=retry_after,
                 attempt=self.backoff.attempt,
@@ -747,6 +808,25 @@ class Runner:
         return delay
 
     # -- stats ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The metrics' values now (read from any thread: plain reads of counters)."""
+        from kata_events.metrics import Snapshot
+
+        s = self.stats
+        ledger = self.delivery.ledger
+        last_commit = self.health.record["last_commit"] if self.health is not None else None
+        return Snapshot(
+            events=s.events,
+            bytes=s.bytes,
+            pages=s.pages,
+            retries=dict(s.retry_reasons),
+            lag_seconds=(s.lag_seconds or 0.0) if s.behind else 0.0,
+            last_commit=last_commit,
+            unacknowledged=ledger.unacked if self.delivery.mode == "lines" else 0,
+            up=self.up,
+            version=__version__,
+        )
 
     def _start_stats_thread(self) -> Optional[threading.Thread]:
         if not self.stats_interval or self.stats_interval <= 0:

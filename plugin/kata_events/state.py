@@ -46,7 +46,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from kata_events.exits import ExitStatus, UserError
 from kata_events.progress import Point, RecordError, check_point_fields, decode_record, encode_record
@@ -85,6 +85,16 @@ class StateLocked(StateError):
     def __init__(self, message: str, holder_pid: Optional[int] = None) -> None:
         super().__init__(message)
         self.holder_pid = holder_pid
+
+
+class StateForeign(StateError):
+    """The state file belongs to another external system: another integration's position.
+
+    Overwriting it would lose that integration's place in its stream for good, so the file is left
+    as it is and the run refused; ``state reset`` or another ``--state-file`` is the user's choice.
+    """
+
+    default_exit = ExitStatus.CONFIG
 
 
 class StateCorrupt(StateError):
@@ -178,6 +188,8 @@ class TokenStore:
         self._progress_len = 0
         #: What `open` found worth a warning (a state directory its group can write to).
         self.warnings: List[str] = []
+        #: Called after each commit (the status record's "last commit"); never with the lock held.
+        self.on_commit: Optional[Callable[[], None]] = None
 
     @property
     def path(self) -> Path:
@@ -302,12 +314,8 @@ class TokenStore:
                 f"{short_token(sub.token)}); it records no filter, so it is assumed to match the "
                 "configured one; the file is rewritten as JSON at the next commit"
             )
+        self._refuse_foreign(sub)
         changes = []
-        if sub.external_system_id != self.external_system_id:
-            changes.append(
-                f"the external system id changed from {sub.external_system_id!r} to "
-                f"{self.external_system_id!r}"
-            )
         if sub.filter != self.filter:
             changes.append(f"the filter changed from {sub.filter!r} to {self.filter!r}")
         if changes:
@@ -335,6 +343,27 @@ class TokenStore:
                 "events for at most two hours, so older events may be lost"
             )
         return sub.token, ("; ".join(notes) or None)
+
+    def check_owner(self) -> None:
+        """Raise `StateForeign` when the file records another external system id (else nothing).
+
+        Called before anything is written: the file stays byte for byte as it was.
+        """
+        sub, kind = self._read()
+        if kind == "json" and sub is not None:
+            self._refuse_foreign(sub)
+
+    def _refuse_foreign(self, sub: Subscription) -> None:
+        if not sub.external_system_id or sub.external_system_id == self.external_system_id:
+            return
+        raise StateForeign(
+            f"state file {self._path} belongs to external system {sub.external_system_id} "
+            f"(token {short_token(sub.token)}, saved {sub.saved_at or 'at an unknown time'}), not to "
+            f"{self.external_system_id}: it is left untouched. If another integration uses it, give "
+            "this one its own --state-file (KATA_EVENTS_STATE_FILE); if the external system id was "
+            f"changed on purpose, run `kata-events state reset --state-file {self._path}` to move the "
+            "old state aside and start a new subscription"
+        )
 
     def _read(self) -> Tuple[Optional[Subscription], str]:
         try:
@@ -539,6 +568,8 @@ class TokenStore:
             raise ValueError("commit(): the point belongs to another token")
         self._write(token, point or Point(token))
         self._committed = token
+        if self.on_commit is not None:
+            self.on_commit()
 
     def commit_point(self, point: Point) -> None:
         """`commit` for a delivery point (its token, and the events delivered after it)."""

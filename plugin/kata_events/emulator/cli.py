@@ -46,7 +46,8 @@ Control endpoints (same address, no client certificate needed):
   POST /emulator/revoke?external_system_id=ID[&fingerprint=SHA256]
   POST /emulator/faults      JSON body: a fault object, a spec string, or a list of them,
                              e.g. {{"kind": "503", "count": 3}} or ["drop@2", "429:retry_after=2"]
-  POST /emulator/events?count=N   append N events now
+  POST /emulator/events?count=N[&age=SECONDS]
+                             append N events, stamped now or SECONDS ago (a backlog to lag on)
   GET  /emulator/status      pending and approved pairs, subscriptions, sequence numbers, faults
 
 Fault spec (--fault, repeatable; faults queue up in order and hit events-API requests only):

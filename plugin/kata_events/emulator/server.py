@@ -317,15 +317,21 @@ class Emulator:
 
     # -- library controls --------------------------------------------------------------------------
 
-    def add_events(self, count: int) -> Tuple[int, int]:
-        """Append ``count`` events now; return the first and last sequence numbers added."""
+    def add_events(self, count: int, age: float = 0.0) -> Tuple[int, int]:
+        """Append ``count`` events; return the first and last sequence numbers added.
+
+        ``age``: the events appeared that many seconds ago (a backlog the consumer is behind on).
+        Stamps never go back: events added after younger ones share the youngest one's stamp.
+        """
         if count < 0:
             raise ValueError("count must be >= 0")
+        if not 0 <= age < self.retention:
+            raise ValueError("age must be >= 0 and below the retention")
         with self._changed:
             now = time.time()
             self._catch_up_locked(now)
             first = self._next_seq_locked()
-            self._append_locked(count, now)
+            self._append_locked(count, now - age)
             self._changed.notify_all()
             return first, first + count - 1
 
@@ -817,7 +823,11 @@ class Emulator:
                 raise ValueError
         except ValueError:
             raise _bad_request("count must be a non-negative integer") from None
-        first, last = self.add_events(count)
+        try:
+            age = float(query.get("age", "0"))
+            first, last = self.add_events(count, age)
+        except ValueError:
+            raise _bad_request(f"age must be a number of seconds from 0 to {self.retention:g}") from None
         self._send_json(conn, 200, {"added": count, "first_seq": first, "last_seq": last})
 
     # -- events API --------------------------------------------------------------------------------

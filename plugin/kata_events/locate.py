@@ -1,0 +1,101 @@
+"""Where a run keeps its files, for the commands that only read or move them (`status`, `state`).
+
+These commands take ``--config`` and ``--state-file`` as ``run`` does, and resolve the state file
+the same way (flag > ``KATA_EVENTS_*`` variable > config file > the default under the state
+directory, named after the external system id), without asking for the certificate, the key or
+the URL: they never touch the network. The files next to the state file are named here too.
+This module never writes, never logs and never touches the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from kata_events import options as opts
+from kata_events.config import _DEFAULT, _config_path, _Origin, _read_toml, _resolve_path
+from kata_events.exits import ExitStatus, UserError
+
+
+def add_location_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config``, ``--state-file`` and ``--external-system-id``, with ``run``'s help texts."""
+    parser.add_argument(
+        opts.CONFIG_FLAG,
+        dest="config",
+        metavar="FILE",
+        help=f"The TOML file of the run (only state_file and external_system_id are read). Env: "
+        f"{opts.CONFIG_ENV}.",
+    )
+    for name in ("state_file", "external_system_id"):
+        option = opts.BY_NAME[name]
+        parser.add_argument(
+            option.flag,
+            dest=name,
+            metavar=option.metavar_text,
+            help=f"{option.long_help} Env: {option.env}.".replace("%", "%%"),
+        )
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The state file of a run and its companions (progress inside a page, status record, lock)."""
+
+    state: Path
+    #: The external system id the configuration names ("" when none does).
+    external_system_id: str = ""
+
+    @property
+    def progress(self) -> Path:
+        return self.state.with_name(self.state.name + ".progress")
+
+    @property
+    def status(self) -> Path:
+        return status_path(self.state)
+
+    @property
+    def lock(self) -> Path:
+        return self.state.with_name(self.state.name + ".lock")
+
+
+def status_path(state_file: Path) -> Path:
+    """The status record `run` keeps next to its state file (read by ``kata-events status``)."""
+    return state_file.with_name(state_file.name + ".status")
+
+
+def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:
+    """The run's files from the flags, the environment and the config file.
+
+    Raises `UserError`: 66 for a config file that cannot be read, 78 when nothing names the state
+    file (neither state_file nor external_system_id anywhere).
+    """
+    values = {}
+    config_file = _config_path(args, environ)
+    if config_file is not None:
+        origin = _Origin("file", f"config file {config_file}", config_file.parent)
+        for key, value in _read_toml(config_file).items():
+            if key in ("state_file", "external_system_id") and isinstance(value, str) and value:
+                values[key] = (value, origin)
+    for name in ("state_file", "external_system_id"):
+        option = opts.BY_NAME[name]
+        from_env = environ.get(option.env, "").strip()
+        if from_env:
+            values[name] = (from_env, _Origin("env", f"environment variable {option.env}"))
+        given: Optional[Any] = getattr(args, name, None)
+        if given:
+            values[name] = (str(given), _Origin("flag", option.flag))
+    ext_id = values.get("external_system_id", ("", _DEFAULT))[0]
+    if "state_file" in values:
+        value, origin = values["state_file"]
+        return RunFiles(_resolve_path(value, origin, environ), ext_id)
+    if ext_id:
+        from kata_events.state import default_state_path
+
+        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))), ext_id)
+    raise UserError(
+        "which run? give --config FILE (the run's config file), or --state-file FILE, or "
+        "--external-system-id UUID (the state file is then the run's default one)",
+        ExitStatus.CONFIG,
+    )

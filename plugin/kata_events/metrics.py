@@ -1,0 +1,167 @@
+"""Prometheus metrics of a run: a text file for node_exporter's textfile collector, and /metrics.
+
+Both are opt-in (``metrics_file``, ``metrics_listen``) and both come from `prometheus_client`,
+imported only when one is asked for: a run without metrics pays nothing at start-up. The values
+are read from the runner when they are collected (`Snapshot`), so there is no second set of
+counters to keep in step. The file is replaced atomically (prometheus_client writes a temporary
+file next to it and renames it) every ``interval`` seconds and at the stop.
+
+This module never logs (the runner says when the file cannot be written) and never writes to
+stdout.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+#: Each family: name (without ``kata_events_`` and the ``_total`` Prometheus adds to counters),
+#: kind, help. docs/operations.md lists the same.
+FAMILIES: Tuple[Tuple[str, str, str], ...] = (
+    ("events", "counter", "Events delivered to stdout."),
+    ("bytes", "counter", "Bytes of answers received from the Central Node."),
+    ("pages", "counter", "Answers (pages) delivered, empty ones included."),
+    ("retries", "counter", "Failed requests retried, by reason."),
+    (
+        "lag_seconds",
+        "gauge",
+        "Age of the newest event delivered while the server has more; 0 when caught up.",
+    ),
+    ("last_commit_timestamp_seconds", "gauge", "When a continuation token was last saved (epoch seconds)."),
+    ("unacknowledged_lines", "gauge", "Lines written and not yet acknowledged by the shipper (ack mode)."),
+    ("up", "gauge", "1 while the Central Node answers, 0 while it refuses (401) or requests fail."),
+    ("build_info", "gauge", "Always 1; the version in a label."),
+)
+
+
+@dataclass
+class Snapshot:
+    """The values of the metrics at one moment."""
+
+    events: int = 0
+    bytes: int = 0
+    pages: int = 0
+    retries: Dict[str, int] = field(default_factory=dict)
+    lag_seconds: float = 0.0
+    last_commit: Optional[float] = None
+    unacknowledged: int = 0
+    up: bool = False
+    version: str = ""
+
+
+def parse_listen(text: str) -> Tuple[str, int]:
+    """``PORT`` → loopback; ``HOST:PORT`` or ``[V6]:PORT`` as given. Raises ValueError."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    host = host.strip("[]") if host.startswith("[") else host
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"{text!r} is not PORT or HOST:PORT")
+    return host, int(port)
+
+
+class _Collector:
+    """A prometheus_client collector reading a fresh `Snapshot` at each collection."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
+
+    def describe(self) -> Iterator[Any]:
+        return iter(())  # unchecked collector: the families are made at collection
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.snapshot()
+        helps = {name: text for name, _, text in FAMILIES}
+
+        def counter(name: str, value: float) -> Any:
+            return CounterMetricFamily(f"kata_events_{name}", helps[name], value=value)
+
+        def gauge(name: str, value: float) -> Any:
+            return GaugeMetricFamily(f"kata_events_{name}", helps[name], value=value)
+
+        yield counter("events", s.events)
+        yield counter("bytes", s.bytes)
+        yield counter("pages", s.pages)
+        retries = CounterMetricFamily("kata_events_retries", helps["retries"], labels=["reason"])
+        for reason, count in sorted(s.retries.items()):
+            retries.add_metric([reason], count)
+        yield retries
+        yield gauge("lag_seconds", s.lag_seconds)
+        yield gauge("last_commit_timestamp_seconds", s.last_commit or 0.0)
+        yield gauge("unacknowledged_lines", s.unacknowledged)
+        yield gauge("up", 1.0 if s.up else 0.0)
+        info = GaugeMetricFamily("kata_events_build_info", helps["build_info"], labels=["version"])
+        info.add_metric([s.version], 1.0)
+        yield info
+
+
+class Metrics:
+    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given."""
+
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        file: Optional[Path],
+        listen: Optional[str],
+        interval: float,
+        on_error: Callable[[str], None],
+    ) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.file = file
+        self.listen = listen
+        self.interval = interval
+        self.on_error = on_error
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(snapshot))  # type: ignore[arg-type]
+        self._server: Any = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._failed = False
+
+    def start(self) -> None:
+        """Serve /metrics (raises OSError when the address cannot be bound); write the file."""
+        if self.listen:
+            from prometheus_client import start_http_server
+
+            host, port = parse_listen(self.listen)
+            started = start_http_server(port, addr=host, registry=self.registry)
+            self._server = started[0] if isinstance(started, tuple) else None
+        if self.file is not None:
+            self.write()
+
+            def tick() -> None:
+                while not self._stop.wait(self.interval):
+                    self.write()
+
+            self._thread = threading.Thread(target=tick, name="metrics", daemon=True)
+            self._thread.start()
+
+    def write(self) -> None:
+        """Replace the metrics file; a failure is reported once until a write works again."""
+        if self.file is None:
+            return
+        from prometheus_client import write_to_textfile
+
+        try:
+            write_to_textfile(str(self.file), self.registry)
+        except OSError as exc:
+            if not self._failed:
+                self.on_error(f"cannot write the metrics file {self.file}: {exc.strerror or exc}")
+            self._failed = True
+        else:
+            self._failed = False
+
+    def close(self) -> None:
+        """The last write of the file; stop serving."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        self.write()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

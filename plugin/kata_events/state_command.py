@@ -1,0 +1,169 @@
+"""`kata-events state show|reset`: look at a run's state file, or move it aside.
+
+``show`` prints what the state file holds — Central Node, external system id, filter, the token's
+first characters and age, how far delivery went inside the page after it — on stdout, never the
+whole token (it reads the events of the subscription with the client certificate). It takes no
+lock and is safe beside a running run.
+
+``reset`` takes the state file's lock (so it is refused, exit 75, while a run holds it), then
+renames the state file and its companions (progress record, status record) to timestamped
+backups next to them, so the next run starts a new subscription; a backup can be renamed back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from kata_events.exits import ExitStatus, UserError
+from kata_events.locate import RunFiles, add_location_arguments, locate
+
+DESCRIPTION = """\
+show:  print what the state file holds (Central Node, external system id, filter, token age,
+       progress in the page after it; never the whole token). Safe beside a running run.
+reset: move the state file (and its progress and status records) aside as timestamped backups,
+       so the next run starts a new subscription. Refused (exit 75) while a run holds the lock.
+Give the run's --config or --state-file.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``state`` takes an action, then where the run's files are."""
+    parser.add_argument("action", choices=("show", "reset"), help="show the state, or reset it")
+    add_location_arguments(parser)
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="show: lines for people (text) or a JSON object (json). Default: text.",
+    )
+
+
+def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    """What ``show`` prints, as a dict; None when there is no state file. Raises `StateError`."""
+    from kata_events.state import TokenStore, short_token
+    from kata_events.status_command import parse_iso, running_pid
+
+    now = time.time() if now is None else now
+    sub = TokenStore(files.state, url="", external_system_id="").stored()
+    if sub is None:
+        return None
+    saved = parse_iso(sub.saved_at)
+    delivered = 0
+    if sub.token is not None:
+        own = TokenStore(
+            files.state, url=sub.url, external_system_id=sub.external_system_id, filter=sub.filter
+        )
+        token, _ = own.load()
+        point, _ = own.resume_point() if token is not None else (None, [])
+        if point is not None and point.token == sub.token:
+            delivered = point.events
+    return {
+        "state_file": str(files.state),
+        "url": sub.url or None,
+        "external_system_id": sub.external_system_id or None,
+        "filter": sub.filter,
+        "token": short_token(sub.token) if sub.token else None,
+        "token_length": len(sub.token) if sub.token else 0,
+        "saved_at": sub.saved_at or None,
+        "token_age_seconds": None if saved is None else round(now - saved, 1),
+        "delivered_in_page": delivered,
+        "running_pid": running_pid(files),
+    }
+
+
+def _show(files: RunFiles, fmt: str) -> int:
+    info = describe(files)
+    if info is None:
+        raise UserError(
+            f"no state file at {files.state}: no run has committed there yet (or --config / "
+            "--state-file point elsewhere)",
+            ExitStatus.NO_INPUT,
+        )
+    if fmt == "json":
+        sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
+        return 0
+    age = info["token_age_seconds"]
+    lines = [
+        f"state file:          {info['state_file']}",
+        f"central node:        {info['url'] or '(not recorded: imported from a plain token file)'}",
+        f"external system id:  {info['external_system_id'] or '(not recorded)'}",
+        f"filter:              {info['filter']!r}" + (" (all events)" if not info["filter"] else ""),
+    ]
+    if info["token"] is None:
+        lines.append("token:               none (the next run starts a new subscription)")
+    else:
+        when = f", saved at {info['saved_at']} ({age / 60:.0f} min ago)" if age is not None else ""
+        lines.append(f"token:               {info['token']} ({info['token_length']} characters){when}")
+        lines.append(
+            f"progress in page:    {info['delivered_in_page']} events of the answer to that token delivered"
+        )
+    pid = info["running_pid"]
+    lines.append(f"run:                 {'running, pid ' + str(pid) if pid else 'not running'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _reset(files: RunFiles) -> int:
+    from kata_events.state import StateLocked, TokenStore
+
+    store = TokenStore(files.state, url="", external_system_id="")
+    if not files.state.exists():
+        sys.stderr.write(
+            f"kata-events: no state file at {files.state}: nothing to reset (the next run starts a "
+            "new subscription anyway)\n"
+        )
+        return 0
+    try:
+        store.open()
+    except StateLocked as exc:
+        who = f"process {exc.holder_pid}" if exc.holder_pid else "another process"
+        raise UserError(
+            f"state file {files.state} is in use by {who}: stop that run first (systemctl stop, "
+            "or the shipper that starts it), then reset",
+            ExitStatus.TEMP_FAIL,
+        ) from None
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        moved: List[str] = []
+        for path in (files.state, files.progress, files.status):
+            backup = _free_name(path.with_name(f"{path.name}.{stamp}.bak"))
+            try:
+                os.rename(path, backup)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise UserError(
+                    f"cannot move {path} aside: {exc.strerror or exc}; fix the permissions of {path.parent}",
+                    ExitStatus.CANT_CREATE,
+                ) from None
+            moved.append(f"{path} -> {backup}")
+    finally:
+        store.close()
+    sys.stderr.write(
+        "kata-events: moved " + "; ".join(moved) + ". The next run starts a new subscription; to "
+        "undo, rename the backups back before it starts\n"
+    )
+    return 0
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2``... when a reset in the same second made it already."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``kata-events state``."""
+    files = locate(args, os.environ)
+    if args.action == "show":
+        return _show(files, args.format)
+    return _reset(files)

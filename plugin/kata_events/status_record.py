@@ -1,0 +1,176 @@
+"""The status record: a small JSON file next to the state file that ``run`` keeps current.
+
+``kata-events status`` reads it (with the state file) to tell a monitoring system how the run is
+doing without touching the network or the lock. `Health` holds what the record says and writes it
+atomically (a temp file renamed over the old one, so a reader never sees half a record) soon after
+each commit, at least every `REFRESH` seconds, and at the stop. A commit only marks the record
+changed: the file is written by a thread of its own, never on the commit path, where the delivery
+lock is held and file I/O on a loaded disk would hold up the acknowledgements. It is not fsynced:
+after a power cut it may be older than the state file, which is the one that matters.
+
+The record::
+
+    {"version": 1, "pid": 4242, "state": "streaming", "reason": "", "started_at": ...,
+     "updated_at": ..., "last_commit": ..., "behind": false, "newest_event": ...,
+     "subscription_lost_at": null, "max_timeout": 60, "events": 1234, "stopped_at": null}
+
+Times are epoch seconds. ``behind`` is whether the last answer was full (the server has more);
+``newest_event`` the time stamp of the newest event delivered. ``state`` is one of `STATES`.
+This module never logs: a record that cannot be written is retried at the next update (the run
+goes on; ``status`` then says the record is old).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+RECORD_VERSION = 1
+#: The record is rewritten at least this often while the run lives (seconds).
+REFRESH = 5.0
+#: ...and at most this often after commits (a commit a page, pages of a few events, is many a second).
+MIN_INTERVAL = 0.25
+#: streaming: answers arrive; refused: 401, waiting for approval; failing: requests fail and are
+#: retried; stopped: the process ended (cleanly or with an error, see ``reason``).
+STATES = ("starting", "streaming", "refused", "failing", "stopped")
+
+
+class Health:
+    """What the run reports about itself; thread-safe (commits come from the delivery's threads)."""
+
+    def __init__(
+        self, path: Path, max_timeout: int, clock: Callable[[], float] = time.time, pid: Optional[int] = None
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        #: Guards `record`; never held during file I/O.
+        self._lock = threading.Lock()
+        #: Serializes writers, so that the last write holds the newest record.
+        self._write_lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        now = clock()
+        self.record: Dict[str, Any] = {
+            "version": RECORD_VERSION,
+            "pid": os.getpid() if pid is None else pid,
+            "state": "starting",
+            "reason": "",
+            "started_at": now,
+            "updated_at": now,
+            "last_commit": None,
+            "behind": False,
+            "newest_event": None,
+            "subscription_lost_at": None,
+            "max_timeout": max_timeout,
+            "events": 0,
+            "stopped_at": None,
+        }
+
+    # -- what happened ----------------------------------------------------------------------------
+
+    def committed(self) -> None:
+        """A token was saved (called by the token store after each commit)."""
+        self._update(force=False, last_commit=self.clock())
+
+    def page(self, events: int, full: bool, newest_event: Optional[float]) -> None:
+        """A page was delivered: the server answers; ``full`` says whether it has more."""
+        fields: Dict[str, Any] = {"state": "streaming", "reason": "", "behind": full}
+        if newest_event is not None:
+            fields["newest_event"] = newest_event
+        with self._lock:
+            fields["events"] = self.record["events"] + events
+        self._update(force=False, **fields)
+
+    def refused(self, reason: str) -> None:
+        self._update(force=True, state="refused", reason=reason)
+
+    def failing(self, reason: str) -> None:
+        self._update(force=True, state="failing", reason=reason)
+
+    def subscription_lost(self, reason: str) -> None:
+        self._update(force=True, subscription_lost_at=self.clock(), reason=reason)
+
+    def stopped(self, reason: str) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        self._update(force=True, state="stopped", reason=reason, stopped_at=self.clock())
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Write the first record; then a thread rewrites it after changes (at most every
+        `MIN_INTERVAL`) and every `REFRESH` seconds until `stopped`."""
+        self.write()
+
+        def refresh() -> None:
+            while not self._stop.is_set():
+                self._dirty.wait(REFRESH)
+                self._dirty.clear()
+                if self._stop.is_set():
+                    return
+                self.write()
+                self._stop.wait(MIN_INTERVAL)
+
+        self._thread = threading.Thread(target=refresh, name="status", daemon=True)
+        self._thread.start()
+
+    def _update(self, force: bool, **fields: Any) -> None:
+        """Change the record; ``force``: write it now (from the caller's thread), else soon."""
+        with self._lock:
+            self.record.update(fields)
+        if force:
+            self.write()
+        else:
+            self._dirty.set()
+
+    def write(self) -> None:
+        """Replace the file with the record as it is now; a failure waits for the next write."""
+        with self._write_lock:
+            with self._lock:
+                self.record["updated_at"] = self.clock()
+                data = (json.dumps(self.record) + "\n").encode()
+            try:
+                write_atomically(self.path, data)
+            except OSError:
+                pass  # the next write tries again; status then shows the record's age
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) through a temp file and a rename; no fsync."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_record(path: Path) -> Optional[Dict[str, Any]]:
+    """The record at ``path``, or None when there is none. Raises ValueError for one that does not
+    parse, OSError for one that cannot be read."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    doc = json.loads(data.decode("utf-8"))
+    if not isinstance(doc, dict) or doc.get("version") != RECORD_VERSION:
+        raise ValueError("not a status record of this version")
+    return doc
