@@ -1,8 +1,9 @@
 """Certificates and keys: make a CA, a server certificate, a self-signed client certificate; fingerprints.
 
-Shared by the emulator, the tests and ``kata-events init``. Everything returns PEM bytes; the only
-file writer, :func:`write_private_file`, writes atomically with mode 0600 because keys must never be
-readable by others, not even for an instant. This module never logs and never prints.
+Shared by the emulator, the tests and ``kata-events init``. Everything returns PEM bytes; files are
+written by :func:`kata_events.private_file.write_private_file` (re-exported here), atomically with
+mode 0600 because keys must never be readable by others, not even for an instant. This module never
+logs and never prints.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import hashlib
 import ipaddress
 import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kata_events.private_file import write_private_file
 
 __all__ = [
     "KeyAndCert",
@@ -194,25 +195,6 @@ def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "r
         .sign(key, hashes.SHA256())
     )
     return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
-
-
-def write_private_file(path: PathLike, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file + rename) with ``mode`` from the start."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent))
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def load_cert_der(pem_or_der: bytes) -> bytes:

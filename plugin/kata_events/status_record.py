@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
+
+from kata_events.private_file import write_private_file
 
 RECORD_VERSION = 1
 #: The record is rewritten at least this often while the run lives (seconds).
@@ -138,29 +139,9 @@ class Health:
                 self.record["updated_at"] = self.clock()
                 data = (json.dumps(self.record) + "\n").encode()
             try:
-                write_atomically(self.path, data)
+                write_private_file(self.path, data, sync=False)
             except OSError:
                 pass  # the next write tries again; status then shows the record's age
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0600) through a temp file and a rename; no fsync."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def read_record(path: Path) -> Optional[Dict[str, Any]]:
