@@ -58,6 +58,11 @@ def test_ok_after_a_good_run_and_unknown_without_a_state_file(
     code, doc = status(state)
     assert code == UNKNOWN and "no state file" in doc["reason"]
     assert status(state, fmt="text")[0] == UNKNOWN
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text("{not json")
+    code, doc = status(garbled)
+    assert code == UNKNOWN and {"status", "lag_seconds", "last_commit", "running", "reason"} <= set(doc)
+    assert str(garbled) in doc["reason"], doc
     emu = make_emulator(backlog=50)
     run = runs.complete(run_args(emu, ext_id, client_cert, state, "--once"), timeout=30)
     assert run.returncode == 0, run.stderr_text[-3000:]

@@ -79,7 +79,7 @@ class Config:
 
 
 @dataclass(frozen=True)
-class _Origin:
+class Origin:
     """Where a value came from: for messages, and for resolving relative paths."""
 
     kind: str  # "flag", "env", "file", "default", "url"
@@ -87,7 +87,7 @@ class _Origin:
     base_dir: Optional[Path] = None
 
 
-_DEFAULT = _Origin("default", "the default")
+DEFAULT_ORIGIN = Origin("default", "the default")
 
 
 def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
@@ -96,15 +96,15 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     Raises `UserError`: exit 66 when the config file or a certificate, key or CA file is missing or
     unreadable; exit 78 for anything else, listing every problem at once.
     """
-    config_file = _config_path(args, environ)
-    values: Dict[str, Tuple[Any, _Origin]] = {
-        o.name: (o.default, _DEFAULT) for o in opts.OPTIONS if o.default is not None
+    config_file = config_path(args, environ)
+    values: Dict[str, Tuple[Any, Origin]] = {
+        o.name: (o.default, DEFAULT_ORIGIN) for o in opts.OPTIONS if o.default is not None
     }
     problems: List[str] = []
 
     if config_file is not None:
-        origin = _Origin("file", f"config file {config_file}", config_file.parent)
-        for key, value in _read_toml(config_file).items():
+        origin = Origin("file", f"config file {config_file}", config_file.parent)
+        for key, value in read_toml(config_file).items():
             option = opts.BY_NAME.get(key)
             if option is not None and option.type == "list" and isinstance(value, str):
                 value = [value]
@@ -121,7 +121,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
             continue
         if raw.strip() == "":
             continue
-        values[option.name] = (_convert(option, raw), _Origin("env", f"environment variable {name}"))
+        values[option.name] = (_convert(option, raw), Origin("env", f"environment variable {name}"))
 
     for option in opts.OPTIONS:
         given = getattr(args, option.name, None)
@@ -129,7 +129,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
             continue
         if isinstance(given, str):
             given = _convert(option, given)
-        values[option.name] = (given, _Origin("flag", option.flag))
+        values[option.name] = (given, Origin("flag", option.flag))
 
     _take_id_from_url(values)
     unknown, invalid, missing = schema_problems(values)
@@ -151,7 +151,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     for option in opts.OPTIONS:
         if option.type == "path" and option.name in values:
             value, origin = values[option.name]
-            resolved[option.name] = _resolve_path(value, origin, environ)
+            resolved[option.name] = resolve_path(value, origin, environ)
     resolved["settle_time"] = float(resolved["settle_time"])
     if "max_unacked" not in resolved:
         resolved["max_unacked"] = resolved["max_events"]
@@ -161,7 +161,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         resolved["state_file"] = Path(
             os.path.abspath(default_state_path(resolved["external_system_id"], environ))
         )
-        values["state_file"] = (None, _DEFAULT)
+        values["state_file"] = (None, DEFAULT_ORIGIN)
     for option in opts.OPTIONS:
         resolved.setdefault(option.name, None)
 
@@ -178,9 +178,9 @@ def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -
     option = opts.BY_NAME["log_format"]
     candidates = [getattr(args, "log_format", None), environ.get(option.env)]
     try:
-        path = _config_path(args, environ)
+        path = config_path(args, environ)
         if path is not None:
-            candidates.append(_read_toml(path).get("log_format"))
+            candidates.append(read_toml(path).get("log_format"))
     except (UserError, OSError):
         pass
     for value in candidates:
@@ -208,7 +208,7 @@ def describe(config: Config) -> Dict[str, Any]:
             value = list(value)
         described[option.name] = value
     described["config_file"] = None if config.config_file is None else str(config.config_file)
-    described["sources"] = {k: v for k, v in config.sources.items() if v != _DEFAULT.label}
+    described["sources"] = {k: v for k, v in config.sources.items() if v != DEFAULT_ORIGIN.label}
     return described
 
 
@@ -277,7 +277,7 @@ def normalize_url(url: str) -> Tuple[str, Optional[str]]:
 # -- sources ---------------------------------------------------------------------------------------
 
 
-def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[Path]:
+def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[Path]:
     given = getattr(args, "config", None)
     if given is None or given == "":
         given = environ.get(opts.CONFIG_ENV) or None
@@ -286,7 +286,7 @@ def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Option
     return Path(os.path.abspath(_expand_user(str(given), environ)))
 
 
-def _read_toml(path: Path) -> Dict[str, Any]:
+def read_toml(path: Path) -> Dict[str, Any]:
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -355,7 +355,7 @@ def _schema_validator() -> Any:
 
 
 def schema_problems(
-    values: Mapping[str, Tuple[Any, _Origin]],
+    values: Mapping[str, Tuple[Any, Origin]],
 ) -> Tuple[List[str], Dict[str, str], List[str]]:
     """The merged values checked against the published schema, each error in the user's words.
 
@@ -386,7 +386,7 @@ def schema_problems(
     return unknown, invalid, missing
 
 
-def _take_id_from_url(values: Dict[str, Tuple[Any, _Origin]]) -> None:
+def _take_id_from_url(values: Dict[str, Tuple[Any, Origin]]) -> None:
     """A pasted events URL names the external system id: use it when the id is not given."""
     if "external_system_id" in values or "url" not in values:
         return
@@ -401,10 +401,10 @@ def _take_id_from_url(values: Dict[str, Tuple[Any, _Origin]]) -> None:
             pass
     ids.discard(None)
     if len(ids) == 1:
-        values["external_system_id"] = (ids.pop(), _Origin("url", f"the url ({origin.label})"))
+        values["external_system_id"] = (ids.pop(), Origin("url", f"the url ({origin.label})"))
 
 
-def _normalize_urls(values: Mapping[str, Tuple[Any, _Origin]]) -> Tuple[Tuple[str, ...], List[str]]:
+def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[str]]:
     urls, origin = values["url"]
     given_id = values.get("external_system_id", (None, None))[0]
     normalized: List[str] = []
@@ -455,7 +455,7 @@ def _expand_user(path: str, environ: Mapping[str, str]) -> str:
     return os.path.expanduser(path)
 
 
-def _resolve_path(value: str, origin: _Origin, environ: Mapping[str, str]) -> Path:
+def resolve_path(value: str, origin: Origin, environ: Mapping[str, str]) -> Path:
     expanded = _expand_user(value, environ)
     if origin.base_dir is not None and not os.path.isabs(expanded):
         expanded = os.path.join(origin.base_dir, expanded)

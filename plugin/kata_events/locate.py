@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from kata_events import options as opts
-from kata_events.config import _DEFAULT, _config_path, _Origin, _read_toml, _resolve_path
+from kata_events.config import DEFAULT_ORIGIN, Origin, config_path, read_toml, resolve_path
 from kata_events.exits import ExitStatus, UserError
 
 
@@ -72,24 +72,24 @@ def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
     file (neither state_file nor external_system_id anywhere).
     """
     values = {}
-    config_file = _config_path(args, environ)
+    config_file = config_path(args, environ)
     if config_file is not None:
-        origin = _Origin("file", f"config file {config_file}", config_file.parent)
-        for key, value in _read_toml(config_file).items():
+        origin = Origin("file", f"config file {config_file}", config_file.parent)
+        for key, value in read_toml(config_file).items():
             if key in ("state_file", "external_system_id") and isinstance(value, str) and value:
                 values[key] = (value, origin)
     for name in ("state_file", "external_system_id"):
         option = opts.BY_NAME[name]
         from_env = environ.get(option.env, "").strip()
         if from_env:
-            values[name] = (from_env, _Origin("env", f"environment variable {option.env}"))
+            values[name] = (from_env, Origin("env", f"environment variable {option.env}"))
         given: Optional[Any] = getattr(args, name, None)
         if given:
-            values[name] = (str(given), _Origin("flag", option.flag))
-    ext_id = values.get("external_system_id", ("", _DEFAULT))[0]
+            values[name] = (str(given), Origin("flag", option.flag))
+    ext_id = values.get("external_system_id", ("", DEFAULT_ORIGIN))[0]
     if "state_file" in values:
         value, origin = values["state_file"]
-        return RunFiles(_resolve_path(value, origin, environ), ext_id)
+        return RunFiles(resolve_path(value, origin, environ), ext_id)
     if ext_id:
         from kata_events.state import default_state_path
 

@@ -257,7 +257,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _unknown(args: argparse.Namespace, reason: str) -> int:
     if getattr(args, "format", "text") == "json":
-        sys.stdout.write(json.dumps({"status": "UNKNOWN", "exit_code": UNKNOWN, "reason": reason}) + "\n")
+        doc = {"status": "UNKNOWN", "exit_code": UNKNOWN, "reason": reason, "lag_seconds": None}
+        doc.update(last_commit=None, running=None)  # not known: the files could not be read
+        sys.stdout.write(json.dumps(doc) + "\n")
     else:
         sys.stdout.write(f"KATA-EVENTS UNKNOWN - {reason}\n")
     return UNKNOWN
