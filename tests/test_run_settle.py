@@ -10,6 +10,7 @@ earlier. A clean ``--once`` end waits until its last line has settled instead.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import List, Tuple
+from typing import Any, Iterator, List, Tuple
 
 import pytest
 
@@ -71,6 +72,39 @@ class FileSampler(Sampler):
             time.sleep(0.02)
 
 
+@contextlib.contextmanager
+def piped_to(args: List[str], reader_argv: List[str], tmp_path) -> Iterator[Tuple[Any, Any, FileSampler]]:
+    """kata-events writing into a pipe that ``reader_argv`` reads (copying to tmp_path/taken.ndjson,
+    which a `FileSampler` watches); yields once the reader has taken a line, and ends both."""
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "taken.ndjson", "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
+        proc = subprocess.Popen(command(args), stdout=write_end, stderr=err, env=clean_env())
+        reader = subprocess.Popen(reader_argv, stdin=read_end, stdout=out)
+    os.close(read_end)
+    os.close(write_end)
+    sampler = FileSampler(tmp_path / "taken.ndjson")
+    try:
+        deadline = time.monotonic() + 20
+        while sampler.read_by(time.time()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield proc, reader, sampler
+    finally:
+        sampler.stop()
+        for p in (proc, reader):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def settle_line(tmp_path, sampler: FileSampler) -> Tuple[dict, int]:
+    """The run's settle log line, and the lines the reader had taken settle_time before it."""
+    logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
+    settle = [r for r in logs if r.get("event") == "settle"]
+    assert settle, logs[-5:]
+    decided = datetime.strptime(settle[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return settle[0], sampler.read_by(decided.timestamp() - SETTLE)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["SIGTERM", "reader killed"])
 def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
@@ -83,17 +117,7 @@ def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
     )
     taken = tmp_path / "taken.ndjson"
     # The reader: cat, writing at once what it reads to a file the test watches.
-    read_end, write_end = os.pipe()
-    with open(taken, "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(command(args), stdout=write_end, stderr=err, env=clean_env())
-        reader = subprocess.Popen(["cat"], stdin=read_end, stdout=out)
-    os.close(read_end)
-    os.close(write_end)
-    try:
-        sampler = FileSampler(taken)
-        deadline = time.monotonic() + 20
-        while sampler.read_by(time.time()) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with piped_to(args, ["cat"], tmp_path) as (proc, reader, sampler):
         time.sleep(3.0)
         if how == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
@@ -102,19 +126,10 @@ def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
         assert proc.wait(10) == 0
         reader.wait(10)
         time.sleep(0.1)
-        sampler.stop()
-    finally:
-        for p in (proc, reader):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
-    settle = [r for r in logs if r.get("event") == "settle"]
-    assert settle and settle[0]["settle_time"] == SETTLE, logs[-5:]
+    settle, limit = settle_line(tmp_path, sampler)
+    assert settle["settle_time"] == SETTLE, settle
     # Everything read within SETTLE before the stop was decided (the settle line's time) must come
     # again; the re-send stays near the window.
-    decided = datetime.strptime(settle[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    limit = sampler.read_by(decided.timestamp() - SETTLE)
     got_before = taken.read_bytes().count(b"\n")
     again = runs.complete(args + ["--once"], timeout=30)
     assert again.returncode == 0, again.stderr_text[-2000:]
@@ -183,31 +198,12 @@ def test_a_stop_inside_the_first_page_of_a_new_subscription_goes_back_too(
         emu, ext_id, client_cert, state, "--max-events", "72000", "--max-timeout", "1", settle_time=SETTLE
     )
     taken = tmp_path / "taken.ndjson"
-    read_end, write_end = os.pipe()
-    with open(taken, "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(command(args), stdout=write_end, stderr=err, env=clean_env())
-        reader = subprocess.Popen([sys.executable, "-c", SLOW_READER], stdin=read_end, stdout=out)
-    os.close(read_end)
-    os.close(write_end)
-    try:
-        sampler = FileSampler(taken)
-        deadline = time.monotonic() + 20
-        while sampler.read_by(time.time()) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with piped_to(args, [sys.executable, "-c", SLOW_READER], tmp_path) as (proc, _reader, sampler):
         time.sleep(3.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        sampler.stop()
-    finally:
-        for p in (proc, reader):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
-    settle = [r for r in logs if r.get("event") == "settle"]
-    assert settle and settle[0]["level"] == "info", logs[-5:]
-    decided = datetime.strptime(settle[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    limit = sampler.read_by(decided.timestamp() - SETTLE)
+    settle, limit = settle_line(tmp_path, sampler)
+    assert settle["level"] == "info", settle
     got_before = taken.read_bytes().count(b"\n")
     assert got_before < 72_000, "the stop was meant to land inside the first page"
     again = runs.complete(args + ["--once", "--settle-time", "0"], timeout=60)
