@@ -359,6 +359,11 @@ EVENTS: Dict[str, EventSpec] = {spec.name: spec for spec in _CATALOGUE}
 STRICT: Optional[bool] = None
 
 
+def counted(count: int, noun: str) -> str:
+    """``1 event``, ``2 events``: a count with its noun, for messages."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _strict() -> bool:
     return STRICT if STRICT is not None else "pytest" in sys.modules
 

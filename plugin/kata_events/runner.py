@@ -627,7 +627,7 @@ class Runner:
             self.health.page(count, stats.behind, None if newest is None else now - newest)
         logs.emit(
             "page",
-            f"page of {count} event{'' if count == 1 else 's'} delivered",
+            f"page of {logs.counted(count, 'event')} delivered",
             events=count,
             bytes=page.bytes_read,
             seconds=round(seconds, 3),
@@ -860,12 +860,11 @@ class Runner:
             committed_pages=self.delivery.committed_pages,
             uptime_seconds=round(time.monotonic() - s.started, 1),
         )
+        counts = f"{logs.counted(s.events, 'event')} in {logs.counted(s.pages, 'page')}"
         if final:
             reason = self._stop_reason or "finished"
-            message = f"stopped ({reason}): {s.events} events in {s.pages} pages"
+            message = f"stopped ({reason}): {counts}"
             logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
         else:
-            message = f"{s.events} events in {s.pages} pages" + (
-                f", {ledger.unacked} unacknowledged" if acked else ""
-            )
+            message = counts + (f", {ledger.unacked} unacknowledged" if acked else "")
             logs.emit(name, message, **fields)
