@@ -98,10 +98,11 @@ class Health:
         self._update(force=True, subscription_lost_at=self.clock(), reason=reason)
 
     def stopped(self, reason: str) -> None:
+        """The last record, written now. The thread is told to end but not waited for (a stop must
+        be quick: rsyslog kills its child 200 ms after STOP): a write of its that comes after this
+        one reads the same, newest record, since every write takes the record as it is then."""
         self._stop.set()
         self._dirty.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
         self._update(force=True, state="stopped", reason=reason, stopped_at=self.clock())
 
     # -- writing ----------------------------------------------------------------------------------
