@@ -51,6 +51,24 @@ def clean_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     return env
 
 
+def client_args(urls: Union[str, Sequence[str]], ext_id: str, cert: Any, state_file: Any) -> List[str]:
+    """``--url`` (once for each of ``urls``), ``--external-system-id``, ``--cert``, ``--key`` and
+    ``--state-file``: what ``run`` and ``check`` need to reach a Central Node at all."""
+    args: List[str] = []
+    for url in [urls] if isinstance(urls, str) else urls:
+        args += ["--url", url]
+    return args + [
+        "--external-system-id",
+        ext_id,
+        "--cert",
+        str(cert.cert_file),
+        "--key",
+        str(cert.key_file),
+        "--state-file",
+        str(state_file),
+    ]
+
+
 def run_args(
     emu: Emulator,
     ext_id: str,
@@ -67,20 +85,7 @@ def run_args(
     ``--once`` run would otherwise wait that long after its last line, which only the tests of the
     settle rule are about. A later ``--settle-time`` in ``extra`` wins.
     """
-    args = [
-        "--url",
-        emu.url,
-        "--external-system-id",
-        ext_id,
-        "--cert",
-        str(cert.cert_file),
-        "--key",
-        str(cert.key_file),
-        "--state-file",
-        str(state_file),
-        "--stats-interval",
-        str(stats_interval),
-    ]
+    args = client_args(emu.url, ext_id, cert, state_file) + ["--stats-interval", str(stats_interval)]
     if ca_file:
         args += ["--ca-file", str(emu.ca_file)]
     if settle_time is not None:

@@ -14,7 +14,7 @@ import pytest
 
 from kata_events import certs
 from kata_events.state import TokenStore
-from run_helpers import check, run_args
+from run_helpers import check, client_args, run_args
 
 
 def _check(args: List[str]) -> subprocess.CompletedProcess:
@@ -115,20 +115,7 @@ def test_a_closed_port_fails_tcp(make_client_cert, ext_id, tmp_path):
         port = probe.getsockname()[1]
     cert = make_client_cert("check-closed")
     url = f"https://127.0.0.1:{port}"
-    result = _check(
-        [
-            "--url",
-            url,
-            "--external-system-id",
-            ext_id,
-            "--cert",
-            str(cert.cert_file),
-            "--key",
-            str(cert.key_file),
-            "--state-file",
-            str(tmp_path / "s.json"),
-        ]
-    )
+    result = _check(client_args(url, ext_id, cert, tmp_path / "s.json"))
     _assert_clean(result)
     assert result.returncode == 75
     (line,) = _lines(result, "FAIL")

@@ -19,7 +19,7 @@ from typing import Iterator, List
 import pytest
 
 from kata_events import certs, logs
-from run_helpers import clean_env, installed_command, run_args, seq_of
+from run_helpers import clean_env, client_args, installed_command, run_args, seq_of
 
 DEMO_BACKLOG = 20
 
@@ -97,18 +97,7 @@ def test_a_plain_http_port_is_named_by_check_and_run(
     plain_http_url: str, make_client_cert, ext_id: str, runs, tmp_path: Path
 ) -> None:
     cert = make_client_cert("plain-http")
-    args = [
-        "--url",
-        plain_http_url,
-        "--external-system-id",
-        ext_id,
-        "--cert",
-        str(cert.cert_file),
-        "--key",
-        str(cert.key_file),
-        "--state-file",
-        str(tmp_path / "s.json"),
-    ]
+    args = client_args(plain_http_url, ext_id, cert, tmp_path / "s.json")
     checked = _kata("check", *args)
     assert checked.returncode == 78
     fail = [line for line in checked.stderr.decode().splitlines() if line.startswith("FAIL")]

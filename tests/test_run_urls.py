@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from run_helpers import assert_exact_events, run_args
+from run_helpers import assert_exact_events, client_args, run_args
 
 
 def _closed_port() -> int:
@@ -82,22 +82,7 @@ def test_when_every_address_is_down_it_retries_with_backoff_and_names_them(
     cert = make_client_cert("urls-down")
     first, second = (f"https://127.0.0.1:{_closed_port()}" for _ in range(2))
     state = tmp_path / "state.json"
-    args = [
-        "--url",
-        first,
-        "--url",
-        second,
-        "--external-system-id",
-        ext_id,
-        "--cert",
-        str(cert.cert_file),
-        "--key",
-        str(cert.key_file),
-        "--state-file",
-        str(state),
-        "--stats-interval",
-        "0",
-    ]
+    args = client_args([first, second], ext_id, cert, state) + ["--stats-interval", "0"]
     run = runs.start(args)
     retry = run.wait_event("retry", timeout=30)
     assert first in retry["message"] and second in retry["message"], retry
