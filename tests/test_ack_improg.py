@@ -283,7 +283,10 @@ def _stop_timing(
         if situation == "idle long poll":
             assert consumer.quiet_for(0.2)
         stopped_at = time.time()
-        result = consumer.stop_only(timeout=5.0) if how == "STOP" else consumer.stop()
+        # improg's default close timeout is 200 ms; one run on a loaded machine may take longer
+        # (the shipped example gives 5 s), so a single run is killed only after 2 s, and the
+        # medians below are held to the 200 ms.
+        result = consumer.stop_only(timeout=5.0) if how == "STOP" else consumer.stop(close_timeout=2.0)
     finally:
         consumer.kill()
     assert result.returncode == 0 and not result.killed, result
@@ -318,9 +321,9 @@ def test_exit_soon_after_stop(
             f"{statistics.median(exits['improg']):.0f} ms {exits['improg']}; "
             f"STOP -> final stop log line median {statistics.median(logs_done):.0f} ms {logs_done}"
         )
-    # The target is 150 ms (rsyslog SIGKILLs after 200); the bound leaves room for a busy CI machine.
-    assert statistics.median(exits["STOP only"]) < 1000
-    assert statistics.median(exits["improg"]) < 1000
+    # The target is 150 ms; rsyslog's improg SIGKILLs after its close timeout, 200 ms by default.
+    assert statistics.median(exits["STOP only"]) < 200, exits
+    assert statistics.median(exits["improg"]) < 200, exits
 
 
 def test_sigterms_right_after_stop_up_to_the_exit_still_end_with_0(

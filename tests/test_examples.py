@@ -23,6 +23,7 @@ import pytest
 
 from kata_events import config as kata_config
 from kata_events import options
+from shipper_helpers import fluent_bit_binary
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -373,9 +374,9 @@ def fluent_bit_interval_variant(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@pytest.mark.skipif(shutil.which("fluent-bit") is None, reason="fluent-bit is not installed")
 @pytest.mark.parametrize("mode", ["long-running", "interval"])
 def test_fluent_bit_dry_run_accepts_the_example(tmp_path: Path, mode: str) -> None:
+    binary = fluent_bit_binary()  # $FLUENT_BIT or PATH, as for the restart tests; else skipped
     parsers = tmp_path / "parsers.conf"
     parsers.write_text(read("fluent-bit-parsers.conf.example"), encoding="utf-8")
     text = read("fluent-bit.conf.example").replace("/etc/fluent-bit/kata-events-parsers.conf", str(parsers))
@@ -387,7 +388,7 @@ def test_fluent_bit_dry_run_accepts_the_example(tmp_path: Path, mode: str) -> No
     config = tmp_path / "fluent-bit.conf"
     config.write_text(text, encoding="utf-8")
     result = subprocess.run(
-        ["fluent-bit", "--dry-run", "-c", str(config)], capture_output=True, text=True, timeout=60
+        [binary, "--dry-run", "-c", str(config)], capture_output=True, text=True, timeout=60
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "configuration test is successful" in output, output
