@@ -67,7 +67,9 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_failure
     run, connections = _every_event_through_a_proxy(emu, runs, args)
     retries = run.events("retry")
     assert len(retries) == 1 and "HTTP 429" in retries[0]["message"], retries
-    assert connections == 2
+    # At least the one after the wait; on a loaded machine another gap between pages can pass
+    # 0.3 s too, and that connection is replaced just as quietly (still no second retry).
+    assert connections >= 2
 
 
 @pytest.mark.timeout(60)
