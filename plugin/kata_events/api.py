@@ -481,7 +481,8 @@ class EventsClient:
             if not self._connected:  # urllib3 counts a handshake that does not end as a read timeout
                 via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
                 raise _Unreachable(f"cannot connect to {base}{via}: the TLS handshake timed out") from None
-            raise Unavailable(f"{base} did not answer within {read_timeout:.0f} s") from None
+            answer = f"{base} did not answer within {read_timeout:.0f} s"
+            raise Unavailable(answer, reason="timeout") from None
         except requests.RequestException as exc:
             if again and not self._fresh and not self._aborted:
                 # The server closed the idle connection as the request went out: once more, anew.
@@ -581,6 +582,7 @@ class EventsClient:
             raise Unavailable(
                 f"HTTP {status} from {base}: {text or 'empty body'}",
                 _retry_after(response.headers.get("Retry-After")),
+                reason="http_error",
             )
         raise BadResponse(f"unexpected HTTP {status} from {base}", text)
 

@@ -41,11 +41,16 @@ class BadRequest(ApiError):
 
 
 class Unavailable(ApiError):
-    """The server could not be reached or answered 429/5xx; ``retry_after`` is its hint, if any."""
+    """The server could not be reached or answered 429/5xx; ``retry_after`` is its hint, if any.
 
-    def __init__(self, message: str, retry_after: Optional[float] = None) -> None:
+    ``reason`` is what the retries metric counts it as: ``connection`` (cannot connect, or the
+    connection broke), ``timeout`` (no answer in time), ``http_error`` (HTTP 429/5xx).
+    """
+
+    def __init__(self, message: str, retry_after: Optional[float] = None, reason: str = "connection") -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class BadResponse(ApiError):

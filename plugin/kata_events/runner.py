@@ -83,17 +83,13 @@ _TIMESTAMP = re.compile(rb'"Timestamp"\s*:\s*"?(\d{9,19})')
 
 
 def retry_reason(exc: ApiError) -> str:
-    """The ``reason`` label of a retried failure: tls, bad_response, timeout, http_error, connection."""
+    """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
+    (timeout, http_error, connection)."""
     if isinstance(exc, TlsVerifyFailed):
         return "tls"
     if isinstance(exc, BadResponse):
         return "bad_response"
-    text = str(exc)
-    if "request abandoned" in text or "did not answer within" in text:
-        return "timeout"
-    if text.startswith("HTTP "):
-        return "http_error"
-    return "connection"
+    return exc.reason if isinstance(exc, Unavailable) else "connection"
 
 
 class StopRequested(BaseException):
@@ -134,7 +130,7 @@ class Stats:
     #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
     written: int = 0
     lag_seconds: Optional[float] = None
-    #: Retries by reason (the metric's label): unavailable, tls, bad_response, timeout.
+    #: Retries by reason (the metric's label): see `retry_reason`.
     retry_reasons: Dict[str, int] = field(default_factory=dict)
     #: Whether the last answer was full: the server has more, the stream is behind.
     behind: bool = False
@@ -404,7 +400,8 @@ class Runner:
                 self._resume_from_written()
                 slow = Unavailable(
                     f"{self.client.url}: {exc}: request abandoned (the server, or something in "
-                    "between, answers too slowly: a TLS handshake, headers or body trickling in)"
+                    "between, answers too slowly: a TLS handshake, headers or body trickling in)",
+                    reason="timeout",
                 )
                 code = self._handle_failure(slow)
                 if code is not None:
