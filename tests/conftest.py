@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import uuid
 from pathlib import Path
@@ -9,10 +10,34 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
+import determinism
 from emulator_helpers import ClientCert, EventsClient
 from kata_events import certs
 from kata_events.emulator import Emulator
 from run_helpers import Runs
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return (
+        f"test seed: {determinism.SEED} (KATA_TEST_SEED changes it); "
+        f"hypothesis profile: {determinism.PROFILE} (HYPOTHESIS_PROFILE=dev explores)"
+    )
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """This test's random source: the same draws on every run with the same KATA_TEST_SEED."""
+    request.node.user_properties.append(("seed", determinism.SEED))
+    return determinism.rng_for(request.node.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    seeds = [value for name, value in item.user_properties if name == "seed"]
+    if report.failed and seeds:
+        report.sections.append(("test seed", f"KATA_TEST_SEED={seeds[0]} replays this test's random choices"))
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ lines that were already acknowledged. The state file must survive every kill.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Callable, List
 import pytest
 
 from ack_helpers import ImprogConsumer, TokenMap, run_argv, state_token
+from determinism import SEED
 from emulator_helpers import ClientCert
 from kata_events.emulator import Emulator
 
@@ -29,10 +29,10 @@ def test_fifty_kill9_lose_nothing_acknowledged_and_resend_at_most_a_window_and_a
     client_cert: ClientCert,
     ext_id: str,
     tmp_path: Path,
+    rng: random.Random,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    seed = int(os.environ.get("CHAOS_SEED", "20261127"))
-    rng = random.Random(seed)
+    seed = SEED
     emulator = make_emulator(backlog=400_000, event_bytes=200)
     tokens = TokenMap(emulator)
     state = tmp_path / "state.json"

@@ -7,13 +7,13 @@ fsync), the page being written.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import time
 from typing import Dict, List, Tuple
 
 import pytest
 
+from determinism import SEED
 from run_helpers import partial_tail, run_args, seq_of, split_lines
 
 #: Linux's default pipe capacity: what a killed process may have written that nobody read yet.
@@ -55,10 +55,9 @@ def _check_history(emu, segments: List[Tuple[List[int], str]], bound: int) -> Di
 
 @pytest.mark.timeout(150)
 def test_fifty_kill9_during_one_long_run_lose_nothing(
-    make_emulator, make_client_cert, ext_id, runs, tmp_path
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, rng
 ):
-    seed = int(time.time())
-    rng = random.Random(seed)
+    seed = SEED
     max_events = 200
     emu = make_emulator(backlog=20000, rate=2000, event_bytes=600)
     cert = make_client_cert("kill9")
@@ -95,10 +94,9 @@ def test_fifty_kill9_during_one_long_run_lose_nothing(
 
 @pytest.mark.timeout(90)
 def test_stdout_to_a_regular_file_commits_only_what_was_written_and_fsynced(
-    make_emulator, make_client_cert, ext_id, runs, tmp_path
+    make_emulator, make_client_cert, ext_id, runs, tmp_path, rng
 ):
-    seed = int(time.time())
-    rng = random.Random(seed)
+    seed = SEED
     max_events = 300
     emu = make_emulator(backlog=20000, rate=1000, event_bytes=600)
     cert = make_client_cert("file")

@@ -9,13 +9,12 @@ none`` on a pipe (with the default settle time: the record follows the drained p
 process runs), ``--ack none`` on a regular file (delivered = fsynced), and ``--ack lines``
 (delivered = acknowledged).
 
-The seed is printed; ``RESUME_SEED`` replays one.
+The seed is printed; ``KATA_TEST_SEED`` changes it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Callable, List, Tuple
 import pytest
 
 from ack_helpers import ImprogConsumer, run_argv
+from determinism import SEED
 from emulator_helpers import ClientCert
 from kata_events.emulator import Emulator
 from run_helpers import partial_tail, run_args, seq_of, split_lines
@@ -34,10 +34,6 @@ KILLS = 7
 RESEND_BOUND = 3_000
 EVENT_BYTES = 200
 BACKLOG = 700_000
-
-
-def _seed() -> int:
-    return int(os.environ.get("RESUME_SEED", str(int(time.time()))))
 
 
 def _kill_moment(rng: random.Random, run, n: int) -> str:
@@ -99,10 +95,9 @@ def _setup(make_emulator) -> Emulator:
 
 @pytest.mark.timeout(150)
 def test_kill9_on_a_pipe_resends_at_most_3000_of_a_72000_event_page(
-    make_emulator, client_cert, ext_id, runs, tmp_path, capsys
+    make_emulator, client_cert, ext_id, runs, tmp_path, rng, capsys
 ):
-    seed = _seed()
-    rng = random.Random(seed)
+    seed = SEED
     emu = _setup(make_emulator)
     state = tmp_path / "state.json"
     args = run_args(
@@ -145,10 +140,9 @@ def test_kill9_on_a_pipe_resends_at_most_3000_of_a_72000_event_page(
 
 @pytest.mark.timeout(150)
 def test_kill9_on_a_regular_file_resends_at_most_3000_of_a_72000_event_page(
-    make_emulator, client_cert, ext_id, runs, tmp_path, capsys
+    make_emulator, client_cert, ext_id, runs, tmp_path, rng, capsys
 ):
-    seed = _seed()
-    rng = random.Random(seed)
+    seed = SEED
     emu = _setup(make_emulator)
     state = tmp_path / "state.json"
     out_file = tmp_path / "events.ndjson"
@@ -192,10 +186,14 @@ def test_kill9_on_a_regular_file_resends_at_most_3000_of_a_72000_event_page(
 
 @pytest.mark.timeout(150)
 def test_kill9_with_acknowledgements_resends_at_most_3000_acknowledged_events(
-    make_emulator: Callable[..., Emulator], client_cert: ClientCert, ext_id: str, tmp_path: Path, capsys
+    make_emulator: Callable[..., Emulator],
+    client_cert: ClientCert,
+    ext_id: str,
+    tmp_path: Path,
+    rng: random.Random,
+    capsys,
 ) -> None:
-    seed = _seed()
-    rng = random.Random(seed)
+    seed = SEED
     emu = _setup(make_emulator)
     state = tmp_path / "state.json"
     argv = run_argv(emu, client_cert, ext_id, state, max_events=PAGE)

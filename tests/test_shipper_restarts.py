@@ -19,7 +19,6 @@ missing. Duplicates are allowed; they are counted and printed with the seed of t
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -30,6 +29,7 @@ from typing import Callable, List, Optional
 
 import pytest
 
+from determinism import SEED
 from emulator_helpers import ClientCert
 from kata_events.emulator import Emulator
 from shipper_helpers import (
@@ -70,11 +70,6 @@ READER_DROP_SECONDS = 0.5
 DRAIN_DEADLINE = 30.0
 
 
-def seed() -> int:
-    """The seed of the random stop moments: KATA_TEST_SEED to replay a run, else a new one."""
-    return int(os.environ.get("KATA_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
-
-
 def steady_emulator(make_emulator: Callable[..., Emulator]) -> Emulator:
     return make_emulator(rate=RATE, backlog=0, event_bytes=600)
 
@@ -104,7 +99,7 @@ class Collected:
 
 @pytest.mark.timeout(120)
 def test_reader_stopping_like_fluent_bit_exec_loses_nothing(
-    tmp_path: Path, make_emulator: Callable[..., Emulator], client_cert: ClientCert
+    tmp_path: Path, make_emulator: Callable[..., Emulator], client_cert: ClientCert, rng: random.Random
 ) -> None:
     began = time.monotonic()
     emulator = steady_emulator(make_emulator)
@@ -112,8 +107,7 @@ def test_reader_stopping_like_fluent_bit_exec_loses_nothing(
     command = f"exec {kata_events_command()} run --config {config}"
     stderr = tmp_path / "kata-events.log"
     collected = Collected(first_run_once(config, stderr))
-    log = StopStartLog(seed())
-    rng = random.Random(log.seed)
+    log = StopStartLog(SEED)
     reader: Optional[ExecInputLikeReader] = None
     dropped = 0
     try:
@@ -144,7 +138,7 @@ SYSLOG_NG_RELOAD_AFTER = (1, 3)
 
 @pytest.mark.timeout(120)
 def test_syslog_ng_stopped_started_and_reloaded_loses_nothing(
-    tmp_path: Path, make_emulator: Callable[..., Emulator], client_cert: ClientCert
+    tmp_path: Path, make_emulator: Callable[..., Emulator], client_cert: ClientCert, rng: random.Random
 ) -> None:
     binary = syslog_ng_binary()
     began = time.monotonic()
@@ -162,8 +156,7 @@ def test_syslog_ng_stopped_started_and_reloaded_loses_nothing(
     )
     command = syslog_ng_command(binary, ng_config, tmp_path)
     before = first_run_once(config, kata_log)
-    log = StopStartLog(seed())
-    rng = random.Random(log.seed)
+    log = StopStartLog(SEED)
     process: Optional[subprocess.Popen] = None
 
     def start() -> subprocess.Popen:
@@ -215,7 +208,11 @@ FLUENT_BIT_STOP_WAIT = 30.0
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode", ["oneshot", "interval"])
 def test_fluent_bit_stopped_and_started_loses_nothing(
-    tmp_path: Path, make_emulator: Callable[..., Emulator], client_cert: ClientCert, mode: str
+    tmp_path: Path,
+    make_emulator: Callable[..., Emulator],
+    client_cert: ClientCert,
+    mode: str,
+    rng: random.Random,
 ) -> None:
     binary = fluent_bit_binary()
     began = time.monotonic()
@@ -230,8 +227,7 @@ def test_fluent_bit_stopped_and_started_loses_nothing(
         fluent_bit_example_config(mode, config, parsers, tmp_path / "storage", sink.port), encoding="utf-8"
     )
     before = first_run_once(config, tmp_path / "first-run.log")
-    log = StopStartLog(seed())
-    rng = random.Random(log.seed)
+    log = StopStartLog(SEED)
     process: Optional[subprocess.Popen] = None
 
     def start() -> subprocess.Popen:

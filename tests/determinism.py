@@ -1,0 +1,59 @@
+"""What makes a run of the suite the same run every time: the seed, Hypothesis' profiles, timings.
+
+- Every random choice a test makes comes from :func:`rng_for`, seeded by ``KATA_TEST_SEED``
+  (fixed by default) and the test's own id, so one test's draws do not depend on which others ran
+  before it on the same worker. A failing test's report names the seed that reproduces it.
+- Hypothesis runs the ``ci`` profile unless ``HYPOTHESIS_PROFILE`` (or ``--hypothesis-profile``)
+  names another: derandomized (the examples follow from each test's name), a bounded number of
+  examples, no example database. ``dev`` tries many more examples at random, for exploring.
+- Where a duration is the behaviour under test (a stop within rsyslog's 200 ms), it is measured by
+  :func:`median_of_runs` over several runs, never asserted from one run: one run on a loaded
+  machine says little, a median says what the code does.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+from typing import Callable
+
+from hypothesis import HealthCheck, settings
+
+#: The suite's seed unless KATA_TEST_SEED names another.
+DEFAULT_SEED = 20261207
+SEED = int(os.environ.get("KATA_TEST_SEED") or DEFAULT_SEED)
+
+#: How many examples a property gets under each profile; a test that needs fewer (each example
+#: starts processes) says so in its own @settings.
+CI_EXAMPLES = 100
+DEV_EXAMPLES = 2000
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev",
+    max_examples=DEV_EXAMPLES,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or "ci"
+settings.load_profile(PROFILE)
+
+
+def rng_for(test_id: str) -> random.Random:
+    """The random source of one test: the suite's seed and the test's id, the same on every run."""
+    return random.Random(f"{SEED}:{test_id}")
+
+
+def median_of_runs(measure: Callable[[], float], runs: int = 5) -> float:
+    """The median of ``runs`` durations that ``measure()`` times, for durations that are behaviour."""
+    return statistics.median(measure() for _ in range(runs))
