@@ -12,7 +12,7 @@ from typing import Dict, Optional
 
 import jsonschema
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events import config, logs
@@ -515,7 +515,6 @@ _ANY_VALUE = st.one_of(
 )
 
 
-@settings(max_examples=400)
 @given(name=st.sampled_from([o.name for o in opts.OPTIONS]), value=_ANY_VALUE)
 def test_each_problem_is_the_published_schemas_answer_in_the_users_words(name, value):
     option = opts.BY_NAME[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events.emulator.events import EventFactory
@@ -180,7 +180,6 @@ def _expressions(draw: st.DrawFn, depth: int = 0) -> str:
 
 
 @given(_expressions())
-@settings(max_examples=150, deadline=None)
 def test_every_generated_expression_parses_and_evaluates(text: str) -> None:
     compiled = compile_filter(text)
     assert compiled is not None
@@ -188,7 +187,6 @@ def test_every_generated_expression_parses_and_evaluates(text: str) -> None:
 
 
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30))
-@settings(max_examples=150, deadline=None)
 def test_any_string_round_trips_through_quoting(value: str) -> None:
     event = {"Field": value}
     assert matches(f"Field == {_quote(value)}", event)
@@ -197,7 +195,6 @@ def test_any_string_round_trips_through_quoting(value: str) -> None:
 
 
 @given(_expressions())
-@settings(max_examples=100, deadline=None)
 def test_not_equals_is_the_negation_of_equals(text: str) -> None:
     compiled = compile_filter(text)
     negated = compile_filter(f"not ({text})")
@@ -206,7 +203,6 @@ def test_not_equals_is_the_negation_of_equals(text: str) -> None:
 
 
 @given(st.text(max_size=25))
-@settings(max_examples=400, deadline=None)
 def test_garbage_either_parses_or_raises_a_syntax_error_with_a_column_inside(text: str) -> None:
     try:
         compiled = compile_filter(text)

@@ -136,7 +136,6 @@ _ops = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
 @given(_ops)
 def test_released_tokens_are_covered_in_order_and_the_last_one_comes_out(ops):
     ledger = DeliveryLedger()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events.delivery import LineWriter, make_delivery, pieces
@@ -37,7 +37,6 @@ def _feed(ledger: DeliveryLedger, pages: List[List[bytes]], limit: int) -> List[
     return starts
 
 
-@settings(max_examples=150, deadline=None)
 @given(pages=st.lists(page, min_size=1, max_size=6), limit=st.integers(1, 200), data=st.data())
 def test_a_point_never_claims_an_event_beyond_the_position_and_its_digest_is_of_those_events(
     pages: List[List[bytes]], limit: int, data: st.DataObject
@@ -91,7 +90,6 @@ def test_writes_without_bytes_make_no_checkpoint():
     assert ledger.point_at(5) == Point("t0")
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     steps=st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(0, 50)), min_size=1, max_size=40),
     settle=st.floats(0.1, 5.0),
@@ -122,7 +120,6 @@ def test_the_settled_position_is_what_was_taken_settle_seconds_earlier_or_less(
     assert point is not None and point.token == "t0"
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     before=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 50)), min_size=1, max_size=30),
     after=st.lists(st.tuples(st.floats(0.0, 3.0), st.integers(1, 50)), min_size=1, max_size=30),

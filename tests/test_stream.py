@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events import stream
@@ -328,17 +327,11 @@ def pages(draw: Any, indent: bool = False) -> Page:
     return events, body, pieces(body, cuts)
 
 
-# The splitter is where a hostile body meets the product: CI tries each property 2,000 times (the
-# examples are kept small so that this stays around a minute each on a busy 2-core machine). The
-# runs on the other supported interpreters, which check the same pure code, set fewer through
-# KATA_TEST_SPLITTER_EXAMPLES (.ci/run) to keep CI inside its time.
-EXAMPLES = int(os.environ.get("KATA_TEST_SPLITTER_EXAMPLES") or 2000)
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-PROPERTY_TIMEOUT = pytest.mark.timeout(900)
+# The splitter is where a hostile body meets the product. Each property runs the Hypothesis
+# profile's number of examples (tests/determinism.py): bounded and derandomized by default,
+# thousands at random under HYPOTHESIS_PROFILE=dev.
 
 
-@PROPERTY_TIMEOUT
-@SETTINGS
 @given(pages())
 def test_property_compact_events_are_byte_identical(page: Page) -> None:
     events, body, chunks = page
@@ -349,8 +342,6 @@ def test_property_compact_events_are_byte_identical(page: Page) -> None:
     assert envelope == expected
 
 
-@PROPERTY_TIMEOUT
-@SETTINGS
 @given(pages(indent=True))
 def test_property_pretty_events_parse_equal_on_one_line(page: Page) -> None:
     events, _body, chunks = page
@@ -359,8 +350,6 @@ def test_property_pretty_events_parse_equal_on_one_line(page: Page) -> None:
     assert all(b"\n" not in e and b"\r" not in e for e in got)
 
 
-@PROPERTY_TIMEOUT
-@SETTINGS
 @given(pages(), st.data())
 def test_property_truncated_body_is_malformed(page: Page, data: st.DataObject) -> None:
     _events, body, _chunks = page
@@ -435,8 +424,6 @@ def outcome(chunks: Sequence[bytes]) -> Tuple[str, Any]:
         return "malformed", (exc.reason, exc.offset)
 
 
-@PROPERTY_TIMEOUT
-@SETTINGS
 @given(chunks=hostile_bodies())
 def test_property_bulk_path_agrees_with_scanner(chunks: List[bytes]) -> None:
     # Hostile strings in varied shapes, joined with varied separators, some of them wrong: the bulk
