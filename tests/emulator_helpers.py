@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import requests
 
@@ -61,3 +62,15 @@ class EventsClient:
 def seqs(page: Dict[str, Any]) -> List[int]:
     """The EmulatorSeq numbers of a page's events."""
     return [event["EmulatorSeq"] for event in page["events"]]
+
+
+def wait_for(ready: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """``ready()``'s first true answer, polled until ``timeout`` (generous: a test waits for the
+    event it needs, it does not bet on how fast a loaded machine gets there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = ready()
+        if answer:
+            return answer
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
+        time.sleep(0.02)

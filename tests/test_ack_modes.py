@@ -103,15 +103,15 @@ def _stdin_start() -> Dict[str, Any]:
 
 
 STDINS = {
-    "tty": (_stdin_tty, "none", "terminal", 0.3),
-    "dev-null": (_stdin_devnull, "none", "/dev/null", 0.3),
-    "write-only-dev-null": (_stdin_write_only_devnull, "none", "/dev/null", 0.3),
-    "pipe-at-eof": (_stdin_pipe_at_eof, "none", "end of file", 0.3),
-    "closed": (_stdin_closed, "none", "closed", 0.3),
-    "pipe-says-start": (_stdin_start, "lines", "START", 0.3),
-    # A pipe that never speaks: none, after the grace period (not at once, by nature).
-    "silent-pipe": (_stdin_silent_pipe, "none", "said nothing", 1.5),
-    "pipe-says-something-else": (_stdin_not_start, "none", "not START", 0.3),
+    "tty": (_stdin_tty, "none", "terminal"),
+    "dev-null": (_stdin_devnull, "none", "/dev/null"),
+    "write-only-dev-null": (_stdin_write_only_devnull, "none", "/dev/null"),
+    "pipe-at-eof": (_stdin_pipe_at_eof, "none", "end of file"),
+    "closed": (_stdin_closed, "none", "closed"),
+    "pipe-says-start": (_stdin_start, "lines", "START"),
+    # A pipe that never speaks: none, after the grace period (the only kind that waits for it).
+    "silent-pipe": (_stdin_silent_pipe, "none", "said nothing"),
+    "pipe-says-something-else": (_stdin_not_start, "none", "not START"),
 }
 
 
@@ -124,7 +124,7 @@ def test_auto_mode_decides_from_stdin_without_delay(
     tmp_path: Path,
     record_property: Callable[[str, object], None],
 ) -> None:
-    make_stdin, mode, reason_part, limit = STDINS[kind]
+    make_stdin, mode, reason_part = STDINS[kind]
     emulator = make_emulator(backlog=5, event_bytes=300)
     stderr = tmp_path / "stderr.log"
     setup = make_stdin()
@@ -154,8 +154,9 @@ def test_auto_mode_decides_from_stdin_without_delay(
     delay = _log_time(chosen) - _log_time(started)
     record_property("start_to_mode_seconds", delay)
     assert chosen["mode"] == mode, chosen
+    # The reason says how the choice was made: only the silent pipe's waited for the grace
+    # period; that the others do not wait is timed in test_acks_unit with a grace of a minute.
     assert reason_part.lower() in chosen["reason"].lower(), chosen
-    assert delay < limit, f"choosing took {delay:.3f} s"
     assert proc.returncode == 0, stderr.read_text()
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events.acks import MAX_LINE, AckEvent, AckParser, choose_ack_mode, parse_line
@@ -91,7 +91,6 @@ protocol_lines = st.lists(
 
 
 @given(protocol_lines, st.lists(st.integers(1, 50), min_size=1, max_size=30))
-@settings(max_examples=300, deadline=None)
 def test_any_chunking_gives_the_same_events_as_one_read(lines: list, cuts: list) -> None:
     data = b"".join(line + b"\n" for line in lines)
     whole = AckParser().feed(data)
@@ -126,7 +125,12 @@ def test_explicit_modes_are_taken_as_asked_without_reading() -> None:
         os.close(w)
 
 
-def _timed(fd: int, grace: float = 0.5) -> tuple:
+#: A grace period no test waits out: a choice made "at once" returns long before it, however
+#: loaded the machine, and one that waited for it would take this long.
+NEVER = 60.0
+
+
+def _timed(fd: int, grace: float = NEVER) -> tuple:
     started = time.monotonic()
     mode, why, rest = choose_ack_mode("auto", fd, grace=grace)
     return mode, why, rest, time.monotonic() - started
@@ -139,7 +143,7 @@ def test_auto_on_a_terminal_is_none_at_once() -> None:
     finally:
         os.close(parent)
         os.close(child)
-    assert (mode, "terminal" in why, took < 0.05) == ("none", True, True)
+    assert (mode, "terminal" in why, took < NEVER / 2) == ("none", True, True)
 
 
 @pytest.mark.parametrize("flags", [os.O_RDONLY, os.O_WRONLY], ids=["read", "write-only"])
@@ -149,7 +153,7 @@ def test_auto_on_dev_null_is_none_at_once(flags: int) -> None:
         mode, why, _, took = _timed(fd)
     finally:
         os.close(fd)
-    assert mode == "none" and "/dev/null" in why and took < 0.05
+    assert mode == "none" and "/dev/null" in why and took < NEVER / 2
 
 
 def test_auto_on_a_closed_descriptor_is_none_at_once() -> None:
@@ -157,7 +161,7 @@ def test_auto_on_a_closed_descriptor_is_none_at_once() -> None:
     os.close(r)
     os.close(w)
     mode, why, _, took = _timed(r)
-    assert (mode, why) == ("none", "stdin is closed") and took < 0.05
+    assert (mode, why) == ("none", "stdin is closed") and took < NEVER / 2
 
 
 def test_auto_on_a_pipe_at_eof_is_none_at_once() -> None:
@@ -167,7 +171,7 @@ def test_auto_on_a_pipe_at_eof_is_none_at_once() -> None:
         mode, why, _, took = _timed(r)
     finally:
         os.close(r)
-    assert mode == "none" and "end of file" in why and took < 0.05
+    assert mode == "none" and "end of file" in why and took < NEVER / 2
 
 
 def test_auto_on_a_regular_file_is_none(tmp_path) -> None:
@@ -184,11 +188,11 @@ def test_auto_on_a_regular_file_is_none(tmp_path) -> None:
 def test_auto_on_a_silent_pipe_is_none_after_the_grace_period() -> None:
     r, w = os.pipe()
     try:
-        mode, why, _, took = _timed(r, grace=0.2)
+        mode, why, _, took = _timed(r, grace=1.0)
     finally:
         os.close(r)
         os.close(w)
-    assert mode == "none" and "nothing" in why and 0.19 <= took < 0.5
+    assert mode == "none" and "nothing" in why and 1.0 <= took < NEVER / 2
 
 
 def test_auto_on_start_keeps_what_followed_it() -> None:
@@ -199,7 +203,7 @@ def test_auto_on_start_keeps_what_followed_it() -> None:
     finally:
         os.close(r)
         os.close(w)
-    assert mode == "lines" and "START" in why and took < 0.05
+    assert mode == "lines" and "START" in why and took < NEVER / 2
     assert rest == b"ACK\nACK 2\n"
 
 
@@ -241,7 +245,7 @@ def test_auto_on_a_pipe_that_says_something_else_is_none() -> None:
     finally:
         os.close(r)
         os.close(w)
-    assert mode == "none" and "not START" in why and rest == b"" and took < 0.05
+    assert mode == "none" and "not START" in why and rest == b"" and took < NEVER / 2
 
 
 def test_auto_on_a_pipe_that_never_ends_its_first_line_gives_up() -> None:
@@ -252,4 +256,4 @@ def test_auto_on_a_pipe_that_never_ends_its_first_line_gives_up() -> None:
     finally:
         os.close(r)
         os.close(w)
-    assert mode == "none" and took < 0.05
+    assert mode == "none" and took < NEVER / 2

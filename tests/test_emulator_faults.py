@@ -101,10 +101,10 @@ def test_body_without_token(busy: Emulator, busy_client: EventsClient) -> None:
 
 
 def test_slow_delays_the_first_byte(busy: Emulator, busy_client: EventsClient) -> None:
-    busy.inject("slow", delay=0.6)
+    busy.inject("slow", delay=1.5)
     started = time.monotonic()
     assert seqs(busy_client.page(max_events=2)) == [1, 2]
-    assert time.monotonic() - started >= 0.6
+    assert time.monotonic() - started >= 1.5
 
 
 def test_hang_never_answers_and_stop_stays_prompt(busy: Emulator, busy_client: EventsClient) -> None:
@@ -127,8 +127,8 @@ def test_hang_never_answers_and_stop_stays_prompt(busy: Emulator, busy_client: E
     time.sleep(0.3)
     started = time.monotonic()
     busy.stop()
-    assert time.monotonic() - started < 1.0
-    thread.join(5)
+    assert time.monotonic() - started < 10  # the hanging request (20 s) did not hold the stop
+    thread.join(30)
     assert outcome and isinstance(outcome[0], requests.RequestException)
 
 
