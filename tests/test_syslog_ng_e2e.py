@@ -43,7 +43,7 @@ from shipper_helpers import (
     write_run_config,
 )
 
-SMALL_EVENTS = 19_800
+SMALL_EVENTS = 4_800
 SMALL_EVENT_BYTES = 1_500
 BIG_EVENTS = 200
 BIG_EVENT_BYTES = 100_000
