@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import random
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
 import determinism
+from determinism import fixed_uuid
 from emulator_helpers import ClientCert, EventsClient
 from kata_events import certs
 from kata_events.emulator import Emulator
@@ -93,7 +93,7 @@ def client_cert(make_client_cert: Callable[..., ClientCert]) -> ClientCert:
 
 @pytest.fixture
 def ext_id() -> str:
-    return str(uuid.uuid4())
+    return fixed_uuid()
 
 
 @pytest.fixture

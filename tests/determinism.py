@@ -2,7 +2,8 @@
 
 - Every random choice a test makes comes from :func:`rng_for`, seeded by ``KATA_TEST_SEED``
   (fixed by default) and the test's own id, so one test's draws do not depend on which others ran
-  before it on the same worker. A failing test's report names the seed that reproduces it.
+  before it on the same worker; external system ids come from :func:`fixed_uuid`. A failing test's
+  report names the seed that reproduces it.
 - Hypothesis runs the ``ci`` profile unless ``HYPOTHESIS_PROFILE`` (or ``--hypothesis-profile``)
   names another: derandomized (the examples follow from each test's name), a bounded number of
   examples, no example database. ``dev`` tries many more examples at random, for exploring.
@@ -13,10 +14,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import statistics
-from typing import Callable
+import uuid
+from typing import Callable, Dict, Iterator
 
 from hypothesis import HealthCheck, settings
 
@@ -52,6 +55,17 @@ settings.load_profile(PROFILE)
 def rng_for(test_id: str) -> random.Random:
     """The random source of one test: the suite's seed and the test's id, the same on every run."""
     return random.Random(f"{SEED}:{test_id}")
+
+
+_uuid_counters: Dict[str, Iterator[int]] = {}
+
+
+def fixed_uuid() -> str:
+    """A UUID (an external system id) that is the same on every run: the n-th one the running test
+    asks for, under the suite's seed."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    n = next(_uuid_counters.setdefault(test, itertools.count()))
+    return str(uuid.UUID(int=rng_for(f"{test}#{n}").getrandbits(128), version=4))
 
 
 def median_of_runs(measure: Callable[[], float], runs: int = 5) -> float:

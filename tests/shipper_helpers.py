@@ -20,13 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
 import pytest
 
+from determinism import fixed_uuid
 from kata_events.emulator.server import Emulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def write_run_config(
         "\n".join(
             [
                 f"url = [{json.dumps(emulator.url)}]",
-                f'external_system_id = "{uuid.uuid4()}"',
+                f'external_system_id = "{fixed_uuid()}"',
                 f"cert = {json.dumps(str(cert))}",
                 f"key = {json.dumps(str(key))}",
                 f"ca_file = {json.dumps(str(emulator.ca_file))}",

@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
 
+from determinism import fixed_uuid
 from emulator_helpers import ClientCert
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,7 +105,7 @@ def test_acceptance_walkthrough_with_curl_and_an_openssl_certificate(
     proc, url, state = _start_cli(tmp_path, "--approve", "manual", "--rate", "0")
     try:
         ca = str(state / "ca.crt")
-        ext_id = str(uuid.uuid4())
+        ext_id = fixed_uuid()
         events = f"{url}/kata/events_api/v1/{ext_id}/events"
         mtls = ["--cert", str(cert.cert_file), "--key", str(cert.key_file), "--cacert", ca]
 
@@ -150,7 +150,7 @@ def test_sigterm_stops_promptly_with_a_long_poll_open(tmp_path: Path, client_cer
             str(client_cert.key_file),
             "--cacert",
             str(state / "ca.crt"),
-            f"{url}/kata/events_api/v1/{uuid.uuid4()}/events",
+            f"{url}/kata/events_api/v1/{fixed_uuid()}/events",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

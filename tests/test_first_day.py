@@ -10,12 +10,12 @@ import json
 import re
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
+from determinism import fixed_uuid
 from emulator_helpers import ClientCert
 from kata_events.emulator import Emulator
 from run_helpers import Runs, clean_env, command, installed_command, run_args
@@ -248,7 +248,7 @@ def test_docs_manual_approval_commands_approve_a_waiting_client(
     )
     try:
         url = re.search(r"URL:\s+(https://127\.0\.0\.1:\d+)", banner).group(1)
-        ext_id = str(uuid.uuid4())
+        ext_id = fixed_uuid()
         emu_args = [
             "--url", url, "--external-system-id", ext_id, "--cert", str(client_cert.cert_file),
             "--key", str(client_cert.key_file), "--ca-file", str(state_dir / "ca.crt"),

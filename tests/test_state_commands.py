@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import uuid
 
 import pytest
 
+from determinism import fixed_uuid
 from run_helpers import clean_env, installed_command, run_args
 
 
@@ -35,7 +35,7 @@ def test_a_state_file_of_another_external_system_is_refused_and_left_untouched(
     before = state.read_bytes()
     neighbours = sorted(p.name for p in tmp_path.iterdir())
     served = emu.requests_served
-    other = str(uuid.uuid4())
+    other = fixed_uuid()
     second = runs.complete(run_args(emu, other, client_cert, state, "--once"), timeout=30)
     assert second.returncode == 78, second.stderr_text[-3000:]
     fatal = second.wait_event("fatal", timeout=1)
