@@ -335,6 +335,12 @@ class Emulator:
             self._changed.notify_all()
             return first, first + count - 1
 
+    def pause_source(self) -> None:
+        """Stop the steady source: the events due so far stay, no more come (a backlog to drain)."""
+        with self._changed:
+            self._catch_up_locked(time.time())
+            self.rate = 0.0
+
     def approve(self, external_system_id: str, fingerprint: Optional[str] = None) -> List[Dict[str, str]]:
         """Approve ``fingerprint`` for the id, or every pending certificate of the id when omitted."""
         with self._lock:
