@@ -244,7 +244,8 @@ _CATALOGUE = (
         logging.ERROR,
         ("cert", "key", "reason"),
         "The client certificate or key cannot be used (a key of another certificate, a certificate "
-        "given as the key, a passphrase): the message names the files and the fix.",
+        "given as the key, an encrypted key without its passphrase or with a wrong one): the "
+        "message names the files and the fix.",
     ),
     EventSpec(
         "lag",
