@@ -268,3 +268,27 @@ def test_init_encrypt_key_output_works_as_written(make_emulator, runs, tmp_path:
     assert run.returncode == 0, run.stderr_text[-3000:]
     assert_exact_events(emu, run.lines(), 1, EVENTS)
     _assert_never_shown(passphrase, checked.stderr, run.stderr_text)
+
+
+@pytest.mark.timeout(60)
+def test_a_passphrase_file_readable_by_other_accounts_is_warned_about(
+    make_emulator, make_client_cert, ext_id, runs, tmp_path: Path
+) -> None:
+    emu = make_emulator(backlog=5)
+    cert = _encrypted(make_client_cert("pass-mode"), tmp_path, RIGHT)
+    password_file = _password_file(tmp_path / "client.key.pass", RIGHT)
+    os.chmod(password_file, 0o640)
+    args = run_args(emu, ext_id, cert, tmp_path / "s.json", "--once")
+    args += ["--key-password-file", str(password_file)]
+    run = runs.complete(args, env=clean_env(), timeout=30)
+    assert run.returncode == 0, run.stderr_text[-2000:]
+    (warning,) = run.events("key_permissions")
+    assert warning["key"] == str(password_file) and f"chmod 600 {password_file}" in warning["message"]
+    assert "its group (mode 0640)" in warning["message"]
+    assert len(run.lines()) == 5
+    checked = run_check(args, env=clean_env())
+    assert checked.returncode == 0, checked.stderr
+    assert (
+        f"warn  key: the key's passphrase file {password_file} is accessible by its group" in checked.stderr
+    )
+    _assert_never_shown(RIGHT, run.stderr_text, checked.stderr)

@@ -102,6 +102,10 @@ def _check_files(config: Config, report: _Report) -> bool:
     exposed = keypair.key_exposure(config.key)
     if exposed is not None:
         report.warn("key", exposed)
+    password = key_password(config)
+    exposed = password.exposure() if password is not None else None
+    if exposed is not None:
+        report.warn("key", exposed)
     return True
 
 

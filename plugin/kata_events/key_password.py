@@ -14,6 +14,7 @@ it came from (`KeyPassword.origin`), never what it is. This module never logs an
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -90,6 +91,23 @@ class KeyPassword:
         if not text:
             raise UserError(f"the key's passphrase from {self.origin} is empty: {HOW}", ExitStatus.CONFIG)
         return text
+
+    def exposure(self) -> Optional[str]:
+        """What is wrong with who may read the passphrase file, and the fix; None when only its owner
+        can (or the passphrase is not in a file)."""
+        if self.path is None:
+            return None
+        try:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        except OSError:
+            return None
+        if not mode & 0o077:
+            return None
+        who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
+        return (
+            f"the key's passphrase file {self.path} is accessible by {who} (mode {mode:04o}): it "
+            f"unlocks the encrypted key; fix it with chmod 600 {self.path}"
+        )
 
     def __repr__(self) -> str:
         return f"KeyPassword({self.origin})"

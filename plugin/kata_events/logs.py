@@ -236,8 +236,9 @@ _CATALOGUE = (
         "key_permissions",
         logging.WARNING,
         ("key", "fix"),
-        "The client's private key can be read by other accounts (group or others): whoever reads "
-        "it can fetch this external system's events. Fix: chmod 600 on the key file (said at start).",
+        "The client's private key, or the file holding its passphrase, can be read by other "
+        "accounts (group or others): whoever reads it can fetch this external system's events. "
+        "Fix: chmod 600 on that file (said at start).",
     ),
     EventSpec(
         "client_certificate",

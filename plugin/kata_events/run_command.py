@@ -160,6 +160,10 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     exposed = keypair.key_exposure(config.key)
     if exposed is not None:
         logs.emit("key_permissions", exposed, key=str(config.key), fix=f"chmod 600 {config.key}")
+    exposed = client.key_password.exposure() if client.key_password is not None else None
+    if exposed is not None:
+        path = client.key_password.path
+        logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
