@@ -104,7 +104,7 @@ def _anchors(page: Path) -> set:
 
 
 def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
-    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages = [ROOT / "README.md", ROOT / "README.ru.md", *sorted((ROOT / "docs").glob("*.md"))]
     assert len(pages) > 1, "docs/ holds no pages"
     broken = []
     checked = 0

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from kata_events import __version__, tls, transport
+from kata_events import __version__, keypair, tls, transport
 from kata_events.errors import (
     ApiError,
     BadRequest,
@@ -36,6 +36,7 @@ from kata_events.errors import (
     Unauthorized,
     Unavailable,
 )
+from kata_events.exits import UserError
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.tokens import token_problem
 
@@ -75,7 +76,9 @@ def file_fingerprint(cert_path: str) -> Optional[str]:
         return None
 
 
-def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float = 5.0) -> Optional[str]:
+def probe_server_fingerprint(
+    base_url: str, cert: str, key: str, timeout: float = 5.0, key_password: Any = None
+) -> Optional[str]:
     """Connect without verification only to read the server certificate's SHA-256 for a message."""
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port or 443
@@ -83,8 +86,9 @@ def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float 
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError):
+        # An encrypted key without its passphrase would make OpenSSL prompt on the terminal.
+        ctx.load_cert_chain(cert, key, password=key_password() if key_password else keypair.no_passphrase())
+    except (OSError, ssl.SSLError, UserError):
         pass
     try:
         with (
@@ -386,12 +390,15 @@ class EventsClient:
         filter: str = "",
         max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
         proxy: Optional[str] = None,
+        key_password: Any = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.external_system_id = external_system_id
         self.cert, self.key = cert, key
+        #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
+        self.key_password = key_password
         self.ca_file = ca_file
         self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
         self.insecure = insecure
@@ -521,7 +528,8 @@ class EventsClient:
     def _files_stamp(self) -> Tuple[Any, ...]:
         """Identity, size and time of the certificate, key and CA files: a change means new files."""
         stamp: List[Any] = []
-        for path in (self.cert, self.key, self.trust.path):
+        password_file = getattr(self.key_password, "path", None)
+        for path in (self.cert, self.key, self.trust.path, password_file):
             try:
                 st = os.stat(path) if path else None
             except OSError:
@@ -541,7 +549,7 @@ class EventsClient:
         if self._context is not None and stamp == self._context_stamp:
             return
         try:
-            ctx = tls.context(self.trust, self.cert, self.key)
+            ctx = tls.context(self.trust, self.cert, self.key, self.key_password)
         except (ClientTlsError, TlsVerifyFailed) as exc:
             if self._context is None:
                 raise
@@ -590,7 +598,9 @@ class EventsClient:
         if isinstance(exc, ssl.SSLCertVerificationError):
             return TlsVerifyFailed(
                 f"the server at {base} was not trusted ({self.trust.text}): {_reason(exc)}",
-                None if proxy else probe_server_fingerprint(base, self.cert, self.key),
+                None
+                if proxy
+                else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password),
             )
         if proxy:
             via = transport.shown_proxy(proxy)

@@ -27,6 +27,7 @@ __all__ = [
     "KeyAndCert",
     "cert_not_after",
     "cert_subject_alt_names",
+    "encrypt_key_pem",
     "format_fingerprint",
     "load_cert_der",
     "make_ca",
@@ -81,6 +82,17 @@ def _key_pem(key) -> bytes:  # noqa: ANN001
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
+    )
+
+
+def encrypt_key_pem(key_pem: bytes, passphrase: bytes) -> bytes:
+    """An unencrypted PEM private key → encrypted PKCS#8 (``-----BEGIN ENCRYPTED PRIVATE KEY-----``),
+    with the strongest scheme cryptography offers (PBES2 with AES-256), as OpenSSL 1.1 and later read."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
     )
 
 

@@ -23,7 +23,7 @@ from kata_events import api, certs, errors, keypair, state, tls, transport
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
-from kata_events.run_command import build_client, token_store
+from kata_events.run_command import build_client, key_password, token_store
 
 DESCRIPTION = """\
 Check a set-up without streaming events: the configuration, the certificate and key, each
@@ -79,7 +79,7 @@ def _fp(hex_fingerprint: Optional[str]) -> str:
 
 
 def _check_files(config: Config, report: _Report) -> bool:
-    unusable = keypair.problem(config.cert, config.key)
+    unusable = keypair.problem(config.cert, config.key, key_password(config))
     if unusable is not None:
         report.fail("files", unusable, ExitStatus.CONFIG)
         return False
@@ -102,6 +102,10 @@ def _check_files(config: Config, report: _Report) -> bool:
     exposed = keypair.key_exposure(config.key)
     if exposed is not None:
         report.warn("key", exposed)
+    password = key_password(config)
+    exposed = password.exposure() if password is not None else None
+    if exposed is not None:
+        report.warn("key", exposed)
     return True
 
 
@@ -113,7 +117,7 @@ def _trust(config: Config) -> tls.Trust:
 def _tls_context(config: Config, with_client_cert: bool) -> ssl.SSLContext:
     # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
     if with_client_cert:
-        return tls.context(_trust(config), str(config.cert), str(config.key))
+        return tls.context(_trust(config), str(config.cert), str(config.key), key_password(config))
     return tls.context(_trust(config))
 
 

@@ -53,6 +53,9 @@ class Config:
     external_system_id: str
     cert: Path
     key: Path
+    key_password_file: Optional[Path]
+    #: Shown as ``<redacted>`` wherever it is printed (a `kata_events.key_password.Secret`).
+    key_password: Optional[Any]
     ca_file: Optional[Path]
     pin_sha256: Optional[str]
     insecure: bool
@@ -110,6 +113,12 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
                 value = [value]
             elif option is not None and option.type == "choice" and isinstance(value, str):
                 value = value.lower()
+            if option is not None and option.env_only:
+                problems.append(
+                    f"{key} cannot be set in {origin.label}: it is read from the variable "
+                    f"{option.env} only; or name a file holding it with key_password_file"
+                )
+                continue
             values[key] = (value, origin)  # an unknown key too: the schema reports it
 
     for name, raw in sorted(environ.items()):
@@ -164,9 +173,17 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         values["state_file"] = (None, DEFAULT_ORIGIN)
     for option in opts.OPTIONS:
         resolved.setdefault(option.name, None)
+        if option.secret and resolved[option.name] is not None:
+            from kata_events.key_password import Secret
+
+            resolved[option.name] = Secret(resolved[option.name])
 
     _check_readable(
-        [(name, resolved[name]) for name in ("cert", "key", "ca_file") if resolved[name] is not None]
+        [
+            (name, resolved[name])
+            for name in ("cert", "key", "key_password_file", "ca_file")
+            if resolved[name] is not None
+        ]
     )
     sources = {name: origin.label for name, (_, origin) in values.items()}
     return Config(config_file=config_file, sources=sources, **resolved)
@@ -378,8 +395,8 @@ def schema_problems(
         if "required" in kinds and o.required and o.name not in instance
     ]
     invalid = {
-        o.name: f"{o.name} = {_shown(values[o.name][0])} (from {values[o.name][1].label}): expected "
-        + o.allowed_text
+        o.name: f"{o.name} = {'<redacted>' if o.secret else _shown(values[o.name][0])} "
+        f"(from {values[o.name][1].label}): expected " + o.allowed_text
         for o in opts.OPTIONS
         if o.name in keys
     }

@@ -2,8 +2,11 @@
 
 Then say the next steps: trust the Central Node (check prints its fingerprint), approve the external
 system in the Central Node web interface checking the certificate fingerprint printed here, check,
-run. It never overwrites an existing file unless asked, writes keys with mode 0600, and prints on
-stderr (stdout belongs to events).
+run. With ``--encrypt-key`` the key is encrypted PKCS#8 and its random passphrase sits beside it in
+``client.key.pass``, which the config names as ``key_password_file`` (for key policies that forbid
+an unencrypted private key at rest; the passphrase file can then be moved to a systemd credential).
+It never overwrites an existing file unless asked, writes keys and passphrases with mode 0600, never
+prints a passphrase, and prints on stderr (stdout belongs to events).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import socket
 import sys
 import uuid
@@ -30,7 +34,7 @@ url = [{url}]
 external_system_id = "{external_system_id}"
 cert = "client.crt"   # relative to this file
 key = "client.key"
-
+{key_password_line}
 # Trust the Central Node's certificate: the CA that issued it, or (for the usual self-signed one)
 # its SHA-256 fingerprint. `kata-events check --config <this file>` prints the fingerprint to
 # compare and paste.
@@ -61,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the certificate's subject CN (default: kata-events@<this host>)",
     )
+    parser.add_argument(
+        "--encrypt-key",
+        action="store_true",
+        help="encrypt the key (PKCS#8) with a random passphrase, written to client.key.pass (mode "
+        "0600) beside it and named by key_password_file in the config",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
@@ -74,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         "key": directory / "client.key",
         "config": directory / "config.toml",
     }
+    if args.encrypt_key:
+        names["key_password"] = directory / "client.key.pass"
     existing = [str(p) for p in names.values() if p.exists()]
     if existing and not args.force:
         raise UserError(
@@ -91,12 +103,20 @@ def run(args: argparse.Namespace) -> int:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         external_system_id = str(uuid.uuid4())
         pair = certs.make_self_signed_cert(args.common_name)
+        key_password_line = ""
+        if args.encrypt_key:
+            passphrase = secrets.token_urlsafe(32).encode("ascii")
+            certs.write_private_file(names["key_password"], passphrase + b"\n")
+            pair = certs.KeyAndCert(certs.encrypt_key_pem(pair.key_pem, passphrase), pair.cert_pem)
+            key_password_line = 'key_password_file = "client.key.pass"   # the key\'s passphrase\n'
         pair.write(names["cert"], names["key"])
         # A JSON string is a valid TOML basic string: a quote or backslash in --url stays quoted.
         url_text = ", ".join(json.dumps(u, ensure_ascii=False) for u in urls) or (
             '"https://central-node.example.local"'
         )
-        config = CONFIG_TEMPLATE.format(url=url_text, external_system_id=external_system_id)
+        config = CONFIG_TEMPLATE.format(
+            url=url_text, external_system_id=external_system_id, key_password_line=key_password_line
+        )
         certs.write_private_file(names["config"], config.encode("utf-8"))
     except OSError as exc:
         raise UserError(
@@ -106,12 +126,15 @@ def run(args: argparse.Namespace) -> int:
     config_path = os.path.relpath(names["config"])
     if config_path.startswith(".."):  # outside the working directory: the full path reads better
         config_path = os.path.abspath(names["config"])
+    key_note = "mode 0600"
+    if args.encrypt_key:
+        key_note = f"mode 0600, encrypted; its passphrase in {names['key_password']}, mode 0600"
     url_step = f"Check the url in {config_path}" if urls else f"Set url in {config_path}"
     sys.stderr.write(
         f"""Made:
   external system id  {external_system_id}
   certificate         {names["cert"]}   (self-signed, CN={args.common_name})
-  key                 {names["key"]}   (mode 0600)
+  key                 {names["key"]}   ({key_note})
   config              {names["config"]}
   certificate SHA-256 {fingerprint}
 

@@ -3,7 +3,8 @@
 ``run`` asks before any network traffic and ``check`` in its files step, so both name the same
 problem with the same message and exit code (78: the files are readable but the wrong ones).
 OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this module looks at what each file holds
-to tell a certificate given as the key, an encrypted key, and a key of another certificate apart.
+to tell a certificate given as the key, an encrypted key without a passphrase or with a wrong one,
+and a key of another certificate apart. A passphrase is named by where it came from, never shown.
 `key_exposure` says whether the key is readable by other accounts. It reads the two files and
 never modifies, logs or prints anything.
 """
@@ -14,7 +15,12 @@ import os
 import ssl
 import stat
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+from kata_events.exits import UserError
+
+if TYPE_CHECKING:
+    from kata_events.key_password import KeyPassword
 
 _PathLike = Union[str, Path]
 
@@ -52,8 +58,11 @@ def no_passphrase() -> bytes:
     return b""
 
 
-def problem(cert: _PathLike, key: _PathLike) -> Optional[str]:
-    """None when ``key`` is the private key of the certificate in ``cert``; else what is wrong and the fix."""
+def problem(cert: _PathLike, key: _PathLike, key_password: Optional[KeyPassword] = None) -> Optional[str]:
+    """None when ``key`` is the private key of the certificate in ``cert``; else what is wrong and the fix.
+
+    ``key_password`` opens an encrypted key.
+    """
     cert_text, key_text = _text(cert), _text(key)
     has_cert = "-----BEGIN CERTIFICATE-----" in cert_text
     key_has_key = "PRIVATE KEY-----" in key_text
@@ -74,20 +83,30 @@ def problem(cert: _PathLike, key: _PathLike) -> Optional[str]:
             f"certificate file (PEM, '-----BEGIN CERTIFICATE-----') and key to the private key "
             "(cert and key swapped?)"
         )
-    if "ENCRYPTED PRIVATE KEY-----" in key_text or "Proc-Type: 4,ENCRYPTED" in key_text:
-        return (
-            f"the key {key} is protected by a passphrase, which kata-events cannot ask for: "
-            f"store it without one (`openssl pkey -in {key} -out client.key`, mode 0600) and set "
-            "key to that file"
-        )
+    encrypted = "ENCRYPTED PRIVATE KEY-----" in key_text or "Proc-Type: 4,ENCRYPTED" in key_text
+    password: object = no_passphrase
+    if encrypted:
+        from kata_events.key_password import HOW
+
+        if key_password is None:
+            return f"the key {key} is protected by a passphrase, and none is given: {HOW}"
+        try:
+            password = key_password()
+        except UserError as exc:
+            return str(exc)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_cert_chain(str(cert), str(key), password=no_passphrase)
+        context.load_cert_chain(str(cert), str(key), password=password)  # type: ignore[arg-type]
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc):
             return (
                 f"the key {key} does not belong to the certificate {cert}: set key to the private "
                 f"key made with this certificate, " + _MAKE_NEW
+            )
+        if encrypted and key_password is not None:
+            return (
+                f"the passphrase from {key_password.origin} does not open the key {key}: put the "
+                f"passphrase of {key} there, or point key_password_file at the file that holds it"
             )
         if not has_cert:
             what = f"the certificate file {cert} holds no PEM certificate"

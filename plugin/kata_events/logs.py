@@ -236,15 +236,17 @@ _CATALOGUE = (
         "key_permissions",
         logging.WARNING,
         ("key", "fix"),
-        "The client's private key can be read by other accounts (group or others): whoever reads "
-        "it can fetch this external system's events. Fix: chmod 600 on the key file (said at start).",
+        "The client's private key, or the file holding its passphrase, can be read by other "
+        "accounts (group or others): whoever reads it can fetch this external system's events. "
+        "Fix: chmod 600 on that file (said at start).",
     ),
     EventSpec(
         "client_certificate",
         logging.ERROR,
         ("cert", "key", "reason"),
         "The client certificate or key cannot be used (a key of another certificate, a certificate "
-        "given as the key, a passphrase): the message names the files and the fix.",
+        "given as the key, an encrypted key without its passphrase or with a wrong one): the "
+        "message names the files and the fix.",
     ),
     EventSpec(
         "lag",

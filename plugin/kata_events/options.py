@@ -80,6 +80,9 @@ class Option:
     #: Only ``run`` uses it (streaming, delivery, acknowledgements): `check` accepts the flag, so a
     #: run's command line can be checked as it is, but does not list it in its --help.
     run_only: bool = False
+    #: Given only by its environment variable: no flag (the process list shows flags) and no config
+    #: key (a file that says where the secret is, rather than the secret, is what a config names).
+    env_only: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -209,6 +212,24 @@ OPTIONS: Tuple[Option, ...] = (
         "The private key (PEM) of the client certificate. " + PATH_NOTE,
         required=True,
         metavar="FILE",
+    ),
+    Option(
+        "key_password_file",
+        "path",
+        "A file holding the passphrase of an encrypted key (PKCS#8 or PEM; one trailing line break "
+        "is ignored), read each time the key is loaded. Without it: KATA_EVENTS_KEY_PASSWORD, then "
+        "the systemd credential key-password in $CREDENTIALS_DIRECTORY (LoadCredential=). " + PATH_NOTE,
+        default_doc="none (the key is not encrypted)",
+        metavar="FILE",
+    ),
+    Option(
+        "key_password",
+        "str",
+        "The passphrase of an encrypted key itself, for containers where a file is awkward; "
+        "key_password_file wins over it. Environment only: never a flag or a config key, never logged.",
+        default_doc="none",
+        secret=True,
+        env_only=True,
     ),
     Option(
         "ca_file",
@@ -428,6 +449,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = Tru
         help=f"TOML file with any of the options below as keys. Default: none. Env: {CONFIG_ENV}.",
     )
     for option in OPTIONS:
+        if option.env_only:
+            continue
         repeat = " Repeatable." if option.type == "list" else ""
         help_text = f"{option.long_help}{repeat} Env: {option.env}.".replace("%", "%%")
         if option.run_only and not show_run_only:
@@ -477,6 +500,8 @@ def _cell(text: str) -> str:
 
 
 def _flag_text(option: Option) -> str:
+    if option.env_only:
+        return "— (environment only)"
     if option.type == "bool":
         return f"`{option.flag}`, `--no-{option.flag[2:]}`"
     text = f"`{option.flag} {option.metavar_text}`"
@@ -498,7 +523,8 @@ def markdown_table() -> str:
         default = "**required**" if option.required else option.default_text
         if not option.default_doc and option.default is not None and option.default != "":
             default = f"`{default}`"
-        rows.append((f"`{option.name}`", _flag_text(option), f"`{option.env}`", default, option.help))
+        key = "—" if option.env_only else f"`{option.name}`"
+        rows.append((key, _flag_text(option), f"`{option.env}`", default, option.help))
     lines = [
         "Every option is a flag, an environment variable and a key of the TOML config file; "
         "precedence: flag > environment > file > default. An empty variable counts as unset.",

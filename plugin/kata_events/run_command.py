@@ -22,6 +22,8 @@ from kata_events.config import Config, describe, load_run_config, requested_log_
 from kata_events.delivery import LineWriter, make_delivery
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
+from kata_events.key_password import KeyPassword
+from kata_events.key_password import from_settings as key_password_source
 from kata_events.locate import status_path
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
@@ -61,6 +63,11 @@ def token_store(config: Config) -> TokenStore:
     )
 
 
+def key_password(config: Config) -> Optional[KeyPassword]:
+    """Where the passphrase of an encrypted key comes from (file, variable, systemd credential)."""
+    return key_password_source(config.key_password_file, config.key_password, os.environ)
+
+
 def build_client(config: Config, **overrides: Any) -> EventsClient:
     """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
     arguments: Dict[str, Any] = dict(
@@ -76,6 +83,7 @@ def build_client(config: Config, **overrides: Any) -> EventsClient:
         max_timeout=config.max_timeout,
         filter=config.filter,
         max_event_bytes=config.max_event_bytes,
+        key_password=key_password(config),
     )
     arguments.update(overrides)
     return EventsClient(**arguments)
@@ -145,13 +153,17 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
-    unusable = keypair.problem(config.cert, config.key)
+    unusable = keypair.problem(config.cert, config.key, client.key_password)
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
     exposed = keypair.key_exposure(config.key)
     if exposed is not None:
         logs.emit("key_permissions", exposed, key=str(config.key), fix=f"chmod 600 {config.key}")
+    exposed = client.key_password.exposure() if client.key_password is not None else None
+    if exposed is not None:
+        path = client.key_password.path
+        logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()

@@ -6,8 +6,9 @@ checked by urllib3 after the handshake and before the request goes out), ``ca_fi
 otherwise the system's trust store (OpenSSL's, with ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
 honoured; not certifi's bundle, so a CA installed on the box keeps working). ``insecure`` verifies
 nothing. TLS 1.2 is the least version accepted, whatever the local OpenSSL would allow. The client
-certificate and key go on the context (a key with a passphrase is refused with a message, never
-prompted for on a terminal). This module never logs and never touches the network.
+certificate and key go on the context (an encrypted key is opened with the passphrase of
+`kata_events.key_password`, never prompted for on a terminal). This module never logs and never
+touches the network.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from __future__ import annotations
 import os
 import ssl
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
 from kata_events import keypair
 from kata_events.errors import ClientTlsError, TlsVerifyFailed
+from kata_events.exits import UserError
+
+if TYPE_CHECKING:
+    from kata_events.key_password import KeyPassword
 
 #: The variables requests and curl read for a CA bundle, in requests' order.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
@@ -61,8 +66,14 @@ def choose_trust(
     return Trust("system")
 
 
-def context(trust: Trust, cert: Optional[str] = None, key: Optional[str] = None) -> ssl.SSLContext:
-    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given.
+def context(
+    trust: Trust,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    key_password: Optional[KeyPassword] = None,
+) -> ssl.SSLContext:
+    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given
+    (an encrypted key opened with ``key_password``).
 
     Raises `TlsVerifyFailed` when the CA file or bundle is unusable, `ClientTlsError` when our
     certificate or key is.
@@ -88,9 +99,13 @@ def context(trust: Trust, cert: Optional[str] = None, key: Optional[str] = None)
         ctx.post_handshake_auth = True  # a server may ask for the client certificate after the handshake
     if cert and key:
         try:
-            ctx.load_cert_chain(cert, key, password=keypair.no_passphrase)
+            password = key_password() if key_password is not None else keypair.no_passphrase()
+            ctx.load_cert_chain(cert, key, password=password)
+        except UserError as exc:
+            raise ClientTlsError(str(exc)) from None
         except (OSError, ssl.SSLError) as exc:
             raise ClientTlsError(
-                keypair.problem(cert, key) or f"cannot use the client certificate {cert} / key {key}: {exc}"
+                keypair.problem(cert, key, key_password)
+                or f"cannot use the client certificate {cert} / key {key}: {exc}"
             ) from None
     return ctx

@@ -1,0 +1,129 @@
+"""The passphrase of an encrypted client key: where it comes from, and reading it when the key is loaded.
+
+The first of these that is set gives it: the file named by ``key_password_file`` (flag, variable
+or config key), the variable ``KATA_EVENTS_KEY_PASSWORD`` (for containers), and the systemd
+credential ``key-password`` (``LoadCredential=key-password:...`` puts it in
+``$CREDENTIALS_DIRECTORY``). A file is read again each time the key is loaded, so a key renewed
+in place together with its passphrase file is picked up without a restart. One trailing line break
+(``echo secret > file``) is not part of the passphrase.
+
+The passphrase itself appears in no message, log line, exception or ``repr``: messages name where
+it came from (`KeyPassword.origin`), never what it is. This module never logs and never prints.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Mapping, Optional
+
+from kata_events.exits import ExitStatus, UserError
+
+#: The name of the systemd credential looked for in ``$CREDENTIALS_DIRECTORY``.
+CREDENTIAL_NAME = "key-password"
+#: The variable that carries the passphrase itself (containers, where a file is awkward).
+VARIABLE = "KATA_EVENTS_KEY_PASSWORD"
+
+#: How to give a passphrase, for messages.
+HOW = (
+    "put the key's passphrase in a file (mode 0600) and name it with key_password_file "
+    "(--key-password-file, KATA_EVENTS_KEY_PASSWORD_FILE), or set KATA_EVENTS_KEY_PASSWORD, or "
+    f"give a systemd credential {CREDENTIAL_NAME} (LoadCredential=)"
+)
+
+
+class Secret:
+    """A string that shows as ``<redacted>`` in every ``str``, ``repr`` and f-string."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The value itself: only for handing it to OpenSSL."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class KeyPassword:
+    """Where the key's passphrase comes from; calling it reads the passphrase (bytes).
+
+    ``path`` is the file it is read from (None for the variable), so that a change to it counts as
+    new TLS files.
+    """
+
+    def __init__(self, origin: str, path: Optional[Path] = None, value: Optional[Secret] = None) -> None:
+        self.origin = origin
+        self.path = path
+        self._value = value
+
+    def __call__(self) -> bytes:
+        """The passphrase; raises `UserError` (exit 66 or 78) when its file is unreadable or empty."""
+        if self._value is not None:
+            text = self._value.reveal().encode("utf-8")
+        else:
+            assert self.path is not None
+            try:
+                with open(self.path, "rb") as handle:
+                    text = handle.read(64 * 1024)
+            except OSError as exc:
+                reason = (exc.strerror or "error").lower()
+                raise UserError(
+                    f"cannot read the key's passphrase from {self.origin}: {reason}",
+                    ExitStatus.NO_INPUT,
+                ) from None
+        if text.endswith(b"\n"):
+            text = text[:-1]
+            if text.endswith(b"\r"):
+                text = text[:-1]
+        if not text:
+            raise UserError(f"the key's passphrase from {self.origin} is empty: {HOW}", ExitStatus.CONFIG)
+        return text
+
+    def exposure(self) -> Optional[str]:
+        """What is wrong with who may read the passphrase file, and the fix; None when only its owner
+        can (or the passphrase is not in a file)."""
+        if self.path is None:
+            return None
+        try:
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        except OSError:
+            return None
+        if not mode & 0o077:
+            return None
+        who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
+        return (
+            f"the key's passphrase file {self.path} is accessible by {who} (mode {mode:04o}): it "
+            f"unlocks the encrypted key; fix it with chmod 600 {self.path}"
+        )
+
+    def __repr__(self) -> str:
+        return f"KeyPassword({self.origin})"
+
+
+def from_settings(
+    key_password_file: Optional[Path], key_password: Optional[Secret], environ: Mapping[str, str]
+) -> Optional[KeyPassword]:
+    """The passphrase source of a configuration, or None when none is given (an unencrypted key)."""
+    if key_password_file is not None:
+        return KeyPassword(f"key_password_file {key_password_file}", key_password_file)
+    if key_password is not None:
+        return KeyPassword(f"the variable {VARIABLE}", value=key_password)
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        path = Path(directory) / CREDENTIAL_NAME
+        if os.path.exists(path):
+            return KeyPassword(f"the systemd credential {CREDENTIAL_NAME} ({path})", path)
+    return None
