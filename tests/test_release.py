@@ -37,6 +37,8 @@ _NOT_RELEASED = shutil.ignore_patterns(
     ".pytest_cache",
     ".ruff_cache",
     ".hypothesis",
+    # Coverage's data files, written (and combined away) by the processes of a --cov run meanwhile.
+    ".coverage*",
 )
 
 

@@ -128,7 +128,8 @@ def test_a_client_certificate_renewed_in_place_is_used_from_the_next_connection(
     while renewed not in _approved_fingerprints(emu, ext_id) and time.monotonic() < deadline:
         time.sleep(0.05)
     run.wait_lines(3 * EVENTS, timeout=20)
-    run.stop()
+    run.send(signal.SIGTERM)
+    assert run.wait(30) == 0, run.stderr_text[-3000:]
     assert renewed in _approved_fingerprints(emu, ext_id), run.stderr_text[-3000:]
     assert sorted(set(run.seqs())) == list(range(1, 3 * EVENTS + 1))
     assert not run.events("client_certificate") and not run.events("fatal")

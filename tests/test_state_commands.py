@@ -55,7 +55,9 @@ def test_state_show_then_reset_refused_while_running_then_a_backup_and_a_new_sub
 ):
     emu = make_emulator(backlog=20)
     state = tmp_path / "state.json"
-    args = run_args(emu, ext_id, client_cert, state, "--max-timeout", "1")
+    # A long poll of a minute after the 20 events: the token read below stays the saved one while
+    # `state show` runs (with 1 s polls, each empty answer's token replaced it).
+    args = run_args(emu, ext_id, client_cert, state, "--max-timeout", "60")
     run = runs.start(args)
     run.wait_lines(20, timeout=20)
     deadline = time.monotonic() + 10
