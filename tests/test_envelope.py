@@ -9,8 +9,8 @@ import jsonschema
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_events.api import ENVELOPE_SCHEMA, envelope_problem
-from kata_events.stream import PageSplitter
+from kata_events.source.api import ENVELOPE_SCHEMA, envelope_problem
+from kata_events.source.stream import PageSplitter
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),

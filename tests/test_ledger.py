@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kata_events.ledger import DeliveryLedger
+from kata_events.delivery.ledger import DeliveryLedger
 
 
 def test_ack_of_only_a_subset_of_a_page_releases_nothing():

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kata_events.delivery import LineWriter, make_delivery, pieces
-from kata_events.ledger import DeliveryLedger
-from kata_events.progress import EMPTY_DIGEST, Point, RecordError, decode_record, encode_record, joined
-from kata_events.state import TokenStore
+from kata_events.delivery.ledger import DeliveryLedger
+from kata_events.delivery.policies import LineWriter, make_delivery, pieces
+from kata_events.state.progress import EMPTY_DIGEST, Point, RecordError, decode_record, encode_record, joined
+from kata_events.state.store import TokenStore
 
 line = st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\n", b"x"))
 page = st.lists(line, min_size=0, max_size=30)

@@ -14,10 +14,10 @@ from typing import Any, Dict, List
 import pytest
 
 from kata_events import logs
-from kata_events.delivery import Delivery, LineWriter
-from kata_events.errors import Unauthorized, Unavailable
-from kata_events.fault_advice import PERSISTENT_AFTER
+from kata_events.delivery.policies import Delivery, LineWriter
 from kata_events.runner import Runner
+from kata_events.source.errors import Unauthorized, Unavailable
+from kata_events.source.fault_advice import PERSISTENT_AFTER
 from kata_events.status_record import Health
 
 URLS = ["https://cn.example.local:8443"]

@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from kata_events.delivery import Delivery, LineWriter
+from kata_events.delivery.policies import Delivery, LineWriter
 from kata_events.runner import Runner, StopRequested
 
 

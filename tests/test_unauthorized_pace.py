@@ -14,8 +14,7 @@ from typing import Any, List, Tuple
 import pytest
 
 from kata_events import runner as runner_module
-from kata_events.delivery import Delivery, LineWriter
-from kata_events.errors import Unauthorized
+from kata_events.delivery.policies import Delivery, LineWriter
 from kata_events.runner import (
     UNAUTHORIZED_FRESH_FOR,
     UNAUTHORIZED_REMIND,
@@ -23,6 +22,7 @@ from kata_events.runner import (
     UNAUTHORIZED_RETRY_FRESH,
     Runner,
 )
+from kata_events.source.errors import Unauthorized
 
 EXT_ID = "3f1c2a9e-6b7d-4e8f-9a0b-1c2d3e4f5a6b"
 

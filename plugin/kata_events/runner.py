@@ -2,10 +2,10 @@
 
 Flow is one way: the API client produces pages, the `Delivery` writes their lines and decides when
 they are taken, and only then does the token store commit the page's token. The loop never imports
-`requests`; it reacts to the few exceptions of `kata_events.errors`. Nothing transient ends it:
+`requests`; it reacts to the few exceptions of `kata_events.source.errors`. Nothing transient ends it:
 unavailability, bad bodies and untrusted servers are retried with backoff, a 401 waits for approval,
 and a disk that stops taking the state file or stdout mid-run pauses fetching until it works again
-(`kata_events.disk_faults`).
+(`kata_events.delivery.disk_faults`).
 
 Resuming inside a page: the state holds a delivery point (a token and how many events of its
 answer were delivered, with their digest). The first request asks again with that token; when the
@@ -17,7 +17,7 @@ check lets a page retried after a broken transfer skip what this process already
 Signal handlers only record the request to stop. While the loop is blocked in the network
 (`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked call
 at once; commits never run inside such a section, so a stop can't tear one. The same sections
-carry an overall deadline (`kata_events.deadlines`): a server trickling its answer byte by byte is
+carry an overall deadline (`kata_events.source.deadlines`): a server trickling its answer byte by byte is
 abandoned and retried. Writes are never interrupted that way: the writer polls for room and
 looks at the stop flag itself.
 """
@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
 
 from kata_events import __version__, logs
-from kata_events.api import CONNECT_TIMEOUT, READ_TIMEOUT_MARGIN, EventsClient, Page, file_fingerprint
 from kata_events.backoff import Backoff
-from kata_events.deadlines import Deadlines, RequestAbandoned
-from kata_events.delivery import ConsumerGone, Delivery, OutputFailed, WriteStopped
-from kata_events.errors import (
+from kata_events.delivery.policies import ConsumerGone, Delivery, OutputFailed, WriteStopped
+from kata_events.exits import ExitStatus
+from kata_events.source.api import CONNECT_TIMEOUT, READ_TIMEOUT_MARGIN, EventsClient, Page, file_fingerprint
+from kata_events.source.deadlines import Deadlines, RequestAbandoned
+from kata_events.source.errors import (
     ApiError,
     BadRequest,
     BadResponse,
@@ -47,11 +48,10 @@ from kata_events.errors import (
     Unauthorized,
     Unavailable,
 )
-from kata_events.exits import ExitStatus
-from kata_events.fault_advice import RepeatedFault, persistent_advice
-from kata_events.progress import Point, joined, new_hasher
-from kata_events.state import StateError, TokenStore, short_token
-from kata_events.tokens import token_problem
+from kata_events.source.fault_advice import RepeatedFault, persistent_advice
+from kata_events.source.tokens import token_problem
+from kata_events.state.progress import Point, joined, new_hasher
+from kata_events.state.store import StateError, TokenStore, short_token
 
 if TYPE_CHECKING:
     from kata_events.metrics import Snapshot

@@ -41,7 +41,7 @@ log = logging.getLogger("kata_events.emulator")
 def default_state_dir(environ: Optional[Dict[str, str]] = None) -> Path:
     """Where the emulator keeps its CA and approvals unless told: ``emulator`` in the directory
     `run` keeps its tokens in (``$XDG_STATE_HOME/kata-events``, else ``~/.local/state/kata-events``)."""
-    from kata_events.state import state_home
+    from kata_events.paths import state_home
 
     return state_home(os.environ if environ is None else environ) / "emulator"
 

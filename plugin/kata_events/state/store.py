@@ -9,7 +9,7 @@ The state file is JSON::
      "saved_at": "2026-11-27T21:30:00Z"}
 
 ``progress`` (optional) says how far into the answer to ``token`` delivery had gone at that commit:
-``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.progress`).
+``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.state.progress`).
 
 Progress inside a page moves many times a second, too often for a durable commit each time: it is
 written to a companion file ``<state>.progress`` in place, without fsync (a kill -9 keeps the page
@@ -49,7 +49,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from kata_events.exits import ExitStatus, UserError
-from kata_events.progress import Point, RecordError, check_point_fields, decode_record, encode_record
+from kata_events.paths import companion
+from kata_events.state.progress import Point, RecordError, check_point_fields, decode_record, encode_record
 
 STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
@@ -124,33 +125,6 @@ def short_token(token: Optional[str]) -> str:
     return token[:8] + "..." if len(token) > 8 else token
 
 
-def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the token is kept when ``--state-file`` is not given.
-
-    ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
-    colon-separated paths), else ``$XDG_STATE_HOME/kata-events/<id>.token``, else
-    ``~/.local/state/kata-events/<id>.token``.
-    """
-    # The id comes from configuration: keep it from escaping the directory.
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
-    name += ".token"
-    state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state_directory:
-        return Path(state_directory) / name
-    return state_home(environ) / name
-
-
-def state_home(environ: Mapping[str, str] = os.environ) -> Path:
-    """The user's kata-events state directory: ``$XDG_STATE_HOME/kata-events``, else
-    ``~/.local/state/kata-events`` (the emulator keeps its CA and approvals under it too)."""
-    xdg = environ.get("XDG_STATE_HOME", "")
-    # The XDG base directory spec says relative paths are invalid and must be ignored.
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "kata-events"
-    home = environ.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "kata-events"
-
-
 def import_seed_token(path: Union[Path, str]) -> str:
     """Read the original script's plain ``continuation_token.txt``: the token, maybe a newline."""
     path = Path(path)
@@ -198,11 +172,11 @@ class TokenStore:
     @property
     def progress_path(self) -> Path:
         """The companion file holding progress inside a page (written often, not fsynced)."""
-        return self._path.with_name(self._path.name + ".progress")
+        return companion(self._path, "progress")
 
     @property
     def lock_path(self) -> Path:
-        return self._path.with_name(self._path.name + ".lock")
+        return companion(self._path, "lock")
 
     @property
     def committed(self) -> Optional[str]:

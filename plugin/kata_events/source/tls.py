@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from kata_events import keypair
-from kata_events.errors import ClientTlsError, TlsVerifyFailed
+from kata_events.source.errors import ClientTlsError, TlsVerifyFailed
 
 #: The variables requests and curl read for a CA bundle, in requests' order.
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")

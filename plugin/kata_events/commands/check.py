@@ -19,11 +19,13 @@ import sys
 from typing import List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from kata_events import api, certs, errors, keypair, state, tls, transport
+from kata_events import certs, keypair
+from kata_events.commands.run import build_client, token_store
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
-from kata_events.run_command import build_client, token_store
+from kata_events.source import api, errors, tls, transport
+from kata_events.state import store as state
 
 DESCRIPTION = """\
 Check a set-up without streaming events: the configuration, the certificate and key, each

@@ -23,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
+from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import UserError
-from kata_events.locate import RunFiles, add_location_arguments, locate
 
 DESCRIPTION = """\
 Say how a run is doing, from local files only (the state file, the status record the run
@@ -228,7 +228,7 @@ def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events status``; returns 0..3."""
-    from kata_events.state import StateError, TokenStore
+    from kata_events.state.store import StateError, TokenStore
     from kata_events.status_record import read_record
 
     now = time.time()

@@ -16,16 +16,16 @@ from types import FrameType
 from typing import Any, Dict, List, Optional
 
 from kata_events import __version__, keypair, logs
-from kata_events.acks import choose_ack_mode
-from kata_events.api import EventsClient
+from kata_events.commands.locate import status_path
 from kata_events.config import Config, describe, load_run_config, requested_log_format
-from kata_events.delivery import LineWriter, make_delivery
+from kata_events.delivery.acks import choose_ack_mode
+from kata_events.delivery.policies import LineWriter, make_delivery
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
-from kata_events.locate import status_path
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
-from kata_events.state import StateError, TokenStore
+from kata_events.source.api import EventsClient
+from kata_events.state.store import StateError, TokenStore
 from kata_events.status_record import Health
 
 DESCRIPTION = """\
@@ -269,7 +269,7 @@ def _install_signal_handlers(runner: Runner) -> Any:
     signal.signal(signal.SIGUSR1, wake)
     main_ident = threading.main_thread().ident or 0
     runner.wake_main = lambda: signal.pthread_kill(main_ident, signal.SIGUSR1)
-    # SIGALRM: the overall deadline of a network wait (kata_events.deadlines).
+    # SIGALRM: the overall deadline of a network wait (kata_events.source.deadlines).
     return runner.deadlines.install()
 
 

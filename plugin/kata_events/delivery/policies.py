@@ -7,7 +7,7 @@ write as success.
 
 A `Delivery` joins the writer to a `DeliveryLedger` and the token store: the runner says where pages
 begin and end, lines are written in pieces of at most `PIECE_BYTES` and `PIECE_LINES`, and after
-each piece the ledger knows the delivery point (`kata_events.progress.Point`: a token and how many
+each piece the ledger knows the delivery point (`kata_events.state.progress.Point`: a token and how many
 events of its answer are delivered, with their digest) that the taken position stands for. A point
 with a new token is committed durably (the state file); a point further into the same page is
 noted cheaply (the companion record). All of it goes through `Delivery._persist`. Before each piece, writing
@@ -33,7 +33,7 @@ last line has settled, while the reader stays there.
 Commits may happen on a background thread (acknowledgements and drain arrive while the loop waits
 in a long poll); all ledger updates and commits are serialised by one lock. A commit or a
 regular-file stdout failing mid-run on a disk fault does not end the process: it is reported to
-the `DiskHealth` (`kata_events.disk_faults`), the point reached but not saved is kept, and
+the `DiskHealth` (`kata_events.delivery.disk_faults`), the point reached but not saved is kept, and
 `retry` saves it once the disk works again. This module writes nothing but event lines to stdout
 and never logs tokens.
 """
@@ -53,13 +53,13 @@ import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from kata_events import logs
-from kata_events.acks import AckEvent, AckParser
-from kata_events.disk_faults import DiskHealth, is_disk_fault
+from kata_events.delivery.acks import AckEvent, AckParser
+from kata_events.delivery.disk_faults import DiskHealth, is_disk_fault
+from kata_events.delivery.ledger import DeliveryLedger
 from kata_events.exits import ExitStatus
 from kata_events.fds import fd_kind
-from kata_events.ledger import DeliveryLedger
-from kata_events.progress import Point, joined
-from kata_events.state import StateError, short_token
+from kata_events.state.progress import Point, joined
+from kata_events.state.store import StateError, short_token
 
 #: errno values that mean "the reader is gone" rather than "try again".
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF}

@@ -18,7 +18,7 @@ Units written for a page that failed mid-body (no :meth:`~DeliveryLedger.page_en
 positions, because the consumer acknowledges them too, but they release no token: the next page end
 covers them. After a restart those lines are sent again (at-least-once).
 
-Delivery points (`kata_events.progress.Point`): beside the page marks the ledger keeps a trail of
+Delivery points (`kata_events.state.progress.Point`): beside the page marks the ledger keeps a trail of
 checkpoints, one per piece written: the token the current page was asked with, how many of its
 events are written by then, and the running digest of their bytes. `point_at` turns a taken position
 into the newest point at or before it, so a restart can skip exactly what was delivered inside a
@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Optional, Tuple
 
-from kata_events.progress import Point, new_hasher
+from kata_events.state.progress import Point, new_hasher
 
 #: A checkpoint: (position, token the page was asked with, events of the page up to here, hasher,
 #: event lines written by the process up to here).

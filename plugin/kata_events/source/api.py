@@ -2,11 +2,11 @@
 
 It builds requests the way the Central Node expects (``max_events`` and ``max_timeout`` always,
 ``filter`` only when creating a subscription, ``continuation_token`` once there is one), sends them
-through requests (`kata_events.transport`: the TLS settings of `kata_events.tls`, proxies), tries
-several base URLs in turn on connection failure, and translates every requests/urllib3/`ssl`/
-`OSError` failure into the project's own exceptions (`kata_events.errors`), here and only here.
-The body splitter (`kata_events.stream`, msgspec) is loaded when the first body arrives, and checks
-the answer's envelope against `ENVELOPE_SCHEMA`. It never writes to stdout and never logs.
+through requests (`transport`: the TLS settings of `tls`, proxies), tries several base URLs in turn
+on connection failure, and translates every requests/urllib3/`ssl`/`OSError` failure into the
+project's own exceptions (`errors`), here and only here. The body splitter (`stream`, msgspec) is
+loaded when the first body arrives, and checks the answer's envelope against `ENVELOPE_SCHEMA`. It
+never writes to stdout and never logs.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
-from kata_events import __version__, tls, transport
-from kata_events.errors import (
+from kata_events import __version__
+from kata_events.options import MAX_EVENT_BYTES_DEFAULT
+from kata_events.source import tls, transport
+from kata_events.source.errors import (
     ApiError,
     BadRequest,
     BadResponse,
@@ -36,11 +38,10 @@ from kata_events.errors import (
     Unauthorized,
     Unavailable,
 )
-from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.tokens import token_problem
+from kata_events.source.tokens import token_problem
 
 if TYPE_CHECKING:
-    from kata_events.stream import PageSplitter, SkippedEvent
+    from kata_events.source.stream import PageSplitter, SkippedEvent
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
 #: Large reads keep Python's per-chunk work small next to the bytes moved.
@@ -248,7 +249,7 @@ class Page:
         sock: Optional[socket.socket] = None,
     ) -> None:
         # msgspec and the splitter load here, once the first answer is in: not before the first request.
-        from kata_events.stream import PageSplitter
+        from kata_events.source.stream import PageSplitter
 
         self._response = response
         self.base_url = base_url
@@ -282,7 +283,7 @@ class Page:
 
     def batches(self) -> Iterator[List[bytes]]:
         """Events as they arrive, a list per network chunk; each item is one line without newline."""
-        from kata_events.stream import MalformedBody
+        from kata_events.source.stream import MalformedBody
 
         encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
         self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
@@ -305,7 +306,7 @@ class Page:
 
     def finish(self) -> str:
         """The page's continuation token, once the whole body was read and checked."""
-        from kata_events.stream import MalformedBody
+        from kata_events.source.stream import MalformedBody
 
         try:
             envelope = self._splitter.close()
