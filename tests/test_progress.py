@@ -176,7 +176,7 @@ def test_a_stop_going_back_is_not_undone_by_the_drain_thread_closing(tmp_path: P
         time.sleep(1.3)
         os.read(read_end, 30 * len(line))
         time.sleep(0.2)
-        delivery.stop_asked(time.monotonic())
+        delivery.stop.ask("SIGTERM")
         delivery.finish(timeout=0.1)
         went_back = list(records)
         time.sleep(0.3)  # the drain thread polls again meanwhile

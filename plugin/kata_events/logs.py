@@ -146,7 +146,7 @@ _CATALOGUE = (
     EventSpec(
         "commit",
         logging.DEBUG,
-        ("pages", "position", "events", "token"),
+        ("pages", "events", "token"),
         "A continuation token was saved: everything before it is delivered (and the first "
         "`events` of the page after it).",
     ),

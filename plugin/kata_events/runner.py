@@ -14,17 +14,15 @@ after them. When they do not (the server answered with other events, or fewer), 
 skipped: the answer is asked for again and delivered whole, and a warning says why. The same
 check lets a page retried after a broken transfer skip what this process already wrote.
 
-Signal handlers only record the request to stop. While the loop is blocked in the network
-(`interruptible` sections) the handler also raises `StopRequested`, which unwinds the blocked call
-at once; commits never run inside such a section, so a stop can't tear one. The same sections
-carry an overall deadline (`kata_events.source.deadlines`): a server trickling its answer byte by byte is
-abandoned and retried. Writes are never interrupted that way: the writer polls for room and
-looks at the stop flag itself.
+Stopping is one state (`kata_events.stopping.Stop`), shared with the client and the delivery.
+Signal handlers only record the request in it; nothing is raised into a blocked call. Every wait
+looks at it between short slices: the hand-over of the request's answer and of each part of the
+body (which also carry the overall deadline that abandons a trickling server), the writer waiting
+for room, the retry sleep.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
@@ -35,13 +33,13 @@ from kata_events import __version__, logs
 from kata_events.backoff import Backoff
 from kata_events.delivery.policies import ConsumerGone, Delivery, OutputFailed, WriteStopped
 from kata_events.exits import ExitStatus
-from kata_events.source.api import CONNECT_TIMEOUT, READ_TIMEOUT_MARGIN, EventsClient, Page, file_fingerprint
-from kata_events.source.deadlines import Deadlines, RequestAbandoned
+from kata_events.source.api import EventsClient, Page, file_fingerprint
 from kata_events.source.errors import (
     ApiError,
     BadRequest,
     BadResponse,
     ClientTlsError,
+    Interrupted,
     SubscriptionLost,
     TlsVerifyFailed,
     TokenRefused,
@@ -52,6 +50,7 @@ from kata_events.source.fault_advice import RepeatedFault, persistent_advice
 from kata_events.source.tokens import token_problem
 from kata_events.state.progress import Point, joined, new_hasher
 from kata_events.state.store import StateError, TokenStore, short_token
+from kata_events.stopping import Stop
 
 if TYPE_CHECKING:
     from kata_events.metrics import Snapshot
@@ -73,9 +72,6 @@ ONCE_MAX_TIMEOUT = 1
 FINISH_WAIT = 0.1
 #: --once waits this long at most for the reader to take the last page before its last commit.
 ONCE_FINISH_WAIT = 10.0
-#: A network wait may outlast its socket timeouts by this much before it is abandoned (the per-read
-#: timeouts fire first when they apply, with their own message).
-DEADLINE_SLACK = 5.0
 #: The server keeps events at most this long.
 RETENTION_SECONDS = 7200
 
@@ -93,7 +89,7 @@ def retry_reason(exc: ApiError) -> str:
 
 
 class StopRequested(BaseException):
-    """Raised inside a blocking call when SIGTERM/SIGINT arrives (BaseException: no `except Exception`)."""
+    """Unwinds the loop from inside a page once it is to stop (never raised by a signal handler)."""
 
 
 class ResumeMismatch(Exception):
@@ -152,6 +148,7 @@ class Runner:
         stop_after: Optional[int] = None,
         clock: Callable[[], float] = time.time,
         health: Optional[Health] = None,
+        stop: Optional[Stop] = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -170,20 +167,12 @@ class Runner:
         self.backoff = Backoff()
         self.stats = Stats()
         self.token: Optional[str] = None
-        #: Whether the loop is to stop. A plain attribute, not an Event: a signal handler runs on the
-        #: main thread inside whatever it was doing, perhaps holding the very lock it would wait for.
-        self._stopping = False
-        #: Wakes the threads that wait for the stop (the stats thread, `_sleep`); set by other threads
-        #: and by the main thread outside signal handlers.
-        self._stop = threading.Event()
-        #: Overall limits on each network wait; armed only once the process wiring installs them.
-        self.deadlines = Deadlines()
-        #: Set by every stop request (signal, STOP, broken pipe), never by --once catching up.
-        self._asked_to_stop = False
+        #: The run's one stop state, shared with the client and the delivery.
+        self.stop = stop if stop is not None else delivery.stop
+        #: Set by the main thread once the loop has ended: wakes the stats thread.
+        self._ended = threading.Event()
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None
-        self._stop_reason = ""
-        self._interruptible = False
         self._unauthorized_since: Optional[float] = None
         self._unauthorized_told = 0.0
         self._tls_files_told: Optional[str] = None
@@ -192,44 +181,16 @@ class Runner:
         # Whether the server has answered a request of this process: a refusal after that is about
         # the token, since nothing else in the request changed.
         self._answered = False
-        #: Set by the process wiring: interrupts the main thread from another thread.
-        self.wake_main: Optional[Callable[[], None]] = None
         self._failure: Optional[Tuple[ExitStatus, str]] = None
         delivery.on_failure = lambda exc: self.fail(exc)
         self._page_lines = 0
         self._limit_reached = False
-        delivery.writer.should_stop = lambda: self._stopping
 
     # -- stopping ---------------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop; safe from signal handlers and other threads.
-
-        On the main thread (a signal handler) it takes no lock: plain assignments, then
-        `StopRequested` if the main thread is in an interruptible wait. The loop sees the flag at
-        its next check, and `run` wakes the other waiters once it ends.
-        """
-        first = not self._stopping
-        if first:
-            self._stop_reason = reason
-            self.delivery.stop_asked(time.monotonic())
-        self._stopping = True
-        self._asked_to_stop = True
-        if threading.current_thread() is not threading.main_thread():
-            self._stop.set()
-            # Another thread (the ack reader on STOP) cannot raise into the main thread: it asks
-            # `wake_main` to signal it, so a blocked long poll or write returns at once. Only the
-            # first request does: once stopping, the main thread is awake already, and may have
-            # put back the default SIGUSR1 action, which would kill the process.
-            if not first:
-                return
-            if self.wake_main is not None:
-                self.wake_main()
-            else:
-                self.client.abort()
-        elif self._interruptible:
-            self._interruptible = False
-            raise StopRequested(reason)
+        """Ask the loop to stop; safe from signal handlers and other threads (it only records)."""
+        self.stop.ask(reason)
 
     def _resume_from_written(self) -> None:
         """A page failed mid-body: what this process already wrote of it need not be written again."""
@@ -241,29 +202,15 @@ class Runner:
         """A background thread hit an error the process cannot go on with: stop with its code."""
         code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
         self._failure = (ExitStatus(code), str(exc))
-        self.request_stop("error")
+        self.stop.ask("error")
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
-
-    @contextlib.contextmanager
-    def interruptible(self) -> Iterator[None]:
-        """A section where a stop request raises StopRequested instead of waiting for the loop."""
-        # Flag first, then look: a signal landing between the two would otherwise find the section
-        # not yet interruptible and leave the loop blocked in a long poll for minutes.
-        self._interruptible = True
-        try:
-            if self._stopping:
-                raise StopRequested(self._stop_reason)
-            yield
-        finally:
-            self._interruptible = False
+        return self.stop.stopping
 
     def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` unless asked to stop (by a signal: it raises out of the wait)."""
-        with self.interruptible():
-            self._stop.wait(max(0.0, seconds))
+        """Wait ``seconds`` unless asked to stop."""
+        self.stop.sleep(seconds)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -337,14 +284,14 @@ class Runner:
         except StateError as exc:
             self._failure = (ExitStatus(exc.exit_code), str(exc))
         finally:
-            self._stopping = True
-            self._stop.set()
+            drained = self.once and self.stop.reason in ("", "caught up")
+            self.stop.end()
+            self._ended.set()
             try:
-                drained = self.once and self._stop_reason in ("", "caught up")
                 self.delivery.finish(
                     timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT,
                     clean=drained,
-                    interrupted=lambda: self._asked_to_stop,
+                    interrupted=lambda: self.stop.asked,
                 )
             except ConsumerGone:
                 pass
@@ -368,45 +315,32 @@ class Runner:
             self.client.close()
             if stats_thread is not None:
                 stats_thread.join(timeout=1.0)
-            if gone and not self._stop_reason:
-                self._stop_reason = "consumer gone"
+            if gone:
+                self.stop.end("consumer gone")
             if self._failure is not None:
                 code, message = self._failure
-                self._stop_reason = "error"
+                self.stop.reason = "error"
                 logs.emit("fatal", message, exit_code=int(code), reason="error")
             self._emit_stats("stop", final=True, exit_code=int(code))
             self.up = False
             if self.health is not None:
-                self.health.stopped(self._stop_reason or "finished")
+                self.health.stopped(self.stop.reason or "finished")
         return int(code)
 
     def _loop(self) -> ExitStatus:
-        while not self._stopping:
-            self.delivery.wait_for_room(lambda: self._stopping)
-            if self._stopping:
+        while not self.stop.stopping:
+            self.delivery.wait_for_room(lambda: self.stop.stopping)
+            if self.stop.stopping:
                 break
             if self.delivery.health.paused:
                 # No new page while the last one cannot be saved: retry that with backoff instead.
-                self._sleep(self.delivery.health.next_delay())
-                if not self._stopping:
+                if not self.stop.sleep(self.delivery.health.next_delay()):
                     self.delivery.retry()
                 continue
             try:
                 count = self._one_page()
-            except StopRequested:
+            except (StopRequested, Interrupted):
                 break
-            except RequestAbandoned as exc:
-                self.client.abort()  # the connection is mid-answer: never reuse it
-                self._resume_from_written()
-                slow = Unavailable(
-                    f"{self.client.url}: {exc}: request abandoned (the server, or something in "
-                    "between, answers too slowly: a TLS handshake, headers or body trickling in)",
-                    reason="timeout",
-                )
-                code = self._handle_failure(slow)
-                if code is not None:
-                    return code
-                continue
             except ApiError as exc:
                 self._resume_from_written()
                 code = self._handle_failure(exc)
@@ -415,17 +349,15 @@ class Runner:
                 continue
             if self.once and count < self.client.max_events:
                 logs.emit("caught_up", "caught up with the server (--once): exiting")
-                self._stop_reason = "caught up"
+                self.stop.end("caught up")
                 break
         return ExitStatus.OK
 
     def _one_page(self) -> int:
         """Fetch, deliver and end one page; returns its number of events, skipped ones included."""
         started = time.monotonic()
-        connects = CONNECT_TIMEOUT * (len(self.client.urls) - 1)
         try:
-            with self.interruptible(), self.deadlines.limit(connects + self._wait_limit(), "answer"):
-                page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
+            page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
         finally:
             self._report_tls_files()
         self._answered = True
@@ -527,7 +459,7 @@ class Runner:
             try:
                 self.delivery.write(batch)
             except WriteStopped:
-                raise StopRequested(self._stop_reason) from None
+                raise StopRequested(self.stop.reason) from None
             self.stats.written += len(batch)
             if self._limit_reached:
                 self._stop_after_shown()
@@ -549,14 +481,8 @@ class Runner:
         self._tls_files_told = problem
 
     def _next_batch(self, batches: Iterator[List[bytes]]) -> Optional[List[bytes]]:
-        """The next batch of the body, within the deadline (a trickle is abandoned, skipping or not)."""
-        with self.interruptible(), self.deadlines.limit(self._wait_limit(), "part of the body"):
-            return next(batches, None)
-
-    def _wait_limit(self) -> float:
-        """Seconds a request's answer, or the next chunk of its body, may take at most."""
-        max_timeout = ONCE_MAX_TIMEOUT if self.once else self.client.max_timeout
-        return max_timeout + READ_TIMEOUT_MARGIN + DEADLINE_SLACK
+        """The next batch of the body (the page's hand-over bounds the wait, skipping or not)."""
+        return next(batches, None)
 
     def _report_skipped(self, page: Page) -> None:
         for skipped in page.take_skipped():
@@ -592,9 +518,8 @@ class Runner:
         """``stop_after`` lines are written: count the unfinished page's lines and stop."""
         self.stats.events += self._page_lines
         self.stats.pages += 1
-        self._stop_reason = f"{self.stop_after} events shown"
-        self._stopping = True
-        raise StopRequested(self._stop_reason)
+        self.stop.end(f"{self.stop_after} events shown")
+        raise StopRequested(self.stop.reason)
 
     def _check_line_lengths(self, batch: List[bytes]) -> None:
         longest = max(len(line) for line in batch) + 1
@@ -656,7 +581,7 @@ class Runner:
     def _handle_failure(self, exc: ApiError) -> Optional[ExitStatus]:
         """Log a failed request and wait before the next; returns an exit code only for fatal ones."""
         if isinstance(exc, BadRequest):
-            self._stop_reason = "bad request"
+            self.stop.end("bad request")
             logs.emit(
                 "bad_request",
                 f"the Central Node rejected the request: {exc.reason}. Check the filter and "
@@ -666,7 +591,7 @@ class Runner:
             )
             return ExitStatus.CONFIG
         if isinstance(exc, ClientTlsError):
-            self._stop_reason = "client certificate"
+            self.stop.end("client certificate")
             logs.emit("client_certificate", str(exc))
             return ExitStatus.CONFIG
         if isinstance(exc, Unauthorized):
@@ -701,7 +626,7 @@ class Runner:
                 reason=str(exc),
             )
             try:
-                self.store.clear()
+                self.delivery.forget_token(self.store.clear)
             except StateError as exc:
                 # The saved token is the lost one: a restart gets the same 404 and starts anew too.
                 logs.emit("state", f"cannot forget the lost token: {exc}", level="WARNING")
@@ -830,7 +755,7 @@ class Runner:
             return None
 
         def tick() -> None:
-            while not self._stop.wait(self.stats_interval):
+            while not self._ended.wait(self.stats_interval):
                 self._emit_stats("stats")
                 self.delivery.check_ack_timeout()
 
@@ -859,7 +784,7 @@ class Runner:
         )
         counts = f"{logs.counted(s.events, 'event')} in {logs.counted(s.pages, 'page')}"
         if final:
-            reason = self._stop_reason or "finished"
+            reason = self.stop.reason or "finished"
             message = f"stopped ({reason}): {counts}"
             logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
         else:

@@ -56,10 +56,12 @@ from kata_events import logs
 from kata_events.delivery.acks import AckEvent, AckParser
 from kata_events.delivery.disk_faults import DiskHealth, is_disk_fault
 from kata_events.delivery.ledger import DeliveryLedger
+from kata_events.delivery.recorder import Recorder
 from kata_events.exits import ExitStatus
 from kata_events.fds import fd_kind
 from kata_events.state.progress import Point, joined
-from kata_events.state.store import StateError, short_token
+from kata_events.state.store import short_token
+from kata_events.stopping import Stop
 
 #: errno values that mean "the reader is gone" rather than "try again".
 _GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF}
@@ -252,6 +254,8 @@ class Delivery:
 
     mode = "none"
     guarantee = "a page counts as delivered once written"
+    #: Whether writing waits for a page's commit to be durable before it goes on.
+    wait_for_commits = True
     #: Units of the ledger's positions: "bytes" or "lines".
     units = "bytes"
 
@@ -261,41 +265,29 @@ class Delivery:
         commit: Callable[[Point], None],
         note: Optional[Callable[[Point, bool], None]] = None,
         settle: float = 0.0,
+        stop: Optional[Stop] = None,
     ) -> None:
+        #: The run's stop state: the writer looks at it while it waits for room, and a stop
+        #: goes back from the moment it was asked for.
+        self.stop = stop if stop is not None else Stop()
+        writer.should_stop = lambda: self.stop.stopping
         self.writer = writer
         self.settle = settle
         self.ledger = DeliveryLedger(settle=settle)
-        self._commit = commit
-        self._note = note
         self._lock = threading.Lock()
-        self._recorded: Optional[Point] = None
-        # Event lines the recorded point covers, and the writer's wait on it (RECORD_AHEAD_LINES).
-        self._recorded_lines = 0
-        self._recorded_cond = threading.Condition(self._lock)
-        self.committed_pages = 0
-        #: Told when a background thread hits an error the process cannot go on with.
-        self.on_failure: Callable[[Exception], None] = lambda exc: None
         #: Whether the state file and stdout take data; the runner pauses fetching while not.
         self.health = DiskHealth()
         writer.health = self.health
-        # The newest point reached but not saved yet (its write failed), and whether it must be
-        # written durably (a stop going back).
-        self._unsaved: Optional[Point] = None
-        self._unsaved_durable = False
-        self._unsaved_lines = 0
-        #: When a stop was first asked for (a signal, STOP, a failure), else None: the moment a
-        #: stop goes back from, however long the loop then takes to unwind on a loaded host.
-        self.stop_asked_at: Optional[float] = None
-        # Set once a stop went back to the settled point: nothing younger is recorded after it
-        # (a background thread's last check while closing must not undo the going back).
-        self._final = False
+        #: The one path to the state: the delivery point reached is offered, never written here.
+        self.recorder = Recorder(commit, note, self.health)
+        #: Told when a background thread hits an error the process cannot go on with.
+        self.on_failure: Callable[[Exception], None] = lambda exc: None
 
     # -- the runner's side ----------------------------------------------------------------------
 
     def start_from(self, point: Optional[Point]) -> None:
         """The point the state holds at start: recording begins after it."""
-        with self._lock:
-            self._recorded = point
+        self.recorder.start_from(point)
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next lines answer ``token``; its first ``events`` (digest in ``hasher``) are delivered."""
@@ -326,16 +318,19 @@ class Delivery:
         by a count. The wait ends at a stop, or while a disk fault pauses recording (the runner's
         retry then owns the state file, and the bound is the disk's, as the pause says).
         """
-        with self._recorded_cond:
-            while self.ledger.lines - self._recorded_lines >= RECORD_AHEAD_LINES and not self._wait_ends():
+        recorder = self.recorder
+        # A page's commit is waited for before writing on, as the reader's pace allows: what a
+        # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
+        while self.wait_for_commits and recorder.commit_due() and not self._wait_ends():
+            recorder.wait_for_commit(DRAIN_POLL)
+        while self.ledger.lines - recorder.lines >= RECORD_AHEAD_LINES and not self._wait_ends():
+            with self._lock:
                 self._nudge()
-                if self.ledger.lines - self._recorded_lines < RECORD_AHEAD_LINES:
-                    break
-                self._recorded_cond.wait(DRAIN_POLL)
+            recorder.wait_for_lines(self.ledger.lines - RECORD_AHEAD_LINES + 1, DRAIN_POLL)
 
     def _wait_ends(self) -> bool:
         """With the lock held: whether a wait for the record must give up (a stop, a disk fault)."""
-        return self.writer.should_stop() or self.health.paused or self._final
+        return self.stop.stopping or self.health.paused
 
     def _nudge(self) -> None:
         """With the lock held: help the record move while the writer waits for it (subclasses)."""
@@ -348,86 +343,24 @@ class Delivery:
 
     def _take(self, position: int) -> None:
         """With the lock held: record ``position`` as taken, and the delivery point it reaches."""
+        if self.stop.at is not None:
+            self.ledger.freeze(self.stop.at)
         self.ledger.taken(position, time.monotonic())
         taken = self.ledger.taken_position
-        self._record(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken))
-
-    def stop_asked(self, at: float) -> None:
-        """A stop was asked for at ``at``. Safe from a signal handler: no lock, plain assignments."""
-        if self.stop_asked_at is None:
-            self.stop_asked_at = at
-            self.ledger.freeze(at)
-
-    def _record(self, point: Optional[Point], durable: bool = False, lines: Optional[int] = None) -> None:
-        """With the lock held: persist ``point`` if it is new (a new token durably). ``lines``: the
-        event lines written up to it (None for a stop going back: no writing follows)."""
-        if point is None or self._final:
-            return
-        if point == self._recorded and self._unsaved is None and not durable:
-            if lines is not None and lines > self._recorded_lines:
-                self._recorded_lines = lines
-                self._recorded_cond.notify_all()
-            return
-        self._unsaved = point
-        self._unsaved_durable = self._unsaved_durable or durable
-        if lines is not None:
-            self._unsaved_lines = lines
-        self._save()
-
-    def _save(self, retry: bool = False) -> None:
-        """With the lock held: write the point reached last, unless the state file is failing.
-
-        While it fails, only the runner's `retry` tries again (with backoff), not every
-        acknowledgement. A failed commit leaves the previous state file whole.
-        """
-        point = self._unsaved
-        if point is None:
-            if retry:
-                self.health.recovered("state file")
-            return
-        if self.health.failing("state file") and not retry:
-            return
-        durable = self._unsaved_durable
-        # A point inside the first page of a new subscription has no token: only noted.
-        recorded = self._recorded
-        new_token = point.token is not None and (recorded is None or point.token != recorded.token)
-        commit = new_token or (durable and point.token is not None)
-        try:
-            self._persist(point, commit, durable)
-        except StateError as exc:
-            self.health.trouble("state file", str(exc))
-            return
-        self._unsaved = None
-        self._unsaved_durable = False
-        self.health.recovered("state file")
-        self._recorded = point
-        self._recorded_lines = max(self._recorded_lines, self._unsaved_lines)
-        self._recorded_cond.notify_all()
-        if commit:
-            self.committed_pages += new_token
-            logs.emit(
-                "commit",
-                "continuation token saved: everything before it is delivered"
-                + (f", and {point.events} events after it" if point.events else ""),
-                pages=self.committed_pages,
-                position=self.ledger.taken_position,
-                events=point.events,
-                token=short_token(point.token),
-            )
-
-    def _persist(self, point: Point, commit: bool, durable: bool) -> None:
-        """The one place the state is written. ``commit``: the state file (temp file, fsync, rename,
-        fsync directory); else the companion record only. ``durable``: a stop writing a point that
-        may be behind the last one noted, so the companion goes first and is fsynced too."""
-        if self._note is not None and (durable or not commit):
-            self._note(point, durable)
-        if commit:
-            self._commit(point)
+        self.recorder.offer(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken))
 
     @property
     def recorded(self) -> Optional[Point]:
         """The newest point written to the state (or loaded from it)."""
-        return self._recorded
+        return self.recorder.recorded
+
+    @property
+    def committed_pages(self) -> int:
+        return self.recorder.committed_pages
+
+    def forget_token(self, clear: Callable[[], None]) -> None:
+        """The subscription is lost: ``clear`` the saved token, through the one recorder."""
+        self.recorder.clear(clear)
 
     @property
     def unacked(self) -> int:
@@ -435,8 +368,7 @@ class Delivery:
 
     def retry(self) -> None:
         """While paused on a disk fault: try the failed step again (the runner calls it with backoff)."""
-        with self._lock:
-            self._save(retry=True)
+        self.recorder.retry()
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
         """Block while too much is unacknowledged; nothing to wait for when written is taken."""
@@ -450,9 +382,15 @@ class Delivery:
         """Last chance to record before exit. ``clean``: a --once run that caught up (a pipe then
         waits for the drain and the settle time); otherwise a stop (a pipe goes back to the point
         that had settled). ``interrupted`` says a stop was asked for meanwhile."""
+        self._finish(timeout, clean, interrupted)
+        self.recorder.flush()
+
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+        """What `finish` waits for before the last record (subclasses)."""
 
     def close(self) -> None:
-        """Stop background threads and give stdout back as it was."""
+        """Stop background threads, write what is pending, give stdout back as it was."""
+        self.recorder.close()
         self.writer.close()
 
 
@@ -471,8 +409,9 @@ class DrainDelivery(Delivery):
         kind: str,
         note: Optional[Callable[[Point, bool], None]] = None,
         settle: float = 0.0,
+        stop: Optional[Stop] = None,
     ) -> None:
-        super().__init__(writer, commit, note, settle if kind in ("pipe", "socket") else 0.0)
+        super().__init__(writer, commit, note, settle if kind in ("pipe", "socket") else 0.0, stop)
         self.kind = kind
         self.guarantee = {
             "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
@@ -572,7 +511,7 @@ class DrainDelivery(Delivery):
                 position = self.ledger.written
                 if self._fsync():
                     self._synced(position)
-            self._save(retry=True)
+        self.recorder.retry()
 
     def _watch(self) -> None:
         # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
@@ -611,9 +550,7 @@ class DrainDelivery(Delivery):
                 with self._lock:
                     self._synced(position)
 
-    def finish(
-        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
-    ) -> None:
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
         if self.kind == "file":
             with self._lock:
                 position = self.ledger.written
@@ -652,49 +589,42 @@ class DrainDelivery(Delivery):
         """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
         with self._lock:
             try:
-                self._record_settled_point()
-            finally:
-                # Nothing younger is recorded after this: not a point a failing state file left
-                # unsaved, not the drain thread's last look while it closes.
-                self._final = True
-
-    def _record_settled_point(self) -> None:
-        """With the lock held: the body of `_go_back_to_settled`."""
-        try:
-            self._check()
-        except OSError:
-            pass
-        reference = min(t for t in (time.monotonic(), self._gone_at, self.stop_asked_at) if t is not None)
-        position = self.ledger.settled_position(reference)
-        point = self.ledger.point_at(position)
-        self._unsaved = None
-        self._unsaved_durable = False
-        if point is None or point == self._recorded:
-            return
-        younger = self.ledger.taken_position - position
-        if point.first_page and self._recorded is not None and self._recorded.token is not None:
-            # Inside the first page of a new subscription, whose token is committed already: no
-            # token to go back to. Starting a new subscription instead would skip more than it saves.
+                self._check()
+            except OSError:
+                pass
+            reference = min(t for t in (time.monotonic(), self._gone_at, self.stop.at) if t is not None)
+            position = self.ledger.settled_position(reference)
+            point = self.ledger.point_at(position)
+            younger = self.ledger.taken_position - position
+        # Nothing younger is recorded after this: not a point a failing state file left unsaved,
+        # not the drain thread's last look while it closes.
+        with self.recorder.final():
+            recorded = self.recorder.recorded
+            if point is None or point == recorded:
+                return
+            if point.first_page and recorded is not None and recorded.token is not None:
+                # Inside the first page of a new subscription, whose token is committed already: no
+                # token to go back to. Starting a new subscription instead would skip more than it saves.
+                logs.emit(
+                    "settle",
+                    f"stopping: the last {younger} bytes the reader took, in the last "
+                    f"{self.settle:g} s (settle_time), belong to the first page of a new "
+                    "subscription, which has no token to go back to: they count as delivered",
+                    level="WARNING",
+                    bytes=younger,
+                    settle_time=self.settle,
+                )
+                return
             logs.emit(
                 "settle",
-                f"stopping: the last {younger} bytes the reader took, in the last "
-                f"{self.settle:g} s (settle_time), belong to the first page of a new "
-                "subscription, which has no token to go back to: they count as delivered",
-                level="WARNING",
+                f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
+                "(settle_time), do not count as delivered; they are sent again at the next start",
                 bytes=younger,
                 settle_time=self.settle,
+                events=point.events,
+                token=short_token(point.token),
             )
-            return
-        logs.emit(
-            "settle",
-            f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
-            "(settle_time), do not count as delivered; they are sent again at the next start",
-            bytes=younger,
-            settle_time=self.settle,
-            events=point.events,
-            token=short_token(point.token),
-        )
-        self._record(point, durable=True)
+            self.recorder.write_final(point)
 
     def close(self) -> None:
         self._closing = True
@@ -716,6 +646,7 @@ class AckDelivery(Delivery):
 
     mode = "lines"
     guarantee = "a line counts as delivered once the shipper acknowledged it"
+    wait_for_commits = False
     units = "lines"
 
     def __init__(
@@ -724,17 +655,19 @@ class AckDelivery(Delivery):
         commit: Callable[[Point], None],
         note: Optional[Callable[[Point, bool], None]] = None,
         *,
-        on_stop: Callable[[str], None],
+        on_stop: Optional[Callable[[str], None]] = None,
         max_unacked: int,
         ack_timeout: float,
         stdin_fd: int = 0,
         already_read: bytes = b"",
         started: bool = False,
+        stop: Optional[Stop] = None,
     ) -> None:
-        super().__init__(writer, commit, note)
+        super().__init__(writer, commit, note, stop=stop)
         self._cond = threading.Condition(self._lock)
         self._parser = AckParser()
-        self._on_stop = on_stop
+        #: What STOP or the end of stdin does: by default, ask the run to stop.
+        self._on_stop = on_stop if on_stop is not None else self.stop.ask
         self.max_unacked = max(1, max_unacked)
         self.ack_timeout = ack_timeout
         self._fd = stdin_fd
@@ -858,9 +791,7 @@ class AckDelivery(Delivery):
                     seconds=round(age, 1),
                 )
 
-    def finish(
-        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
-    ) -> None:
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
         """Give the shipper a moment to send its last acknowledgements and STOP."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -868,14 +799,20 @@ class AckDelivery(Delivery):
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
-        with self._cond:
-            while self.ledger.unacked >= self.max_unacked and not should_stop() and not self._stopped:
-                self._cond.wait(0.25)
-                self._lock.release()
-                try:
-                    self.check_ack_timeout()
-                finally:
-                    self._lock.acquire()
+        """Before a page: wait while ``max_unacked`` lines are written but not acknowledged, or
+        acknowledged but not yet recorded (what a kill -9 sends again stays within the window
+        and a page, however long a commit takes on the disk). A disk fault ends the wait: the
+        runner's retry then owns the state file."""
+        while not should_stop() and not self._stopped and not self.health.paused:
+            if self.ledger.unacked >= self.max_unacked:
+                with self._cond:
+                    if self.ledger.unacked >= self.max_unacked:
+                        self._cond.wait(0.25)
+            elif self.ledger.lines - self.recorder.lines >= self.max_unacked:
+                self.recorder.wait_for_lines(self.ledger.lines - self.max_unacked + 1, 0.25)
+            else:
+                return
+            self.check_ack_timeout()
 
 
 def make_delivery(
@@ -884,6 +821,7 @@ def make_delivery(
     commit: Callable[[Point], None],
     note: Optional[Callable[[Point, bool], None]] = None,
     settle: float = 0.0,
+    stop: Optional[Stop] = None,
     **ack_options: object,
 ) -> Delivery:
     """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
@@ -891,10 +829,10 @@ def make_delivery(
         # After STOP the shipper takes nothing more: finishing a half-written line is pointless
         # and would eat into its closeTimeout.
         writer.finish_line_grace = 0.0
-        return AckDelivery(writer, commit, note, **ack_options)  # type: ignore[arg-type]
+        return AckDelivery(writer, commit, note, stop=stop, **ack_options)  # type: ignore[arg-type]
     if mode != "none":
         raise ValueError(f"unknown delivery mode {mode!r}")
     kind = fd_kind(writer.fd)
     if kind in ("pipe", "socket", "file"):
-        return DrainDelivery(writer, commit, kind, note, settle)
-    return Delivery(writer, commit, note)
+        return DrainDelivery(writer, commit, kind, note, settle, stop)
+    return Delivery(writer, commit, note, stop=stop)

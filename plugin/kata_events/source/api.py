@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
@@ -32,6 +33,7 @@ from kata_events.source.errors import (
     BadRequest,
     BadResponse,
     ClientTlsError,
+    Interrupted,
     SubscriptionLost,
     TlsVerifyFailed,
     TokenRefused,
@@ -39,6 +41,7 @@ from kata_events.source.errors import (
     Unavailable,
 )
 from kata_events.source.tokens import token_problem
+from kata_events.stopping import STOP_POLL, Stop
 
 if TYPE_CHECKING:
     from kata_events.source.stream import PageSplitter, SkippedEvent
@@ -49,6 +52,10 @@ CHUNK_SIZE = 1 << 20
 CONNECT_TIMEOUT = 10.0
 #: The server may hold a long poll for ``max_timeout``; allow this much more before giving up.
 READ_TIMEOUT_MARGIN = 10.0
+#: A network wait may outlast its socket timeouts by this much before it is abandoned (the per-read
+#: timeouts fire first when they apply, with their own message). Per-read timeouts do not bound a
+#: request whose server trickles a byte every few seconds: this overall limit does.
+DEADLINE_SLACK = 5.0
 #: How much of an error body is read, and how much of it is quoted in a message.
 ERROR_BODY_LIMIT = 65536
 EXCERPT_CHARS = 200
@@ -170,6 +177,26 @@ def envelope_problem(envelope: Dict[str, Any]) -> Optional[str]:
     return f"{where}: {error.message}"
 
 
+class Abandoned(Exception):
+    """No answer, or no next part of the body, within the overall limit (see `handover`)."""
+
+
+def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any:
+    """The next item another thread hands over in ``box``: waits at most ``limit`` seconds, looking
+    at ``stop`` every `STOP_POLL`. Raises `Interrupted` at a stop, `Abandoned` past the limit."""
+    deadline = time.monotonic() + limit
+    while True:
+        if stop.stopping:
+            raise Interrupted(f"stopped while waiting for the {stage}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Abandoned(f"no {stage} within {limit:.0f} s")
+        try:
+            return box.get(timeout=min(left, STOP_POLL))
+        except queue.Empty:
+            continue
+
+
 class _ReadAhead:
     """Reads and splits a body in a thread, a few chunks ahead of the caller.
 
@@ -227,9 +254,10 @@ class _ReadAhead:
             except queue.Full:
                 continue
 
-    def get(self) -> Optional[Tuple[List[bytes], List[SkippedEvent]]]:
-        """The next chunk's events and skipped events (None at the end); raises what failed."""
-        item = self._queue.get()
+    def get(self, limit: float, stop: Stop) -> Optional[Tuple[List[bytes], List[SkippedEvent]]]:
+        """The next chunk's events and skipped events (None at the end); raises what failed, or
+        `Interrupted` / `Abandoned` when a stop or ``limit`` seconds come first."""
+        item = handover(self._queue, limit, stop, "part of the body")
         if isinstance(item, BaseException):
             raise item
         return item
@@ -247,6 +275,8 @@ class Page:
         base_url: str,
         max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
         sock: Optional[socket.socket] = None,
+        limit: float = 3600.0,
+        stop: Optional[Stop] = None,
     ) -> None:
         # msgspec and the splitter load here, once the first answer is in: not before the first request.
         from kata_events.source.stream import PageSplitter
@@ -254,6 +284,9 @@ class Page:
         self._response = response
         self.base_url = base_url
         self._sock = sock
+        #: How long the next part of the body may take, and the stop that ends the wait early.
+        self._limit = limit
+        self._stop = stop or Stop()
         self._splitter = PageSplitter(max_event_bytes)
         self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []
@@ -289,7 +322,7 @@ class Page:
         self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
         try:
             while True:
-                item = self._reader.get()
+                item = self._reader.get(self._limit, self._stop)
                 if item is None:
                     break
                 events, skipped = item
@@ -298,6 +331,8 @@ class Page:
                     yield events
         except MalformedBody as exc:
             raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
+        except Abandoned as exc:
+            raise abandoned(self.base_url, exc) from None
         except _CONNECTION_ERRORS as exc:
             raise Unavailable(
                 f"the connection broke after {self.bytes_read} bytes of the page: "
@@ -348,6 +383,15 @@ class Page:
         self.close()
 
 
+def abandoned(base: str, exc: Abandoned) -> Unavailable:
+    """The retried failure of a request given up on at its overall limit."""
+    return Unavailable(
+        f"{base}: {exc}: request abandoned (the server, or something in between, answers too "
+        "slowly: a TLS handshake, headers or body trickling in)",
+        reason="timeout",
+    )
+
+
 def _shutdown(sock: socket.socket) -> None:
     """Shut down a connection's socket (from any thread); errors are ignored."""
     try:
@@ -387,6 +431,7 @@ class EventsClient:
         filter: str = "",
         max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
         proxy: Optional[str] = None,
+        stop: Optional[Stop] = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
@@ -404,6 +449,8 @@ class EventsClient:
         self.max_timeout = max_timeout
         self.filter = filter
         self.max_event_bytes = max_event_bytes
+        #: Ends a wait for an answer or a body early (the run's stop state).
+        self.stop = stop or Stop()
         self._current = 0
         self._context: Optional[ssl.SSLContext] = None
         #: What the files the TLS settings were made from looked like then (see `_files_stamp`).
@@ -441,8 +488,50 @@ class EventsClient:
             params["filter"] = self.filter
         return params
 
+    def wait_limit(self, max_timeout: Optional[int] = None) -> float:
+        """Seconds a request's answer, or the next part of its body, may take at most."""
+        return int(max_timeout or self.max_timeout) + READ_TIMEOUT_MARGIN + DEADLINE_SLACK
+
     def fetch(self, token: Optional[str], max_timeout: Optional[int] = None) -> Page:
-        """Send one request and return the page, still streaming; raises `ApiError` subclasses."""
+        """Send one request and return the page, still streaming; raises `ApiError` subclasses.
+
+        The request runs on its own thread and is handed over: a stop (`Interrupted`) or the
+        overall limit (a trickling handshake or headers) ends the wait without waiting for the
+        socket, and the connection is cut so that thread ends too.
+        """
+        limit = CONNECT_TIMEOUT * (len(self.urls) - 1) + self.wait_limit(max_timeout)
+        box: queue.Queue[Any] = queue.Queue(1)
+        given_up = threading.Event()
+
+        def request() -> None:
+            try:
+                result: Any = self._fetch(token, max_timeout)
+            except BaseException as exc:  # handed to the waiting thread, which decides
+                result = exc
+            box.put(result)
+            if given_up.is_set() and isinstance(result, Page):
+                result.close()
+
+        threading.Thread(target=request, name="request", daemon=True).start()
+        try:
+            result = handover(box, limit, self.stop, "answer")
+        except (Interrupted, Abandoned) as exc:
+            given_up.set()
+            self.abort()
+            try:
+                late = box.get_nowait()  # answered just now: nobody will read it
+            except queue.Empty:
+                late = None
+            if isinstance(late, Page):
+                late.close()
+            if isinstance(exc, Abandoned):
+                raise abandoned(self.url, exc) from None
+            raise
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _fetch(self, token: Optional[str], max_timeout: Optional[int]) -> Page:
         params = self.params(token, max_timeout)
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
         self._aborted = False
@@ -456,7 +545,7 @@ class EventsClient:
                 failures.append(str(exc))
                 continue
             self._current = index
-            return self._check_status(response, base, token)
+            return self._check_status(response, base, token, self.wait_limit(max_timeout))
         if len(failures) == 1:
             raise Unavailable(failures[0])
         raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")
@@ -552,10 +641,13 @@ class EventsClient:
         self.tls_files_problem = None
         self._transport.mount(ctx, self.pin_sha256)
 
-    def _check_status(self, response: requests.Response, base: str, token: Optional[str] = None) -> Page:
+    def _check_status(
+        self, response: requests.Response, base: str, token: Optional[str] = None, limit: float = 3600.0
+    ) -> Page:
         status = response.status_code
         if status == 200:
-            return Page(response, base, self.max_event_bytes, getattr(self._active, "sock", None))
+            sock = getattr(self._active, "sock", None)
+            return Page(response, base, self.max_event_bytes, sock, limit, self.stop)
         try:
             # A body read to its end leaves the connection ready for the next request.
             body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
