@@ -24,13 +24,16 @@ PARTS = {
 }
 
 
+#: Top-level modules that are not shared ones: the entry point, and the runner's own modules.
+TOP_MODULES = {"cli": "entry", "__main__": "entry", "failures": "runner", "stats": "runner"}
+
+
 def part_of(module: str) -> str:
     """``kata_events.delivery.acks`` -> ``delivery``; ``kata_events.cli`` -> ``entry``; the other
     top-level modules -> ``shared``."""
     parts = module.split(".")
     name = parts[1] if len(parts) > 1 else "__init__"
-    if name in ("cli", "__main__"):
-        return "entry"
+    name = TOP_MODULES.get(name, name)
     return name if name in PARTS or name == "emulator" else "shared"
 
 

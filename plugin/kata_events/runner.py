@@ -23,48 +23,26 @@ for room, the retry sleep.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
 
-from kata_events import __version__, logs
-from kata_events.backoff import Backoff
+from kata_events import logs
 from kata_events.delivery.policies import ConsumerGone, Delivery, OutputFailed, WriteStopped
 from kata_events.exits import ExitStatus
-from kata_events.source.api import EventsClient, Page, file_fingerprint
-from kata_events.source.errors import (
-    ApiError,
-    BadRequest,
-    BadResponse,
-    ClientTlsError,
-    Interrupted,
-    SubscriptionLost,
-    TlsVerifyFailed,
-    TokenRefused,
-    Unauthorized,
-    Unavailable,
-)
-from kata_events.source.fault_advice import RepeatedFault, persistent_advice
+from kata_events.failures import Failures
+from kata_events.source.api import EventsClient, Page
+from kata_events.source.errors import ApiError, Interrupted
 from kata_events.source.tokens import token_problem
 from kata_events.state.progress import Point, joined, new_hasher
 from kata_events.state.store import StateError, TokenStore, short_token
+from kata_events.stats import Reports
 from kata_events.stopping import Stop
 
 if TYPE_CHECKING:
     from kata_events.metrics import Snapshot
     from kata_events.status_record import Health
 
-#: After the first 401, retried this often while an administrator is likely approving right now...
-UNAUTHORIZED_RETRY_FRESH = 5.0
-#: ...for this long; then at the slower pace below: approval is a human step in the web interface.
-UNAUTHORIZED_FRESH_FOR = 300.0
-UNAUTHORIZED_RETRY = 30.0
-#: The 401 explanation is repeated this often while approval is still missing.
-UNAUTHORIZED_REMIND = 600.0
-#: A lag warning is repeated at most this often while the lag stays above the threshold.
-LAG_WARN_EVERY = 300.0
 #: In --once mode the server need not hold the request open: we only drain what is there.
 ONCE_MAX_TIMEOUT = 1
 #: How long a clean stop waits for the tail: in ack mode for the shipper's STOP (and the
@@ -72,20 +50,6 @@ ONCE_MAX_TIMEOUT = 1
 FINISH_WAIT = 0.1
 #: --once waits this long at most for the reader to take the last page before its last commit.
 ONCE_FINISH_WAIT = 10.0
-#: The server keeps events at most this long.
-RETENTION_SECONDS = 7200
-
-_TIMESTAMP = re.compile(rb'"Timestamp"\s*:\s*"?(\d{9,19})')
-
-
-def retry_reason(exc: ApiError) -> str:
-    """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
-    (timeout, http_error, connection)."""
-    if isinstance(exc, TlsVerifyFailed):
-        return "tls"
-    if isinstance(exc, BadResponse):
-        return "bad_response"
-    return exc.reason if isinstance(exc, Unavailable) else "connection"
 
 
 class StopRequested(BaseException):
@@ -94,42 +58,6 @@ class StopRequested(BaseException):
 
 class ResumeMismatch(Exception):
     """The answer to the resume token does not start with the events recorded as delivered."""
-
-
-def event_age(line: bytes, now: float) -> Optional[float]:
-    """Seconds since an event's ``Timestamp`` (epoch seconds, ms or µs), or None if it has none."""
-    match = _TIMESTAMP.search(line)
-    if not match:
-        return None
-    value = int(match.group(1))
-    if value > 10**17:  # nanoseconds
-        value_s = value / 1e9
-    elif value > 10**14:  # microseconds, what the Central Node sends
-        value_s = value / 1e6
-    elif value > 10**11:  # milliseconds
-        value_s = value / 1e3
-    else:
-        value_s = float(value)
-    return max(0.0, now - value_s)
-
-
-@dataclass
-class Stats:
-    """Counters for the periodic stats line and the final one."""
-
-    started: float = field(default_factory=time.monotonic)
-    events: int = 0
-    pages: int = 0
-    bytes: int = 0
-    retries: int = 0
-    skipped: int = 0
-    #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
-    written: int = 0
-    lag_seconds: Optional[float] = None
-    #: Retries by reason (the metric's label): see `retry_reason`.
-    retry_reasons: Dict[str, int] = field(default_factory=dict)
-    #: Whether the last answer was full: the server has more, the stream is behind.
-    behind: bool = False
 
 
 class Runner:
@@ -154,33 +82,36 @@ class Runner:
         self.store = store
         self.delivery = delivery
         self.once = once
-        self.lag_warning = lag_warning
-        self.stats_interval = stats_interval
-        self.warn_line_bytes = warn_line_bytes
         self.stop_after = stop_after
-        self.clock = clock
         #: The status record `kata-events status` reads (None: not kept, e.g. in tests).
         self.health = health
-        #: Whether the Central Node answers (the up metric): False while refused or failing.
-        self.up = False
-        self.faults = RepeatedFault()
-        self.backoff = Backoff()
-        self.stats = Stats()
         self.token: Optional[str] = None
         #: The run's one stop state, shared with the client and the delivery.
         self.stop = stop if stop is not None else delivery.stop
+        self.reports = Reports(
+            delivery,
+            max_events=getattr(client, "max_events", 0),
+            max_event_bytes=getattr(client, "max_event_bytes", 0),
+            lag_warning=lag_warning,
+            stats_interval=stats_interval,
+            warn_line_bytes=warn_line_bytes,
+            clock=clock,
+            health=health,
+        )
+        self.stats = self.reports.stats
+        self.failures = Failures(
+            client,
+            self.stats,
+            self.stop,
+            health=health,
+            state_file=getattr(store, "path", None),
+            forget=self._forget_token,
+            clock=clock,
+        )
         #: Set by the main thread once the loop has ended: wakes the stats thread.
         self._ended = threading.Event()
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None
-        self._unauthorized_since: Optional[float] = None
-        self._unauthorized_told = 0.0
-        self._tls_files_told: Optional[str] = None
-        self._lag_warned = 0.0
-        self._line_warned = False
-        # Whether the server has answered a request of this process: a refusal after that is about
-        # the token, since nothing else in the request changed.
-        self._answered = False
         self._failure: Optional[Tuple[ExitStatus, str]] = None
         delivery.on_failure = lambda exc: self.fail(exc)
         self._page_lines = 0
@@ -191,6 +122,15 @@ class Runner:
     def request_stop(self, reason: str) -> None:
         """Ask the loop to stop; safe from signal handlers and other threads (it only records)."""
         self.stop.ask(reason)
+
+    def _forget_token(self) -> None:
+        """The subscription is lost: the next request starts a new one, and the state forgets it."""
+        self.token = None
+        self.delivery.forget_token(self.store.clear)
+
+    def snapshot(self) -> Snapshot:
+        """The metrics' values now (read from any thread)."""
+        return self.reports.snapshot()
 
     def _resume_from_written(self) -> None:
         """A page failed mid-body: what this process already wrote of it need not be written again."""
@@ -267,7 +207,7 @@ class Runner:
                 self.token = point.token
                 self.delivery.start_from(point)
                 self.resume = point if point.events else None
-        stats_thread = self._start_stats_thread()
+        stats_thread = self.reports.start(self._ended)
         if self.health is not None:
             self.health.start()
         code = ExitStatus.OK
@@ -321,8 +261,8 @@ class Runner:
                 code, message = self._failure
                 self.stop.reason = "error"
                 logs.emit("fatal", message, exit_code=int(code), reason="error")
-            self._emit_stats("stop", final=True, exit_code=int(code))
-            self.up = False
+            self.reports.stats_line("stop", final=True, exit_code=int(code), reason=self.stop.reason)
+            self.stats.up = False
             if self.health is not None:
                 self.health.stopped(self.stop.reason or "finished")
         return int(code)
@@ -343,8 +283,11 @@ class Runner:
                 break
             except ApiError as exc:
                 self._resume_from_written()
-                code = self._handle_failure(exc)
-                if code is not None:
+                fatal = self.failures.handle(exc)
+                if fatal is not None:
+                    code, message = fatal
+                    if message:
+                        self._failure = (code, message)
                     return code
                 continue
             if self.once and count < self.client.max_events:
@@ -359,17 +302,14 @@ class Runner:
         try:
             page = self.client.fetch(self.token, ONCE_MAX_TIMEOUT if self.once else None)
         finally:
-            self._report_tls_files()
-        self._answered = True
+            self.failures.report_tls_files()
+        self.failures.answer()
         # Kept until the skip has checked the answer: a body abandoned or broken while skipping
         # leaves the point for the retry (else it would send all the skipped events again).
         resume = self.resume
         if resume is not None and resume.token != self.token:
             resume = self.resume = None
         with page:
-            if self._unauthorized_since is not None:
-                logs.emit("approved", "the Central Node accepts this external system now")
-                self._unauthorized_since = None
             try:
                 last_line = self._deliver(page, resume)
             except ResumeMismatch as exc:
@@ -393,10 +333,8 @@ class Runner:
         self.delivery.end_page(new_token)
         self.delivery.check_ack_timeout()
         self.token = new_token
-        self.backoff.reset()
-        self.faults.clear()
-        self.up = True
-        self._account(page, count, last_line, time.monotonic() - started)
+        self.failures.succeeded()
+        self.reports.account(page, count, last_line, time.monotonic() - started)
         return page.element_count
 
     def _skip(self, batches: Iterator[List[bytes]], resume: Point) -> List[bytes]:
@@ -449,7 +387,7 @@ class Runner:
                     continue
             else:
                 batch = self._next_batch(batches)
-                self._report_skipped(page)
+                self.reports.skipped(page)
             if batch is None:
                 return last
             if self.stop_after is not None:
@@ -464,41 +402,11 @@ class Runner:
             if self._limit_reached:
                 self._stop_after_shown()
             last = batch[-1]
-            if self.warn_line_bytes and not self._line_warned:
-                self._check_line_lengths(batch)
-
-    def _report_tls_files(self) -> None:
-        """Say once why renewed certificate files are not in use yet (see `EventsClient`)."""
-        problem = self.client.tls_files_problem
-        if problem and problem != self._tls_files_told:
-            logs.emit(
-                "tls_files_changed",
-                f"the certificate, key or CA files changed but cannot be used yet ({problem}); "
-                "connections keep the last good files and will try the new ones again",
-                level="WARNING",
-                reason=problem,
-            )
-        self._tls_files_told = problem
+            self.reports.check_line_lengths(batch)
 
     def _next_batch(self, batches: Iterator[List[bytes]]) -> Optional[List[bytes]]:
         """The next batch of the body (the page's hand-over bounds the wait, skipping or not)."""
         return next(batches, None)
-
-    def _report_skipped(self, page: Page) -> None:
-        for skipped in page.take_skipped():
-            self.stats.skipped += 1
-            logs.emit(
-                "event_skipped",
-                f"element {skipped.index} of the page's events ({skipped.size} bytes from byte "
-                f"{skipped.offset} of the body) is {skipped.reason}: skipped, the rest of the page is "
-                "delivered; if such events are expected, raise max_event_bytes",
-                index=skipped.index,
-                offset=skipped.offset,
-                bytes=skipped.size,
-                reason=skipped.reason,
-                limit=self.client.max_event_bytes,
-                url=page.base_url,
-            )
 
     def _limit(self, batch: List[bytes]) -> List[bytes]:
         """Cut the batch at ``stop_after`` lines in all (the demo's --events).
@@ -520,273 +428,3 @@ class Runner:
         self.stats.pages += 1
         self.stop.end(f"{self.stop_after} events shown")
         raise StopRequested(self.stop.reason)
-
-    def _check_line_lengths(self, batch: List[bytes]) -> None:
-        longest = max(len(line) for line in batch) + 1
-        if longest > self.warn_line_bytes:
-            self._line_warned = True
-            logs.emit(
-                "line_too_long",
-                f"an event line of {longest} bytes exceeds warn_line_bytes={self.warn_line_bytes}: "
-                "raise your shipper's line limit (events are never cut); this is said once",
-                bytes=longest,
-                limit=self.warn_line_bytes,
-            )
-
-    def _account(self, page: Page, count: int, last_line: Optional[bytes], seconds: float) -> None:
-        stats = self.stats
-        stats.pages += 1
-        stats.events += count
-        stats.bytes += page.bytes_read
-        now = self.clock()
-        newest = event_age(last_line, now) if last_line is not None else None
-        if newest is not None:
-            stats.lag_seconds = newest
-        elif count == 0:
-            stats.lag_seconds = 0.0
-        stats.behind = count >= self.client.max_events
-        if self.health is not None:
-            self.health.page(count, stats.behind, None if newest is None else now - newest)
-        logs.emit(
-            "page",
-            f"page of {logs.counted(count, 'event')} delivered",
-            events=count,
-            bytes=page.bytes_read,
-            seconds=round(seconds, 3),
-            url=page.base_url,
-            lag_seconds=None if stats.lag_seconds is None else round(stats.lag_seconds, 1),
-        )
-        lag = stats.lag_seconds
-        if lag is not None and lag > self.lag_warning and now - self._lag_warned >= LAG_WARN_EVERY:
-            self._lag_warned = now
-            logs.emit(
-                "lag",
-                f"falling behind: the newest event delivered is {lag / 60:.0f} min old; the Central "
-                f"Node keeps events for at most {RETENTION_SECONDS // 3600} h, older ones are lost",
-                lag_seconds=round(lag, 1),
-                limit=self.lag_warning,
-                full_page=count >= self.client.max_events,
-            )
-        elif self._lag_warned and lag is not None and lag <= self.lag_warning:
-            self._lag_warned = 0.0
-            logs.emit(
-                "lag_recovered",
-                f"caught up: the newest event delivered is {lag:.0f} s old",
-                lag_seconds=round(lag, 1),
-                limit=self.lag_warning,
-            )
-
-    # -- failures ---------------------------------------------------------------------------------
-
-    def _handle_failure(self, exc: ApiError) -> Optional[ExitStatus]:
-        """Log a failed request and wait before the next; returns an exit code only for fatal ones."""
-        if isinstance(exc, BadRequest):
-            self.stop.end("bad request")
-            logs.emit(
-                "bad_request",
-                f"the Central Node rejected the request: {exc.reason}. Check the filter and "
-                "max_events / max_timeout, then restart",
-                reason=exc.reason,
-                filter=self.client.filter,
-            )
-            return ExitStatus.CONFIG
-        if isinstance(exc, ClientTlsError):
-            self.stop.end("client certificate")
-            logs.emit("client_certificate", str(exc))
-            return ExitStatus.CONFIG
-        if isinstance(exc, Unauthorized):
-            self.up = False
-            if self.health is not None:
-                self.health.refused(
-                    f"HTTP 401: external system {self.client.external_system_id} is not approved"
-                )
-            self._sleep(self._unauthorized(exc))
-            return None
-        if isinstance(exc, TokenRefused) and exc.status != 414 and not self._answered:
-            # The first request of this run: a wrong URL or parameter is as likely as the token.
-            self._failure = (
-                ExitStatus.CONFIG,
-                f"{exc}. If the server names the token, move the state file {self.store.path} away "
-                "to start a new subscription; otherwise check url, max_events and max_timeout",
-            )
-            return ExitStatus.CONFIG
-        if isinstance(exc, (SubscriptionLost, TokenRefused)):
-            if isinstance(exc, TokenRefused):
-                why = f"the Central Node refused our continuation token ({exc})"
-            else:
-                why = "the Central Node no longer knows our continuation token (Subscription not found)"
-            if self.health is not None:
-                self.health.subscription_lost(why)
-            logs.emit(
-                "subscription_lost",
-                f"{why}: starting a new subscription; events between the last delivered page and "
-                "now may have been skipped",
-                url=self.client.url,
-                status=getattr(exc, "status", 404),
-                reason=str(exc),
-            )
-            try:
-                self.delivery.forget_token(self.store.clear)
-            except StateError as exc:
-                # The saved token is the lost one: a restart gets the same 404 and starts anew too.
-                logs.emit("state", f"cannot forget the lost token: {exc}", level="WARNING")
-            self.token = None
-            self._sleep(self.backoff.next_delay())
-            return None
-        self.stats.retries += 1
-        reason = retry_reason(exc)
-        self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
-        self.up = False
-        if self.health is not None:
-            self.health.failing(str(exc))
-        retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
-        delay = self.backoff.next_delay(retry_after)
-        lasting = self.faults.seen(str(exc), self.clock())
-        if isinstance(exc, TlsVerifyFailed):
-            from kata_events.certs import format_fingerprint  # cryptography: only for this message
-
-            fp = exc.server_fingerprint
-            how = (
-                f'if this is your Central Node, trust it with pin_sha256 = "{fp}" '
-                f"(SHA-256 {format_fingerprint(fp)}) or with ca_file"
-                if fp
-                else "trust its CA with ca_file, or pin its certificate with pin_sha256"
-            )
-            logs.emit(
-                "tls_verify_failed",
-                f"{exc}; {how}; retrying in {delay:.1f} s",
-                url=self.client.url,
-                server_fingerprint=fp,
-                delay=round(delay, 1),
-            )
-        elif isinstance(exc, BadResponse):
-            logs.emit(
-                "bad_response",
-                f"{exc}; the page is not committed, retrying in {delay:.1f} s",
-                excerpt=exc.excerpt,
-                delay=round(delay, 1),
-            )
-        else:
-            advice = persistent_advice(str(exc), self.client.urls, lasting) if lasting else ""
-            logs.emit(
-                "retry",
-                f"{exc}; {advice}retrying in {delay:.1f} s",
-                delay=round(delay, 1),
-                retry_after=retry_after,
-                attempt=self.backoff.attempt,
-            )
-        self._sleep(delay)
-        return None
-
-    def _unauthorized(self, exc: Unauthorized) -> float:
-        """Log a 401 (in full at first, then as a reminder); return the delay before the next try."""
-        now = time.monotonic()
-        first = self._unauthorized_since is None
-        if first:
-            self._unauthorized_since = now
-        waited = now - (self._unauthorized_since or now)
-        delay = UNAUTHORIZED_RETRY_FRESH if waited < UNAUTHORIZED_FRESH_FOR else UNAUTHORIZED_RETRY
-        if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
-            self._unauthorized_told = now
-            from kata_events.certs import format_fingerprint  # cryptography: only for this message
-
-            fp = file_fingerprint(self.client.cert)
-            shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"
-            ids = f"external system id {self.client.external_system_id}, certificate SHA-256 {shown}"
-            if first:
-                message = (
-                    "the Central Node does not accept this external system yet (HTTP 401). An "
-                    "administrator must approve it in the Central Node web interface, section "
-                    f"External systems: {ids}. A new certificate needs a new approval. If it is "
-                    "approved already, compare the id and fingerprint shown there with these: a "
-                    "mistyped external_system_id looks exactly like a missing approval. Retrying "
-                    f"every {UNAUTHORIZED_RETRY_FRESH:.0f} s for {UNAUTHORIZED_FRESH_FOR / 60:.0f} "
-                    f"min, then every {UNAUTHORIZED_RETRY:.0f} s"
-                )
-            else:
-                message = (
-                    f"still HTTP 401 after {waited / 60:.0f} min. If the external system was "
-                    "approved, compare the id and fingerprint approved in the Central Node web "
-                    f"interface (External systems) with this one's: {ids}. A mistyped "
-                    "external_system_id or another certificate looks exactly like a missing "
-                    f"approval. Retrying every {delay:.0f} s"
-                )
-            logs.emit(
-                "unauthorized",
-                message,
-                external_system_id=self.client.external_system_id,
-                fingerprint=fp,
-                url=self.client.url,
-            )
-        else:
-            logs.emit(
-                "unauthorized",
-                "still waiting for approval of this external system",
-                level="DEBUG",
-                external_system_id=self.client.external_system_id,
-                fingerprint=None,
-                url=self.client.url,
-            )
-        return delay
-
-    # -- stats ------------------------------------------------------------------------------------
-
-    def snapshot(self) -> Snapshot:
-        """The metrics' values now (read from any thread: plain reads of counters)."""
-        from kata_events.metrics import Snapshot
-
-        s = self.stats
-        ledger = self.delivery.ledger
-        last_commit = self.health.record["last_commit"] if self.health is not None else None
-        return Snapshot(
-            events=s.events,
-            bytes=s.bytes,
-            pages=s.pages,
-            retries=dict(s.retry_reasons),
-            lag_seconds=(s.lag_seconds or 0.0) if s.behind else 0.0,
-            last_commit=last_commit,
-            unacknowledged=ledger.unacked if self.delivery.mode == "lines" else 0,
-            up=self.up,
-            version=__version__,
-        )
-
-    def _start_stats_thread(self) -> Optional[threading.Thread]:
-        if not self.stats_interval or self.stats_interval <= 0:
-            return None
-
-        def tick() -> None:
-            while not self._ended.wait(self.stats_interval):
-                self._emit_stats("stats")
-                self.delivery.check_ack_timeout()
-
-        thread = threading.Thread(target=tick, name="stats", daemon=True)
-        thread.start()
-        return thread
-
-    def _emit_stats(self, name: str, final: bool = False, exit_code: Optional[int] = None) -> None:
-        s = self.stats
-        ledger = self.delivery.ledger
-        # Ack mode counts lines; the others count bytes (drain) or lines (terminal): shown only
-        # where they are acknowledgements, so every field of the line is in lines.
-        acked = self.delivery.mode == "lines"
-        fields = dict(
-            events=s.events,
-            pages=s.pages,
-            bytes=s.bytes,
-            retries=s.retries,
-            skipped=s.skipped,
-            lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
-            written=ledger.written if acked else s.written,
-            acknowledged=ledger.taken_position if acked else None,
-            unacknowledged=ledger.unacked if acked else None,
-            committed_pages=self.delivery.committed_pages,
-            uptime_seconds=round(time.monotonic() - s.started, 1),
-        )
-        counts = f"{logs.counted(s.events, 'event')} in {logs.counted(s.pages, 'page')}"
-        if final:
-            reason = self.stop.reason or "finished"
-            message = f"stopped ({reason}): {counts}"
-            logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
-        else:
-            message = counts + (f", {ledger.unacked} unacknowledged" if acked else "")
-            logs.emit(name, message, **fields)
