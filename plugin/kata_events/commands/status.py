@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional
 
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import UserError
+from kata_events.options import SERVER_RETENTION_SECONDS
 
 DESCRIPTION = """\
 Say how a run is doing, from local files only (the state file, the status record the run
@@ -40,7 +41,7 @@ WARNING_LAG = 1800
 #: 90 of the 120 minutes.
 CRITICAL_LAG = 5400
 #: A subscription lost this recently is CRITICAL: events may have been skipped.
-RECENT_LOSS = 7200.0
+RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

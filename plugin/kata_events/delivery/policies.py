@@ -256,8 +256,6 @@ class Delivery:
     guarantee = "a page counts as delivered once written"
     #: Whether writing waits for a page's commit to be durable before it goes on.
     wait_for_commits = True
-    #: Units of the ledger's positions: "bytes" or "lines".
-    units = "bytes"
 
     def __init__(
         self,
@@ -647,7 +645,6 @@ class AckDelivery(Delivery):
     mode = "lines"
     guarantee = "a line counts as delivered once the shipper acknowledged it"
     wait_for_commits = False
-    units = "lines"
 
     def __init__(
         self,

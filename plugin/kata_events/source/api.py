@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
+import urllib3.util
 
 from kata_events import __version__
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
@@ -83,22 +84,30 @@ def file_fingerprint(cert_path: str) -> Optional[str]:
         return None
 
 
-def probe_server_fingerprint(base_url: str, cert: str, key: str, timeout: float = 5.0) -> Optional[str]:
-    """Connect without verification only to read the server certificate's SHA-256 for a message."""
+def probe_server_fingerprint(
+    base_url: str,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    timeout: float = 5.0,
+    sock: Any = None,
+) -> Optional[str]:
+    """Handshake without verification only to read the server certificate's SHA-256, for a message.
+
+    ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed.
+    """
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port or 443
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if cert and key:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError):
+            pass
     try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError):
-        pass
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as tls,
-        ):
+        raw = sock if sock is not None else socket.create_connection((host, port), timeout=timeout)
+        with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None
@@ -136,11 +145,13 @@ def handshake_failure(base_url: str, reason: str) -> str:
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
+    """The server's Retry-After (seconds, or an HTTP date) as seconds from now; None when absent
+    or not one of the two."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
-    except ValueError:
+        return float(urllib3.util.Retry().parse_retry_after(value))
+    except urllib3.exceptions.InvalidHeader:
         return None
 
 

@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from kata_events.exits import ExitStatus, UserError
+from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.paths import companion
+from kata_events.private_file import write_private_file
 from kata_events.state.progress import Point, RecordError, check_point_fields, decode_record, encode_record
 
 STATE_VERSION = 1
@@ -311,7 +313,7 @@ class TokenStore:
                 "will answer 'Subscription not found' and a new subscription starts)"
             )
         age = _age_seconds(sub.saved_at, now)
-        if age is not None and age > 2 * 3600:
+        if age is not None and age > SERVER_RETENTION_SECONDS:
             notes.append(
                 f"the token was saved {age / 3600:.1f} h ago ({sub.saved_at}); the Central Node keeps "
                 "events for at most two hours, so older events may be lost"
@@ -576,29 +578,12 @@ class TokenStore:
         self._replace(data)
 
     def _replace(self, data: bytes) -> None:
-        directory = self._path.parent
-        tmp = directory / f".{self._path.name}.{secrets.token_hex(4)}.tmp"
-        fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._path)
+            write_private_file(self._path, data, sync_directory=True)
         except OSError as exc:
-            _remove(tmp)
+            if _is_link_error(exc, self._path):
+                raise self._link_refused(self._path) from None
             raise self._not_writable(self._path, exc) from None
-        except BaseException:
-            _remove(tmp)
-            raise
-        try:
-            _fsync_directory(directory)
-        except OSError as exc:
-            raise self._not_writable(directory, exc) from None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -758,19 +743,6 @@ def _remove(path: Path) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some file systems (and some network mounts) refuse fsync on a directory: the rename is
-        # done, only its durability across a power cut is weaker there.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
 
 
 def _utc_now() -> str:
