@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kata_events.delivery.ledger import DeliveryLedger
-from kata_events.delivery.policies import LineWriter, make_delivery, pieces
+from kata_events.delivery.policies import make_delivery
+from kata_events.delivery.writer import LineWriter, pieces
 from kata_events.state.progress import EMPTY_DIGEST, Point, RecordError, decode_record, encode_record, joined
 from kata_events.state.store import TokenStore
 

@@ -14,7 +14,8 @@ from typing import Any, Dict, List
 import pytest
 
 from kata_events import logs
-from kata_events.delivery.policies import Delivery, LineWriter
+from kata_events.delivery.policies import Delivery
+from kata_events.delivery.writer import LineWriter
 from kata_events.runner import Runner
 from kata_events.source.errors import Unauthorized, Unavailable
 from kata_events.source.fault_advice import PERSISTENT_AFTER

@@ -17,15 +17,9 @@ import pytest
 
 from kata_events.exits import ExitStatus, UserError
 from kata_events.paths import default_state_path
-from kata_events.state.store import (
-    StateCorrupt,
-    StateError,
-    StateForeign,
-    StateLocked,
-    StateNotWritable,
-    TokenStore,
-    import_seed_token,
-)
+from kata_events.state.errors import StateCorrupt, StateError, StateForeign, StateLocked, StateNotWritable
+from kata_events.state.reading import import_seed_token
+from kata_events.state.store import TokenStore
 
 URL = "https://cn.example.local"
 ID = "6f1c2a52-0d4e-4b8e-9c1a-3b2f7e9d0a11"

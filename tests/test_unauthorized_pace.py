@@ -14,7 +14,8 @@ from typing import Any, List, Tuple
 import pytest
 
 from kata_events import failures as failures_module
-from kata_events.delivery.policies import Delivery, LineWriter
+from kata_events.delivery.policies import Delivery
+from kata_events.delivery.writer import LineWriter
 from kata_events.failures import (
     UNAUTHORIZED_FRESH_FOR,
     UNAUTHORIZED_REMIND,

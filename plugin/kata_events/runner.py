@@ -28,11 +28,13 @@ import time
 from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
 
 from kata_events import logs
-from kata_events.delivery.policies import ConsumerGone, Delivery, OutputFailed, WriteStopped
+from kata_events.delivery.policies import Delivery
+from kata_events.delivery.writer import ConsumerGone, OutputFailed, WriteStopped
 from kata_events.exits import ExitStatus
 from kata_events.failures import Failures
-from kata_events.source.api import EventsClient, Page
+from kata_events.source.api import EventsClient
 from kata_events.source.errors import ApiError, Interrupted
+from kata_events.source.pages import Page
 from kata_events.source.tokens import token_problem
 from kata_events.state.progress import Point, joined, new_hasher
 from kata_events.state.store import StateError, TokenStore, short_token

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 from kata_events import __version__, logs
 from kata_events.delivery.policies import Delivery
 from kata_events.options import SERVER_RETENTION_SECONDS
-from kata_events.source.api import Page
+from kata_events.source.pages import Page
 
 if TYPE_CHECKING:
     from kata_events.metrics import Snapshot

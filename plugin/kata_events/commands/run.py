@@ -18,7 +18,8 @@ from kata_events import __version__, keypair, logs
 from kata_events.commands.locate import status_path
 from kata_events.config import Config, describe, load_run_config, requested_log_format
 from kata_events.delivery.acks import choose_ack_mode
-from kata_events.delivery.policies import LineWriter, make_delivery
+from kata_events.delivery.policies import make_delivery
+from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
 from kata_events.options import add_run_arguments
