@@ -11,6 +11,7 @@ never writes to stdout and never touches the state file itself.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Tuple
 
@@ -56,38 +57,30 @@ def retry_reason(exc: ApiError) -> str:
     return exc.reason if isinstance(exc, Unavailable) else "connection"
 
 
+@dataclass
 class Failures:
     """Classifies failed requests, tells the user, and waits before the next try."""
 
-    def __init__(
-        self,
-        client: EventsClient,
-        stats: Stats,
-        stop: Stop,
-        *,
-        health: Optional[Health],
-        state_file: Path,
-        forget: Callable[[], None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.client = client
-        self.stats = stats
-        self.stop = stop
-        self.health = health
-        self.state_file = state_file
-        #: Forgets the lost subscription's token (through the recorder).
-        self.forget = forget
-        self.clock = clock
+    client: EventsClient
+    stats: Stats
+    stop: Stop
+    health: Optional[Health]
+    state_file: Path
+    #: Forgets the lost subscription's token (through the recorder).
+    forget: Callable[[], None]
+    clock: Callable[[], float] = time.time
+    backoff: Backoff = field(default_factory=Backoff)
+    faults: RepeatedFault = field(default_factory=RepeatedFault)
+    #: Whether the server has answered a request of this process: a refusal after that is
+    #: about the token, since nothing else in the request changed.
+    answered: bool = False
+    _unauthorized_since: Optional[float] = field(default=None, init=False)
+    _unauthorized_told: float = field(default=0.0, init=False)
+    _tls_files_told: Optional[str] = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
         #: How a wait before the next try is done (tests replace it).
-        self.sleep: Callable[[float], object] = stop.sleep
-        self.backoff = Backoff()
-        self.faults = RepeatedFault()
-        #: Whether the server has answered a request of this process: a refusal after that is
-        #: about the token, since nothing else in the request changed.
-        self.answered = False
-        self._unauthorized_since: Optional[float] = None
-        self._unauthorized_told = 0.0
-        self._tls_files_told: Optional[str] = None
+        self.sleep: Callable[[float], object] = self.stop.sleep
 
     def answer(self) -> None:
         """The server answered: the failures are over (and an approval, if one was awaited, came)."""

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from kata_events import __version__, logs
 from kata_events.delivery.policies import Delivery
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 #: A lag warning is repeated at most this often while the lag stays above the threshold.
 LAG_WARN_EVERY = 300.0
+#: The counters every stats line carries as they are.
+_COUNTERS = ("events", "pages", "bytes", "retries", "skipped")
 
 _TIMESTAMP = re.compile(rb'"Timestamp"\s*:\s*"?(\d{9,19})')
 
@@ -67,32 +69,22 @@ class Stats:
     up: bool = False
 
 
+@dataclass
 class Reports:
     """The run's counters and every line and figure made from them."""
 
-    def __init__(
-        self,
-        delivery: Delivery,
-        *,
-        max_events: int,
-        max_event_bytes: int = 0,
-        lag_warning: float = 3600.0,
-        stats_interval: float = 60.0,
-        warn_line_bytes: int = 0,
-        clock: Callable[[], float] = time.time,
-        health: Optional[Health] = None,
-    ) -> None:
-        self.delivery = delivery
-        self.max_events = max_events
-        self.max_event_bytes = max_event_bytes
-        self.lag_warning = lag_warning
-        self.stats_interval = stats_interval
-        self.warn_line_bytes = warn_line_bytes
-        self.clock = clock
-        self.health = health
-        self.stats = Stats()
-        self._lag_warned = 0.0
-        self._line_warned = False
+    delivery: Delivery
+    max_events: int
+    max_event_bytes: int = 0
+    lag_warning: float = 3600.0
+    stats_interval: float = 60.0
+    warn_line_bytes: int = 0
+    clock: Callable[[], float] = time.time
+    #: The status record `kata-events status` reads (None: not kept, e.g. in tests).
+    health: Optional[Health] = None
+    stats: Stats = field(default_factory=Stats)
+    _lag_warned: float = field(default=0.0, init=False)
+    _line_warned: bool = field(default=False, init=False)
 
     def skipped(self, page: Page) -> None:
         """Tell about each event of the page the splitter had to skip."""
@@ -212,12 +204,8 @@ class Reports:
         # Ack mode counts lines; the others count bytes (drain) or lines (terminal): shown only
         # where they are acknowledgements, so every field of the line is in lines.
         acked = self.delivery.mode == "lines"
-        fields = dict(
-            events=s.events,
-            pages=s.pages,
-            bytes=s.bytes,
-            retries=s.retries,
-            skipped=s.skipped,
+        fields: Dict[str, Any] = {name: getattr(s, name) for name in _COUNTERS}
+        fields.update(
             lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
             written=ledger.written if acked else s.written,
             acknowledged=ledger.taken_position if acked else None,

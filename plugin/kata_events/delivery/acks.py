@@ -17,14 +17,11 @@ import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from kata_events import logs
 from kata_events.delivery.policies import Delivery
-from kata_events.delivery.writer import LineWriter
 from kata_events.fds import fd_kind
-from kata_events.state.progress import Point
-from kata_events.stopping import Stop
 
 #: How long ``--ack auto`` listens on a silent stdin pipe for ``START`` before choosing ``none``.
 START_GRACE = 0.5
@@ -146,19 +143,18 @@ class AckDelivery(Delivery):
 
     def __init__(
         self,
-        writer: LineWriter,
-        commit: Callable[[Point], None],
-        note: Optional[Callable[[Point, bool], None]] = None,
-        *,
+        *args: Any,
         on_stop: Optional[Callable[[str], None]] = None,
         max_unacked: int,
         ack_timeout: float,
         stdin_fd: int = 0,
         already_read: bytes = b"",
         started: bool = False,
-        stop: Optional[Stop] = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(writer, commit, note, stop=stop)
+        """``args``, ``kwargs``: those of `Delivery` (writer, commit, note, stop); the others are
+        the protocol's: the window, the acknowledgement timeout, stdin and what was read of it."""
+        super().__init__(*args, **kwargs)
         self._cond = threading.Condition(self._lock)
         self._parser = AckParser()
         #: What STOP or the end of stdin does: by default, ask the run to stop.
