@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import requests
@@ -159,6 +159,40 @@ class _Unreachable(Exception):
     """
 
 
+class _Requester:
+    """The ``request`` thread: sends the client's requests one at a time and hands each answer
+    over in its box. One thread for the whole run (each thread that allocates costs the process a
+    malloc arena); a new one only replaces it while a given-up request is still unwinding."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        threading.Thread(target=self._run, name="request", daemon=True).start()
+
+    def send(self, call: Callable[[], Page], box: queue.Queue[Any], given_up: threading.Event) -> None:
+        self.busy = True
+        self._inbox.put((call, box, given_up))
+
+    def retire(self) -> None:
+        """End the thread once the request it may be in returns."""
+        self._inbox.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self._inbox.get()
+            if job is None:
+                return
+            call, box, given_up = job
+            try:
+                result: Any = call()
+            except BaseException as exc:  # handed to the waiting thread, which decides
+                result = exc
+            self.busy = False
+            box.put(result)
+            if given_up.is_set() and isinstance(result, Page):
+                result.close()  # nobody will read it
+
+
 class EventsClient:
     """Speaks to one Central Node (possibly through several addresses) for one external system."""
 
@@ -208,6 +242,7 @@ class EventsClient:
         self._fresh = True
         self._connected = False
         self._aborted = False
+        self._requester: Optional[_Requester] = None
         self._transport = transport.Transport(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"},
             self._watch,
@@ -248,17 +283,12 @@ class EventsClient:
         limit = CONNECT_TIMEOUT * (len(self.urls) - 1) + self.wait_limit(max_timeout)
         box: queue.Queue[Any] = queue.Queue(1)
         given_up = threading.Event()
-
-        def request() -> None:
-            try:
-                result: Any = self._fetch(token, max_timeout)
-            except BaseException as exc:  # handed to the waiting thread, which decides
-                result = exc
-            box.put(result)
-            if given_up.is_set() and isinstance(result, Page):
-                result.close()
-
-        threading.Thread(target=request, name="request", daemon=True).start()
+        if self._requester is None or self._requester.busy:
+            # The last request was given up and is still unwinding: it gets no more work.
+            if self._requester is not None:
+                self._requester.retire()
+            self._requester = _Requester()
+        self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
         try:
             result = handover(box, limit, self.stop, "answer")
         except (Interrupted, Abandoned) as exc:
@@ -437,6 +467,9 @@ class EventsClient:
         return Unavailable(handshake_failure(base, _reason(exc)))
 
     def close(self) -> None:
+        if self._requester is not None:
+            self._requester.retire()
+            self._requester = None
         self._active = None
         self._transport.close()
 
