@@ -121,10 +121,6 @@ class Runner:
 
     # -- stopping ---------------------------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
-        """Ask the loop to stop; safe from signal handlers and other threads (it only records)."""
-        self.stop.ask(reason)
-
     def _forget_token(self) -> None:
         """The subscription is lost: the next request starts a new one, and the state forgets it."""
         self.token = None
@@ -144,7 +140,7 @@ class Runner:
         """A background thread hit an error the process cannot go on with: stop with its code."""
         code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
         self._failure = (ExitStatus(code), str(exc))
-        self.stop.ask("error")
+        self.stop.ask_and_wake("error")
 
     @property
     def stopping(self) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, Callable, List, Optional, Tuple
 from kata_events import logs
 from kata_events.delivery.policies import Delivery
 from kata_events.fds import fd_kind
+from kata_events.stopping import STOP_POLL
 
 #: How long ``--ack auto`` listens on a silent stdin pipe for ``START`` before choosing ``none``.
 START_GRACE = 0.5
@@ -158,7 +159,7 @@ class AckDelivery(Delivery):
         self._cond = threading.Condition(self._lock)
         self._parser = AckParser()
         #: What STOP or the end of stdin does: by default, ask the run to stop.
-        self._on_stop = on_stop if on_stop is not None else self.stop.ask
+        self._on_stop = on_stop if on_stop is not None else self.stop.ask_and_wake
         self.max_unacked = max(1, max_unacked)
         self.ack_timeout = ack_timeout
         self._fd = stdin_fd
@@ -300,7 +301,8 @@ class AckDelivery(Delivery):
                     if self.ledger.unacked >= self.max_unacked:
                         self._cond.wait(0.25)
             elif self.ledger.lines - self.recorder.lines >= self.max_unacked:
-                self.recorder.wait_for_lines(self.ledger.lines - self.max_unacked + 1, 0.25)
+                # Nothing notifies this wait of a stop: look at the stop state as often as every wait does.
+                self.recorder.wait_for_lines(self.ledger.lines - self.max_unacked + 1, STOP_POLL)
             else:
                 return
             self.check_ack_timeout()

@@ -22,7 +22,7 @@ from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import transport
 from kata_events.source.errors import BadResponse, Interrupted, Unavailable
 from kata_events.source.tokens import token_problem
-from kata_events.stopping import STOP_POLL, Stop
+from kata_events.stopping import STOP_POLL, WAKE, Stop
 
 if TYPE_CHECKING:
     from kata_events.source.stream import PageSplitter, SkippedEvent
@@ -82,16 +82,19 @@ def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any
     """The next item another thread hands over in ``box``: waits at most ``limit`` seconds, looking
     at ``stop`` every `STOP_POLL`. Raises `Interrupted` at a stop, `Abandoned` past the limit."""
     deadline = time.monotonic() + limit
-    while True:
-        if stop.stopping:
-            raise Interrupted(f"stopped while waiting for the {stage}")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise Abandoned(f"no {stage} within {limit:.0f} s")
-        try:
-            return box.get(timeout=min(left, STOP_POLL))
-        except queue.Empty:
-            continue
+    with stop.waiting_on(box):
+        while True:
+            if stop.stopping:
+                raise Interrupted(f"stopped while waiting for the {stage}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Abandoned(f"no {stage} within {limit:.0f} s")
+            try:
+                item = box.get(timeout=min(left, STOP_POLL))
+            except queue.Empty:
+                continue
+            if item is not WAKE:
+                return item
 
 
 class _ReadAhead:
