@@ -42,7 +42,7 @@ from typing import Any, Callable, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugin"))
 
 from kata_events.emulator.events import EventFactory  # noqa: E402
-from kata_events.stream import PageSplitter  # noqa: E402
+from kata_events.source.stream import PageSplitter  # noqa: E402
 
 T0_US = 1_700_000_000_000_000
 

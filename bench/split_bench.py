@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "plugin"))
 
-from kata_events.stream import PageSplitter  # noqa: E402
+from kata_events.source.stream import PageSplitter  # noqa: E402
 
 EVENT_TYPES = [
     "process",

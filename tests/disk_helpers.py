@@ -83,6 +83,15 @@ class OsFaults:
         tmp.write_text(json.dumps(rule), encoding="utf-8")
         os.replace(tmp, self.control)
 
+    def slow(self, seconds: float, calls: Iterable[str], under: Path) -> None:
+        """Each of ``calls`` on a file under ``under`` takes ``seconds`` longer (then succeeds)."""
+        self._write({"delay": seconds, "calls": list(calls), "under": str(under)})
+
+    def _write(self, rule: Dict[str, object]) -> None:
+        tmp = self.control.with_name(self.control.name + ".tmp")
+        tmp.write_text(json.dumps(rule), encoding="utf-8")
+        os.replace(tmp, self.control)
+
     def clear(self) -> None:
         try:
             self.control.unlink()

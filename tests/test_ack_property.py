@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from ack_helpers import ImprogConsumer, StatePoller, TokenMap, run_argv, state_token
 from emulator_helpers import ClientCert
-from kata_events.delivery import AckDelivery, LineWriter
+from kata_events.delivery.acks import AckDelivery
+from kata_events.delivery.writer import LineWriter
 from kata_events.emulator import Emulator
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_events.acks import MAX_LINE, AckEvent, AckParser, choose_ack_mode, parse_line
+from kata_events.delivery.acks import MAX_LINE, AckEvent, AckParser, choose_ack_mode, parse_line
 
 # -- parse_line --------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import List
 import pytest
 
 from kata_events import certs
-from kata_events.state import TokenStore
+from kata_events.state.store import TokenStore
 from run_helpers import check, client_args, run_args
 
 

@@ -94,7 +94,7 @@ def test_max_unacked_follows_max_events_unless_given(tmp):
 
 
 def test_state_file_default_is_computed_from_the_id_and_environment(tmp):
-    state = pytest.importorskip("kata_events.state")
+    state = pytest.importorskip("kata_events.paths")
     env = env_for(tmp, XDG_STATE_HOME=str(tmp / "xdg"))
     flags = required_flags(tmp)[:-2]  # without --state-file
     config = load(tmp, *flags, env=env)

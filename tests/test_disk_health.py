@@ -7,7 +7,7 @@ import io
 import json
 
 from kata_events import logs
-from kata_events.disk_faults import REMIND_EVERY, RETRY_CAP, DiskHealth, is_disk_fault
+from kata_events.delivery.disk_faults import REMIND_EVERY, RETRY_CAP, DiskHealth, is_disk_fault
 
 
 def _records(stream: io.StringIO):

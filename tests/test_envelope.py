@@ -1,4 +1,4 @@
-"""The answer's envelope is checked against the published `api.ENVELOPE_SCHEMA`: continuationToken a
+"""The answer's envelope is checked against the published `pages.ENVELOPE_SCHEMA`: continuationToken a
 non-empty string, events an array; every other top-level key is harmless, whatever it holds. The
 envelope is what the splitter leaves of a page (``events`` emptied), so the check never sees an event.
 """
@@ -9,8 +9,8 @@ import jsonschema
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_events.api import ENVELOPE_SCHEMA, envelope_problem
-from kata_events.stream import PageSplitter
+from kata_events.source.pages import ENVELOPE_SCHEMA, envelope_problem
+from kata_events.source.stream import PageSplitter
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_events.fault_advice import PERSISTENT_AFTER, RepeatedFault, persistent_advice
+from kata_events.source.fault_advice import PERSISTENT_AFTER, RepeatedFault, persistent_advice
 
 REFUSED = "cannot connect to https://cn.example.local:8443: Connection refused"
 

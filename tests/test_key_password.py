@@ -22,7 +22,7 @@ import pytest
 
 from emulator_helpers import ClientCert
 from kata_events import certs
-from kata_events.locate import status_path
+from kata_events.commands.locate import status_path
 from run_helpers import assert_exact_events, clean_env, installed_command, run_args
 from run_helpers import check as run_check
 

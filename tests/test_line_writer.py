@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from kata_events.delivery import AckDelivery, ConsumerGone, LineWriter, OutputFailed, WriteStopped
-from kata_events.state import StateNotWritable
+from kata_events.delivery.acks import AckDelivery
+from kata_events.delivery.writer import ConsumerGone, LineWriter, OutputFailed, WriteStopped
+from kata_events.state.store import StateNotWritable
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 

@@ -15,7 +15,8 @@ from typing import Dict
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kata_events.metrics import FAMILIES, parse_listen
+from kata_events.metrics import FAMILIES
+from kata_events.options import parse_listen
 from run_helpers import run_args
 
 NAMES = {f"kata_events_{name}" for name, _, _ in FAMILIES}

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_events.delivery import LineWriter, make_delivery, pieces
-from kata_events.ledger import DeliveryLedger
-from kata_events.progress import EMPTY_DIGEST, Point, RecordError, decode_record, encode_record, joined
-from kata_events.state import TokenStore
+from kata_events.delivery.ledger import DeliveryLedger
+from kata_events.delivery.policies import make_delivery
+from kata_events.delivery.writer import LineWriter, pieces
+from kata_events.state.progress import EMPTY_DIGEST, Point, RecordError, decode_record, encode_record, joined
+from kata_events.state.store import TokenStore
 
 line = st.binary(min_size=0, max_size=40).map(lambda b: b.replace(b"\n", b"x"))
 page = st.lists(line, min_size=0, max_size=30)
@@ -173,7 +174,7 @@ def test_a_stop_going_back_is_not_undone_by_the_drain_thread_closing(tmp_path: P
         time.sleep(1.3)
         os.read(read_end, 30 * len(line))
         time.sleep(0.2)
-        delivery.stop_asked(time.monotonic())
+        delivery.stop.ask("SIGTERM")
         delivery.finish(timeout=0.1)
         went_back = list(records)
         time.sleep(0.3)  # the drain thread polls again meanwhile

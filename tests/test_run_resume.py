@@ -3,7 +3,7 @@
 Pages of 72,000 events, kill -9 at random points (inside the first page of a new subscription,
 inside a later page, right after a page, right after a commit), then a drain: nothing is lost
 (checked by EmulatorSeq), and each restart sends again at most 3,000 events that were already
-delivered (`kata_events.delivery.RESEND_BOUND`: writing waits while 2,000 lines are not recorded,
+delivered (`kata_events.delivery.policies.RESEND_BOUND`: writing waits while 2,000 lines are not recorded,
 plus one piece of at most 1,000 lines), whatever the threads' timing, in every mode: ``--ack
 none`` on a pipe (with the default settle time: the record follows the drained position while the
 process runs), ``--ack none`` on a regular file (delivered = fsynced), and ``--ack lines``

@@ -14,10 +14,11 @@ from typing import Any, Dict, List
 import pytest
 
 from kata_events import logs
-from kata_events.delivery import Delivery, LineWriter
-from kata_events.errors import Unauthorized, Unavailable
-from kata_events.fault_advice import PERSISTENT_AFTER
+from kata_events.delivery.policies import Delivery
+from kata_events.delivery.writer import LineWriter
 from kata_events.runner import Runner
+from kata_events.source.errors import Unauthorized, Unavailable
+from kata_events.source.fault_advice import PERSISTENT_AFTER
 from kata_events.status_record import Health
 
 URLS = ["https://cn.example.local:8443"]
@@ -57,7 +58,7 @@ def _runner(clock: Clock, tmp_path, max_events: int = 10) -> Runner:
         lag_warning=1800,
         health=Health(tmp_path / "s.status", max_timeout=60, clock=clock),
     )
-    runner._sleep = lambda seconds: None  # type: ignore[method-assign]
+    runner.failures.sleep = lambda seconds: None
     return runner
 
 
@@ -66,7 +67,7 @@ def test_a_connection_refused_for_minutes_says_the_address_the_port_and_the_fix(
     runner = _runner(clock, tmp_path)
     refused = Unavailable(f"cannot connect to {URLS[0]}: Connection refused")
     for _ in range(int(PERSISTENT_AFTER // 20) + 2):
-        runner._handle_failure(refused)
+        runner.failures.handle(refused)
         clock.now += 20
     retries = _records(logged, "retry")
     assert "kata-events check" not in retries[0]["message"]
@@ -83,7 +84,7 @@ def test_a_connection_refused_for_minutes_says_the_address_the_port_and_the_fix(
 def test_a_refusal_is_in_the_status_record(tmp_path, logged):
     clock = Clock()
     runner = _runner(clock, tmp_path)
-    runner._handle_failure(Unauthorized("HTTP 401"))
+    runner.failures.handle(Unauthorized("HTTP 401"))
     record = json.loads((tmp_path / "s.status").read_text())
     assert record["state"] == "refused" and "401" in record["reason"]
 
@@ -91,7 +92,7 @@ def test_a_refusal_is_in_the_status_record(tmp_path, logged):
 def _page(clock: Clock, runner: Runner, count: int, age: float) -> None:
     line = b'{"Timestamp":%d,"x":1}' % int((clock.now - age) * 1e6)
     page = SimpleNamespace(bytes_read=100 * count, base_url=URLS[0])
-    runner._account(page, count, line if count else None, 0.1)  # type: ignore[arg-type]
+    runner.reports.account(page, count, line if count else None, 0.1)  # type: ignore[arg-type]
 
 
 def test_lag_warns_when_behind_then_says_once_it_has_caught_up(tmp_path, logged):

@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 
 from kata_events.exits import ExitStatus, UserError
-from kata_events.state import (
-    StateCorrupt,
-    StateError,
-    StateForeign,
-    StateLocked,
-    StateNotWritable,
-    TokenStore,
-    default_state_path,
-    import_seed_token,
-)
+from kata_events.paths import default_state_path
+from kata_events.state.errors import StateCorrupt, StateError, StateForeign, StateLocked, StateNotWritable
+from kata_events.state.reading import import_seed_token
+from kata_events.state.store import TokenStore
 
 URL = "https://cn.example.local"
 ID = "6f1c2a52-0d4e-4b8e-9c1a-3b2f7e9d0a11"
@@ -155,7 +149,7 @@ def test_kill_9_during_a_commit_loop_leaves_a_parseable_file_and_frees_the_lock(
     child = run_python(
         f"""
         import sys
-        from kata_events.state import TokenStore
+        from kata_events.state.store import TokenStore
         s = TokenStore({str(path)!r}, url={URL!r}, external_system_id={ID!r})
         s.open()
         i = 0
@@ -213,7 +207,7 @@ def test_stale_temp_files_are_swept_when_the_lock_is_taken(tmp_path):
 
 _HOLD = """
     import sys
-    from kata_events.state import TokenStore, StateLocked
+    from kata_events.state.store import TokenStore, StateLocked
     s = TokenStore({path!r}, url="u", external_system_id={id!r}, filter="")
     try:
         s.open()

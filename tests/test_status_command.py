@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
-from kata_events.status_command import CRITICAL, NAMES, OK, UNKNOWN, WARNING, evaluate, stale_after
+from kata_events.commands.status import CRITICAL, NAMES, OK, UNKNOWN, WARNING, evaluate, stale_after
 from run_helpers import clean_env, installed_command, run_args
 
 _LINE = re.compile(r"^KATA-EVENTS (OK|WARNING|CRITICAL|UNKNOWN) - .+")

@@ -1,4 +1,4 @@
-"""Tests for kata_events.stream: splitting an Events API body into raw event bytes, chunk by chunk."""
+"""Tests for kata_events.source.stream: splitting an Events API body into raw event bytes, chunk by chunk."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kata_events import stream
 from kata_events.emulator.events import EventFactory
-from kata_events.stream import MalformedBody, PageSplitter
+from kata_events.source import stream
+from kata_events.source.stream import MalformedBody, PageSplitter
 
 
 def compact(obj: Any) -> bytes:

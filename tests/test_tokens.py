@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events.emulator.server import HUGE_TOKEN, ODD_TOKEN
-from kata_events.tokens import MAX_TOKEN_CHARS, token_problem
+from kata_events.source.tokens import MAX_TOKEN_CHARS, token_problem
 
 _BAD_CHARS = " \t\r\n\"'<>\\`\x00\x7f\u00e9\u0416\u2028"
 

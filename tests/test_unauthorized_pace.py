@@ -1,7 +1,7 @@
 """After a 401 the runner retries every few seconds while an approval is likely under way, then at
 the slow pace; the reminder after a long refusal says to compare the approved id and fingerprint.
 
-A unit test on `Runner._unauthorized` with a fake clock: the real process is covered by
+A unit test on `Failures.unauthorized` with a fake clock: the real process is covered by
 test_first_hour.py, but nobody waits ten minutes for a reminder there.
 """
 
@@ -13,16 +13,17 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from kata_events import runner as runner_module
-from kata_events.delivery import Delivery, LineWriter
-from kata_events.errors import Unauthorized
-from kata_events.runner import (
+from kata_events import failures as failures_module
+from kata_events.delivery.policies import Delivery
+from kata_events.delivery.writer import LineWriter
+from kata_events.failures import (
     UNAUTHORIZED_FRESH_FOR,
     UNAUTHORIZED_REMIND,
     UNAUTHORIZED_RETRY,
     UNAUTHORIZED_RETRY_FRESH,
-    Runner,
 )
+from kata_events.runner import Runner
+from kata_events.source.errors import Unauthorized
 
 EXT_ID = "3f1c2a9e-6b7d-4e8f-9a0b-1c2d3e4f5a6b"
 
@@ -32,9 +33,9 @@ def test_401_pace_is_fast_while_fresh_then_slow_and_the_reminder_says_what_to_co
 ) -> None:
     now = [1000.0]
     emitted: List[Tuple[str, str, dict]] = []
-    monkeypatch.setattr(runner_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(failures_module.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(
-        runner_module.logs, "emit", lambda name, message, **fields: emitted.append((name, message, fields))
+        failures_module.logs, "emit", lambda name, message, **fields: emitted.append((name, message, fields))
     )
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -46,7 +47,7 @@ def test_401_pace_is_fast_while_fresh_then_slow_and_the_reminder_says_what_to_co
     delays = []
     elapsed = 0.0
     while elapsed < UNAUTHORIZED_REMIND + 60:
-        delay = runner._unauthorized(refused)
+        delay = runner.failures.unauthorized(refused)
         delays.append((elapsed, delay))
         now[0] += delay
         elapsed += delay

@@ -31,17 +31,17 @@ class _Parser(argparse.ArgumentParser):
 
 #: Each subcommand: its module (imported only when that subcommand runs) and its one-line summary.
 COMMANDS = (
-    ("run", "kata_events.run_command", "stream events to stdout (the main job)"),
+    ("run", "kata_events.commands.run", "stream events to stdout (the main job)"),
     ("emulator", "kata_events.emulator.cli", "run a local Central Node Events API emulator"),
-    ("demo", "kata_events.demo", "try it: the emulator and the emitter together, printing events"),
-    ("init", "kata_events.init_command", "make an external system id, key, certificate and config file"),
+    ("demo", "kata_events.commands.demo", "try it: the emulator and the emitter together, printing events"),
+    ("init", "kata_events.commands.init", "make an external system id, key, certificate and config file"),
     (
         "check",
-        "kata_events.check_command",
+        "kata_events.commands.check",
         "check a set-up: config, files, network, TLS, approval, filter, state",
     ),
-    ("status", "kata_events.status_command", "for monitoring: OK/WARNING/CRITICAL from local files, lag"),
-    ("state", "kata_events.state_command", "show the state file, or reset it (a new subscription)"),
+    ("status", "kata_events.commands.status", "for monitoring: OK/WARNING/CRITICAL from local files, lag"),
+    ("state", "kata_events.commands.state", "show the state file, or reset it (a new subscription)"),
 )
 
 

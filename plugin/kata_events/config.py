@@ -165,7 +165,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if "max_unacked" not in resolved:
         resolved["max_unacked"] = resolved["max_events"]
     if "state_file" not in resolved:
-        from kata_events.state import default_state_path
+        from kata_events.paths import default_state_path
 
         resolved["state_file"] = Path(
             os.path.abspath(default_state_path(resolved["external_system_id"], environ))

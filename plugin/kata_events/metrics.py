@@ -51,17 +51,6 @@ class Snapshot:
     version: str = ""
 
 
-def parse_listen(text: str) -> Tuple[str, int]:
-    """``PORT`` → loopback; ``HOST:PORT`` or ``[V6]:PORT`` as given. Raises ValueError."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        host = "127.0.0.1"
-    host = host.strip("[]") if host.startswith("[") else host
-    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ValueError(f"{text!r} is not PORT or HOST:PORT")
-    return host, int(port)
-
-
 class _Collector:
     """A prometheus_client collector reading a fresh `Snapshot` at each collection."""
 
@@ -127,6 +116,8 @@ class Metrics:
         """Serve /metrics (raises OSError when the address cannot be bound); write the file."""
         if self.listen:
             from prometheus_client import start_http_server
+
+            from kata_events.options import parse_listen
 
             host, port = parse_listen(self.listen)
             started = start_http_server(port, addr=host, registry=self.registry)

@@ -48,6 +48,22 @@ LISTEN_PATTERN = (
     r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?"
     r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
 )
+
+
+def parse_listen(text: str, default_host: Optional[str] = "127.0.0.1") -> Tuple[str, int]:
+    """``PORT`` (on ``default_host``; refused when it is None), ``HOST:PORT`` or ``[V6]:PORT``.
+
+    Port 0 asks for a free one. Raises ValueError with the reason.
+    """
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = default_host or ""
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not {'PORT or ' if default_host else ''}HOST:PORT")
+    return host, int(port)
+
+
 # 64 hex digits, or 32 colon-separated pairs as `openssl x509 -fingerprint -sha256` prints them.
 #: A proxy's address: scheme, optional credentials, host and port, nothing after.
 PROXY_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+/?$"

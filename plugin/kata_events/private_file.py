@@ -2,12 +2,14 @@
 
 One writer for keys, certificates, configurations, the emulator's approvals and the status record:
 a temporary file beside the target, created with ``O_EXCL`` (so it never follows a planted link)
-and mode 0600, filled, optionally fsynced, then renamed over the target, so a reader sees the old
-file or the new one, never half of one. This module never logs.
+and mode 0600 whatever the umask, filled, optionally fsynced, then renamed over the target (and
+the directory fsynced when the rename itself must survive a power cut: the state file), so a reader
+sees the old file or the new one, never half of one. This module never logs.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from pathlib import Path
@@ -16,15 +18,17 @@ from typing import Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def write_private_file(path: PathLike, data: bytes, mode: int = 0o600, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` (``mode`` from the start); ``sync``: fsync before the rename."""
+def write_private_file(
+    path: PathLike, data: bytes, mode: int = 0o600, sync: bool = True, sync_directory: bool = False
+) -> None:
+    """Replace ``path`` with ``data`` (``mode`` from the start); ``sync``: fsync before the rename;
+    ``sync_directory``: fsync the directory after it. Raises OSError."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            if mode != 0o600:
-                os.fchmod(fd, mode)
+            os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -39,3 +43,19 @@ def write_private_file(path: PathLike, data: bytes, mode: int = 0o600, sync: boo
         except OSError:
             pass
         raise
+    if sync_directory:
+        fsync_directory(target.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some file systems (and some network mounts) refuse fsync on a directory: the rename is
+        # done, only its durability across a power cut is weaker there.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)

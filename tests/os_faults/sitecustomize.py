@@ -7,6 +7,8 @@ named by ``KATA_TEST_OS_FAULTS`` says so::
 
     {"errno": "EIO", "calls": ["fsync"], "under": "/tmp/x/state"}
 
+With ``"delay": seconds`` instead of ``errno`` the call succeeds after that long (a slow disk).
+
 An absent or empty control file means no fault, so a test switches faults on and off mid-run by
 writing and removing it. File descriptors are resolved through /proc/self/fd.
 """
@@ -14,6 +16,7 @@ writing and removing it. File descriptors are resolved through /proc/self/fd.
 import errno as _errno
 import json as _json
 import os as _os
+import time as _time
 
 _CONTROL = _os.environ.get("KATA_TEST_OS_FAULTS", "")
 _real = {name: getattr(_os, name) for name in ("open", "write", "fsync", "replace")}
@@ -51,6 +54,9 @@ def _check(call, target):
     if not rule or call not in rule.get("calls", ()):
         return
     if _path_of(target).startswith(rule["under"]):
+        if "delay" in rule:
+            _time.sleep(rule["delay"])
+            return
         code = getattr(_errno, rule["errno"])
         raise OSError(code, _os.strerror(code))
 

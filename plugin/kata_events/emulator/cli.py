@@ -66,6 +66,21 @@ Example:
 """
 
 
+#: The flags that are the emulator's settings of the same name.
+SETTINGS = (
+    "listen",
+    "state_dir",
+    "approve",
+    "backlog",
+    "rate",
+    "event_bytes",
+    "retention",
+    "max_events_limit",
+    "default_max_timeout",
+    "seed",
+)
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -203,19 +218,7 @@ def run(args: argparse.Namespace) -> int:
         print("kata-events emulator: --max-events-limit must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     try:
-        emulator = Emulator(
-            listen=args.listen,
-            state_dir=args.state_dir,
-            approve=args.approve,
-            backlog=args.backlog,
-            rate=args.rate,
-            event_bytes=args.event_bytes,
-            retention=args.retention,
-            max_events_limit=args.max_events_limit,
-            default_max_timeout=args.default_max_timeout,
-            seed=args.seed,
-            faults=args.fault,
-        )
+        emulator = Emulator(faults=args.fault, **{name: getattr(args, name) for name in SETTINGS})
     except ValueError as exc:
         print(f"kata-events emulator: {exc}", file=sys.stderr)
         return EXIT_USAGE

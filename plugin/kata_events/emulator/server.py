@@ -32,6 +32,7 @@ from kata_events.emulator.anycert import accept_any_client_certificate
 from kata_events.emulator.events import EventFactory
 from kata_events.emulator.faults import Fault, FaultQueue, hostile_event
 from kata_events.emulator.filters import Filter, FilterSyntaxError, compile_filter
+from kata_events.options import parse_listen
 
 __all__ = ["Emulator", "default_state_dir", "parse_iso_duration"]
 
@@ -41,7 +42,7 @@ log = logging.getLogger("kata_events.emulator")
 def default_state_dir(environ: Optional[Dict[str, str]] = None) -> Path:
     """Where the emulator keeps its CA and approvals unless told: ``emulator`` in the directory
     `run` keeps its tokens in (``$XDG_STATE_HOME/kata-events``, else ``~/.local/state/kata-events``)."""
-    from kata_events.state import state_home
+    from kata_events.paths import state_home
 
     return state_home(os.environ if environ is None else environ) / "emulator"
 
@@ -189,7 +190,7 @@ class Emulator:
             raise ValueError("backlog and rate must be >= 0, retention > 0, max_events_limit >= 1")
         if not 0 < default_max_timeout <= MAX_TIMEOUT_LIMIT:
             raise ValueError(f"default_max_timeout must be in (0, {MAX_TIMEOUT_LIMIT:g}]")
-        self.host, self._requested_port = _split_listen(listen)
+        self.host, self._requested_port = parse_listen(listen, default_host=None)
         self.state_dir = Path(state_dir).expanduser() if state_dir is not None else default_state_dir()
         self.approve_mode = approve
         self.backlog = backlog
@@ -1143,23 +1144,3 @@ class Emulator:
                 continue
             except (OSError, ssl.SSLError):
                 return
-
-
-def _split_listen(listen: str) -> Tuple[str, int]:
-    """``"127.0.0.1:8443"``, ``"[::1]:0"``, ``"localhost:9000"`` -> (host, port)."""
-    text = listen.strip()
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        if not sep:
-            raise ValueError(f"listen address must be HOST:PORT, not {listen!r}")
-    else:
-        host, sep, port = text.rpartition(":")
-        if not sep or not host:
-            raise ValueError(f"listen address must be HOST:PORT, not {listen!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"listen port must be a number, not {port!r}") from None
-    if not 0 <= number <= 65535:
-        raise ValueError(f"listen port out of range: {number}")
-    return host, number

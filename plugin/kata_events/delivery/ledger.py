@@ -1,28 +1,18 @@
-"""The delivery ledger: what has been taken by the consumer, and which page tokens that releases.
+"""The delivery ledger: what has been written and taken, and the delivery point a position stands for.
 
-The runner writes events to stdout page by page. A page's continuation token may be committed only
-when every unit of that page and of all earlier pages has been *taken* by the consumer: flushed
-(``--ack none``), acknowledged by the shipper (``--ack lines``), or drained from the pipe. The ledger
-does not know which of these it is measuring: units are abstract positions (lines in ack mode, bytes
-when measuring a pipe's drain), and it only counts.
+A page's token may be committed only when every unit of that page and of all earlier pages has
+been *taken* by the consumer: flushed (a terminal), fsynced (a regular file), drained from the pipe
+or acknowledged by the peer's TCP stack (``--ack none``), or acknowledged by the shipper (``--ack
+lines``). The ledger does not know which of these it is measuring: units are abstract positions
+(lines in ack mode, bytes otherwise), and it only counts.
 
-Two tokens, two names (as in Filebeat's input-cursor):
-
-- ``pending`` -- the newest token whose page has been written. Held in memory, it may run ahead of
-  what the consumer has taken; it must never reach the state file by itself.
-- ``committed`` -- the token the caller may persist. It is moved only by this ledger's release
-  (the return value of :meth:`DeliveryLedger.taken` / :meth:`DeliveryLedger.release`), never by the
-  reader.
-
-Units written for a page that failed mid-body (no :meth:`~DeliveryLedger.page_end`) still count in
-positions, because the consumer acknowledges them too, but they release no token: the next page end
-covers them. After a restart those lines are sent again (at-least-once).
-
-Delivery points (`kata_events.progress.Point`): beside the page marks the ledger keeps a trail of
-checkpoints, one per piece written: the token the current page was asked with, how many of its
-events are written by then, and the running digest of their bytes. `point_at` turns a taken position
-into the newest point at or before it, so a restart can skip exactly what was delivered inside a
-page. Checkpoints are only made for writes that carry their bytes (``wrote(..., data=...)``).
+Delivery points (`kata_events.state.progress.Point`): the ledger keeps a trail of checkpoints, one
+per piece written and one at each page end: the token the current page was asked with, how many of
+its events are written by then, and the running digest of their bytes. `point_at` turns a taken
+position into the newest point at or before it: a page's end is the point ``(its token, 0)``, so
+the one mechanism that says how far delivery went also says which token may be committed. Units
+written for a page that failed mid-body make checkpoints of the token it was asked with, so a
+restart skips exactly what was delivered of it.
 
 The settle window: `taken` also dates each advance of the taken position, and `settled_position`
 answers "what had been taken ``settle`` seconds ago" (for readers that may drop what they took while
@@ -37,7 +27,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Deque, Optional, Tuple
 
-from kata_events.progress import Point, new_hasher
+from kata_events.state.progress import Point, new_hasher
 
 #: A checkpoint: (position, token the page was asked with, events of the page up to here, hasher,
 #: event lines written by the process up to here).
@@ -45,13 +35,11 @@ _Checkpoint = Tuple[int, Optional[str], int, Any, int]
 
 
 class DeliveryLedger:
-    """Counts written and taken units and releases page tokens in order.
+    """Counts written and taken units, and keeps the trail of delivery points between them.
 
     Positions are cumulative counts from the start of the process: ``wrote(n)`` advances the written
-    position, ``taken(p)`` says the first ``p`` units are taken. Each ``page_end(token)`` marks the
-    current written position; the token is released by the first ``taken``/``release`` call that
-    finds the consumer at or past that mark. Only the newest releasable token is returned: committing
-    it supersedes every older one.
+    position, ``taken(p)`` says the first ``p`` units are taken, ``point_at(p)`` is the delivery
+    point that position reaches.
     """
 
     def __init__(self, start: Optional[Point] = None, settle: float = 0.0) -> None:
@@ -60,13 +48,9 @@ class DeliveryLedger:
         self._taken = 0
         # Event lines written (whatever the units), for the count-bound on what is not recorded.
         self._lines = 0
-        # (page end position, token), oldest first; none of them released yet.
-        self._marks: Deque[Tuple[int, str]] = deque()
         # (end position of a write, time of that write), oldest first, only for writes given a time;
         # entries wholly taken are dropped, so the deque is bounded by the unacknowledged window.
         self._write_times: Deque[Tuple[int, float]] = deque()
-        self._pending: Optional[str] = None
-        self._committed: Optional[str] = None
         # The page being written: [token it was asked with, events so far, running hasher], or None
         # before the first page_end/begin_page (then no checkpoint is made).
         self._page: Optional[list] = None
@@ -142,25 +126,19 @@ class DeliveryLedger:
                 self._write_times.append((self._written, now))
 
     def page_end(self, token: str) -> None:
-        """The page written so far ends here: ``token`` is committable once all units up to here are taken.
-
-        An empty page (no units since the previous mark) works the same way. If everything is
-        already taken, no further acknowledgement will come to release it: call :meth:`release`.
-        """
-        self._marks.append((self._written, token))
-        self._pending = token
+        """The page written so far ends here: the point ``(token, 0)`` is reached once all units up
+        to here are taken (an empty page works the same way)."""
         self._page = [token, 0, new_hasher()]
         self._checkpoint()
 
     # -- the consumer's side -----------------------------------------------------------------------
 
-    def taken(self, position: int, now: Optional[float] = None) -> Optional[str]:
-        """The first ``position`` units are taken; return the newest token this releases, or None.
+    def taken(self, position: int, now: Optional[float] = None) -> None:
+        """The first ``position`` units are taken.
 
         A position beyond what was written is a protocol error (the consumer acknowledged lines it
         never got) and raises ValueError, changing nothing. A position behind the current one is
-        ignored (stale or duplicate report), but still releases a token whose page ended at or before
-        the current position -- so ``taken(ledger.taken_position)`` is a valid way to ask again.
+        ignored (a stale or duplicate report).
         """
         if position > self._written:
             raise ValueError(f"consumer reports {position} units taken but only {self._written} were written")
@@ -173,19 +151,6 @@ class DeliveryLedger:
                 self._prune_dates(now)
         if self.settle <= 0:
             self._prune_trail(self._taken)
-        return self._release_up_to(self._taken)
-
-    def release(self) -> Optional[str]:
-        """Return the newest token releasable at the current taken position (after a ``page_end``)."""
-        return self._release_up_to(self._taken)
-
-    def _release_up_to(self, position: int) -> Optional[str]:
-        token: Optional[str] = None
-        while self._marks and self._marks[0][0] <= position:
-            token = self._marks.popleft()[1]
-        if token is not None:
-            self._committed = token
-        return token
 
     # -- delivery points -----------------------------------------------------------------------------
 
@@ -268,21 +233,6 @@ class DeliveryLedger:
     def unacked(self) -> int:
         """Units written but not taken yet."""
         return self._written - self._taken
-
-    @property
-    def pending_pages(self) -> int:
-        """Pages ended whose tokens are not released yet."""
-        return len(self._marks)
-
-    @property
-    def pending(self) -> Optional[str]:
-        """The newest token whose page has been written (in memory only; may run ahead)."""
-        return self._pending
-
-    @property
-    def committed(self) -> Optional[str]:
-        """The newest token released so far (what the state file should hold)."""
-        return self._committed
 
     def unacked_since(self) -> Optional[float]:
         """The time the oldest untaken unit was written, or None if all is taken or it was not dated."""

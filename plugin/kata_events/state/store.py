@@ -1,7 +1,8 @@
 """The token store: the continuation token on disk, replaced atomically and locked.
 
-This module owns the state file and its lock file. It persists only what it is given: the runner
-commits the token the delivery ledger released (``committed``), never the reader's ``pending`` one.
+This module owns the state file, its companion progress record and its lock file. It persists only
+what it is given, and only the delivery's recorder (`kata_events.delivery.recorder`) gives it
+anything: a delivery point whose lines are taken, never a token merely read from the server.
 
 The state file is JSON::
 
@@ -9,7 +10,7 @@ The state file is JSON::
      "saved_at": "2026-11-27T21:30:00Z"}
 
 ``progress`` (optional) says how far into the answer to ``token`` delivery had gone at that commit:
-``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.progress`).
+``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.state.progress`).
 
 Progress inside a page moves many times a second, too often for a durable commit each time: it is
 written to a companion file ``<state>.progress`` in place, without fsync (a kill -9 keeps the page
@@ -18,12 +19,14 @@ file or the companion, carries a sequence number; a restart resumes from the new
 the companion may run ahead of the state file (even to a newer token: every record is a true claim
 when written), and a stop that must go back writes the companion durably first, then the state.
 
-It is replaced atomically (temp file in the same directory, fsync, rename, fsync the directory), so
-a crash or kill -9 leaves either the old or the new file, never a torn one; a file that does not
-parse was edited by hand and is reported, never silently dropped. Mode 0600: the token lets anyone
+It is replaced atomically (`kata_events.private_file`: temp file in the same directory, fsync,
+rename, fsync the directory), so a crash or kill -9 leaves either the old or the new file, never a
+torn one; a file that does not parse was edited by hand and is reported, never silently dropped
+(`kata_events.state.reading`). Mode 0600: the token lets anyone
 with the client certificate read the subscription's events. A token is bound to its external system
 and filter; the URL is recorded but not binding, since a cluster is reached through several
 addresses. The original script's plain ``continuation_token.txt`` (the token alone) is imported.
+The rules for the directory's files (no links followed, 0700/0600) are `kata_events.state.files`.
 
 Exclusive access: ``flock`` on a separate ``<state>.lock`` file holding the owner's pid. flock (not
 fcntl/POSIX locks) because it also conflicts within one process and is released by the kernel when
@@ -38,83 +41,35 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
-import glob
 import json
 import os
-import re
-import secrets
-import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from kata_events.exits import ExitStatus, UserError
-from kata_events.progress import Point, RecordError, check_point_fields, decode_record, encode_record
-
-STATE_VERSION = 1
-# A plain token file larger than this is not a token file.
-_MAX_STATE_BYTES = 1 << 20
-_PLAIN_TOKEN = re.compile(r"\S+")
-_FIX_HINT = "choose a writable location with --state-file (KATA_EVENTS_STATE_FILE)"
-
-
-class StateError(UserError):
-    """A problem with the state file the process cannot work around; ``exit_code`` says which."""
-
-    default_exit = ExitStatus.CONFIG
-
-    def __init__(self, message: str, exit_code: Optional[ExitStatus] = None) -> None:
-        super().__init__(message, self.default_exit if exit_code is None else exit_code)
-
-
-class StateNotWritable(StateError):
-    """The state file or its directory cannot be created, read or written."""
-
-    default_exit = ExitStatus.CANT_CREATE
-
-
-class StateLinkRefused(StateNotWritable):
-    """A symbolic link sits where kata-events writes in its state directory: never followed."""
-
-
-class StateLocked(StateError):
-    """Another process holds the state file's lock; ``holder_pid`` names it when known."""
-
-    default_exit = ExitStatus.TEMP_FAIL
-
-    def __init__(self, message: str, holder_pid: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.holder_pid = holder_pid
-
-
-class StateForeign(StateError):
-    """The state file belongs to another external system: another integration's position.
-
-    Overwriting it would lose that integration's place in its stream for good, so the file is left
-    as it is and the run refused; ``state reset`` or another ``--state-file`` is the user's choice.
-    """
-
-    default_exit = ExitStatus.CONFIG
-
-
-class StateCorrupt(StateError):
-    """The state file exists but is not a state file this version understands."""
-
-    default_exit = ExitStatus.CONFIG
-
-
-@dataclass
-class Subscription:
-    """What the state file records. A plain imported token file has empty url/id/filter/saved_at."""
-
-    token: Optional[str]
-    url: str
-    external_system_id: str
-    filter: str
-    saved_at: str  # ISO-8601 UTC, e.g. 2026-11-27T21:30:00Z
-    #: The ``progress`` object as stored (None when absent), and why it is unusable (else "").
-    progress: Optional[Dict[str, Any]] = None
-    progress_problem: str = ""
+from kata_events.options import SERVER_RETENTION_SECONDS
+from kata_events.paths import companion
+from kata_events.private_file import write_private_file
+from kata_events.state.errors import (
+    StateError,
+    StateForeign,
+    StateLocked,
+    StateNotWritable,
+)
+from kata_events.state.files import (
+    FIX_HINT,
+    StateFiles,
+    directory_permissions,
+    is_link_error,
+    read_pid,
+    unlock,
+)
+from kata_events.state.progress import Point, RecordError, encode_record
+from kata_events.state.reading import (
+    STATE_VERSION,
+    Subscription,
+    read_companion,
+    read_state,
+)
 
 
 def short_token(token: Optional[str]) -> str:
@@ -122,48 +77,6 @@ def short_token(token: Optional[str]) -> str:
     if not token:
         return "(none)"
     return token[:8] + "..." if len(token) > 8 else token
-
-
-def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the token is kept when ``--state-file`` is not given.
-
-    ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
-    colon-separated paths), else ``$XDG_STATE_HOME/kata-events/<id>.token``, else
-    ``~/.local/state/kata-events/<id>.token``.
-    """
-    # The id comes from configuration: keep it from escaping the directory.
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
-    name += ".token"
-    state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state_directory:
-        return Path(state_directory) / name
-    return state_home(environ) / name
-
-
-def state_home(environ: Mapping[str, str] = os.environ) -> Path:
-    """The user's kata-events state directory: ``$XDG_STATE_HOME/kata-events``, else
-    ``~/.local/state/kata-events`` (the emulator keeps its CA and approvals under it too)."""
-    xdg = environ.get("XDG_STATE_HOME", "")
-    # The XDG base directory spec says relative paths are invalid and must be ignored.
-    if xdg and os.path.isabs(xdg):
-        return Path(xdg) / "kata-events"
-    home = environ.get("HOME") or str(Path.home())
-    return Path(home) / ".local" / "state" / "kata-events"
-
-
-def import_seed_token(path: Union[Path, str]) -> str:
-    """Read the original script's plain ``continuation_token.txt``: the token, maybe a newline."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StateError(f"token file {path} does not exist", exit_code=ExitStatus.NO_INPUT) from None
-    except OSError as exc:
-        raise StateNotWritable(f"cannot read token file {path}: {_reason(exc)}") from None
-    token = _parse_plain(path, data)
-    if token is None:
-        raise StateCorrupt(f"token file {path} is empty")
-    return token
 
 
 class TokenStore:
@@ -177,6 +90,7 @@ class TokenStore:
         self, path: Union[Path, str], *, url: str, external_system_id: str, filter: str = ""
     ) -> None:
         self._path = Path(path)
+        self._files = StateFiles(self._path)
         self.url = url
         self.external_system_id = external_system_id
         self.filter = filter
@@ -198,11 +112,11 @@ class TokenStore:
     @property
     def progress_path(self) -> Path:
         """The companion file holding progress inside a page (written often, not fsynced)."""
-        return self._path.with_name(self._path.name + ".progress")
+        return companion(self._path, "progress")
 
     @property
     def lock_path(self) -> Path:
-        return self._path.with_name(self._path.name + ".lock")
+        return companion(self._path, "lock")
 
     @property
     def committed(self) -> Optional[str]:
@@ -225,23 +139,23 @@ class TokenStore:
         if self._lock_fd is not None:
             return
         directory = self._path.parent
-        self._make_directory(directory)
+        self._files.make_directory(directory)
         refusal, warning = directory_permissions(directory)
         if refusal:
             raise StateNotWritable(refusal)
         self.warnings = [warning] if warning else []
         for path in (self._path, self.lock_path, self.progress_path):
             if path.is_symlink():
-                raise self._link_refused(path)
+                raise self._files.link_refused(path)
         if self._path.is_dir():
             raise StateNotWritable(
-                f"state file {self._path} is a directory: {_FIX_HINT}, e.g. {self._path}/state.token"
+                f"state file {self._path} is a directory: {FIX_HINT}, e.g. {self._path}/state.token"
             )
-        fd = self._open(self.lock_path, os.O_RDWR | os.O_CREAT)
+        fd = self._files.open(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _read_pid(fd)
+            holder = read_pid(fd)
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"process {holder}" if holder else "another process"
@@ -251,18 +165,18 @@ class TokenStore:
                     "this one its own --state-file",
                     holder_pid=holder,
                 ) from None
-            raise self._not_writable(self.lock_path, exc) from None
+            raise self._files.not_writable(self.lock_path, exc) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._probe_writable(directory)
-            self._remove_stale_temp_files(directory)
+            self._files.probe_writable(directory)
+            self._files.remove_stale_temp_files(directory)
         except StateError:
-            _unlock(fd)
+            unlock(fd)
             raise
         except OSError as exc:
-            _unlock(fd)
-            raise self._not_writable(self.lock_path, exc) from None
+            unlock(fd)
+            raise self._files.not_writable(self.lock_path, exc) from None
         self._lock_fd = fd
         self._seq = max(self._stored_seq(), self._companion_seq())
 
@@ -277,7 +191,7 @@ class TokenStore:
                 os.ftruncate(fd, 0)
             except OSError:
                 pass
-            _unlock(fd)
+            unlock(fd)
 
     def __enter__(self) -> TokenStore:
         self.open()
@@ -290,14 +204,14 @@ class TokenStore:
 
     def stored(self) -> Optional[Subscription]:
         """What the file holds, as is (None if there is no file). Raises StateCorrupt / StateNotWritable."""
-        sub, _ = self._read()
+        sub, _ = read_state(self._files)
         return sub
 
     def load(self, now: Optional[_dt.datetime] = None) -> Tuple[Optional[str], Optional[str]]:
         """The token to resume from (or None), and a reason to log when the stored token was not simply
         taken as is (dropped, imported, or kept despite a changed URL), else None.
         """
-        sub, kind = self._read()
+        sub, kind = read_state(self._files)
         self._loaded = sub if kind == "json" else None
         if sub is None:
             if kind == "empty":
@@ -337,7 +251,7 @@ class TokenStore:
                 "will answer 'Subscription not found' and a new subscription starts)"
             )
         age = _age_seconds(sub.saved_at, now)
-        if age is not None and age > 2 * 3600:
+        if age is not None and age > SERVER_RETENTION_SECONDS:
             notes.append(
                 f"the token was saved {age / 3600:.1f} h ago ({sub.saved_at}); the Central Node keeps "
                 "events for at most two hours, so older events may be lost"
@@ -349,7 +263,7 @@ class TokenStore:
 
         Called before anything is written: the file stays byte for byte as it was.
         """
-        sub, kind = self._read()
+        sub, kind = read_state(self._files)
         if kind == "json" and sub is not None:
             self._refuse_foreign(sub)
 
@@ -364,65 +278,6 @@ class TokenStore:
             f"changed on purpose, run `kata-events state reset --state-file {self._path}` to move the "
             "old state aside and start a new subscription"
         )
-
-    def _read(self) -> Tuple[Optional[Subscription], str]:
-        try:
-            fd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with open(fd, "rb") as f:
-                data = f.read(_MAX_STATE_BYTES + 1)
-        except FileNotFoundError:
-            return None, "missing"
-        except IsADirectoryError:
-            raise StateNotWritable(f"state file {self._path} is a directory: {_FIX_HINT}") from None
-        except OSError as exc:
-            if _is_link_error(exc, self._path):
-                raise self._link_refused(self._path) from None
-            raise StateNotWritable(
-                f"cannot read state file {self._path}: {_reason(exc)}; fix its ownership and "
-                "permissions (it should belong to the user kata-events runs as, mode 0600)"
-            ) from None
-        if len(data) > _MAX_STATE_BYTES:
-            raise self._corrupt("is larger than 1 MiB, so it is not a token file")
-        if data.lstrip()[:1] in (b"{", b"["):
-            return self._parse_json(data), "json"
-        token = _parse_plain(self._path, data)
-        if token is None:
-            return None, "empty"
-        return Subscription(token, "", "", "", ""), "plain"
-
-    def _parse_json(self, data: bytes) -> Subscription:
-        try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise self._corrupt(f"is not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise self._corrupt("is not a JSON object")
-        version = doc.get("version")
-        if version != STATE_VERSION:
-            raise self._corrupt(
-                f"has version {version!r}; this kata-events understands version {STATE_VERSION}"
-            )
-        token = doc.get("token")
-        if token is not None and (not isinstance(token, str) or not token):
-            raise self._corrupt("has a 'token' that is not a non-empty string")
-        fields = {}
-        for key in ("url", "external_system_id", "filter", "saved_at"):
-            value = doc.get(key, "")
-            if not isinstance(value, str):
-                raise self._corrupt(f"has a {key!r} that is not a string")
-            fields[key] = value
-        progress = doc.get("progress")
-        problem = ""
-        if progress is not None:
-            try:
-                if not isinstance(progress, dict):
-                    raise RecordError("it is not a JSON object")
-                check_point_fields(progress)
-            except RecordError as exc:
-                # Only the position inside a page is lost: the token itself still holds.
-                problem = str(exc)
-                progress = None
-        return Subscription(token=token, **fields, progress=progress, progress_problem=problem)
 
     # -- progress inside a page -----------------------------------------------------------------------
 
@@ -447,7 +302,7 @@ class TokenStore:
                 "that page are sent again"
             )
         try:
-            record = self._read_companion()
+            record = read_companion(self.progress_path)
         except RecordError as exc:
             warnings.append(
                 f"progress record {self.progress_path} is corrupt ({exc}): resuming from the state "
@@ -473,7 +328,7 @@ class TokenStore:
         sub = self._loaded
         stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
         try:
-            record = self._read_companion()
+            record = read_companion(self.progress_path)
         except RecordError as exc:
             return None, [
                 f"progress record {self.progress_path} is corrupt ({exc}): the first answer of the "
@@ -495,25 +350,9 @@ class TokenStore:
             and record.get("filter") == self.filter
         )
 
-    def _read_companion(self) -> Optional[Dict[str, Any]]:
-        try:
-            fd = os.open(self.progress_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with open(fd, "rb") as f:
-                data = f.read(_MAX_STATE_BYTES)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise RecordError(f"cannot be read: {_reason(exc)}") from None
-        if not data.strip():
-            return None  # created, never written: a kill -9 at the very first record
-        fields = decode_record(data)
-        if "token" not in fields:
-            raise RecordError("it has no token")
-        return fields
-
     def _stored_seq(self) -> int:
         try:
-            sub, kind = self._read()
+            sub, kind = read_state(self._files)
         except StateError:
             return 0
         if kind == "json" and sub is not None and sub.progress is not None:
@@ -522,7 +361,7 @@ class TokenStore:
 
     def _companion_seq(self) -> int:
         try:
-            record = self._read_companion()
+            record = read_companion(self.progress_path)
         except RecordError:
             return 0
         return int(record["seq"]) if record is not None else 0
@@ -544,7 +383,7 @@ class TokenStore:
             data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
         try:
             if self._progress_fd is None:
-                self._progress_fd = self._open(self.progress_path, os.O_RDWR | os.O_CREAT)
+                self._progress_fd = self._files.open(self.progress_path, os.O_RDWR | os.O_CREAT)
                 os.fchmod(self._progress_fd, 0o600)
                 self._progress_len = os.fstat(self._progress_fd).st_size
                 if len(data) < self._progress_len:
@@ -556,7 +395,7 @@ class TokenStore:
             if durable:
                 os.fsync(self._progress_fd)
         except OSError as exc:
-            raise self._not_writable(self.progress_path, exc) from None
+            raise self._files.not_writable(self.progress_path, exc) from None
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -602,201 +441,12 @@ class TokenStore:
         self._replace(data)
 
     def _replace(self, data: bytes) -> None:
-        directory = self._path.parent
-        tmp = directory / f".{self._path.name}.{secrets.token_hex(4)}.tmp"
-        fd = self._open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self._path)
+            write_private_file(self._path, data, sync_directory=True)
         except OSError as exc:
-            _remove(tmp)
-            raise self._not_writable(self._path, exc) from None
-        except BaseException:
-            _remove(tmp)
-            raise
-        try:
-            _fsync_directory(directory)
-        except OSError as exc:
-            raise self._not_writable(directory, exc) from None
-
-    # -- helpers -----------------------------------------------------------------------------------
-
-    def _make_directory(self, directory: Path) -> None:
-        missing = []
-        d = directory
-        while not d.exists() and d != d.parent:
-            missing.append(d)
-            d = d.parent
-        if not d.is_dir():
-            raise self._not_a_directory(d)
-        for d in reversed(missing):
-            try:
-                os.mkdir(d, 0o700)
-                os.chmod(d, 0o700)  # whatever the umask
-            except FileExistsError:
-                if not d.is_dir():
-                    raise self._not_a_directory(d) from None
-            except OSError as exc:
-                raise self._not_writable(d, exc) from None
-        if not directory.is_dir():
-            raise self._not_a_directory(directory)
-
-    def _not_a_directory(self, where: Path) -> StateNotWritable:
-        # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
-        what = "a file" if where.is_file() else "not a directory"
-        return StateNotWritable(
-            f"cannot write the state file {self._path}: {where} is {what}, not a directory that can "
-            f"hold it; {_FIX_HINT} (a path inside a directory)"
-        )
-
-    def _probe_writable(self, directory: Path) -> None:
-        probe = directory / f".{self._path.name}.{secrets.token_hex(4)}.probe"
-        os.close(self._open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-        _remove(probe)
-
-    def _remove_stale_temp_files(self, directory: Path) -> None:
-        # A process killed between creating its temp file and the rename leaves the temp file
-        # behind; holding the lock, we know no one else is writing one now.
-        for stale in directory.glob(f".{glob.escape(self._path.name)}.*.tmp"):
-            _remove(stale)
-
-    def _open(self, path: Path, flags: int) -> int:
-        """Open a file of the state directory (mode 0600 if created), never through a symbolic
-        link: a link planted there cannot make kata-events write into the file it names."""
-        try:
-            return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            if _is_link_error(exc, path):
-                raise self._link_refused(path) from None
-            raise self._not_writable(path if path.exists() else path.parent, exc) from None
-
-    def _link_refused(self, path: Path) -> StateLinkRefused:
-        try:
-            target = f" (to {os.readlink(path)})"
-        except OSError:
-            target = ""
-        return StateLinkRefused(
-            f"{path} is a symbolic link{target}: kata-events never follows links where it writes "
-            f"its state, so nothing can make it write into another file; the link's target is "
-            f"untouched. Remove the link (rm {path}), make {path.parent} writable only by the "
-            f"account kata-events runs as (chmod 700 {path.parent}), or {_FIX_HINT}"
-        )
-
-    def _not_writable(self, where: Path, exc: OSError) -> StateNotWritable:
-        try:
-            import pwd
-
-            user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
-        except (ImportError, KeyError):
-            user = f"uid {os.geteuid()}"
-        return StateNotWritable(
-            f"cannot write the state file {self._path}: {where}: {_reason(exc)}; make "
-            f"{self._path.parent} a directory writable by {user}, or {_FIX_HINT}"
-        )
-
-    def _corrupt(self, what: str) -> StateCorrupt:
-        return StateCorrupt(
-            f"state file {self._path} {what}; kata-events writes it atomically, so it was changed by "
-            f"something else: move it away (e.g. mv {self._path} {self._path}.bad) to start a new "
-            "subscription, or restore it"
-        )
-
-
-def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]]:
-    """Who else may write in the state directory: (a refusal, a warning), each None when fine.
-
-    Every account writing there (o+w) without the sticky bit could replace the state file or
-    plant links: refused. Its group writing there (or every account, with the sticky bit, as in
-    /tmp: others can still create files under kata-events' names): warned.
-    """
-    try:
-        mode = os.stat(directory).st_mode
-    except OSError:
-        return None, None
-    shown = f"mode {stat.S_IMODE(mode):04o}"
-    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        return (
-            f"state directory {directory} can be written by every account ({shown}, no sticky "
-            "bit): anyone could replace the state file or plant links to make kata-events "
-            f"overwrite other files. Fix it with chmod o-w {directory} (better chmod 700 "
-            f"{directory}), or {_FIX_HINT}",
-            None,
-        )
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        who = "every account (sticky bit set)" if mode & stat.S_IWOTH else "its group"
-        return None, (
-            f"state directory {directory} can be written by {who} ({shown}): they could create "
-            f"files under the state file's names; chmod 700 {directory} unless that is meant"
-        )
-    return None, None
-
-
-def _is_link_error(exc: OSError, path: Path) -> bool:
-    """O_NOFOLLOW met a symbolic link (ELOOP on Linux, EMLINK or EFTYPE elsewhere)."""
-    if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)):
-        return True
-    return os.path.islink(path)
-
-
-def _parse_plain(path: Path, data: bytes) -> Optional[str]:
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
-    if not text:
-        return None
-    if not _PLAIN_TOKEN.fullmatch(text):
-        raise StateCorrupt(
-            f"token file {path} holds more than one word, so it is neither a state file nor the "
-            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
-        )
-    return text
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
-
-
-def _read_pid(fd: int) -> Optional[int]:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
-
-
-def _unlock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some file systems (and some network mounts) refuse fsync on a directory: the rename is
-        # done, only its durability across a power cut is weaker there.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+            if is_link_error(exc, self._path):
+                raise self._files.link_refused(self._path) from None
+            raise self._files.not_writable(self._path, exc) from None
 
 
 def _utc_now() -> str:

@@ -1,7 +1,7 @@
 """The HTTP transport under the API client: one requests `Session` and its adapter.
 
 The adapter puts our TLS settings on every connection instead of requests' own (certifi's bundle,
-``verify``): the SSL context of `kata_events.tls`, urllib3's ``assert_fingerprint`` for a pin
+``verify``): the SSL context of `kata_events.source.tls`, urllib3's ``assert_fingerprint`` for a pin
 (checked after the handshake, before the request is sent, through a proxy's CONNECT tunnel too),
 and TCP keepalive through the socket options. Its connection pools tell the client which
 connection carries the request, so that another thread can shut it down (a stop during a long

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import ExitStatus, UserError
-from kata_events.locate import RunFiles, add_location_arguments, locate
 
 DESCRIPTION = """\
 show:  print what the state file holds (Central Node, external system id, filter, token age,
@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """What ``show`` prints, as a dict; None when there is no state file. Raises `StateError`."""
-    from kata_events.state import TokenStore, short_token
-    from kata_events.status_command import parse_iso, running_pid
+    from kata_events.commands.status import parse_iso, running_pid
+    from kata_events.state.store import TokenStore, short_token
 
     now = time.time() if now is None else now
     sub = TokenStore(files.state, url="", external_system_id="").stored()
@@ -110,7 +110,7 @@ def _show(files: RunFiles, fmt: str) -> int:
 
 
 def _reset(files: RunFiles) -> int:
-    from kata_events.state import StateLocked, TokenStore
+    from kata_events.state.store import StateLocked, TokenStore
 
     store = TokenStore(files.state, url="", external_system_id="")
     if not files.state.exists():

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 from kata_events import options as opts
 from kata_events.config import DEFAULT_ORIGIN, Origin, config_path, read_toml, resolve_path
 from kata_events.exits import ExitStatus, UserError
+from kata_events.paths import companion
 
 
 def add_location_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ class RunFiles:
 
     @property
     def progress(self) -> Path:
-        return self.state.with_name(self.state.name + ".progress")
+        return companion(self.state, "progress")
 
     @property
     def status(self) -> Path:
@@ -57,12 +58,12 @@ class RunFiles:
 
     @property
     def lock(self) -> Path:
-        return self.state.with_name(self.state.name + ".lock")
+        return companion(self.state, "lock")
 
 
 def status_path(state_file: Path) -> Path:
     """The status record `run` keeps next to its state file (read by ``kata-events status``)."""
-    return state_file.with_name(state_file.name + ".status")
+    return companion(state_file, "status")
 
 
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:
@@ -91,7 +92,7 @@ def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
         value, origin = values["state_file"]
         return RunFiles(resolve_path(value, origin, environ), ext_id)
     if ext_id:
-        from kata_events.state import default_state_path
+        from kata_events.paths import default_state_path
 
         return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))), ext_id)
     raise UserError(

@@ -19,11 +19,13 @@ import sys
 from typing import List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from kata_events import api, certs, errors, keypair, state, tls, transport
+from kata_events import certs, keypair
+from kata_events.commands.run import build_client, key_password, token_store
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
-from kata_events.run_command import build_client, key_password, token_store
+from kata_events.source import api, errors, tls, transport
+from kata_events.state import store as state
 
 DESCRIPTION = """\
 Check a set-up without streaming events: the configuration, the certificate and key, each
@@ -263,19 +265,7 @@ def _check_tls(
 def _probe_fingerprint(base: str, proxy: Optional[str]) -> Optional[str]:
     """The server certificate's SHA-256, read over an unverified handshake: for a message only."""
     sock = _open(base, proxy)
-    if sock is None:
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    try:
-        with ctx.wrap_socket(sock, server_hostname=_base_parts(base)[0]) as tls_sock:
-            der = tls_sock.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError):
-        return None
-    finally:
-        sock.close()
-    return hashlib.sha256(der).hexdigest() if der else None
+    return None if sock is None else api.probe_server_fingerprint(base, sock=sock)
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:

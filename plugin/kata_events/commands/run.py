@@ -11,24 +11,25 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from types import FrameType
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
-from kata_events.acks import choose_ack_mode
-from kata_events.api import EventsClient
+from kata_events.commands.locate import status_path
 from kata_events.config import Config, describe, load_run_config, requested_log_format
-from kata_events.delivery import LineWriter, make_delivery
+from kata_events.delivery.acks import choose_ack_mode
+from kata_events.delivery.policies import make_delivery
+from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
 from kata_events.key_password import KeyPassword
 from kata_events.key_password import from_settings as key_password_source
-from kata_events.locate import status_path
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
-from kata_events.state import StateError, TokenStore
+from kata_events.source.api import EventsClient
+from kata_events.state.store import StateError, TokenStore
 from kata_events.status_record import Health
+from kata_events.stopping import Stop
 
 DESCRIPTION = """\
 Stream events from a Central Node's Events API to stdout, one JSON object per line.
@@ -131,7 +132,8 @@ def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format)
-    client = build_client(config)
+    stop = Stop()
+    client = build_client(config, stop=stop)
     logs.emit(
         "start",
         f"kata-events {__version__} starting",
@@ -178,26 +180,22 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     for warning in store.warnings:
         logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
-        runner_box: List[Runner] = []
-        early_stop: List[str] = []
-
-        def on_stop(reason: str) -> None:
-            if runner_box:
-                runner_box[0].request_stop(reason)
-            else:
-                early_stop.append(reason)
-
         ack_options = {}
         if mode == "lines":
             ack_options = dict(
-                on_stop=on_stop,
                 max_unacked=config.max_unacked,
                 ack_timeout=config.ack_timeout,
                 already_read=already_read,
                 started=config.ack == "auto",
             )
         delivery = make_delivery(
-            mode, LineWriter(stdout_fd), store.commit_point, store.note, config.settle_time, **ack_options
+            mode,
+            LineWriter(stdout_fd),
+            store.commit_point,
+            store.note,
+            config.settle_time,
+            stop,
+            **ack_options,
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         health = Health(status_path(config.state_file), config.max_timeout)
@@ -212,18 +210,16 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             stats_interval=config.stats_interval,
             warn_line_bytes=config.warn_line_bytes,
             stop_after=stop_after,
+            stop=stop,
         )
-        runner_box.append(runner)
         metrics = start_metrics(config, runner)
         if metrics is False:
             return int(ExitStatus.CONFIG)
-        previous_alarm = _install_signal_handlers(runner)
+        _install_signal_handlers(stop)
         try:
-            for reason in early_stop:
-                runner.request_stop(reason)
             return runner.run()
         finally:
-            _restore_signal_handlers(runner, previous_alarm)
+            _restore_signal_handlers()
             if metrics:
                 metrics.close()
     finally:
@@ -261,40 +257,27 @@ def start_metrics(config: Config, runner: Runner) -> Any:
     return metrics
 
 
-def _install_signal_handlers(runner: Runner) -> Any:
-    """SIGTERM/SIGINT/SIGHUP stop the runner; SIGUSR1 is how other threads interrupt the main one.
+def _install_signal_handlers(stop: Stop) -> None:
+    """SIGTERM/SIGINT/SIGHUP ask the run to stop; the handler only records (`Stop.ask`).
 
     SIGHUP is a stop like the others (a closed terminal, supervisors that stop with it): its default
     action would kill the process with no stop line and exit 129.
-
-    Returns the SIGALRM handler it replaced (for `_restore_signal_handlers`).
     """
 
     def handler(signum: int, frame: Optional[FrameType]) -> None:
-        runner.request_stop(signal.Signals(signum).name)
-
-    def wake(signum: int, frame: Optional[FrameType]) -> None:
-        runner.request_stop("wake")
+        stop.ask(signal.Signals(signum).name)
 
     for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
-    signal.signal(signal.SIGUSR1, wake)
-    main_ident = threading.main_thread().ident or 0
-    runner.wake_main = lambda: signal.pthread_kill(main_ident, signal.SIGUSR1)
-    # SIGALRM: the overall deadline of a network wait (kata_events.deadlines).
-    return runner.deadlines.install()
 
 
-def _restore_signal_handlers(runner: Runner, previous_alarm: Any) -> None:
-    """Put the alarm back; ignore stops and wake-ups while the process ends.
+def _restore_signal_handlers() -> None:
+    """Ignore stops while the process ends.
 
     The run's outcome and exit code are settled by now, and shippers commonly stop their child
     twice (rsyslog's improg writes STOP then sends SIGTERM): a SIGTERM landing in the last
     milliseconds would otherwise kill the process with the default action and turn a clean exit
-    into "killed by signal 15". A wake-up from a thread that has not yet noticed the end must not
-    kill it either (SIGUSR1's default action is to terminate).
+    into "killed by signal 15".
     """
-    runner.deadlines.uninstall()
-    signal.signal(signal.SIGALRM, previous_alarm)
-    for sig in (*STOP_SIGNALS, signal.SIGUSR1):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

@@ -56,8 +56,8 @@ class _EmulatorEvents(logging.Filter):
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events demo``."""
     from kata_events import certs  # cryptography: only this command needs it
+    from kata_events.commands.run import run_config, say
     from kata_events.emulator.server import Emulator
-    from kata_events.run_command import run_config, say
 
     if args.events < 0:
         say("--events must be 0 (no limit) or more")

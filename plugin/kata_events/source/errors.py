@@ -71,3 +71,7 @@ class TlsVerifyFailed(ApiError):
 
 class ClientTlsError(ApiError):
     """Our own certificate or key cannot be used (mismatched pair, encrypted key). Not transient."""
+
+
+class Interrupted(ApiError):
+    """A stop was asked for while the request's answer or the next part of its body was awaited."""

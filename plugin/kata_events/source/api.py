@@ -2,11 +2,11 @@
 
 It builds requests the way the Central Node expects (``max_events`` and ``max_timeout`` always,
 ``filter`` only when creating a subscription, ``continuation_token`` once there is one), sends them
-through requests (`kata_events.transport`: the TLS settings of `kata_events.tls`, proxies), tries
-several base URLs in turn on connection failure, and translates every requests/urllib3/`ssl`/
-`OSError` failure into the project's own exceptions (`kata_events.errors`), here and only here.
-The body splitter (`kata_events.stream`, msgspec) is loaded when the first body arrives, and checks
-the answer's envelope against `ENVELOPE_SCHEMA`. It never writes to stdout and never logs.
+through requests (`transport`: the TLS settings of `tls`, proxies), tries several base URLs in turn
+on connection failure, and translates every requests/urllib3/`ssl`/`OSError` failure into the
+project's own exceptions (`errors`), here and only here. The answer's body is streamed by
+`pages.Page` (the splitter, `stream`, msgspec, loads when the first body arrives). It never writes
+to stdout and never logs.
 """
 
 from __future__ import annotations
@@ -18,51 +18,52 @@ import re
 import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
+import urllib3.util
 
-from kata_events import __version__, keypair, tls, transport
-from kata_events.errors import (
+from kata_events import __version__, keypair
+from kata_events.exits import UserError
+from kata_events.options import MAX_EVENT_BYTES_DEFAULT
+from kata_events.source import tls, transport
+from kata_events.source.errors import (
     ApiError,
     BadRequest,
     BadResponse,
     ClientTlsError,
+    Interrupted,
     SubscriptionLost,
     TlsVerifyFailed,
     TokenRefused,
     Unauthorized,
     Unavailable,
 )
-from kata_events.exits import UserError
-from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.tokens import token_problem
-
-if TYPE_CHECKING:
-    from kata_events.stream import PageSplitter, SkippedEvent
+from kata_events.source.pages import (
+    CONNECTION_ERRORS,
+    Abandoned,
+    Page,
+    abandoned,
+    excerpt,
+    handover,
+    shutdown_socket,
+)
+from kata_events.stopping import Stop
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
-#: Large reads keep Python's per-chunk work small next to the bytes moved.
-CHUNK_SIZE = 1 << 20
 CONNECT_TIMEOUT = 10.0
 #: The server may hold a long poll for ``max_timeout``; allow this much more before giving up.
 READ_TIMEOUT_MARGIN = 10.0
+#: A network wait may outlast its socket timeouts by this much before it is abandoned (the per-read
+#: timeouts fire first when they apply, with their own message). Per-read timeouts do not bound a
+#: request whose server trickles a byte every few seconds: this overall limit does.
+DEADLINE_SLACK = 5.0
 #: How much of an error body is read, and how much of it is quoted in a message.
 ERROR_BODY_LIMIT = 65536
-EXCERPT_CHARS = 200
-#: Failures of the connection while a body is read: urllib3's own are not OSErrors.
-_CONNECTION_ERRORS = (OSError, urllib3.exceptions.HTTPError, requests.RequestException)
 #: urllib3's words for a certificate that is not the pinned one, and the fingerprint it saw.
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
-
-
-def excerpt(data: bytes, limit: int = EXCERPT_CHARS) -> str:
-    """A short printable excerpt of a body for a log line."""
-    text = data[: limit * 4].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def file_fingerprint(cert_path: str) -> Optional[str]:
@@ -77,24 +78,32 @@ def file_fingerprint(cert_path: str) -> Optional[str]:
 
 
 def probe_server_fingerprint(
-    base_url: str, cert: str, key: str, timeout: float = 5.0, key_password: Any = None
+    base_url: str,
+    cert: Optional[str] = None,
+    key: Optional[str] = None,
+    timeout: float = 5.0,
+    sock: Any = None,
+    key_password: Any = None,
 ) -> Optional[str]:
-    """Connect without verification only to read the server certificate's SHA-256 for a message."""
+    """Handshake without verification only to read the server certificate's SHA-256, for a message.
+
+    ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed.
+    ``key_password``: opens an encrypted key (without it OpenSSL would prompt on the terminal).
+    """
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port or 443
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if cert and key:
+        try:
+            password = key_password() if key_password else keypair.no_passphrase()
+            ctx.load_cert_chain(cert, key, password=password)
+        except (OSError, ssl.SSLError, UserError):
+            pass
     try:
-        # An encrypted key without its passphrase would make OpenSSL prompt on the terminal.
-        ctx.load_cert_chain(cert, key, password=key_password() if key_password else keypair.no_passphrase())
-    except (OSError, ssl.SSLError, UserError):
-        pass
-    try:
-        with (
-            socket.create_connection((host, port), timeout=timeout) as raw,
-            ctx.wrap_socket(raw, server_hostname=host) as tls,
-        ):
+        raw = sock if sock is not None else socket.create_connection((host, port), timeout=timeout)
+        with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
             der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None
@@ -132,232 +141,14 @@ def handshake_failure(base_url: str, reason: str) -> str:
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
+    """The server's Retry-After (seconds, or an HTTP date) as seconds from now; None when absent
+    or not one of the two."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
-    except ValueError:
+        return float(urllib3.util.Retry().parse_retry_after(value))
+    except urllib3.exceptions.InvalidHeader:
         return None
-
-
-#: The answer's envelope: every top-level key but the events' contents. Unknown keys are harmless.
-ENVELOPE_SCHEMA: Dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Events API answer envelope",
-    "type": "object",
-    "properties": {
-        "continuationToken": {"type": "string", "minLength": 1},
-        "events": {"type": "array"},
-    },
-    "required": ["continuationToken", "events"],
-}
-_envelope_validator: Any = None
-
-
-def envelope_problem(envelope: Dict[str, Any]) -> Optional[str]:
-    """What makes an envelope (``events`` emptied by the splitter) not an Events API answer, or None."""
-    global _envelope_validator
-    if _envelope_validator is None:
-        import jsonschema  # loaded once the first page is in, not before the first request
-
-        _envelope_validator = jsonschema.Draft202012Validator(ENVELOPE_SCHEMA)
-    error = next(iter(_envelope_validator.iter_errors(envelope)), None)
-    if error is None:
-        return None
-    if error.validator == "required":
-        missing = next(k for k in ENVELOPE_SCHEMA["required"] if k not in envelope)
-        return f"no {missing}"
-    where = "/".join(str(p) for p in error.absolute_path) or "the body"
-    if where == "continuationToken" and error.validator == "type":
-        return "continuationToken is not a string"
-    return f"{where}: {error.message}"
-
-
-class _ReadAhead:
-    """Reads and splits a body in a thread, a few chunks ahead of the caller.
-
-    The caller writes and hashes the previous chunk's events (without the GIL, in C) while this
-    thread reads the next one (socket and TLS work, also without the GIL) and splits it: the three
-    overlap on two cores instead of running one after the other, and the server's sending never
-    waits on our splitting. At most ``depth`` items wait in the queue: ``(events, skipped)`` per
-    chunk, then ``None`` at the end of the body. A failure (the connection's, or the splitter's
-    `MalformedBody`) is handed over and raised by ``get``.
-    """
-
-    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool, depth: int = 2) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(depth)
-        self._closed = threading.Event()
-        self._splitter = splitter
-        #: Bytes of the body read so far.
-        self.bytes_read = 0
-        #: Set once the reading thread has stopped reading (end of body, or a failure).
-        self.done = threading.Event()
-        #: True once the whole body was read (the connection can carry the next request).
-        self.complete = False
-        threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
-
-    def _read(self, raw: Any, decode: bool) -> None:
-        splitter = self._splitter
-        try:
-            while not self._closed.is_set():
-                # Decoded only if the server encoded it although not asked to: urllib3 then copies
-                # through a buffer, which a plain body is spared.
-                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
-                if not chunk:
-                    left = getattr(raw, "length_remaining", None)
-                    if left:
-                        raise ConnectionError(f"the body ended {left} bytes early")
-                    self.complete = True
-                    self.done.set()
-                    self._put(None)
-                    return
-                self.bytes_read += len(chunk)
-                events = splitter.feed(chunk)
-                skipped, splitter.skipped = splitter.skipped, []
-                if events or skipped:
-                    self._put((events, skipped))
-        except BaseException as exc:  # handed to the caller's thread, which decides
-            self.done.set()
-            self._put(exc)
-        finally:
-            self.done.set()
-
-    def _put(self, item: Any) -> None:
-        while not self._closed.is_set():
-            try:
-                self._queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def get(self) -> Optional[Tuple[List[bytes], List[SkippedEvent]]]:
-        """The next chunk's events and skipped events (None at the end); raises what failed."""
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._closed.set()
-
-
-class Page:
-    """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token."""
-
-    def __init__(
-        self,
-        response: requests.Response,
-        base_url: str,
-        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
-        sock: Optional[socket.socket] = None,
-    ) -> None:
-        # msgspec and the splitter load here, once the first answer is in: not before the first request.
-        from kata_events.stream import PageSplitter
-
-        self._response = response
-        self.base_url = base_url
-        self._sock = sock
-        self._splitter = PageSplitter(max_event_bytes)
-        self._reader: Optional[_ReadAhead] = None
-        self._skipped: List[SkippedEvent] = []
-
-    @property
-    def bytes_read(self) -> int:
-        """Bytes of the body read so far (a few chunks ahead of the events handed back)."""
-        return self._reader.bytes_read if self._reader is not None else 0
-
-    @property
-    def event_count(self) -> int:
-        """Events split so far: all of the page's once `batches` is exhausted."""
-        return self._splitter.event_count
-
-    @property
-    def element_count(self) -> int:
-        """Elements of the page's ``events`` so far: the events handed back and those skipped."""
-        return self._splitter.event_count + self._skipped_total
-
-    _skipped_total = 0
-
-    def take_skipped(self) -> List[SkippedEvent]:
-        """Events skipped since the last call (too large, nested too deep), for the caller to report."""
-        skipped, self._skipped = self._skipped, []
-        self._skipped_total += len(skipped)
-        return skipped
-
-    def batches(self) -> Iterator[List[bytes]]:
-        """Events as they arrive, a list per network chunk; each item is one line without newline."""
-        from kata_events.stream import MalformedBody
-
-        encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
-        self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
-        try:
-            while True:
-                item = self._reader.get()
-                if item is None:
-                    break
-                events, skipped = item
-                self._skipped += skipped
-                if events:
-                    yield events
-        except MalformedBody as exc:
-            raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
-        except _CONNECTION_ERRORS as exc:
-            raise Unavailable(
-                f"the connection broke after {self.bytes_read} bytes of the page: "
-                f"{transport.root_reason(exc)}"
-            ) from None
-
-    def finish(self) -> str:
-        """The page's continuation token, once the whole body was read and checked."""
-        from kata_events.stream import MalformedBody
-
-        try:
-            envelope = self._splitter.close()
-        except MalformedBody as exc:
-            raise BadResponse(f"the page is incomplete or not valid JSON: {exc}", exc.excerpt) from None
-        problem = envelope_problem(envelope)
-        if problem:
-            raise BadResponse(
-                f"the page does not look like an Events API response ({problem})",
-                excerpt(repr(envelope).encode()),
-            )
-        token = envelope["continuationToken"]
-        problem = token_problem(token)
-        if problem:
-            # Saved, it would make every later request fail, across restarts too.
-            raise BadResponse(
-                f"the page's continuationToken is not one a server would send: {problem}",
-                excerpt(token.encode("utf-8", "replace"), 60),
-            )
-        return token
-
-    def close(self) -> None:
-        reader = self._reader
-        if reader is not None:
-            reader.close()
-            if not reader.done.is_set() and self._sock is not None:
-                # The reading thread is inside a read, holding the response's buffer: closing the
-                # response would wait for the server's next byte (for ever, if it trickles). Shut
-                # the socket down first, so that read returns at once (a stop, a deadline).
-                _shutdown(self._sock)
-        # A body read to its end has put the connection back for the next request already;
-        # otherwise this closes it: a connection mid-answer is never reused.
-        self._response.close()
-
-    def __enter__(self) -> Page:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _shutdown(sock: socket.socket) -> None:
-    """Shut down a connection's socket (from any thread); errors are ignored."""
-    try:
-        # socket.socket's own shutdown: an SSLSocket's would drop its TLS object under the reader.
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def _reason(exc: BaseException) -> str:
@@ -370,6 +161,40 @@ class _Unreachable(Exception):
 
     Its text says what happened there, for the message naming every address tried.
     """
+
+
+class _Requester:
+    """The ``request`` thread: sends the client's requests one at a time and hands each answer
+    over in its box. One thread for the whole run (each thread that allocates costs the process a
+    malloc arena); a new one only replaces it while a given-up request is still unwinding."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        threading.Thread(target=self._run, name="request", daemon=True).start()
+
+    def send(self, call: Callable[[], Page], box: queue.Queue[Any], given_up: threading.Event) -> None:
+        self.busy = True
+        self._inbox.put((call, box, given_up))
+
+    def retire(self) -> None:
+        """End the thread once the request it may be in returns."""
+        self._inbox.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self._inbox.get()
+            if job is None:
+                return
+            call, box, given_up = job
+            try:
+                result: Any = call()
+            except BaseException as exc:  # handed to the waiting thread, which decides
+                result = exc
+            self.busy = False
+            box.put(result)
+            if given_up.is_set() and isinstance(result, Page):
+                result.close()  # nobody will read it
 
 
 class EventsClient:
@@ -391,6 +216,7 @@ class EventsClient:
         max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
         proxy: Optional[str] = None,
         key_password: Any = None,
+        stop: Optional[Stop] = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one URL is needed")
@@ -410,6 +236,8 @@ class EventsClient:
         self.max_timeout = max_timeout
         self.filter = filter
         self.max_event_bytes = max_event_bytes
+        #: Ends a wait for an answer or a body early (the run's stop state).
+        self.stop = stop or Stop()
         self._current = 0
         self._context: Optional[ssl.SSLContext] = None
         #: What the files the TLS settings were made from looked like then (see `_files_stamp`).
@@ -421,6 +249,7 @@ class EventsClient:
         self._fresh = True
         self._connected = False
         self._aborted = False
+        self._requester: Optional[_Requester] = None
         self._transport = transport.Transport(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"},
             self._watch,
@@ -447,8 +276,45 @@ class EventsClient:
             params["filter"] = self.filter
         return params
 
+    def wait_limit(self, max_timeout: Optional[int] = None) -> float:
+        """Seconds a request's answer, or the next part of its body, may take at most."""
+        return int(max_timeout or self.max_timeout) + READ_TIMEOUT_MARGIN + DEADLINE_SLACK
+
     def fetch(self, token: Optional[str], max_timeout: Optional[int] = None) -> Page:
-        """Send one request and return the page, still streaming; raises `ApiError` subclasses."""
+        """Send one request and return the page, still streaming; raises `ApiError` subclasses.
+
+        The request runs on its own thread and is handed over: a stop (`Interrupted`) or the
+        overall limit (a trickling handshake or headers) ends the wait without waiting for the
+        socket, and the connection is cut so that thread ends too.
+        """
+        limit = CONNECT_TIMEOUT * (len(self.urls) - 1) + self.wait_limit(max_timeout)
+        box: queue.Queue[Any] = queue.Queue(1)
+        given_up = threading.Event()
+        if self._requester is None or self._requester.busy:
+            # The last request was given up and is still unwinding: it gets no more work.
+            if self._requester is not None:
+                self._requester.retire()
+            self._requester = _Requester()
+        self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
+        try:
+            result = handover(box, limit, self.stop, "answer")
+        except (Interrupted, Abandoned) as exc:
+            given_up.set()
+            self.abort()
+            try:
+                late = box.get_nowait()  # answered just now: nobody will read it
+            except queue.Empty:
+                late = None
+            if isinstance(late, Page):
+                late.close()
+            if isinstance(exc, Abandoned):
+                raise abandoned(self.url, exc) from None
+            raise
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _fetch(self, token: Optional[str], max_timeout: Optional[int]) -> Page:
         params = self.params(token, max_timeout)
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
         self._aborted = False
@@ -462,7 +328,7 @@ class EventsClient:
                 failures.append(str(exc))
                 continue
             self._current = index
-            return self._check_status(response, base, token)
+            return self._check_status(response, base, token, self.wait_limit(max_timeout))
         if len(failures) == 1:
             raise Unavailable(failures[0])
         raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")
@@ -559,14 +425,17 @@ class EventsClient:
         self.tls_files_problem = None
         self._transport.mount(ctx, self.pin_sha256)
 
-    def _check_status(self, response: requests.Response, base: str, token: Optional[str] = None) -> Page:
+    def _check_status(
+        self, response: requests.Response, base: str, token: Optional[str] = None, limit: float = 3600.0
+    ) -> Page:
         status = response.status_code
         if status == 200:
-            return Page(response, base, self.max_event_bytes, getattr(self._active, "sock", None))
+            sock = getattr(self._active, "sock", None)
+            return Page(response, base, self.max_event_bytes, sock, limit, self.stop)
         try:
             # A body read to its end leaves the connection ready for the next request.
             body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
-        except _CONNECTION_ERRORS:
+        except CONNECTION_ERRORS:
             body = b""
         finally:
             response.close()
@@ -608,6 +477,9 @@ class EventsClient:
         return Unavailable(handshake_failure(base, _reason(exc)))
 
     def close(self) -> None:
+        if self._requester is not None:
+            self._requester.retire()
+            self._requester = None
         self._active = None
         self._transport.close()
 
@@ -616,4 +488,4 @@ class EventsClient:
         self._aborted = True
         sock = getattr(self._active, "sock", None)
         if sock is not None:
-            _shutdown(sock)
+            shutdown_socket(sock)

@@ -23,8 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional
 
+from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import UserError
-from kata_events.locate import RunFiles, add_location_arguments, locate
+from kata_events.options import SERVER_RETENTION_SECONDS
 
 DESCRIPTION = """\
 Say how a run is doing, from local files only (the state file, the status record the run
@@ -40,7 +41,7 @@ WARNING_LAG = 1800
 #: 90 of the 120 minutes.
 CRITICAL_LAG = 5400
 #: A subscription lost this recently is CRITICAL: events may have been skipped.
-RECENT_LOSS = 7200.0
+RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +229,7 @@ def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events status``; returns 0..3."""
-    from kata_events.state import StateError, TokenStore
+    from kata_events.state.store import StateError, TokenStore
     from kata_events.status_record import read_record
 
     now = time.time()

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Optional
 
 from kata_events import keypair
-from kata_events.errors import ClientTlsError, TlsVerifyFailed
 from kata_events.exits import UserError
+from kata_events.source.errors import ClientTlsError, TlsVerifyFailed
 
 if TYPE_CHECKING:
     from kata_events.key_password import KeyPassword

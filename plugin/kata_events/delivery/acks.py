@@ -1,0 +1,308 @@
+"""``--ack lines``: the stdin acknowledgement protocol (rsyslog improg ``confirmMessages="on"``).
+
+Bytes from the shipper: ``START\\n`` once, then ``ACK\\n`` per line taken (pipelined), ``ACK <n>\\n``
+for n lines at once (an extension for custom consumers), ``STOP\\n`` before it closes the pipes.
+`AckParser` is pure: bytes in, protocol events out. `choose_ack_mode` looks at stdin once at start
+and decides between ``none`` and ``lines`` for ``--ack auto`` without ever hanging on a stdin that
+will never speak (a TTY, /dev/null, a pipe at EOF, a write-only or closed descriptor, a silent pipe).
+`AckDelivery` reads the acknowledgements on its own thread and counts them as taken. Nothing here
+writes to stdout but the delivery's event lines.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Tuple
+
+from kata_events import logs
+from kata_events.delivery.policies import Delivery
+from kata_events.fds import fd_kind
+from kata_events.stopping import STOP_POLL
+
+#: How long ``--ack auto`` listens on a silent stdin pipe for ``START`` before choosing ``none``.
+START_GRACE = 0.5
+#: The longest protocol line kept; anything longer is junk (and is not buffered without bound).
+MAX_LINE = 128
+#: How often the ack reader checks for lines waiting too long while stdin is silent.
+ACK_CHECK_EVERY = 0.25
+
+
+@dataclass(frozen=True)
+class AckEvent:
+    """One protocol line: kind is ``start``, ``ack`` (with ``count``), ``stop`` or ``junk``."""
+
+    kind: str
+    count: int = 0
+    text: str = ""
+
+
+class AckParser:
+    """Splits stdin bytes into protocol lines; pure, so property tests can drive it."""
+
+    def __init__(self) -> None:
+        self._partial = b""
+
+    def feed(self, data: bytes) -> List[AckEvent]:
+        """Parse a chunk; return the complete lines it finished, in order."""
+        buf = self._partial + data
+        lines = buf.split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_LINE:
+            # No legitimate line is this long: report it once and keep only a bounded tail.
+            lines.append(self._partial[:MAX_LINE])
+            self._partial = b""
+        return [parse_line(line) for line in lines if line.strip()]
+
+    def close(self) -> List[AckEvent]:
+        """End of input: a last line without newline still counts."""
+        rest, self._partial = self._partial, b""
+        return [parse_line(rest)] if rest.strip() else []
+
+
+def parse_line(line: bytes) -> AckEvent:
+    """One line (without newline) as a protocol event."""
+    text = line.strip().decode("ascii", "replace")
+    upper = text.upper()
+    if upper == "ACK":
+        return AckEvent("ack", 1)
+    if upper.startswith("ACK ") or upper.startswith("ACK\t"):
+        arg = text[4:].strip()
+        if arg.isdigit() and int(arg) > 0:
+            return AckEvent("ack", int(arg))
+        return AckEvent("junk", text=text)
+    if upper == "START":
+        return AckEvent("start")
+    if upper == "STOP":
+        return AckEvent("stop")
+    return AckEvent("junk", text=text)
+
+
+def choose_ack_mode(requested: str, fd: int = 0, grace: float = START_GRACE) -> Tuple[str, str, bytes]:
+    """Resolve ``--ack``: returns (mode, why, bytes already read from stdin after ``START``).
+
+    ``none`` and ``lines`` are taken as asked. ``auto`` decides by looking at ``fd``: only a pipe
+    or socket whose first line is ``START`` means ack mode; everything else means none, at once
+    where the answer is known (TTY, character device, closed or write-only descriptor, EOF).
+    """
+    if requested == "none":
+        return "none", "ack = none was asked for", b""
+    if requested == "lines":
+        return "lines", "ack = lines was asked for", b""
+    kind = fd_kind(fd)
+    if kind not in ("pipe", "socket"):
+        what = {
+            None: "closed",
+            "tty": "a terminal",
+            "chardev": "a character device such as /dev/null",
+        }.get(kind, "not a pipe")
+        return "none", f"stdin is {what}", b""
+    received = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    start = time.monotonic()
+    while b"\n" not in received and len(received) < MAX_LINE:
+        deadline_left = grace - (time.monotonic() - start)
+        if deadline_left <= 0:
+            return "none", f"stdin said nothing within {grace:g} s", received
+        if not poller.poll(deadline_left * 1000):
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EINTR):
+                continue
+            return "none", f"stdin cannot be read ({os.strerror(exc.errno or 0)})", b""
+        if not chunk:
+            if received.strip():
+                break
+            return "none", "stdin is at end of file", b""
+        received += chunk
+    first, _, rest = received.partition(b"\n")
+    if first.strip().upper() == b"START":
+        return "lines", "the shipper said START on stdin", rest
+    return "none", f"stdin's first line is not START ({first[:40]!r})", b""
+
+
+class AckDelivery(Delivery):
+    """``--ack lines``: a line is taken when the shipper acknowledged it on stdin.
+
+    A reader thread drains stdin all the time (else the shipper's ACK pipe fills and both sides
+    block), feeds the ledger and commits. Writing runs ahead of acknowledgements by a bounded
+    window: before each new page the runner waits in `wait_for_room`, and inside a page writing
+    waits at the record window (`RECORD_AHEAD_LINES`). ``STOP`` or EOF on stdin
+    asks the runner to stop; acknowledgements after ``STOP`` are ignored.
+    """
+
+    mode = "lines"
+    guarantee = "a line counts as delivered once the shipper acknowledged it"
+    wait_for_commits = False
+
+    def __init__(
+        self,
+        *args: Any,
+        on_stop: Optional[Callable[[str], None]] = None,
+        max_unacked: int,
+        ack_timeout: float,
+        stdin_fd: int = 0,
+        already_read: bytes = b"",
+        started: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """``args``, ``kwargs``: those of `Delivery` (writer, commit, note, stop); the others are
+        the protocol's: the window, the acknowledgement timeout, stdin and what was read of it."""
+        super().__init__(*args, **kwargs)
+        self._cond = threading.Condition(self._lock)
+        self._parser = AckParser()
+        #: What STOP or the end of stdin does: by default, ask the run to stop.
+        self._on_stop = on_stop if on_stop is not None else self.stop.ask_and_wake
+        self.max_unacked = max(1, max_unacked)
+        self.ack_timeout = ack_timeout
+        self._fd = stdin_fd
+        self._started = started
+        self._stopped = False
+        self._junk_logged = False
+        self._overacks = 0
+        self._timeout_warned = False
+        self._thread = threading.Thread(target=self._read_loop, name="acks", daemon=True)
+        if already_read:
+            for event in self._parser.feed(already_read):
+                self._handle(event)
+        self._thread.start()
+
+    def _wait_ends(self) -> bool:
+        return self._stopped or super()._wait_ends()
+
+    def end_page(self, token: str) -> None:
+        with self._lock:
+            self.ledger.page_end(token)
+            # Only an empty page can be wholly acknowledged already; later ACKs release the rest.
+            self._take(self.ledger.taken_position)
+
+    def _write_piece(self, data: bytes, count: int) -> None:
+        # Counted before the write: the shipper may read and acknowledge a line before os.write
+        # returns, and an ACK for a line not yet counted would be dropped as excess.
+        with self._lock:
+            self.ledger.wrote(count, time.monotonic(), data, count)
+        self.writer.write_bytes(data)
+
+    # -- the reader thread ----------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while True:
+            # The main thread may sit in a long poll for minutes: silence on stdin is where an
+            # overdue acknowledgement shows, so the timeout is checked here too.
+            if not poller.poll(ACK_CHECK_EVERY * 1000):
+                self.check_ack_timeout()
+                continue
+            try:
+                data = os.read(self._fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                logs.emit("ack_protocol", f"stdin cannot be read any more ({exc}); stopping")
+                data = b""
+            if not data:
+                for event in self._parser.close():
+                    self._handle(event)
+                self._handle(AckEvent("eof"))
+                return
+            for event in self._parser.feed(data):
+                self._handle(event)
+            if self._stopped:
+                return
+
+    def _handle(self, event: AckEvent) -> None:
+        if self._stopped:
+            return
+        if event.kind == "ack":
+            with self._cond:
+                position = self.ledger.taken_position + event.count
+                if position > self.ledger.written:
+                    # Lines are counted before they are written, so no true acknowledgement goes
+                    # past them: the shipper's count is wrong, and nothing it says then is evidence
+                    # of delivery. Taken as far as written, it could mark undelivered lines done.
+                    self._overacks += 1
+                    logs.emit(
+                        "ack_protocol",
+                        f"protocol error: the shipper acknowledged {event.count} more lines, up to "
+                        f"line {position}, but only {self.ledger.written} were written; this "
+                        "acknowledgement is ignored (nothing counts as delivered by it)",
+                        level="ERROR" if self._overacks == 1 else "DEBUG",
+                        reason="more acknowledged than written",
+                        acknowledged=self.ledger.taken_position,
+                        written=self.ledger.written,
+                        count=event.count,
+                    )
+                    return
+                self._take(position)
+                self._timeout_warned = False
+                self._cond.notify_all()
+        elif event.kind == "start":
+            if self._started:
+                self._note_junk("START")
+            self._started = True
+        elif event.kind in ("stop", "eof"):
+            self._stopped = True
+            with self._cond:
+                self._cond.notify_all()
+            what = "STOP" if event.kind == "stop" else "end of stdin"
+            logs.emit("stop", f"the shipper said {what}: stopping", reason=what)
+            self._on_stop(what)
+        else:
+            self._note_junk(event.text)
+
+    def _note_junk(self, text: str) -> None:
+        if not self._junk_logged:
+            self._junk_logged = True
+            logs.emit(
+                "ack_protocol",
+                f"ignoring an unexpected line on stdin: {text[:60]!r} (said once)",
+            )
+
+    # -- the runner's side ----------------------------------------------------------------------
+
+    def check_ack_timeout(self) -> None:
+        """Warn once when lines have waited longer than ack_timeout for their acknowledgement."""
+        with self._lock:
+            age = self.ledger.unacked_age(time.monotonic())
+            if age > self.ack_timeout and not self._timeout_warned:
+                self._timeout_warned = True
+                logs.emit(
+                    "ack_timeout",
+                    f"{self.ledger.unacked} lines have waited {age:.0f} s for the shipper's "
+                    f"acknowledgement; they will not be committed until acknowledged",
+                    unacknowledged=self.ledger.unacked,
+                    acknowledged=self.ledger.taken_position,
+                    seconds=round(age, 1),
+                )
+
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+        """Give the shipper a moment to send its last acknowledgements and STOP."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._stopped and self.ledger.unacked and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+
+    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+        """Before a page: wait while ``max_unacked`` lines are written but not acknowledged, or
+        acknowledged but not yet recorded (what a kill -9 sends again stays within the window
+        and a page, however long a commit takes on the disk). A disk fault ends the wait: the
+        runner's retry then owns the state file."""
+        while not should_stop() and not self._stopped and not self.health.paused:
+            if self.ledger.unacked >= self.max_unacked:
+                with self._cond:
+                    if self.ledger.unacked >= self.max_unacked:
+                        self._cond.wait(0.25)
+            elif self.ledger.lines - self.recorder.lines >= self.max_unacked:
+                # Nothing notifies this wait of a stop: look at the stop state as often as every wait does.
+                self.recorder.wait_for_lines(self.ledger.lines - self.max_unacked + 1, STOP_POLL)
+            else:
+                return
+            self.check_ack_timeout()

@@ -1,0 +1,281 @@
+"""``--ack none`` on a pipe, socket or regular file: taken is what the reader, the peer or the disk took.
+
+On a pipe the reader has taken the bytes out (``FIONREAD`` on our end shows what is still unread);
+on a TCP socket the peer's TCP stack acknowledged them (``SIOCOUTQ``); on a regular file they were
+fsynced (a syncer thread fsyncs as writing goes, so a point inside a page is reached without
+waiting for the page's end).
+
+The settle rule (pipes and sockets): a reader may take lines and drop them while it shuts down
+(Fluent Bit's exec input reads on after its engine stopped flushing). While the process runs, the
+record follows the drained position closely, because a kill -9 of this process leaves the reader
+alive and its lines safe. A stop (signal, broken pipe, error) is the moment the reader may be
+going away: `DrainDelivery.finish` then writes back the point that was drained ``settle`` seconds
+earlier, so nothing younger counts as delivered. A clean ``--once`` end instead waits until the
+last line has settled, while the reader stays there. This module writes nothing but event lines
+to stdout and never logs tokens.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import select
+import termios
+import threading
+import time
+from typing import Callable, Optional
+
+from kata_events import logs
+from kata_events.delivery.disk_faults import is_disk_fault
+from kata_events.delivery.policies import DRAIN_POLL, Delivery
+from kata_events.delivery.writer import LineWriter, OutputFailed
+from kata_events.state.progress import Point
+from kata_events.state.store import short_token
+from kata_events.stopping import Stop
+
+#: Linux: bytes in a socket's send queue not yet acknowledged by the peer.
+SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
+#: A regular file is fsynced at most this often while lines are written to it.
+FILE_SYNC_EVERY = 0.02
+
+
+class DrainDelivery(Delivery):
+    """``--ack none`` on a pipe, socket or file: taken is what left the pipe / reached the peer / disk.
+
+    Units are bytes. Writing waits for the drain only at the record window: a watcher thread
+    (pipe, socket) or a syncer thread (file) moves the delivery point as the bytes are taken, so it
+    lags the written position by about a pipe's worth, or one fsync.
+    """
+
+    def __init__(
+        self,
+        writer: LineWriter,
+        commit: Callable[[Point], None],
+        kind: str,
+        note: Optional[Callable[[Point, bool], None]] = None,
+        settle: float = 0.0,
+        stop: Optional[Stop] = None,
+    ) -> None:
+        super().__init__(writer, commit, note, settle if kind in ("pipe", "socket") else 0.0, stop)
+        self.kind = kind
+        self.guarantee = {
+            "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
+            f"stayed {self.settle:g} s after that (settle_time)",
+            "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
+            f"peer stayed {self.settle:g} s after that (settle_time)",
+            "file": "a line counts as delivered once its bytes are fsynced to the file",
+        }[kind]
+        self._measurable = True
+        self._wake = threading.Event()
+        self._closing = False
+        #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
+        self._gone_at: Optional[float] = None
+        self._thread: Optional[threading.Thread] = None
+        if kind in ("pipe", "socket"):
+            self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
+        else:
+            self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
+        self._thread.start()
+
+    def _unread(self) -> int:
+        """Bytes written but not yet taken by the reader (0 when that cannot be measured)."""
+        if not self._measurable:
+            return 0
+        request = termios.FIONREAD if self.kind == "pipe" else SIOCOUTQ
+        buf = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.writer.fd, request, buf, True)
+        except OSError as exc:
+            self._measurable = False
+            logs.emit(
+                "drain_unmeasurable",
+                f"cannot measure how much of stdout the reader has taken ({exc}); counting a page "
+                "delivered once written",
+            )
+            return 0
+        return buf[0]
+
+    def _check(self) -> None:
+        """With the lock held: record whatever the reader has taken by now."""
+        if self.kind == "file":
+            return
+        position = max(0, self.ledger.written - self._unread())
+        self._take(position)
+
+    def _write_piece(self, data: bytes, count: int) -> None:
+        n = self.writer.write_bytes(data)
+        with self._lock:
+            self.ledger.wrote(n, time.monotonic(), data, count)
+            self._check()
+        self._wake.set()
+
+    def _wait_ends(self) -> bool:
+        return self._closing or super()._wait_ends()
+
+    def _nudge(self) -> None:
+        # A regular file: the syncer records what it fsyncs; a pipe or socket: look at the drain.
+        if self.kind == "file":
+            self._wake.set()
+        else:
+            self._check()
+
+    def _fsync(self) -> bool:
+        """fsync stdout (a regular file); False on a disk fault, reported to the health."""
+        try:
+            os.fsync(self.writer.fd)
+        except OSError as exc:
+            if is_disk_fault(exc):
+                # Nothing more is recorded until an fsync succeeds.
+                self.health.trouble("stdout", f"syncing stdout failed: {os.strerror(exc.errno or 0)}")
+                return False
+            if exc.errno not in (errno.EINVAL, errno.EROFS):
+                raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
+        return True
+
+    def _synced(self, position: int) -> None:
+        """With the lock held: everything up to ``position`` is fsynced."""
+        if self.health.failing("stdout") and not self.writer.write_failing:
+            self.health.recovered("stdout")
+        self._take(position)
+
+    def end_page(self, token: str) -> None:
+        with self._lock:
+            if self.kind == "file":
+                self.ledger.page_end(token)
+                position = self.ledger.written
+                if self._fsync():
+                    self._synced(position)
+                return
+            self.ledger.page_end(token)
+            self._check()
+        self._wake.set()
+
+    def retry(self) -> None:
+        with self._lock:
+            if self.kind == "file" and self.health.failing("stdout"):
+                position = self.ledger.written
+                if self._fsync():
+                    self._synced(position)
+        self.recorder.retry()
+
+    def _watch(self) -> None:
+        # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
+        poller = select.poll()
+        poller.register(self.writer.fd, select.POLLERR)
+        while not self._closing:
+            if self._gone_at is None:
+                events = poller.poll(DRAIN_POLL * 1000)
+                if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+                    self._gone_at = time.monotonic()
+                    self.ledger.freeze(self._gone_at)
+            else:
+                time.sleep(DRAIN_POLL)
+            if self.ledger.unacked:
+                with self._lock:
+                    self._check()
+
+    def _sync_loop(self) -> None:
+        """A regular file: fsync what is written, then record it, as often as FILE_SYNC_EVERY."""
+        while not self._closing:
+            if self.ledger.unacked == 0:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            time.sleep(FILE_SYNC_EVERY)
+            if self.health.failing("stdout"):
+                continue  # the runner's retry syncs again, with backoff
+            with self._lock:
+                position = self.ledger.written
+            try:
+                synced = self._fsync()
+            except OutputFailed as exc:
+                self.on_failure(exc)
+                return
+            if synced:
+                with self._lock:
+                    self._synced(position)
+
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+        if self.kind == "file":
+            with self._lock:
+                position = self.ledger.written
+                if self._fsync():
+                    self._synced(position)
+            return
+        if clean:
+            deadline = time.monotonic() + timeout
+            while self.ledger.unacked and time.monotonic() < deadline and not interrupted():
+                with self._lock:
+                    self._check()
+                if self.ledger.unacked:
+                    time.sleep(DRAIN_POLL / 2)
+            if self._settle_wait(interrupted):
+                return
+        self._go_back_to_settled()
+
+    def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
+        """--once caught up: wait until the last line taken has settled; False if the reader left,
+        lines are still unread, or a stop came first."""
+        if self.settle <= 0:
+            return True
+        with self._lock:
+            self._check()
+            if self.ledger.unacked:
+                return False
+            target = self.ledger.taken_position
+        while not interrupted() and self._gone_at is None:
+            with self._lock:
+                if self.ledger.settled_position(time.monotonic()) >= target:
+                    return True
+            time.sleep(DRAIN_POLL)
+        return False
+
+    def _go_back_to_settled(self) -> None:
+        """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
+        with self._lock:
+            try:
+                self._check()
+            except OSError:
+                pass
+            reference = min(t for t in (time.monotonic(), self._gone_at, self.stop.at) if t is not None)
+            position = self.ledger.settled_position(reference)
+            point = self.ledger.point_at(position)
+            younger = self.ledger.taken_position - position
+        # Nothing younger is recorded after this: not a point a failing state file left unsaved,
+        # not the drain thread's last look while it closes.
+        with self.recorder.final():
+            recorded = self.recorder.recorded
+            if point is None or point == recorded:
+                return
+            if point.first_page and recorded is not None and recorded.token is not None:
+                # Inside the first page of a new subscription, whose token is committed already: no
+                # token to go back to. Starting a new subscription instead would skip more than it saves.
+                logs.emit(
+                    "settle",
+                    f"stopping: the last {younger} bytes the reader took, in the last "
+                    f"{self.settle:g} s (settle_time), belong to the first page of a new "
+                    "subscription, which has no token to go back to: they count as delivered",
+                    level="WARNING",
+                    bytes=younger,
+                    settle_time=self.settle,
+                )
+                return
+            logs.emit(
+                "settle",
+                f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
+                "(settle_time), do not count as delivered; they are sent again at the next start",
+                bytes=younger,
+                settle_time=self.settle,
+                events=point.events,
+                token=short_token(point.token),
+            )
+            self.recorder.write_final(point)
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        super().close()

@@ -1,0 +1,225 @@
+"""Delivery: decides when a line counts as taken, and offers the delivery point it reaches.
+
+A `Delivery` joins the stdout writer (`kata_events.delivery.writer`) to a `DeliveryLedger` and the
+one `Recorder`: the runner says where pages begin and end, lines are written in pieces of at most
+`PIECE_BYTES` and `PIECE_LINES`, and after each piece the ledger knows the delivery point
+(`kata_events.state.progress.Point`: a token and how many events of its answer are delivered, with
+their digest) that the taken position stands for. That point is offered to the recorder, which
+writes a new token durably (the state file) and a point further into the same page cheaply (the
+companion record); no state write happens here. Before each piece, writing waits for a page's
+commit under way, and while `RECORD_AHEAD_LINES` lines are written but not recorded, in every mode:
+what a kill -9 sends again is bounded by a count (`RESEND_BOUND`), never by how the threads were
+scheduled. What "taken" means depends on what stdout is (see `make_delivery`):
+
+- ``--ack lines`` (`kata_events.delivery.acks.AckDelivery`): the shipper acknowledged the line on
+  stdin (rsyslog improg).
+- ``--ack none`` on a pipe, socket or regular file (`kata_events.delivery.drain.DrainDelivery`):
+  the reader took the bytes out of the pipe, the peer's TCP stack acknowledged them, or they were
+  fsynced.
+- anything else (a terminal): written is taken (`Delivery` itself).
+
+The delivery lock serialises the ledger's updates from the main thread and the background threads
+(acknowledgements and drain arrive while the loop waits in a long poll); it is never held while the
+state is written. A state file or a regular-file stdout failing mid-run on a disk fault does not
+end the process: it is reported to the `DiskHealth` (`kata_events.delivery.disk_faults`), the point
+reached is kept by the recorder, and `retry` saves it once the disk works again. This module
+writes nothing but event lines to stdout and never logs tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List, Optional
+
+from kata_events.delivery.disk_faults import DiskHealth
+from kata_events.delivery.ledger import DeliveryLedger
+from kata_events.delivery.recorder import Recorder
+from kata_events.delivery.writer import PIECE_LINES, LineWriter, pieces
+from kata_events.fds import fd_kind
+from kata_events.state.progress import Point
+from kata_events.stopping import Stop
+
+#: How often the drain of a pipe or socket is looked at while pages wait for their commit.
+DRAIN_POLL = 0.05
+#: Writing waits while this many lines are written but not yet recorded as delivered (in the state
+#: file or its progress record), in every mode: a busy machine, a slow disk or an acknowledgement
+#: thread kept off the CPU slows the writing, never lets what a kill -9 sends again grow. A restart
+#: re-sends at most this plus one piece: `RESEND_BOUND` lines.
+RECORD_AHEAD_LINES = 2000
+#: The bound on lines delivered and sent again after a kill -9, whatever the threads' timing.
+RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
+
+
+class Delivery:
+    """Written is taken: for a terminal or anything whose drain cannot be measured.
+
+    ``commit(point)`` persists a point durably (a new token); ``note(point, durable)`` records a
+    point further into the same page cheaply (without it, only tokens are recorded). ``settle``:
+    seconds a line must have been taken before a stop for it to count (pipes and sockets only).
+    """
+
+    mode = "none"
+    guarantee = "a page counts as delivered once written"
+    #: Whether writing waits for a page's commit to be durable before it goes on.
+    wait_for_commits = True
+
+    def __init__(
+        self,
+        writer: LineWriter,
+        commit: Callable[[Point], None],
+        note: Optional[Callable[[Point, bool], None]] = None,
+        settle: float = 0.0,
+        stop: Optional[Stop] = None,
+    ) -> None:
+        #: The run's stop state: the writer looks at it while it waits for room, and a stop
+        #: goes back from the moment it was asked for.
+        self.stop = stop if stop is not None else Stop()
+        writer.should_stop = lambda: self.stop.stopping
+        self.writer = writer
+        self.settle = settle
+        self.ledger = DeliveryLedger(settle=settle)
+        self._lock = threading.Lock()
+        #: Whether the state file and stdout take data; the runner pauses fetching while not.
+        self.health = DiskHealth()
+        writer.health = self.health
+        #: The one path to the state: the delivery point reached is offered, never written here.
+        self.recorder = Recorder(commit, note, self.health)
+        #: Told when a background thread hits an error the process cannot go on with.
+        self.on_failure: Callable[[Exception], None] = lambda exc: None
+
+    # -- the runner's side ----------------------------------------------------------------------
+
+    def start_from(self, point: Optional[Point]) -> None:
+        """The point the state holds at start: recording begins after it."""
+        self.recorder.start_from(point)
+
+    def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
+        """The next lines answer ``token``; its first ``events`` (digest in ``hasher``) are delivered."""
+        with self._lock:
+            self.ledger.begin_page(token, events, hasher)
+
+    def written_point(self) -> Optional[Point]:
+        """The point at what is written: a retry of the page may skip that much in-process."""
+        with self._lock:
+            return self.ledger.written_point()
+
+    def write(self, lines: List[bytes]) -> None:
+        """Write one batch of lines belonging to the current page."""
+        for data, count in pieces(lines):
+            self._wait_for_record()
+            self._write_piece(data, count)
+
+    def _write_piece(self, data: bytes, count: int) -> None:
+        self.writer.write_bytes(data)
+        with self._lock:
+            self.ledger.wrote(len(data), time.monotonic(), data, count)
+            self._take(self.ledger.written)
+
+    def _wait_for_record(self) -> None:
+        """Before a piece: wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered.
+
+        Counted in lines whatever the threads' timing, so what a kill -9 sends again is bounded
+        by a count. The wait ends at a stop, or while a disk fault pauses recording (the runner's
+        retry then owns the state file, and the bound is the disk's, as the pause says).
+        """
+        recorder = self.recorder
+        # A page's commit is waited for before writing on, as the reader's pace allows: what a
+        # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
+        while self.wait_for_commits and recorder.commit_due() and not self._wait_ends():
+            recorder.wait_for_commit(DRAIN_POLL)
+        while self.ledger.lines - recorder.lines >= RECORD_AHEAD_LINES and not self._wait_ends():
+            with self._lock:
+                self._nudge()
+            recorder.wait_for_lines(self.ledger.lines - RECORD_AHEAD_LINES + 1, DRAIN_POLL)
+
+    def _wait_ends(self) -> bool:
+        """With the lock held: whether a wait for the record must give up (a stop, a disk fault)."""
+        return self.stop.stopping or self.health.paused
+
+    def _nudge(self) -> None:
+        """With the lock held: help the record move while the writer waits for it (subclasses)."""
+
+    def end_page(self, token: str) -> None:
+        """The current page is complete; its token may be committed once its lines are taken."""
+        with self._lock:
+            self.ledger.page_end(token)
+            self._take(self.ledger.written)
+
+    def _take(self, position: int) -> None:
+        """With the lock held: record ``position`` as taken, and the delivery point it reaches."""
+        if self.stop.at is not None:
+            self.ledger.freeze(self.stop.at)
+        self.ledger.taken(position, time.monotonic())
+        taken = self.ledger.taken_position
+        self.recorder.offer(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken))
+
+    @property
+    def recorded(self) -> Optional[Point]:
+        """The newest point written to the state (or loaded from it)."""
+        return self.recorder.recorded
+
+    @property
+    def committed_pages(self) -> int:
+        return self.recorder.committed_pages
+
+    def forget_token(self, clear: Callable[[], None]) -> None:
+        """The subscription is lost: ``clear`` the saved token, through the one recorder."""
+        self.recorder.clear(clear)
+
+    @property
+    def unacked(self) -> int:
+        return self.ledger.unacked
+
+    def retry(self) -> None:
+        """While paused on a disk fault: try the failed step again (the runner calls it with backoff)."""
+        self.recorder.retry()
+
+    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+        """Block while too much is unacknowledged; nothing to wait for when written is taken."""
+
+    def check_ack_timeout(self) -> None:
+        """Warn when lines wait too long for their acknowledgement (ack mode only)."""
+
+    def finish(
+        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Last chance to record before exit. ``clean``: a --once run that caught up (a pipe then
+        waits for the drain and the settle time); otherwise a stop (a pipe goes back to the point
+        that had settled). ``interrupted`` says a stop was asked for meanwhile."""
+        self._finish(timeout, clean, interrupted)
+        self.recorder.flush()
+
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+        """What `finish` waits for before the last record (subclasses)."""
+
+    def close(self) -> None:
+        """Stop background threads, write what is pending, give stdout back as it was."""
+        self.recorder.close()
+        self.writer.close()
+
+
+def make_delivery(
+    mode: str,
+    writer: LineWriter,
+    commit: Callable[[Point], None],
+    note: Optional[Callable[[Point, bool], None]] = None,
+    settle: float = 0.0,
+    stop: Optional[Stop] = None,
+    **ack_options: object,
+) -> Delivery:
+    """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
+    from kata_events.delivery.acks import AckDelivery
+    from kata_events.delivery.drain import DrainDelivery
+
+    if mode == "lines":
+        # After STOP the shipper takes nothing more: finishing a half-written line is pointless
+        # and would eat into its closeTimeout.
+        writer.finish_line_grace = 0.0
+        return AckDelivery(writer, commit, note, stop=stop, **ack_options)  # type: ignore[arg-type]
+    if mode != "none":
+        raise ValueError(f"unknown delivery mode {mode!r}")
+    kind = fd_kind(writer.fd)
+    if kind in ("pipe", "socket", "file"):
+        return DrainDelivery(writer, commit, kind, note, settle, stop)
+    return Delivery(writer, commit, note, stop=stop)

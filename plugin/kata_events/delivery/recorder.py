@@ -1,0 +1,231 @@
+"""The recorder: the one path by which delivery points reach the state file and its companion.
+
+Every write of the state goes through `Recorder`, serialised by its write lock: a commit (a new
+token: the state file, replaced atomically), progress inside a page (the companion record), a
+stop going back to the settled point (both, durably), the clear after a lost subscription. The
+delivery threads only `offer` the newest point and go on: a thread named ``recorder`` does the
+writing, so no fsync ever runs under a lock the writer or the acknowledgement reader waits on.
+Offers made while a write is on disk are coalesced: the newest point supersedes the older ones.
+
+The durable point lives here and only here (`recorded`, with the event lines it covers): the
+writer's record window and the stop's going back ask for it. While the state file fails (a full
+or failing disk) nothing is retried on every offer: the runner's `retry` tries again, with backoff.
+This module never writes to stdout and never logs a whole token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, Iterator, Optional
+
+from kata_events import logs
+from kata_events.delivery.disk_faults import DiskHealth
+from kata_events.state.progress import Point
+from kata_events.state.store import StateError, short_token
+
+
+class Recorder:
+    """Persists the newest delivery point offered: a new token durably, a point inside a page cheaply.
+
+    ``commit(point)`` writes the state file; ``note(point, durable)`` the companion record (None:
+    only tokens are recorded).
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[Point], None],
+        note: Optional[Callable[[Point, bool], None]],
+        health: DiskHealth,
+    ) -> None:
+        self._commit = commit
+        self._note = note
+        self.health = health
+        #: Serialises every write of the state; held only by whoever is writing.
+        self._writing = threading.Lock()
+        #: Guards the fields below; never held during a write.
+        self._cond = threading.Condition()
+        self._recorded: Optional[Point] = None
+        self._recorded_lines = 0
+        # The newest point offered and not written yet, whether it must be durable, its lines.
+        self._pending: Optional[Point] = None
+        self._pending_durable = False
+        self._pending_lines = 0
+        self._closing = False
+        # Whether the write under way is a commit (the state file), not only a progress note.
+        self._committing = False
+        # Set once a stop went back to the settled point: nothing younger is recorded after it.
+        self._final = False
+        self.committed_pages = 0
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    # -- what others ask ---------------------------------------------------------------------------
+
+    @property
+    def recorded(self) -> Optional[Point]:
+        """The newest point written to the state (or loaded from it at start)."""
+        return self._recorded
+
+    @property
+    def lines(self) -> int:
+        """Event lines written by this process that the recorded point covers."""
+        return self._recorded_lines
+
+    def start_from(self, point: Optional[Point]) -> None:
+        """The point the state holds at start: recording begins after it."""
+        with self._cond:
+            self._recorded = point
+
+    def commit_due(self) -> bool:
+        """Whether a commit is being written, or waits to be: a new token offered, not yet durable."""
+        with self._cond:
+            return self._committing or self._would_commit(self._pending, self._pending_durable)
+
+    def wait_for_commit(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the commit under way or due to be written."""
+        with self._cond:
+            if self._committing or self._would_commit(self._pending, self._pending_durable):
+                self._cond.wait(timeout)
+
+    def _would_commit(self, point: Optional[Point], durable: bool) -> bool:
+        """With the condition held: whether writing ``point`` writes the state file."""
+        if point is None or point.token is None:
+            return False
+        recorded = self._recorded
+        return durable or recorded is None or point.token != recorded.token
+
+    def wait_for_lines(self, lines: int, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the recorded point to cover ``lines`` lines."""
+        with self._cond:
+            if self._recorded_lines < lines:
+                self._cond.wait(timeout)
+
+    # -- offering ----------------------------------------------------------------------------------
+
+    def offer(self, point: Optional[Point], durable: bool = False, lines: Optional[int] = None) -> None:
+        """Record ``point`` soon, unless it is recorded already; never waits for the disk.
+
+        ``lines``: the event lines written up to it (None for a stop going back: no writing follows).
+        """
+        if point is None:
+            return
+        with self._cond:
+            if self._final:
+                return
+            if point == self._recorded and self._pending is None and not durable:
+                if lines is not None and lines > self._recorded_lines:
+                    self._recorded_lines = lines
+                    self._cond.notify_all()
+                return
+            self._pending = point
+            self._pending_durable = self._pending_durable or durable
+            if lines is not None:
+                self._pending_lines = lines
+            self._cond.notify_all()
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and (self._pending is None or self.health.failing("state file")):
+                    self._cond.wait()
+                if self._closing:
+                    return
+            self._write_pending()
+
+    def _write_pending(self, retry: bool = False) -> None:
+        """Write the newest pending point (the caller may be any thread; the write lock serialises)."""
+        with self._writing:
+            self._write_locked(retry)
+
+    def _write_locked(self, retry: bool) -> None:
+        """With the write lock held: the body of `_write_pending`."""
+        with self._cond:
+            point, durable, lines = self._pending, self._pending_durable, self._pending_lines
+            recorded = self._recorded
+            if point is None:
+                if retry:
+                    self.health.recovered("state file")
+                return
+            if self.health.failing("state file") and not retry:
+                return
+            # A point inside the first page of a new subscription has no token: only noted.
+            new_token = point.token is not None and (recorded is None or point.token != recorded.token)
+            commit = self._committing = new_token or (durable and point.token is not None)
+            self._pending = None
+            self._pending_durable = False
+        try:
+            if self._note is not None and (durable or not commit):
+                self._note(point, durable)
+            if commit:
+                self._commit(point)
+        except StateError as exc:
+            with self._cond:
+                self._committing = False
+                self._cond.notify_all()
+                if self._pending is None:  # nothing newer came meanwhile: this one stays to do
+                    self._pending, self._pending_lines = point, lines
+                self._pending_durable = self._pending_durable or durable
+            self.health.trouble("state file", str(exc))
+            return
+        self.health.recovered("state file")
+        with self._cond:
+            self._recorded = point
+            self._recorded_lines = max(self._recorded_lines, lines)
+            self._committing = False
+            self._cond.notify_all()
+        if commit:
+            self.committed_pages += new_token
+            logs.emit(
+                "commit",
+                "continuation token saved: everything before it is delivered"
+                + (f", and {point.events} events after it" if point.events else ""),
+                pages=self.committed_pages,
+                events=point.events,
+                token=short_token(point.token),
+            )
+
+    def retry(self) -> None:
+        """While the state file fails: try the pending point again (the runner calls it with backoff)."""
+        self._write_pending(retry=True)
+
+    def flush(self) -> None:
+        """Write what is pending now, on the calling thread (unless the state file is failing)."""
+        self._write_pending()
+
+    @contextlib.contextmanager
+    def final(self) -> Iterator[None]:
+        """A stop going back: no write is under way inside, nothing pending, nothing younger after."""
+        with self._writing:
+            with self._cond:
+                self._final = True
+                self._pending = None
+                self._pending_durable = False
+            yield
+
+    def write_final(self, point: Point) -> None:
+        """Inside `final`: write ``point`` durably (the companion first, then the state file)."""
+        with self._cond:
+            self._pending, self._pending_durable = point, True
+        self._write_locked(retry=True)
+
+    def clear(self, forget: Callable[[], None]) -> None:
+        """The subscription is lost: ``forget`` its token (its pending points go with it).
+
+        Raises StateError when the state file cannot be written.
+        """
+        with self._writing:
+            with self._cond:
+                self._pending = None
+                self._pending_durable = False
+            forget()
+
+    def close(self) -> None:
+        """Write what is pending, then end the recorder thread."""
+        self.flush()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(timeout=1.0)

@@ -1,0 +1,188 @@
+"""The stdout writer: whole lines to the file descriptor, every byte checked, a vanished reader named.
+
+`LineWriter` owns the stdout file descriptor: it writes whole batches with `os.write`, checks what
+every call really took, and turns a vanished reader into `ConsumerGone`. Python's buffered
+``sys.stdout`` is never used for events: on a pipe whose reader went away it can report a short
+write as success. A stop never lands in the middle of a write and never leaves half a line behind
+when it can be helped. This module writes nothing but the event lines it is given and never logs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import itertools
+import os
+import select
+import time
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from kata_events.delivery.disk_faults import DiskHealth, is_disk_fault
+from kata_events.exits import ExitStatus
+from kata_events.fds import fd_kind
+from kata_events.state.progress import joined
+
+#: errno values that mean "the reader is gone" rather than "try again".
+_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF}
+#: While stopping, how long a half-written line may take to complete before it is abandoned.
+FINISH_LINE_GRACE = 0.5
+#: How long the writer waits for room in stdout before it looks at the stop flag again.
+WRITE_POLL_MS = 50
+#: Lines are written (and their delivery point tracked) in pieces of about this many bytes...
+PIECE_BYTES = 256 * 1024
+#: ...and at most this many lines (small events would otherwise make a piece of thousands).
+PIECE_LINES = 1000
+
+
+class ConsumerGone(Exception):
+    """stdout's reader went away (EPIPE and friends): stop quietly, commit nothing unflushed."""
+
+
+class OutputFailed(Exception):
+    """Writing or syncing stdout failed for another reason (a full or failing disk)."""
+
+    exit_code = ExitStatus.IO_ERROR
+
+
+def pieces(
+    lines: List[bytes], limit: int = PIECE_BYTES, max_lines: int = PIECE_LINES
+) -> Iterator[Tuple[bytes, int]]:
+    """``lines`` as written (newline after each), cut at line ends into pieces of about ``limit``
+    bytes and at most ``max_lines`` lines: (bytes, number of lines) each. A line longer than
+    ``limit`` is a piece of its own."""
+    n = len(lines)
+    if n == 0:
+        return
+    ends = list(itertools.accumulate(map((1).__add__, map(len, lines))))
+    if ends[-1] <= limit and n <= max_lines:
+        yield joined(lines), n
+        return
+    start = 0
+    base = 0
+    while start < n:
+        stop = bisect.bisect_right(ends, base + limit, lo=start)
+        stop = min(max(stop, start + 1), start + max_lines)
+        yield joined(lines[start:stop]), stop - start
+        base = ends[stop - 1]
+        start = stop
+
+
+class WriteStopped(Exception):
+    """A stop was asked for while the writer waited for room in stdout; whole lines stay whole."""
+
+
+def _shared_with_stderr(fd: int) -> bool:
+    try:
+        a, b = os.fstat(fd), os.fstat(2)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class LineWriter:
+    """Writes batches of lines to a file descriptor and confirms every byte was taken.
+
+    On a pipe or socket the descriptor is made non-blocking and the writer waits for room with
+    poll(), checking ``should_stop`` between waits: a stop never lands in the middle of a write
+    (its count would be lost) and never leaves half a line behind when it can be helped — an
+    unfinished line gets `FINISH_LINE_GRACE` to complete. When stdout and stderr are one pipe
+    (``2>&1``) the descriptor stays blocking, since stderr would share the flag.
+    """
+
+    def __init__(self, fd: int = 1, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.fd = fd
+        self.should_stop = should_stop
+        #: Seconds a half-written line may take to complete once a stop is asked for.
+        self.finish_line_grace = FINISH_LINE_GRACE
+        # Also used when someone else made the descriptor non-blocking (a parent, or a shared
+        # 2>&1 pipe): a full pipe is then a wait, never mistaken for a vanished reader.
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLOUT)
+        self._made_nonblocking = False
+        # A regular file (``>> file``) on a full or failing disk is waited out, not given up on.
+        self._regular_file = fd_kind(fd) == "file"
+        #: True while a write waits out a disk fault (an fsync that succeeds meanwhile is no recovery).
+        self.write_failing = False
+        self.health: Optional[DiskHealth] = None
+        if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
+            try:
+                os.set_blocking(fd, False)
+                self._made_nonblocking = True
+            except OSError:
+                pass
+
+    def write_lines(self, lines: List[bytes]) -> int:
+        """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
+        if not lines:
+            return 0
+        return self.write_bytes(joined(lines))
+
+    def write_bytes(self, data: bytes) -> int:
+        """Write ``data`` (whole lines, each ending in a newline); return the bytes written."""
+        if not data:
+            return 0
+        view = memoryview(data)
+        total = len(data)
+        done = 0
+        give_up_at: Optional[float] = None
+        disk_trouble = False
+        try:
+            while done < total:
+                end = total
+                if self.should_stop():
+                    if done == 0 or data[done - 1] == 0x0A:
+                        raise WriteStopped(f"stopped at a line boundary after {done} bytes")
+                    # Finish the line under way, and nothing after it.
+                    end = data.index(b"\n", done) + 1
+                    now = time.monotonic()
+                    if give_up_at is None:
+                        give_up_at = now + self.finish_line_grace
+                    if now >= give_up_at:
+                        raise WriteStopped("stdout took no more while stopping: a line is cut")
+                try:
+                    n = os.write(self.fd, view[done:end])
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    if not (self._regular_file and self.health is not None and is_disk_fault(exc)):
+                        raise
+                    disk_trouble = self.write_failing = True
+                    self.health.trouble("stdout", f"writing stdout failed: {os.strerror(exc.errno or 0)}")
+                    if not self.health.wait(self.should_stop):
+                        self.write_failing = False
+                        self._cut_partial_line(data, done)
+                        raise WriteStopped("stopped while stdout's disk failed") from None
+                    continue
+                if n > 0:
+                    done += n
+                    if disk_trouble:
+                        disk_trouble = self.write_failing = False
+                        self.health.recovered("stdout")  # type: ignore[union-attr]
+                    continue
+                self._poll.poll(WRITE_POLL_MS)
+        except OSError as exc:
+            if exc.errno in _GONE:
+                raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
+            raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
+        return total
+
+    def _cut_partial_line(self, data: bytes, done: int) -> None:
+        """Take back the start of a line the file got before its disk failed: no torn line is left.
+
+        Assumes no one else appends to the file meanwhile (``>> file`` has one writer).
+        """
+        cut = done - (data.rfind(b"\n", 0, done) + 1)
+        if cut <= 0:
+            return
+        try:
+            os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - cut)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Give the descriptor back blocking: a shell holding the same pipe writes after us."""
+        if self._made_nonblocking:
+            try:
+                os.set_blocking(self.fd, True)
+            except OSError:
+                pass

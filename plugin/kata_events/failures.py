@@ -1,0 +1,258 @@
+"""What a failed request means, and what the user is told: retried, waited out, or fatal.
+
+The runner hands every `ApiError` here. Each kind is classified by its type and its structured
+fields (``reason``, ``status``, ``retry_after``), never by its text: a 401 waits for approval at
+a pace that fits a person approving in the web interface, a lost subscription forgets the token
+through the recorder and starts anew, a bad request or an unusable client certificate is fatal,
+anything else is retried with backoff and counted by reason. This module decides and tells; it
+never writes to stdout and never touches the state file itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
+
+from kata_events import logs
+from kata_events.backoff import Backoff
+from kata_events.exits import ExitStatus
+from kata_events.source.api import EventsClient, file_fingerprint
+from kata_events.source.errors import (
+    ApiError,
+    BadRequest,
+    BadResponse,
+    ClientTlsError,
+    SubscriptionLost,
+    TlsVerifyFailed,
+    TokenRefused,
+    Unauthorized,
+    Unavailable,
+)
+from kata_events.source.fault_advice import RepeatedFault, persistent_advice
+from kata_events.state.store import StateError
+from kata_events.stopping import Stop
+
+if TYPE_CHECKING:
+    from kata_events.stats import Stats
+    from kata_events.status_record import Health
+
+#: After the first 401, retried this often while an administrator is likely approving right now...
+UNAUTHORIZED_RETRY_FRESH = 5.0
+#: ...for this long; then at the slower pace below: approval is a human step in the web interface.
+UNAUTHORIZED_FRESH_FOR = 300.0
+UNAUTHORIZED_RETRY = 30.0
+#: The 401 explanation is repeated this often while approval is still missing.
+UNAUTHORIZED_REMIND = 600.0
+
+
+def retry_reason(exc: ApiError) -> str:
+    """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
+    (timeout, http_error, connection)."""
+    if isinstance(exc, TlsVerifyFailed):
+        return "tls"
+    if isinstance(exc, BadResponse):
+        return "bad_response"
+    return exc.reason if isinstance(exc, Unavailable) else "connection"
+
+
+@dataclass
+class Failures:
+    """Classifies failed requests, tells the user, and waits before the next try."""
+
+    client: EventsClient
+    stats: Stats
+    stop: Stop
+    health: Optional[Health]
+    state_file: Path
+    #: Forgets the lost subscription's token (through the recorder).
+    forget: Callable[[], None]
+    clock: Callable[[], float] = time.time
+    backoff: Backoff = field(default_factory=Backoff)
+    faults: RepeatedFault = field(default_factory=RepeatedFault)
+    #: Whether the server has answered a request of this process: a refusal after that is
+    #: about the token, since nothing else in the request changed.
+    answered: bool = False
+    _unauthorized_since: Optional[float] = field(default=None, init=False)
+    _unauthorized_told: float = field(default=0.0, init=False)
+    _tls_files_told: Optional[str] = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        #: How a wait before the next try is done (tests replace it).
+        self.sleep: Callable[[float], object] = self.stop.sleep
+
+    def answer(self) -> None:
+        """The server answered: the failures are over (and an approval, if one was awaited, came)."""
+        self.answered = True
+        if self._unauthorized_since is not None:
+            logs.emit("approved", "the Central Node accepts this external system now")
+            self._unauthorized_since = None
+
+    def succeeded(self) -> None:
+        """A page went through: backoff and the repeated-fault memory start afresh."""
+        self.backoff.reset()
+        self.faults.clear()
+        self.stats.up = True
+
+    def report_tls_files(self) -> None:
+        """Say once why renewed certificate files are not in use yet (see `EventsClient`)."""
+        problem = getattr(self.client, "tls_files_problem", None)
+        if problem and problem != self._tls_files_told:
+            logs.emit(
+                "tls_files_changed",
+                f"the certificate, key or CA files changed but cannot be used yet ({problem}); "
+                "connections keep the last good files and will try the new ones again",
+                level="WARNING",
+                reason=problem,
+            )
+        self._tls_files_told = problem
+
+    def handle(self, exc: ApiError) -> Optional[Tuple[ExitStatus, str]]:
+        """Log a failed request and wait before the next; returns (exit code, fatal message) only
+        for fatal ones (the message "" when the failure was logged already)."""
+        if isinstance(exc, BadRequest):
+            self.stop.end("bad request")
+            logs.emit(
+                "bad_request",
+                f"the Central Node rejected the request: {exc.reason}. Check the filter and "
+                "max_events / max_timeout, then restart",
+                reason=exc.reason,
+                filter=self.client.filter,
+            )
+            return ExitStatus.CONFIG, ""
+        if isinstance(exc, ClientTlsError):
+            self.stop.end("client certificate")
+            logs.emit("client_certificate", str(exc))
+            return ExitStatus.CONFIG, ""
+        if isinstance(exc, Unauthorized):
+            self.stats.up = False
+            if self.health is not None:
+                self.health.refused(
+                    f"HTTP 401: external system {self.client.external_system_id} is not approved"
+                )
+            self.sleep(self.unauthorized(exc))
+            return None
+        if isinstance(exc, TokenRefused) and exc.status != 414 and not self.answered:
+            # The first request of this run: a wrong URL or parameter is as likely as the token.
+            return ExitStatus.CONFIG, (
+                f"{exc}. If the server names the token, move the state file {self.state_file} away "
+                "to start a new subscription; otherwise check url, max_events and max_timeout"
+            )
+        if isinstance(exc, (SubscriptionLost, TokenRefused)):
+            if isinstance(exc, TokenRefused):
+                why = f"the Central Node refused our continuation token ({exc})"
+            else:
+                why = "the Central Node no longer knows our continuation token (Subscription not found)"
+            if self.health is not None:
+                self.health.subscription_lost(why)
+            logs.emit(
+                "subscription_lost",
+                f"{why}: starting a new subscription; events between the last delivered page and "
+                "now may have been skipped",
+                url=self.client.url,
+                status=getattr(exc, "status", 404),
+                reason=str(exc),
+            )
+            try:
+                self.forget()
+            except StateError as exc:
+                # The saved token is the lost one: a restart gets the same 404 and starts anew too.
+                logs.emit("state", f"cannot forget the lost token: {exc}", level="WARNING")
+            self.sleep(self.backoff.next_delay())
+            return None
+        self.stats.retries += 1
+        reason = retry_reason(exc)
+        self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
+        self.stats.up = False
+        if self.health is not None:
+            self.health.failing(str(exc))
+        retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+        delay = self.backoff.next_delay(retry_after)
+        lasting = self.faults.seen(str(exc), self.clock())
+        if isinstance(exc, TlsVerifyFailed):
+            from kata_events.certs import format_fingerprint  # cryptography: only for this message
+
+            fp = exc.server_fingerprint
+            how = (
+                f'if this is your Central Node, trust it with pin_sha256 = "{fp}" '
+                f"(SHA-256 {format_fingerprint(fp)}) or with ca_file"
+                if fp
+                else "trust its CA with ca_file, or pin its certificate with pin_sha256"
+            )
+            logs.emit(
+                "tls_verify_failed",
+                f"{exc}; {how}; retrying in {delay:.1f} s",
+                url=self.client.url,
+                server_fingerprint=fp,
+                delay=round(delay, 1),
+            )
+        elif isinstance(exc, BadResponse):
+            logs.emit(
+                "bad_response",
+                f"{exc}; the page is not committed, retrying in {delay:.1f} s",
+                excerpt=exc.excerpt,
+                delay=round(delay, 1),
+            )
+        else:
+            advice = persistent_advice(str(exc), self.client.urls, lasting) if lasting else ""
+            logs.emit(
+                "retry",
+                f"{exc}; {advice}retrying in {delay:.1f} s",
+                delay=round(delay, 1),
+                retry_after=retry_after,
+                attempt=self.backoff.attempt,
+            )
+        self.sleep(delay)
+        return None
+
+    def unauthorized(self, exc: Unauthorized) -> float:
+        """Log a 401 (in full at first, then as a reminder); return the delay before the next try."""
+        now = time.monotonic()
+        first = self._unauthorized_since is None
+        if first:
+            self._unauthorized_since = now
+        waited = now - (self._unauthorized_since or now)
+        delay = UNAUTHORIZED_RETRY_FRESH if waited < UNAUTHORIZED_FRESH_FOR else UNAUTHORIZED_RETRY
+        if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
+            self._unauthorized_told = now
+            from kata_events.certs import format_fingerprint  # cryptography: only for this message
+
+            fp = file_fingerprint(self.client.cert)
+            shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"
+            ids = f"external system id {self.client.external_system_id}, certificate SHA-256 {shown}"
+            if first:
+                message = (
+                    "the Central Node does not accept this external system yet (HTTP 401). An "
+                    "administrator must approve it in the Central Node web interface, section "
+                    f"External systems: {ids}. A new certificate needs a new approval. If it is "
+                    "approved already, compare the id and fingerprint shown there with these: a "
+                    "mistyped external_system_id looks exactly like a missing approval. Retrying "
+                    f"every {UNAUTHORIZED_RETRY_FRESH:.0f} s for {UNAUTHORIZED_FRESH_FOR / 60:.0f} "
+                    f"min, then every {UNAUTHORIZED_RETRY:.0f} s"
+                )
+            else:
+                message = (
+                    f"still HTTP 401 after {waited / 60:.0f} min. If the external system was "
+                    "approved, compare the id and fingerprint approved in the Central Node web "
+                    f"interface (External systems) with this one's: {ids}. A mistyped "
+                    "external_system_id or another certificate looks exactly like a missing "
+                    f"approval. Retrying every {delay:.0f} s"
+                )
+            logs.emit(
+                "unauthorized",
+                message,
+                external_system_id=self.client.external_system_id,
+                fingerprint=fp,
+                url=self.client.url,
+            )
+        else:
+            logs.emit(
+                "unauthorized",
+                "still waiting for approval of this external system",
+                level="DEBUG",
+                external_system_id=self.client.external_system_id,
+                fingerprint=None,
+                url=self.client.url,
+            )
+        return delay

@@ -1,0 +1,44 @@
+"""Where kata-events keeps its files: the state directory, the state file and its companions.
+
+The one place that names them (the state store writes them, `status`, `state` and the emulator
+find them here). Pure path arithmetic: it never opens, creates or checks a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+
+def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where the token is kept when ``--state-file`` is not given.
+
+    ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
+    colon-separated paths), else ``$XDG_STATE_HOME/kata-events/<id>.token``, else
+    ``~/.local/state/kata-events/<id>.token``.
+    """
+    # The id comes from configuration: keep it from escaping the directory.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
+    name += ".token"
+    state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state_directory:
+        return Path(state_directory) / name
+    return state_home(environ) / name
+
+
+def state_home(environ: Mapping[str, str] = os.environ) -> Path:
+    """The user's kata-events state directory: ``$XDG_STATE_HOME/kata-events``, else
+    ``~/.local/state/kata-events`` (the emulator keeps its CA and approvals under it too)."""
+    xdg = environ.get("XDG_STATE_HOME", "")
+    # The XDG base directory spec says relative paths are invalid and must be ignored.
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "kata-events"
+    home = environ.get("HOME") or str(Path.home())
+    return Path(home) / ".local" / "state" / "kata-events"
+
+
+def companion(state_file: Path, kind: str) -> Path:
+    """A file kept next to the state file: ``progress`` (inside a page), ``lock`` or ``status``."""
+    return state_file.with_name(f"{state_file.name}.{kind}")

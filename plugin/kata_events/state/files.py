@@ -1,0 +1,169 @@
+"""The safety rules of the state directory's files: made 0700/0600, never through a link, one lock.
+
+`StateFiles` opens, creates and checks the files kata-events keeps next to a state file, and words
+every refusal so that the user knows what to fix. It never logs and never writes to stdout.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Optional, Tuple
+
+from kata_events.state.errors import StateCorrupt, StateLinkRefused, StateNotWritable
+
+FIX_HINT = "choose a writable location with --state-file (KATA_EVENTS_STATE_FILE)"
+
+
+class StateFiles:
+    """The files of one state file's directory, and the messages of their failures."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def make_directory(self, directory: Path) -> None:
+        missing = []
+        d = directory
+        while not d.exists() and d != d.parent:
+            missing.append(d)
+            d = d.parent
+        if not d.is_dir():
+            raise self.not_a_directory(d)
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+                os.chmod(d, 0o700)  # whatever the umask
+            except FileExistsError:
+                if not d.is_dir():
+                    raise self.not_a_directory(d) from None
+            except OSError as exc:
+                raise self.not_writable(d, exc) from None
+        if not directory.is_dir():
+            raise self.not_a_directory(directory)
+
+    def not_a_directory(self, where: Path) -> StateNotWritable:
+        # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
+        what = "a file" if where.is_file() else "not a directory"
+        return StateNotWritable(
+            f"cannot write the state file {self.path}: {where} is {what}, not a directory that can "
+            f"hold it; {FIX_HINT} (a path inside a directory)"
+        )
+
+    def probe_writable(self, directory: Path) -> None:
+        probe = directory / f".{self.path.name}.{secrets.token_hex(4)}.probe"
+        os.close(self.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        remove(probe)
+
+    def remove_stale_temp_files(self, directory: Path) -> None:
+        # A process killed between creating its temp file and the rename leaves the temp file
+        # behind; holding the lock, we know no one else is writing one now.
+        for stale in directory.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            remove(stale)
+
+    def open(self, path: Path, flags: int) -> int:
+        """Open a file of the state directory (mode 0600 if created), never through a symbolic
+        link: a link planted there cannot make kata-events write into the file it names."""
+        try:
+            return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if is_link_error(exc, path):
+                raise self.link_refused(path) from None
+            raise self.not_writable(path if path.exists() else path.parent, exc) from None
+
+    def link_refused(self, path: Path) -> StateLinkRefused:
+        try:
+            target = f" (to {os.readlink(path)})"
+        except OSError:
+            target = ""
+        return StateLinkRefused(
+            f"{path} is a symbolic link{target}: kata-events never follows links where it writes "
+            f"its state, so nothing can make it write into another file; the link's target is "
+            f"untouched. Remove the link (rm {path}), make {path.parent} writable only by the "
+            f"account kata-events runs as (chmod 700 {path.parent}), or {FIX_HINT}"
+        )
+
+    def not_writable(self, where: Path, exc: OSError) -> StateNotWritable:
+        try:
+            import pwd
+
+            user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+        except (ImportError, KeyError):
+            user = f"uid {os.geteuid()}"
+        return StateNotWritable(
+            f"cannot write the state file {self.path}: {where}: {reason(exc)}; make "
+            f"{self.path.parent} a directory writable by {user}, or {FIX_HINT}"
+        )
+
+    def corrupt(self, what: str) -> StateCorrupt:
+        return StateCorrupt(
+            f"state file {self.path} {what}; kata-events writes it atomically, so it was changed by "
+            f"something else: move it away (e.g. mv {self.path} {self.path}.bad) to start a new "
+            "subscription, or restore it"
+        )
+
+
+def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]]:
+    """Who else may write in the state directory: (a refusal, a warning), each None when fine.
+
+    Every account writing there (o+w) without the sticky bit could replace the state file or
+    plant links: refused. Its group writing there (or every account, with the sticky bit, as in
+    /tmp: others can still create files under kata-events' names): warned.
+    """
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return None, None
+    shown = f"mode {stat.S_IMODE(mode):04o}"
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        return (
+            f"state directory {directory} can be written by every account ({shown}, no sticky "
+            "bit): anyone could replace the state file or plant links to make kata-events "
+            f"overwrite other files. Fix it with chmod o-w {directory} (better chmod 700 "
+            f"{directory}), or {FIX_HINT}",
+            None,
+        )
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        who = "every account (sticky bit set)" if mode & stat.S_IWOTH else "its group"
+        return None, (
+            f"state directory {directory} can be written by {who} ({shown}): they could create "
+            f"files under the state file's names; chmod 700 {directory} unless that is meant"
+        )
+    return None, None
+
+
+def is_link_error(exc: OSError, path: Path) -> bool:
+    """O_NOFOLLOW met a symbolic link (ELOOP on Linux, EMLINK or EFTYPE elsewhere)."""
+    if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)):
+        return True
+    return os.path.islink(path)
+
+
+def reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def read_pid(fd: int) -> Optional[int]:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def unlock(fd: int) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

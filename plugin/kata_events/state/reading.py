@@ -1,0 +1,151 @@
+"""Reading the state file and its companion progress record: parsed, checked, never written.
+
+A file that does not parse was edited by hand and is reported (`StateCorrupt`), never silently
+dropped; the original script's plain ``continuation_token.txt`` (the token alone) is read as a
+token. This module never logs and never writes a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+from kata_events.exits import ExitStatus
+from kata_events.state.errors import StateCorrupt, StateError, StateNotWritable
+from kata_events.state.files import FIX_HINT, StateFiles, is_link_error, reason
+from kata_events.state.progress import RecordError, check_point_fields, decode_record
+
+STATE_VERSION = 1
+# A plain token file larger than this is not a token file.
+_MAX_STATE_BYTES = 1 << 20
+_PLAIN_TOKEN = re.compile(r"\S+")
+
+
+@dataclass
+class Subscription:
+    """What the state file records. A plain imported token file has empty url/id/filter/saved_at."""
+
+    token: Optional[str]
+    url: str
+    external_system_id: str
+    filter: str
+    saved_at: str  # ISO-8601 UTC, e.g. 2026-11-27T21:30:00Z
+    #: The ``progress`` object as stored (None when absent), and why it is unusable (else "").
+    progress: Optional[Dict[str, Any]] = None
+    progress_problem: str = ""
+
+
+def import_seed_token(path: Union[Path, str]) -> str:
+    """Read the original script's plain ``continuation_token.txt``: the token, maybe a newline."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise StateError(f"token file {path} does not exist", exit_code=ExitStatus.NO_INPUT) from None
+    except OSError as exc:
+        raise StateNotWritable(f"cannot read token file {path}: {reason(exc)}") from None
+    token = parse_plain(path, data)
+    if token is None:
+        raise StateCorrupt(f"token file {path} is empty")
+    return token
+
+
+def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
+    """What the state file holds (None when absent or empty), and which kind: ``json``, ``plain``
+    (the original script's token file), ``empty`` or ``missing``."""
+    path = files.path
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            data = f.read(_MAX_STATE_BYTES + 1)
+    except FileNotFoundError:
+        return None, "missing"
+    except IsADirectoryError:
+        raise StateNotWritable(f"state file {path} is a directory: {FIX_HINT}") from None
+    except OSError as exc:
+        if is_link_error(exc, path):
+            raise files.link_refused(path) from None
+        raise StateNotWritable(
+            f"cannot read state file {path}: {reason(exc)}; fix its ownership and "
+            "permissions (it should belong to the user kata-events runs as, mode 0600)"
+        ) from None
+    if len(data) > _MAX_STATE_BYTES:
+        raise files.corrupt("is larger than 1 MiB, so it is not a token file")
+    if data.lstrip()[:1] in (b"{", b"["):
+        return parse_state(files, data), "json"
+    token = parse_plain(path, data)
+    if token is None:
+        return None, "empty"
+    return Subscription(token, "", "", "", ""), "plain"
+
+
+def parse_state(files: StateFiles, data: bytes) -> Subscription:
+    """A JSON state file's content; StateCorrupt when it is not one this version understands."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise files.corrupt(f"is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise files.corrupt("is not a JSON object")
+    version = doc.get("version")
+    if version != STATE_VERSION:
+        raise files.corrupt(f"has version {version!r}; this kata-events understands version {STATE_VERSION}")
+    token = doc.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise files.corrupt("has a 'token' that is not a non-empty string")
+    fields = {}
+    for key in ("url", "external_system_id", "filter", "saved_at"):
+        value = doc.get(key, "")
+        if not isinstance(value, str):
+            raise files.corrupt(f"has a {key!r} that is not a string")
+        fields[key] = value
+    progress = doc.get("progress")
+    problem = ""
+    if progress is not None:
+        try:
+            if not isinstance(progress, dict):
+                raise RecordError("it is not a JSON object")
+            check_point_fields(progress)
+        except RecordError as exc:
+            # Only the position inside a page is lost: the token itself still holds.
+            problem = str(exc)
+            progress = None
+    return Subscription(token=token, **fields, progress=progress, progress_problem=problem)
+
+
+def read_companion(path: Path) -> Optional[Dict[str, Any]]:
+    """The companion progress record's fields (None when absent or never written); RecordError
+    when it cannot be read or is not a valid record."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            data = f.read(_MAX_STATE_BYTES)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RecordError(f"cannot be read: {reason(exc)}") from None
+    if not data.strip():
+        return None  # created, never written: a kill -9 at the very first record
+    fields = decode_record(data)
+    if "token" not in fields:
+        raise RecordError("it has no token")
+    return fields
+
+
+def parse_plain(path: Path, data: bytes) -> Optional[str]:
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
+    if not text:
+        return None
+    if not _PLAIN_TOKEN.fullmatch(text):
+        raise StateCorrupt(
+            f"token file {path} holds more than one word, so it is neither a state file nor the "
+            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
+        )
+    return text
