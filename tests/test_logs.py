@@ -268,3 +268,18 @@ def test_every_emit_in_the_package_uses_a_declared_event_and_fields():
         elif set(fields) - set(spec.fields):
             problems.append(f"{where}: {name!r} does not declare {sorted(set(fields) - set(spec.fields))}")
     assert not problems, "\n".join(problems)
+
+
+def test_every_line_names_the_node_once_it_is_known():
+    out, text = io.StringIO(), io.StringIO()
+    logs.setup_logging("info", "json", stream=out, node="scn-msk")
+    logs.emit("retry", "retrying", delay=1.5)
+    (record,) = json_lines(out)
+    assert list(record)[:5] == ["time", "level", "event", "message", "node"]
+    assert record["node"] == "scn-msk" and record["delay"] == 1.5
+    logs.setup_logging("info", "text", stream=text, node="scn-msk")
+    logs.emit("lag", "behind", lag_seconds=4000.5)
+    (line,) = lines_of(text)
+    assert line.endswith("WARNING lag: behind node=scn-msk lag_seconds=4000.5"), line
+    with pytest.raises(ValueError):
+        logs.EventSpec("x", logging.INFO, ("node",), "a field may not take the node's place")

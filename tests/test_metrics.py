@@ -58,7 +58,8 @@ def test_a_once_run_of_300_events_leaves_a_metrics_file_with_every_family(
     assert value(found, "kata_events_lag_seconds") == 0
     assert value(found, "kata_events_up") == 0  # the run has stopped
     assert value(found, "kata_events_build_info", version=__import__("kata_events").__version__) == 1
-    assert "kata_events_events_total 300.0" in text
+    labels = f'external_system_id="{ext_id}",node="127.0.0.1"'  # the run's node: its url's host
+    assert f"kata_events_events_total{{{labels}}} 300.0" in text
     assert [p.name for p in prom.parent.iterdir()] == ["kata_events.prom"], "a temporary file was left"
 
 

@@ -51,6 +51,7 @@ class Config:
 
     url: Tuple[str, ...]
     external_system_id: str
+    name: str
     cert: Path
     key: Path
     key_password_file: Optional[Path]
@@ -162,6 +163,9 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
             value, origin = values[option.name]
             resolved[option.name] = resolve_path(value, origin, environ)
     resolved["settle_time"] = float(resolved["settle_time"])
+    if not resolved.get("name"):
+        resolved["name"] = node_name_of(urls[0])
+        values["name"] = (None, Origin("url", "the host of the first url"))
     if "max_unacked" not in resolved:
         resolved["max_unacked"] = resolved["max_events"]
     if "state_file" not in resolved:
@@ -206,14 +210,57 @@ def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -
     return str(option.default)
 
 
+def node_name_of(url: str) -> str:
+    """The default ``name`` of a run: the host of its (first) url, lowercase, without the port.
+
+    ``https://CN.example.local:8443`` → ``cn.example.local``; ``https://10.0.0.5`` → ``10.0.0.5``;
+    an IPv6 literal ``https://[fd00::5]`` → ``fd00--5`` (a name is a label and a file name: no
+    colons). Anything that does not parse gives ``kata-events``.
+    """
+    try:
+        host = (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:
+        host = ""
+    name = re.sub(r"[^a-z0-9._-]", "-", host).strip("-._")[:63]
+    return name or "kata-events"
+
+
+def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
+    """The node name as far as it can be told before the configuration is resolved (for a
+    ``fatal`` line): ``name`` from the flag, variable or file, else the first url's host; None when
+    neither is readable."""
+    option = opts.BY_NAME["name"]
+    file_values: Dict[str, Any] = {}
+    try:
+        path = config_path(args, environ)
+        if path is not None:
+            file_values = read_toml(path)
+    except (UserError, OSError):
+        pass
+    for value in (getattr(args, "name", None), environ.get(option.env), file_values.get("name")):
+        if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
+            return value.strip()
+    urls = getattr(args, "url", None) or environ.get(opts.BY_NAME["url"].env, "").split(",")
+    if not any(isinstance(u, str) and u.strip() for u in urls or ()):
+        urls = file_values.get("url")
+        urls = [urls] if isinstance(urls, str) else urls
+    for url in urls or ():
+        if isinstance(url, str) and "://" in url:
+            return node_name_of(url.split()[0] if url.split() else url)
+    return None
+
+
 def describe(config: Config) -> Dict[str, Any]:
     """The effective configuration as JSON-ready values, for the ``config`` log event.
 
     Secret options are redacted. ``sources`` maps each key that did not come from a default to where
-    it came from (flag, environment variable, config file).
+    it came from (flag, environment variable, config file). ``name`` is left out: every log line of
+    the run carries it as its ``node`` field (and a log record's own ``name`` is the logger's).
     """
     described: Dict[str, Any] = {}
     for option in opts.OPTIONS:
+        if option.name == "name":
+            continue
         value = getattr(config, option.name)
         if option.secret and value is not None:
             value = "<redacted>"

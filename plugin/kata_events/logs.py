@@ -37,8 +37,9 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
     "asctime",
     "taskName",
 }
-#: Names the formatters put on every line; no event field may use them.
-_OUTPUT_KEYS = frozenset({"time", "level", "event", "message"})
+#: Names the formatters put on every line; no event field may use them. ``node`` is there once a
+#: run knows its name (`setup_logging`'s ``node``), so the lines of several runs can be told apart.
+_OUTPUT_KEYS = frozenset({"time", "level", "event", "message", "node"})
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,9 @@ _CATALOGUE = (
     EventSpec(
         "config",
         logging.INFO,
-        (*(o.name for o in opts.OPTIONS), "config_file", "sources"),
-        "The effective configuration and where each value came from (flag, variable, file).",
+        (*(o.name for o in opts.OPTIONS if o.name != "name"), "config_file", "sources"),
+        "The effective configuration and where each value came from (flag, variable, file); "
+        "the name is the line's `node`, as on every line of a run.",
     ),
     EventSpec(
         "mode",
@@ -416,10 +418,12 @@ def _utc(created: float, millis: bool) -> str:
 
 
 class JsonLinesFormatter(JsonFormatter):
-    """One JSON object per line: time, level, event, message, then the event's fields."""
+    """One JSON object per line: time, level, event, message, the fixed fields (``node``), then the
+    event's fields."""
 
-    def __init__(self) -> None:
+    def __init__(self, fixed: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(json_ensure_ascii=False, reserved_attrs=sorted(_RECORD_ATTRS))
+        self.fixed = dict(fixed or {})
 
     # Positional parameters: their names changed between python-json-logger 2.x and 4.x.
     def add_fields(self, log_data, record, message_dict):  # type: ignore[no-untyped-def]
@@ -427,6 +431,7 @@ class JsonLinesFormatter(JsonFormatter):
         log_data["level"] = record.levelname.lower()
         log_data["event"] = getattr(record, "event", "log")
         log_data["message"] = record.getMessage()
+        log_data.update(self.fixed)
         log_data.update(_fields_of(record))
         for key in ("exc_info", "stack_info"):
             if message_dict.get(key):
@@ -434,13 +439,18 @@ class JsonLinesFormatter(JsonFormatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-11-27T21:30:00Z WARNING unauthorized: <message> key=value ...`` for people."""
+    """``2026-11-27T21:30:00Z WARNING unauthorized: <message> node=pcn key=value ...`` for people."""
+
+    def __init__(self, fixed: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        self.fixed = [f"{key}={_text_value(value)}" for key, value in (fixed or {}).items()]
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [
             _utc(record.created, millis=False),
             record.levelname,
             f"{getattr(record, 'event', 'log')}: {record.getMessage()}",
+            *self.fixed,
         ]
         for key, value in _fields_of(record).items():
             parts.append(f"{key}={_text_value(value)}")
@@ -471,11 +481,13 @@ def _is_stdout(stream: TextIO) -> bool:
         return False
 
 
-def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None) -> None:
+def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: Optional[str] = None) -> None:
     """Send the ``kata_events`` logger's lines to ``stream`` (default: the current sys.stderr).
 
-    ``level`` is debug|info|warning|error, ``fmt`` json|text. Calling it again replaces the previous
-    set-up. Refuses stdout, which carries events only.
+    ``level`` is debug|info|warning|error, ``fmt`` json|text. ``node``, the run's name, is put on
+    every line as the ``node`` field (set once here, so a line costs nothing more than a dict
+    update). Calling it again replaces the previous set-up. Refuses stdout, which carries events
+    only.
     """
     if stream is None:
         stream = sys.stderr
@@ -484,7 +496,8 @@ def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None) -> None
     if fmt not in ("json", "text"):
         raise ValueError(f"log format must be json or text, not {fmt!r}")
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonLinesFormatter() if fmt == "json" else TextFormatter())
+    fixed = {"node": node} if node else None
+    handler.setFormatter(JsonLinesFormatter(fixed) if fmt == "json" else TextFormatter(fixed))
     logger = logging.getLogger(LOGGER_NAME)
     for old in list(logger.handlers):
         if getattr(old, "_kata_events", False):

@@ -6,6 +6,10 @@ are read from the runner when they are collected (`Snapshot`), so there is no se
 counters to keep in step. The file is replaced atomically (prometheus_client writes a temporary
 file next to it and renames it) every ``interval`` seconds and at the stop.
 
+Every sample carries the run's labels (``node``, ``external_system_id``), the same in the file and
+on /metrics: several runs on one collector (a distributed KATA's Central Nodes) can write their
+files into one textfile directory, or be scraped as one job, without two series colliding.
+
 This module never logs (the runner says when the file cannot be written) and never writes to
 stdout.
 """
@@ -51,11 +55,17 @@ class Snapshot:
     version: str = ""
 
 
+#: The labels every family carries, in this order, before its own (``reason``, ``version``).
+RUN_LABELS: Tuple[str, ...] = ("node", "external_system_id")
+
+
 class _Collector:
     """A prometheus_client collector reading a fresh `Snapshot` at each collection."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], labels: Dict[str, str]) -> None:
         self.snapshot = snapshot
+        self.names = [name for name in RUN_LABELS if name in labels]
+        self.values = [labels[name] for name in self.names]
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # unchecked collector: the families are made at collection
@@ -65,31 +75,30 @@ class _Collector:
 
         s = self.snapshot()
         helps = {name: text for name, _, text in FAMILIES}
+        names, values = self.names, self.values
 
-        def counter(name: str, value: float) -> Any:
-            return CounterMetricFamily(f"kata_events_{name}", helps[name], value=value)
+        def family(kind: Any, name: str, value: float, **own: str) -> Any:
+            made = kind(f"kata_events_{name}", helps[name], labels=[*names, *own])
+            made.add_metric([*values, *own.values()], value)
+            return made
 
-        def gauge(name: str, value: float) -> Any:
-            return GaugeMetricFamily(f"kata_events_{name}", helps[name], value=value)
-
-        yield counter("events", s.events)
-        yield counter("bytes", s.bytes)
-        yield counter("pages", s.pages)
-        retries = CounterMetricFamily("kata_events_retries", helps["retries"], labels=["reason"])
+        yield family(CounterMetricFamily, "events", s.events)
+        yield family(CounterMetricFamily, "bytes", s.bytes)
+        yield family(CounterMetricFamily, "pages", s.pages)
+        retries = CounterMetricFamily("kata_events_retries", helps["retries"], labels=[*names, "reason"])
         for reason, count in sorted(s.retries.items()):
-            retries.add_metric([reason], count)
+            retries.add_metric([*values, reason], count)
         yield retries
-        yield gauge("lag_seconds", s.lag_seconds)
-        yield gauge("last_commit_timestamp_seconds", s.last_commit or 0.0)
-        yield gauge("unacknowledged_lines", s.unacknowledged)
-        yield gauge("up", 1.0 if s.up else 0.0)
-        info = GaugeMetricFamily("kata_events_build_info", helps["build_info"], labels=["version"])
-        info.add_metric([s.version], 1.0)
-        yield info
+        yield family(GaugeMetricFamily, "lag_seconds", s.lag_seconds)
+        yield family(GaugeMetricFamily, "last_commit_timestamp_seconds", s.last_commit or 0.0)
+        yield family(GaugeMetricFamily, "unacknowledged_lines", s.unacknowledged)
+        yield family(GaugeMetricFamily, "up", 1.0 if s.up else 0.0)
+        yield family(GaugeMetricFamily, "build_info", 1.0, version=s.version)
 
 
 class Metrics:
-    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given."""
+    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
+    every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id)."""
 
     def __init__(
         self,
@@ -98,6 +107,7 @@ class Metrics:
         listen: Optional[str],
         interval: float,
         on_error: Callable[[str], None],
+        labels: Optional[Dict[str, str]] = None,
     ) -> None:
         from prometheus_client import CollectorRegistry
 
@@ -106,7 +116,7 @@ class Metrics:
         self.interval = interval
         self.on_error = on_error
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(snapshot))  # type: ignore[arg-type]
+        self.registry.register(_Collector(snapshot, dict(labels or {})))  # type: ignore[arg-type]
         self._server: Any = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None

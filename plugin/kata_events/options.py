@@ -68,6 +68,9 @@ def parse_listen(text: str, default_host: Optional[str] = "127.0.0.1") -> Tuple[
 #: A proxy's address: scheme, optional credentials, host and port, nothing after.
 PROXY_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+/?$"
 PIN_PATTERN = r"^(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){31})$"
+#: A node's name: it becomes a metrics label, a log field, a perfdata label (``lag_<name>``) and
+#: often a directory and a systemd instance name, so letters, digits, ``.``, ``_`` and ``-`` only.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,17 @@ OPTIONS: Tuple[Option, ...] = (
         required=True,
         metavar="UUID",
         allowed="a UUID such as 0b3c4f7e-5d2a-4a61-9b8e-2f6c1d0e9a7b",
+    ),
+    Option(
+        "name",
+        "str",
+        "A short name for this Central Node, unique among the runs on one collector: every "
+        "metrics family carries it as the node label, every log line as its node field, and "
+        "`kata-events status` names the node with it. Letters, digits, '.', '_' and '-'.",
+        default_doc="the host of the first url, e.g. cn.example.local or 10.0.0.5",
+        pattern=NAME_PATTERN,
+        metavar="NAME",
+        allowed="a name of letters, digits, '.', '_' and '-' (at most 63), such as pcn or scn-msk",
     ),
     Option(
         "cert",

@@ -16,7 +16,13 @@ from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
 from kata_events.commands.locate import status_path
-from kata_events.config import Config, describe, load_run_config, requested_log_format
+from kata_events.config import (
+    Config,
+    describe,
+    load_run_config,
+    requested_log_format,
+    requested_name,
+)
 from kata_events.delivery.acks import choose_ack_mode
 from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
@@ -95,17 +101,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
-        return fatal(exc, requested_log_format(args, os.environ))
+        return fatal(exc, requested_log_format(args, os.environ), requested_name(args, os.environ))
     return run_config(config)
 
 
-def fatal(exc: UserError, log_format: str, **fields: Any) -> int:
+def fatal(exc: UserError, log_format: str, node: Optional[str] = None, **fields: Any) -> int:
     """Log a configuration, file or usage error as one ``fatal`` line; its exit code.
 
     Before the configuration is resolved the log set-up is not either: the format is the one asked
-    for wherever it could be read (`requested_log_format`), JSON otherwise.
+    for wherever it could be read (`requested_log_format`), JSON otherwise, and the node the name
+    or url given, if any (`requested_name`).
     """
-    logs.setup_logging("info", log_format)
+    logs.setup_logging("info", log_format, node=node)
     reason = {ExitStatus.NO_INPUT: "missing file", ExitStatus.USAGE: "usage"}.get(
         exc.exit_code, "configuration"
     )
@@ -131,7 +138,7 @@ def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
 
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
-    logs.setup_logging(config.log_level, config.log_format)
+    logs.setup_logging(config.log_level, config.log_format, node=config.name)
     stop = Stop()
     client = build_client(config, stop=stop)
     logs.emit(
@@ -242,6 +249,7 @@ def start_metrics(config: Config, runner: Runner) -> Any:
         config.metrics_listen,
         interval=config.stats_interval or 60,
         on_error=failed,
+        labels={"node": config.name, "external_system_id": config.external_system_id},
     )
     try:
         metrics.start()
