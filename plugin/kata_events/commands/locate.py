@@ -21,15 +21,31 @@ from kata_events.exits import ExitStatus, UserError
 from kata_events.paths import companion
 
 
-def add_location_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--state-file`` and ``--external-system-id``, with ``run``'s help texts."""
-    parser.add_argument(
-        opts.CONFIG_FLAG,
-        dest="config",
-        metavar="FILE",
-        help=f"The TOML file of the run (only state_file and external_system_id are read). Env: "
-        f"{opts.CONFIG_ENV}.",
-    )
+def add_location_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """``--config``, ``--state-file`` and ``--external-system-id``, with ``run``'s help texts.
+
+    ``several`` (``status``): ``--config`` is repeatable and may name a directory of
+    configurations; ``args.config`` is then a list.
+    """
+    if several:
+        parser.add_argument(
+            opts.CONFIG_FLAG,
+            dest="config",
+            metavar="FILE|DIR",
+            action="append",
+            help="The TOML file of the run (only name, url, state_file and external_system_id are "
+            "read). Repeatable, one per node: each is evaluated and one line sums them up. A "
+            "directory stands for every DIR/<node>/config.toml and DIR/*.toml in it. Env: "
+            f"{opts.CONFIG_ENV}.",
+        )
+    else:
+        parser.add_argument(
+            opts.CONFIG_FLAG,
+            dest="config",
+            metavar="FILE",
+            help=f"The TOML file of the run (only state_file and external_system_id are read). Env: "
+            f"{opts.CONFIG_ENV}.",
+        )
     for name in ("state_file", "external_system_id"):
         option = opts.BY_NAME[name]
         parser.add_argument(

@@ -10,6 +10,13 @@ Lag is how far behind the stream is: while the server still has more (the last a
 the age of the newest event delivered; about zero once caught up while the run lives; for a run
 that has stopped, the time since its last commit (the stream has moved on since). `evaluate` is
 pure: the verdict from what the files say and the time.
+
+Several nodes (the Central Nodes of a distributed deployment, one run each): ``--config A
+--config B`` or a directory of configurations evaluates each run on its own and prints one line —
+the worst state (OK < WARNING < UNKNOWN < CRITICAL), each node named with its state and reason,
+perfdata per node (``lag_<name>``) — or a JSON list; the exit code is the worst state's. A node
+whose files cannot be read is that node's UNKNOWN; the others are still evaluated. `summarize` is
+pure too. A single ``--config`` keeps the one-run output.
 """
 
 from __future__ import annotations
@@ -18,11 +25,14 @@ import argparse
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import UserError
 from kata_events.options import SERVER_RETENTION_SECONDS
@@ -32,6 +42,8 @@ Say how a run is doing, from local files only (the state file, the status record
 keeps next to it, the pid in its lock file): never the network, safe beside a running run.
 One line in the monitoring-plugins style on stdout, or JSON with --format json; the exit code
 is theirs: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. Give the run's --config or --state-file.
+Several nodes on one collector: --config once per node, or a directory of configurations
+(/etc/kata-events holding <node>/config.toml); one line for all, the worst state's exit code.
 """
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -46,7 +58,7 @@ RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``status`` options: where the run's files are, the thresholds, the output format."""
-    add_location_arguments(parser)
+    add_location_arguments(parser, several=True)
     parser.add_argument(
         "--warning-lag",
         type=float,
@@ -66,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=("text", "json"),
         default="text",
-        help="One monitoring-plugins line (text) or a JSON object (json). Default: text.",
+        help="One monitoring-plugins line (text) or a JSON object (json; a list of them for "
+        "several nodes). Default: text.",
     )
 
 
@@ -229,16 +242,36 @@ def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events status``; returns 0..3."""
+    configs = list(args.config or [])
+    if not configs and os.environ.get(opts.CONFIG_ENV):
+        configs = [os.environ[opts.CONFIG_ENV]]
+    if len(configs) > 1 or (configs and os.path.isdir(configs[0])):
+        return run_nodes(args, configs)
+    args = argparse.Namespace(**{**vars(args), "config": configs[0] if configs else None})
+    now = time.time()
+    try:
+        files, verdict = check_run(args, os.environ, now)
+    except (UserError, OSError, ValueError) as exc:
+        return _unknown(args, str(exc))
+    if args.format == "json":
+        sys.stdout.write(json.dumps(asdict(verdict), ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(text_line(verdict, args.warning_lag, args.critical_lag) + "\n")
+    return verdict.exit_code
+
+
+def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Tuple[RunFiles, Verdict]:
+    """One run's files and verdict. Raises `UserError`, OSError or ValueError when its files
+    cannot be found or read (the caller's UNKNOWN)."""
     from kata_events.state.store import StateError, TokenStore
     from kata_events.status_record import read_record
 
-    now = time.time()
+    files = locate(args, environ)
     try:
-        files = locate(args, os.environ)
         sub = TokenStore(files.state, url="", external_system_id="").stored()
-        record = read_record(files.status)
-    except (UserError, StateError, OSError, ValueError) as exc:
-        return _unknown(args, str(exc))
+    except StateError as exc:
+        raise ValueError(str(exc)) from None
+    record = read_record(files.status)
     verdict = evaluate(
         sub.saved_at if sub is not None else None,
         sub is not None,
@@ -249,11 +282,156 @@ def run(args: argparse.Namespace) -> int:
         args.critical_lag,
         str(files.state),
     )
+    return files, verdict
+
+
+# -- several nodes ----------------------------------------------------------------------------------
+
+#: How bad each state is when several are summed up: a CRITICAL node outweighs one nobody can read.
+SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
+
+
+def config_files(given: Sequence[str]) -> List[Tuple[Path, str]]:
+    """The configuration files ``--config`` names, each with a problem ("" when none): a file as
+    given; a directory as its ``<node>/config.toml`` files, then its ``*.toml`` files, sorted."""
+    found: List[Tuple[Path, str]] = []
+    for text in given:
+        path = Path(os.path.abspath(os.path.expanduser(text)))
+        if not path.is_dir():
+            found.append((path, ""))
+            continue
+        inside = sorted(p for p in path.glob("*/config.toml") if p.is_file())
+        inside += sorted(p for p in path.glob("*.toml") if p.is_file())
+        if not inside:
+            problem = (
+                f"no configuration in the directory {path}: expected {path}/<node>/config.toml "
+                "(kata-events init --dir) or *.toml files"
+            )
+            found.append((path, problem))
+        found += [(p, "") for p in inside]
+    return found
+
+
+def node_of(config_file: Path) -> str:
+    """A node's name from its configuration file: ``name``, else the first url's host (as ``run``
+    derives it), else the file's directory (``/etc/kata-events/scn1/config.toml`` → ``scn1``) or
+    stem, when the file cannot be read or names neither."""
+    from kata_events.config import node_name_of, read_toml
+
+    try:
+        values = read_toml(config_file)
+    except (UserError, OSError):
+        values = {}
+    name = values.get("name")
+    if isinstance(name, str) and re.match(opts.NAME_PATTERN, name):
+        return name
+    urls = values.get("url")
+    url = urls if isinstance(urls, str) else urls[0] if isinstance(urls, list) and urls else None
+    if isinstance(url, str) and "://" in url:
+        return node_name_of(url)
+    stem = config_file.parent.name if config_file.name == "config.toml" else config_file.stem
+    return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "node"
+
+
+@dataclass
+class NodeVerdict:
+    """One node's part of a several-node ``status``: its name, its configuration, its verdict."""
+
+    node: str
+    config: str
+    verdict: Dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.verdict["exit_code"])
+
+    def as_json(self) -> Dict[str, Any]:
+        return {"node": self.node, "config": self.config, **self.verdict}
+
+
+def unknown_verdict(reason: str) -> Dict[str, Any]:
+    """The verdict of a node whose files could not be read (the one-run JSON's UNKNOWN shape)."""
+    return {
+        "status": NAMES[UNKNOWN],
+        "exit_code": UNKNOWN,
+        "reason": reason,
+        "lag_seconds": None,
+        "last_commit": None,
+        "last_commit_age_seconds": None,
+        "running": None,
+    }
+
+
+def check_nodes(
+    configs: Sequence[str], args: argparse.Namespace, environ: Mapping[str, str], now: float
+) -> List[NodeVerdict]:
+    """Each configuration's verdict; one that cannot be read is its node's UNKNOWN."""
+    # Each configuration speaks for its own node: a KATA_EVENTS_STATE_FILE (or _EXTERNAL_SYSTEM_ID)
+    # meant for one run would otherwise point every node at the same files.
+    own_env = {k: v for k, v in environ.items() if not k.startswith(opts.ENV_PREFIX)}
+    results: List[NodeVerdict] = []
+    seen: Dict[str, int] = {}
+    for path, problem in config_files(configs):
+        node = node_of(path)
+        seen[node] = seen.get(node, 0) + 1
+        if seen[node] > 1:  # two files naming one node: keep both apart in the line and perfdata
+            node = f"{node}-{seen[node]}"
+        if problem:
+            results.append(NodeVerdict(node, str(path), unknown_verdict(problem)))
+            continue
+        one = argparse.Namespace(**{**vars(args), "config": str(path)})
+        try:
+            _, verdict = check_run(one, own_env, now)
+        except (UserError, OSError, ValueError) as exc:
+            results.append(NodeVerdict(node, str(path), unknown_verdict(str(exc))))
+            continue
+        results.append(NodeVerdict(node, str(path), asdict(verdict)))
+    return results
+
+
+def worst(results: Sequence[NodeVerdict]) -> int:
+    """The exit code of the worst node (OK < WARNING < UNKNOWN < CRITICAL); UNKNOWN for none."""
+    if not results:
+        return UNKNOWN
+    return max((r.exit_code for r in results), key=SEVERITY.__getitem__)
+
+
+def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: float) -> str:
+    """One monitoring-plugins line for several nodes: the worst state; each node with its state
+    and reason, the worst first; perfdata per node (``lag_<node>``, ``last_commit_age_<node>``).
+
+    ``KATA-EVENTS WARNING - 2 nodes: pcn WARNING 40 min behind; scn OK streaming (pid 7), caught
+    up | lag_pcn=2400s;1800;5400;0 last_commit_age_pcn=3s;;;0 lag_scn=0s;1800;5400;0 ...``
+    """
+    code = worst(results)
+    order = sorted(results, key=lambda r: -SEVERITY[r.exit_code])
+    parts = [f"{r.node} {r.verdict['status']} {r.verdict['reason']}".replace("|", "/") for r in order]
+    perf = []
+    for r in results:
+        lag, age = r.verdict.get("lag_seconds"), r.verdict.get("last_commit_age_seconds")
+        if lag is not None:
+            perf.append(f"lag_{r.node}={lag:g}s;{warning_lag:g};{critical_lag:g};0")
+        if age is not None:
+            perf.append(f"last_commit_age_{r.node}={age:g}s;;;0")
+    tail = f" | {' '.join(perf)}" if perf else ""
+    count = f"{len(results)} node{'' if len(results) == 1 else 's'}"
+    return f"KATA-EVENTS {NAMES[code]} - {count}: {'; '.join(parts)}{tail}"
+
+
+def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
+    """``status`` over several configurations: one line (or a JSON list), the worst exit code."""
+    if args.state_file or args.external_system_id:
+        return _unknown(
+            args,
+            "--state-file and --external-system-id name one run's files: with several "
+            "configurations (or a directory), each configuration names its own",
+        )
+    results = check_nodes(configs, args, os.environ, time.time())
     if args.format == "json":
-        sys.stdout.write(json.dumps(asdict(verdict), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps([r.as_json() for r in results], ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(text_line(verdict, args.warning_lag, args.critical_lag) + "\n")
-    return verdict.exit_code
+        sys.stdout.write(summarize(results, args.warning_lag, args.critical_lag) + "\n")
+    return worst(results)
 
 
 def _unknown(args: argparse.Namespace, reason: str) -> int:
