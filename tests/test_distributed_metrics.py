@@ -125,6 +125,18 @@ def test_the_default_name_is_the_first_url_s_host():
     assert node_name_of("nonsense") == "kata-events"
 
 
+def test_before_the_configuration_resolves_the_node_is_the_name_or_url_given():
+    import argparse
+
+    from kata_events.config import requested_name
+
+    env = {"KATA_EVENTS_URL": "https://SCN1.example.local:8443, https://10.0.0.6"}
+    assert requested_name(argparse.Namespace(), env) == "scn1.example.local"
+    assert requested_name(argparse.Namespace(url=["https://10.0.0.5"]), env) == "10.0.0.5"
+    assert requested_name(argparse.Namespace(name="pcn"), env) == "pcn"
+    assert requested_name(argparse.Namespace(name="not a name"), {}) is None
+
+
 def test_a_name_that_cannot_be_a_label_or_a_file_name_is_refused(tmp_path: Path):
     import argparse
 

@@ -240,13 +240,15 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
     for value in (getattr(args, "name", None), environ.get(option.env), file_values.get("name")):
         if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
             return value.strip()
-    urls = getattr(args, "url", None) or environ.get(opts.BY_NAME["url"].env, "").split(",")
-    if not any(isinstance(u, str) and u.strip() for u in urls or ()):
-        urls = file_values.get("url")
-        urls = [urls] if isinstance(urls, str) else urls
-    for url in urls or ():
-        if isinstance(url, str) and "://" in url:
-            return node_name_of(url.split()[0] if url.split() else url)
+    from_env = [u for u in re.split(r"[,\s]+", environ.get(opts.BY_NAME["url"].env, "")) if u]
+    from_file = file_values.get("url")
+    for urls in (
+        getattr(args, "url", None),
+        from_env,
+        [from_file] if isinstance(from_file, str) else from_file,
+    ):
+        if isinstance(urls, list) and urls and isinstance(urls[0], str) and "://" in urls[0]:
+            return node_name_of(urls[0])
     return None
 
 
