@@ -34,7 +34,7 @@ url = [{url}]
 external_system_id = "{external_system_id}"
 cert = "client.crt"   # relative to this file
 key = "client.key"
-{key_password_line}# name = "pcn"   # this node's name in metrics, log lines and status (default: the url's host)
+{key_password_line}# name = "pcn"   # this node in metrics, log lines and status (default: the url's host)
 
 # Trust the Central Node's certificate: the CA that issued it, or (for the usual self-signed one)
 # its SHA-256 fingerprint. `kata-events check --config <this file>` prints the fingerprint to
