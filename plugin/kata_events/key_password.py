@@ -14,10 +14,10 @@ it came from (`KeyPassword.origin`), never what it is. This module never logs an
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 from typing import Mapping, Optional
 
+from kata_events import keypair
 from kata_events.exits import ExitStatus, UserError
 
 #: The name of the systemd credential looked for in ``$CREDENTIALS_DIRECTORY``.
@@ -97,15 +97,11 @@ class KeyPassword:
         can (or the passphrase is not in a file)."""
         if self.path is None:
             return None
-        try:
-            mode = stat.S_IMODE(os.stat(self.path).st_mode)
-        except OSError:
+        who = keypair.readable_by_others(self.path)
+        if who is None:
             return None
-        if not mode & 0o077:
-            return None
-        who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
         return (
-            f"the key's passphrase file {self.path} is accessible by {who} (mode {mode:04o}): it "
+            f"the key's passphrase file {self.path} is accessible by {who}: it "
             f"unlocks the encrypted key; fix it with chmod 600 {self.path}"
         )
 

@@ -37,18 +37,26 @@ def _text(path: _PathLike) -> str:
         return ""
 
 
-def key_exposure(key: _PathLike) -> Optional[str]:
-    """What is wrong with who may read the private key ``key``, and the fix; None when only its
-    owner can (the way ssh refuses an unprotected key, but a warning: the key works)."""
+def readable_by_others(path: _PathLike) -> Optional[str]:
+    """Who besides its owner may read ``path`` and its mode ("its group (mode 0640)"), or None."""
     try:
-        mode = stat.S_IMODE(os.stat(key).st_mode)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         return None
     if not mode & 0o077:
         return None
     who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
+    return f"{who} (mode {mode:04o})"
+
+
+def key_exposure(key: _PathLike) -> Optional[str]:
+    """What is wrong with who may read the private key ``key``, and the fix; None when only its
+    owner can (the way ssh refuses an unprotected key, but a warning: the key works)."""
+    who = readable_by_others(key)
+    if who is None:
+        return None
     return (
-        f"the private key {key} is accessible by {who} (mode {mode:04o}): whoever reads it can "
+        f"the private key {key} is accessible by {who}: whoever reads it can "
         f"fetch this external system's events as kata-events does; fix it with chmod 600 {key}"
     )
 
