@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 SEAM_DIR = Path(__file__).parent / "os_faults"
 
@@ -134,3 +134,18 @@ class StateWatcher:
                 continue
             if not self.tokens or self.tokens[-1] != doc["token"]:
                 self.tokens.append(doc["token"])
+
+
+def state_file_problem(path: Path) -> str:
+    """Why the state file is not a valid state file right now ("" when it is, or is absent)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return ""
+    try:
+        doc: Dict[str, Any] = json.loads(data)
+        assert doc["version"] == 1 and isinstance(doc["progress"]["seq"], int)
+        assert doc["token"] is None or (isinstance(doc["token"], str) and doc["token"])
+    except (ValueError, KeyError, AssertionError, TypeError):
+        return f"not a valid state file: {data[:200]!r}"
+    return ""

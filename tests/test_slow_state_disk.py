@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Callable, List
 
 import pytest
 
 from ack_helpers import ImprogConsumer, events_named, read_logs
-from disk_helpers import OsFaults
+from disk_helpers import OsFaults, state_file_problem
 from run_helpers import clean_env, command, run_args
 
 SLOW_FSYNC = 2.0
@@ -39,21 +39,6 @@ def _argv(emu, cert, ext_id, state: Path) -> List[str]:
     # for those lines are what must keep being read.
     limits += ("--max-unacked", "5000")
     return command(run_args(emu, ext_id, cert, state, *limits, stats_interval=1))
-
-
-def _state_problem(path: Path) -> str:
-    """Why the state file is not a valid state file right now ("" when it is, or is absent)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return ""
-    try:
-        doc: Dict[str, Any] = json.loads(data)
-        assert doc["version"] == 1 and isinstance(doc["progress"]["seq"], int)
-        assert doc["token"] is None or (isinstance(doc["token"], str) and doc["token"])
-    except (ValueError, KeyError, AssertionError, TypeError):
-        return repr(data[:200])
-    return ""
 
 
 def _feed(emu, seconds: float, every: float = 0.25) -> None:
@@ -116,7 +101,7 @@ def test_a_subscription_lost_while_a_commit_is_on_disk_leaves_the_state_file_val
     seqs: List[int] = []
 
     def look() -> None:
-        problem = _state_problem(state)
+        problem = state_file_problem(state)
         if problem:
             problems.append(problem)
         elif state.exists():
@@ -147,4 +132,4 @@ def test_a_subscription_lost_while_a_commit_is_on_disk_leaves_the_state_file_val
     assert not problems, problems[:3]
     assert seqs == sorted(seqs), f"the state file went back to an older record: {seqs}"
     assert "Traceback" not in log.read_text()
-    assert not _state_problem(state)
+    assert not state_file_problem(state)

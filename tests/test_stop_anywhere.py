@@ -11,17 +11,15 @@ are five tests, one per moment, so that they spread over the suite's workers.
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 
 from determinism import SEED
-from disk_helpers import OsFaults
+from disk_helpers import OsFaults, state_file_problem
 from run_helpers import clean_env, run_args
 
 RUNS = 50
@@ -37,20 +35,6 @@ def plan(seed: int) -> List[Tuple[str, float, int]]:
     ]
     rng.shuffle(runs)
     return runs
-
-
-def _state_problem(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return ""
-    try:
-        doc: Dict[str, Any] = json.loads(data)
-        assert doc["version"] == 1 and isinstance(doc["progress"]["seq"], int)
-        assert doc["token"] is None or (isinstance(doc["token"], str) and doc["token"])
-    except (ValueError, KeyError, AssertionError, TypeError):
-        return f"not a valid state file: {data[:200]!r}"
-    return ""
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -111,7 +95,7 @@ def test_fifty_stops_at_varied_moments_end_cleanly(
         faults.clear()
         assert code == 0, f"{where}: exit {code}\n{run.stderr_text[-3000:]}"
         assert "Traceback" not in run.stderr_text, f"{where}\n{run.stderr_text[-3000:]}"
-        problem = _state_problem(state)
+        problem = state_file_problem(state)
         assert not problem, f"{where}: {problem}"
         stop = run.wait_event("stop", timeout=1)
         assert stop["exit_code"] == 0, f"{where}: {stop}"
