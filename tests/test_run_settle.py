@@ -96,6 +96,14 @@ def piped_to(args: List[str], reader_argv: List[str], tmp_path) -> Iterator[Tupl
                 p.wait()
 
 
+def wait_for_lines(sampler: FileSampler, lines: int, timeout: float = 60.0) -> None:
+    """Wait until the reader has taken ``lines`` lines."""
+    deadline = time.monotonic() + timeout
+    while sampler.read_by(time.time()) < lines:
+        assert time.monotonic() < deadline, f"the reader took fewer than {lines} lines in {timeout:g} s"
+        time.sleep(0.05)
+
+
 def settle_line(tmp_path, sampler: FileSampler) -> Tuple[dict, int]:
     """The run's settle log line, and the lines the reader had taken settle_time before it."""
     logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
@@ -173,11 +181,12 @@ def test_sigterm_while_once_waits_for_the_settle_goes_back(
     assert again.seqs()[:1] == [1], "the lines taken within the settle time must come again"
 
 
-#: A reader taking about 2,000 lines of 200 B a second: a page of 72,000 takes it half a minute.
+#: A reader taking at most 1.6 MB a second (2,500 lines of 200 B): a page of 72,000 takes it half a
+#: minute.
 SLOW_READER = (
     "import os, sys, time\n"
     "while True:\n"
-    "    data = os.read(0, 4096)\n"
+    "    data = os.read(0, 16384)\n"
     "    if not data:\n"
     "        break\n"
     "    os.write(1, data)\n"
@@ -199,7 +208,11 @@ def test_a_stop_inside_the_first_page_of_a_new_subscription_goes_back_too(
     )
     taken = tmp_path / "taken.ndjson"
     with piped_to(args, [sys.executable, "-c", SLOW_READER], tmp_path) as (proc, _reader, sampler):
-        time.sleep(3.0)
+        # The reader must have passed a delivery point (one per batch of at most 1 MiB, 1,600 lines)
+        # settle_time before the stop, however slowly the machine runs: wait for 4,000 lines, then
+        # for more than the settle time.
+        wait_for_lines(sampler, 4_000)
+        time.sleep(SETTLE + 1.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     settle, limit = settle_line(tmp_path, sampler)
