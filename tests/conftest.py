@@ -17,6 +17,23 @@ from kata_events.emulator import Emulator
 from run_helpers import Runs
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the package to bytecode once, before any worker starts.
+
+    The suite starts over a thousand kata-events processes; where PYTHONDONTWRITEBYTECODE is set
+    (tests' child environments set it, and so do some machines) nothing ever writes the package's
+    .pyc files, and each process would compile every module it imports from source again (0.1 s of
+    CPU each). The files go to the package's own __pycache__ folders, which git ignores.
+    """
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller has done it
+        return
+    import compileall
+
+    import kata_events
+
+    compileall.compile_dir(str(Path(kata_events.__file__).parent), quiet=2)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"test seed: {determinism.SEED} (KATA_TEST_SEED changes it); "
