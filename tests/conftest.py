@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
@@ -15,6 +16,11 @@ from emulator_helpers import ClientCert, EventsClient
 from kata_events import certs
 from kata_events.emulator import Emulator
 from run_helpers import Runs
+
+# Compiled modules are cached, as Python does by default, even where PYTHONDONTWRITEBYTECODE is set
+# (some machines set it): each of the suite's workers would otherwise compile and rewrite every
+# test module again (2.5 s of CPU each). The caches go to __pycache__ folders, which git ignores.
+sys.dont_write_bytecode = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
