@@ -128,7 +128,7 @@ _CATALOGUE = (
     EventSpec(
         "commit",
         logging.DEBUG,
-        ("pages", "events", "token"),
+        ("pages", "position", "events", "token"),
         "A continuation token was saved: everything before it is delivered (and the first "
         "`events` of the page after it).",
     ),
