@@ -12,6 +12,7 @@ to stdout and never logs.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import queue
 import re
@@ -142,9 +143,15 @@ def handshake_failure(base_url: str, reason: str) -> str:
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
     """The server's Retry-After (seconds, or an HTTP date) as seconds from now; None when absent
-    or not one of the two."""
+    or not one of the two. Fractional seconds (``1.5``) are honoured too, as they always were."""
     if not value:
         return None
+    try:
+        seconds = float(value)
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    except ValueError:
+        pass
     try:
         return float(urllib3.util.Retry().parse_retry_after(value))
     except urllib3.exceptions.InvalidHeader:
