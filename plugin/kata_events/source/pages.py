@@ -116,8 +116,6 @@ class _ReadAhead:
         self.bytes_read = 0
         #: Set once the reading thread has stopped reading (end of body, or a failure).
         self.done = threading.Event()
-        #: True once the whole body was read (the connection can carry the next request).
-        self.complete = False
         threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
 
     def _read(self, raw: Any, decode: bool) -> None:
@@ -131,7 +129,6 @@ class _ReadAhead:
                     left = getattr(raw, "length_remaining", None)
                     if left:
                         raise ConnectionError(f"the body ended {left} bytes early")
-                    self.complete = True
                     self.done.set()
                     self._put(None)
                     return

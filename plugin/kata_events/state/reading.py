@@ -12,10 +12,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
-from kata_events.exits import ExitStatus
-from kata_events.state.errors import StateCorrupt, StateError, StateNotWritable
+from kata_events.state.errors import StateCorrupt, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, is_link_error, reason
 from kata_events.state.progress import RecordError, check_point_fields, decode_record
 
@@ -37,21 +36,6 @@ class Subscription:
     #: The ``progress`` object as stored (None when absent), and why it is unusable (else "").
     progress: Optional[Dict[str, Any]] = None
     progress_problem: str = ""
-
-
-def import_seed_token(path: Union[Path, str]) -> str:
-    """Read the original script's plain ``continuation_token.txt``: the token, maybe a newline."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StateError(f"token file {path} does not exist", exit_code=ExitStatus.NO_INPUT) from None
-    except OSError as exc:
-        raise StateNotWritable(f"cannot read token file {path}: {reason(exc)}") from None
-    token = parse_plain(path, data)
-    if token is None:
-        raise StateCorrupt(f"token file {path} is empty")
-    return token
 
 
 def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
