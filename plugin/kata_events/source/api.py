@@ -166,8 +166,13 @@ def _reason(exc: BaseException) -> str:
 class _Unreachable(Exception):
     """This address could not be reached or did not answer the request: the next one is tried.
 
-    Its text says what happened there, for the message naming every address tried.
+    Its text says what happened there, for the message naming every address tried; ``answered``
+    as in `Unavailable`.
     """
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class _Requester:
@@ -325,20 +330,22 @@ class EventsClient:
         params = self.params(token, max_timeout)
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
         self._aborted = False
-        failures: List[str] = []
+        failures: List[_Unreachable] = []
         for attempt in range(len(self.urls)):
             index = (self._current + attempt) % len(self.urls)
             base = self.urls[index]
             try:
                 response = self._request(base, params, read_timeout)
             except _Unreachable as exc:
-                failures.append(str(exc))
+                failures.append(exc)
                 continue
             self._current = index
             return self._check_status(response, base, token, self.wait_limit(max_timeout))
+        answered = all(failure.answered for failure in failures)
         if len(failures) == 1:
-            raise Unavailable(failures[0])
-        raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")
+            raise Unavailable(str(failures[0]), answered=answered)
+        texts = "; ".join(map(str, failures))
+        raise Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
 
     def _watch(self, conn: Any, connected: bool) -> None:
         """Told by the connection pool which connection carries the request, and when it is up."""
@@ -390,7 +397,7 @@ class EventsClient:
                 error = self._tls_error(base, cause, proxy)
                 # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP
                 # port, our certificate refused): the next address may answer.
-                return _Unreachable(str(error)) if isinstance(error, Unavailable) else error
+                return _Unreachable(str(error), answered=True) if isinstance(error, Unavailable) else error
         connecting = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
         if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.InvalidURL)) or any(
             isinstance(cause, connecting) for cause in transport.causes(exc)
@@ -480,8 +487,9 @@ class EventsClient:
             )
         if proxy:
             via = transport.shown_proxy(proxy)
-            return Unavailable(f"TLS handshake with {base} through the proxy {via} failed: {_reason(exc)}")
-        return Unavailable(handshake_failure(base, _reason(exc)))
+            message = f"TLS handshake with {base} through the proxy {via} failed: {_reason(exc)}"
+            return Unavailable(message, answered=True)
+        return Unavailable(handshake_failure(base, _reason(exc)), answered=True)
 
     def close(self) -> None:
         if self._requester is not None:

@@ -233,7 +233,8 @@ class Page:
         except CONNECTION_ERRORS as exc:
             raise Unavailable(
                 f"the connection broke after {self.bytes_read} bytes of the page: "
-                f"{transport.root_reason(exc)}"
+                f"{transport.root_reason(exc)}",
+                answered=True,
             ) from None
 
     def finish(self) -> str:
@@ -286,6 +287,7 @@ def abandoned(base: str, exc: Abandoned) -> Unavailable:
         f"{base}: {exc}: request abandoned (the server, or something in between, answers too "
         "slowly: a TLS handshake, headers or body trickling in)",
         reason="timeout",
+        answered=True,
     )
 
 
