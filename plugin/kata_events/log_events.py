@@ -52,7 +52,6 @@ _STATS_FIELDS = (
     "committed_pages",
     "uptime_seconds",
 )
-_RETRY_FIELDS = ("url", "reason", "status", "attempt", "delay", "retry_after")
 
 _CATALOGUE = (
     EventSpec(
