@@ -1,9 +1,10 @@
 """The emulator itself: a mutual-TLS HTTP/1.1 server speaking the Central Node Events API.
 
-Owns: the listening socket and one thread per connection (the TLS handshake happens there, never in
-the accept loop), the event store (backlog, steady source computed lazily from the clock, manual
-additions, retention), approvals (persisted in the state directory), subscriptions and their tokens,
-long polling, fault injection, and the control endpoints under ``/emulator/``.
+Owns: the server (the standard library's `ThreadingHTTPServer`, one thread per connection; the TLS
+handshake happens there, never in the accept loop), the event store (backlog, steady source
+computed lazily from the clock, manual additions, retention), approvals (persisted in the state
+directory), subscriptions and their tokens, long polling, fault injection, and the control
+endpoints under ``/emulator/``.
 
 Never writes to stdout; it reports through the ``kata_events.emulator`` logger.
 """
@@ -18,11 +19,14 @@ import math
 import os
 import secrets
 import socket
+import socketserver
 import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
@@ -64,22 +68,8 @@ ODD_TOKEN = 'odd token"\x01\u00e9'
 TOKENS_KEPT_PER_SUBSCRIPTION = 4096
 EVENTS_PER_CHUNK = 2000
 HANG_POLL = 0.1
+ACCEPT_POLL = 0.1
 STOP_JOIN = 0.5
-
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    411: "Length Required",
-    413: "Payload Too Large",
-    414: "URI Too Long",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 
 _BAD_GATEWAY_HTML = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -220,7 +210,7 @@ class Emulator:
         self._pending: Dict[Tuple[str, str], float] = {}
         self._requests_served = 0
 
-        self._listener: Optional[socket.socket] = None
+        self._server: Optional[_Server] = None
         self._accept_thread: Optional[threading.Thread] = None
         self._connections: Set[ssl.SSLSocket] = set()
         self._raw_connections: Set[socket.socket] = set()
@@ -251,7 +241,7 @@ class Emulator:
 
     def start(self) -> Emulator:
         """Prepare certificates and state, bind, and start serving; returns once listening."""
-        if self._listener is not None:
+        if self._server is not None:
             raise RuntimeError("emulator already started")
         self._prepare_state_dir()
         self._ssl_context = self._make_ssl_context()
@@ -260,42 +250,25 @@ class Emulator:
         with self._lock:
             self._rate_start = now
             self._append_locked(self.backlog, now)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((self.host, self._requested_port))
-            listener.listen(128)
-        except OSError:
-            listener.close()
-            raise
-        listener.settimeout(0.1)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
+        self._server = _Server(self, (self.host, self._requested_port))
+        self.port = self._server.server_address[1]
         self._stopping.clear()
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="emulator-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._server.serve_forever, args=(ACCEPT_POLL,), name="emulator-accept", daemon=True
+        )
         self._accept_thread.start()
         log.info("emulator listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop promptly: wake long polls and hung requests, close every connection."""
-        if self._listener is None:
+        if self._server is None:
             return
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-        try:
-            # Wakes a blocked accept() at once on Linux; elsewhere the accept timeout does.
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self._accept_thread is not None:
-            self._accept_thread.join(STOP_JOIN)
-        try:
-            self._listener.close()
-        except OSError:
-            pass
+        self._server.shutdown()  # the accept loop ends within ACCEPT_POLL
+        self._server.server_close()
         with self._lock:
             connections = list(self._raw_connections) + list(self._connections)
             threads = list(self._threads)
@@ -309,7 +282,7 @@ class Emulator:
         deadline = time.monotonic() + STOP_JOIN
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._listener = None
+        self._server = None
         log.info("emulator stopped")
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -615,120 +588,11 @@ class Emulator:
             self._base_seq + index,
         )
 
-    # -- networking --------------------------------------------------------------------------------
-
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        while not self._stopping.is_set():
-            try:
-                raw, address = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                time.sleep(0.05)
-                continue
-            thread = threading.Thread(
-                target=self._serve_connection,
-                args=(raw, address),
-                name=f"emulator-conn-{address[1]}",
-                daemon=True,
-            )
-            with self._lock:
-                self._raw_connections.add(raw)
-                self._threads.add(thread)
-            thread.start()
-
-    def _serve_connection(self, raw: socket.socket, address: Any) -> None:
-        conn: Optional[ssl.SSLSocket] = None
-        try:
-            raw.settimeout(HANDSHAKE_TIMEOUT)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assert self._ssl_context is not None
-            try:
-                conn = self._ssl_context.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS handshake with %s failed: %s", address, exc)
-                return
-            with self._lock:
-                self._raw_connections.discard(raw)
-                self._connections.add(conn)
-            if self._stopping.is_set():
-                return
-            der = conn.getpeercert(binary_form=True)
-            fingerprint = certs.sha256_fingerprint(der) if der else None
-            conn.settimeout(IDLE_TIMEOUT)
-            reader = conn.makefile("rb", buffering=65536)
-            while not self._stopping.is_set():
-                request = self._read_request(reader)
-                if request is None:
-                    return
-                keep_alive = self._dispatch(conn, request, fingerprint)
-                if not keep_alive or request.headers.get("connection", "").lower() == "close":
-                    return
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            log.debug("connection from %s ended: %s", address, exc)
-        finally:
-            sock = conn if conn is not None else raw
-            try:
-                sock.close()
-            except OSError:
-                pass
-            with self._lock:
-                self._raw_connections.discard(raw)
-                if conn is not None:
-                    self._connections.discard(conn)
-                self._threads.discard(threading.current_thread())
-
-    def _read_request(self, reader: Any) -> Optional[_Request]:
-        line = reader.readline(MAX_HEADER_BYTES)
-        while line in (b"\r\n", b"\n"):
-            line = reader.readline(MAX_HEADER_BYTES)
-        if not line:
-            return None
-        if len(line) >= MAX_HEADER_BYTES and not line.endswith(b"\n"):
-            # Like nginx or Apache: read the rest of the request and answer 414 (the client then
-            # sees the status, not a connection reset in the middle of its send).
-            drained = len(line)
-            while not line.endswith(b"\n") and drained < MAX_DRAINED_REQUEST:
-                line = reader.readline(1 << 20)
-                if not line:
-                    return None
-                drained += len(line)
-            while line not in (b"\r\n", b"\n", b"") and drained < MAX_DRAINED_REQUEST:
-                line = reader.readline(MAX_HEADER_BYTES)
-                drained += len(line)
-            return _Request("TOO_LONG", "", "HTTP/1.1", {"connection": "close"}, b"")
-        try:
-            method, target, version = line.decode("latin-1").strip().split(" ", 2)
-        except ValueError:
-            raise ValueError(f"malformed request line {line[:80]!r}") from None
-        headers: Dict[str, str] = {}
-        total = len(line)
-        while True:
-            header = reader.readline(MAX_HEADER_BYTES)
-            total += len(header)
-            if not header or total > MAX_HEADER_BYTES:
-                raise ValueError("header section too long or cut")
-            if header in (b"\r\n", b"\n"):
-                break
-            name, _, value = header.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ValueError("chunked request bodies are not supported")
-        length = int(headers.get("content-length", "0") or 0)
-        if length < 0 or length > MAX_CONTROL_BODY:
-            raise ValueError("request body too large")
-        body = reader.read(length) if length else b""
-        if len(body) != length:
-            return None
-        return _Request(method.upper(), target, version, headers, body)
+    # -- answering (the handler calls `_dispatch`) -------------------------------------------------
 
     def _send(
         self,
-        conn: ssl.SSLSocket,
+        out: _Handler,
         status: int,
         body: Union[bytes, Sequence[bytes], Iterator[bytes]],
         content_length: Optional[int] = None,
@@ -742,12 +606,15 @@ class Emulator:
         if content_length is None:
             chunks = list(chunks)
             content_length = sum(len(c) for c in chunks)
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", f"Content-Type: {content_type}"]
-        head.append(f"Content-Length: {content_length}")
-        head.extend(f"{k}: {v}" for k, v in extra_headers)
+        out.send_response(status)
+        out.send_header("Content-Type", content_type)
+        out.send_header("Content-Length", str(content_length))
+        for name, value in extra_headers:
+            out.send_header(name, value)
         if close:
-            head.append("Connection: close")
-        pending = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+            out.send_header("Connection", "close")
+        out.end_headers()
+        pending = b""
         budget = content_length if limit is None else limit
         for chunk in chunks:
             if budget <= 0:
@@ -755,40 +622,40 @@ class Emulator:
             if len(chunk) > budget:
                 chunk = chunk[:budget]
             budget -= len(chunk)
-            # Headers ride with the first chunk; small chunks are merged into large writes.
+            # Small chunks are merged into large writes.
             pending = pending + chunk if pending else chunk
             if len(pending) >= 1 << 20:
-                conn.sendall(pending)
+                out.wfile.write(pending)
                 pending = b""
         if pending:
-            conn.sendall(pending)
+            out.wfile.write(pending)
 
-    def _send_json(self, conn: ssl.SSLSocket, status: int, obj: Any, **kwargs: Any) -> None:
-        self._send(conn, status, _json_bytes(obj), **kwargs)
+    def _send_json(self, out: _Handler, status: int, obj: Any, **kwargs: Any) -> None:
+        self._send(out, status, _json_bytes(obj), **kwargs)
 
-    def _dispatch(self, conn: ssl.SSLSocket, request: _Request, fingerprint: Optional[str]) -> bool:
+    def _dispatch(self, out: _Handler, request: _Request, fingerprint: Optional[str]) -> bool:
         """Answer one request; return False when the connection must close."""
         if request.method == "TOO_LONG":
             log.info("request line too long: 414")
-            self._send_json(conn, 414, {"error": "URI Too Long"}, close=True)
+            self._send_json(out, 414, {"error": "URI Too Long"}, close=True)
             return False
         parts = urlsplit(request.target)
         path = parts.path
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         try:
             if path.startswith(EVENTS_PATH_PREFIX):
-                return self._events_api(conn, request, path, query, fingerprint)
+                return self._events_api(out, request, path, query, fingerprint)
             if path.startswith("/emulator/"):
-                self._control(conn, request, path, query)
+                self._control(out, request, path, query)
                 return True
             raise _HttpError(404, {"error": "Not Found"})
         except _HttpError as err:
-            self._send_json(conn, err.status, err.body)
+            self._send_json(out, err.status, err.body)
             return True
 
     # -- control endpoints -------------------------------------------------------------------------
 
-    def _control(self, conn: ssl.SSLSocket, request: _Request, path: str, query: Dict[str, str]) -> None:
+    def _control(self, out: _Handler, request: _Request, path: str, query: Dict[str, str]) -> None:
         name = path[len("/emulator/") :].rstrip("/")
         expected = "GET" if name == "status" else "POST"
         if name not in ("status", "approve", "revoke", "faults", "events"):
@@ -796,7 +663,7 @@ class Emulator:
         if request.method != expected:
             raise _HttpError(405, {"error": "Method Not Allowed", "reason": f"use {expected}"})
         if name == "status":
-            self._send_json(conn, 200, self.status())
+            self._send_json(out, 200, self.status())
             return
         if name in ("approve", "revoke"):
             ext_id = query.get("external_system_id")
@@ -810,7 +677,7 @@ class Emulator:
             if not done:
                 what = "pending certificate" if name == "approve" else "approval"
                 raise _HttpError(404, {"error": "Not Found", "reason": f"no {what} for {ext_id}"})
-            self._send_json(conn, 200, {name + "d": done})
+            self._send_json(out, 200, {name + "d": done})
             return
         if name == "faults":
             try:
@@ -821,7 +688,7 @@ class Emulator:
                 raise _bad_request(f"faults: {exc}") from None
             for fault in faults:
                 self.inject(fault)
-            self._send_json(conn, 200, {"queued": [f.to_dict() for f in faults]})
+            self._send_json(out, 200, {"queued": [f.to_dict() for f in faults]})
             return
         # events
         try:
@@ -835,13 +702,13 @@ class Emulator:
             first, last = self.add_events(count, age)
         except ValueError:
             raise _bad_request(f"age must be a number of seconds from 0 to {self.retention:g}") from None
-        self._send_json(conn, 200, {"added": count, "first_seq": first, "last_seq": last})
+        self._send_json(out, 200, {"added": count, "first_seq": first, "last_seq": last})
 
     # -- events API --------------------------------------------------------------------------------
 
     def _events_api(
         self,
-        conn: ssl.SSLSocket,
+        out: _Handler,
         request: _Request,
         path: str,
         query: Dict[str, str],
@@ -868,22 +735,22 @@ class Emulator:
             log.info("injecting fault %s", fault.kind)
             kind = fault.kind
             if kind in ("500", "503"):
-                raise _HttpError(int(kind), {"error": _REASONS[int(kind)]})
+                raise _HttpError(int(kind), {"error": HTTPStatus(int(kind)).phrase})
             if kind == "502":
-                self._send(conn, 502, _BAD_GATEWAY_HTML, content_type="text/html")
+                self._send(out, 502, _BAD_GATEWAY_HTML, content_type="text/html")
                 return True
             if kind == "429":
                 retry_after = fault.retry_after
                 shown = str(int(retry_after)) if retry_after == int(retry_after) else f"{retry_after:g}"
                 self._send_json(
-                    conn, 429, {"error": "Too Many Requests"}, extra_headers=[("Retry-After", shown)]
+                    out, 429, {"error": "Too Many Requests"}, extra_headers=[("Retry-After", shown)]
                 )
                 return True
             if kind == "hang":
-                self._hang(conn)
+                self._hang(out)
                 return False
             if kind in ("trickle_headers", "trickle_body"):
-                self._trickle(conn, kind == "trickle_body", fault.delay)
+                self._trickle(out, kind == "trickle_body", fault.delay)
                 return False
             if kind == "slow" and self._stopping.wait(fault.delay):
                 return False
@@ -901,7 +768,7 @@ class Emulator:
             if kind == "400":
                 raise _bad_request("continuation_token: invalid token")
             if kind == "414":
-                self._send_json(conn, 414, {"error": "URI Too Long"}, close=True)
+                self._send_json(out, 414, {"error": "URI Too Long"}, close=True)
                 return False
             if kind in ("drop", "truncated", "no_events", "no_token", "huge_token", "odd_token"):
                 body_fault = kind
@@ -926,7 +793,7 @@ class Emulator:
         page, new_token = self._serve_page(ext_id, token, query.get("filter"), max_events, timeout, shift)
         if page is None:
             return False  # stopping
-        self._send_page(conn, page, new_token, body_fault, hostile)
+        self._send_page(out, page, new_token, body_fault, hostile)
         return body_fault != "drop"
 
     def _check_approved(self, ext_id: str, fingerprint: Optional[str]) -> None:
@@ -1059,7 +926,7 @@ class Emulator:
 
     def _send_page(
         self,
-        conn: ssl.SSLSocket,
+        out: _Handler,
         page: _Page,
         token: str,
         body_fault: Optional[str],
@@ -1084,7 +951,7 @@ class Emulator:
                 yield b"".join(parts)
 
         if body_fault == "no_events":
-            self._send(conn, 200, b"{" + token_part, content_type="application/octet-stream")
+            self._send(out, 200, b"{" + token_part, content_type="application/octet-stream")
             return
         if body_fault == "no_token":
             opening, closing = b'{"events":[', b"]}"
@@ -1101,12 +968,12 @@ class Emulator:
         if body_fault == "truncated":
             cut = max(1, length // 2)
             self._send(
-                conn, 200, body(), content_length=cut, content_type="application/octet-stream", limit=cut
+                out, 200, body(), content_length=cut, content_type="application/octet-stream", limit=cut
             )
             return
         if body_fault == "drop":
             self._send(
-                conn,
+                out,
                 200,
                 body(),
                 content_length=length,
@@ -1114,33 +981,179 @@ class Emulator:
                 limit=max(1, length // 2),
             )
             # Close the descriptor without a TLS close_notify: the client sees the body cut short.
-            socket.socket.shutdown(conn, socket.SHUT_RDWR)
+            socket.socket.shutdown(out.connection, socket.SHUT_RDWR)
             return
-        self._send(conn, 200, body(), content_length=length, content_type="application/octet-stream")
+        self._send(out, 200, body(), content_length=length, content_type="application/octet-stream")
 
-    def _trickle(self, conn: ssl.SSLSocket, headers_first: bool, delay: float) -> None:
+    def _trickle(self, out: _Handler, headers_first: bool, delay: float) -> None:
         """One byte every ``delay`` s (after whole headers if ``headers_first``) until the client leaves."""
         head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
         if headers_first:
-            conn.sendall(head)
+            out.connection.sendall(head)
             head = b'{"events":['
         data = head + b" " * (1 << 20)
         for i in range(len(data)):  # bounded: a client that never leaves gets ~ a million delays
             if self._stopping.wait(delay):
                 return
             try:
-                conn.sendall(data[i : i + 1])
+                out.connection.sendall(data[i : i + 1])
             except (OSError, ssl.SSLError):
                 return
 
-    def _hang(self, conn: ssl.SSLSocket) -> None:
+    def _hang(self, out: _Handler) -> None:
         """Hold the connection without answering until the client leaves or the emulator stops."""
-        conn.settimeout(HANG_POLL)
+        out.connection.settimeout(HANG_POLL)
         while not self._stopping.is_set():
             try:
-                if conn.recv(1) == b"":
+                if out.connection.recv(1) == b"":
                     return
             except socket.timeout:
                 continue
             except (OSError, ssl.SSLError):
                 return
+
+
+class _Server(ThreadingHTTPServer):
+    """The standard library's threading HTTP server, with TLS done on each connection's thread.
+
+    Keeps the open connections and their threads in the `Emulator`'s sets, so that a stop can shut
+    every one down at once (a long poll, a hung or trickling answer) and join the threads.
+    """
+
+    daemon_threads = True
+    block_on_close = False  # `Emulator.stop` joins the threads, with a deadline
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, emulator: Emulator, address: Tuple[str, int]) -> None:
+        self.emulator = emulator
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer's own would look the host up in the DNS (getfqdn): a loopback server needs not.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=f"emulator-conn-{client_address[1]}",
+            daemon=True,
+        )
+        with self.emulator._lock:
+            self.emulator._raw_connections.add(request)
+            self.emulator._threads.add(thread)
+        thread.start()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """The TLS handshake, then the handler's requests on the connection, then its close."""
+        emulator = self.emulator
+        conn: Optional[ssl.SSLSocket] = None
+        try:
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            assert emulator._ssl_context is not None
+            try:
+                conn = emulator._ssl_context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                return
+            with emulator._lock:
+                emulator._raw_connections.discard(request)
+                emulator._connections.add(conn)
+            if emulator._stopping.is_set():
+                return
+            conn.settimeout(IDLE_TIMEOUT)
+            _Handler(conn, client_address, self)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.debug("connection from %s ended: %s", client_address, exc)
+        finally:
+            if conn is not None:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+                with emulator._lock:
+                    emulator._connections.discard(conn)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            request.close()
+        except OSError:
+            pass
+        with self.emulator._lock:
+            self.emulator._raw_connections.discard(request)
+            self.emulator._threads.discard(threading.current_thread())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection's requests, read with the standard library and answered by the `Emulator`."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "kata-events-emulator"
+    sys_version = ""
+    rbufsize = 65536
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        der = self.connection.getpeercert(binary_form=True)
+        self.fingerprint = certs.sha256_fingerprint(der) if der else None
+
+    def handle(self) -> None:
+        """Requests one after the other while the connection is kept alive and no stop is asked."""
+        self.close_connection = True
+        self.handle_one_request()
+        while not self.close_connection and not self.server.emulator._stopping.is_set():
+            self.handle_one_request()
+
+    def handle_one_request(self) -> None:
+        request = self._read_request()
+        if request is None:
+            self.close_connection = True
+            return
+        if not self.server.emulator._dispatch(self, request, self.fingerprint):
+            self.close_connection = True
+
+    def _read_request(self) -> Optional[_Request]:
+        """The next request (None when the client left or it cannot be answered)."""
+        line = self.rfile.readline(MAX_HEADER_BYTES)
+        while line in (b"\r\n", b"\n"):
+            line = self.rfile.readline(MAX_HEADER_BYTES)
+        if not line:
+            return None
+        if len(line) >= MAX_HEADER_BYTES and not line.endswith(b"\n"):
+            # Like nginx or Apache: read the rest of the request and answer 414 (the client then
+            # sees the status, not a connection reset in the middle of its send).
+            drained = len(line)
+            while not line.endswith(b"\n") and drained < MAX_DRAINED_REQUEST:
+                line = self.rfile.readline(1 << 20)
+                if not line:
+                    return None
+                drained += len(line)
+            while line not in (b"\r\n", b"\n", b"") and drained < MAX_DRAINED_REQUEST:
+                line = self.rfile.readline(MAX_HEADER_BYTES)
+                drained += len(line)
+            self.request_version, self.requestline, self.command = "HTTP/1.1", "", ""
+            return _Request("TOO_LONG", "", "HTTP/1.1", {"connection": "close"}, b"")
+        self.raw_requestline = line
+        if not self.parse_request():  # it answered the error itself
+            return None
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            raise ValueError("chunked request bodies are not supported")
+        length = int(headers.get("content-length", "0") or 0)
+        if length < 0 or length > MAX_CONTROL_BODY:
+            raise ValueError("request body too large")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            return None
+        return _Request(self.command.upper(), self.path, self.request_version, headers, body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
