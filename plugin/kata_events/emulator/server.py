@@ -1,10 +1,10 @@
 """The emulator itself: a mutual-TLS HTTP/1.1 server speaking the Central Node Events API.
 
-Owns: the server (the standard library's `ThreadingHTTPServer`, one thread per connection; the TLS
-handshake happens there, never in the accept loop), the event store (backlog, steady source
-computed lazily from the clock, manual additions, retention), approvals (persisted in the state
-directory), subscriptions and their tokens, long polling, fault injection, and the control
-endpoints under ``/emulator/``.
+Owns: its lifecycle (start, a stop that reaches every connection), the event store (backlog,
+steady source computed lazily from the clock, manual additions, retention), approvals (persisted in
+the state directory), subscriptions and their tokens, long polling and the queue of faults. The
+connections are `kata_events.emulator.wire`'s (the standard library's `ThreadingHTTPServer`); what
+each request gets, faults played included, is `kata_events.emulator.answering`'s.
 
 Never writes to stdout; it reports through the ``kata_events.emulator`` logger.
 """
@@ -12,33 +12,39 @@ Never writes to stdout; it reports through the ``kata_events.emulator`` logger.
 from __future__ import annotations
 
 import bisect
-import itertools
 import json
 import logging
 import math
 import os
 import secrets
 import socket
-import socketserver
 import ssl
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from kata_events import certs
+from kata_events.emulator.answering import (
+    EVENTS_PATH_PREFIX,
+    HUGE_TOKEN,
+    MAX_TIMEOUT_LIMIT,
+    ODD_TOKEN,
+    Answering,
+    _bad_request,
+    _HttpError,
+    _json_bytes,
+    parse_iso_duration,
+)
 from kata_events.emulator.anycert import accept_any_client_certificate
 from kata_events.emulator.events import EventFactory
-from kata_events.emulator.faults import Fault, FaultQueue, hostile_event
+from kata_events.emulator.faults import Fault, FaultQueue
 from kata_events.emulator.filters import Filter, FilterSyntaxError, compile_filter
+from kata_events.emulator.wire import _Server
 from kata_events.options import parse_listen
 
-__all__ = ["Emulator", "default_state_dir", "parse_iso_duration"]
+__all__ = ["HUGE_TOKEN", "ODD_TOKEN", "Emulator", "default_state_dir", "parse_iso_duration"]
 
 log = logging.getLogger("kata_events.emulator")
 
@@ -51,61 +57,13 @@ def default_state_dir(environ: Optional[Dict[str, str]] = None) -> Path:
     return state_home(os.environ if environ is None else environ) / "emulator"
 
 
-EVENTS_PATH_PREFIX = "/kata/events_api/v1/"
-DEFAULT_MAX_EVENTS = 1000
-MAX_TIMEOUT_LIMIT = 300.0
-HANDSHAKE_TIMEOUT = 10.0
+#: How long a connection may sit idle between requests.
 IDLE_TIMEOUT = 600.0
-MAX_HEADER_BYTES = 65536
-MAX_CONTROL_BODY = 1 << 20
-#: A request line longer than MAX_HEADER_BYTES is read (and dropped) up to this much, then gets 414.
-MAX_DRAINED_REQUEST = 64 << 20
-#: The continuation tokens of the huge_token and odd_token faults.
-HUGE_TOKEN = "A" * (2 << 20)
-ODD_TOKEN = 'odd token"\x01\u00e9'
 #: A client going back to the token of a page it delivered a few seconds ago (a stop on a pipe, the
 #: settle time) asks again with a token up to hundreds of pages old when pages are small.
 TOKENS_KEPT_PER_SUBSCRIPTION = 4096
-EVENTS_PER_CHUNK = 2000
-HANG_POLL = 0.1
 ACCEPT_POLL = 0.1
 STOP_JOIN = 0.5
-
-_BAD_GATEWAY_HTML = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-)
-
-
-def parse_iso_duration(text: str) -> float:
-    """Seconds in an ISO-8601 time duration such as ``PT60S``, ``PT1M30S``, ``PT0.5S``.
-
-    Raises ``ValueError`` for anything else (date parts such as ``P1D`` included).
-    """
-    import re
-
-    match = re.fullmatch(
-        r"PT(?=\d|\.\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?|\.\d+)S)?", text.strip().upper()
-    )
-    if not match or not any(match.groups()):
-        raise ValueError(f"not an ISO-8601 duration like PT60S: {text!r}")
-    hours, minutes, seconds = match.groups()
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, body: Dict[str, Any]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-
-
-def _bad_request(reason: str) -> _HttpError:
-    return _HttpError(400, {"error": "Bad Request", "reason": reason})
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 @dataclass
@@ -121,15 +79,6 @@ class _Subscription:
     per_event: bool = False
 
 
-@dataclass
-class _Request:
-    method: str
-    target: str
-    version: str
-    headers: Dict[str, str]
-    body: bytes
-
-
 class _Page:
     """The events chosen for one response: parallel lists of seq, timestamp and template."""
 
@@ -143,7 +92,7 @@ class _Page:
         return len(self.seqs)
 
 
-class Emulator:
+class Emulator(Answering):
     """A Central Node Events API on loopback, for trying pipelines and for tests.
 
     Use as a context manager, or call :meth:`start` (returns once listening) and :meth:`stop`.
@@ -284,6 +233,11 @@ class Emulator:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._server = None
         log.info("emulator stopped")
+
+    @property
+    def idle_timeout(self) -> float:
+        """`IDLE_TIMEOUT`, read when a connection starts (tests shorten it)."""
+        return IDLE_TIMEOUT
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until :meth:`stop` is called (True) or ``timeout`` passes (False)."""
@@ -588,214 +542,6 @@ class Emulator:
             self._base_seq + index,
         )
 
-    # -- answering (the handler calls `_dispatch`) -------------------------------------------------
-
-    def _send(
-        self,
-        out: _Handler,
-        status: int,
-        body: Union[bytes, Sequence[bytes], Iterator[bytes]],
-        content_length: Optional[int] = None,
-        content_type: str = "application/json",
-        extra_headers: Sequence[Tuple[str, str]] = (),
-        limit: Optional[int] = None,
-        close: bool = False,
-    ) -> None:
-        """Send a response; with ``limit`` only that many body bytes go out (for cut bodies)."""
-        chunks: Iterable[bytes] = [body] if isinstance(body, bytes) else body
-        if content_length is None:
-            chunks = list(chunks)
-            content_length = sum(len(c) for c in chunks)
-        out.send_response(status)
-        out.send_header("Content-Type", content_type)
-        out.send_header("Content-Length", str(content_length))
-        for name, value in extra_headers:
-            out.send_header(name, value)
-        if close:
-            out.send_header("Connection", "close")
-        out.end_headers()
-        pending = b""
-        budget = content_length if limit is None else limit
-        for chunk in chunks:
-            if budget <= 0:
-                break
-            if len(chunk) > budget:
-                chunk = chunk[:budget]
-            budget -= len(chunk)
-            # Small chunks are merged into large writes.
-            pending = pending + chunk if pending else chunk
-            if len(pending) >= 1 << 20:
-                out.wfile.write(pending)
-                pending = b""
-        if pending:
-            out.wfile.write(pending)
-
-    def _send_json(self, out: _Handler, status: int, obj: Any, **kwargs: Any) -> None:
-        self._send(out, status, _json_bytes(obj), **kwargs)
-
-    def _dispatch(self, out: _Handler, request: _Request, fingerprint: Optional[str]) -> bool:
-        """Answer one request; return False when the connection must close."""
-        if request.method == "TOO_LONG":
-            log.info("request line too long: 414")
-            self._send_json(out, 414, {"error": "URI Too Long"}, close=True)
-            return False
-        parts = urlsplit(request.target)
-        path = parts.path
-        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        try:
-            if path.startswith(EVENTS_PATH_PREFIX):
-                return self._events_api(out, request, path, query, fingerprint)
-            if path.startswith("/emulator/"):
-                self._control(out, request, path, query)
-                return True
-            raise _HttpError(404, {"error": "Not Found"})
-        except _HttpError as err:
-            self._send_json(out, err.status, err.body)
-            return True
-
-    # -- control endpoints -------------------------------------------------------------------------
-
-    def _control(self, out: _Handler, request: _Request, path: str, query: Dict[str, str]) -> None:
-        name = path[len("/emulator/") :].rstrip("/")
-        expected = "GET" if name == "status" else "POST"
-        if name not in ("status", "approve", "revoke", "faults", "events"):
-            raise _HttpError(404, {"error": "Not Found"})
-        if request.method != expected:
-            raise _HttpError(405, {"error": "Method Not Allowed", "reason": f"use {expected}"})
-        if name == "status":
-            self._send_json(out, 200, self.status())
-            return
-        if name in ("approve", "revoke"):
-            ext_id = query.get("external_system_id")
-            if not ext_id:
-                raise _bad_request("external_system_id is required")
-            fingerprint = query.get("fingerprint") or None
-            try:
-                done = (self.approve if name == "approve" else self.revoke)(ext_id, fingerprint)
-            except ValueError as exc:
-                raise _bad_request(f"fingerprint: {exc}") from None
-            if not done:
-                what = "pending certificate" if name == "approve" else "approval"
-                raise _HttpError(404, {"error": "Not Found", "reason": f"no {what} for {ext_id}"})
-            self._send_json(out, 200, {name + "d": done})
-            return
-        if name == "faults":
-            try:
-                data = json.loads(request.body or b"null")
-                items = data if isinstance(data, list) else [data]
-                faults = [Fault.from_obj(item) for item in items]
-            except ValueError as exc:
-                raise _bad_request(f"faults: {exc}") from None
-            for fault in faults:
-                self.inject(fault)
-            self._send_json(out, 200, {"queued": [f.to_dict() for f in faults]})
-            return
-        # events
-        try:
-            count = int(query.get("count", "1"))
-            if count < 0:
-                raise ValueError
-        except ValueError:
-            raise _bad_request("count must be a non-negative integer") from None
-        try:
-            age = float(query.get("age", "0"))
-            first, last = self.add_events(count, age)
-        except ValueError:
-            raise _bad_request(f"age must be a number of seconds from 0 to {self.retention:g}") from None
-        self._send_json(out, 200, {"added": count, "first_seq": first, "last_seq": last})
-
-    # -- events API --------------------------------------------------------------------------------
-
-    def _events_api(
-        self,
-        out: _Handler,
-        request: _Request,
-        path: str,
-        query: Dict[str, str],
-        fingerprint: Optional[str],
-    ) -> bool:
-        ext_id = path[len(EVENTS_PATH_PREFIX) :]
-        if not ext_id.endswith("/events") or "/" in ext_id[: -len("/events")]:
-            raise _HttpError(404, {"error": "Not Found"})
-        ext_id = ext_id[: -len("/events")]
-        with self._lock:
-            self._requests_served += 1
-        if request.method != "GET":
-            raise _HttpError(405, {"error": "Method Not Allowed", "reason": "use GET"})
-        try:
-            uuid.UUID(ext_id)
-        except ValueError:
-            raise _bad_request(f"external system id {ext_id!r} is not a UUID") from None
-
-        fault = self._faults.take()
-        body_fault: Optional[str] = None
-        hostile: Optional[Fault] = None
-        shift = 0
-        if fault is not None:
-            log.info("injecting fault %s", fault.kind)
-            kind = fault.kind
-            if kind in ("500", "503"):
-                raise _HttpError(int(kind), {"error": HTTPStatus(int(kind)).phrase})
-            if kind == "502":
-                self._send(out, 502, _BAD_GATEWAY_HTML, content_type="text/html")
-                return True
-            if kind == "429":
-                retry_after = fault.retry_after
-                shown = str(int(retry_after)) if retry_after == int(retry_after) else f"{retry_after:g}"
-                self._send_json(
-                    out, 429, {"error": "Too Many Requests"}, extra_headers=[("Retry-After", shown)]
-                )
-                return True
-            if kind == "hang":
-                self._hang(out)
-                return False
-            if kind in ("trickle_headers", "trickle_body"):
-                self._trickle(out, kind == "trickle_body", fault.delay)
-                return False
-            if kind == "slow" and self._stopping.wait(fault.delay):
-                return False
-            if kind == "401":
-                if fingerprint:
-                    self.revoke(ext_id, fingerprint)
-                raise _HttpError(401, {"error": "Unauthorized"})
-            if kind == "404":
-                token = query.get("continuation_token")
-                with self._lock:
-                    entry = self._tokens.get(token or "")
-                    if entry is not None:
-                        self._drop_subscription_locked(entry[0])
-                raise _HttpError(404, {"error": "Subscription not found"})
-            if kind == "400":
-                raise _bad_request("continuation_token: invalid token")
-            if kind == "414":
-                self._send_json(out, 414, {"error": "URI Too Long"}, close=True)
-                return False
-            if kind in ("drop", "truncated", "no_events", "no_token", "huge_token", "odd_token"):
-                body_fault = kind
-            if kind in ("huge_event", "deep_event"):
-                hostile = fault
-            if kind == "other_events":
-                shift = fault.shift
-
-        self._check_approved(ext_id, fingerprint)
-        max_events = self._int_param(query, "max_events", DEFAULT_MAX_EVENTS, 1, self.max_events_limit)
-        timeout = self.default_max_timeout
-        if "max_timeout" in query:
-            try:
-                timeout = parse_iso_duration(query["max_timeout"])
-            except ValueError as exc:
-                raise _bad_request(f"max_timeout: {exc}") from None
-            if not 0 < timeout <= MAX_TIMEOUT_LIMIT:
-                raise _bad_request(
-                    f"max_timeout: must be more than PT0S and at most PT{MAX_TIMEOUT_LIMIT:g}S"
-                )
-        token = query.get("continuation_token")
-        page, new_token = self._serve_page(ext_id, token, query.get("filter"), max_events, timeout, shift)
-        if page is None:
-            return False  # stopping
-        self._send_page(out, page, new_token, body_fault, hostile)
-        return body_fault != "drop"
-
     def _check_approved(self, ext_id: str, fingerprint: Optional[str]) -> None:
         if fingerprint is None:
             raise _HttpError(401, {"error": "Unauthorized"})
@@ -829,19 +575,6 @@ class Emulator:
                 approve_url,
             )
         raise _HttpError(401, {"error": "Unauthorized"})
-
-    @staticmethod
-    def _int_param(query: Dict[str, str], name: str, default: int, low: int, high: int) -> int:
-        if name not in query:
-            return min(default, high)
-        raw = query[name].strip()
-        try:
-            value = int(raw)
-        except ValueError:
-            raise _bad_request(f"{name}: not an integer: {raw!r}") from None
-        if not low <= value <= high:
-            raise _bad_request(f"{name}: must be between {low} and {high}, got {value}")
-        return value
 
     def _serve_page(
         self,
@@ -908,252 +641,3 @@ class Emulator:
                     self._tokens.pop(old, None)
                 del sub.tokens[:-TOKENS_KEPT_PER_SUBSCRIPTION]
             return page, new_token
-
-    def _page_pieces(self, page: _Page) -> Tuple[List[bytes], List[bytes], int]:
-        """Per-event heads and tails, and the exact encoded length of the events array's content.
-
-        Every head but the first starts with the separating comma, so a page is heads and tails
-        interleaved.
-        """
-        head = b',{"EmulatorSeq":%d,"Timestamp":%d,'
-        heads = list(map(head.__mod__, zip(page.seqs, page.stamps)))
-        if heads:
-            heads[0] = heads[0][1:]
-        tails = list(map(self.factory.tails.__getitem__, page.templates))
-        tail_lengths = self._tail_lengths
-        total = sum(map(len, heads)) + sum(map(tail_lengths.__getitem__, page.templates))
-        return heads, tails, total
-
-    def _send_page(
-        self,
-        out: _Handler,
-        page: _Page,
-        token: str,
-        body_fault: Optional[str],
-        hostile: Optional[Fault] = None,
-    ) -> None:
-        heads, tails, events_length = self._page_pieces(page)
-        hostile_length, hostile_chunks = hostile_event(hostile) if hostile else (0, iter(()))
-        if hostile and heads:
-            hostile_length += 1
-            hostile_chunks = itertools.chain(hostile_chunks, [b","])
-        if body_fault in ("huge_token", "odd_token"):
-            # Not registered: a client that used it would get 404 Subscription not found.
-            token = HUGE_TOKEN if body_fault == "huge_token" else ODD_TOKEN
-        token_part = b'"continuationToken":' + json.dumps(token).encode("ascii") + b"}"
-
-        def event_chunks() -> Iterator[bytes]:
-            for start in range(0, len(heads), EVENTS_PER_CHUNK):
-                stop = min(start + EVENTS_PER_CHUNK, len(heads))
-                parts: List[bytes] = [b""] * (2 * (stop - start))
-                parts[0::2] = heads[start:stop]
-                parts[1::2] = tails[start:stop]
-                yield b"".join(parts)
-
-        if body_fault == "no_events":
-            self._send(out, 200, b"{" + token_part, content_type="application/octet-stream")
-            return
-        if body_fault == "no_token":
-            opening, closing = b'{"events":[', b"]}"
-        else:
-            opening, closing = b'{"events":[', b"]," + token_part
-
-        def body() -> Iterator[bytes]:
-            yield opening
-            yield from hostile_chunks
-            yield from event_chunks()
-            yield closing
-
-        length = len(opening) + hostile_length + events_length + len(closing)
-        if body_fault == "truncated":
-            cut = max(1, length // 2)
-            self._send(
-                out, 200, body(), content_length=cut, content_type="application/octet-stream", limit=cut
-            )
-            return
-        if body_fault == "drop":
-            self._send(
-                out,
-                200,
-                body(),
-                content_length=length,
-                content_type="application/octet-stream",
-                limit=max(1, length // 2),
-            )
-            # Close the descriptor without a TLS close_notify: the client sees the body cut short.
-            socket.socket.shutdown(out.connection, socket.SHUT_RDWR)
-            return
-        self._send(out, 200, body(), content_length=length, content_type="application/octet-stream")
-
-    def _trickle(self, out: _Handler, headers_first: bool, delay: float) -> None:
-        """One byte every ``delay`` s (after whole headers if ``headers_first``) until the client leaves."""
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
-        if headers_first:
-            out.connection.sendall(head)
-            head = b'{"events":['
-        data = head + b" " * (1 << 20)
-        for i in range(len(data)):  # bounded: a client that never leaves gets ~ a million delays
-            if self._stopping.wait(delay):
-                return
-            try:
-                out.connection.sendall(data[i : i + 1])
-            except (OSError, ssl.SSLError):
-                return
-
-    def _hang(self, out: _Handler) -> None:
-        """Hold the connection without answering until the client leaves or the emulator stops."""
-        out.connection.settimeout(HANG_POLL)
-        while not self._stopping.is_set():
-            try:
-                if out.connection.recv(1) == b"":
-                    return
-            except socket.timeout:
-                continue
-            except (OSError, ssl.SSLError):
-                return
-
-
-class _Server(ThreadingHTTPServer):
-    """The standard library's threading HTTP server, with TLS done on each connection's thread.
-
-    Keeps the open connections and their threads in the `Emulator`'s sets, so that a stop can shut
-    every one down at once (a long poll, a hung or trickling answer) and join the threads.
-    """
-
-    daemon_threads = True
-    block_on_close = False  # `Emulator.stop` joins the threads, with a deadline
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, emulator: Emulator, address: Tuple[str, int]) -> None:
-        self.emulator = emulator
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer's own would look the host up in the DNS (getfqdn): a loopback server needs not.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name=f"emulator-conn-{client_address[1]}",
-            daemon=True,
-        )
-        with self.emulator._lock:
-            self.emulator._raw_connections.add(request)
-            self.emulator._threads.add(thread)
-        thread.start()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """The TLS handshake, then the handler's requests on the connection, then its close."""
-        emulator = self.emulator
-        conn: Optional[ssl.SSLSocket] = None
-        try:
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assert emulator._ssl_context is not None
-            try:
-                conn = emulator._ssl_context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS handshake with %s failed: %s", client_address, exc)
-                return
-            with emulator._lock:
-                emulator._raw_connections.discard(request)
-                emulator._connections.add(conn)
-            if emulator._stopping.is_set():
-                return
-            conn.settimeout(IDLE_TIMEOUT)
-            _Handler(conn, client_address, self)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            log.debug("connection from %s ended: %s", client_address, exc)
-        finally:
-            if conn is not None:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-                with emulator._lock:
-                    emulator._connections.discard(conn)
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            request.close()
-        except OSError:
-            pass
-        with self.emulator._lock:
-            self.emulator._raw_connections.discard(request)
-            self.emulator._threads.discard(threading.current_thread())
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("connection from %s failed", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One connection's requests, read with the standard library and answered by the `Emulator`."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "kata-events-emulator"
-    sys_version = ""
-    rbufsize = 65536
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        der = self.connection.getpeercert(binary_form=True)
-        self.fingerprint = certs.sha256_fingerprint(der) if der else None
-
-    def handle(self) -> None:
-        """Requests one after the other while the connection is kept alive and no stop is asked."""
-        self.close_connection = True
-        self.handle_one_request()
-        while not self.close_connection and not self.server.emulator._stopping.is_set():
-            self.handle_one_request()
-
-    def handle_one_request(self) -> None:
-        request = self._read_request()
-        if request is None:
-            self.close_connection = True
-            return
-        if not self.server.emulator._dispatch(self, request, self.fingerprint):
-            self.close_connection = True
-
-    def _read_request(self) -> Optional[_Request]:
-        """The next request (None when the client left or it cannot be answered)."""
-        line = self.rfile.readline(MAX_HEADER_BYTES)
-        while line in (b"\r\n", b"\n"):
-            line = self.rfile.readline(MAX_HEADER_BYTES)
-        if not line:
-            return None
-        if len(line) >= MAX_HEADER_BYTES and not line.endswith(b"\n"):
-            # Like nginx or Apache: read the rest of the request and answer 414 (the client then
-            # sees the status, not a connection reset in the middle of its send).
-            drained = len(line)
-            while not line.endswith(b"\n") and drained < MAX_DRAINED_REQUEST:
-                line = self.rfile.readline(1 << 20)
-                if not line:
-                    return None
-                drained += len(line)
-            while line not in (b"\r\n", b"\n", b"") and drained < MAX_DRAINED_REQUEST:
-                line = self.rfile.readline(MAX_HEADER_BYTES)
-                drained += len(line)
-            self.request_version, self.requestline, self.command = "HTTP/1.1", "", ""
-            return _Request("TOO_LONG", "", "HTTP/1.1", {"connection": "close"}, b"")
-        self.raw_requestline = line
-        if not self.parse_request():  # it answered the error itself
-            return None
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ValueError("chunked request bodies are not supported")
-        length = int(headers.get("content-length", "0") or 0)
-        if length < 0 or length > MAX_CONTROL_BODY:
-            raise ValueError("request body too large")
-        body = self.rfile.read(length) if length else b""
-        if len(body) != length:
-            return None
-        return _Request(self.command.upper(), self.path, self.request_version, headers, body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.debug("%s %s", self.address_string(), format % args)
