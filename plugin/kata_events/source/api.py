@@ -158,11 +158,6 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
         return None
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
 class _Unreachable(Exception):
     """This address could not be reached or did not answer the request: the next one is tried.
 
@@ -480,16 +475,16 @@ class EventsClient:
     def _tls_error(self, base: str, exc: ssl.SSLError, proxy: Optional[str] = None) -> ApiError:
         if isinstance(exc, ssl.SSLCertVerificationError):
             return TlsVerifyFailed(
-                f"the server at {base} was not trusted ({self.trust.text}): {_reason(exc)}",
+                f"the server at {base} was not trusted ({self.trust.text}): {transport.own_words(exc)}",
                 None
                 if proxy
                 else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password),
             )
         if proxy:
             via = transport.shown_proxy(proxy)
-            message = f"TLS handshake with {base} through the proxy {via} failed: {_reason(exc)}"
+            message = f"TLS handshake with {base} through the proxy {via} failed: {transport.own_words(exc)}"
             return Unavailable(message, answered=True)
-        return Unavailable(handshake_failure(base, _reason(exc)), answered=True)
+        return Unavailable(handshake_failure(base, transport.own_words(exc)), answered=True)
 
     def close(self) -> None:
         if self._requester is not None:
