@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from kata_events.emulator.faults import Fault, hostile_event
 
 if TYPE_CHECKING:
-    from kata_events.emulator.server import _Page
+    from kata_events.emulator.store import _Page
     from kata_events.emulator.wire import _Handler
 
 log = logging.getLogger("kata_events.emulator")
