@@ -7,6 +7,7 @@ token. This module never logs and never writes a file.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
@@ -22,6 +23,26 @@ STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
 _MAX_STATE_BYTES = 1 << 20
 _PLAIN_TOKEN = re.compile(r"\S+")
+
+
+#: How the state file dates its record (``saved_at``): UTC, to the second.
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def stamp(epoch: Optional[float] = None) -> str:
+    """``epoch`` (default: now) as a ``saved_at`` stamp, ``2026-11-27T21:30:00Z``."""
+    utc = _dt.timezone.utc
+    moment = _dt.datetime.now(utc) if epoch is None else _dt.datetime.fromtimestamp(epoch, utc)
+    return moment.strftime(STAMP_FORMAT)
+
+
+def parse_stamp(text: str) -> Optional[float]:
+    """A ``saved_at`` stamp as seconds since the epoch; None when it is not one."""
+    try:
+        moment = _dt.datetime.strptime(text, STAMP_FORMAT)
+    except (TypeError, ValueError):
+        return None
+    return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
 @dataclass

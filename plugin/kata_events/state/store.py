@@ -67,8 +67,10 @@ from kata_events.state.progress import Point, RecordError, encode_record
 from kata_events.state.reading import (
     STATE_VERSION,
     Subscription,
+    parse_stamp,
     read_companion,
     read_state,
+    stamp,
 )
 
 
@@ -250,7 +252,8 @@ class TokenStore:
                 "cluster has several addresses; if this is a different Central Node, the server "
                 "will answer 'Subscription not found' and a new subscription starts)"
             )
-        age = _age_seconds(sub.saved_at, now)
+        saved = parse_stamp(sub.saved_at)
+        age = None if saved is None else (now or _dt.datetime.now(_dt.timezone.utc)).timestamp() - saved
         if age is not None and age > SERVER_RETENTION_SECONDS:
             notes.append(
                 f"the token was saved {age / 3600:.1f} h ago ({sub.saved_at}); the Central Node keeps "
@@ -429,7 +432,7 @@ class TokenStore:
             "url": self.url,
             "external_system_id": self.external_system_id,
             "filter": self.filter,
-            "saved_at": _utc_now(),
+            "saved_at": stamp(),
             # A cleared token still carries a sequence number: older progress records lose to it.
             "progress": {
                 "seq": self._seq,
@@ -447,18 +450,3 @@ class TokenStore:
             if is_link_error(exc, self._path):
                 raise self._files.link_refused(self._path) from None
             raise self._files.not_writable(self._path, exc) from None
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _age_seconds(saved_at: str, now: Optional[_dt.datetime]) -> Optional[float]:
-    if not saved_at:
-        return None
-    try:
-        saved = _dt.datetime.strptime(saved_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    except ValueError:
-        return None
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return (now - saved).total_seconds()
