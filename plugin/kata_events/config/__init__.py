@@ -203,18 +203,21 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
+def _early_file_values(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, Any]:
+    """The config file's values before the configuration is resolved ({} when it cannot be read)."""
+    try:
+        path = config_path(args, environ)
+        return {} if path is None else read_toml(path)
+    except (UserError, OSError):
+        return {}
+
+
 def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The log format asked for by flag, variable or config file, for errors before the
     configuration is resolved: the first valid one in precedence order, else the default."""
     option = opts.BY_NAME["log_format"]
-    candidates = [getattr(args, "log_format", None), environ.get(option.env)]
-    try:
-        path = config_path(args, environ)
-        if path is not None:
-            candidates.append(read_toml(path).get("log_format"))
-    except (UserError, OSError):
-        pass
-    for value in candidates:
+    file_value = _early_file_values(args, environ).get("log_format")
+    for value in (getattr(args, "log_format", None), environ.get(option.env), file_value):
         if isinstance(value, str) and value.strip().lower() in option.choices:
             return value.strip().lower()
     return str(option.default)
@@ -225,13 +228,7 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
     ``fatal`` line): ``name`` from the flag, variable or file, else the first url's host; None when
     neither is readable."""
     option = opts.BY_NAME["name"]
-    file_values: Dict[str, Any] = {}
-    try:
-        path = config_path(args, environ)
-        if path is not None:
-            file_values = read_toml(path)
-    except (UserError, OSError):
-        pass
+    file_values = _early_file_values(args, environ)
     for value in (getattr(args, "name", None), environ.get(option.env), file_values.get("name")):
         if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
             return value.strip()
