@@ -19,14 +19,10 @@ file or the companion, carries a sequence number; a restart resumes from the new
 the companion may run ahead of the state file (even to a newer token: every record is a true claim
 when written), and a stop that must go back writes the companion durably first, then the state.
 
-It is replaced atomically (`kata_events.private_file`: temp file in the same directory, fsync,
-rename, fsync the directory), so a crash or kill -9 leaves either the old or the new file, never a
-torn one; a file that does not parse was edited by hand and is reported, never silently dropped
-(`kata_events.state.reading`). Mode 0600: the token lets anyone
-with the client certificate read the subscription's events. A token is bound to its external system
-and filter; the URL is recorded but not binding, since a cluster is reached through several
-addresses. The original script's plain ``continuation_token.txt`` (the token alone) is imported.
-The rules for the directory's files (no links followed, 0700/0600) are `kata_events.state.files`.
+The file is replaced atomically, mode 0600 (`kata_events.private_file`; what a crash leaves, and
+why: docs/delivery.md, "Limits"); parsing it is `kata_events.state.reading`'s, the directory's
+rules `kata_events.state.files`'. A token is bound to its external system and filter; the URL is
+recorded but not binding, since a cluster is reached through several addresses.
 
 Exclusive access: ``flock`` on a separate ``<state>.lock`` file holding the owner's pid. flock (not
 fcntl/POSIX locks) because it also conflicts within one process and is released by the kernel when
