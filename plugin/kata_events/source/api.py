@@ -12,7 +12,6 @@ to stdout and never logs.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import queue
 import re
@@ -24,9 +23,9 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
-import urllib3.util
 
 from kata_events import __version__, keypair
+from kata_events.backoff import retry_after_seconds
 from kata_events.exits import UserError
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import tls, transport
@@ -139,23 +138,6 @@ def handshake_failure(base_url: str, reason: str) -> str:
             f"in url ({base_url}); the Events API speaks HTTPS with mutual TLS"
         )
     return f"TLS handshake with {base_url} failed: {reason}"
-
-
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """The server's Retry-After (seconds, or an HTTP date) as seconds from now; None when absent
-    or not one of the two. Fractional seconds (``1.5``) are honoured too, as they always were."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    except ValueError:
-        pass
-    try:
-        return float(urllib3.util.Retry().parse_retry_after(value))
-    except urllib3.exceptions.InvalidHeader:
-        return None
 
 
 class _Unreachable(Exception):
@@ -467,7 +449,7 @@ class EventsClient:
         if status == 429 or status >= 500:
             raise Unavailable(
                 f"HTTP {status} from {base}: {text or 'empty body'}",
-                _retry_after(response.headers.get("Retry-After")),
+                retry_after_seconds(response.headers.get("Retry-After")),
                 reason="http_error",
             )
         raise BadResponse(f"unexpected HTTP {status} from {base}", text)
