@@ -72,6 +72,16 @@ def test_429_waits_at_least_retry_after(make_emulator, make_client_cert, ext_id,
 
 
 @pytest.mark.timeout(60)
+def test_a_fractional_retry_after_is_honoured(make_emulator, make_client_cert, ext_id, runs, tmp_path):
+    emu, run = _run_with_fault(
+        make_emulator, make_client_cert, ext_id, runs, tmp_path, "429", retry_after=1.5
+    )
+    retry = run.wait_event("retry", timeout=1)
+    assert retry["retry_after"] == 1.5 and retry["delay"] >= 1.5
+    assert_exact_events(emu, run.lines(), 1, EVENTS)
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "fault, expected",
     [

@@ -18,7 +18,6 @@ import pytest
 from kata_events.exits import ExitStatus, UserError
 from kata_events.paths import default_state_path
 from kata_events.state.errors import StateCorrupt, StateError, StateForeign, StateLocked, StateNotWritable
-from kata_events.state.reading import import_seed_token
 from kata_events.state.store import TokenStore
 
 URL = "https://cn.example.local"
@@ -333,7 +332,6 @@ def test_a_state_path_that_is_a_directory_is_not_writable(tmp_path):
 def test_the_original_scripts_plain_token_file_is_imported(tmp_path, content):
     path = tmp_path / "continuation_token.txt"
     path.write_text(content)
-    assert import_seed_token(path) == "tok-seed-123"
     with store(path) as s:
         token, reason = s.load()
         assert token == "tok-seed-123"
@@ -348,14 +346,6 @@ def test_a_plain_file_with_several_words_is_not_taken_for_a_token(tmp_path):
     with pytest.raises(StateCorrupt) as err:
         store(path).load()
     assert err.value.exit_code == 78
-    with pytest.raises(StateCorrupt):
-        import_seed_token(path)
-
-
-def test_import_seed_token_of_a_missing_file_says_missing_input(tmp_path):
-    with pytest.raises(StateError) as err:
-        import_seed_token(tmp_path / "nope.txt")
-    assert err.value.exit_code == 66
 
 
 def test_an_empty_file_left_by_the_original_script_starts_over_with_a_reason(tmp_path):

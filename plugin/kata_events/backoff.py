@@ -5,6 +5,7 @@ Pure apart from the random source, which tests replace.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, Optional
 
@@ -38,3 +39,23 @@ class Backoff:
     def reset(self) -> None:
         """A request succeeded: the next failure starts from the base delay again."""
         self.attempt = 0
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """A server's Retry-After (seconds, or an HTTP date) as seconds from now; None when absent or
+    not one of the two. Fractional seconds (``1.5``) are honoured too, as they always were."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    except ValueError:
+        pass
+    import urllib3.exceptions  # HTTP dates: urllib3's reading of them
+    import urllib3.util
+
+    try:
+        return float(urllib3.util.Retry().parse_retry_after(value))
+    except urllib3.exceptions.InvalidHeader:
+        return None

@@ -169,7 +169,7 @@ class Failures:
             self.health.failing(str(exc))
         retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
         delay = self.backoff.next_delay(retry_after)
-        lasting = self.faults.seen(str(exc), self.clock())
+        lasting = self.faults.seen(exc, self.clock())
         if isinstance(exc, TlsVerifyFailed):
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
@@ -195,7 +195,7 @@ class Failures:
                 delay=round(delay, 1),
             )
         else:
-            advice = persistent_advice(str(exc), self.client.urls, lasting) if lasting else ""
+            advice = persistent_advice(exc, self.client.urls, lasting) if lasting else ""
             logs.emit(
                 "retry",
                 f"{exc}; {advice}retrying in {delay:.1f} s",

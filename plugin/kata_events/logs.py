@@ -1,8 +1,8 @@
 """Structured logs on stderr: every log line is a named event from one catalogue.
 
-`EVENTS` lists each thing the program can report, with its level, the fields it may carry and what
-it means (the troubleshooting table of docs/operations.md is generated from it). `emit` is the only way to log
-one; it rejects names and fields the catalogue does not declare, so code, logs and docs agree.
+`kata_events.log_events.EVENTS` lists each thing the program can report, with its level, the fields
+it may carry and what it means. `emit` is the only way to log one; it marks names and fields the
+catalogue does not declare, so code, logs and docs agree.
 
 Formats: JSON lines (python-json-logger) with ``time``, ``level``, ``event``, ``message`` and the
 event's fields, non-ASCII kept as is; or ``text`` for people. This module never writes to stdout:
@@ -14,347 +14,22 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, Dict, Optional, TextIO, Tuple, Union
+from typing import Any, Dict, Optional, TextIO, Union
 
 try:  # python-json-logger 3.x and later
     from pythonjsonlogger.json import JsonFormatter
 except ImportError:  # pragma: no cover - python-json-logger 2.x
     from pythonjsonlogger.jsonlogger import JsonFormatter
 
-from kata_events import options as opts
+from kata_events.log_events import EVENTS, OUTPUT_KEYS, RECORD_ATTRS, EventSpec, troubleshooting_table
+
+__all__ = ["EVENTS", "EventSpec", "emit", "setup_logging", "troubleshooting_table"]
 
 LOGGER_NAME = "kata_events"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-# Attributes every LogRecord has: neither an event field may take one of these names (logging
-# refuses them in `extra`) nor may a formatter mistake one for a field.
-_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-#: Names the formatters put on every line; no event field may use them. ``node`` is there once a
-#: run knows its name (`setup_logging`'s ``node``), so the lines of several runs can be told apart.
-_OUTPUT_KEYS = frozenset({"time", "level", "event", "message", "node"})
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    """One kind of log line: its name, default level, the fields it may carry, and its meaning."""
-
-    name: str
-    level: int
-    fields: Tuple[str, ...]
-    description: str
-
-    def __post_init__(self) -> None:
-        clash = (set(self.fields) & _RECORD_ATTRS) | (set(self.fields) & _OUTPUT_KEYS)
-        if clash:
-            raise ValueError(f"event {self.name}: field names {sorted(clash)} are reserved")
-
-
-_STATS_FIELDS = (
-    "events",
-    "pages",
-    "bytes",
-    "retries",
-    "skipped",
-    "lag_seconds",
-    "written",
-    "acknowledged",
-    "unacknowledged",
-    "committed_pages",
-    "uptime_seconds",
-)
-_RETRY_FIELDS = ("url", "reason", "status", "attempt", "delay", "retry_after")
-
-_CATALOGUE = (
-    EventSpec(
-        "start",
-        logging.INFO,
-        (
-            "version",
-            "urls",
-            "external_system_id",
-            "state_file",
-            "max_events",
-            "max_timeout",
-            "filter",
-            "once",
-            "verified_by",
-            "proxies",
-        ),
-        "The process started; its version, main settings, what verifies the server (pin_sha256, "
-        "ca_file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE or the system's trust store) and the proxy "
-        "of each address that has one (without credentials).",
-    ),
-    EventSpec(
-        "config",
-        logging.INFO,
-        (*(o.name for o in opts.OPTIONS if o.name != "name"), "config_file", "sources"),
-        "The effective configuration and where each value came from (flag, variable, file); "
-        "the name is the line's `node`, as on every line of a run.",
-    ),
-    EventSpec(
-        "mode",
-        logging.INFO,
-        ("mode", "reason"),
-        "The acknowledgement mode chosen (none or lines) and why, e.g. the shipper sent START.",
-    ),
-    EventSpec(
-        "insecure",
-        logging.WARNING,
-        (),
-        "insecure = true: the Central Node's certificate is not verified. Use ca_file or pin_sha256.",
-    ),
-    EventSpec(
-        "state",
-        logging.INFO,
-        ("state_file",),
-        "Something notable about the state file: created, imported from the old token file, reset.",
-    ),
-    EventSpec(
-        "subscription_new",
-        logging.INFO,
-        ("filter",),
-        "No saved continuation token: the next request starts a new subscription.",
-    ),
-    EventSpec(
-        "subscription_lost",
-        logging.ERROR,
-        ("url", "status", "reason"),
-        "The server no longer knows the token (404 Subscription not found): a new subscription "
-        "starts and events may have been skipped. Usually the tool was stopped for over 2 hours.",
-    ),
-    EventSpec(
-        "filter_changed",
-        logging.WARNING,
-        ("old_filter", "new_filter", "state_file"),
-        "The filter differs from the one the saved token belongs to: a new subscription starts.",
-    ),
-    EventSpec(
-        "page",
-        logging.DEBUG,
-        ("events", "bytes", "seconds", "url", "lag_seconds"),
-        "One page of events was delivered (debug level: at info, steady streaming logs only the "
-        "stats line and changes of state).",
-    ),
-    EventSpec(
-        "commit",
-        logging.DEBUG,
-        ("pages", "events", "token"),
-        "A continuation token was saved: everything before it is delivered (and the first "
-        "`events` of the page after it).",
-    ),
-    EventSpec(
-        "resume",
-        logging.INFO,
-        ("events", "token"),
-        "A restart skips the first events of the answer to the saved token: their digest matches "
-        "what was delivered before.",
-    ),
-    EventSpec(
-        "resume_mismatch",
-        logging.WARNING,
-        ("events", "token", "reason"),
-        "The answer to the saved token does not start with the events recorded as delivered (the "
-        "server answered with other events, or fewer): nothing is skipped, all is delivered again.",
-    ),
-    EventSpec(
-        "progress_record",
-        logging.WARNING,
-        ("state_file",),
-        "The record of progress inside a page is corrupt or unusable: resuming from the last "
-        "commit; events delivered since are sent again.",
-    ),
-    EventSpec(
-        "settle",
-        logging.INFO,
-        ("bytes", "settle_time", "events", "token"),
-        "Stopping on a pipe: what the reader took in the last settle_time seconds does not count "
-        "as delivered (a shipper may drop what it reads while it shuts down); it is sent again.",
-    ),
-    EventSpec(
-        "caught_up",
-        logging.INFO,
-        (),
-        "--once: a page shorter than max_events arrived, everything is committed; exiting.",
-    ),
-    EventSpec(
-        "retry",
-        logging.WARNING,
-        ("attempt", "delay", "retry_after"),
-        "A request failed for a transient reason; retrying after a delay with backoff.",
-    ),
-    EventSpec(
-        "unauthorized",
-        logging.ERROR,
-        ("url", "external_system_id", "fingerprint"),
-        "HTTP 401: an administrator must approve this external system (id and certificate "
-        "fingerprint) in the Central Node web interface, External systems; if it is approved "
-        "already, compare the id and fingerprint shown there with the ones logged. Retried every "
-        "5 s for 5 minutes, then every 30 s.",
-    ),
-    EventSpec(
-        "approved",
-        logging.INFO,
-        (),
-        "The Central Node accepts this external system now.",
-    ),
-    EventSpec(
-        "bad_request",
-        logging.ERROR,
-        ("reason", "filter"),
-        "HTTP 400: the server rejected a parameter, most often the filter. Fix it and restart.",
-    ),
-    EventSpec(
-        "bad_response",
-        logging.WARNING,
-        ("excerpt", "delay"),
-        "The response could not be parsed; the page is not committed and is fetched again.",
-    ),
-    EventSpec(
-        "tls_verify_failed",
-        logging.ERROR,
-        ("url", "server_fingerprint", "delay"),
-        "The Central Node's certificate is not trusted: set ca_file, or pin_sha256 to the "
-        "fingerprint shown if it is really your server.",
-    ),
-    EventSpec(
-        "tls_files_changed",
-        logging.WARNING,
-        ("reason",),
-        "The certificate, key or CA file changed but the new files cannot be used yet (the message "
-        "says why, e.g. a key of another certificate in the middle of a renewal): connections keep "
-        "the last good files and try the new ones again at the next connection. Finish the renewal.",
-    ),
-    EventSpec(
-        "key_permissions",
-        logging.WARNING,
-        ("key", "fix"),
-        "The client's private key, or the file holding its passphrase, can be read by other "
-        "accounts (group or others): whoever reads it can fetch this external system's events. "
-        "Fix: chmod 600 on that file (said at start).",
-    ),
-    EventSpec(
-        "client_certificate",
-        logging.ERROR,
-        (),
-        "The client certificate or key cannot be used (a key of another certificate, a certificate "
-        "given as the key, an encrypted key without its passphrase or with a wrong one): the "
-        "message names the files and the fix.",
-    ),
-    EventSpec(
-        "lag",
-        logging.WARNING,
-        ("lag_seconds", "limit", "full_page"),
-        "The newest event delivered is older than lag_warning; past 2 hours events are lost. Raise "
-        "max_events, filter more, or speed up the consumer.",
-    ),
-    EventSpec(
-        "lag_recovered",
-        logging.INFO,
-        ("lag_seconds", "limit"),
-        "After a lag warning, the newest event delivered is younger than lag_warning again.",
-    ),
-    EventSpec(
-        "event_skipped",
-        logging.ERROR,
-        ("index", "offset", "bytes", "reason", "limit", "url"),
-        "An event larger than max_event_bytes (or nested too deep to parse) was skipped, its bytes "
-        "dropped as they arrived; the rest of the page is delivered. A broken server or proxy; raise "
-        "max_event_bytes if such events are real.",
-    ),
-    EventSpec(
-        "line_too_long",
-        logging.WARNING,
-        ("bytes", "limit"),
-        "An event line exceeds warn_line_bytes: raise the shipper's line limit (said once).",
-    ),
-    EventSpec(
-        "ack_timeout",
-        logging.WARNING,
-        ("unacknowledged", "acknowledged", "seconds"),
-        "Lines have waited longer than ack_timeout for the shipper's acknowledgement; nothing is "
-        "committed until they are acknowledged.",
-    ),
-    EventSpec(
-        "ack_protocol",
-        logging.WARNING,
-        ("reason", "acknowledged", "written", "count"),
-        "Unexpected input on stdin in acknowledgement mode (ignored), stdin failed, or an "
-        "acknowledgement of more lines than were written (a protocol error, logged at error level "
-        "the first time: that acknowledgement is ignored, nothing counts as delivered by it).",
-    ),
-    EventSpec(
-        "drain_unmeasurable",
-        logging.WARNING,
-        (),
-        "How much of stdout the reader has taken cannot be measured; a page counts as delivered "
-        "once written.",
-    ),
-    EventSpec(
-        "consumer_gone",
-        logging.WARNING,
-        (),
-        "The reader of stdout went away (broken pipe): stopping; nothing unflushed is committed.",
-    ),
-    EventSpec(
-        "disk_fault",
-        logging.ERROR,
-        ("what", "paused_seconds"),
-        "The state file or a regular-file stdout stopped taking data mid-run (disk full, read-only, "
-        "I/O error, quota): paused, the last saved token kept, retried until the disk works again "
-        "(repeated as a warning while it lasts). Free space or fix the file system.",
-    ),
-    EventSpec(
-        "disk_recovered",
-        logging.INFO,
-        ("what", "paused_seconds"),
-        "The disk takes data again after a disk_fault: the stream carries on by itself.",
-    ),
-    EventSpec(
-        "metrics_failed",
-        logging.WARNING,
-        (),
-        "The metrics file cannot be written (said once until a write works again); the run goes "
-        "on. Check metrics_file's directory.",
-    ),
-    EventSpec(
-        "stats",
-        logging.INFO,
-        _STATS_FIELDS,
-        "Periodic counters: events, pages, bytes (received), retries, lag; written counts event "
-        "lines written to stdout, acknowledged and unacknowledged (acknowledgement mode only) "
-        "count lines too.",
-    ),
-    EventSpec(
-        "stop",
-        logging.INFO,
-        ("reason", "exit_code", *_STATS_FIELDS),
-        "The process is stopping (signal, STOP from the shipper, --once done, error) and why; the "
-        "final counters, as in stats.",
-    ),
-    EventSpec(
-        "fatal",
-        logging.ERROR,
-        ("exit_code", "reason", "problems", "usage"),
-        "The process cannot go on (configuration, a missing file, a usage error, the state lock); "
-        "the message says the fix, `problems` lists each of several.",
-    ),
-    EventSpec(
-        "emulator",
-        logging.INFO,
-        (),
-        "kata-events demo only: what the built-in emulator did (approval, subscriptions, stop).",
-    ),
-)
-
-EVENTS: Dict[str, EventSpec] = {spec.name: spec for spec in _CATALOGUE}
 
 
 def counted(count: int, noun: str) -> str:
@@ -387,7 +62,7 @@ def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fiel
             if spec is None
             else (f"log event {name!r} does not declare fields {undeclared}")
         )
-        fields = {k: v for k, v in fields.items() if k not in _RECORD_ATTRS and k not in _OUTPUT_KEYS}
+        fields = {k: v for k, v in fields.items() if k not in RECORD_ATTRS and k not in OUTPUT_KEYS}
         fields["undeclared"] = problem
     if level is None:
         levelno = spec.level if spec is not None else logging.WARNING
@@ -407,7 +82,7 @@ def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fiel
 
 
 def _fields_of(record: logging.LogRecord) -> Dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and k != "event"}
+    return {k: v for k, v in record.__dict__.items() if k not in RECORD_ATTRS and k != "event"}
 
 
 def _utc(created: float, millis: bool) -> str:
@@ -422,7 +97,7 @@ class JsonLinesFormatter(JsonFormatter):
     event's fields."""
 
     def __init__(self, fixed: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__(json_ensure_ascii=False, reserved_attrs=sorted(_RECORD_ATTRS))
+        super().__init__(json_ensure_ascii=False, reserved_attrs=sorted(RECORD_ATTRS))
         self.fixed = dict(fixed or {})
 
     # Positional parameters: their names changed between python-json-logger 2.x and 4.x.
@@ -507,13 +182,3 @@ def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: O
     logger.setLevel(LEVELS[level.lower()])
     # Our lines are complete on their own; a root handler would print them a second time.
     logger.propagate = False
-
-
-def troubleshooting_table() -> str:
-    """The table of log events in docs/operations.md: event, level, meaning."""
-    lines = ["| Event | Level | Meaning |", "|---|---|---|"]
-    for spec in _CATALOGUE:
-        level = logging.getLevelName(spec.level).lower()
-        meaning = spec.description.replace("|", "\\|")
-        lines.append(f"| `{spec.name}` | {level} | {meaning} |")
-    return "\n".join(lines) + "\n"

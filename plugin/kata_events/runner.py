@@ -146,10 +146,6 @@ class Runner:
     def stopping(self) -> bool:
         return self.stop.stopping
 
-    def _sleep(self, seconds: float) -> None:
-        """Wait ``seconds`` unless asked to stop."""
-        self.stop.sleep(seconds)
-
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> int:

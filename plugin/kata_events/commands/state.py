@@ -46,14 +46,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """What ``show`` prints, as a dict; None when there is no state file. Raises `StateError`."""
-    from kata_events.commands.status import parse_iso, running_pid
+    from kata_events.commands.status import running_pid
+    from kata_events.state.reading import parse_stamp
     from kata_events.state.store import TokenStore, short_token
 
     now = time.time() if now is None else now
     sub = TokenStore(files.state, url="", external_system_id="").stored()
     if sub is None:
         return None
-    saved = parse_iso(sub.saved_at)
+    saved = parse_stamp(sub.saved_at)
     delivered = 0
     if sub.token is not None:
         own = TokenStore(

@@ -22,7 +22,6 @@ pure too. A single ``--config`` keeps the one-run output.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import UserError
 from kata_events.options import SERVER_RETENTION_SECONDS
+from kata_events.state.reading import parse_stamp, stamp
 
 DESCRIPTION = """\
 Say how a run is doing, from local files only (the state file, the status record the run
@@ -106,20 +106,6 @@ class Verdict:
     state_file: str
 
 
-def _iso(epoch: Optional[float]) -> Optional[str]:
-    if epoch is None:
-        return None
-    return _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> Optional[float]:
-    try:
-        moment = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
-    except (TypeError, ValueError):
-        return None
-    return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
-
-
 def _ago(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -141,7 +127,7 @@ def evaluate(
     """The verdict from the state file's ``saved_at``, the status record and the live pid."""
     record = record or {}
     running = running_pid is not None
-    commits = [t for t in (record.get("last_commit"), parse_iso(state_saved_at or "")) if t]
+    commits = [t for t in (record.get("last_commit"), parse_stamp(state_saved_at or "")) if t]
     last_commit = max(commits) if commits else None
     commit_age = None if last_commit is None else max(0.0, now - last_commit)
     behind = bool(record.get("behind"))
@@ -160,7 +146,7 @@ def evaluate(
             code,
             reason,
             None if lag is None else round(lag, 1),
-            _iso(last_commit),
+            None if last_commit is None else stamp(last_commit),
             None if commit_age is None else round(commit_age, 1),
             running,
             running_pid,

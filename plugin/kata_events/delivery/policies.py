@@ -152,7 +152,7 @@ class Delivery:
             self.ledger.freeze(self.stop.at)
         self.ledger.taken(position, time.monotonic())
         taken = self.ledger.taken_position
-        self.recorder.offer(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken))
+        self.recorder.offer(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken), position=taken)
 
     @property
     def recorded(self) -> Optional[Point]:

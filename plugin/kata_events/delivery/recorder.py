@@ -51,6 +51,8 @@ class Recorder:
         self._pending: Optional[Point] = None
         self._pending_durable = False
         self._pending_lines = 0
+        #: The taken position the pending point was chosen at (the commit line's ``position``).
+        self._pending_position: Optional[int] = None
         self._closing = False
         # Whether the write under way is a commit (the state file), not only a progress note.
         self._committing = False
@@ -103,10 +105,17 @@ class Recorder:
 
     # -- offering ----------------------------------------------------------------------------------
 
-    def offer(self, point: Optional[Point], durable: bool = False, lines: Optional[int] = None) -> None:
+    def offer(
+        self,
+        point: Optional[Point],
+        durable: bool = False,
+        lines: Optional[int] = None,
+        position: Optional[int] = None,
+    ) -> None:
         """Record ``point`` soon, unless it is recorded already; never waits for the disk.
 
-        ``lines``: the event lines written up to it (None for a stop going back: no writing follows).
+        ``lines``: the event lines written up to it (None for a stop going back: no writing follows);
+        ``position``: the delivery's taken position it was chosen at, for the commit line.
         """
         if point is None:
             return
@@ -122,6 +131,7 @@ class Recorder:
             self._pending_durable = self._pending_durable or durable
             if lines is not None:
                 self._pending_lines = lines
+            self._pending_position = position
             self._cond.notify_all()
 
     # -- writing -----------------------------------------------------------------------------------
@@ -144,6 +154,7 @@ class Recorder:
         """With the write lock held: the body of `_write_pending`."""
         with self._cond:
             point, durable, lines = self._pending, self._pending_durable, self._pending_lines
+            position = self._pending_position
             recorded = self._recorded
             if point is None:
                 if retry:
@@ -167,6 +178,7 @@ class Recorder:
                 self._cond.notify_all()
                 if self._pending is None:  # nothing newer came meanwhile: this one stays to do
                     self._pending, self._pending_lines = point, lines
+                    self._pending_position = position
                 self._pending_durable = self._pending_durable or durable
             self.health.trouble("state file", str(exc))
             return
@@ -183,6 +195,7 @@ class Recorder:
                 "continuation token saved: everything before it is delivered"
                 + (f", and {point.events} events after it" if point.events else ""),
                 pages=self.committed_pages,
+                position=position,
                 events=point.events,
                 token=short_token(point.token),
             )
@@ -209,6 +222,7 @@ class Recorder:
         """Inside `final`: write ``point`` durably (the companion first, then the state file)."""
         with self._cond:
             self._pending, self._pending_durable = point, True
+            self._pending_position = None
         self._write_locked(retry=True)
 
     def clear(self, forget: Callable[[], None]) -> None:

@@ -1,40 +1,45 @@
 """The emulator itself: a mutual-TLS HTTP/1.1 server speaking the Central Node Events API.
 
-Owns: the listening socket and one thread per connection (the TLS handshake happens there, never in
-the accept loop), the event store (backlog, steady source computed lazily from the clock, manual
-additions, retention), approvals (persisted in the state directory), subscriptions and their tokens,
-long polling, fault injection, and the control endpoints under ``/emulator/``.
+Owns: its lifecycle (start, a stop that reaches every connection), its controls, the CA and
+approvals (persisted in the state directory) and the queue of faults. The events, subscriptions
+and long polling are `kata_events.emulator.store`'s; the connections `kata_events.emulator.wire`'s
+(the standard library's `ThreadingHTTPServer`); what each request gets, faults played included,
+`kata_events.emulator.answering`'s.
 
 Never writes to stdout; it reports through the ``kata_events.emulator`` logger.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import json
 import logging
-import math
 import os
-import secrets
 import socket
 import ssl
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from kata_events import certs
+from kata_events.emulator.answering import (
+    EVENTS_PATH_PREFIX,
+    HUGE_TOKEN,
+    MAX_TIMEOUT_LIMIT,
+    ODD_TOKEN,
+    Answering,
+    _HttpError,
+    _json_bytes,
+    parse_iso_duration,
+)
 from kata_events.emulator.anycert import accept_any_client_certificate
 from kata_events.emulator.events import EventFactory
-from kata_events.emulator.faults import Fault, FaultQueue, hostile_event
-from kata_events.emulator.filters import Filter, FilterSyntaxError, compile_filter
+from kata_events.emulator.faults import Fault, FaultQueue
+from kata_events.emulator.store import EventStore, _Subscription
+from kata_events.emulator.wire import _Server
 from kata_events.options import parse_listen
 
-__all__ = ["Emulator", "default_state_dir", "parse_iso_duration"]
+__all__ = ["HUGE_TOKEN", "ODD_TOKEN", "Emulator", "default_state_dir", "parse_iso_duration"]
 
 log = logging.getLogger("kata_events.emulator")
 
@@ -47,113 +52,13 @@ def default_state_dir(environ: Optional[Dict[str, str]] = None) -> Path:
     return state_home(os.environ if environ is None else environ) / "emulator"
 
 
-EVENTS_PATH_PREFIX = "/kata/events_api/v1/"
-DEFAULT_MAX_EVENTS = 1000
-MAX_TIMEOUT_LIMIT = 300.0
-HANDSHAKE_TIMEOUT = 10.0
+#: How long a connection may sit idle between requests.
 IDLE_TIMEOUT = 600.0
-MAX_HEADER_BYTES = 65536
-MAX_CONTROL_BODY = 1 << 20
-#: A request line longer than MAX_HEADER_BYTES is read (and dropped) up to this much, then gets 414.
-MAX_DRAINED_REQUEST = 64 << 20
-#: The continuation tokens of the huge_token and odd_token faults.
-HUGE_TOKEN = "A" * (2 << 20)
-ODD_TOKEN = 'odd token"\x01\u00e9'
-#: A client going back to the token of a page it delivered a few seconds ago (a stop on a pipe, the
-#: settle time) asks again with a token up to hundreds of pages old when pages are small.
-TOKENS_KEPT_PER_SUBSCRIPTION = 4096
-EVENTS_PER_CHUNK = 2000
-HANG_POLL = 0.1
+ACCEPT_POLL = 0.1
 STOP_JOIN = 0.5
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    411: "Length Required",
-    413: "Payload Too Large",
-    414: "URI Too Long",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
 
-_BAD_GATEWAY_HTML = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
-    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-)
-
-
-def parse_iso_duration(text: str) -> float:
-    """Seconds in an ISO-8601 time duration such as ``PT60S``, ``PT1M30S``, ``PT0.5S``.
-
-    Raises ``ValueError`` for anything else (date parts such as ``P1D`` included).
-    """
-    import re
-
-    match = re.fullmatch(
-        r"PT(?=\d|\.\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?|\.\d+)S)?", text.strip().upper()
-    )
-    if not match or not any(match.groups()):
-        raise ValueError(f"not an ISO-8601 duration like PT60S: {text!r}")
-    hours, minutes, seconds = match.groups()
-    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, body: Dict[str, Any]) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-
-
-def _bad_request(reason: str) -> _HttpError:
-    return _HttpError(400, {"error": "Bad Request", "reason": reason})
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-@dataclass
-class _Subscription:
-    id: str
-    external_system_id: str
-    filter: Optional[Filter]
-    created: float
-    last_used: float
-    tokens: List[str] = field(default_factory=list)
-    # Filter result per template (None until computed), unless the filter reads per-event fields.
-    template_matches: Optional[List[Optional[bool]]] = None
-    per_event: bool = False
-
-
-@dataclass
-class _Request:
-    method: str
-    target: str
-    version: str
-    headers: Dict[str, str]
-    body: bytes
-
-
-class _Page:
-    """The events chosen for one response: parallel lists of seq, timestamp and template."""
-
-    def __init__(self, seqs: List[int], stamps: List[int], templates: List[int], next_position: int) -> None:
-        self.seqs = seqs
-        self.stamps = stamps
-        self.templates = templates
-        self.next_position = next_position
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-
-class Emulator:
+class Emulator(Answering, EventStore):
     """A Central Node Events API on loopback, for trying pipelines and for tests.
 
     Use as a context manager, or call :meth:`start` (returns once listening) and :meth:`stop`.
@@ -220,7 +125,7 @@ class Emulator:
         self._pending: Dict[Tuple[str, str], float] = {}
         self._requests_served = 0
 
-        self._listener: Optional[socket.socket] = None
+        self._server: Optional[_Server] = None
         self._accept_thread: Optional[threading.Thread] = None
         self._connections: Set[ssl.SSLSocket] = set()
         self._raw_connections: Set[socket.socket] = set()
@@ -251,7 +156,7 @@ class Emulator:
 
     def start(self) -> Emulator:
         """Prepare certificates and state, bind, and start serving; returns once listening."""
-        if self._listener is not None:
+        if self._server is not None:
             raise RuntimeError("emulator already started")
         self._prepare_state_dir()
         self._ssl_context = self._make_ssl_context()
@@ -260,42 +165,25 @@ class Emulator:
         with self._lock:
             self._rate_start = now
             self._append_locked(self.backlog, now)
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            listener.bind((self.host, self._requested_port))
-            listener.listen(128)
-        except OSError:
-            listener.close()
-            raise
-        listener.settimeout(0.1)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
+        self._server = _Server(self, (self.host, self._requested_port))
+        self.port = self._server.server_address[1]
         self._stopping.clear()
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="emulator-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._server.serve_forever, args=(ACCEPT_POLL,), name="emulator-accept", daemon=True
+        )
         self._accept_thread.start()
         log.info("emulator listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop promptly: wake long polls and hung requests, close every connection."""
-        if self._listener is None:
+        if self._server is None:
             return
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-        try:
-            # Wakes a blocked accept() at once on Linux; elsewhere the accept timeout does.
-            self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        if self._accept_thread is not None:
-            self._accept_thread.join(STOP_JOIN)
-        try:
-            self._listener.close()
-        except OSError:
-            pass
+        self._server.shutdown()  # the accept loop ends within ACCEPT_POLL
+        self._server.server_close()
         with self._lock:
             connections = list(self._raw_connections) + list(self._connections)
             threads = list(self._threads)
@@ -309,8 +197,13 @@ class Emulator:
         deadline = time.monotonic() + STOP_JOIN
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._listener = None
+        self._server = None
         log.info("emulator stopped")
+
+    @property
+    def idle_timeout(self) -> float:
+        """`IDLE_TIMEOUT`, read when a connection starts (tests shorten it)."""
+        return IDLE_TIMEOUT
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Block until :meth:`stop` is called (True) or ``timeout`` passes (False)."""
@@ -522,413 +415,6 @@ class Emulator:
         }
         certs.write_private_file(self.approvals_file, _json_bytes(data) + b"\n")
 
-    # -- event store (all *_locked methods need self._lock) ----------------------------------------
-
-    def _next_seq_locked(self) -> int:
-        return self._base_seq + len(self._stamps)
-
-    def _append_locked(self, count: int, when: float) -> None:
-        stamp = int(when * 1_000_000)
-        if self._stamps and stamp < self._stamps[-1]:
-            stamp = self._stamps[-1]
-        first = self._next_seq_locked()
-        index = self.factory.template_index
-        self._stamps.extend([stamp] * count)
-        self._templates.extend(index(seq) for seq in range(first, first + count))
-
-    def _catch_up_locked(self, now: float) -> None:
-        """Materialize the steady source's events due by ``now``."""
-        if self.rate <= 0 or self._rate_start <= 0:
-            return
-        due = int((now - self._rate_start) * self.rate)
-        if due <= self._rate_emitted:
-            return
-        first_seq = self._next_seq_locked()
-        last = self._stamps[-1] if self._stamps else 0
-        for i in range(self._rate_emitted, due):
-            stamp = max(last, int((self._rate_start + (i + 1) / self.rate) * 1_000_000))
-            self._stamps.append(stamp)
-            last = stamp
-        self._templates.extend(
-            self.factory.template_index(s) for s in range(first_seq, first_seq + due - self._rate_emitted)
-        )
-        self._rate_emitted = due
-
-    def _next_rate_event_at(self) -> float:
-        if self.rate <= 0:
-            return math.inf
-        return self._rate_start + (self._rate_emitted + 1) / self.rate
-
-    def _expire_locked(self, now: float) -> None:
-        """Drop events and subscriptions older than the retention window."""
-        cutoff = int((now - self.retention) * 1_000_000)
-        drop = bisect.bisect_left(self._stamps, cutoff)
-        if drop:
-            del self._stamps[:drop]
-            del self._templates[:drop]
-            self._base_seq += drop
-        idle_cutoff = now - self.retention
-        for sub in [s for s in self._subscriptions.values() if s.last_used < idle_cutoff]:
-            self._drop_subscription_locked(sub.id)
-            log.info("subscription %s of %s expired (idle)", sub.id, sub.external_system_id)
-
-    def _drop_subscription_locked(self, sub_id: str) -> None:
-        sub = self._subscriptions.pop(sub_id, None)
-        if sub is not None:
-            for token in sub.tokens:
-                self._tokens.pop(token, None)
-
-    def _matches_locked(self, sub: _Subscription, index: int) -> bool:
-        flt = sub.filter
-        assert flt is not None
-        template = self._templates[index]
-        if sub.per_event:
-            seq = self._base_seq + index
-            return flt.matches(self.factory.event_dict(seq, self._stamps[index], template))
-        cache = sub.template_matches
-        assert cache is not None
-        result = cache[template]
-        if result is None:
-            # EmulatorSeq/Timestamp are not read by this filter, so any values do.
-            result = cache[template] = flt.matches(self.factory.event_dict(0, 0, template))
-        return result
-
-    def _page_locked(self, sub: _Subscription, position: int, max_events: int) -> _Page:
-        start = max(position, self._base_seq) - self._base_seq
-        end = len(self._stamps)
-        if sub.filter is None:
-            stop = min(end, start + max_events)
-            seqs = list(range(self._base_seq + start, self._base_seq + stop))
-            return _Page(seqs, self._stamps[start:stop], self._templates[start:stop], self._base_seq + stop)
-        picked: List[int] = []
-        index = start
-        while index < end and len(picked) < max_events:
-            if self._matches_locked(sub, index):
-                picked.append(index)
-            index += 1
-        stamps = self._stamps
-        templates = self._templates
-        return _Page(
-            [self._base_seq + i for i in picked],
-            [stamps[i] for i in picked],
-            [templates[i] for i in picked],
-            self._base_seq + index,
-        )
-
-    # -- networking --------------------------------------------------------------------------------
-
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        while not self._stopping.is_set():
-            try:
-                raw, address = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                time.sleep(0.05)
-                continue
-            thread = threading.Thread(
-                target=self._serve_connection,
-                args=(raw, address),
-                name=f"emulator-conn-{address[1]}",
-                daemon=True,
-            )
-            with self._lock:
-                self._raw_connections.add(raw)
-                self._threads.add(thread)
-            thread.start()
-
-    def _serve_connection(self, raw: socket.socket, address: Any) -> None:
-        conn: Optional[ssl.SSLSocket] = None
-        try:
-            raw.settimeout(HANDSHAKE_TIMEOUT)
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            assert self._ssl_context is not None
-            try:
-                conn = self._ssl_context.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                log.debug("TLS handshake with %s failed: %s", address, exc)
-                return
-            with self._lock:
-                self._raw_connections.discard(raw)
-                self._connections.add(conn)
-            if self._stopping.is_set():
-                return
-            der = conn.getpeercert(binary_form=True)
-            fingerprint = certs.sha256_fingerprint(der) if der else None
-            conn.settimeout(IDLE_TIMEOUT)
-            reader = conn.makefile("rb", buffering=65536)
-            while not self._stopping.is_set():
-                request = self._read_request(reader)
-                if request is None:
-                    return
-                keep_alive = self._dispatch(conn, request, fingerprint)
-                if not keep_alive or request.headers.get("connection", "").lower() == "close":
-                    return
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            log.debug("connection from %s ended: %s", address, exc)
-        finally:
-            sock = conn if conn is not None else raw
-            try:
-                sock.close()
-            except OSError:
-                pass
-            with self._lock:
-                self._raw_connections.discard(raw)
-                if conn is not None:
-                    self._connections.discard(conn)
-                self._threads.discard(threading.current_thread())
-
-    def _read_request(self, reader: Any) -> Optional[_Request]:
-        line = reader.readline(MAX_HEADER_BYTES)
-        while line in (b"\r\n", b"\n"):
-            line = reader.readline(MAX_HEADER_BYTES)
-        if not line:
-            return None
-        if len(line) >= MAX_HEADER_BYTES and not line.endswith(b"\n"):
-            # Like nginx or Apache: read the rest of the request and answer 414 (the client then
-            # sees the status, not a connection reset in the middle of its send).
-            drained = len(line)
-            while not line.endswith(b"\n") and drained < MAX_DRAINED_REQUEST:
-                line = reader.readline(1 << 20)
-                if not line:
-                    return None
-                drained += len(line)
-            while line not in (b"\r\n", b"\n", b"") and drained < MAX_DRAINED_REQUEST:
-                line = reader.readline(MAX_HEADER_BYTES)
-                drained += len(line)
-            return _Request("TOO_LONG", "", "HTTP/1.1", {"connection": "close"}, b"")
-        try:
-            method, target, version = line.decode("latin-1").strip().split(" ", 2)
-        except ValueError:
-            raise ValueError(f"malformed request line {line[:80]!r}") from None
-        headers: Dict[str, str] = {}
-        total = len(line)
-        while True:
-            header = reader.readline(MAX_HEADER_BYTES)
-            total += len(header)
-            if not header or total > MAX_HEADER_BYTES:
-                raise ValueError("header section too long or cut")
-            if header in (b"\r\n", b"\n"):
-                break
-            name, _, value = header.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            raise ValueError("chunked request bodies are not supported")
-        length = int(headers.get("content-length", "0") or 0)
-        if length < 0 or length > MAX_CONTROL_BODY:
-            raise ValueError("request body too large")
-        body = reader.read(length) if length else b""
-        if len(body) != length:
-            return None
-        return _Request(method.upper(), target, version, headers, body)
-
-    def _send(
-        self,
-        conn: ssl.SSLSocket,
-        status: int,
-        body: Union[bytes, Sequence[bytes], Iterator[bytes]],
-        content_length: Optional[int] = None,
-        content_type: str = "application/json",
-        extra_headers: Sequence[Tuple[str, str]] = (),
-        limit: Optional[int] = None,
-        close: bool = False,
-    ) -> None:
-        """Send a response; with ``limit`` only that many body bytes go out (for cut bodies)."""
-        chunks: Iterable[bytes] = [body] if isinstance(body, bytes) else body
-        if content_length is None:
-            chunks = list(chunks)
-            content_length = sum(len(c) for c in chunks)
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", f"Content-Type: {content_type}"]
-        head.append(f"Content-Length: {content_length}")
-        head.extend(f"{k}: {v}" for k, v in extra_headers)
-        if close:
-            head.append("Connection: close")
-        pending = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-        budget = content_length if limit is None else limit
-        for chunk in chunks:
-            if budget <= 0:
-                break
-            if len(chunk) > budget:
-                chunk = chunk[:budget]
-            budget -= len(chunk)
-            # Headers ride with the first chunk; small chunks are merged into large writes.
-            pending = pending + chunk if pending else chunk
-            if len(pending) >= 1 << 20:
-                conn.sendall(pending)
-                pending = b""
-        if pending:
-            conn.sendall(pending)
-
-    def _send_json(self, conn: ssl.SSLSocket, status: int, obj: Any, **kwargs: Any) -> None:
-        self._send(conn, status, _json_bytes(obj), **kwargs)
-
-    def _dispatch(self, conn: ssl.SSLSocket, request: _Request, fingerprint: Optional[str]) -> bool:
-        """Answer one request; return False when the connection must close."""
-        if request.method == "TOO_LONG":
-            log.info("request line too long: 414")
-            self._send_json(conn, 414, {"error": "URI Too Long"}, close=True)
-            return False
-        parts = urlsplit(request.target)
-        path = parts.path
-        query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-        try:
-            if path.startswith(EVENTS_PATH_PREFIX):
-                return self._events_api(conn, request, path, query, fingerprint)
-            if path.startswith("/emulator/"):
-                self._control(conn, request, path, query)
-                return True
-            raise _HttpError(404, {"error": "Not Found"})
-        except _HttpError as err:
-            self._send_json(conn, err.status, err.body)
-            return True
-
-    # -- control endpoints -------------------------------------------------------------------------
-
-    def _control(self, conn: ssl.SSLSocket, request: _Request, path: str, query: Dict[str, str]) -> None:
-        name = path[len("/emulator/") :].rstrip("/")
-        expected = "GET" if name == "status" else "POST"
-        if name not in ("status", "approve", "revoke", "faults", "events"):
-            raise _HttpError(404, {"error": "Not Found"})
-        if request.method != expected:
-            raise _HttpError(405, {"error": "Method Not Allowed", "reason": f"use {expected}"})
-        if name == "status":
-            self._send_json(conn, 200, self.status())
-            return
-        if name in ("approve", "revoke"):
-            ext_id = query.get("external_system_id")
-            if not ext_id:
-                raise _bad_request("external_system_id is required")
-            fingerprint = query.get("fingerprint") or None
-            try:
-                done = (self.approve if name == "approve" else self.revoke)(ext_id, fingerprint)
-            except ValueError as exc:
-                raise _bad_request(f"fingerprint: {exc}") from None
-            if not done:
-                what = "pending certificate" if name == "approve" else "approval"
-                raise _HttpError(404, {"error": "Not Found", "reason": f"no {what} for {ext_id}"})
-            self._send_json(conn, 200, {name + "d": done})
-            return
-        if name == "faults":
-            try:
-                data = json.loads(request.body or b"null")
-                items = data if isinstance(data, list) else [data]
-                faults = [Fault.from_obj(item) for item in items]
-            except ValueError as exc:
-                raise _bad_request(f"faults: {exc}") from None
-            for fault in faults:
-                self.inject(fault)
-            self._send_json(conn, 200, {"queued": [f.to_dict() for f in faults]})
-            return
-        # events
-        try:
-            count = int(query.get("count", "1"))
-            if count < 0:
-                raise ValueError
-        except ValueError:
-            raise _bad_request("count must be a non-negative integer") from None
-        try:
-            age = float(query.get("age", "0"))
-            first, last = self.add_events(count, age)
-        except ValueError:
-            raise _bad_request(f"age must be a number of seconds from 0 to {self.retention:g}") from None
-        self._send_json(conn, 200, {"added": count, "first_seq": first, "last_seq": last})
-
-    # -- events API --------------------------------------------------------------------------------
-
-    def _events_api(
-        self,
-        conn: ssl.SSLSocket,
-        request: _Request,
-        path: str,
-        query: Dict[str, str],
-        fingerprint: Optional[str],
-    ) -> bool:
-        ext_id = path[len(EVENTS_PATH_PREFIX) :]
-        if not ext_id.endswith("/events") or "/" in ext_id[: -len("/events")]:
-            raise _HttpError(404, {"error": "Not Found"})
-        ext_id = ext_id[: -len("/events")]
-        with self._lock:
-            self._requests_served += 1
-        if request.method != "GET":
-            raise _HttpError(405, {"error": "Method Not Allowed", "reason": "use GET"})
-        try:
-            uuid.UUID(ext_id)
-        except ValueError:
-            raise _bad_request(f"external system id {ext_id!r} is not a UUID") from None
-
-        fault = self._faults.take()
-        body_fault: Optional[str] = None
-        hostile: Optional[Fault] = None
-        shift = 0
-        if fault is not None:
-            log.info("injecting fault %s", fault.kind)
-            kind = fault.kind
-            if kind in ("500", "503"):
-                raise _HttpError(int(kind), {"error": _REASONS[int(kind)]})
-            if kind == "502":
-                self._send(conn, 502, _BAD_GATEWAY_HTML, content_type="text/html")
-                return True
-            if kind == "429":
-                retry_after = fault.retry_after
-                shown = str(int(retry_after)) if retry_after == int(retry_after) else f"{retry_after:g}"
-                self._send_json(
-                    conn, 429, {"error": "Too Many Requests"}, extra_headers=[("Retry-After", shown)]
-                )
-                return True
-            if kind == "hang":
-                self._hang(conn)
-                return False
-            if kind in ("trickle_headers", "trickle_body"):
-                self._trickle(conn, kind == "trickle_body", fault.delay)
-                return False
-            if kind == "slow" and self._stopping.wait(fault.delay):
-                return False
-            if kind == "401":
-                if fingerprint:
-                    self.revoke(ext_id, fingerprint)
-                raise _HttpError(401, {"error": "Unauthorized"})
-            if kind == "404":
-                token = query.get("continuation_token")
-                with self._lock:
-                    entry = self._tokens.get(token or "")
-                    if entry is not None:
-                        self._drop_subscription_locked(entry[0])
-                raise _HttpError(404, {"error": "Subscription not found"})
-            if kind == "400":
-                raise _bad_request("continuation_token: invalid token")
-            if kind == "414":
-                self._send_json(conn, 414, {"error": "URI Too Long"}, close=True)
-                return False
-            if kind in ("drop", "truncated", "no_events", "no_token", "huge_token", "odd_token"):
-                body_fault = kind
-            if kind in ("huge_event", "deep_event"):
-                hostile = fault
-            if kind == "other_events":
-                shift = fault.shift
-
-        self._check_approved(ext_id, fingerprint)
-        max_events = self._int_param(query, "max_events", DEFAULT_MAX_EVENTS, 1, self.max_events_limit)
-        timeout = self.default_max_timeout
-        if "max_timeout" in query:
-            try:
-                timeout = parse_iso_duration(query["max_timeout"])
-            except ValueError as exc:
-                raise _bad_request(f"max_timeout: {exc}") from None
-            if not 0 < timeout <= MAX_TIMEOUT_LIMIT:
-                raise _bad_request(
-                    f"max_timeout: must be more than PT0S and at most PT{MAX_TIMEOUT_LIMIT:g}S"
-                )
-        token = query.get("continuation_token")
-        page, new_token = self._serve_page(ext_id, token, query.get("filter"), max_events, timeout, shift)
-        if page is None:
-            return False  # stopping
-        self._send_page(conn, page, new_token, body_fault, hostile)
-        return body_fault != "drop"
-
     def _check_approved(self, ext_id: str, fingerprint: Optional[str]) -> None:
         if fingerprint is None:
             raise _HttpError(401, {"error": "Unauthorized"})
@@ -962,185 +448,3 @@ class Emulator:
                 approve_url,
             )
         raise _HttpError(401, {"error": "Unauthorized"})
-
-    @staticmethod
-    def _int_param(query: Dict[str, str], name: str, default: int, low: int, high: int) -> int:
-        if name not in query:
-            return min(default, high)
-        raw = query[name].strip()
-        try:
-            value = int(raw)
-        except ValueError:
-            raise _bad_request(f"{name}: not an integer: {raw!r}") from None
-        if not low <= value <= high:
-            raise _bad_request(f"{name}: must be between {low} and {high}, got {value}")
-        return value
-
-    def _serve_page(
-        self,
-        ext_id: str,
-        token: Optional[str],
-        filter_text: Optional[str],
-        max_events: int,
-        timeout: float,
-        shift: int = 0,
-    ) -> Tuple[Optional[_Page], str]:
-        """Pick the events for a response, long polling when none are available; ``shift``: start
-        that many events before the token's position, or after the oldest event for a new subscription
-        (the ``other_events`` fault)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            now = time.time()
-            self._catch_up_locked(now)
-            self._expire_locked(now)
-            if token:
-                entry = self._tokens.get(token)
-                sub = self._subscriptions.get(entry[0]) if entry else None
-                if entry is None or sub is None or sub.external_system_id != ext_id:
-                    raise _HttpError(404, {"error": "Subscription not found"})
-                position = max(self._base_seq, entry[1] - shift)
-            else:
-                try:
-                    flt = compile_filter(filter_text)
-                except FilterSyntaxError as exc:
-                    raise _bad_request(f"filter: {exc}") from None
-                sub = _Subscription(
-                    id=secrets.token_hex(8), external_system_id=ext_id, filter=flt, created=now, last_used=now
-                )
-                if flt is not None:
-                    sub.per_event = flt.uses_field("EmulatorSeq") or flt.uses_field("Timestamp")
-                    if not sub.per_event:
-                        sub.template_matches = [None] * self.factory.count
-                self._subscriptions[sub.id] = sub
-                position = self._base_seq + shift
-                log.info("new subscription %s for %s (filter: %s)", sub.id, ext_id, filter_text or "none")
-            while True:
-                sub.last_used = time.time()
-                page = self._page_locked(sub, position, max_events)
-                if len(page) or self._stopping.is_set():
-                    break
-                position = page.next_position
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                wake = min(remaining, max(0.0, self._next_rate_event_at() - time.time()) + 0.001)
-                self._changed.wait(wake)
-                if self._stopping.is_set():
-                    return None, ""
-                now = time.time()
-                self._catch_up_locked(now)
-                self._expire_locked(now)
-                if sub.id not in self._subscriptions:
-                    raise _HttpError(404, {"error": "Subscription not found"})
-            sub.last_used = time.time()
-            new_token = secrets.token_urlsafe(24)
-            self._tokens[new_token] = (sub.id, page.next_position)
-            sub.tokens.append(new_token)
-            if len(sub.tokens) > TOKENS_KEPT_PER_SUBSCRIPTION:
-                for old in sub.tokens[:-TOKENS_KEPT_PER_SUBSCRIPTION]:
-                    self._tokens.pop(old, None)
-                del sub.tokens[:-TOKENS_KEPT_PER_SUBSCRIPTION]
-            return page, new_token
-
-    def _page_pieces(self, page: _Page) -> Tuple[List[bytes], List[bytes], int]:
-        """Per-event heads and tails, and the exact encoded length of the events array's content.
-
-        Every head but the first starts with the separating comma, so a page is heads and tails
-        interleaved.
-        """
-        head = b',{"EmulatorSeq":%d,"Timestamp":%d,'
-        heads = list(map(head.__mod__, zip(page.seqs, page.stamps)))
-        if heads:
-            heads[0] = heads[0][1:]
-        tails = list(map(self.factory.tails.__getitem__, page.templates))
-        tail_lengths = self._tail_lengths
-        total = sum(map(len, heads)) + sum(map(tail_lengths.__getitem__, page.templates))
-        return heads, tails, total
-
-    def _send_page(
-        self,
-        conn: ssl.SSLSocket,
-        page: _Page,
-        token: str,
-        body_fault: Optional[str],
-        hostile: Optional[Fault] = None,
-    ) -> None:
-        heads, tails, events_length = self._page_pieces(page)
-        hostile_length, hostile_chunks = hostile_event(hostile) if hostile else (0, iter(()))
-        if hostile and heads:
-            hostile_length += 1
-            hostile_chunks = itertools.chain(hostile_chunks, [b","])
-        if body_fault in ("huge_token", "odd_token"):
-            # Not registered: a client that used it would get 404 Subscription not found.
-            token = HUGE_TOKEN if body_fault == "huge_token" else ODD_TOKEN
-        token_part = b'"continuationToken":' + json.dumps(token).encode("ascii") + b"}"
-
-        def event_chunks() -> Iterator[bytes]:
-            for start in range(0, len(heads), EVENTS_PER_CHUNK):
-                stop = min(start + EVENTS_PER_CHUNK, len(heads))
-                parts: List[bytes] = [b""] * (2 * (stop - start))
-                parts[0::2] = heads[start:stop]
-                parts[1::2] = tails[start:stop]
-                yield b"".join(parts)
-
-        if body_fault == "no_events":
-            self._send(conn, 200, b"{" + token_part, content_type="application/octet-stream")
-            return
-        if body_fault == "no_token":
-            opening, closing = b'{"events":[', b"]}"
-        else:
-            opening, closing = b'{"events":[', b"]," + token_part
-
-        def body() -> Iterator[bytes]:
-            yield opening
-            yield from hostile_chunks
-            yield from event_chunks()
-            yield closing
-
-        length = len(opening) + hostile_length + events_length + len(closing)
-        if body_fault == "truncated":
-            cut = max(1, length // 2)
-            self._send(
-                conn, 200, body(), content_length=cut, content_type="application/octet-stream", limit=cut
-            )
-            return
-        if body_fault == "drop":
-            self._send(
-                conn,
-                200,
-                body(),
-                content_length=length,
-                content_type="application/octet-stream",
-                limit=max(1, length // 2),
-            )
-            # Close the descriptor without a TLS close_notify: the client sees the body cut short.
-            socket.socket.shutdown(conn, socket.SHUT_RDWR)
-            return
-        self._send(conn, 200, body(), content_length=length, content_type="application/octet-stream")
-
-    def _trickle(self, conn: ssl.SSLSocket, headers_first: bool, delay: float) -> None:
-        """One byte every ``delay`` s (after whole headers if ``headers_first``) until the client leaves."""
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n"
-        if headers_first:
-            conn.sendall(head)
-            head = b'{"events":['
-        data = head + b" " * (1 << 20)
-        for i in range(len(data)):  # bounded: a client that never leaves gets ~ a million delays
-            if self._stopping.wait(delay):
-                return
-            try:
-                conn.sendall(data[i : i + 1])
-            except (OSError, ssl.SSLError):
-                return
-
-    def _hang(self, conn: ssl.SSLSocket) -> None:
-        """Hold the connection without answering until the client leaves or the emulator stops."""
-        conn.settimeout(HANG_POLL)
-        while not self._stopping.is_set():
-            try:
-                if conn.recv(1) == b"":
-                    return
-            except socket.timeout:
-                continue
-            except (OSError, ssl.SSLError):
-                return

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
-import urllib3.util
 
 from kata_events import __version__, keypair
+from kata_events.backoff import retry_after_seconds
 from kata_events.exits import UserError
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import tls, transport
@@ -140,27 +140,16 @@ def handshake_failure(base_url: str, reason: str) -> str:
     return f"TLS handshake with {base_url} failed: {reason}"
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """The server's Retry-After (seconds, or an HTTP date) as seconds from now; None when absent
-    or not one of the two."""
-    if not value:
-        return None
-    try:
-        return float(urllib3.util.Retry().parse_retry_after(value))
-    except urllib3.exceptions.InvalidHeader:
-        return None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
 class _Unreachable(Exception):
     """This address could not be reached or did not answer the request: the next one is tried.
 
-    Its text says what happened there, for the message naming every address tried.
+    Its text says what happened there, for the message naming every address tried; ``answered``
+    as in `Unavailable`.
     """
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 class _Requester:
@@ -318,20 +307,22 @@ class EventsClient:
         params = self.params(token, max_timeout)
         read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
         self._aborted = False
-        failures: List[str] = []
+        failures: List[_Unreachable] = []
         for attempt in range(len(self.urls)):
             index = (self._current + attempt) % len(self.urls)
             base = self.urls[index]
             try:
                 response = self._request(base, params, read_timeout)
             except _Unreachable as exc:
-                failures.append(str(exc))
+                failures.append(exc)
                 continue
             self._current = index
             return self._check_status(response, base, token, self.wait_limit(max_timeout))
+        answered = all(failure.answered for failure in failures)
         if len(failures) == 1:
-            raise Unavailable(failures[0])
-        raise Unavailable(f"no address of the Central Node answered: {'; '.join(failures)}")
+            raise Unavailable(str(failures[0]), answered=answered)
+        texts = "; ".join(map(str, failures))
+        raise Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
 
     def _watch(self, conn: Any, connected: bool) -> None:
         """Told by the connection pool which connection carries the request, and when it is up."""
@@ -383,7 +374,7 @@ class EventsClient:
                 error = self._tls_error(base, cause, proxy)
                 # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP
                 # port, our certificate refused): the next address may answer.
-                return _Unreachable(str(error)) if isinstance(error, Unavailable) else error
+                return _Unreachable(str(error), answered=True) if isinstance(error, Unavailable) else error
         connecting = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
         if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.InvalidURL)) or any(
             isinstance(cause, connecting) for cause in transport.causes(exc)
@@ -458,7 +449,7 @@ class EventsClient:
         if status == 429 or status >= 500:
             raise Unavailable(
                 f"HTTP {status} from {base}: {text or 'empty body'}",
-                _retry_after(response.headers.get("Retry-After")),
+                retry_after_seconds(response.headers.get("Retry-After")),
                 reason="http_error",
             )
         raise BadResponse(f"unexpected HTTP {status} from {base}", text)
@@ -466,15 +457,16 @@ class EventsClient:
     def _tls_error(self, base: str, exc: ssl.SSLError, proxy: Optional[str] = None) -> ApiError:
         if isinstance(exc, ssl.SSLCertVerificationError):
             return TlsVerifyFailed(
-                f"the server at {base} was not trusted ({self.trust.text}): {_reason(exc)}",
+                f"the server at {base} was not trusted ({self.trust.text}): {transport.own_words(exc)}",
                 None
                 if proxy
                 else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password),
             )
         if proxy:
             via = transport.shown_proxy(proxy)
-            return Unavailable(f"TLS handshake with {base} through the proxy {via} failed: {_reason(exc)}")
-        return Unavailable(handshake_failure(base, _reason(exc)))
+            message = f"TLS handshake with {base} through the proxy {via} failed: {transport.own_words(exc)}"
+            return Unavailable(message, answered=True)
+        return Unavailable(handshake_failure(base, transport.own_words(exc)), answered=True)
 
     def close(self) -> None:
         if self._requester is not None:

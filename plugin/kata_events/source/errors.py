@@ -45,12 +45,21 @@ class Unavailable(ApiError):
 
     ``reason`` is what the retries metric counts it as: ``connection`` (cannot connect, or the
     connection broke), ``timeout`` (no answer in time), ``http_error`` (HTTP 429/5xx).
+    ``answered``: something at the address did answer (a TLS handshake, part of a page), so the
+    address itself is likely right.
     """
 
-    def __init__(self, message: str, retry_after: Optional[float] = None, reason: str = "connection") -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: Optional[float] = None,
+        reason: str = "connection",
+        answered: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.reason = reason
+        self.answered = answered
 
 
 class BadResponse(ApiError):

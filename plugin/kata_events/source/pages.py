@@ -116,8 +116,6 @@ class _ReadAhead:
         self.bytes_read = 0
         #: Set once the reading thread has stopped reading (end of body, or a failure).
         self.done = threading.Event()
-        #: True once the whole body was read (the connection can carry the next request).
-        self.complete = False
         threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
 
     def _read(self, raw: Any, decode: bool) -> None:
@@ -131,7 +129,6 @@ class _ReadAhead:
                     left = getattr(raw, "length_remaining", None)
                     if left:
                         raise ConnectionError(f"the body ended {left} bytes early")
-                    self.complete = True
                     self.done.set()
                     self._put(None)
                     return
@@ -236,7 +233,8 @@ class Page:
         except CONNECTION_ERRORS as exc:
             raise Unavailable(
                 f"the connection broke after {self.bytes_read} bytes of the page: "
-                f"{transport.root_reason(exc)}"
+                f"{transport.root_reason(exc)}",
+                answered=True,
             ) from None
 
     def finish(self) -> str:
@@ -289,6 +287,7 @@ def abandoned(base: str, exc: Abandoned) -> Unavailable:
         f"{base}: {exc}: request abandoned (the server, or something in between, answers too "
         "slowly: a TLS handshake, headers or body trickling in)",
         reason="timeout",
+        answered=True,
     )
 
 

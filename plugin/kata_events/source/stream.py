@@ -19,14 +19,7 @@ that one event is validated alone. The envelope around the array (keys, ``:``, `
 top-level values) is walked by a small state machine; its values are parsed with ``json`` at
 ``close()``.
 
-What each event is checked for: it is valid JSON (msgspec's grammar: strings, escapes, numbers,
-literals, separators, matched brackets; not the UTF-8 validity of string contents, which would cost
-more than the split itself) and an object. An event holding JSON whitespace other than spaces (a
-pretty-printed body) is compacted onto one line by ``msgspec.json.format``, tokens kept byte for
-byte; one holding raw control bytes inside strings (not strict JSON, but seen in the field) or a
-lone UTF-16 surrogate escape is accepted by ``json.loads(strict=False)`` and, if it holds control
-bytes, re-encoded as compact JSON with the same keys, order and values. All other events are the
-server's bytes.
+What each event is checked for, and when it is rewritten: `kata_events.source.event_json`.
 
 Memory is bounded by the chunk and the largest event accepted: an event larger than
 ``max_event_bytes``, or nested deeper than the decoder's recursion limit, is skipped: its bytes are
@@ -47,6 +40,17 @@ from typing import Any, Dict, List, NoReturn, Optional
 import msgspec
 
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
+from kata_events.source.event_json import (
+    WHITESPACE,
+    compact,
+    decode_one,
+    error_byte,
+    has_control,
+    last_cut,
+    reencode_event,
+    reject_constant,
+    split_window,
+)
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "MalformedBody", "PageSplitter", "SkippedEvent", "reencode_event"]
 
@@ -58,7 +62,6 @@ _TRIES = 4
 
 _QUOTE, _LBRACE, _RBRACE, _LBRACKET, _RBRACKET, _COMMA, _COLON = b'"{}[],:'
 
-_WS = re.compile(rb"[ \t\n\r]*").match
 _SCALAR = re.compile(rb"[^ \t\n\r,\]}]*").match
 # Inside a string: up to its closing quote, or up to a backslash that ends the buffer. Each loop's
 # body starts with a byte its predecessor cannot consume, so backtracking stays linear.
@@ -69,12 +72,6 @@ _IN_STRING = re.compile(_STRING_REST, re.S).match
 _OUTSIDE = re.compile(rb'[^"{}\[\]]*(?:"' + _STRING_REST + rb'"[^"{}\[\]]*)*', re.S).match
 _FIRST = operator.itemgetter(0)
 _OBJECT = {_LBRACE}
-_CONTROL = re.compile(rb"[\x00-\x1f]").search
-_ERROR_BYTE = re.compile(r"\(byte (\d+)\)$")
-
-_EVENTS = msgspec.json.Decoder(List[msgspec.Raw])
-_ONE = msgspec.json.Decoder(msgspec.Raw)
-
 # Parser states (the envelope and the events array).
 _S_BEGIN = 0  # before the top-level "{"
 _S_KEY_OR_END = 1  # after "{": a key or "}"
@@ -119,60 +116,6 @@ class SkippedEvent:
 def _printable(data: bytes) -> str:
     text = bytes(data).decode("utf-8", "replace")
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)[:EXCERPT_CHARS]
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def reencode_event(raw: bytes) -> bytes:
-    """``raw`` (one JSON object) as compact one-line JSON, keys and values kept, non-ASCII kept.
-
-    Raises ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep.
-    """
-    obj = json.loads(raw, strict=False, parse_constant=_reject_constant)
-    try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate (\\ud800 in the server's text) cannot be UTF-8: keep it \\u-escaped.
-        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-
-
-def _error_byte(exc: Exception) -> Optional[int]:
-    """The offset msgspec names in a decode error, or None for truncated input."""
-    match = _ERROR_BYTE.search(str(exc))
-    return int(match.group(1)) if match else None
-
-
-def _last_cut(buf: bytearray, lo: int, hi: int) -> int:
-    """Index of the ``}`` of the last ``},`` + whitespace + ``{`` starting in ``buf[lo:hi]``, or -1."""
-    while True:
-        at = buf.rfind(b"},", lo, hi)
-        if at < 0:
-            return -1
-        nxt = _WS(buf, at + 2).end()
-        if nxt < len(buf) and buf[nxt] == _LBRACE:
-            return at
-        hi = at + 1
-
-
-def _split_window(buf: bytearray, pos: int, cut: int) -> List[bytes]:
-    """The elements of ``buf[pos:cut+1]`` read as the inside of a JSON array (msgspec validates them).
-
-    Decoded in place, without copying the window: the bytes either side (the separator or ``[``
-    before, the ``,`` after) become ``[`` and ``]`` for the call, and are put back.
-    """
-    before, after = buf[pos - 1], buf[cut + 1]
-    buf[pos - 1], buf[cut + 1] = _LBRACKET, _RBRACKET
-    try:
-        with memoryview(buf) as view, view[pos - 1 : cut + 2] as window:
-            raws = _EVENTS.decode(window)
-            try:
-                return list(map(bytes, raws))
-            finally:
-                del raws  # they point into the buffer: it cannot be resized while they live
-    finally:
-        buf[pos - 1], buf[cut + 1] = before, after
 
 
 class PageSplitter:
@@ -253,7 +196,7 @@ class PageSplitter:
                 envelope[key] = []
                 continue
             try:
-                envelope[key] = json.loads(raw, parse_constant=_reject_constant)
+                envelope[key] = json.loads(raw, parse_constant=reject_constant)
             except (ValueError, RecursionError) as exc:
                 message = f"top-level value of {key!r} is not JSON ({exc})"
                 self._error = MalformedBody(message, _printable(raw))
@@ -281,7 +224,7 @@ class PageSplitter:
                     return
                 self._finish(end, out)
                 continue
-            pos = self._pos = _WS(buf, self._pos).end()
+            pos = self._pos = WHITESPACE(buf, self._pos).end()
             if pos >= n:
                 return
             state = self._state
@@ -359,14 +302,14 @@ class PageSplitter:
         hi = n
         for _ in range(_TRIES):
             if cut < 0:
-                cut = _last_cut(buf, pos, hi)
+                cut = last_cut(buf, pos, hi)
                 if cut < 0:
                     break
             hi = cut + 1  # the next candidate starts before this one
             try:
-                events = _split_window(buf, pos, cut)
+                events = split_window(buf, pos, cut)
             except msgspec.DecodeError as exc:
-                at = _error_byte(exc)
+                at = error_byte(exc)
                 if at is not None and at < cut - pos:  # a fault before the cut, not the cut itself
                     self._bulk_from = self._off + pos + at
                     return False
@@ -384,7 +327,7 @@ class PageSplitter:
                 out.extend(events)
                 self._index += len(events)
             self._state = _S_ELEM
-            self._pos = _WS(buf, cut + 2).end()
+            self._pos = WHITESPACE(buf, cut + 2).end()
             return True
         self._bulk_from = self._off + (hi if hi < n else n)
         return False
@@ -397,7 +340,7 @@ class PageSplitter:
             self._skip(index, self._off + at, len(event), "larger than max_event_bytes")
             return
         if b"\n" in event or b"\r" in event or b"\t" in event:
-            event = msgspec.json.format(event, indent=-1)
+            event = compact(event)
         out.append(event)
 
     def _skip(self, index: int, offset: int, size: int, reason: str) -> None:
@@ -499,7 +442,7 @@ class PageSplitter:
             self._emit(event, start, out)  # skips it
             return
         try:
-            _ONE.decode(event)
+            decode_one(event)
         except RecursionError:
             self._skip(self._index, self._off + start, len(event), "nested too deep")
             self._index += 1
@@ -513,9 +456,9 @@ class PageSplitter:
                 self._index += 1
                 return
             except ValueError:
-                at = _error_byte(exc)
+                at = error_byte(exc)
                 self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
-            if _CONTROL(event) is not None:
+            if has_control(event):
                 event = reencoded
             self._index += 1
             out.append(event)

@@ -168,5 +168,10 @@ def root_reason(exc: BaseException) -> str:
     return _short(str(inner[-1]) if inner else exc.__class__.__name__)
 
 
+def own_words(exc: BaseException) -> str:
+    """The exception's own words (its class when it has none), cut to 300 characters."""
+    return _short(str(exc) or exc.__class__.__name__)
+
+
 def _short(text: str) -> str:
     return text if len(text) <= 300 else text[:300] + "..."

@@ -7,15 +7,15 @@ token. This module never logs and never writes a file.
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
-from kata_events.exits import ExitStatus
-from kata_events.state.errors import StateCorrupt, StateError, StateNotWritable
+from kata_events.state.errors import StateCorrupt, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, is_link_error, reason
 from kata_events.state.progress import RecordError, check_point_fields, decode_record
 
@@ -23,6 +23,26 @@ STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
 _MAX_STATE_BYTES = 1 << 20
 _PLAIN_TOKEN = re.compile(r"\S+")
+
+
+#: How the state file dates its record (``saved_at``): UTC, to the second.
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def stamp(epoch: Optional[float] = None) -> str:
+    """``epoch`` (default: now) as a ``saved_at`` stamp, ``2026-11-27T21:30:00Z``."""
+    utc = _dt.timezone.utc
+    moment = _dt.datetime.now(utc) if epoch is None else _dt.datetime.fromtimestamp(epoch, utc)
+    return moment.strftime(STAMP_FORMAT)
+
+
+def parse_stamp(text: str) -> Optional[float]:
+    """A ``saved_at`` stamp as seconds since the epoch; None when it is not one."""
+    try:
+        moment = _dt.datetime.strptime(text, STAMP_FORMAT)
+    except (TypeError, ValueError):
+        return None
+    return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
 @dataclass
@@ -37,21 +57,6 @@ class Subscription:
     #: The ``progress`` object as stored (None when absent), and why it is unusable (else "").
     progress: Optional[Dict[str, Any]] = None
     progress_problem: str = ""
-
-
-def import_seed_token(path: Union[Path, str]) -> str:
-    """Read the original script's plain ``continuation_token.txt``: the token, maybe a newline."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise StateError(f"token file {path} does not exist", exit_code=ExitStatus.NO_INPUT) from None
-    except OSError as exc:
-        raise StateNotWritable(f"cannot read token file {path}: {reason(exc)}") from None
-    token = parse_plain(path, data)
-    if token is None:
-        raise StateCorrupt(f"token file {path} is empty")
-    return token
 
 
 def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:

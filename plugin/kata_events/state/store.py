@@ -19,14 +19,10 @@ file or the companion, carries a sequence number; a restart resumes from the new
 the companion may run ahead of the state file (even to a newer token: every record is a true claim
 when written), and a stop that must go back writes the companion durably first, then the state.
 
-It is replaced atomically (`kata_events.private_file`: temp file in the same directory, fsync,
-rename, fsync the directory), so a crash or kill -9 leaves either the old or the new file, never a
-torn one; a file that does not parse was edited by hand and is reported, never silently dropped
-(`kata_events.state.reading`). Mode 0600: the token lets anyone
-with the client certificate read the subscription's events. A token is bound to its external system
-and filter; the URL is recorded but not binding, since a cluster is reached through several
-addresses. The original script's plain ``continuation_token.txt`` (the token alone) is imported.
-The rules for the directory's files (no links followed, 0700/0600) are `kata_events.state.files`.
+The file is replaced atomically, mode 0600 (`kata_events.private_file`; what a crash leaves, and
+why: docs/delivery.md, "Limits"); parsing it is `kata_events.state.reading`'s, the directory's
+rules `kata_events.state.files`'. A token is bound to its external system and filter; the URL is
+recorded but not binding, since a cluster is reached through several addresses.
 
 Exclusive access: ``flock`` on a separate ``<state>.lock`` file holding the owner's pid. flock (not
 fcntl/POSIX locks) because it also conflicts within one process and is released by the kernel when
@@ -67,8 +63,10 @@ from kata_events.state.progress import Point, RecordError, encode_record
 from kata_events.state.reading import (
     STATE_VERSION,
     Subscription,
+    parse_stamp,
     read_companion,
     read_state,
+    stamp,
 )
 
 
@@ -250,7 +248,8 @@ class TokenStore:
                 "cluster has several addresses; if this is a different Central Node, the server "
                 "will answer 'Subscription not found' and a new subscription starts)"
             )
-        age = _age_seconds(sub.saved_at, now)
+        saved = parse_stamp(sub.saved_at)
+        age = None if saved is None else (now or _dt.datetime.now(_dt.timezone.utc)).timestamp() - saved
         if age is not None and age > SERVER_RETENTION_SECONDS:
             notes.append(
                 f"the token was saved {age / 3600:.1f} h ago ({sub.saved_at}); the Central Node keeps "
@@ -429,7 +428,7 @@ class TokenStore:
             "url": self.url,
             "external_system_id": self.external_system_id,
             "filter": self.filter,
-            "saved_at": _utc_now(),
+            "saved_at": stamp(),
             # A cleared token still carries a sequence number: older progress records lose to it.
             "progress": {
                 "seq": self._seq,
@@ -447,18 +446,3 @@ class TokenStore:
             if is_link_error(exc, self._path):
                 raise self._files.link_refused(self._path) from None
             raise self._files.not_writable(self._path, exc) from None
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _age_seconds(saved_at: str, now: Optional[_dt.datetime]) -> Optional[float]:
-    if not saved_at:
-        return None
-    try:
-        saved = _dt.datetime.strptime(saved_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
-    except ValueError:
-        return None
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return (now - saved).total_seconds()

@@ -4,41 +4,63 @@ Precedence: flag > environment (``KATA_EVENTS_*``) > config file > default. The 
 validated with jsonschema against the schema `kata_events.options` publishes, and every problem
 found is reported at once in one `UserError` (exit 78), each naming the key, the value, where it came from
 and what is allowed. Then defaults are computed, URLs and the pin normalized, and the files the
-user named are checked (exit 66) before any network traffic.
+user named are checked (exit 66) before any network traffic. Reading the sources and the paths:
+`sources`; the addresses: `urls`.
 
-This module never logs, never touches the network and never writes a file.
+This package never logs, never touches the network and never writes a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import errno
 import functools
 import json
-import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
-from urllib.parse import urlsplit
 
 from kata_events import options as opts
+from kata_events.config.sources import (
+    DEFAULT_ORIGIN,
+    Origin,
+    check_readable,
+    config_path,
+    convert,
+    read_toml,
+    resolve_path,
+    tomllib,
+)
+from kata_events.config.urls import (
+    API_PATH_PREFIX,
+    node_name_of,
+    normalize_pin,
+    normalize_url,
+    without_credentials,
+)
 from kata_events.exits import ExitStatus, UserError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.9/3.10 only
-    import tomli as tomllib
-
-#: The path of the Events API under a Central Node's base address.
-API_PATH_PREFIX = "/kata/events_api/v1"
-_EVENTS_PATH = re.compile(r"^/kata/events_api/v1(?:/(?P<id>[^/]+))?(?:/events)?/*$", re.IGNORECASE)
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+__all__ = [
+    "API_PATH_PREFIX",
+    "DEFAULT_ORIGIN",
+    "Config",
+    "Origin",
+    "config_path",
+    "describe",
+    "load_run_config",
+    "node_name_of",
+    "normalize_pin",
+    "normalize_url",
+    "read_toml",
+    "requested_log_format",
+    "requested_name",
+    "resolve_path",
+    "schema_problems",
+    "tomllib",
+    "without_credentials",
+]
 
 
 @dataclass(frozen=True)
@@ -82,18 +104,6 @@ class Config:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a value came from: for messages, and for resolving relative paths."""
-
-    kind: str  # "flag", "env", "file", "default", "url"
-    label: str
-    base_dir: Optional[Path] = None
-
-
-DEFAULT_ORIGIN = Origin("default", "the default")
-
-
 def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """Resolve the ``run`` configuration from parsed flags, the environment and the config file.
 
@@ -131,14 +141,14 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
             continue
         if raw.strip() == "":
             continue
-        values[option.name] = (_convert(option, raw), Origin("env", f"environment variable {name}"))
+        values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
 
     for option in opts.OPTIONS:
         given = getattr(args, option.name, None)
         if given is None:
             continue
         if isinstance(given, str):
-            given = _convert(option, given)
+            given = convert(option, given)
         values[option.name] = (given, Origin("flag", option.flag))
 
     _take_id_from_url(values)
@@ -182,7 +192,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
 
             resolved[option.name] = Secret(resolved[option.name])
 
-    _check_readable(
+    check_readable(
         [
             (name, resolved[name])
             for name in ("cert", "key", "key_password_file", "ca_file")
@@ -193,36 +203,24 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
+def _early_file_values(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, Any]:
+    """The config file's values before the configuration is resolved ({} when it cannot be read)."""
+    try:
+        path = config_path(args, environ)
+        return {} if path is None else read_toml(path)
+    except (UserError, OSError):
+        return {}
+
+
 def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The log format asked for by flag, variable or config file, for errors before the
     configuration is resolved: the first valid one in precedence order, else the default."""
     option = opts.BY_NAME["log_format"]
-    candidates = [getattr(args, "log_format", None), environ.get(option.env)]
-    try:
-        path = config_path(args, environ)
-        if path is not None:
-            candidates.append(read_toml(path).get("log_format"))
-    except (UserError, OSError):
-        pass
-    for value in candidates:
+    file_value = _early_file_values(args, environ).get("log_format")
+    for value in (getattr(args, "log_format", None), environ.get(option.env), file_value):
         if isinstance(value, str) and value.strip().lower() in option.choices:
             return value.strip().lower()
     return str(option.default)
-
-
-def node_name_of(url: str) -> str:
-    """The default ``name`` of a run: the host of its (first) url, lowercase, without the port.
-
-    ``https://CN.example.local:8443`` → ``cn.example.local``; ``https://10.0.0.5`` → ``10.0.0.5``;
-    an IPv6 literal ``https://[fd00::5]`` → ``fd00--5`` (a name is a label and a file name: no
-    colons). Anything that does not parse gives ``kata-events``.
-    """
-    try:
-        host = (urlsplit(url.strip()).hostname or "").lower()
-    except ValueError:
-        host = ""
-    name = re.sub(r"[^a-z0-9._-]", "-", host).strip("-._")[:63]
-    return name or "kata-events"
 
 
 def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[str]:
@@ -230,13 +228,7 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
     ``fatal`` line): ``name`` from the flag, variable or file, else the first url's host; None when
     neither is readable."""
     option = opts.BY_NAME["name"]
-    file_values: Dict[str, Any] = {}
-    try:
-        path = config_path(args, environ)
-        if path is not None:
-            file_values = read_toml(path)
-    except (UserError, OSError):
-        pass
+    file_values = _early_file_values(args, environ)
     for value in (getattr(args, "name", None), environ.get(option.env), file_values.get("name")):
         if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
             return value.strip()
@@ -276,128 +268,6 @@ def describe(config: Config) -> Dict[str, Any]:
     described["config_file"] = None if config.config_file is None else str(config.config_file)
     described["sources"] = {k: v for k, v in config.sources.items() if v != DEFAULT_ORIGIN.label}
     return described
-
-
-def without_credentials(url: str) -> str:
-    """``http://user:password@host:port`` → ``http://host:port``: a URL fit for a log line."""
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
-
-
-def normalize_pin(pin: str) -> str:
-    """``AB:CD:...`` or ``abcd...`` → lowercase hex without colons."""
-    return pin.replace(":", "").strip().lower()
-
-
-#: A DNS name (internationalised ones too) or an IPv4 address; IPv6 literals come in brackets.
-_HOST = re.compile(r"[\w-]+(\.[\w-]+)*\.?")
-
-
-def normalize_url(url: str) -> Tuple[str, Optional[str]]:
-    """A Central Node address → (``https://host[:port]``, external system id found in it or None).
-
-    Accepts a base address (``https://cn.example.local``, ``https://10.0.0.5:443``) or a full
-    events URL copied from the documentation; the scheme is required. Raises ValueError with a
-    reason otherwise.
-    """
-    text = url.strip()
-    if "://" not in text:
-        raise ValueError(f"the scheme is missing: write https://{text} (https:// is required)")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme == "http":
-        raise ValueError("http:// is refused: the Events API needs mutual TLS, use https://")
-    if scheme != "https":
-        raise ValueError(f"the scheme must be https://, not {parts.scheme}://")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("remove the user name/password: the Central Node authenticates by certificate")
-    if parts.query or parts.fragment:
-        raise ValueError("remove the ?query/#fragment: give max_events and filter as options")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("the port is not a number from 1 to 65535") from None
-    host = (parts.hostname or "").lower()
-    if not host:
-        raise ValueError("the host name is missing")
-    if ":" not in host and not _HOST.fullmatch(host):
-        raise ValueError(f"{host!r} is not a host name or IP address (letters, digits, '-' and '.' only)")
-    found_id = None
-    if parts.path.strip("/"):
-        match = _EVENTS_PATH.match(parts.path)
-        if match is None:
-            raise ValueError(
-                f"unexpected path {parts.path!r}: give the base address (https://host[:port]) or the "
-                f"events URL {API_PATH_PREFIX}/<external_system_id>/events"
-            )
-        found_id = match.group("id")
-        if found_id is not None and not re.match(opts.UUID_PATTERN, found_id):
-            raise ValueError(f"{found_id!r} in the path is not a UUID")
-    if ":" in host:
-        host = f"[{host}]"
-    # The default port is dropped so that equal addresses compare equal (the state file records it).
-    base = f"https://{host}" if port in (None, 443) else f"https://{host}:{port}"
-    return base, found_id
-
-
-# -- sources ---------------------------------------------------------------------------------------
-
-
-def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[Path]:
-    given = getattr(args, "config", None)
-    if given is None or given == "":
-        given = environ.get(opts.CONFIG_ENV) or None
-    if given is None:
-        return None
-    return Path(os.path.abspath(_expand_user(str(given), environ)))
-
-
-def read_toml(path: Path) -> Dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {_reason(exc)}", ExitStatus.NO_INPUT) from None
-    try:
-        return tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8",
-            ExitStatus.CONFIG,
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        # The message carries "(at line L, column C)".
-        raise UserError(f"config file {path} is not valid TOML: {exc}", ExitStatus.CONFIG) from None
-
-
-def _convert(option: opts.Option, raw: str) -> Any:
-    """A string from a flag or a variable → the option's type; left as is when it does not parse,
-    so that validation reports it with the rest."""
-    text = raw.strip()
-    if option.type == "int":
-        try:
-            return int(text, 10)
-        except ValueError:
-            return raw
-    if option.type == "float":
-        try:
-            value = float(text)
-        except ValueError:
-            return raw
-        return value if math.isfinite(value) else raw
-    if option.type == "bool":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        return raw
-    if option.type == "list":
-        return [part for part in re.split(r"[,\s]+", text) if part]
-    if option.type == "choice":
-        return text.lower()
-    if option.type == "path" or option.pattern:
-        return text
-    return raw
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -508,51 +378,6 @@ def _config_error(problems: List[str]) -> UserError:
             f"  - {p}" for p in problems
         )
     return UserError(message, ExitStatus.CONFIG, problems)
-
-
-# -- files -----------------------------------------------------------------------------------------
-
-
-def _expand_user(path: str, environ: Mapping[str, str]) -> str:
-    if path == "~" or path.startswith("~/"):
-        home = environ.get("HOME")
-        if home:
-            return home + path[1:]
-    return os.path.expanduser(path)
-
-
-def resolve_path(value: str, origin: Origin, environ: Mapping[str, str]) -> Path:
-    expanded = _expand_user(value, environ)
-    if origin.base_dir is not None and not os.path.isabs(expanded):
-        expanded = os.path.join(origin.base_dir, expanded)
-    return Path(os.path.abspath(expanded))
-
-
-def _reason(exc: OSError) -> str:
-    reasons = {
-        errno.ENOENT: "no such file",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EISDIR: "is a directory",
-        errno.ENOTDIR: "a parent is not a directory",
-    }
-    return reasons.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
-
-
-def _check_readable(files: List[Tuple[str, Path]]) -> None:
-    problems = []
-    for name, path in files:
-        try:
-            with open(path, "rb") as f:
-                f.read(1)
-        except OSError as exc:
-            problems.append(f"{name} file {path}: {_reason(exc)}")
-    if len(problems) == 1:
-        raise UserError(f"cannot read {problems[0]}", ExitStatus.NO_INPUT, problems)
-    if problems:
-        raise UserError(
-            "cannot read:\n" + "\n".join(f"  - {p}" for p in problems), ExitStatus.NO_INPUT, problems
-        )
 
 
 def _suggest(word: str, known: Any) -> str:
