@@ -78,6 +78,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             help=summary,
             description=module.DESCRIPTION,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            # A command that adds its own --help (`state`: per action) says so.
+            add_help=not getattr(module, "OWN_HELP", False),
         )
         module.add_arguments(command)
         command.report_usage_error = getattr(module, "usage_error", None)

@@ -32,8 +32,9 @@ Check a set-up without streaming events: the configuration, the certificate and 
 address (DNS, TCP, TLS and the server's identity), the approval of the external system and the
 filter (one real request, which creates a throw-away subscription), and the state file and its
 lock. One line per step on stderr; the exit code is that of the first failure, 0 if none.
-It takes run's options; those only run uses (acknowledgements, --settle-time, --once, stats) are
-accepted, so a run's command line can be checked as it is, and are not listed below.
+It takes run's options; those only run uses (acknowledgements, --settle-time, --once, stats,
+logs, metrics, --name, --max-events, --max-timeout, --max-event-bytes) are accepted and validated,
+so a run's command line and config file can be checked as they are, and are not listed below.
 """
 
 TCP_TIMEOUT = 5.0
