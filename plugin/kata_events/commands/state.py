@@ -113,6 +113,16 @@ def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str,
 def _show(files: RunFiles, fmt: str) -> int:
     info = describe(files)
     if info is None:
+        from kata_events.commands.status import running_pid
+
+        pid = running_pid(files)
+        if pid:
+            raise UserError(
+                f"no state file at {files.state} yet: a run (pid {pid}) holds its lock and has not "
+                "committed a token yet (it is connecting, waiting for approval or retrying: see its "
+                "log, or `kata-events status`); show it again after its first page",
+                ExitStatus.NO_INPUT,
+            )
         raise UserError(
             f"no state file at {files.state}: no run has committed there yet (or --config / "
             "--state-file point elsewhere)",
