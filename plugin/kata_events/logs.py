@@ -68,6 +68,7 @@ _STATS_FIELDS = (
     "acknowledged",
     "unacknowledged",
     "committed_pages",
+    "committed_in_page",
     "uptime_seconds",
 )
 _RETRY_FIELDS = ("url", "reason", "status", "attempt", "delay", "retry_after")
@@ -328,9 +329,11 @@ _CATALOGUE = (
         "stats",
         logging.INFO,
         _STATS_FIELDS,
-        "Periodic counters: events, pages, bytes (received), retries, lag; written counts event "
-        "lines written to stdout, acknowledged and unacknowledged (acknowledgement mode only) "
-        "count lines too.",
+        "Periodic counters: events and pages (complete pages delivered), bytes (received; in the "
+        "stop line a page cut short included), retries, lag; written counts event lines written to stdout, "
+        "acknowledged and unacknowledged (acknowledgement mode only) count lines too; "
+        "committed_pages the tokens saved, committed_in_page the events of the page after the "
+        "last one that the state records as delivered.",
     ),
     EventSpec(
         "stop",
