@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
@@ -96,3 +97,46 @@ def test_the_demos_stop_line_counts_its_events_bytes_and_what_it_saved(tmp_path:
     # Into a file, a line is delivered once synced: the five are saved inside the first page.
     assert (stop["committed_pages"], stop["committed_in_page"]) == (0, 5), stop
     assert "5 event lines written; saved: 0 pages and 5 events after them" in stop["message"], stop
+
+
+def test_a_shippers_stop_is_one_stop_line(
+    tmp_path: Path, make_emulator: Callable[..., Emulator], ext_id: str, client_cert: ClientCert
+) -> None:
+    emu = make_emulator(backlog=300)
+    args = run_args(emu, ext_id, client_cert, tmp_path / "state", "--ack", "auto", "--max-events", "1000")
+    kata = subprocess.Popen(
+        command(args, installed=True),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        cwd=str(tmp_path),
+    )
+    assert kata.stdin is not None and kata.stdout is not None
+    try:
+        # What rsyslog's improg does: START, an ACK per line taken, STOP, then the pipes close.
+        kata.stdin.write(b"START\n")
+        kata.stdin.flush()
+        for _ in range(300):
+            assert kata.stdout.readline().startswith(b"{")
+            kata.stdin.write(b"ACK\n")
+        kata.stdin.flush()
+        time.sleep(0.5)
+        kata.stdin.write(b"STOP\n")
+        kata.stdin.close()
+        kata.stdout.close()
+        assert kata.stderr is not None
+        err = kata.stderr.read()
+        kata.wait(timeout=30)
+    finally:
+        if kata.poll() is None:
+            kata.kill()
+            kata.wait()
+    assert kata.returncode == 0, err.decode()[-2000:]
+    records = _records(err)
+    stop = _the_stop(records)
+    assert stop["reason"] == "STOP" and stop["acknowledged"] == stop["written"] == 300, stop
+    said = [r for r in records if r["event"] == "shipper_stop"]
+    assert len(said) == 1 and said[0]["reason"] == "STOP", said
+    # The page wholly acknowledged: its token is saved, and the line says so.
+    assert stop["committed_pages"] == 1 and "saved: 1 page" in stop["message"], stop

@@ -336,6 +336,13 @@ _CATALOGUE = (
         "last one that the state records as delivered.",
     ),
     EventSpec(
+        "shipper_stop",
+        logging.INFO,
+        ("reason",),
+        "Acknowledgement mode: the shipper said STOP, or closed stdin; the `stop` line follows once "
+        "what it acknowledged is saved.",
+    ),
+    EventSpec(
         "stop",
         logging.INFO,
         ("reason", "exit_code", *_STATS_FIELDS),
