@@ -4,7 +4,8 @@
 instead: each connection starts with ``CONNECT host:port``, answered ``200`` (then bytes pass both
 ways to that host and port: TLS stays end to end), or ``407`` when ``credentials`` (``user:password``)
 are required and missing, or ``403`` with ``refuse``; ``tunnels`` records each request's target and
-``Proxy-Authorization`` header. Two ways to misbehave, each on the first
+``Proxy-Authorization`` header; ``answer`` makes it close without answering the CONNECT request,
+or write a 403 without reading it. Two ways to misbehave, each on the first
 connections only: ``trickled`` connections get a TLS record header and then one zero byte every
 ``gap`` seconds (a handshake that never ends; bounded to 10 minutes); with ``hold_after``, the first
 proxied connection lets that many of the server's bytes through and holds the rest until
@@ -28,9 +29,13 @@ class LoopbackProxy:
         connect: bool = False,
         credentials: Optional[str] = None,
         refuse: bool = False,
+        answer: str = "",
     ) -> None:
         self.target = target
         self.connect = connect
+        #: ``"none"``: close each connection as soon as the CONNECT request is read, answering
+        #: nothing; ``"403-unread"``: write a 403 as soon as a client connects, without reading.
+        self.answer = answer
         self.credentials = credentials
         self.refuse = refuse
         #: CONNECT requests seen: (host:port, Proxy-Authorization header or None).
@@ -100,6 +105,14 @@ class LoopbackProxy:
 
         conn.settimeout(10)
         head = b""
+        if self.answer == "403-unread":
+            # Answered at once; the request arrives after and stays unread: the close resets it.
+            try:
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            conn.close()
+            return
         try:
             while b"\r\n\r\n" not in head and len(head) < 65536:
                 data = conn.recv(4096)
@@ -111,6 +124,9 @@ class LoopbackProxy:
             headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
             auth = next((v.strip() for k, v in headers.items() if k.lower() == "proxy-authorization"), None)
             self.tunnels.append((target, auth))
+            if self.answer == "none":
+                conn.close()
+                return
             wanted = (
                 "Basic " + base64.b64encode(self.credentials.encode()).decode() if self.credentials else None
             )

@@ -370,6 +370,14 @@ class EventsClient:
                 f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy or '')} "
                 f"failed: {transport.root_reason(exc)}"
             )
+        if proxy and not self._connected and not getattr(self._active, "tunnel_up", True):
+            # The proxy ended the connection before its tunnel was up: it is the one to blame.
+            return _Unreachable(
+                f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy)} closed the "
+                f"connection without answering the CONNECT request ({transport.root_reason(exc)}): "
+                "check the proxy option or HTTPS_PROXY (address, credentials) and that the proxy "
+                "lets this host reach the Central Node"
+            )
         for cause in transport.causes(exc):
             pin = _PIN_MISMATCH.search(str(cause))
             if pin:
