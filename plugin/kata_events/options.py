@@ -298,8 +298,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option(
         "proxy",
         "str",
-        "The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT (a CONNECT tunnel: TLS "
-        "stays end to end, a pin still holds). Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY, which "
+        "The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT, or https://... for "
+        "TLS to the proxy too (its certificate checked against the system's trust store; "
+        "SSL_CERT_FILE names another bundle); a CONNECT tunnel: TLS "
+        "stays end to end, a pin still holds. Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY, which "
         "are used otherwise. Its credentials never appear in a log line.",
         default_doc="HTTPS_PROXY / ALL_PROXY unless NO_PROXY exempts the host; else none",
         pattern=PROXY_PATTERN,

@@ -366,9 +366,16 @@ class EventsClient:
         """requests' exception → the project's (or `_Unreachable`: the next address is tried)."""
         via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
         if isinstance(exc, requests.exceptions.ProxyError):
+            reason = transport.root_reason(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                # ca_file and pin_sha256 are the Central Node's; the proxy's TLS is OpenSSL's default.
+                reason += (
+                    ": an https:// proxy's certificate is checked against the system's trust store; "
+                    "install its CA there, or point SSL_CERT_FILE at a bundle that holds it"
+                )
             return _Unreachable(
                 f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy or '')} "
-                f"failed: {transport.root_reason(exc)}"
+                f"failed: {reason}"
             )
         if proxy and not self._connected and not getattr(self._active, "tunnel_up", True):
             # The proxy ended the connection before its tunnel was up: it is the one to blame.
