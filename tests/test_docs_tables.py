@@ -120,3 +120,24 @@ def test_the_status_json_keys_named_elsewhere_exist(page: str) -> None:
     for match in lists:
         named = set(re.findall(r"`(\w+)`", match.group(1)))
         assert named <= keys, f"{page} names status JSON keys that do not exist: {named - keys}"
+
+
+def _first_table(text: str, after: str) -> str:
+    """The first markdown table after the heading ``after``."""
+    rest = text[text.index(after) :]
+    lines = rest.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| what |"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return "\n".join(lines[start:end])
+
+
+def test_the_readme_and_the_performance_page_show_one_bench_runs_table() -> None:
+    readme = _first_table((ROOT / "README.md").read_text(encoding="utf-8"), "## Performance")
+    page = _first_table((ROOT / "docs" / "performance.md").read_text(encoding="utf-8"), "## Figures")
+    assert readme == page, "README.md and docs/performance.md show different bench tables: paste one run's"
+    # Both say the figures are ratios against baselines of the same run, on a shared machine.
+    for text in (
+        (ROOT / "README.md").read_text(encoding="utf-8"),
+        (ROOT / "docs" / "performance.md").read_text(),
+    ):
+        assert "baseline measured in the same run" in " ".join(text.split())
