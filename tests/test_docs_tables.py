@@ -138,6 +138,6 @@ def test_the_readme_and_the_performance_page_show_one_bench_runs_table() -> None
     # Both say the figures are ratios against baselines of the same run, on a shared machine.
     for text in (
         (ROOT / "README.md").read_text(encoding="utf-8"),
-        (ROOT / "docs" / "performance.md").read_text(),
+        (ROOT / "docs" / "performance.md").read_text(encoding="utf-8"),
     ):
         assert "baseline measured in the same run" in " ".join(text.split())
