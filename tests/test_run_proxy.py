@@ -297,3 +297,22 @@ def test_an_https_proxy_whose_certificate_is_not_trusted_is_named(
     run.send(signal.SIGTERM)
     assert run.wait(10) == 0
     assert emu.requests_served == 0
+
+
+@pytest.mark.timeout(60)
+def test_check_goes_through_an_https_proxy_and_says_when_its_certificate_is_not_trusted(
+    tls_proxy, make_client_cert, ext_id, tmp_path
+):
+    emu, proxy, proxy_ca = tls_proxy
+    args = run_args(emu, ext_id, make_client_cert("check-tls-proxy"), tmp_path / "s.json")
+    done = check(args, clean_env({"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy_ca)}))
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert f"ok    {emu.url} TCP: the proxy {proxy.url} opened a tunnel to {_emu_target(emu)}" in lines
+    verified = f"{emu.url} TLS: server certificate through the proxy {proxy.url} verified"
+    assert any(verified in x for x in lines), done.stderr
+    assert any(x.startswith("ok    approval:") for x in lines), done.stderr
+    untrusted = check(args, clean_env({"HTTPS_PROXY": proxy.url}))
+    assert untrusted.returncode == 75, untrusted.stderr
+    assert f"TLS with the proxy {proxy.url} failed" in untrusted.stderr
+    assert "point SSL_CERT_FILE at a bundle that holds it" in untrusted.stderr
