@@ -316,3 +316,18 @@ def test_check_goes_through_an_https_proxy_and_says_when_its_certificate_is_not_
     assert untrusted.returncode == 75, untrusted.stderr
     assert f"TLS with the proxy {proxy.url} failed" in untrusted.stderr
     assert "point SSL_CERT_FILE at a bundle that holds it" in untrusted.stderr
+
+
+@pytest.mark.timeout(60)
+def test_check_through_an_https_proxy_shows_an_untrusted_servers_fingerprint(
+    tls_proxy, make_client_cert, ext_id, tmp_path
+):
+    emu, proxy, proxy_ca = tls_proxy
+    server_fp = fingerprint_of_pem_file(emu.server_cert_file)
+    args = run_args(emu, ext_id, make_client_cert("check-tls-proxy-fp"), tmp_path / "s.json", ca_file=False)
+    done = check(args, clean_env({"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy_ca)}))
+    assert done.returncode == 78, done.stderr
+    assert f"the server certificate through the proxy {proxy.url} was not trusted" in done.stderr
+    from kata_events.certs import format_fingerprint
+
+    assert f"--pin-sha256 {format_fingerprint(server_fp)}" in done.stderr, done.stderr

@@ -103,8 +103,14 @@ def probe_server_fingerprint(
             pass
     try:
         raw = sock if sock is not None else socket.create_connection((host, port), timeout=timeout)
-        with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True)
+        if isinstance(raw, ssl.SSLSocket):  # a tunnel through an https:// proxy: TLS inside TLS
+            from urllib3.util.ssltransport import SSLTransport
+
+            with raw, SSLTransport(raw, ctx, server_hostname=host) as inner:
+                der = inner.getpeercert(binary_form=True)
+        else:
+            with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None
     return hashlib.sha256(der).hexdigest() if der else None
