@@ -38,7 +38,8 @@ class LoopbackProxy:
         self.target = target
         self.connect = connect
         #: ``"none"``: close each connection as soon as the CONNECT request is read, answering
-        #: nothing; ``"403-unread"``: write a 403 as soon as a client connects, without reading.
+        #: nothing; ``"403-unread"``: write a 403 as soon as a client connects, without reading;
+        #: ``"cut"``: half a status line (``HTTP/1.1``), then close.
         self.answer = answer
         #: A server context: the proxy speaks TLS to its clients (an ``https://`` proxy).
         self.tls = tls
@@ -117,6 +118,15 @@ class LoopbackProxy:
             except (OSError, ValueError):
                 conn.close()
                 return
+        if self.answer == "cut":
+            # Half a status line, then the connection closes: a proxy that died mid-answer.
+            try:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1")
+            except OSError:
+                pass
+            conn.close()
+            return
         if self.answer == "403-unread":
             # Answered at once; the request arrives after and stays unread: the close resets it.
             try:

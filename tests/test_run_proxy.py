@@ -142,12 +142,13 @@ def test_a_refusing_proxy_is_named(connect_proxy, make_client_cert, ext_id, runs
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("answer", ["none", "403-unread"])
+@pytest.mark.parametrize("answer", ["none", "cut", "403-unread"])
 def test_a_proxy_that_ends_the_tunnel_unanswered_is_named_not_the_node(
     connect_proxy, make_client_cert, ext_id, runs, tmp_path, answer
 ):
-    """A proxy that closes the connection without answering the CONNECT request, or writes a 403
-    without reading it: `run` blames the proxy, as `check` does, never the Central Node."""
+    """A proxy that closes the connection without answering the CONNECT request, with half a status
+    line, or writes a 403 without reading it: `run` blames the proxy, as `check` does, never the
+    Central Node."""
     emu, make = connect_proxy
     proxy = make(answer=answer)
     args = run_args(emu, ext_id, make_client_cert(f"proxy-{answer}"), tmp_path / "s.json")
@@ -156,11 +157,12 @@ def test_a_proxy_that_ends_the_tunnel_unanswered_is_named_not_the_node(
     message = retry["message"]
     assert message.startswith(f"cannot connect to {emu.url} through the proxy {proxy.url}: the proxy "), retry
     assert f"{emu.url} closed the connection" not in message, retry
-    if answer == "none":
-        assert "closed the connection without answering the CONNECT request" in message, retry
+    if answer in ("none", "cut"):
+        assert "closed the connection without a complete answer to the CONNECT request" in message, retry
+        assert ("(HTTP/1.1)" in message) == (answer == "cut"), retry
         assert "check the proxy option or HTTPS_PROXY" in message
     else:  # the 403 read, or the connection reset before it was
-        assert "403" in message or "without answering the CONNECT request" in message, retry
+        assert "403" in message or "without a complete answer to the CONNECT request" in message, retry
     run.send(signal.SIGTERM)
     assert run.wait(10) == 0
     assert emu.requests_served == 0

@@ -387,7 +387,8 @@ class EventsClient:
             # The proxy ended the connection before its tunnel was up: it is the one to blame.
             return _Unreachable(
                 f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy)} closed the "
-                f"connection without answering the CONNECT request ({transport.root_reason(exc)}): "
+                f"connection without a complete answer to the CONNECT request "
+                f"({transport.root_reason(exc)}): "
                 "check the proxy option or HTTPS_PROXY (address, credentials) and that the proxy "
                 "lets this host reach the Central Node"
             )
