@@ -4,7 +4,9 @@
 instead: each connection starts with ``CONNECT host:port``, answered ``200`` (then bytes pass both
 ways to that host and port: TLS stays end to end), or ``407`` when ``credentials`` (``user:password``)
 are required and missing, or ``403`` with ``refuse``; ``tunnels`` records each request's target and
-``Proxy-Authorization`` header. Two ways to misbehave, each on the first
+``Proxy-Authorization`` header; ``answer`` makes it close without answering the CONNECT request,
+or write a 403 without reading it; ``tls`` makes it an ``https://`` proxy (TLS to the proxy, and the
+client's TLS to the server inside it). Two ways to misbehave, each on the first
 connections only: ``trickled`` connections get a TLS record header and then one zero byte every
 ``gap`` seconds (a handshake that never ends; bounded to 10 minutes); with ``hold_after``, the first
 proxied connection lets that many of the server's bytes through and holds the rest until
@@ -13,7 +15,9 @@ proxied connection lets that many of the server's bytes through and holds the re
 
 from __future__ import annotations
 
+import select
 import socket
+import ssl
 import threading
 from typing import List, Optional, Tuple
 
@@ -28,9 +32,17 @@ class LoopbackProxy:
         connect: bool = False,
         credentials: Optional[str] = None,
         refuse: bool = False,
+        answer: str = "",
+        tls: Optional[ssl.SSLContext] = None,
     ) -> None:
         self.target = target
         self.connect = connect
+        #: ``"none"``: close each connection as soon as the CONNECT request is read, answering
+        #: nothing; ``"403-unread"``: write a 403 as soon as a client connects, without reading;
+        #: ``"cut"``: half a status line (``HTTP/1.1``), then close.
+        self.answer = answer
+        #: A server context: the proxy speaks TLS to its clients (an ``https://`` proxy).
+        self.tls = tls
         self.credentials = credentials
         self.refuse = refuse
         #: CONNECT requests seen: (host:port, Proxy-Authorization header or None).
@@ -55,7 +67,7 @@ class LoopbackProxy:
         """Where a client goes instead of the emulator (or, with ``connect``, the proxy's URL)."""
         if self.connect:
             auth = f"{self.credentials}@" if self.credentials else ""
-            return f"http://{auth}127.0.0.1:{self.port}"
+            return f"{'https' if self.tls else 'http'}://{auth}127.0.0.1:{self.port}"
         return f"https://127.0.0.1:{self.port}"
 
     def release(self) -> None:
@@ -100,6 +112,29 @@ class LoopbackProxy:
 
         conn.settimeout(10)
         head = b""
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ValueError):
+                conn.close()
+                return
+        if self.answer == "cut":
+            # Half a status line, then the connection closes: a proxy that died mid-answer.
+            try:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1")
+            except OSError:
+                pass
+            conn.close()
+            return
+        if self.answer == "403-unread":
+            # Answered at once; the request arrives after and stays unread: the close resets it.
+            try:
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            conn.close()
+            return
         try:
             while b"\r\n\r\n" not in head and len(head) < 65536:
                 data = conn.recv(4096)
@@ -111,6 +146,9 @@ class LoopbackProxy:
             headers = dict(line.split(":", 1) for line in lines[1:] if ":" in line)
             auth = next((v.strip() for k, v in headers.items() if k.lower() == "proxy-authorization"), None)
             self.tunnels.append((target, auth))
+            if self.answer == "none":
+                conn.close()
+                return
             wanted = (
                 "Basic " + base64.b64encode(self.credentials.encode()).decode() if self.credentials else None
             )
@@ -131,8 +169,37 @@ class LoopbackProxy:
         except (OSError, ValueError):
             conn.close()
             return
+        if self.tls is not None:
+            self._start(self._relay, conn, upstream)
+            return
         self._start(self._pipe, conn, upstream, False)
         self._start(self._pipe, upstream, conn, False)
+
+    def _relay(self, a: socket.socket, b: socket.socket) -> None:
+        """Bytes both ways on one thread: a TLS socket is not read and written from two at once."""
+        a.settimeout(0.5)
+        b.settimeout(0.5)
+        other = {a: b, b: a}
+        try:
+            while not self._stop.is_set():
+                ready = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
+                ready = ready or select.select([a, b], [], [], 0.5)[0]
+                for src in ready:
+                    try:
+                        data = src.recv(65536)
+                    except (socket.timeout, ssl.SSLWantReadError):
+                        continue
+                    if not data:
+                        return
+                    other[src].sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
 
     def _trickle(self, conn: socket.socket) -> None:
         with conn:

@@ -147,7 +147,7 @@ def test_a_page_of_one_event_is_singular(
     pages = [r["message"] for r in run.events("page") if r.get("events") == 1]
     assert pages == ["page of 1 event delivered"], run.stderr_text[-2000:]
     stop = run.events("stop")[-1]["message"]
-    assert re.search(r": 1 event in (1 page|[02-9]\d* pages)$", stop), stop
+    assert re.search(r": 1 event in (1 page|[02-9]\d* pages), 1 event line written; saved: ", stop), stop
 
 
 def test_the_stop_line_after_consumer_gone_names_that_reason(

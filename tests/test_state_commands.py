@@ -94,3 +94,35 @@ def test_state_show_then_reset_refused_while_running_then_a_backup_and_a_new_sub
     again.wait_event("subscription_new", timeout=20)
     again.wait_lines(20, timeout=20)  # a new subscription starts at the oldest event again
     assert len(emu.status()["subscriptions"]) == 2
+
+
+@pytest.mark.timeout(60)
+def test_state_show_before_the_first_commit_says_a_run_is_going(
+    make_emulator, client_cert, ext_id, runs, tmp_path
+):
+    import socket
+
+    emu = make_emulator()
+    state = tmp_path / "state.json"
+    # A port nothing listens on: the run holds the lock and retries, and commits nothing.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"https://127.0.0.1:{closed.getsockname()[1]}"
+    args = [url if a == emu.url else a for a in run_args(emu, ext_id, client_cert, state)]
+    run = runs.start(args)
+    try:
+        run.wait_event("retry", timeout=20)
+        assert not state.exists()
+        shown = kata("state", "show", "--state-file", str(state))
+        print(shown.stderr)
+        assert shown.returncode == 66 and shown.stdout == ""
+        assert f"a run (pid {run.pid}) holds its lock and has not committed a token yet" in shown.stderr
+        assert str(state) in shown.stderr
+    finally:
+        run.send(15)
+        assert run.wait(10) == 0
+        closed.close()
+    # With the run gone, the plain message: no run has committed there.
+    after = kata("state", "show", "--state-file", str(state))
+    assert after.returncode == 66 and "no run has committed there yet" in after.stderr
+    assert "holds its lock" not in after.stderr

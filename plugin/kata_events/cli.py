@@ -78,6 +78,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             help=summary,
             description=module.DESCRIPTION,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            # A command that adds its own --help (`state`: per action) says so.
+            add_help=not getattr(module, "OWN_HELP", False),
         )
         module.add_arguments(command)
         command.report_usage_error = getattr(module, "usage_error", None)
@@ -126,6 +128,24 @@ def unsupported_platform() -> Optional[str]:
     )
 
 
+def _fatal_line(argv: Sequence[str], message: str, code: ExitStatus, reason: str, **fields: str) -> int:
+    """Log a failure found before any command runs as one ``fatal`` line, like ``run``'s own: JSON
+    unless --log-format, KATA_EVENTS_LOG_FORMAT or the config file asks for text; its exit code.
+
+    A shipper that starts a mistyped command logs this line with all the others of the run.
+    """
+    from kata_events import logs
+    from kata_events.config import requested_log_format
+
+    given = next(
+        (v for f, v in zip(argv, argv[1:]) if f == "--log-format"),
+        next((a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")), None),
+    )
+    logs.setup_logging("info", requested_log_format(argparse.Namespace(log_format=given), os.environ))
+    logs.emit("fatal", message, exit_code=int(code), reason=reason, **fields)
+    return int(code)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
     if argv is None:
@@ -133,12 +153,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = chosen_command(argv)
     names = [name for name, _, _ in COMMANDS]
     if command and command not in names:
-        build_parser("").error(_unknown_command(command, names))
+        usage = build_parser("").format_usage().strip()
+        message = f"{_unknown_command(command, names)}; see `kata-events --help`"
+        return _fatal_line(argv, message, ExitStatus.USAGE, "usage", usage=usage)
     # Before any subcommand's module is imported (they need fcntl); --version and --help still work.
     unsupported = unsupported_platform() if command else None
     if unsupported:
-        sys.stderr.write(f"kata-events: {unsupported}\n")
-        return int(ExitStatus.UNAVAILABLE)
+        return _fatal_line(argv, unsupported, ExitStatus.UNAVAILABLE, "platform")
     parser = build_parser(command)
     # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,
     # rather than by the top-level parser, which knows none of the subcommand's options.

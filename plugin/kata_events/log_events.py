@@ -50,6 +50,7 @@ _STATS_FIELDS = (
     "acknowledged",
     "unacknowledged",
     "committed_pages",
+    "committed_in_page",
     "uptime_seconds",
 )
 
@@ -309,9 +310,18 @@ _CATALOGUE = (
         "stats",
         logging.INFO,
         _STATS_FIELDS,
-        "Periodic counters: events, pages, bytes (received), retries, lag; written counts event "
-        "lines written to stdout, acknowledged and unacknowledged (acknowledgement mode only) "
-        "count lines too.",
+        "Periodic counters: events and pages (complete pages delivered), bytes (received; in the "
+        "stop line a page cut short included), retries, lag; written counts event lines written to stdout, "
+        "acknowledged and unacknowledged (acknowledgement mode only) count lines too; "
+        "committed_pages the tokens saved, committed_in_page the events of the page after the "
+        "last one that the state records as delivered.",
+    ),
+    EventSpec(
+        "shipper_stop",
+        logging.INFO,
+        ("reason",),
+        "Acknowledgement mode: the shipper said STOP, or closed stdin; the `stop` line follows once "
+        "what it acknowledged is saved.",
     ),
     EventSpec(
         "stop",

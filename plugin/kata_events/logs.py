@@ -127,9 +127,15 @@ class TextFormatter(logging.Formatter):
             f"{getattr(record, 'event', 'log')}: {record.getMessage()}",
             *self.fixed,
         ]
+        blocks = []
         for key, value in _fields_of(record).items():
+            if isinstance(value, str) and "\n" in value:
+                # A usage text, for instance: readable below the line rather than escaped in it.
+                head = "" if value.startswith(f"{key}:") else f"{key}:\n"
+                blocks.append(head + "  " + value.replace("\n", "\n  "))
+                continue
             parts.append(f"{key}={_text_value(value)}")
-        line = " ".join(parts)
+        line = "\n".join([" ".join(parts), *blocks])
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

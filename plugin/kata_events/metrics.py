@@ -22,16 +22,22 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 #: Each family: name (without ``kata_events_`` and the ``_total`` Prometheus adds to counters),
-#: kind, help. docs/operations.md lists the same.
+#: kind, help. docs/operations.md's table is made from it (`markdown_table`; a test compares).
 FAMILIES: Tuple[Tuple[str, str, str], ...] = (
     ("events", "counter", "Events delivered to stdout."),
     ("bytes", "counter", "Bytes of answers received from the Central Node."),
     ("pages", "counter", "Answers (pages) delivered, empty ones included."),
-    ("retries", "counter", "Failed requests retried, by reason."),
+    (
+        "retries",
+        "counter",
+        "Failed requests retried, by reason: connection, timeout, http_error, tls, bad_response.",
+    ),
     (
         "lag_seconds",
         "gauge",
-        "Age of the newest event delivered while the server has more; 0 when caught up.",
+        "Age of the newest event delivered while the server has more; 0 when caught up. The run's "
+        "own view: once it has stopped it stays at its last value (0 after --once), where status "
+        "counts the time since the last commit; alert on last_commit_timestamp_seconds for that.",
     ),
     ("last_commit_timestamp_seconds", "gauge", "When a continuation token was last saved (epoch seconds)."),
     ("unacknowledged_lines", "gauge", "Lines written and not yet acknowledged by the shipper (ack mode)."),
@@ -57,6 +63,19 @@ class Snapshot:
 
 #: The labels every family carries, in this order, before its own (``reason``, ``version``).
 RUN_LABELS: Tuple[str, ...] = ("node", "external_system_id")
+#: The families with a label of their own.
+OWN_LABELS: Dict[str, str] = {"retries": "reason", "build_info": "version"}
+
+
+def markdown_table() -> str:
+    """The metrics table of docs/operations.md, generated from `FAMILIES`."""
+    lines = ["| Metric | Type | Meaning |", "|---|---|---|"]
+    for name, kind, text in FAMILIES:
+        full = f"kata_events_{name}{'_total' if kind == 'counter' else ''}"
+        if name in OWN_LABELS:
+            full += "{" + OWN_LABELS[name] + "}"
+        lines.append(f"| `{full}` | {kind} | {text} |")
+    return "\n".join(lines) + "\n"
 
 
 class _Collector:

@@ -96,8 +96,9 @@ class Option:
     metavar: Optional[str] = None
     #: What a valid value looks like, for error messages; derived from the type when empty.
     allowed: str = ""
-    #: Only ``run`` uses it (streaming, delivery, acknowledgements): `check` accepts the flag, so a
-    #: run's command line can be checked as it is, but does not list it in its --help.
+    #: Only ``run`` uses it (streaming, delivery, acknowledgements, logs, metrics, the size of a
+    #: request): `check` accepts and validates the flag, so a run's command line can be checked as it
+    #: is, but does not list it in its --help.
     run_only: bool = False
     #: Given only by its environment variable: no flag (the process list shows flags) and no config
     #: key (a file that says where the secret is, rather than the secret, is what a config names).
@@ -133,11 +134,20 @@ class Option:
         return str(self.default)
 
     @property
+    def range_text(self) -> str:
+        """The accepted range of a number, for the help (" From 1 to 72000."); "" otherwise."""
+        if self.type not in ("int", "float") or self.minimum is None:
+            return ""
+        if self.maximum is None:
+            return f" At least {self.minimum:g}."
+        return f" From {self.minimum:g} to {self.maximum:g}."
+
+    @property
     def long_help(self) -> str:
-        """The one-line help followed by the default."""
+        """The one-line help, the range of a number, then the default."""
         if self.required:
-            return f"{self.help} Required."
-        return f"{self.help} Default: {self.default_text.replace('`', '')}."
+            return f"{self.help}{self.range_text} Required."
+        return f"{self.help}{self.range_text} Default: {self.default_text.replace('`', '')}."
 
     @property
     def allowed_text(self) -> str:
@@ -228,6 +238,7 @@ OPTIONS: Tuple[Option, ...] = (
         pattern=NAME_PATTERN,
         metavar="NAME",
         allowed="a name of letters, digits, '.', '_' and '-' (at most 63), such as pcn or scn-msk",
+        run_only=True,
     ),
     Option(
         "cert",
@@ -287,8 +298,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option(
         "proxy",
         "str",
-        "The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT (a CONNECT tunnel: TLS "
-        "stays end to end, a pin still holds). Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY, which "
+        "The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT, or https://... for "
+        "TLS to the proxy too (its certificate checked against the system's trust store; "
+        "SSL_CERT_FILE names another bundle); a CONNECT tunnel: TLS "
+        "stays end to end, a pin still holds. Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY, which "
         "are used otherwise. Its credentials never appear in a log line.",
         default_doc="HTTPS_PROXY / ALL_PROXY unless NO_PROXY exempts the host; else none",
         pattern=PROXY_PATTERN,
@@ -311,6 +324,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=1,
         maximum=MAX_EVENTS_LIMIT,
         metavar="N",
+        run_only=True,
     ),
     Option(
         "max_timeout",
@@ -320,6 +334,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=1,
         maximum=MAX_TIMEOUT_LIMIT,
         metavar="SECONDS",
+        run_only=True,
     ),
     Option(
         "state_file",
@@ -377,6 +392,7 @@ OPTIONS: Tuple[Option, ...] = (
         "The least severe log lines written to stderr.",
         default="info",
         choices=("debug", "info", "warning", "error"),
+        run_only=True,
     ),
     Option(
         "log_format",
@@ -384,6 +400,7 @@ OPTIONS: Tuple[Option, ...] = (
         "Logs on stderr as JSON lines (json) or for people (text).",
         default="json",
         choices=("json", "text"),
+        run_only=True,
     ),
     Option(
         "stats_interval",
@@ -428,6 +445,7 @@ OPTIONS: Tuple[Option, ...] = (
         minimum=64 * 1024,
         maximum=1024 * 1024 * 1024,
         metavar="BYTES",
+        run_only=True,
     ),
     Option(
         "metrics_file",
@@ -437,6 +455,7 @@ OPTIONS: Tuple[Option, ...] = (
         "stats_interval seconds (60 when 0) and at the stop. " + PATH_NOTE,
         default_doc="none (no file)",
         metavar="FILE",
+        run_only=True,
     ),
     Option(
         "metrics_listen",
@@ -447,6 +466,7 @@ OPTIONS: Tuple[Option, ...] = (
         pattern=LISTEN_PATTERN,
         metavar="[HOST:]PORT",
         allowed="a port (1-65535) or HOST:PORT, e.g. 9464 or 0.0.0.0:9464",
+        run_only=True,
     ),
     Option(
         "once",
@@ -471,12 +491,19 @@ def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = Tru
     value; values stay strings here and are converted and checked together with the other sources.
     ``show_run_only=False`` (`check`) keeps the run-only flags out of --help while accepting them.
     """
+    if show_run_only:
+        config_help = "TOML file with any of the options below as keys."
+    else:
+        config_help = (
+            "The run's TOML file: the options below as keys; run's other keys are accepted and "
+            "validated but not used by this command."
+        )
     parser.add_argument(
         CONFIG_FLAG,
         dest="config",
         metavar="FILE",
         default=argparse.SUPPRESS,
-        help=f"TOML file with any of the options below as keys. Default: none. Env: {CONFIG_ENV}.",
+        help=f"{config_help} Default: none. Env: {CONFIG_ENV}.",
     )
     for option in OPTIONS:
         if option.env_only:

@@ -118,6 +118,8 @@ class Runner:
         delivery.on_failure = lambda exc: self.fail(exc)
         self._page_lines = 0
         self._limit_reached = False
+        # The page fetched and not yet accounted for: its bytes count when it is cut short.
+        self._cut_page: Optional[Page] = None
 
     # -- stopping ---------------------------------------------------------------------------------
 
@@ -255,6 +257,7 @@ class Runner:
                 code, message = self._failure
                 self.stop.reason = "error"
                 logs.emit("fatal", message, exit_code=int(code), reason="error")
+            self._count_cut_page()
             self.reports.stats_line("stop", final=True, exit_code=int(code), reason=self.stop.reason)
             self.stats.up = False
             if self.health is not None:
@@ -276,6 +279,7 @@ class Runner:
             except (StopRequested, Interrupted):
                 break
             except ApiError as exc:
+                self._count_cut_page()
                 self._resume_from_written()
                 fatal = self.failures.handle(exc)
                 if fatal is not None:
@@ -298,6 +302,7 @@ class Runner:
         finally:
             self.failures.report_tls_files()
         self.failures.answer()
+        self._cut_page = page
         # Kept until the skip has checked the answer: a body abandoned or broken while skipping
         # leaves the point for the retry (else it would send all the skipped events again).
         resume = self.resume
@@ -322,14 +327,22 @@ class Runner:
                 new_token = page.finish()
         if page is None:
             # The events read while checking were not written: ask again, deliver it all.
+            self._count_cut_page()
             return self._one_page()
         count = page.event_count
         self.delivery.end_page(new_token)
         self.delivery.check_ack_timeout()
         self.token = new_token
         self.failures.succeeded()
+        self._cut_page = None
         self.reports.account(page, count, last_line, time.monotonic() - started)
         return page.element_count
+
+    def _count_cut_page(self) -> None:
+        """A page cut short (a stop, a failure, a reader gone): its bytes were received all the same."""
+        if self._cut_page is not None:
+            self.stats.bytes += self._cut_page.bytes_read
+            self._cut_page = None
 
     def _skip(self, batches: Iterator[List[bytes]], resume: Point) -> List[bytes]:
         """Read the answer's first ``resume.events`` events and check their digest; the rest of the

@@ -205,18 +205,30 @@ class Reports:
         # where they are acknowledgements, so every field of the line is in lines.
         acked = self.delivery.mode == "lines"
         fields: Dict[str, Any] = {name: getattr(s, name) for name in _COUNTERS}
+        # Lines as the ledger counts them piece by piece, and those of a piece cut short (a stop,
+        # a reader gone after `| head`): a page cut short counts what went out of it.
+        # (Acknowledgement mode counts a piece before writing it: nothing to add there.)
+        cut_short = 0 if acked else self.delivery.writer.cut_short_lines
+        written = max(ledger.lines + cut_short, s.written)
+        recorded = self.delivery.recorded
+        in_page = recorded.events if recorded is not None else 0
         fields.update(
             lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
-            written=ledger.written if acked else s.written,
+            written=written,
             acknowledged=ledger.taken_position if acked else None,
             unacknowledged=ledger.unacked if acked else None,
             committed_pages=self.delivery.committed_pages,
+            committed_in_page=in_page,
             uptime_seconds=round(time.monotonic() - s.started, 1),
         )
         counts = f"{logs.counted(s.events, 'event')} in {logs.counted(s.pages, 'page')}"
         if final:
             reason = reason or "finished"
-            message = f"stopped ({reason}): {counts}"
+            message = (
+                f"stopped ({reason}): {counts}, {logs.counted(written, 'event line')} written; "
+                f"saved: {logs.counted(self.delivery.committed_pages, 'page')}"
+                + (f" and {logs.counted(in_page, 'event')} after them" if in_page else "")
+            )
             logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
         else:
             message = counts + (f", {ledger.unacked} unacknowledged" if acked else "")

@@ -32,8 +32,9 @@ Check a set-up without streaming events: the configuration, the certificate and 
 address (DNS, TCP, TLS and the server's identity), the approval of the external system and the
 filter (one real request, which creates a throw-away subscription), and the state file and its
 lock. One line per step on stderr; the exit code is that of the first failure, 0 if none.
-It takes run's options; those only run uses (acknowledgements, --settle-time, --once, stats) are
-accepted, so a run's command line can be checked as it is, and are not listed below.
+It takes run's options; those only run uses (acknowledgements, --settle-time, --once, stats,
+logs, metrics, --name, --max-events, --max-timeout, --max-event-bytes) are accepted and validated,
+so a run's command line and config file can be checked as they are, and are not listed below.
 """
 
 TCP_TIMEOUT = 5.0
@@ -135,6 +136,20 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
     sock = _connect(proxy_host, proxy_port, quiet, base, silent=report is None, proxy=shown)
     if sock is None:
         return None
+    if proxy.lower().startswith("https:"):
+        # TLS to the proxy as run has it (urllib3): the system's trust store, SSL_CERT_FILE.
+        try:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=proxy_host)
+        except (OSError, ssl.SSLError) as exc:
+            sock.close()
+            quiet.fail(
+                f"{base} TCP",
+                f"TLS with the proxy {shown} failed: {exc}: an https:// proxy's certificate is "
+                "checked against the system's trust store; install its CA there, or point "
+                "SSL_CERT_FILE at a bundle that holds it",
+                ExitStatus.TEMP_FAIL,
+            )
+            return None
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
     user, password = urlsplit(proxy).username, urlsplit(proxy).password
@@ -217,8 +232,15 @@ def _check_tls(
     via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
     try:
         ctx = _tls_context(config, files_ok)
-        with ctx.wrap_socket(sock, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True) or b""
+        if isinstance(sock, ssl.SSLSocket):
+            # Through an https:// proxy: the Central Node's TLS inside the proxy's, as urllib3 does.
+            from urllib3.util.ssltransport import SSLTransport
+
+            with SSLTransport(sock, ctx, server_hostname=host) as inner:
+                der = inner.getpeercert(binary_form=True) or b""
+        else:
+            with ctx.wrap_socket(sock, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True) or b""
     except ssl.SSLCertVerificationError as exc:
         server_fp = _probe_fingerprint(base, proxy)
         report.fail(

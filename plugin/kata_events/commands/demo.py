@@ -53,6 +53,21 @@ class _EmulatorEvents(logging.Filter):
         return True
 
 
+def _loopback_problem(port: int) -> str:
+    """Why a TCP connection to 127.0.0.1:``port`` fails ("" when it works).
+
+    The demo talks to its own emulator on loopback: where that cannot work, retrying with back-off
+    (what `run` does for a real Central Node) would only hide it.
+    """
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError as exc:
+        return str(exc)
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events demo``."""
     from kata_events import certs  # cryptography: only this command needs it
@@ -79,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
             backlog=args.backlog,
             rate=args.rate,
         ) as emulator:
+            unreachable = _loopback_problem(emulator.port)
+            if unreachable:
+                say(
+                    f"demo: cannot reach its own emulator at {emulator.url} on loopback: {unreachable}: "
+                    "the loopback interface (lo) is down or missing here (a network namespace or "
+                    "container without it); bring it up (ip link set lo up) or run the demo where "
+                    "127.0.0.1 works"
+                )
+                return int(ExitStatus.UNAVAILABLE)
             say(
                 f"demo: emulator at {emulator.url} (CA {emulator.ca_file}); external system "
                 f"{external_system_id}; events follow on stdout, Ctrl-C stops"

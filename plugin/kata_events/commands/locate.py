@@ -34,7 +34,8 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
             metavar="FILE|DIR",
             action="append",
             help="The TOML file of the run (only name, url, state_file and external_system_id are "
-            "read). Repeatable, one per node: each is evaluated and one line sums them up. A "
+            "read from it; the lag thresholds and --format are flags only). Repeatable, one per "
+            "node: each is evaluated and one line sums them up. A "
             "directory stands for every DIR/<node>/config.toml and DIR/*.toml in it. Env: "
             f"{opts.CONFIG_ENV}.",
         )
@@ -43,8 +44,8 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
             opts.CONFIG_FLAG,
             dest="config",
             metavar="FILE",
-            help=f"The TOML file of the run (only state_file and external_system_id are read). Env: "
-            f"{opts.CONFIG_ENV}.",
+            help="The TOML file of the run (only state_file and external_system_id are read from it; "
+            f"the other options here are flags only). Env: {opts.CONFIG_ENV}.",
         )
     for name in ("state_file", "external_system_id"):
         option = opts.BY_NAME[name]
@@ -52,7 +53,8 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
             option.flag,
             dest=name,
             metavar=option.metavar_text,
-            help=f"{option.long_help} Env: {option.env}.".replace("%", "%%"),
+            help=f"{option.help} Or from --config; one of --config, --state-file or "
+            f"--external-system-id is needed. Env: {option.env}.".replace("%", "%%"),
         )
 
 

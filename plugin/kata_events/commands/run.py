@@ -128,7 +128,8 @@ def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
         (v for f, v in zip(argv, argv[1:]) if f == "--log-format"),
         next((a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")), None),
     )
-    error = UserError(f"{message}; see `{parser.prog} --help`", ExitStatus.USAGE)
+    see = "" if f"`{parser.prog} --help`" in message else f"; see `{parser.prog} --help`"
+    error = UserError(f"{message}{see}", ExitStatus.USAGE)
     return fatal(
         error,
         requested_log_format(argparse.Namespace(log_format=given), os.environ),

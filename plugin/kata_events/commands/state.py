@@ -23,25 +23,58 @@ from typing import Any, Dict, List, Optional
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import ExitStatus, UserError
 
-DESCRIPTION = """\
+SHOW = """\
 show:  print what the state file holds (Central Node, external system id, filter, token age,
        progress in the page after it; never the whole token). Safe beside a running run.
+"""
+RESET = """\
 reset: move the state file (and its progress and status records) aside as timestamped backups,
        so the next run starts a new subscription. Refused (exit 75) while a run holds the lock.
-Give the run's --config or --state-file.
 """
+#: `cli` leaves --help to `add_arguments`.
+OWN_HELP = True
+WHICH = "Give the run's --config or --state-file.\n"
+DESCRIPTION = SHOW + RESET + WHICH
+
+
+class _ActionHelp(argparse.Action):
+    """``--help``: the help of the action given before it (``state reset --help``), else of both."""
+
+    def __init__(self, option_strings: List[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        action = getattr(namespace, "action", None)
+        if action in ("show", "reset"):
+            parser = argparse.ArgumentParser(
+                prog=f"{parser.prog} {action}",
+                description=(SHOW if action == "show" else RESET) + WHICH,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+            _add_options(parser, action)
+        parser.print_help()
+        parser.exit()
+
+
+def _add_options(parser: argparse.ArgumentParser, action: Optional[str]) -> None:
+    add_location_arguments(parser)
+    if action != "reset":
+        parser.add_argument(
+            "--format",
+            choices=("text", "json"),
+            default="text",
+            help="show: lines for people (text) or a JSON object (json). Default: text.",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``state`` takes an action, then where the run's files are."""
+    # Its own --help, so that `state reset --help` shows reset's alone.
+    parser.add_argument("-h", "--help", action=_ActionHelp, help="show this help message and exit")
     parser.add_argument("action", choices=("show", "reset"), help="show the state, or reset it")
-    add_location_arguments(parser)
-    parser.add_argument(
-        "--format",
-        choices=("text", "json"),
-        default="text",
-        help="show: lines for people (text) or a JSON object (json). Default: text.",
-    )
+    _add_options(parser, None)
 
 
 def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
@@ -81,6 +114,16 @@ def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str,
 def _show(files: RunFiles, fmt: str) -> int:
     info = describe(files)
     if info is None:
+        from kata_events.commands.status import running_pid
+
+        pid = running_pid(files)
+        if pid:
+            raise UserError(
+                f"no state file at {files.state} yet: a run (pid {pid}) holds its lock and has not "
+                "committed a token yet (it is connecting, waiting for approval or retrying: see its "
+                "log, or `kata-events status`); show it again after its first page",
+                ExitStatus.NO_INPUT,
+            )
         raise UserError(
             f"no state file at {files.state}: no run has committed there yet (or --config / "
             "--state-file point elsewhere)",

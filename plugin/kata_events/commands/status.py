@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -336,16 +336,11 @@ class NodeVerdict:
 
 
 def unknown_verdict(reason: str) -> Dict[str, Any]:
-    """The verdict of a node whose files could not be read (the one-run JSON's UNKNOWN shape)."""
-    return {
-        "status": NAMES[UNKNOWN],
-        "exit_code": UNKNOWN,
-        "reason": reason,
-        "lag_seconds": None,
-        "last_commit": None,
-        "last_commit_age_seconds": None,
-        "running": None,
-    }
+    """The verdict of a run whose files could not be read: every key of a `Verdict`, those not
+    known null, so a monitoring template finds the same keys whatever the status."""
+    unknown: Dict[str, Any] = {field.name: None for field in fields(Verdict)}
+    unknown.update(status=NAMES[UNKNOWN], exit_code=UNKNOWN, reason=reason)
+    return unknown
 
 
 def check_nodes(
@@ -422,9 +417,7 @@ def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
 
 def _unknown(args: argparse.Namespace, reason: str) -> int:
     if getattr(args, "format", "text") == "json":
-        doc = {"status": "UNKNOWN", "exit_code": UNKNOWN, "reason": reason, "lag_seconds": None}
-        doc.update(last_commit=None, running=None)  # not known: the files could not be read
-        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.write(json.dumps(unknown_verdict(reason), ensure_ascii=False) + "\n")
     else:
         sys.stdout.write(f"KATA-EVENTS UNKNOWN - {reason}\n")
     return UNKNOWN

@@ -253,7 +253,7 @@ class AckDelivery(Delivery):
             with self._cond:
                 self._cond.notify_all()
             what = "STOP" if event.kind == "stop" else "end of stdin"
-            logs.emit("stop", f"the shipper said {what}: stopping", reason=what)
+            logs.emit("shipper_stop", f"the shipper said {what}: stopping", reason=what)
             self._on_stop(what)
         else:
             self._note_junk(event.text)

@@ -104,6 +104,8 @@ class LineWriter:
         #: True while a write waits out a disk fault (an fsync that succeeds meanwhile is no recovery).
         self.write_failing = False
         self.health: Optional[DiskHealth] = None
+        #: Whole lines that went out in a write ended early (a stop, a reader gone), for the counts.
+        self.cut_short_lines = 0
         if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
             try:
                 os.set_blocking(fd, False)
@@ -160,7 +162,11 @@ class LineWriter:
                         self.health.recovered("stdout")  # type: ignore[union-attr]
                     continue
                 self._poll.poll(WRITE_POLL_MS)
+        except WriteStopped:
+            self.cut_short_lines = data.count(b"\n", 0, done)
+            raise
         except OSError as exc:
+            self.cut_short_lines = data.count(b"\n", 0, done)
             if exc.errno in _GONE:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None

@@ -47,7 +47,8 @@ Control endpoints (same address, no client certificate needed):
   POST /emulator/faults      JSON body: a fault object, a spec string, or a list of them,
                              e.g. {{"kind": "503", "count": 3}} or ["drop@2", "429:retry_after=2"]
   POST /emulator/events?count=N[&age=SECONDS]
-                             append N events, stamped now or SECONDS ago (a backlog to lag on)
+                             append N events, stamped now or SECONDS ago (a backlog to lag on;
+                             stamps never go back, so start with --backlog 0 --rate 0 for old ones)
   GET  /emulator/status      pending and approved pairs, subscriptions, sequence numbers, faults
 
 Fault spec (--fault, repeatable; faults queue up in order and hit events-API requests only):

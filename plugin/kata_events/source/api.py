@@ -103,8 +103,14 @@ def probe_server_fingerprint(
             pass
     try:
         raw = sock if sock is not None else socket.create_connection((host, port), timeout=timeout)
-        with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True)
+        if isinstance(raw, ssl.SSLSocket):  # a tunnel through an https:// proxy: TLS inside TLS
+            from urllib3.util.ssltransport import SSLTransport
+
+            with raw, SSLTransport(raw, ctx, server_hostname=host) as inner:
+                der = inner.getpeercert(binary_form=True)
+        else:
+            with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+                der = tls.getpeercert(binary_form=True)
     except (OSError, ssl.SSLError):
         return None
     return hashlib.sha256(der).hexdigest() if der else None
@@ -357,9 +363,25 @@ class EventsClient:
         """requests' exception → the project's (or `_Unreachable`: the next address is tried)."""
         via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
         if isinstance(exc, requests.exceptions.ProxyError):
+            reason = transport.root_reason(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                # ca_file and pin_sha256 are the Central Node's; the proxy's TLS is OpenSSL's default.
+                reason += (
+                    ": an https:// proxy's certificate is checked against the system's trust store; "
+                    "install its CA there, or point SSL_CERT_FILE at a bundle that holds it"
+                )
             return _Unreachable(
                 f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy or '')} "
-                f"failed: {transport.root_reason(exc)}"
+                f"failed: {reason}"
+            )
+        if proxy and not self._connected and not getattr(self._active, "tunnel_up", True):
+            # The proxy ended the connection before its tunnel was up: it is the one to blame.
+            return _Unreachable(
+                f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy)} closed the "
+                f"connection without a complete answer to the CONNECT request "
+                f"({transport.root_reason(exc)}): "
+                "check the proxy option or HTTPS_PROXY (address, credentials) and that the proxy "
+                "lets this host reach the Central Node"
             )
         for cause in transport.causes(exc):
             pin = _PIN_MISMATCH.search(str(cause))

@@ -293,6 +293,10 @@ def abandoned(base: str, exc: Abandoned) -> Unavailable:
 
 def shutdown_socket(sock: socket.socket) -> None:
     """Shut down a connection's socket (from any thread); errors are ignored."""
+    # Through an https:// proxy urllib3 wraps the Central Node's TLS in an SSLTransport over the
+    # proxy's SSLSocket: cutting the socket below ends both.
+    while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
+        sock = sock.socket
     try:
         # socket.socket's own shutdown: an SSLSocket's would drop its TLS object under the reader.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)

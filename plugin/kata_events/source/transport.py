@@ -63,9 +63,17 @@ class _Adapter(requests.adapters.HTTPAdapter):
         }
 
         class Connection(urllib3.connection.HTTPSConnection):
+            #: Through a proxy: whether it answered the CONNECT request with 200 (the tunnel is up).
+            tunnel_up = False
+
             def connect(self) -> None:
                 super().connect()
                 watch(self, True)
+
+            def _tunnel(self) -> None:
+                self.tunnel_up = False
+                super()._tunnel()  # type: ignore[misc]
+                self.tunnel_up = True
 
         class Pool(urllib3.connectionpool.HTTPSConnectionPool):
             ConnectionCls = Connection
