@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 from kata_events import logs
 from kata_events.backoff import Backoff
 from kata_events.exits import ExitStatus
-from kata_events.source.api import EventsClient, file_fingerprint
+from kata_events.source.api import EventsClient
 from kata_events.source.errors import (
     ApiError,
     BadRequest,
@@ -31,6 +31,7 @@ from kata_events.source.errors import (
     Unavailable,
 )
 from kata_events.source.fault_advice import RepeatedFault, persistent_advice
+from kata_events.source.probes import file_fingerprint
 from kata_events.state.store import StateError
 from kata_events.stopping import Stop
 

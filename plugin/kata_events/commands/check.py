@@ -24,7 +24,7 @@ from kata_events.commands.run import build_client, key_password, token_store
 from kata_events.config import Config, load_run_config
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
-from kata_events.source import api, errors, tls, transport
+from kata_events.source import errors, probes, tls, transport
 from kata_events.state import store as state
 
 DESCRIPTION = """\
@@ -100,7 +100,7 @@ def _check_files(config: Config, report: _Report) -> bool:
     report.ok(
         "files",
         f"certificate {config.cert} and key {config.key} match "
-        f"(certificate SHA-256 {_fp(api.file_fingerprint(str(config.cert)))}){ca}",
+        f"(certificate SHA-256 {_fp(probes.file_fingerprint(str(config.cert)))}){ca}",
     )
     exposed = keypair.key_exposure(config.key)
     if exposed is not None:
@@ -256,7 +256,7 @@ def _check_tls(
         if proxy:
             report.fail(step, f"TLS handshake with {base}{via} failed: {exc}", ExitStatus.CONFIG)
         else:
-            report.fail(step, api.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
+            report.fail(step, probes.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
         return False
     finally:
         sock.close()
@@ -287,7 +287,7 @@ def _check_tls(
 def _probe_fingerprint(base: str, proxy: Optional[str]) -> Optional[str]:
     """The server certificate's SHA-256, read over an unverified handshake: for a message only."""
     sock = _open(base, proxy)
-    return None if sock is None else api.probe_server_fingerprint(base, sock=sock)
+    return None if sock is None else probes.probe_server_fingerprint(base, sock=sock)
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
@@ -300,7 +300,7 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
         report.fail(
             "approval",
             f"{exc}: approve external system {config.external_system_id} (certificate SHA-256 "
-            f"{_fp(api.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
+            f"{_fp(probes.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
             "External systems; if it is approved already, compare the id and fingerprint shown "
             "there with these (a mistyped external_system_id looks exactly like a missing approval)",
             ExitStatus.CONFIG,

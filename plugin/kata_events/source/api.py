@@ -11,22 +11,18 @@ to stdout and never logs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import re
-import socket
 import ssl
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
 
-from kata_events import __version__, keypair
+from kata_events import __version__
 from kata_events.backoff import retry_after_seconds
-from kata_events.exits import UserError
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import tls, transport
 from kata_events.source.errors import (
@@ -50,6 +46,7 @@ from kata_events.source.pages import (
     handover,
     shutdown_socket,
 )
+from kata_events.source.probes import handshake_failure, probe_server_fingerprint
 from kata_events.stopping import Stop
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
@@ -64,86 +61,6 @@ DEADLINE_SLACK = 5.0
 ERROR_BODY_LIMIT = 65536
 #: urllib3's words for a certificate that is not the pinned one, and the fingerprint it saw.
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
-
-
-def file_fingerprint(cert_path: str) -> Optional[str]:
-    """SHA-256 (hex) of the first certificate in a PEM file, or None if it cannot be read."""
-    from kata_events import certs  # cryptography: loaded only when a message needs it
-
-    try:
-        with open(cert_path, "rb") as fh:
-            return certs.sha256_fingerprint(fh.read())
-    except (OSError, ValueError):
-        return None
-
-
-def probe_server_fingerprint(
-    base_url: str,
-    cert: Optional[str] = None,
-    key: Optional[str] = None,
-    timeout: float = 5.0,
-    sock: Any = None,
-    key_password: Any = None,
-) -> Optional[str]:
-    """Handshake without verification only to read the server certificate's SHA-256, for a message.
-
-    ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed.
-    ``key_password``: opens an encrypted key (without it OpenSSL would prompt on the terminal).
-    """
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "", parts.port or 443
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if cert and key:
-        try:
-            password = key_password() if key_password else keypair.no_passphrase()
-            ctx.load_cert_chain(cert, key, password=password)
-        except (OSError, ssl.SSLError, UserError):
-            pass
-    try:
-        raw = sock if sock is not None else socket.create_connection((host, port), timeout=timeout)
-        if isinstance(raw, ssl.SSLSocket):  # a tunnel through an https:// proxy: TLS inside TLS
-            from urllib3.util.ssltransport import SSLTransport
-
-            with raw, SSLTransport(raw, ctx, server_hostname=host) as inner:
-                der = inner.getpeercert(binary_form=True)
-        else:
-            with raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-                der = tls.getpeercert(binary_form=True)
-    except (OSError, ssl.SSLError):
-        return None
-    return hashlib.sha256(der).hexdigest() if der else None
-
-
-def answers_plain_http(base_url: str, timeout: float = 3.0) -> bool:
-    """Whether the address answers a plain HTTP request: what a failed TLS handshake there means.
-
-    Only asked after a handshake failed, to tell "wrong port" apart from other TLS failures
-    whatever words the local OpenSSL uses for it (``WRONG_VERSION_NUMBER`` and others).
-    """
-    parts = urlsplit(base_url)
-    host, port = parts.hostname or "", parts.port or 443
-    request = f"HEAD / HTTP/1.0\r\nHost: {parts.netloc}\r\n\r\n".encode("ascii", "replace")
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            raw.settimeout(timeout)
-            raw.sendall(request)
-            reply = raw.recv(5)
-    except (OSError, UnicodeError):
-        return False
-    return reply == b"HTTP/"
-
-
-def handshake_failure(base_url: str, reason: str) -> str:
-    """The message for a TLS handshake that failed for another reason than trust or our own files."""
-    if answers_plain_http(base_url):
-        parts = urlsplit(base_url)
-        return (
-            f"{parts.hostname} port {parts.port or 443} answers plain HTTP, not TLS: check the port "
-            f"in url ({base_url}); the Events API speaks HTTPS with mutual TLS"
-        )
-    return f"TLS handshake with {base_url} failed: {reason}"
 
 
 class _Unreachable(Exception):
