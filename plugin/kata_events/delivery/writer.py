@@ -42,7 +42,7 @@ WRITE_POLL_MS = 50
 #: Lines are written (and their delivery point tracked) in pieces of about this many bytes...
 PIECE_BYTES = 256 * 1024
 #: ...and at most this many lines (small events would otherwise make a piece of thousands).
-PIECE_LINES = 1000
+PIECE_LINES = 500
 
 
 class ConsumerGone(Exception):
