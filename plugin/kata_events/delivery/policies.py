@@ -51,6 +51,11 @@ RECORD_AHEAD_LINES = 2000
 RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
 #: The bound on what any stop sends again, the settle window's lines included.
 STOP_RESEND_BOUND = 3000
+#: With a settle window: the most lines written beyond what the reader wholly took. Small enough
+#: that what a pipe holds when a stop comes fits Fluent Bit's exec input's ring buffer (1,024
+#: records) with room to spare: past it, that input spends a second on every line it reads while it
+#: shuts down. Large enough to keep a reader busy (a few pieces of event-sized lines).
+FLIGHT_LINES = 600
 
 
 class Delivery:
@@ -87,7 +92,7 @@ class Delivery:
         #: `STOP_RESEND_BOUND` (None: no such bound).
         self.flight_lines: Optional[int] = None
         if self.ledger.settle_lines > 0:
-            self.flight_lines = max(PIECE_LINES, STOP_RESEND_BOUND - self.ledger.settle_lines - PIECE_LINES)
+            self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - self.ledger.settle_lines - PIECE_LINES)
         self._lock = threading.Lock()
         #: Whether the state file and stdout take data; the runner pauses fetching while not.
         self.health = DiskHealth()
