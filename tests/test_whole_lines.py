@@ -193,3 +193,33 @@ def test_the_writer_grows_its_pipe(tmp_path):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_line_larger_than_the_pipe_is_written_in_parts_and_said_once():
+    from kata_events.delivery.writer import LineWriter
+
+    r, w = os.pipe()
+    try:
+        writer = LineWriter(w)
+        told: List[tuple] = []
+        writer.on_oversize = lambda length, capacity: told.append((length, capacity))
+        assert writer.room is not None
+        big = b"x" * (writer.room.capacity + 1000)
+        received = bytearray()
+
+        def read() -> None:
+            while len(received) < 2 * len(big) + 5:
+                received.extend(os.read(r, 1 << 20))
+
+        import threading
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        writer.write_lines([big, b"{}"])
+        writer.write_lines([big])
+        reader.join(30)
+        assert bytes(received) == big + b"\n{}\n" + big + b"\n"
+        assert told == [(len(big) + 1, writer.room.capacity)]
+    finally:
+        os.close(r)
+        os.close(w)
