@@ -59,8 +59,8 @@ def test_a_stop_while_the_pipe_is_full_ends_on_a_line_boundary() -> None:
     r, w = _pipe()
     stop = threading.Event()
     try:
-        size = fcntl.fcntl(w, F_GETPIPE_SZ)
         writer = LineWriter(w, should_stop=stop.is_set)
+        size = fcntl.fcntl(w, F_GETPIPE_SZ)  # the writer grows the pipe
         line = b"x" * 999  # 1000 bytes with its newline: the pipe fills mid-line
         threading.Timer(0.3, stop.set).start()
         started = time.monotonic()

@@ -156,9 +156,10 @@ _CATALOGUE = (
     EventSpec(
         "settle",
         logging.INFO,
-        ("bytes", "settle_time", "events", "token"),
-        "Stopping on a pipe: what the reader took in the last settle_time seconds does not count "
-        "as delivered (a shipper may drop what it reads while it shuts down); it is sent again.",
+        ("bytes", "lines", "settle_time", "settle_lines", "events", "token"),
+        "Stopping on a pipe: what the reader took in the last settle_time seconds, at most "
+        "settle_lines lines, does not count as delivered (a shipper may drop what it reads while "
+        "it shuts down); it is sent again.",
     ),
     EventSpec(
         "caught_up",
@@ -278,6 +279,21 @@ _CATALOGUE = (
         (),
         "How much of stdout the reader has taken cannot be measured; a page counts as delivered "
         "once written.",
+    ),
+    EventSpec(
+        "torn_tail",
+        logging.WARNING,
+        ("bytes",),
+        "stdout is a regular file that ended mid-line at start (a process killed while the kernel "
+        "copied its write): the fragment is ended with a newline before any event is written, so "
+        "no event is glued onto it; the whole event is sent again.",
+    ),
+    EventSpec(
+        "line_over_pipe",
+        logging.WARNING,
+        ("bytes", "pipe_bytes"),
+        "An event is larger than stdout's pipe can ever hold: it is written in parts, so a kill in "
+        "its middle would leave part of it in the pipe (said once per run).",
     ),
     EventSpec(
         "consumer_gone",

@@ -37,7 +37,16 @@ MAX_TIMEOUT_LIMIT = 300
 #: Fluent Bit's exec input reads on while its engine shuts down and signals its child at the end;
 #: what it read after the engine's last ring-buffer pass (every 250 ms) is dropped. Four times that,
 #: plus scheduling jitter; Vector, syslog-ng and nc drop nothing they took at a clean stop.
-SETTLE_TIME_DEFAULT = 1.0
+#: Fluent Bit's exec input drops what it read after its engine's last pass over the input's ring
+#: buffer; at catch-up speed on a loaded host that pass came 1.4 s before the child's SIGTERM
+#: (its output workers stopping in between), not the 250 ms of an idle one.
+SETTLE_TIME_DEFAULT = 5.0
+#: At most this many of the lines a pipe's reader took last before a stop are not counted (the
+#: settle window in lines): more than Fluent Bit's exec input can hold unflushed (1,024 records in
+#: its ring buffer, a few in its read buffer).
+SETTLE_LINES_DEFAULT = 1500
+#: The most settle_lines may be: what a stop sends again stays within the 3,000-line bound.
+SETTLE_LINES_MAX = 1900
 
 # Events are a few KB; 16 MiB is far beyond any real one and keeps a few copies of it cheap.
 MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
@@ -358,13 +367,28 @@ OPTIONS: Tuple[Option, ...] = (
         "settle_time",
         "float",
         "With --ack none on a pipe or socket: a line counts as delivered once the reader took it and "
-        "stayed this many seconds after that; a stop (signal, broken pipe) commits nothing younger, "
-        "and --once waits this long after its last line. Covers a shipper that reads on while it "
-        "shuts down (Fluent Bit's exec input drops what it read in its last 250 ms). 0 turns it off.",
+        "stayed this many seconds after that; a stop (signal, broken pipe) commits nothing younger "
+        "(at most settle_lines lines), and --once waits this long after its last line. Covers a "
+        "shipper that reads on while it shuts down (Fluent Bit's exec input drops what it read "
+        "after its engine's last pass, up to 1,024 lines, 1.4 s before it signals its child at "
+        "catch-up speed on a loaded host). 0 turns it off.",
         default=SETTLE_TIME_DEFAULT,
         minimum=0,
         maximum=600,
         metavar="SECONDS",
+        run_only=True,
+    ),
+    Option(
+        "settle_lines",
+        "int",
+        "With --ack none on a pipe or socket: the most lines a stop leaves uncounted of those the "
+        "reader took in the last settle_time seconds, so a stop at full speed re-sends a count, not "
+        "a second of throughput. The default covers what Fluent Bit's exec input can drop (1,024 "
+        "records and its read buffer). 0: no bound (the whole settle_time).",
+        default=SETTLE_LINES_DEFAULT,
+        minimum=0,
+        maximum=SETTLE_LINES_MAX,
+        metavar="N",
         run_only=True,
     ),
     Option(

@@ -196,13 +196,25 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
                 already_read=already_read,
                 started=config.ack == "auto",
             )
+        writer = LineWriter(stdout_fd)
+        writer.on_oversize = _oversize_warning
+        fragment = writer.mend_torn_tail()
+        if fragment:
+            logs.emit(
+                "torn_tail",
+                f"stdout is a file that ended mid-line ({fragment} bytes after its last newline, "
+                "left by a process killed while writing): that fragment is ended with a newline so "
+                "no event is glued onto it; the whole event is sent again",
+                bytes=fragment,
+            )
         delivery = make_delivery(
             mode,
-            LineWriter(stdout_fd),
+            writer,
             store.commit_point,
             store.note,
             config.settle_time,
             stop,
+            config.settle_lines,
             **ack_options,
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
@@ -232,6 +244,17 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
                 metrics.close()
     finally:
         store.close()
+
+
+def _oversize_warning(length: int, capacity: int) -> None:
+    logs.emit(
+        "line_over_pipe",
+        f"an event of {length} bytes is larger than stdout's pipe can ever hold ({capacity} bytes): "
+        "it is written in parts, so a kill of kata-events in the middle of it would leave part of "
+        "it in the pipe (said once); raise /proc/sys/fs/pipe-max-size to make room",
+        bytes=length,
+        pipe_bytes=capacity,
+    )
 
 
 def start_metrics(config: Config, runner: Runner) -> Any:

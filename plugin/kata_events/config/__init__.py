@@ -89,6 +89,7 @@ class Config:
     state_file: Path
     ack: str
     settle_time: float
+    settle_lines: int
     max_unacked: int
     ack_timeout: int
     log_level: str

@@ -57,14 +57,16 @@ class DrainDelivery(Delivery):
         note: Optional[Callable[[Point, bool], None]] = None,
         settle: float = 0.0,
         stop: Optional[Stop] = None,
+        settle_lines: int = 0,
     ) -> None:
-        super().__init__(writer, commit, note, settle if kind in ("pipe", "socket") else 0.0, stop)
+        settle = settle if kind in ("pipe", "socket") else 0.0
+        super().__init__(writer, commit, note, settle, stop, settle_lines)
         self.kind = kind
         self.guarantee = {
             "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
-            f"stayed {self.settle:g} s after that (settle_time)",
+            f"stayed {self.settle:g} s after that (settle_time){self._bounded()}",
             "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
-            f"peer stayed {self.settle:g} s after that (settle_time)",
+            f"peer stayed {self.settle:g} s after that (settle_time){self._bounded()}",
             "file": "a line counts as delivered once its bytes are fsynced to the file",
         }[kind]
         self._measurable = True
@@ -78,6 +80,10 @@ class DrainDelivery(Delivery):
         else:
             self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
         self._thread.start()
+
+    def _bounded(self) -> str:
+        lines = self.ledger.settle_lines
+        return f", at most {lines} lines back at a stop (settle_lines)" if lines and self.settle else ""
 
     def _unread(self) -> int:
         """Bytes written but not yet taken by the reader (0 when that cannot be measured)."""
@@ -104,8 +110,11 @@ class DrainDelivery(Delivery):
         position = max(0, self.ledger.written - self._unread())
         self._take(position)
 
+    def _after_partial(self) -> None:
+        self._check()
+
     def _write_piece(self, data: bytes, count: int) -> None:
-        n = self.writer.write_bytes(data)
+        n = self._write(data)
         with self._lock:
             self.ledger.wrote(n, time.monotonic(), data, count)
             self._check()
@@ -240,9 +249,10 @@ class DrainDelivery(Delivery):
             except OSError:
                 pass
             reference = min(t for t in (time.monotonic(), self._gone_at, self.stop.at) if t is not None)
-            position = self.ledger.settled_position(reference)
+            position = self.ledger.stop_position(reference)
             point = self.ledger.point_at(position)
             younger = self.ledger.taken_position - position
+            lines = self.ledger.lines_at(self.ledger.taken_position) - self.ledger.lines_at(position)
         # Nothing younger is recorded after this: not a point a failing state file left unsaved,
         # not the drain thread's last look while it closes.
         with self.recorder.final():
@@ -264,10 +274,14 @@ class DrainDelivery(Delivery):
                 return
             logs.emit(
                 "settle",
-                f"stopping: the last {younger} bytes the reader took, in the last {self.settle:g} s "
-                "(settle_time), do not count as delivered; they are sent again at the next start",
+                f"stopping: the last {younger} bytes ({lines} lines) the reader took, in the last "
+                f"{self.settle:g} s (settle_time) and at most {self.ledger.settle_lines or 'all'} "
+                "lines (settle_lines), do not count as delivered; they are sent again at the next "
+                "start",
                 bytes=younger,
+                lines=lines,
                 settle_time=self.settle,
+                settle_lines=self.ledger.settle_lines,
                 events=point.events,
                 token=short_token(point.token),
             )

@@ -16,7 +16,9 @@ restart skips exactly what was delivered of it.
 
 The settle window: `taken` also dates each advance of the taken position, and `settled_position`
 answers "what had been taken ``settle`` seconds ago" (for readers that may drop what they took while
-they shut down). Checkpoints and dates older than the window are forgotten.
+they shut down). Checkpoints and dates older than the window are forgotten. The window is bounded
+in lines too: `stop_position` goes back at most ``settle_lines`` lines (to a checkpoint at or before
+that), so a stop at full speed leaves a count uncounted, never a second of throughput.
 
 The ledger is pure: no I/O, no clock of its own (times are passed in), no threads. It never writes
 to stdout, never touches the state file and never logs.
@@ -42,8 +44,10 @@ class DeliveryLedger:
     point that position reaches.
     """
 
-    def __init__(self, start: Optional[Point] = None, settle: float = 0.0) -> None:
+    def __init__(self, start: Optional[Point] = None, settle: float = 0.0, settle_lines: int = 0) -> None:
         self.settle = settle
+        #: The most lines a stop goes back (0: no bound, the whole settle window).
+        self.settle_lines = settle_lines
         self._written = 0
         self._taken = 0
         # Event lines written (whatever the units), for the count-bound on what is not recorded.
@@ -190,6 +194,38 @@ class DeliveryLedger:
                 break
             settled = position
         return settled
+
+    def taken_by(self, when: float) -> int:
+        """The taken position as it was at ``when`` (dates only; conservative)."""
+        if self.settle <= 0:
+            return self._taken
+        taken = self._settled_floor
+        for date, position in self._taken_at:
+            if date > when:
+                break
+            taken = position
+        return taken
+
+    def position_of_lines(self, lines: int) -> int:
+        """The newest checkpoint's position whose event lines are at most ``lines`` (-1: none kept)."""
+        for entry in reversed(self._trail):
+            if entry[4] <= lines:
+                return entry[0]
+        return -1
+
+    def stop_position(self, reference: float) -> int:
+        """Where a stop measured from ``reference`` goes back to: what had settled by then, but no
+        more than ``settle_lines`` lines (a checkpoint at or before that) behind what was taken."""
+        settled = self.settled_position(reference)
+        if self.settle <= 0 or self.settle_lines <= 0:
+            return settled
+        taken = self.taken_by(reference)
+        by_count = self.position_of_lines(self.lines_at(taken) - self.settle_lines)
+        return max(settled, min(by_count, taken))
+
+    def lines_in_flight(self) -> int:
+        """Event lines written beyond the newest checkpoint the reader has wholly taken."""
+        return self._lines - self.lines_at(self._taken)
 
     def freeze(self, at: float) -> None:
         """A stop measured from ``at`` is coming: keep the dates it needs. Plain assignments only,

@@ -35,7 +35,7 @@ from typing import Any, Callable, List, Optional
 from kata_events.delivery.disk_faults import DiskHealth
 from kata_events.delivery.ledger import DeliveryLedger
 from kata_events.delivery.recorder import Recorder
-from kata_events.delivery.writer import PIECE_LINES, LineWriter, pieces
+from kata_events.delivery.writer import PIECE_LINES, LineWriter, WriteStopped, pieces
 from kata_events.fds import fd_kind
 from kata_events.state.progress import Point
 from kata_events.stopping import Stop
@@ -49,6 +49,13 @@ DRAIN_POLL = 0.05
 RECORD_AHEAD_LINES = 2000
 #: The bound on lines delivered and sent again after a kill -9, whatever the threads' timing.
 RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
+#: The bound on what any stop sends again, the settle window's lines included.
+STOP_RESEND_BOUND = 3000
+#: With a settle window: the most lines written beyond what the reader wholly took. Small enough
+#: that what a pipe holds when a stop comes fits Fluent Bit's exec input's ring buffer (1,024
+#: records) with room to spare: past it, that input spends a second on every line it reads while it
+#: shuts down. Large enough to keep a reader busy (a few pieces of event-sized lines).
+FLIGHT_LINES = 600
 
 
 class Delivery:
@@ -71,6 +78,7 @@ class Delivery:
         note: Optional[Callable[[Point, bool], None]] = None,
         settle: float = 0.0,
         stop: Optional[Stop] = None,
+        settle_lines: int = 0,
     ) -> None:
         #: The run's stop state: the writer looks at it while it waits for room, and a stop
         #: goes back from the moment it was asked for.
@@ -78,7 +86,13 @@ class Delivery:
         writer.should_stop = lambda: self.stop.stopping
         self.writer = writer
         self.settle = settle
-        self.ledger = DeliveryLedger(settle=settle)
+        self.ledger = DeliveryLedger(settle=settle, settle_lines=settle_lines if settle > 0 else 0)
+        #: With a settle window bounded in lines: the most lines written beyond what the reader
+        #: wholly took, so that a stop (going back ``settle_lines``) re-sends at most
+        #: `STOP_RESEND_BOUND` (None: no such bound).
+        self.flight_lines: Optional[int] = None
+        if self.ledger.settle_lines > 0:
+            self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - self.ledger.settle_lines - PIECE_LINES)
         self._lock = threading.Lock()
         #: Whether the state file and stdout take data; the runner pauses fetching while not.
         self.health = DiskHealth()
@@ -108,13 +122,44 @@ class Delivery:
         """Write one batch of lines belonging to the current page."""
         for data, count in pieces(lines):
             self._wait_for_record()
+            if self.flight_lines is not None:
+                self._wait_for_flight(count)
             self._write_piece(data, count)
 
+    def _write(self, data: bytes) -> int:
+        """Write a piece; a stop in its middle still counts the whole lines it wrote."""
+        try:
+            return self.writer.write_bytes(data)
+        except WriteStopped as exc:
+            if exc.written > 0:
+                part = data[: exc.written]
+                with self._lock:
+                    self.ledger.wrote(exc.written, time.monotonic(), part, part.count(b"\n"))
+                    self._after_partial()
+            raise
+
+    def _after_partial(self) -> None:
+        """With the lock held: a stop cut a piece; what it wrote is counted (subclasses)."""
+
     def _write_piece(self, data: bytes, count: int) -> None:
-        self.writer.write_bytes(data)
+        self._write(data)
         with self._lock:
             self.ledger.wrote(len(data), time.monotonic(), data, count)
             self._take(self.ledger.written)
+
+    def _wait_for_flight(self, count: int) -> None:
+        """Before a piece of ``count`` lines: wait while it would put more than `flight_lines`
+        lines beyond what the reader wholly took (a stop's re-send stays within its bound)."""
+        limit = self.flight_lines
+        assert limit is not None
+        delay = 0.0005
+        while not self._wait_ends():
+            with self._lock:
+                self._nudge()
+                if self.ledger.lines_in_flight() + count <= limit or self.ledger.unacked == 0:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def _wait_for_record(self) -> None:
         """Before a piece: wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered.
@@ -206,6 +251,7 @@ def make_delivery(
     note: Optional[Callable[[Point, bool], None]] = None,
     settle: float = 0.0,
     stop: Optional[Stop] = None,
+    settle_lines: int = 0,
     **ack_options: object,
 ) -> Delivery:
     """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
@@ -221,5 +267,5 @@ def make_delivery(
         raise ValueError(f"unknown delivery mode {mode!r}")
     kind = fd_kind(writer.fd)
     if kind in ("pipe", "socket", "file"):
-        return DrainDelivery(writer, commit, kind, note, settle, stop)
+        return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
     return Delivery(writer, commit, note, stop=stop)

@@ -4,13 +4,23 @@
 every call really took, and turns a vanished reader into `ConsumerGone`. Python's buffered
 ``sys.stdout`` is never used for events: on a pipe whose reader went away it can report a short
 write as success. A stop never lands in the middle of a write and never leaves half a line behind
-when it can be helped. This module writes nothing but the event lines it is given and never logs.
+when it can be helped.
+
+No reader gets part of a line, whatever kills the process: on a pipe every write is whole lines
+that fit the pipe's free room (`kata_events.delivery.pipe_room`), which the kernel copies whole, so
+a kill -9 or the OOM killer leaves whole lines behind; the pipe is grown at start. A line larger
+than the pipe can ever hold is written anyway, in parts (``on_oversize`` is told, once). A regular
+file found ending mid-line at start (a torn tail a kill left while the kernel copied a write) gets
+its fragment terminated before anything else is written (`mend_torn_tail`), so the first line is
+never glued onto it. This module writes nothing but the event lines it is given (and that one
+newline) and never logs.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
+import fcntl
 import itertools
 import os
 import select
@@ -18,6 +28,7 @@ import time
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from kata_events.delivery.disk_faults import DiskHealth, is_disk_fault
+from kata_events.delivery.pipe_room import PipeRoom, grow_pipe
 from kata_events.exits import ExitStatus
 from kata_events.fds import fd_kind
 from kata_events.state.progress import joined
@@ -31,7 +42,7 @@ WRITE_POLL_MS = 50
 #: Lines are written (and their delivery point tracked) in pieces of about this many bytes...
 PIECE_BYTES = 256 * 1024
 #: ...and at most this many lines (small events would otherwise make a piece of thousands).
-PIECE_LINES = 1000
+PIECE_LINES = 500
 
 
 class ConsumerGone(Exception):
@@ -68,7 +79,21 @@ def pieces(
 
 
 class WriteStopped(Exception):
-    """A stop was asked for while the writer waited for room in stdout; whole lines stay whole."""
+    """A stop was asked for while the writer waited for room in stdout; whole lines stay whole.
+
+    ``written``: the bytes of the batch written before the stop (whole lines, unless a line had to
+    be cut: ``cut``)."""
+
+    def __init__(self, message: str, written: int = 0, cut: bool = False) -> None:
+        super().__init__(message)
+        self.written = written
+        self.cut = cut
+
+
+#: Waiting for room in a pipe that is not full (so poll() returns at once): sleep this long at
+#: first, doubling up to `ROOM_WAIT_MAX`.
+ROOM_WAIT_MIN = 0.0005
+ROOM_WAIT_MAX = 0.01
 
 
 def _shared_with_stderr(fd: int) -> bool:
@@ -106,12 +131,89 @@ class LineWriter:
         self.health: Optional[DiskHealth] = None
         #: Whole lines that went out in a write ended early (a stop, a reader gone), for the counts.
         self.cut_short_lines = 0
-        if fd_kind(fd) in ("pipe", "socket") and not _shared_with_stderr(fd):
+        #: Told once (line length, pipe capacity) when a line larger than the pipe is written in parts.
+        self.on_oversize: Callable[[int, int], None] = lambda length, capacity: None
+        self._oversize_told = False
+        #: A pipe of our own: the slots our writes fill, so every write is whole lines that fit.
+        self.room: Optional[PipeRoom] = None
+        self._room_wait = ROOM_WAIT_MIN
+        kind = fd_kind(fd)
+        if kind in ("pipe", "socket") and not _shared_with_stderr(fd):
             try:
                 os.set_blocking(fd, False)
                 self._made_nonblocking = True
             except OSError:
                 pass
+            if kind == "pipe" and self._made_nonblocking:
+                size = grow_pipe(fd)
+                if size > 0:
+                    self.room = PipeRoom(fd, size)
+
+    def mend_torn_tail(self) -> int:
+        """A regular file that ends mid-line (a kill tore a write): terminate that fragment with a
+        newline, so the first line written is not glued onto it. Returns the fragment's length (0:
+        the file ends in a newline, is empty, or cannot be read back)."""
+        if not self._regular_file:
+            return 0
+        try:
+            st = os.fstat(self.fd)
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            end = st.st_size if flags & os.O_APPEND else os.lseek(self.fd, 0, os.SEEK_CUR)
+        except OSError:
+            return 0
+        if end <= 0:
+            return 0
+        tail = self._read_back(max(0, end - 65536), min(end, 65536))
+        if not tail or tail.endswith(b"\n"):
+            return 0
+        self.write_bytes(b"\n")
+        return len(tail) - (tail.rfind(b"\n") + 1)
+
+    def _read_back(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the file at ``offset`` (stdout is often opened write-only: the
+        file is opened again for reading through /proc)."""
+        try:
+            return os.pread(self.fd, length, offset)
+        except OSError:
+            pass
+        try:
+            fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
+        except OSError:
+            return b""
+        try:
+            return os.pread(fd, length, offset)
+        except OSError:
+            return b""
+        finally:
+            os.close(fd)
+
+    def _whole_lines_end(self, data: bytes, done: int, end: int) -> int:
+        """Where the next write into the pipe stops: the last line end within its free room (0:
+        wait for room). A line larger than the pipe can ever hold goes out in parts."""
+        room = self.room
+        assert room is not None
+        free = room.room()
+        if done + free >= end:
+            return end
+        cut = data.rfind(b"\n", done, done + free)
+        if cut >= 0:
+            return cut + 1
+        line_end = data.index(b"\n", done) + 1
+        if line_end - done > room.capacity:
+            if not self._oversize_told:
+                self._oversize_told = True
+                self.on_oversize(line_end - done, room.capacity)
+            return line_end
+        return 0
+
+    def _wait_for_room(self) -> None:
+        """The pipe lacks room for the next whole line: wait for the reader (poll() blocks only
+        while the pipe is quite full, so short sleeps cover the rest)."""
+        started = time.monotonic()
+        self._poll.poll(WRITE_POLL_MS)
+        if time.monotonic() - started < self._room_wait:
+            time.sleep(self._room_wait)
+            self._room_wait = min(self._room_wait * 2, ROOM_WAIT_MAX)
 
     def write_lines(self, lines: List[bytes]) -> int:
         """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
@@ -133,14 +235,22 @@ class LineWriter:
                 end = total
                 if self.should_stop():
                     if done == 0 or data[done - 1] == 0x0A:
-                        raise WriteStopped(f"stopped at a line boundary after {done} bytes")
+                        raise WriteStopped(f"stopped at a line boundary after {done} bytes", done)
                     # Finish the line under way, and nothing after it.
                     end = data.index(b"\n", done) + 1
                     now = time.monotonic()
                     if give_up_at is None:
                         give_up_at = now + self.finish_line_grace
                     if now >= give_up_at:
-                        raise WriteStopped("stdout took no more while stopping: a line is cut")
+                        raise WriteStopped("stdout took no more while stopping: a line is cut", done, True)
+                whole = True
+                if self.room is not None and (done == 0 or data[done - 1] == 0x0A):
+                    end = self._whole_lines_end(data, done, end)
+                    if end == 0:
+                        self._wait_for_room()
+                        continue
+                    self._room_wait = ROOM_WAIT_MIN
+                    whole = end - done <= self.room.capacity
                 try:
                     n = os.write(self.fd, view[done:end])
                 except BlockingIOError:
@@ -153,8 +263,11 @@ class LineWriter:
                     if not self.health.wait(self.should_stop):
                         self.write_failing = False
                         self._cut_partial_line(data, done)
-                        raise WriteStopped("stopped while stdout's disk failed") from None
+                        kept = data.rfind(b"\n", 0, done) + 1
+                        raise WriteStopped("stopped while stdout's disk failed", kept) from None
                     continue
+                if self.room is not None:
+                    self.room.wrote(n, whole and n == end - done)
                 if n > 0:
                     done += n
                     if disk_trouble:

@@ -1,0 +1,136 @@
+"""How many bytes a write into stdout's pipe can take whole, so that no kill ever tears a line.
+
+Linux copies a write into a pipe whole, without blocking, when its free room holds it: a kill -9
+after that leaves whole lines behind, and a kill cannot land inside the copy (a signal is looked at
+only when the pipe is full). The room is not ``size - FIONREAD``: the kernel keeps a pipe's bytes
+in page-sized slots, a write's remainder is merged into the last slot only when it fits there, and
+a slot half read still counts whole. `PipeRoom` keeps the same picture of our own writes: each
+write's slots, and what the reader took (FIONREAD says how much is left). A write of ``n`` bytes
+fits whole when ``ceil(n / page)`` slots are free, whichever way the kernel lays it out.
+
+Bytes the model did not write itself (someone else writing into the pipe: foreign content at
+start, a short write the model did not expect) make it unsure: it then offers no room until the
+pipe is empty, and starts again from there. The pipe is grown at start (``F_SETPIPE_SZ``, up to
+``/proc/sys/fs/pipe-max-size``): more room, fewer waits. Pure bookkeeping and ioctls; never logs.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import os
+import termios
+from collections import deque
+from typing import Deque, List, Optional
+
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+#: The size asked for when /proc/sys/fs/pipe-max-size cannot be read (Linux's default maximum).
+DEFAULT_MAX_PIPE = 1 << 20
+PIPE_MAX_SIZE_FILE = "/proc/sys/fs/pipe-max-size"
+
+
+def grow_pipe(fd: int, want: Optional[int] = None) -> int:
+    """Make the pipe on ``fd`` as large as an unprivileged process may (or ``want``); its size."""
+    if want is None:
+        try:
+            with open(PIPE_MAX_SIZE_FILE) as f:
+                want = int(f.read().strip())
+        except (OSError, ValueError):
+            want = DEFAULT_MAX_PIPE
+    try:
+        size = fcntl.fcntl(fd, F_GETPIPE_SZ)
+    except OSError:
+        return 0
+    if want > size:
+        try:
+            size = fcntl.fcntl(fd, F_SETPIPE_SZ, want)
+        except OSError:
+            # EPERM past the user's pipe budget, EBUSY: keep the size it has.
+            pass
+    try:
+        return fcntl.fcntl(fd, F_GETPIPE_SZ)
+    except OSError:
+        return size
+
+
+def unread_bytes(fd: int) -> int:
+    """Bytes in the pipe not yet read (FIONREAD on the write end)."""
+    buf = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    return buf[0]
+
+
+class PipeRoom:
+    """The pipe's slots as our writes filled them; `room` is what a write can take whole now."""
+
+    def __init__(self, fd: int, size: int, page: Optional[int] = None) -> None:
+        self.fd = fd
+        self.page = page or os.sysconf("SC_PAGE_SIZE")
+        self.size = size
+        self.slots = max(1, size // self.page)
+        # One [offset, length] per slot in use, oldest first, as the kernel's pipe_buffer has them.
+        self._bufs: Deque[List[int]] = deque()
+        self._total = 0
+        #: True while bytes we did not write may be in the pipe: no room until it is empty.
+        self.unsure = True
+
+    @property
+    def capacity(self) -> int:
+        """The largest write that ever fits whole (an empty pipe)."""
+        return self.slots * self.page
+
+    def room(self) -> int:
+        """Bytes a write can take now without any of it waiting (0 when unsure and not empty)."""
+        unread = unread_bytes(self.fd)
+        self._sync(unread)
+        if self.unsure:
+            return 0
+        return (self.slots - len(self._bufs)) * self.page
+
+    def _sync(self, unread: int) -> None:
+        if unread == 0:
+            self._bufs.clear()
+            self._total = 0
+            self.unsure = False
+            return
+        if self.unsure:
+            return
+        consumed = self._total - unread
+        if consumed < 0:
+            # More in the pipe than we wrote: another writer. Wait until it is empty.
+            self.unsure = True
+            return
+        bufs = self._bufs
+        while consumed > 0 and bufs:
+            head = bufs[0]
+            if head[1] <= consumed:
+                consumed -= head[1]
+                bufs.popleft()
+            else:
+                head[0] += consumed
+                head[1] -= consumed
+                consumed = 0
+        self._total = unread
+
+    def wrote(self, n: int, whole: bool = True) -> None:
+        """``n`` bytes went in; ``whole`` False: fewer than asked (the model was wrong)."""
+        if n <= 0:
+            return
+        if self.unsure or not whole:
+            self.unsure = True
+            return
+        page = self.page
+        bufs = self._bufs
+        rest = n
+        chars = n % page
+        if chars and bufs:
+            last = bufs[-1]
+            if last[0] + last[1] + chars <= page:
+                last[1] += chars
+                rest -= chars
+        while rest > 0:
+            take = min(page, rest)
+            bufs.append([0, take])
+            rest -= take
+        self._total += n
