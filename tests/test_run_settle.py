@@ -181,12 +181,12 @@ def test_sigterm_while_once_waits_for_the_settle_goes_back(
     assert again.seqs()[:1] == [1], "the lines taken within the settle time must come again"
 
 
-#: A reader taking at most 1.6 MB a second (2,500 lines of 200 B): a page of 72,000 takes it half a
-#: minute.
+#: A reader taking at most 400 KB a second (about 600 lines of 200 B): a page of 72,000 takes it two
+#: minutes, and the settle time holds fewer lines than settle_lines.
 SLOW_READER = (
     "import os, sys, time\n"
     "while True:\n"
-    "    data = os.read(0, 16384)\n"
+    "    data = os.read(0, 4096)\n"
     "    if not data:\n"
     "        break\n"
     "    os.write(1, data)\n"
@@ -209,9 +209,9 @@ def test_a_stop_inside_the_first_page_of_a_new_subscription_goes_back_too(
     taken = tmp_path / "taken.ndjson"
     with piped_to(args, [sys.executable, "-c", SLOW_READER], tmp_path) as (proc, _reader, sampler):
         # The reader must have passed a delivery point (one per batch of at most 1 MiB, 1,600 lines)
-        # settle_time before the stop, however slowly the machine runs: wait for 4,000 lines, then
+        # settle_time before the stop, however slowly the machine runs: wait for 2,000 lines, then
         # for more than the settle time.
-        wait_for_lines(sampler, 4_000)
+        wait_for_lines(sampler, 2_000)
         time.sleep(SETTLE + 1.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
