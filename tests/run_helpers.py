@@ -149,6 +149,16 @@ def partial_tail(data: bytes) -> bytes:
     return data[data.rfind(b"\n") + 1 :]
 
 
+def after_torn_tail(data: bytes, torn: bool, label: str) -> bytes:
+    """A run's output into a regular file after the previous run's kill left it ending mid-line
+    (``torn``): the run first ends that fragment with a newline (docs/delivery.md, `torn_tail`),
+    never gluing an event onto it; its own lines follow, returned here."""
+    if not torn:
+        return data
+    assert data.startswith(b"\n"), f"{label}: the torn last line was not ended before the next event"
+    return data[1:]
+
+
 def assert_exact_events(emu: Emulator, lines: Iterable[bytes], first: int, last: int) -> None:
     """``lines`` are exactly the server's bytes of events ``first``..``last``, in order."""
     lines = list(lines)

@@ -35,7 +35,8 @@ def _flags(text: str) -> List[str]:
 
 def test_check_help_lists_exactly_the_options_check_uses() -> None:
     text = _help("check")
-    description, _, listed = text.partition("\noptions:")
+    # argparse heads the list "options:" (Python 3.10 and later) or "optional arguments:" (3.9).
+    description, listed = re.split(r"\n(?:options|optional arguments):", text, maxsplit=1)
     offered = _flags(description.split("\n\n", 1)[0] + listed)
     used = {"--help", "--config"} | {o.flag for o in opts.OPTIONS if not o.run_only and not o.env_only}
     for flag in (
