@@ -149,6 +149,19 @@ def partial_tail(data: bytes) -> bytes:
     return data[data.rfind(b"\n") + 1 :]
 
 
+def log_records(stderr: bytes) -> List[Dict[str, Any]]:
+    """The JSON log lines of a process's stderr that carry an event (other lines are skipped)."""
+    records = []
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "event" in record:
+            records.append(record)
+    return records
+
+
 def after_torn_tail(data: bytes, torn: bool, label: str) -> bytes:
     """A run's output into a regular file after the previous run's kill left it ending mid-line
     (``torn``): the run first ends that fragment with a newline (docs/delivery.md, `torn_tail`),

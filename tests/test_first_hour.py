@@ -9,17 +9,16 @@ mutual TLS against the emulator on loopback, a real plain-HTTP server.
 from __future__ import annotations
 
 import http.server
-import json
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator
 
 import pytest
 
 from kata_events import certs, logs
-from run_helpers import clean_env, client_args, installed_command, run_args, seq_of
+from run_helpers import clean_env, client_args, installed_command, log_records, run_args, seq_of
 
 DEMO_BACKLOG = 20
 
@@ -33,18 +32,6 @@ def _kata(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         timeout=timeout,
         env=clean_env(),
     )
-
-
-def _log_records(stderr: bytes) -> List[dict]:
-    records = []
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "event" in record:
-            records.append(record)
-    return records
 
 
 # -- 1. demo --events N ---------------------------------------------------------------------------
@@ -62,7 +49,7 @@ def test_demo_prints_exactly_the_events_asked_for(count: int, rate: str) -> None
     lines = done.stdout.splitlines()
     assert len(lines) == count, f"{len(lines)} lines for --events {count}"
     assert [seq_of(line) for line in lines] == list(range(1, count + 1))
-    records = _log_records(done.stderr)
+    records = log_records(done.stderr)
     (stop,) = [r for r in records if r["event"] == "stop"]
     assert stop["reason"] == f"{count} events shown"
     assert stop["events"] == count and stop["written"] == count  # written counts lines
@@ -132,7 +119,7 @@ def test_an_unusable_key_has_one_message_and_one_code(
 
     ran = _kata("run", *args)
     assert ran.returncode == 78
-    records = _log_records(ran.stderr)
+    records = log_records(ran.stderr)
     (fatal,) = [r for r in records if r["event"] == "fatal"]
     assert expected in fatal["message"] and "kata-events init" in fatal["message"]
     assert fatal["reason"] == "client certificate"
@@ -195,7 +182,7 @@ def test_a_mistyped_flag_gets_the_subcommands_usage_and_a_guess(command: str) ->
     assert done.returncode == 64
     text = done.stderr.decode()
     if command == "run":  # one fatal log line, the usage in a field
-        (record,) = _log_records(done.stderr)
+        (record,) = log_records(done.stderr)
         assert record["event"] == "fatal" and record["exit_code"] == 64
         text = record["usage"] + "\n" + record["message"]
     assert f"usage: kata-events {command}" in text
@@ -218,7 +205,7 @@ def test_a_url_without_https_is_a_configuration_error(command: str, client_cert,
     assert done.returncode == 78
     text = done.stderr.decode()
     if command == "run":  # one fatal log line (check reports for people, step by step)
-        (record,) = _log_records(done.stderr)
+        (record,) = log_records(done.stderr)
         assert record["event"] == "fatal" and record["exit_code"] == 78
         text = record["message"]
     assert 'url = "127.0.0.1:8443" (from --url): the scheme is missing: write https://127.0.0.1:8443' in text

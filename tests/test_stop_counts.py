@@ -5,7 +5,6 @@ demo's ``--events 5``, and a shipper's STOP under the acknowledgement protocol (
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
@@ -15,21 +14,9 @@ import pytest
 
 from emulator_helpers import ClientCert
 from kata_events.emulator import Emulator
-from run_helpers import clean_env, command, installed_command, run_args
+from run_helpers import clean_env, command, installed_command, log_records, run_args
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _records(stderr: bytes) -> List[Dict[str, Any]]:
-    records = []
-    for line in stderr.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "event" in record:
-            records.append(record)
-    return records
 
 
 def _the_stop(records: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -66,7 +53,7 @@ def test_run_into_head_counts_the_lines_that_went_out_of_the_first_page(
     assert kata.returncode == 0, err.decode()[-2000:]
     shown = out.read_bytes()
     assert shown.count(b"\n") == 500
-    stop = _the_stop(_records(err))
+    stop = _the_stop(log_records(err))
     assert stop["reason"] == "consumer gone", stop
     # Everything head printed was written, and received: neither count says 0.
     assert stop["written"] >= 500, stop
@@ -91,7 +78,7 @@ def test_the_demos_stop_line_counts_its_events_bytes_and_what_it_saved(tmp_path:
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     shown = out.read_bytes()
     assert shown.count(b"\n") == 5
-    stop = _the_stop(_records(done.stderr))
+    stop = _the_stop(log_records(done.stderr))
     assert (stop["events"], stop["written"]) == (5, 5), stop
     assert stop["bytes"] >= len(shown), stop
     # Into a file, a line is delivered once synced: the five are saved inside the first page.
@@ -133,7 +120,7 @@ def test_a_shippers_stop_is_one_stop_line(
             kata.kill()
             kata.wait()
     assert kata.returncode == 0, err.decode()[-2000:]
-    records = _records(err)
+    records = log_records(err)
     stop = _the_stop(records)
     assert stop["reason"] == "STOP" and stop["acknowledged"] == stop["written"] == 300, stop
     said = [r for r in records if r["event"] == "shipper_stop"]

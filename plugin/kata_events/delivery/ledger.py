@@ -185,15 +185,7 @@ class DeliveryLedger:
 
     def settled_position(self, now: float) -> int:
         """The taken position as it was ``settle`` seconds before ``now`` (dates only; conservative)."""
-        if self.settle <= 0:
-            return self._taken
-        cutoff = now - self.settle
-        settled = self._settled_floor
-        for when, position in self._taken_at:
-            if when > cutoff:
-                break
-            settled = position
-        return settled
+        return self.taken_by(now - self.settle)
 
     def taken_by(self, when: float) -> int:
         """The taken position as it was at ``when`` (dates only; conservative)."""
