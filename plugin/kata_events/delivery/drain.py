@@ -274,10 +274,11 @@ class DrainDelivery(Delivery):
                 return
             logs.emit(
                 "settle",
-                f"stopping: the last {younger} bytes ({lines} lines) the reader took, in the last "
-                f"{self.settle:g} s (settle_time) and at most {self.ledger.settle_lines or 'all'} "
-                "lines (settle_lines), do not count as delivered; they are sent again at the next "
-                "start",
+                f"stopping: the last {younger} bytes ({lines} lines) the reader took do not count as "
+                f"delivered: those of the last {self.settle:g} s (settle_time), going back at most "
+                f"{self.ledger.settle_lines or 'all'} lines (settle_lines) and then to the delivery "
+                "point at or before that (pieces are at most 500 lines); they are sent again at the "
+                "next start",
                 bytes=younger,
                 lines=lines,
                 settle_time=self.settle,
