@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import pytest
 
@@ -49,16 +49,19 @@ def _feed(emu, seconds: float, every: float = 0.25) -> None:
         time.sleep(every)
 
 
+def _slow_disk_files(tmp_path) -> Tuple[OsFaults, Path, Path, Path]:
+    """The injected faults' file, the state directory (made), the state file and the run's log."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    return OsFaults(tmp_path / "os-faults.json"), state_dir, state_dir / "state.json", tmp_path / "stderr.log"
+
+
 @pytest.mark.timeout(120)
 def test_acknowledgements_are_read_and_counted_while_a_commit_is_on_a_slow_disk(
     make_emulator, make_client_cert, ext_id, tmp_path
 ):
     emu = make_emulator(backlog=PAGE)
-    faults = OsFaults(tmp_path / "os-faults.json")
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    state = state_dir / "state.json"
-    log = tmp_path / "stderr.log"
+    faults, state_dir, state, log = _slow_disk_files(tmp_path)
     argv = _argv(emu, make_client_cert("slow-fsync"), ext_id, state)
     with ImprogConsumer(argv, log, env=clean_env(faults.env())) as improg:
         assert improg.wait_lines(PAGE, 20)
@@ -91,11 +94,7 @@ def test_a_subscription_lost_while_a_commit_is_on_disk_leaves_the_state_file_val
     make_emulator, make_client_cert, ext_id, tmp_path
 ):
     emu = make_emulator(backlog=PAGE)
-    faults = OsFaults(tmp_path / "os-faults.json")
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    state = state_dir / "state.json"
-    log = tmp_path / "stderr.log"
+    faults, state_dir, state, log = _slow_disk_files(tmp_path)
     argv = _argv(emu, make_client_cert("slow-fsync-404"), ext_id, state)
     problems: List[str] = []
     seqs: List[int] = []
