@@ -28,6 +28,10 @@ from kata_events.emulator import Emulator
 
 _SEQ = re.compile(rb'^\{"EmulatorSeq":(\d+),')
 
+#: What a kill -9 or a stop may send again per restart, in every mode (docs/delivery.md, "The
+#: bound, by count"; kata_events.delivery.policies.RESEND_BOUND).
+RESEND_BOUND = 3_000
+
 #: Variables that would change what the process does behind the test's back.
 _DROPPED_ENV = (
     "REQUESTS_CA_BUNDLE",

@@ -1,7 +1,7 @@
 """Acceptance: kill -9 at random moments never loses an event; a restart resumes from the last
-committed page, so duplicates are bounded by what was not yet committed: on a pipe, the page whose
-commit was under way, the page after it and a pipe buffer; on a regular file (commit right after
-fsync), the page being written.
+record, so duplicates are bounded by what was not yet recorded: on a pipe, the count the product
+promises in every mode (writing waits while 2,000 lines are not recorded, plus a piece: at most
+3,000, docs/delivery.md); on a regular file (commit right after fsync), the page being written.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from determinism import SEED
-from run_helpers import after_torn_tail, partial_tail, run_args, seq_of, split_lines
-
-#: Linux's default pipe capacity: what a killed process may have written that nobody read yet.
-PIPE_CAPACITY = 65536
+from run_helpers import RESEND_BOUND, after_torn_tail, partial_tail, run_args, seq_of, split_lines
 
 
 def _check_segment(emu, lines: List[bytes], tail: bytes, label: str) -> None:
@@ -64,7 +61,6 @@ def test_fifty_kill9_during_one_long_run_lose_nothing(
     state = tmp_path / "state.json"
     args = run_args(emu, ext_id, cert, state, "--max-events", str(max_events), "--max-timeout", "2")
     segments: List[Tuple[List[int], str]] = []
-    shortest = 10**9
     started = time.monotonic()
     for n in range(50):
         run = runs.start(args)
@@ -76,8 +72,6 @@ def test_fifty_kill9_during_one_long_run_lose_nothing(
         lines = split_lines(data, allow_partial_tail=True)
         label = f"run {n} (seed {seed})"
         _check_segment(emu, lines, partial_tail(data), label)
-        if lines:
-            shortest = min(shortest, min(len(line) for line in lines) + 1)
         segments.append(([seq_of(line) for line in lines], label))
     kills_took = time.monotonic() - started
     # The final run drains what there is: a steady source faster than a loaded machine's run
@@ -87,9 +81,9 @@ def test_fifty_kill9_during_one_long_run_lose_nothing(
     assert final.returncode == 0, final.stderr_text[-3000:]
     _check_segment(emu, final.lines(), b"", "final --once run")
     segments.append((final.seqs(), "final --once run"))
-    # A page's token is committed (fsync, ~10 ms) while the next page is already being written, so
-    # a kill can land after two pages reached the reader and before the first one's commit ended.
-    bound = 2 * max_events + PIPE_CAPACITY // shortest + 1
+    # How far the record trails the reader depends on how the threads are scheduled (a loaded
+    # machine once saw three pages of 200 sent again); what holds whatever the timing is the count.
+    bound = RESEND_BOUND
     figures = _check_history(emu, segments, bound)
     assert figures["last"] > 20000
     print(f"kill -9 x50 in {kills_took:.1f} s; {figures}; bound {bound}; seed {seed}")
