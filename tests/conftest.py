@@ -40,6 +40,52 @@ def pytest_configure(config: pytest.Config) -> None:
     compileall.compile_dir(str(Path(kata_events.__file__).parent), quiet=2)
 
 
+#: Modules whose tests take 15-40 s each on 2 cores (kill loops, the release build, shipper
+#: restarts, big pages): each worker starts on them, so the run does not end waiting for one that
+#: was queued last.
+LONG_MODULES = (
+    "test_release.py",
+    "test_ack_chaos.py",
+    "test_run_crashes.py",
+    "test_whole_lines.py",
+    "test_stop_anywhere.py",
+    "test_run_resume.py",
+    "test_shipper_restarts.py",
+    "test_run_slow_servers.py",
+    "test_stop_resend_count.py",
+    "test_run_memory.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Deal the long tests out to the heads of the workers' first shares.
+
+    pytest-xdist's work-stealing scheduler gives each of its ``n`` workers a contiguous share of the
+    collection at first (the share sizes below are its own arithmetic) and lets idle workers steal
+    from the tail of a busy one's. Long tests at the head of every share start at once and finish
+    while the short ones still balance the load. Only the order changes: every worker computes the
+    same one, as xdist requires.
+    """
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if not workers or workers < 2:
+        return
+    long = [item for item in items if item.path.name in LONG_MODULES]
+    short = [item for item in items if item.path.name not in LONG_MODULES]
+    ordered: List[pytest.Item] = []
+    remaining = len(items)
+    for worker in range(workers):
+        share = remaining // (workers - worker)
+        head = long[worker::workers][:share]
+        ordered += head
+        take = share - len(head)
+        ordered += short[:take]
+        del short[:take]
+        remaining -= share
+    dealt = {id(item) for item in ordered}
+    ordered += [item for item in long if id(item) not in dealt] + short
+    items[:] = ordered
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"test seed: {determinism.SEED} (KATA_TEST_SEED changes it); "
