@@ -34,12 +34,10 @@ SERVER_RETENTION_SECONDS = 2 * 3600
 MAX_EVENTS_LIMIT = 72000
 # ISO-8601 PT300S is the documented ceiling of the long poll.
 MAX_TIMEOUT_LIMIT = 300
-#: Fluent Bit's exec input reads on while its engine shuts down and signals its child at the end;
-#: what it read after the engine's last ring-buffer pass (every 250 ms) is dropped. Four times that,
-#: plus scheduling jitter; Vector, syslog-ng and nc drop nothing they took at a clean stop.
 #: Fluent Bit's exec input drops what it read after its engine's last pass over the input's ring
 #: buffer; at catch-up speed on a loaded host that pass came 1.4 s before the child's SIGTERM
-#: (its output workers stopping in between), not the 250 ms of an idle one.
+#: (its output workers stopping in between), not the 250 ms of an idle one. Vector, syslog-ng and
+#: nc drop nothing they took at a clean stop.
 SETTLE_TIME_DEFAULT = 5.0
 #: At most this many of the lines a pipe's reader took last before a stop are not counted (the
 #: settle window in lines): more than Fluent Bit's exec input can hold unflushed (1,024 records in
@@ -185,7 +183,7 @@ class Option:
             return self.metavar
         if self.type == "choice":
             return "{" + ",".join(self.choices) + "}"
-        return self.name.upper()
+        return "FILE" if self.type == "path" else self.name.upper()
 
     def schema(self) -> Dict[str, Any]:
         """This option's JSON schema fragment."""
@@ -254,14 +252,12 @@ OPTIONS: Tuple[Option, ...] = (
         "path",
         "The client certificate (PEM) presented to the Central Node. " + PATH_NOTE,
         required=True,
-        metavar="FILE",
     ),
     Option(
         "key",
         "path",
         "The private key (PEM) of the client certificate. " + PATH_NOTE,
         required=True,
-        metavar="FILE",
     ),
     Option(
         "key_password_file",
@@ -270,7 +266,6 @@ OPTIONS: Tuple[Option, ...] = (
         "is ignored), read each time the key is loaded. Without it: KATA_EVENTS_KEY_PASSWORD, then "
         "the systemd credential key-password in $CREDENTIALS_DIRECTORY (LoadCredential=). " + PATH_NOTE,
         default_doc="none (the key is not encrypted)",
-        metavar="FILE",
     ),
     Option(
         "key_password",
@@ -286,7 +281,6 @@ OPTIONS: Tuple[Option, ...] = (
         "path",
         "CA certificates (PEM) that verify the Central Node's certificate. " + PATH_NOTE,
         default_doc="the system's trust store",
-        metavar="FILE",
     ),
     Option(
         "pin_sha256",
@@ -351,7 +345,6 @@ OPTIONS: Tuple[Option, ...] = (
         "The file that keeps the continuation token (locked: one process per file). " + PATH_NOTE,
         default_doc="`<external_system_id>.token` in `$STATE_DIRECTORY`, "
         "`$XDG_STATE_HOME/kata-events` or `~/.local/state/kata-events`",
-        metavar="FILE",
     ),
     Option(
         "ack",
@@ -478,7 +471,6 @@ OPTIONS: Tuple[Option, ...] = (
         "node_exporter's textfile collector (name it *.prom), replaced atomically every "
         "stats_interval seconds (60 when 0) and at the stop. " + PATH_NOTE,
         default_doc="none (no file)",
-        metavar="FILE",
         run_only=True,
     ),
     Option(
@@ -538,30 +530,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = Tru
             help_text = argparse.SUPPRESS
         if option.type == "bool":
             # None rather than SUPPRESS: 3.9's BooleanOptionalAction would print SUPPRESS in --help.
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        elif option.type == "list":
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                action="append",
-                default=argparse.SUPPRESS,
-                metavar=option.metavar_text,
-                help=help_text,
-            )
+            how = dict(action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                default=argparse.SUPPRESS,
-                metavar=option.metavar_text,
-                help=help_text,
-            )
+            how = dict(action="append" if option.type == "list" else "store", metavar=option.metavar_text)
+            how["default"] = argparse.SUPPRESS
+        parser.add_argument(option.flag, dest=option.name, help=help_text, **how)
 
 
 def json_schema() -> Dict[str, Any]:
