@@ -44,6 +44,9 @@ environment variable; precedence: flag > environment > file > default.
 """
 
 
+#: A usage error (an unknown flag, a missing value) is a ``fatal`` line, like every other error.
+LOGS_USAGE_ERROR = True
+
 #: The signals that stop a run cleanly (stop line, commit of what is delivered, exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -101,40 +104,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
-        return fatal(exc, requested_log_format(args, os.environ), requested_name(args, os.environ))
+        # Logging is not set up either: in the format asked for wherever it could be read, JSON
+        # otherwise, with the name or url given as the node, if any.
+        logs.setup_logging(
+            "info", requested_log_format(args, os.environ), node=requested_name(args, os.environ)
+        )
+        reason = "missing file" if exc.exit_code == ExitStatus.NO_INPUT else "configuration"
+        problems = list(exc.problems) if len(exc.problems) > 1 else None
+        logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason=reason, problems=problems)
+        return int(exc.exit_code)
     return run_config(config)
-
-
-def fatal(exc: UserError, log_format: str, node: Optional[str] = None, **fields: Any) -> int:
-    """Log a configuration, file or usage error as one ``fatal`` line; its exit code.
-
-    Before the configuration is resolved the log set-up is not either: the format is the one asked
-    for wherever it could be read (`requested_log_format`), JSON otherwise, and the node the name
-    or url given, if any (`requested_name`).
-    """
-    logs.setup_logging("info", log_format, node=node)
-    reason = {ExitStatus.NO_INPUT: "missing file", ExitStatus.USAGE: "usage"}.get(
-        exc.exit_code, "configuration"
-    )
-    problems = list(exc.problems) if len(exc.problems) > 1 else None
-    logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason=reason, problems=problems, **fields)
-    return int(exc.exit_code)
-
-
-def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
-    """A usage error of ``run`` (an unknown flag, a missing value) as a ``fatal`` line; exit 64."""
-    argv = sys.argv[1:]
-    given = next(
-        (v for f, v in zip(argv, argv[1:]) if f == "--log-format"),
-        next((a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")), None),
-    )
-    see = "" if f"`{parser.prog} --help`" in message else f"; see `{parser.prog} --help`"
-    error = UserError(f"{message}{see}", ExitStatus.USAGE)
-    return fatal(
-        error,
-        requested_log_format(argparse.Namespace(log_format=given), os.environ),
-        usage=parser.format_usage().strip(),
-    )
 
 
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
