@@ -217,13 +217,19 @@ def running_pid(files: RunFiles) -> Optional[int]:
 
 def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
     """``KATA-EVENTS OK - reason | lag=0s;1800;5400;0 last_commit_age=3s;;;0``"""
+    return f"KATA-EVENTS {v.status} - {v.reason}{_perfdata({'': asdict(v)}, warning_lag, critical_lag)}"
+
+
+def _perfdata(verdicts: Mapping[str, Mapping[str, Any]], warning_lag: float, critical_lag: float) -> str:
+    """`` | lag=...`` for each verdict (a node's labels end in ``_<node>``), "" when none is known."""
     perf = []
-    if v.lag_seconds is not None:
-        perf.append(f"lag={v.lag_seconds:g}s;{warning_lag:g};{critical_lag:g};0")
-    if v.last_commit_age_seconds is not None:
-        perf.append(f"last_commit_age={v.last_commit_age_seconds:g}s;;;0")
-    tail = f" | {' '.join(perf)}" if perf else ""
-    return f"KATA-EVENTS {v.status} - {v.reason}{tail}"
+    for suffix, verdict in verdicts.items():
+        lag, age = verdict.get("lag_seconds"), verdict.get("last_commit_age_seconds")
+        if lag is not None:
+            perf.append(f"lag{suffix}={lag:g}s;{warning_lag:g};{critical_lag:g};0")
+        if age is not None:
+            perf.append(f"last_commit_age{suffix}={age:g}s;;;0")
+    return f" | {' '.join(perf)}" if perf else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -302,19 +308,11 @@ def node_of(config_file: Path) -> str:
     """A node's name from its configuration file: ``name``, else the first url's host (as ``run``
     derives it), else the file's directory (``/etc/kata-events/scn1/config.toml`` → ``scn1``) or
     stem, when the file cannot be read or names neither."""
-    from kata_events.config import node_name_of, read_toml
+    from kata_events.config import requested_name
 
-    try:
-        values = read_toml(config_file)
-    except (UserError, OSError):
-        values = {}
-    name = values.get("name")
-    if isinstance(name, str) and re.match(opts.NAME_PATTERN, name):
+    name = requested_name(argparse.Namespace(config=str(config_file)), {})
+    if name is not None:
         return name
-    urls = values.get("url")
-    url = urls if isinstance(urls, str) else urls[0] if isinstance(urls, list) and urls else None
-    if isinstance(url, str) and "://" in url:
-        return node_name_of(url)
     stem = config_file.parent.name if config_file.name == "config.toml" else config_file.stem
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "node"
 
@@ -387,14 +385,7 @@ def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: 
     code = worst(results)
     order = sorted(results, key=lambda r: -SEVERITY[r.exit_code])
     parts = [f"{r.node} {r.verdict['status']} {r.verdict['reason']}".replace("|", "/") for r in order]
-    perf = []
-    for r in results:
-        lag, age = r.verdict.get("lag_seconds"), r.verdict.get("last_commit_age_seconds")
-        if lag is not None:
-            perf.append(f"lag_{r.node}={lag:g}s;{warning_lag:g};{critical_lag:g};0")
-        if age is not None:
-            perf.append(f"last_commit_age_{r.node}={age:g}s;;;0")
-    tail = f" | {' '.join(perf)}" if perf else ""
+    tail = _perfdata({f"_{r.node}": r.verdict for r in results}, warning_lag, critical_lag)
     count = f"{len(results)} node{'' if len(results) == 1 else 's'}"
     return f"KATA-EVENTS {NAMES[code]} - {count}: {'; '.join(parts)}{tail}"
 
