@@ -18,7 +18,6 @@ from pathlib import Path
 
 from kata_events.config import load_run_config
 from kata_events.exits import ExitStatus, UserError
-from kata_events.options import add_run_arguments
 
 DESCRIPTION = """\
 Start a local Central Node emulator with throwaway certificates and automatic approval,
@@ -45,12 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _EmulatorEvents(logging.Filter):
+def _as_emulator_event(record: logging.LogRecord) -> bool:
     """Names the built-in emulator's log records `emulator`, an event of the log catalogue."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.event = "emulator"
-        return True
+    record.event = "emulator"
+    return True
 
 
 def _loopback_problem(port: int) -> str:
@@ -81,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backlog < 0 or not 0 <= args.rate < float("inf"):
         say("--backlog and --rate must be 0 or more (and --rate finite)")
         return int(ExitStatus.USAGE)
-    logging.getLogger("kata_events.emulator").addFilter(_EmulatorEvents())
+    logging.getLogger("kata_events.emulator").addFilter(_as_emulator_event)
     with tempfile.TemporaryDirectory(prefix="kata-events-demo-") as tmp:
         root = Path(tmp)
         client = certs.make_self_signed_cert("kata-events demo")
@@ -107,33 +104,19 @@ def run(args: argparse.Namespace) -> int:
                 f"demo: emulator at {emulator.url} (CA {emulator.ca_file}); external system "
                 f"{external_system_id}; events follow on stdout, Ctrl-C stops"
             )
-            parser = argparse.ArgumentParser(add_help=False)
-            add_run_arguments(parser)
-            run_args = parser.parse_args(
-                [
-                    "--url",
-                    emulator.url,
-                    "--external-system-id",
-                    external_system_id,
-                    "--cert",
-                    str(root / "client.crt"),
-                    "--key",
-                    str(root / "client.key"),
-                    "--ca-file",
-                    str(emulator.ca_file),
-                    "--state-file",
-                    str(root / "demo.token"),
-                    "--max-timeout",
-                    "5",
-                    "--max-events",
-                    "100",
-                    "--ack",
-                    "none",
-                    "--log-format",
-                    args.log_format,
-                    "--stats-interval",
-                    "0",
-                ]
+            # As flags would give them: strings, converted and checked with the configuration.
+            run_args = argparse.Namespace(
+                url=[emulator.url],
+                external_system_id=external_system_id,
+                cert=str(root / "client.crt"),
+                key=str(root / "client.key"),
+                ca_file=str(emulator.ca_file),
+                state_file=str(root / "demo.token"),
+                max_timeout="5",
+                max_events="100",
+                ack="none",
+                log_format=args.log_format,
+                stats_interval="0",
             )
             try:
                 config = load_run_config(run_args, {k: v for k, v in os.environ.items() if k == "HOME"})
