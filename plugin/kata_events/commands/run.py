@@ -247,7 +247,7 @@ def start_metrics(config: Config, runner: Runner) -> Any:
         logs.emit("metrics_failed", message, level="WARNING")
 
     metrics = Metrics(
-        runner.snapshot,
+        runner.reports.snapshot,
         config.metrics_file,
         config.metrics_listen,
         interval=config.stats_interval or 60,
