@@ -240,21 +240,23 @@ def run(args: argparse.Namespace) -> int:
     if len(configs) > 1 or (configs and os.path.isdir(configs[0])):
         return run_nodes(args, configs)
     args = argparse.Namespace(**{**vars(args), "config": configs[0] if configs else None})
-    now = time.time()
     try:
-        files, verdict = check_run(args, os.environ, now)
+        verdict = check_run(args, os.environ, time.time())
     except (UserError, OSError, ValueError) as exc:
         return _unknown(args, str(exc))
-    if args.format == "json":
-        sys.stdout.write(json.dumps(asdict(verdict), ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(text_line(verdict, args.warning_lag, args.critical_lag) + "\n")
+    _say(args, asdict(verdict), text_line(verdict, args.warning_lag, args.critical_lag))
     return verdict.exit_code
 
 
-def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Tuple[RunFiles, Verdict]:
-    """One run's files and verdict. Raises `UserError`, OSError or ValueError when its files
-    cannot be found or read (the caller's UNKNOWN)."""
+def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
+    """The answer on stdout: ``as_json`` with ``--format json``, else the ``text`` line."""
+    json_asked = getattr(args, "format", "text") == "json"
+    sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if json_asked else text) + "\n")
+
+
+def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Verdict:
+    """One run's verdict. Raises `UserError`, OSError or ValueError when its files cannot be found
+    or read (the caller's UNKNOWN)."""
     from kata_events.state.store import StateError, TokenStore
     from kata_events.status_record import read_record
 
@@ -263,18 +265,16 @@ def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) 
         sub = TokenStore(files.state, url="", external_system_id="").stored()
     except StateError as exc:
         raise ValueError(str(exc)) from None
-    record = read_record(files.status)
-    verdict = evaluate(
+    return evaluate(
         sub.saved_at if sub is not None else None,
         sub is not None,
-        record,
+        read_record(files.status),
         running_pid(files),
         now,
         args.warning_lag,
         args.critical_lag,
         str(files.state),
     )
-    return files, verdict
 
 
 # -- several nodes ----------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def check_nodes(
             continue
         one = argparse.Namespace(**{**vars(args), "config": str(path)})
         try:
-            _, verdict = check_run(one, own_env, now)
+            verdict = check_run(one, own_env, now)
         except (UserError, OSError, ValueError) as exc:
             results.append(NodeVerdict(node, str(path), unknown_verdict(str(exc))))
             continue
@@ -399,16 +399,10 @@ def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
             "configurations (or a directory), each configuration names its own",
         )
     results = check_nodes(configs, args, os.environ, time.time())
-    if args.format == "json":
-        sys.stdout.write(json.dumps([r.as_json() for r in results], ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(summarize(results, args.warning_lag, args.critical_lag) + "\n")
+    _say(args, [r.as_json() for r in results], summarize(results, args.warning_lag, args.critical_lag))
     return worst(results)
 
 
 def _unknown(args: argparse.Namespace, reason: str) -> int:
-    if getattr(args, "format", "text") == "json":
-        sys.stdout.write(json.dumps(unknown_verdict(reason), ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(f"KATA-EVENTS UNKNOWN - {reason}\n")
+    _say(args, unknown_verdict(reason), f"KATA-EVENTS UNKNOWN - {reason}")
     return UNKNOWN
