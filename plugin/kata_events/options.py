@@ -167,15 +167,11 @@ class Option:
             return f"an integer of at least {self.minimum}"
         if self.type == "float":
             return f"a number of seconds from {self.minimum:g} to {self.maximum:g}"
-        if self.type == "bool":
-            return "true or false"
         if self.type == "choice":
             return "one of " + ", ".join(self.choices)
-        if self.type == "list":
-            return "a list of strings"
-        if self.type == "path":
-            return "a file path"
-        return "a string"
+        return {"bool": "true or false", "list": "a list of strings", "path": "a file path"}.get(
+            self.type, "a string"
+        )
 
     @property
     def metavar_text(self) -> str:
