@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
-from kata_events.commands.locate import status_path
+from kata_events.commands.locate import RunFiles
 from kata_events.config import (
     Config,
     describe,
@@ -197,7 +197,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             **ack_options,
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
-        health = Health(status_path(config.state_file), config.max_timeout)
+        health = Health(RunFiles(config.state_file).status, config.max_timeout)
         store.on_commit = health.committed
         runner = Runner(
             health=health,
