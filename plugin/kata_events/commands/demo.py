@@ -26,7 +26,6 @@ and stream its events to stdout exactly as `kata-events run` would. Ctrl-C stops
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's few options."""
     parser.add_argument(
         "--events", type=int, default=0, metavar="N", help="stop after N events (default: run until Ctrl-C)"
     )
@@ -66,7 +65,6 @@ def _loopback_problem(port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``kata-events demo``."""
     from kata_events import certs  # cryptography: only this command needs it
     from kata_events.commands.run import run_config, say
     from kata_events.emulator.server import Emulator
