@@ -66,16 +66,14 @@ def _loopback_problem(port: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from kata_events import certs  # cryptography: only this command needs it
-    from kata_events.commands.run import run_config, say
+    from kata_events.commands.run import run_config
     from kata_events.emulator.server import Emulator
 
     if args.events < 0:
-        say("--events must be 0 (no limit) or more")
-        return int(ExitStatus.USAGE)
+        raise UserError("--events must be 0 (no limit) or more", ExitStatus.USAGE)
     # `not >= 0` also refuses nan; the emulator would otherwise end the demo with a traceback.
     if args.backlog < 0 or not 0 <= args.rate < float("inf"):
-        say("--backlog and --rate must be 0 or more (and --rate finite)")
-        return int(ExitStatus.USAGE)
+        raise UserError("--backlog and --rate must be 0 or more (and --rate finite)", ExitStatus.USAGE)
     logging.getLogger("kata_events.emulator").addFilter(_as_emulator_event)
     with tempfile.TemporaryDirectory(prefix="kata-events-demo-") as tmp:
         root = Path(tmp)
@@ -91,16 +89,16 @@ def run(args: argparse.Namespace) -> int:
         ) as emulator:
             unreachable = _loopback_problem(emulator.port)
             if unreachable:
-                say(
+                raise UserError(
                     f"demo: cannot reach its own emulator at {emulator.url} on loopback: {unreachable}: "
                     "the loopback interface (lo) is down or missing here (a network namespace or "
                     "container without it); bring it up (ip link set lo up) or run the demo where "
-                    "127.0.0.1 works"
+                    "127.0.0.1 works",
+                    ExitStatus.UNAVAILABLE,
                 )
-                return int(ExitStatus.UNAVAILABLE)
-            say(
-                f"demo: emulator at {emulator.url} (CA {emulator.ca_file}); external system "
-                f"{external_system_id}; events follow on stdout, Ctrl-C stops"
+            sys.stderr.write(
+                f"kata-events: demo: emulator at {emulator.url} (CA {emulator.ca_file}); external "
+                f"system {external_system_id}; events follow on stdout, Ctrl-C stops\n"
             )
             # As flags would give them: strings, converted and checked with the configuration.
             run_args = argparse.Namespace(
@@ -116,11 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 log_format=args.log_format,
                 stats_interval="0",
             )
-            try:
-                config = load_run_config(run_args, {k: v for k, v in os.environ.items() if k == "HOME"})
-            except UserError as exc:
-                say(str(exc))
-                return int(exc.exit_code)
+            config = load_run_config(run_args, {k: v for k, v in os.environ.items() if k == "HOME"})
             code = run_config(config, stop_after=args.events or None)
     sys.stderr.flush()
     return code

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from types import FrameType
 from typing import Any, Dict, Optional
 
@@ -54,13 +53,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` options, all declared in `kata_events.options`."""
     add_run_arguments(parser)
-
-
-def say(message: str) -> None:
-    """A plain one-line message on stderr, for errors before logging is set up."""
-    if sys.stderr is not None:
-        sys.stderr.write(f"kata-events: {message}\n")
-        sys.stderr.flush()
 
 
 def token_store(config: Config) -> TokenStore:
