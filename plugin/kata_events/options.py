@@ -183,23 +183,18 @@ class Option:
 
     def schema(self) -> Dict[str, Any]:
         """This option's JSON schema fragment."""
-        fragment: Dict[str, Any]
-        if self.type in ("int", "float"):
-            fragment = {"type": "integer" if self.type == "int" else "number"}
-            if self.minimum is not None:
-                fragment["minimum"] = self.minimum
-            if self.maximum is not None:
-                fragment["maximum"] = self.maximum
-        elif self.type == "bool":
-            fragment = {"type": "boolean"}
-        elif self.type == "list":
-            fragment = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
-        elif self.type == "choice":
-            fragment = {"type": "string", "enum": list(self.choices)}
-        elif self.type == "path":
-            fragment = {"type": "string", "minLength": 1}
-        else:
-            fragment = {"type": "string"}
+        fragment: Dict[str, Any] = {
+            "int": {"type": "integer"},
+            "float": {"type": "number"},
+            "bool": {"type": "boolean"},
+            "list": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            "choice": {"type": "string", "enum": list(self.choices)},
+            "path": {"type": "string", "minLength": 1},
+        }.get(self.type, {"type": "string"})
+        if self.minimum is not None:
+            fragment["minimum"] = self.minimum
+        if self.maximum is not None:
+            fragment["maximum"] = self.maximum
         if self.pattern:
             fragment["pattern"] = self.pattern
         fragment["description"] = self.help
