@@ -497,7 +497,7 @@ def test_the_example_config_file_is_valid():
     example = next((p for p in (d / "kata-events.toml.example" for d in places) if p.exists()), None)
     if example is None:
         pytest.skip("no example config file in this checkout")
-    from kata_events.config import tomllib
+    from kata_events.config.sources import tomllib
 
     data = tomllib.loads(example.read_text(encoding="utf-8"))
     jsonschema.validate(data, opts.json_schema())  # known keys only, every value valid

@@ -22,7 +22,7 @@ import pytest
 
 from emulator_helpers import ClientCert
 from kata_events import certs
-from kata_events.commands.locate import status_path
+from kata_events.commands.locate import RunFiles
 from run_helpers import assert_exact_events, clean_env, installed_command, run_args
 from run_helpers import check as run_check
 
@@ -92,9 +92,9 @@ def test_run_and_check_open_an_encrypted_key_and_events_arrive(
         checked.stderr,
         run.output.decode("utf-8", "replace"),
         run.stderr_text,
-        *_files_text(status_path(state_file), metrics),
+        *_files_text(RunFiles(state_file).status, metrics),
     )
-    assert status_path(state_file).exists() and metrics.exists()
+    assert RunFiles(state_file).status.exists() and metrics.exists()
     run.assert_no_traceback()
 
 
@@ -134,7 +134,7 @@ def test_a_wrong_passphrase_is_one_message_naming_the_key_and_the_option(
             secret,
             run.stderr_text,
             checked.stderr,
-            *_files_text(status_path(state_file), metrics),
+            *_files_text(RunFiles(state_file).status, metrics),
         )
     run.assert_no_traceback()
 

@@ -75,8 +75,8 @@ def test_a_connection_refused_for_minutes_says_the_address_the_port_and_the_fix(
     print(last)
     assert "failing the same way for 3 min" in last and "cn.example.local port 8443" in last
     assert "address and port in url" in last and last.endswith("s")
-    assert runner.snapshot().retries == {"connection": len(retries)}
-    assert runner.snapshot().up is False
+    assert runner.reports.snapshot().retries == {"connection": len(retries)}
+    assert runner.reports.snapshot().up is False
     record = json.loads((tmp_path / "s.status").read_text())
     assert record["state"] == "failing" and "Connection refused" in record["reason"]
 
@@ -99,7 +99,7 @@ def test_lag_warns_when_behind_then_says_once_it_has_caught_up(tmp_path, logged)
     clock = Clock()
     runner = _runner(clock, tmp_path, max_events=10)
     _page(clock, runner, 10, age=3000)
-    assert runner.snapshot().lag_seconds == pytest.approx(3000, abs=1)
+    assert runner.reports.snapshot().lag_seconds == pytest.approx(3000, abs=1)
     clock.now += 1
     _page(clock, runner, 10, age=100)
     clock.now += 1
@@ -107,7 +107,7 @@ def test_lag_warns_when_behind_then_says_once_it_has_caught_up(tmp_path, logged)
     assert len(_records(logged, "lag")) == 1
     (recovered,) = _records(logged, "lag_recovered")
     assert recovered["lag_seconds"] == pytest.approx(100, abs=1) and recovered["level"] == "info"
-    assert runner.snapshot().lag_seconds == 0  # the last answer was not full: caught up
+    assert runner.reports.snapshot().lag_seconds == 0  # the last answer was not full: caught up
     assert all(r["level"] == "debug" for r in _records(logged, "page"))
     runner.health.write()  # commits and pages only mark it changed: the refresh thread writes it
     record = json.loads((tmp_path / "s.status").read_text())

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from kata_events import certs
-from kata_events.config import tomllib
+from kata_events.config.sources import tomllib
 from kata_events.emulator.server import Emulator
 from shipper_helpers import (
     LineSink,

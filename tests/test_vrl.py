@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
-from kata_events.config import tomllib
+from kata_events.config.sources import tomllib
 
 try:
     import pyvrl

@@ -10,7 +10,7 @@ import difflib
 import importlib
 import os
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from kata_events import __version__
 from kata_events.exits import ExitStatus, UserError
@@ -19,12 +19,14 @@ from kata_events.exits import ExitStatus, UserError
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error exits 64 (EX_USAGE) as the exit-code table says, not 2."""
 
-    #: A subcommand's own way to report a usage error (``run``: a log line), if it has one.
-    report_usage_error: Optional[Callable[[argparse.ArgumentParser, str], int]] = None
+    #: Whether a usage error is a ``fatal`` log line (``run``: its stderr is the shipper's log).
+    logs_usage_error = False
 
     def error(self, message: str) -> NoReturn:
-        if self.report_usage_error is not None:
-            self.exit(self.report_usage_error(self, message))
+        if self.logs_usage_error:
+            see = "" if f"`{self.prog} --help`" in message else f"; see `{self.prog} --help`"
+            usage = self.format_usage().strip()
+            self.exit(_fatal_line(sys.argv[1:], message + see, ExitStatus.USAGE, "usage", usage=usage))
         self.print_usage(sys.stderr)
         self.exit(int(ExitStatus.USAGE), f"{self.prog}: error: {message}\n")
 
@@ -82,7 +84,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             add_help=not getattr(module, "OWN_HELP", False),
         )
         module.add_arguments(command)
-        command.report_usage_error = getattr(module, "usage_error", None)
+        command.logs_usage_error = getattr(module, "LOGS_USAGE_ERROR", False)
         command.set_defaults(handler=module.run, parser=command)
     return parser
 
@@ -129,7 +131,7 @@ def unsupported_platform() -> Optional[str]:
 
 
 def _fatal_line(argv: Sequence[str], message: str, code: ExitStatus, reason: str, **fields: str) -> int:
-    """Log a failure found before any command runs as one ``fatal`` line, like ``run``'s own: JSON
+    """Log a failure found before a command runs (or ``run``'s usage error) as one ``fatal`` line: JSON
     unless --log-format, KATA_EVENTS_LOG_FORMAT or the config file asks for text; its exit code.
 
     A shipper that starts a mistyped command logs this line with all the others of the run.

@@ -34,12 +34,10 @@ SERVER_RETENTION_SECONDS = 2 * 3600
 MAX_EVENTS_LIMIT = 72000
 # ISO-8601 PT300S is the documented ceiling of the long poll.
 MAX_TIMEOUT_LIMIT = 300
-#: Fluent Bit's exec input reads on while its engine shuts down and signals its child at the end;
-#: what it read after the engine's last ring-buffer pass (every 250 ms) is dropped. Four times that,
-#: plus scheduling jitter; Vector, syslog-ng and nc drop nothing they took at a clean stop.
 #: Fluent Bit's exec input drops what it read after its engine's last pass over the input's ring
 #: buffer; at catch-up speed on a loaded host that pass came 1.4 s before the child's SIGTERM
-#: (its output workers stopping in between), not the 250 ms of an idle one.
+#: (its output workers stopping in between), not the 250 ms of an idle one. Vector, syslog-ng and
+#: nc drop nothing they took at a clean stop.
 SETTLE_TIME_DEFAULT = 5.0
 #: At most this many of the lines a pipe's reader took last before a stop are not counted (the
 #: settle window in lines): more than Fluent Bit's exec input can hold unflushed (1,024 records in
@@ -169,15 +167,11 @@ class Option:
             return f"an integer of at least {self.minimum}"
         if self.type == "float":
             return f"a number of seconds from {self.minimum:g} to {self.maximum:g}"
-        if self.type == "bool":
-            return "true or false"
         if self.type == "choice":
             return "one of " + ", ".join(self.choices)
-        if self.type == "list":
-            return "a list of strings"
-        if self.type == "path":
-            return "a file path"
-        return "a string"
+        return {"bool": "true or false", "list": "a list of strings", "path": "a file path"}.get(
+            self.type, "a string"
+        )
 
     @property
     def metavar_text(self) -> str:
@@ -185,27 +179,22 @@ class Option:
             return self.metavar
         if self.type == "choice":
             return "{" + ",".join(self.choices) + "}"
-        return self.name.upper()
+        return "FILE" if self.type == "path" else self.name.upper()
 
     def schema(self) -> Dict[str, Any]:
         """This option's JSON schema fragment."""
-        fragment: Dict[str, Any]
-        if self.type in ("int", "float"):
-            fragment = {"type": "integer" if self.type == "int" else "number"}
-            if self.minimum is not None:
-                fragment["minimum"] = self.minimum
-            if self.maximum is not None:
-                fragment["maximum"] = self.maximum
-        elif self.type == "bool":
-            fragment = {"type": "boolean"}
-        elif self.type == "list":
-            fragment = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
-        elif self.type == "choice":
-            fragment = {"type": "string", "enum": list(self.choices)}
-        elif self.type == "path":
-            fragment = {"type": "string", "minLength": 1}
-        else:
-            fragment = {"type": "string"}
+        fragment: Dict[str, Any] = {
+            "int": {"type": "integer"},
+            "float": {"type": "number"},
+            "bool": {"type": "boolean"},
+            "list": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1},
+            "choice": {"type": "string", "enum": list(self.choices)},
+            "path": {"type": "string", "minLength": 1},
+        }.get(self.type, {"type": "string"})
+        if self.minimum is not None:
+            fragment["minimum"] = self.minimum
+        if self.maximum is not None:
+            fragment["maximum"] = self.maximum
         if self.pattern:
             fragment["pattern"] = self.pattern
         fragment["description"] = self.help
@@ -254,14 +243,12 @@ OPTIONS: Tuple[Option, ...] = (
         "path",
         "The client certificate (PEM) presented to the Central Node. " + PATH_NOTE,
         required=True,
-        metavar="FILE",
     ),
     Option(
         "key",
         "path",
         "The private key (PEM) of the client certificate. " + PATH_NOTE,
         required=True,
-        metavar="FILE",
     ),
     Option(
         "key_password_file",
@@ -270,7 +257,6 @@ OPTIONS: Tuple[Option, ...] = (
         "is ignored), read each time the key is loaded. Without it: KATA_EVENTS_KEY_PASSWORD, then "
         "the systemd credential key-password in $CREDENTIALS_DIRECTORY (LoadCredential=). " + PATH_NOTE,
         default_doc="none (the key is not encrypted)",
-        metavar="FILE",
     ),
     Option(
         "key_password",
@@ -286,7 +272,6 @@ OPTIONS: Tuple[Option, ...] = (
         "path",
         "CA certificates (PEM) that verify the Central Node's certificate. " + PATH_NOTE,
         default_doc="the system's trust store",
-        metavar="FILE",
     ),
     Option(
         "pin_sha256",
@@ -351,7 +336,6 @@ OPTIONS: Tuple[Option, ...] = (
         "The file that keeps the continuation token (locked: one process per file). " + PATH_NOTE,
         default_doc="`<external_system_id>.token` in `$STATE_DIRECTORY`, "
         "`$XDG_STATE_HOME/kata-events` or `~/.local/state/kata-events`",
-        metavar="FILE",
     ),
     Option(
         "ack",
@@ -478,7 +462,6 @@ OPTIONS: Tuple[Option, ...] = (
         "node_exporter's textfile collector (name it *.prom), replaced atomically every "
         "stats_interval seconds (60 when 0) and at the stop. " + PATH_NOTE,
         default_doc="none (no file)",
-        metavar="FILE",
         run_only=True,
     ),
     Option(
@@ -538,30 +521,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = Tru
             help_text = argparse.SUPPRESS
         if option.type == "bool":
             # None rather than SUPPRESS: 3.9's BooleanOptionalAction would print SUPPRESS in --help.
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=help_text,
-            )
-        elif option.type == "list":
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                action="append",
-                default=argparse.SUPPRESS,
-                metavar=option.metavar_text,
-                help=help_text,
-            )
+            how = dict(action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(
-                option.flag,
-                dest=option.name,
-                default=argparse.SUPPRESS,
-                metavar=option.metavar_text,
-                help=help_text,
-            )
+            how = dict(action="append" if option.type == "list" else "store", metavar=option.metavar_text)
+            how["default"] = argparse.SUPPRESS
+        parser.add_argument(option.flag, dest=option.name, help=help_text, **how)
 
 
 def json_schema() -> Dict[str, Any]:

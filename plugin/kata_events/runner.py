@@ -42,7 +42,6 @@ from kata_events.stats import Reports
 from kata_events.stopping import Stop
 
 if TYPE_CHECKING:
-    from kata_events.metrics import Snapshot
     from kata_events.status_record import Health
 
 #: In --once mode the server need not hold the request open: we only drain what is there.
@@ -128,10 +127,6 @@ class Runner:
         self.token = None
         self.delivery.forget_token(self.store.clear)
 
-    def snapshot(self) -> Snapshot:
-        """The metrics' values now (read from any thread)."""
-        return self.reports.snapshot()
-
     def _resume_from_written(self) -> None:
         """A page failed mid-body: what this process already wrote of it need not be written again."""
         written = self.delivery.written_point()
@@ -143,10 +138,6 @@ class Runner:
         code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
         self._failure = (ExitStatus(code), str(exc))
         self.stop.ask_and_wake("error")
-
-    @property
-    def stopping(self) -> bool:
-        return self.stop.stopping
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -351,7 +342,7 @@ class Runner:
         seen = 0
         rest: List[bytes] = []
         while seen < resume.events:
-            batch = self._next_batch(batches)
+            batch = next(batches, None)
             if batch is None:
                 raise ResumeMismatch(f"it holds only {seen} events")
             take = batch[: resume.events - seen]
@@ -393,7 +384,7 @@ class Runner:
                 if not batch:
                     continue
             else:
-                batch = self._next_batch(batches)
+                batch = next(batches, None)
                 self.reports.skipped(page)
             if batch is None:
                 return last
@@ -410,10 +401,6 @@ class Runner:
                 self._stop_after_shown()
             last = batch[-1]
             self.reports.check_line_lengths(batch)
-
-    def _next_batch(self, batches: Iterator[List[bytes]]) -> Optional[List[bytes]]:
-        """The next batch of the body (the page's hand-over bounds the wait, skipping or not)."""
-        return next(batches, None)
 
     def _limit(self, batch: List[bytes]) -> List[bytes]:
         """Cut the batch at ``stop_after`` lines in all (the demo's --events).

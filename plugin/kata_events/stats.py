@@ -36,16 +36,11 @@ def event_age(line: bytes, now: float) -> Optional[float]:
     match = _TIMESTAMP.search(line)
     if not match:
         return None
-    value = int(match.group(1))
-    if value > 10**17:  # nanoseconds
-        value_s = value / 1e9
-    elif value > 10**14:  # microseconds, what the Central Node sends
-        value_s = value / 1e6
-    elif value > 10**11:  # milliseconds
-        value_s = value / 1e3
-    else:
-        value_s = float(value)
-    return max(0.0, now - value_s)
+    value = float(match.group(1))
+    # Nanoseconds, microseconds (what the Central Node sends) or milliseconds down to seconds.
+    while value > 1e11:
+        value /= 1000
+    return max(0.0, now - value)
 
 
 @dataclass

@@ -117,23 +117,16 @@ def _trust(config: Config) -> tls.Trust:
     return tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
 
 
-def _tls_context(config: Config, with_client_cert: bool) -> ssl.SSLContext:
-    # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
-    if with_client_cert:
-        return tls.context(_trust(config), str(config.cert), str(config.key), key_password(config))
-    return tls.context(_trust(config))
-
-
 def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> Optional[socket.socket]:
     """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
     TCP steps are reported when ``report`` is given."""
     host, port = _base_parts(base)
     quiet = _Silent() if report is None else report
     if proxy is None:
-        return _connect(host, port, quiet, base, silent=report is None)
+        return _connect(host, port, quiet, base)
     shown = transport.shown_proxy(proxy)
     proxy_host, proxy_port = _base_parts(proxy, 80 if proxy.lower().startswith("http:") else 443)
-    sock = _connect(proxy_host, proxy_port, quiet, base, silent=report is None, proxy=shown)
+    sock = _connect(proxy_host, proxy_port, quiet, base, proxy=shown)
     if sock is None:
         return None
     if proxy.lower().startswith("https:"):
@@ -180,14 +173,7 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
     return sock
 
 
-def _connect(
-    host: str, port: int, report: _Report, step: str, silent: bool = False, proxy: str = ""
-) -> Optional[socket.socket]:
-    if silent:
-        try:
-            return socket.create_connection((host, port), timeout=TCP_TIMEOUT)
-        except OSError:
-            return None
+def _connect(host: str, port: int, report: _Report, step: str, proxy: str = "") -> Optional[socket.socket]:
     what = f"the proxy {proxy} " if proxy else ""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -231,7 +217,9 @@ def _check_tls(
     host = urlsplit(base).hostname or ""
     via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
     try:
-        ctx = _tls_context(config, files_ok)
+        # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
+        ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()
+        ctx = tls.context(_trust(config), *ours)
         if isinstance(sock, ssl.SSLSocket):
             # Through an https:// proxy: the Central Node's TLS inside the proxy's, as urllib3 does.
             from urllib3.util.ssltransport import SSLTransport
@@ -239,8 +227,8 @@ def _check_tls(
             with SSLTransport(sock, ctx, server_hostname=host) as inner:
                 der = inner.getpeercert(binary_form=True) or b""
         else:
-            with ctx.wrap_socket(sock, server_hostname=host) as tls:
-                der = tls.getpeercert(binary_form=True) or b""
+            with ctx.wrap_socket(sock, server_hostname=host) as conn:
+                der = conn.getpeercert(binary_form=True) or b""
     except ssl.SSLCertVerificationError as exc:
         server_fp = _probe_fingerprint(base, proxy)
         report.fail(
@@ -350,26 +338,18 @@ def _check_state(config: Config, report: _Report) -> None:
         return
     finally:
         store.close()
+    ready = f"{config.state_file} is writable and unlocked"
     if stored is None or stored.token is None:
-        report.ok(
-            "state",
-            f"{config.state_file} is writable and unlocked; no saved token (a new subscription starts)",
-        )
+        report.ok("state", f"{ready}; no saved token (a new subscription starts)")
         return
     saved = f" saved at {stored.saved_at}" if stored.saved_at else ""
     if token is None:
         report.ok(
-            "state",
-            f"{config.state_file} is writable and unlocked; token {state.short_token(stored.token)}{saved} "
-            f"would be dropped: {reason}",
+            "state", f"{ready}; token {state.short_token(stored.token)}{saved} would be dropped: {reason}"
         )
         return
     extra = f"; {reason}" if reason else ""
-    report.ok(
-        "state",
-        f"{config.state_file} is writable and unlocked; resumes from token "
-        f"{state.short_token(token)}{saved}{extra}",
-    )
+    report.ok("state", f"{ready}; resumes from token {state.short_token(token)}{saved}{extra}")
 
 
 def _base_parts(base: str, default_port: int = 443) -> Tuple[str, int]:

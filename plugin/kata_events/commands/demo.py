@@ -18,7 +18,6 @@ from pathlib import Path
 
 from kata_events.config import load_run_config
 from kata_events.exits import ExitStatus, UserError
-from kata_events.options import add_run_arguments
 
 DESCRIPTION = """\
 Start a local Central Node emulator with throwaway certificates and automatic approval,
@@ -27,7 +26,6 @@ and stream its events to stdout exactly as `kata-events run` would. Ctrl-C stops
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's few options."""
     parser.add_argument(
         "--events", type=int, default=0, metavar="N", help="stop after N events (default: run until Ctrl-C)"
     )
@@ -45,12 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _EmulatorEvents(logging.Filter):
+def _as_emulator_event(record: logging.LogRecord) -> bool:
     """Names the built-in emulator's log records `emulator`, an event of the log catalogue."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.event = "emulator"
-        return True
+    record.event = "emulator"
+    return True
 
 
 def _loopback_problem(port: int) -> str:
@@ -69,19 +65,16 @@ def _loopback_problem(port: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``kata-events demo``."""
     from kata_events import certs  # cryptography: only this command needs it
-    from kata_events.commands.run import run_config, say
+    from kata_events.commands.run import run_config
     from kata_events.emulator.server import Emulator
 
     if args.events < 0:
-        say("--events must be 0 (no limit) or more")
-        return int(ExitStatus.USAGE)
+        raise UserError("--events must be 0 (no limit) or more", ExitStatus.USAGE)
     # `not >= 0` also refuses nan; the emulator would otherwise end the demo with a traceback.
     if args.backlog < 0 or not 0 <= args.rate < float("inf"):
-        say("--backlog and --rate must be 0 or more (and --rate finite)")
-        return int(ExitStatus.USAGE)
-    logging.getLogger("kata_events.emulator").addFilter(_EmulatorEvents())
+        raise UserError("--backlog and --rate must be 0 or more (and --rate finite)", ExitStatus.USAGE)
+    logging.getLogger("kata_events.emulator").addFilter(_as_emulator_event)
     with tempfile.TemporaryDirectory(prefix="kata-events-demo-") as tmp:
         root = Path(tmp)
         client = certs.make_self_signed_cert("kata-events demo")
@@ -96,50 +89,32 @@ def run(args: argparse.Namespace) -> int:
         ) as emulator:
             unreachable = _loopback_problem(emulator.port)
             if unreachable:
-                say(
+                raise UserError(
                     f"demo: cannot reach its own emulator at {emulator.url} on loopback: {unreachable}: "
                     "the loopback interface (lo) is down or missing here (a network namespace or "
                     "container without it); bring it up (ip link set lo up) or run the demo where "
-                    "127.0.0.1 works"
+                    "127.0.0.1 works",
+                    ExitStatus.UNAVAILABLE,
                 )
-                return int(ExitStatus.UNAVAILABLE)
-            say(
-                f"demo: emulator at {emulator.url} (CA {emulator.ca_file}); external system "
-                f"{external_system_id}; events follow on stdout, Ctrl-C stops"
+            sys.stderr.write(
+                f"kata-events: demo: emulator at {emulator.url} (CA {emulator.ca_file}); external "
+                f"system {external_system_id}; events follow on stdout, Ctrl-C stops\n"
             )
-            parser = argparse.ArgumentParser(add_help=False)
-            add_run_arguments(parser)
-            run_args = parser.parse_args(
-                [
-                    "--url",
-                    emulator.url,
-                    "--external-system-id",
-                    external_system_id,
-                    "--cert",
-                    str(root / "client.crt"),
-                    "--key",
-                    str(root / "client.key"),
-                    "--ca-file",
-                    str(emulator.ca_file),
-                    "--state-file",
-                    str(root / "demo.token"),
-                    "--max-timeout",
-                    "5",
-                    "--max-events",
-                    "100",
-                    "--ack",
-                    "none",
-                    "--log-format",
-                    args.log_format,
-                    "--stats-interval",
-                    "0",
-                ]
+            # As flags would give them: strings, converted and checked with the configuration.
+            run_args = argparse.Namespace(
+                url=[emulator.url],
+                external_system_id=external_system_id,
+                cert=str(root / "client.crt"),
+                key=str(root / "client.key"),
+                ca_file=str(emulator.ca_file),
+                state_file=str(root / "demo.token"),
+                max_timeout="5",
+                max_events="100",
+                ack="none",
+                log_format=args.log_format,
+                stats_interval="0",
             )
-            try:
-                config = load_run_config(run_args, {k: v for k, v in os.environ.items() if k == "HOME"})
-            except UserError as exc:
-                say(str(exc))
-                return int(exc.exit_code)
+            config = load_run_config(run_args, {k: v for k, v in os.environ.items() if k == "HOME"})
             code = run_config(config, stop_after=args.events or None)
     sys.stderr.flush()
     return code

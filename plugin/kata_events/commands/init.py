@@ -49,7 +49,6 @@ key = "client.key"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``init`` options."""
     parser.add_argument(
         "--dir", default=".", metavar="DIR", help="where to write the files (default: the current directory)"
     )
@@ -76,7 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``kata-events init``."""
     from kata_events import certs  # cryptography: only this command needs it
 
     directory = Path(args.dir).expanduser()

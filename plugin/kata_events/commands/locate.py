@@ -72,16 +72,12 @@ class RunFiles:
 
     @property
     def status(self) -> Path:
-        return status_path(self.state)
+        """The status record `run` keeps (read by ``kata-events status``)."""
+        return companion(self.state, "status")
 
     @property
     def lock(self) -> Path:
         return companion(self.state, "lock")
-
-
-def status_path(state_file: Path) -> Path:
-    """The status record `run` keeps next to its state file (read by ``kata-events status``)."""
-    return companion(state_file, "status")
 
 
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:

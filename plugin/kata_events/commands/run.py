@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 from types import FrameType
 from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
-from kata_events.commands.locate import status_path
+from kata_events.commands.locate import RunFiles
 from kata_events.config import (
     Config,
     describe,
@@ -44,6 +43,9 @@ environment variable; precedence: flag > environment > file > default.
 """
 
 
+#: A usage error (an unknown flag, a missing value) is a ``fatal`` line, like every other error.
+LOGS_USAGE_ERROR = True
+
 #: The signals that stop a run cleanly (stop line, commit of what is delivered, exit 0).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -51,13 +53,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run`` options, all declared in `kata_events.options`."""
     add_run_arguments(parser)
-
-
-def say(message: str) -> None:
-    """A plain one-line message on stderr, for errors before logging is set up."""
-    if sys.stderr is not None:
-        sys.stderr.write(f"kata-events: {message}\n")
-        sys.stderr.flush()
 
 
 def token_store(config: Config) -> TokenStore:
@@ -101,40 +96,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
-        return fatal(exc, requested_log_format(args, os.environ), requested_name(args, os.environ))
+        # Logging is not set up either: in the format asked for wherever it could be read, JSON
+        # otherwise, with the name or url given as the node, if any.
+        logs.setup_logging(
+            "info", requested_log_format(args, os.environ), node=requested_name(args, os.environ)
+        )
+        reason = "missing file" if exc.exit_code == ExitStatus.NO_INPUT else "configuration"
+        problems = list(exc.problems) if len(exc.problems) > 1 else None
+        logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason=reason, problems=problems)
+        return int(exc.exit_code)
     return run_config(config)
-
-
-def fatal(exc: UserError, log_format: str, node: Optional[str] = None, **fields: Any) -> int:
-    """Log a configuration, file or usage error as one ``fatal`` line; its exit code.
-
-    Before the configuration is resolved the log set-up is not either: the format is the one asked
-    for wherever it could be read (`requested_log_format`), JSON otherwise, and the node the name
-    or url given, if any (`requested_name`).
-    """
-    logs.setup_logging("info", log_format, node=node)
-    reason = {ExitStatus.NO_INPUT: "missing file", ExitStatus.USAGE: "usage"}.get(
-        exc.exit_code, "configuration"
-    )
-    problems = list(exc.problems) if len(exc.problems) > 1 else None
-    logs.emit("fatal", str(exc), exit_code=int(exc.exit_code), reason=reason, problems=problems, **fields)
-    return int(exc.exit_code)
-
-
-def usage_error(parser: argparse.ArgumentParser, message: str) -> int:
-    """A usage error of ``run`` (an unknown flag, a missing value) as a ``fatal`` line; exit 64."""
-    argv = sys.argv[1:]
-    given = next(
-        (v for f, v in zip(argv, argv[1:]) if f == "--log-format"),
-        next((a.split("=", 1)[1] for a in argv if a.startswith("--log-format=")), None),
-    )
-    see = "" if f"`{parser.prog} --help`" in message else f"; see `{parser.prog} --help`"
-    error = UserError(f"{message}{see}", ExitStatus.USAGE)
-    return fatal(
-        error,
-        requested_log_format(argparse.Namespace(log_format=given), os.environ),
-        usage=parser.format_usage().strip(),
-    )
 
 
 def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
@@ -218,7 +189,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             **ack_options,
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
-        health = Health(status_path(config.state_file), config.max_timeout)
+        health = Health(RunFiles(config.state_file).status, config.max_timeout)
         store.on_commit = health.committed
         runner = Runner(
             health=health,
@@ -268,7 +239,7 @@ def start_metrics(config: Config, runner: Runner) -> Any:
         logs.emit("metrics_failed", message, level="WARNING")
 
     metrics = Metrics(
-        runner.snapshot,
+        runner.reports.snapshot,
         config.metrics_file,
         config.metrics_listen,
         interval=config.stats_interval or 60,

@@ -206,7 +206,6 @@ def _free_name(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``kata-events state``."""
     files = locate(args, os.environ)
     if args.action == "show":
         return _show(files, args.format)

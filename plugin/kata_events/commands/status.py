@@ -217,13 +217,19 @@ def running_pid(files: RunFiles) -> Optional[int]:
 
 def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
     """``KATA-EVENTS OK - reason | lag=0s;1800;5400;0 last_commit_age=3s;;;0``"""
+    return f"KATA-EVENTS {v.status} - {v.reason}{_perfdata({'': asdict(v)}, warning_lag, critical_lag)}"
+
+
+def _perfdata(verdicts: Mapping[str, Mapping[str, Any]], warning_lag: float, critical_lag: float) -> str:
+    """`` | lag=...`` for each verdict (a node's labels end in ``_<node>``), "" when none is known."""
     perf = []
-    if v.lag_seconds is not None:
-        perf.append(f"lag={v.lag_seconds:g}s;{warning_lag:g};{critical_lag:g};0")
-    if v.last_commit_age_seconds is not None:
-        perf.append(f"last_commit_age={v.last_commit_age_seconds:g}s;;;0")
-    tail = f" | {' '.join(perf)}" if perf else ""
-    return f"KATA-EVENTS {v.status} - {v.reason}{tail}"
+    for suffix, verdict in verdicts.items():
+        lag, age = verdict.get("lag_seconds"), verdict.get("last_commit_age_seconds")
+        if lag is not None:
+            perf.append(f"lag{suffix}={lag:g}s;{warning_lag:g};{critical_lag:g};0")
+        if age is not None:
+            perf.append(f"last_commit_age{suffix}={age:g}s;;;0")
+    return f" | {' '.join(perf)}" if perf else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,21 +240,23 @@ def run(args: argparse.Namespace) -> int:
     if len(configs) > 1 or (configs and os.path.isdir(configs[0])):
         return run_nodes(args, configs)
     args = argparse.Namespace(**{**vars(args), "config": configs[0] if configs else None})
-    now = time.time()
     try:
-        files, verdict = check_run(args, os.environ, now)
+        verdict = check_run(args, os.environ, time.time())
     except (UserError, OSError, ValueError) as exc:
         return _unknown(args, str(exc))
-    if args.format == "json":
-        sys.stdout.write(json.dumps(asdict(verdict), ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(text_line(verdict, args.warning_lag, args.critical_lag) + "\n")
+    _say(args, asdict(verdict), text_line(verdict, args.warning_lag, args.critical_lag))
     return verdict.exit_code
 
 
-def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Tuple[RunFiles, Verdict]:
-    """One run's files and verdict. Raises `UserError`, OSError or ValueError when its files
-    cannot be found or read (the caller's UNKNOWN)."""
+def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
+    """The answer on stdout: ``as_json`` with ``--format json``, else the ``text`` line."""
+    json_asked = getattr(args, "format", "text") == "json"
+    sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if json_asked else text) + "\n")
+
+
+def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Verdict:
+    """One run's verdict. Raises `UserError`, OSError or ValueError when its files cannot be found
+    or read (the caller's UNKNOWN)."""
     from kata_events.state.store import StateError, TokenStore
     from kata_events.status_record import read_record
 
@@ -257,18 +265,16 @@ def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) 
         sub = TokenStore(files.state, url="", external_system_id="").stored()
     except StateError as exc:
         raise ValueError(str(exc)) from None
-    record = read_record(files.status)
-    verdict = evaluate(
+    return evaluate(
         sub.saved_at if sub is not None else None,
         sub is not None,
-        record,
+        read_record(files.status),
         running_pid(files),
         now,
         args.warning_lag,
         args.critical_lag,
         str(files.state),
     )
-    return files, verdict
 
 
 # -- several nodes ----------------------------------------------------------------------------------
@@ -302,19 +308,11 @@ def node_of(config_file: Path) -> str:
     """A node's name from its configuration file: ``name``, else the first url's host (as ``run``
     derives it), else the file's directory (``/etc/kata-events/scn1/config.toml`` → ``scn1``) or
     stem, when the file cannot be read or names neither."""
-    from kata_events.config import node_name_of, read_toml
+    from kata_events.config import requested_name
 
-    try:
-        values = read_toml(config_file)
-    except (UserError, OSError):
-        values = {}
-    name = values.get("name")
-    if isinstance(name, str) and re.match(opts.NAME_PATTERN, name):
+    name = requested_name(argparse.Namespace(config=str(config_file)), {})
+    if name is not None:
         return name
-    urls = values.get("url")
-    url = urls if isinstance(urls, str) else urls[0] if isinstance(urls, list) and urls else None
-    if isinstance(url, str) and "://" in url:
-        return node_name_of(url)
     stem = config_file.parent.name if config_file.name == "config.toml" else config_file.stem
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "node"
 
@@ -362,7 +360,7 @@ def check_nodes(
             continue
         one = argparse.Namespace(**{**vars(args), "config": str(path)})
         try:
-            _, verdict = check_run(one, own_env, now)
+            verdict = check_run(one, own_env, now)
         except (UserError, OSError, ValueError) as exc:
             results.append(NodeVerdict(node, str(path), unknown_verdict(str(exc))))
             continue
@@ -387,14 +385,7 @@ def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: 
     code = worst(results)
     order = sorted(results, key=lambda r: -SEVERITY[r.exit_code])
     parts = [f"{r.node} {r.verdict['status']} {r.verdict['reason']}".replace("|", "/") for r in order]
-    perf = []
-    for r in results:
-        lag, age = r.verdict.get("lag_seconds"), r.verdict.get("last_commit_age_seconds")
-        if lag is not None:
-            perf.append(f"lag_{r.node}={lag:g}s;{warning_lag:g};{critical_lag:g};0")
-        if age is not None:
-            perf.append(f"last_commit_age_{r.node}={age:g}s;;;0")
-    tail = f" | {' '.join(perf)}" if perf else ""
+    tail = _perfdata({f"_{r.node}": r.verdict for r in results}, warning_lag, critical_lag)
     count = f"{len(results)} node{'' if len(results) == 1 else 's'}"
     return f"KATA-EVENTS {NAMES[code]} - {count}: {'; '.join(parts)}{tail}"
 
@@ -408,16 +399,10 @@ def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
             "configurations (or a directory), each configuration names its own",
         )
     results = check_nodes(configs, args, os.environ, time.time())
-    if args.format == "json":
-        sys.stdout.write(json.dumps([r.as_json() for r in results], ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(summarize(results, args.warning_lag, args.critical_lag) + "\n")
+    _say(args, [r.as_json() for r in results], summarize(results, args.warning_lag, args.critical_lag))
     return worst(results)
 
 
 def _unknown(args: argparse.Namespace, reason: str) -> int:
-    if getattr(args, "format", "text") == "json":
-        sys.stdout.write(json.dumps(unknown_verdict(reason), ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(f"KATA-EVENTS UNKNOWN - {reason}\n")
+    _say(args, unknown_verdict(reason), f"KATA-EVENTS UNKNOWN - {reason}")
     return UNKNOWN

@@ -31,36 +31,14 @@ from kata_events.config.sources import (
     convert,
     read_toml,
     resolve_path,
-    tomllib,
 )
 from kata_events.config.urls import (
-    API_PATH_PREFIX,
     node_name_of,
     normalize_pin,
     normalize_url,
     without_credentials,
 )
 from kata_events.exits import ExitStatus, UserError
-
-__all__ = [
-    "API_PATH_PREFIX",
-    "DEFAULT_ORIGIN",
-    "Config",
-    "Origin",
-    "config_path",
-    "describe",
-    "load_run_config",
-    "node_name_of",
-    "normalize_pin",
-    "normalize_url",
-    "read_toml",
-    "requested_log_format",
-    "requested_name",
-    "resolve_path",
-    "schema_problems",
-    "tomllib",
-    "without_credentials",
-]
 
 
 @dataclass(frozen=True)
