@@ -247,8 +247,8 @@ class TokenStore:
 
         Called before anything is written: the file stays byte for byte as it was.
         """
-        sub, kind = read_state(self._files)
-        if kind == "json" and sub is not None:
+        sub = self.stored()
+        if sub is not None:  # a plain token file names no external system
             self._refuse_foreign(sub)
 
     def _refuse_foreign(self, sub: Subscription) -> None:
@@ -336,12 +336,10 @@ class TokenStore:
 
     def _stored_seq(self) -> int:
         try:
-            sub, kind = read_state(self._files)
+            sub = self.stored()
         except StateError:
             return 0
-        if kind == "json" and sub is not None and sub.progress is not None:
-            return int(sub.progress["seq"])
-        return 0
+        return int(sub.progress["seq"]) if sub is not None and sub.progress is not None else 0
 
     def _companion_seq(self) -> int:
         try:
