@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 import requests
 import urllib3.exceptions
 
-from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import transport
 from kata_events.source.errors import BadResponse, Interrupted, Unavailable
 from kata_events.source.tokens import token_problem
@@ -162,10 +161,10 @@ class Page:
         self,
         response: requests.Response,
         base_url: str,
-        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
-        sock: Optional[socket.socket] = None,
-        limit: float = 3600.0,
-        stop: Optional[Stop] = None,
+        max_event_bytes: int,
+        sock: Optional[socket.socket],
+        limit: float,
+        stop: Stop,
     ) -> None:
         # msgspec and the splitter load here, once the first answer is in: not before the first request.
         from kata_events.source.stream import PageSplitter
@@ -175,7 +174,7 @@ class Page:
         self._sock = sock
         #: How long the next part of the body may take, and the stop that ends the wait early.
         self._limit = limit
-        self._stop = stop or Stop()
+        self._stop = stop
         self._splitter = PageSplitter(max_event_bytes)
         self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []

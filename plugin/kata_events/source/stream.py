@@ -52,11 +52,7 @@ from kata_events.source.event_json import (
     split_window,
 )
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "MalformedBody", "PageSplitter", "SkippedEvent", "reencode_event"]
-
 EXCERPT_CHARS = 200
-#: The largest event handed back; larger ones are skipped (see the module docstring).
-DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES_DEFAULT
 #: Candidate cuts tried per window before the scanner takes the next event.
 _TRIES = 4
 
@@ -130,7 +126,7 @@ def _printable(data: bytes) -> str:
 class PageSplitter:
     """Incremental splitter for one Events API response body. Not thread-safe; one per response."""
 
-    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT) -> None:
         self.max_event_bytes = max_event_bytes
         self.event_count = 0
         self.bytes_fed = 0
