@@ -44,7 +44,7 @@ class DeliveryLedger:
     point that position reaches.
     """
 
-    def __init__(self, start: Optional[Point] = None, settle: float = 0.0, settle_lines: int = 0) -> None:
+    def __init__(self, settle: float = 0.0, settle_lines: int = 0) -> None:
         self.settle = settle
         #: The most lines a stop goes back (0: no bound, the whole settle window).
         self.settle_lines = settle_lines
@@ -58,10 +58,7 @@ class DeliveryLedger:
         # The page being written: [token it was asked with, events so far, running hasher], or None
         # before the first page_end/begin_page (then no checkpoint is made).
         self._page: Optional[list] = None
-        self._start = start
         self._trail: Deque[_Checkpoint] = deque()
-        if start is not None:
-            self.begin_page(start.token, start.events, None, start.digest)
         # (time, taken position) for every advance, oldest first, pruned to the settle window;
         # ``_settled_floor`` is a position known to be settled (taken before the oldest date kept).
         self._taken_at: Deque[Tuple[float, int]] = deque()
@@ -72,27 +69,18 @@ class DeliveryLedger:
 
     # -- the writer's side -------------------------------------------------------------------------
 
-    def begin_page(
-        self, token: Optional[str], events: int = 0, hasher: Any = None, digest: Optional[str] = None
-    ) -> None:
+    def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next units belong to the answer to ``token``, whose first ``events`` are already
-        delivered (skipped on a resume) with ``hasher`` holding their digest.
+        delivered (skipped on a resume) with ``hasher`` holding their digest (None: no events)."""
+        self._page = [token, events, new_hasher() if hasher is None else hasher]
+        self._checkpoint()
 
-        ``digest`` (hex) stands in for a hasher that is not at hand (a point loaded from disk): the
-        page's checkpoints then carry that digest until the page grows, which only a resume does.
-        """
-        if hasher is None and events == 0:
-            hasher = new_hasher()
-        self._page = [token, events, hasher]
-        self._checkpoint(digest)
-
-    def _checkpoint(self, digest: Optional[str] = None) -> None:
+    def _checkpoint(self) -> None:
         page = self._page
         if page is None:
             return
         token, events, hasher = page
-        state: Any = digest if hasher is None else hasher.copy()
-        entry = (self.written, token, events, state, self.lines)
+        entry = (self.written, token, events, hasher.copy(), self.lines)
         if self._trail and self._trail[-1][0] == self.written:
             self._trail[-1] = entry
         else:
@@ -115,14 +103,9 @@ class DeliveryLedger:
         self.lines += lines
         page = self._page
         if data is not None and page is not None:
-            if page[2] is None:
-                # A loaded point's digest cannot be extended: its hasher is gone. The page's next
-                # checkpoints would lie, so the page is given up as a resume base from here on.
-                self._page = None
-            else:
-                page[2].update(data)
-                page[1] += lines
-                self._checkpoint()
+            page[2].update(data)
+            page[1] += lines
+            self._checkpoint()
         if now is not None:
             if self._write_times and self._write_times[-1][1] == now:
                 self._write_times[-1] = (self.written, now)
@@ -166,8 +149,8 @@ class DeliveryLedger:
         found = self._checkpoint_at(position)
         if found is None:
             return None
-        _, token, events, state, _ = found
-        return Point(token, events, state if isinstance(state, str) else state.hexdigest())
+        _, token, events, hasher, _ = found
+        return Point(token, events, hasher.hexdigest())
 
     def lines_at(self, position: int) -> int:
         """Event lines written up to the newest checkpoint at or before ``position`` (what a
