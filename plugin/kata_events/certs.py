@@ -11,34 +11,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
-import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kata_events.private_file import write_private_file
-
-__all__ = [
-    "KeyAndCert",
-    "cert_not_after",
-    "cert_subject_alt_names",
-    "encrypt_key_pem",
-    "format_fingerprint",
-    "load_cert_der",
-    "make_ca",
-    "make_self_signed_cert",
-    "make_server_cert",
-    "normalize_fingerprint",
-    "sha256_fingerprint",
-    "write_private_file",
-]
-
-PathLike = Union[str, "os.PathLike[str]"]
+from kata_events.private_file import PathLike, write_private_file
 
 # Backdating absorbs small clock differences between the machine that makes a certificate and the one
 # that checks it.
@@ -62,12 +44,6 @@ class KeyAndCert:
         """SHA-256 of the certificate's DER, lowercase hex."""
         return sha256_fingerprint(self.cert_pem)
 
-    def load_key(self):  # noqa: ANN201 - a cryptography private key object
-        return serialization.load_pem_private_key(self.key_pem, password=None)
-
-    def load_cert(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.cert_pem)
-
 
 def _new_key(key_type: str):  # noqa: ANN202
     if key_type == "rsa":
@@ -77,11 +53,11 @@ def _new_key(key_type: str):  # noqa: ANN202
     raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
 
 
-def _key_pem(key) -> bytes:  # noqa: ANN001
+def _key_pem(key, encryption: Optional[serialization.KeySerializationEncryption] = None) -> bytes:  # noqa: ANN001
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        encryption or serialization.NoEncryption(),
     )
 
 
@@ -89,38 +65,30 @@ def encrypt_key_pem(key_pem: bytes, passphrase: bytes) -> bytes:
     """An unencrypted PEM private key → encrypted PKCS#8 (``-----BEGIN ENCRYPTED PRIVATE KEY-----``),
     with the strongest scheme cryptography offers (PBES2 with AES-256), as OpenSSL 1.1 and later read."""
     key = serialization.load_pem_private_key(key_pem, password=None)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(passphrase),
-    )
+    return _key_pem(key, serialization.BestAvailableEncryption(passphrase))
 
 
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    return now - _BACKDATE, now + datetime.timedelta(days=days)
-
-
 def _builder(
     subject: x509.Name,
     issuer: x509.Name,
-    key,
+    key,  # noqa: ANN001
     days: int,
-    cap: Optional[datetime.datetime] = None,  # noqa: ANN001
+    cap: Optional[datetime.datetime] = None,
 ) -> x509.CertificateBuilder:
     """What every certificate made here has: names, key, random serial, validity, key identifier."""
-    not_before, not_after = _validity(days)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    not_after = now + datetime.timedelta(days=days)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
+        .not_valid_before(now - _BACKDATE)
         .not_valid_after(not_after if cap is None else min(not_after, cap))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
@@ -161,14 +129,11 @@ def _not_after(cert: x509.Certificate) -> datetime.datetime:
     return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
-def _san_entries(hostnames: Iterable[str]) -> list[x509.GeneralName]:
-    entries: list[x509.GeneralName] = []
-    for name in hostnames:
-        try:
-            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            entries.append(x509.DNSName(name))
-    return entries
+def _san_entry(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def make_server_cert(
@@ -181,13 +146,13 @@ def make_server_cert(
     names = list(dict.fromkeys(hostnames))
     if not names:
         raise ValueError("a server certificate needs at least one host name")
-    ca_key = ca.load_key()
-    ca_cert = ca.load_cert()
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     key = _new_key(key_type)
     cert = (
         _builder(_name(names[0]), ca_cert.subject, key, days, cap=_not_after(ca_cert))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(_san_entries(names)), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san_entry(n) for n in names]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False

@@ -44,9 +44,5 @@ class UserError(Exception):
         self, message: str, exit_code: ExitStatus = ExitStatus.CONFIG, problems: Sequence[str] = ()
     ) -> None:
         super().__init__(message)
-        self.message = message
         self.exit_code = ExitStatus(exit_code)
         self.problems = tuple(problems) or (message,)
-
-    def __str__(self) -> str:
-        return self.message

@@ -11,6 +11,8 @@ import os
 import stat
 from typing import Optional
 
+_KINDS = {stat.S_IFIFO: "pipe", stat.S_IFSOCK: "socket", stat.S_IFREG: "file", stat.S_IFCHR: "chardev"}
+
 
 def fd_kind(fd: int) -> Optional[str]:
     """``tty``, ``pipe``, ``socket``, ``file``, ``chardev`` or ``other``; None if it is closed."""
@@ -20,15 +22,7 @@ def fd_kind(fd: int) -> Optional[str]:
         return None
     if os.isatty(fd):
         return "tty"
-    if stat.S_ISFIFO(st.st_mode):
-        return "pipe"
-    if stat.S_ISSOCK(st.st_mode):
-        return "socket"
-    if stat.S_ISREG(st.st_mode):
-        return "file"
-    if stat.S_ISCHR(st.st_mode):
-        return "chardev"
-    return "other"
+    return _KINDS.get(stat.S_IFMT(st.st_mode), "other")
 
 
 def hold_closed_std_fds() -> None:

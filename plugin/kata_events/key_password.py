@@ -85,9 +85,7 @@ class KeyPassword:
                     ExitStatus.NO_INPUT,
                 ) from None
         if text.endswith(b"\n"):
-            text = text[:-1]
-            if text.endswith(b"\r"):
-                text = text[:-1]
+            text = text[:-1].removesuffix(b"\r")
         if not text:
             raise UserError(f"the key's passphrase from {self.origin} is empty: {HOW}", ExitStatus.CONFIG)
         return text

@@ -61,11 +61,6 @@ def key_exposure(key: _PathLike) -> Optional[str]:
     )
 
 
-def no_passphrase() -> bytes:
-    # Without a callback OpenSSL would prompt on the terminal for an encrypted key's passphrase.
-    return b""
-
-
 def problem(cert: _PathLike, key: _PathLike, key_password: Optional[KeyPassword] = None) -> Optional[str]:
     """None when ``key`` is the private key of the certificate in ``cert``; else what is wrong and the fix.
 
@@ -92,7 +87,7 @@ def problem(cert: _PathLike, key: _PathLike, key_password: Optional[KeyPassword]
             "(cert and key swapped?)"
         )
     encrypted = "ENCRYPTED PRIVATE KEY-----" in key_text or "Proc-Type: 4,ENCRYPTED" in key_text
-    password: object = no_passphrase
+    password = b""  # never None: OpenSSL would prompt on the terminal for an encrypted key's passphrase
     if encrypted:
         from kata_events.key_password import HOW
 

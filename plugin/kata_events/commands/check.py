@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from kata_events import certs, keypair
 from kata_events.commands.run import build_client, key_password, token_store
-from kata_events.config import Config, load_run_config
+from kata_events.config import Config, load_run_config, without_credentials
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
 from kata_events.source import errors, probes, tls, transport
@@ -124,7 +124,7 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
     quiet = _Silent() if report is None else report
     if proxy is None:
         return _connect(host, port, quiet, base)
-    shown = transport.shown_proxy(proxy)
+    shown = without_credentials(proxy)
     proxy_host, proxy_port = _base_parts(proxy, 80 if proxy.lower().startswith("http:") else 443)
     sock = _connect(proxy_host, proxy_port, quiet, base, proxy=shown)
     if sock is None:
@@ -215,7 +215,7 @@ def _check_tls(
 ) -> bool:
     step = f"{base} TLS"
     host = urlsplit(base).hostname or ""
-    via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
+    via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
     try:
         # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
         ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()

@@ -125,8 +125,6 @@ class DiskHealth:
         return not should_stop()
 
     def cause(self) -> Optional[str]:
-        """The newest cause still failing, if any."""
+        """The cause of the first trouble still failing, if any."""
         with self._lock:
-            for _since, cause in self._troubles.values():
-                return cause
-        return None
+            return next((cause for _since, cause in self._troubles.values()), None)

@@ -74,11 +74,10 @@ class DrainDelivery(Delivery):
         self._closing = False
         #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
         self._gone_at: Optional[float] = None
-        self._thread: Optional[threading.Thread] = None
-        if kind in ("pipe", "socket"):
-            self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
-        else:
+        if kind == "file":
             self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
+        else:
+            self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
         self._thread.start()
 
     def _bounded(self) -> str:
@@ -149,24 +148,25 @@ class DrainDelivery(Delivery):
             self.health.recovered("stdout")
         self._take(position)
 
+    def _sync_written(self) -> None:
+        """With the lock held (a regular file): fsync what is written and count it as taken."""
+        position = self.ledger.written
+        if self._fsync():
+            self._synced(position)
+
     def end_page(self, token: str) -> None:
         with self._lock:
-            if self.kind == "file":
-                self.ledger.page_end(token)
-                position = self.ledger.written
-                if self._fsync():
-                    self._synced(position)
-                return
             self.ledger.page_end(token)
+            if self.kind == "file":
+                self._sync_written()
+                return
             self._check()
         self._wake.set()
 
     def retry(self) -> None:
         with self._lock:
             if self.kind == "file" and self.health.failing("stdout"):
-                position = self.ledger.written
-                if self._fsync():
-                    self._synced(position)
+                self._sync_written()
         self.recorder.retry()
 
     def _watch(self) -> None:
@@ -209,9 +209,7 @@ class DrainDelivery(Delivery):
     def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
         if self.kind == "file":
             with self._lock:
-                position = self.ledger.written
-                if self._fsync():
-                    self._synced(position)
+                self._sync_written()
             return
         if clean:
             deadline = time.monotonic() + timeout
@@ -291,6 +289,5 @@ class DrainDelivery(Delivery):
     def close(self) -> None:
         self._closing = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+        self._thread.join(timeout=1.0)
         super().close()

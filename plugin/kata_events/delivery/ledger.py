@@ -44,24 +44,21 @@ class DeliveryLedger:
     point that position reaches.
     """
 
-    def __init__(self, start: Optional[Point] = None, settle: float = 0.0, settle_lines: int = 0) -> None:
+    def __init__(self, settle: float = 0.0, settle_lines: int = 0) -> None:
         self.settle = settle
         #: The most lines a stop goes back (0: no bound, the whole settle window).
         self.settle_lines = settle_lines
-        self._written = 0
-        self._taken = 0
-        # Event lines written (whatever the units), for the count-bound on what is not recorded.
-        self._lines = 0
+        #: Units written, units the consumer has taken, event lines written (whatever the units).
+        self.written = 0
+        self.taken_position = 0
+        self.lines = 0
         # (end position of a write, time of that write), oldest first, only for writes given a time;
         # entries wholly taken are dropped, so the deque is bounded by the unacknowledged window.
         self._write_times: Deque[Tuple[int, float]] = deque()
         # The page being written: [token it was asked with, events so far, running hasher], or None
         # before the first page_end/begin_page (then no checkpoint is made).
         self._page: Optional[list] = None
-        self._start = start
         self._trail: Deque[_Checkpoint] = deque()
-        if start is not None:
-            self.begin_page(start.token, start.events, None, start.digest)
         # (time, taken position) for every advance, oldest first, pruned to the settle window;
         # ``_settled_floor`` is a position known to be settled (taken before the oldest date kept).
         self._taken_at: Deque[Tuple[float, int]] = deque()
@@ -72,28 +69,19 @@ class DeliveryLedger:
 
     # -- the writer's side -------------------------------------------------------------------------
 
-    def begin_page(
-        self, token: Optional[str], events: int = 0, hasher: Any = None, digest: Optional[str] = None
-    ) -> None:
+    def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next units belong to the answer to ``token``, whose first ``events`` are already
-        delivered (skipped on a resume) with ``hasher`` holding their digest.
+        delivered (skipped on a resume) with ``hasher`` holding their digest (None: no events)."""
+        self._page = [token, events, new_hasher() if hasher is None else hasher]
+        self._checkpoint()
 
-        ``digest`` (hex) stands in for a hasher that is not at hand (a point loaded from disk): the
-        page's checkpoints then carry that digest until the page grows, which only a resume does.
-        """
-        if hasher is None and events == 0:
-            hasher = new_hasher()
-        self._page = [token, events, hasher]
-        self._checkpoint(digest)
-
-    def _checkpoint(self, digest: Optional[str] = None) -> None:
+    def _checkpoint(self) -> None:
         page = self._page
         if page is None:
             return
         token, events, hasher = page
-        state: Any = digest if hasher is None else hasher.copy()
-        entry = (self._written, token, events, state, self._lines)
-        if self._trail and self._trail[-1][0] == self._written:
+        entry = (self.written, token, events, hasher.copy(), self.lines)
+        if self._trail and self._trail[-1][0] == self.written:
             self._trail[-1] = entry
         else:
             self._trail.append(entry)
@@ -111,23 +99,18 @@ class DeliveryLedger:
             raise ValueError(f"wrote() needs a count >= 0, got {n}")
         if n == 0:
             return
-        self._written += n
-        self._lines += lines
+        self.written += n
+        self.lines += lines
         page = self._page
         if data is not None and page is not None:
-            if page[2] is None:
-                # A loaded point's digest cannot be extended: its hasher is gone. The page's next
-                # checkpoints would lie, so the page is given up as a resume base from here on.
-                self._page = None
-            else:
-                page[2].update(data)
-                page[1] += lines
-                self._checkpoint()
+            page[2].update(data)
+            page[1] += lines
+            self._checkpoint()
         if now is not None:
             if self._write_times and self._write_times[-1][1] == now:
-                self._write_times[-1] = (self._written, now)
+                self._write_times[-1] = (self.written, now)
             else:
-                self._write_times.append((self._written, now))
+                self._write_times.append((self.written, now))
 
     def page_end(self, token: str) -> None:
         """The page written so far ends here: the point ``(token, 0)`` is reached once all units up
@@ -144,44 +127,40 @@ class DeliveryLedger:
         never got) and raises ValueError, changing nothing. A position behind the current one is
         ignored (a stale or duplicate report).
         """
-        if position > self._written:
-            raise ValueError(f"consumer reports {position} units taken but only {self._written} were written")
-        if position > self._taken:
-            self._taken = position
+        if position > self.written:
+            raise ValueError(f"consumer reports {position} units taken but only {self.written} were written")
+        if position > self.taken_position:
+            self.taken_position = position
             while self._write_times and self._write_times[0][0] <= position:
                 self._write_times.popleft()
             if now is not None and self.settle > 0:
                 self._taken_at.append((now, position))
                 self._prune_dates(now)
         if self.settle <= 0:
-            self._prune_trail(self._taken)
+            self._prune_trail(self.taken_position)
 
     # -- delivery points -----------------------------------------------------------------------------
 
+    def _checkpoint_at(self, position: int) -> Optional[_Checkpoint]:
+        return next((entry for entry in reversed(self._trail) if entry[0] <= position), None)
+
     def point_at(self, position: int) -> Optional[Point]:
         """The newest delivery point at or before ``position`` (None when none is known)."""
-        found: Optional[_Checkpoint] = None
-        for entry in reversed(self._trail):
-            if entry[0] <= position:
-                found = entry
-                break
+        found = self._checkpoint_at(position)
         if found is None:
             return None
-        _, token, events, state, _ = found
-        digest = state if isinstance(state, str) else state.hexdigest()
-        return Point(token, events, digest)
+        _, token, events, hasher, _ = found
+        return Point(token, events, hasher.hexdigest())
 
     def lines_at(self, position: int) -> int:
         """Event lines written up to the newest checkpoint at or before ``position`` (what a
         record of `point_at` covers); 0 when no checkpoint is known."""
-        for entry in reversed(self._trail):
-            if entry[0] <= position:
-                return entry[4]
-        return 0
+        found = self._checkpoint_at(position)
+        return 0 if found is None else found[4]
 
     def written_point(self) -> Optional[Point]:
         """The point at the written position (what a retry of the same page may skip in-process)."""
-        return self.point_at(self._written)
+        return self.point_at(self.written)
 
     def settled_position(self, now: float) -> int:
         """The taken position as it was ``settle`` seconds before ``now`` (dates only; conservative)."""
@@ -190,7 +169,7 @@ class DeliveryLedger:
     def taken_by(self, when: float) -> int:
         """The taken position as it was at ``when`` (dates only; conservative)."""
         if self.settle <= 0:
-            return self._taken
+            return self.taken_position
         taken = self._settled_floor
         for date, position in self._taken_at:
             if date > when:
@@ -217,7 +196,7 @@ class DeliveryLedger:
 
     def lines_in_flight(self) -> int:
         """Event lines written beyond the newest checkpoint the reader has wholly taken."""
-        return self._lines - self.lines_at(self._taken)
+        return self.lines - self.lines_at(self.taken_position)
 
     def freeze(self, at: float) -> None:
         """A stop measured from ``at`` is coming: keep the dates it needs. Plain assignments only,
@@ -243,28 +222,13 @@ class DeliveryLedger:
     # -- what the runner reports ---------------------------------------------------------------------
 
     @property
-    def written(self) -> int:
-        """Units written so far."""
-        return self._written
-
-    @property
-    def lines(self) -> int:
-        """Event lines written so far (``wrote(..., lines=...)``), whatever the units."""
-        return self._lines
-
-    @property
-    def taken_position(self) -> int:
-        """Units the consumer has taken so far."""
-        return self._taken
-
-    @property
     def unacked(self) -> int:
         """Units written but not taken yet."""
-        return self._written - self._taken
+        return self.written - self.taken_position
 
     def unacked_since(self) -> Optional[float]:
         """The time the oldest untaken unit was written, or None if all is taken or it was not dated."""
-        if self._taken >= self._written or not self._write_times:
+        if self.taken_position >= self.written or not self._write_times:
             return None
         return self._write_times[0][1]
 

@@ -45,8 +45,10 @@ class Recorder:
         self._writing = threading.Lock()
         #: Guards the fields below; never held during a write.
         self._cond = threading.Condition()
-        self._recorded: Optional[Point] = None
-        self._recorded_lines = 0
+        #: The newest point written to the state (or loaded from it at start), and the event lines
+        #: written by this process that it covers.
+        self.recorded: Optional[Point] = None
+        self.lines = 0
         # The newest point offered and not written yet, whether it must be durable, its lines.
         self._pending: Optional[Point] = None
         self._pending_durable = False
@@ -64,43 +66,34 @@ class Recorder:
 
     # -- what others ask ---------------------------------------------------------------------------
 
-    @property
-    def recorded(self) -> Optional[Point]:
-        """The newest point written to the state (or loaded from it at start)."""
-        return self._recorded
-
-    @property
-    def lines(self) -> int:
-        """Event lines written by this process that the recorded point covers."""
-        return self._recorded_lines
-
     def start_from(self, point: Optional[Point]) -> None:
         """The point the state holds at start: recording begins after it."""
         with self._cond:
-            self._recorded = point
+            self.recorded = point
 
     def commit_due(self) -> bool:
         """Whether a commit is being written, or waits to be: a new token offered, not yet durable."""
         with self._cond:
-            return self._committing or self._would_commit(self._pending, self._pending_durable)
+            return self._commit_due()
 
     def wait_for_commit(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the commit under way or due to be written."""
         with self._cond:
-            if self._committing or self._would_commit(self._pending, self._pending_durable):
+            if self._commit_due():
                 self._cond.wait(timeout)
 
-    def _would_commit(self, point: Optional[Point], durable: bool) -> bool:
-        """With the condition held: whether writing ``point`` writes the state file."""
+    def _commit_due(self) -> bool:
+        point, recorded = self._pending, self.recorded
+        if self._committing:
+            return True
         if point is None or point.token is None:
             return False
-        recorded = self._recorded
-        return durable or recorded is None or point.token != recorded.token
+        return self._pending_durable or recorded is None or point.token != recorded.token
 
     def wait_for_lines(self, lines: int, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the recorded point to cover ``lines`` lines."""
         with self._cond:
-            if self._recorded_lines < lines:
+            if self.lines < lines:
                 self._cond.wait(timeout)
 
     # -- offering ----------------------------------------------------------------------------------
@@ -122,9 +115,9 @@ class Recorder:
         with self._cond:
             if self._final:
                 return
-            if point == self._recorded and self._pending is None and not durable:
-                if lines is not None and lines > self._recorded_lines:
-                    self._recorded_lines = lines
+            if point == self.recorded and self._pending is None and not durable:
+                if lines is not None and lines > self.lines:
+                    self.lines = lines
                     self._cond.notify_all()
                 return
             self._pending = point
@@ -143,19 +136,24 @@ class Recorder:
                     self._cond.wait()
                 if self._closing:
                     return
-            self._write_pending()
+            self.flush()
 
-    def _write_pending(self, retry: bool = False) -> None:
-        """Write the newest pending point (the caller may be any thread; the write lock serialises)."""
+    def retry(self) -> None:
+        """While the state file fails: try the pending point again (the runner calls it with backoff)."""
         with self._writing:
-            self._write_locked(retry)
+            self._write_locked(retry=True)
+
+    def flush(self) -> None:
+        """Write what is pending now, on the calling thread (unless the state file is failing)."""
+        with self._writing:
+            self._write_locked(retry=False)
 
     def _write_locked(self, retry: bool) -> None:
-        """With the write lock held: the body of `_write_pending`."""
+        """With the write lock held: write the newest pending point."""
         with self._cond:
             point, durable, lines = self._pending, self._pending_durable, self._pending_lines
             position = self._pending_position
-            recorded = self._recorded
+            recorded = self.recorded
             if point is None:
                 if retry:
                     self.health.recovered("state file")
@@ -184,8 +182,8 @@ class Recorder:
             return
         self.health.recovered("state file")
         with self._cond:
-            self._recorded = point
-            self._recorded_lines = max(self._recorded_lines, lines)
+            self.recorded = point
+            self.lines = max(self.lines, lines)
             self._committing = False
             self._cond.notify_all()
         if commit:
@@ -199,14 +197,6 @@ class Recorder:
                 events=point.events,
                 token=short_token(point.token),
             )
-
-    def retry(self) -> None:
-        """While the state file fails: try the pending point again (the runner calls it with backoff)."""
-        self._write_pending(retry=True)
-
-    def flush(self) -> None:
-        """Write what is pending now, on the calling thread (unless the state file is failing)."""
-        self._write_pending()
 
     @contextlib.contextmanager
     def final(self) -> Iterator[None]:

@@ -23,6 +23,7 @@ import urllib3.exceptions
 
 from kata_events import __version__
 from kata_events.backoff import retry_after_seconds
+from kata_events.config import without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import tls, transport
 from kata_events.source.errors import (
@@ -137,9 +138,7 @@ class EventsClient:
         self.cert, self.key = cert, key
         #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
         self.key_password = key_password
-        self.ca_file = ca_file
         self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
-        self.insecure = insecure
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
         self.trust = tls.choose_trust(ca_file, pin_sha256, insecure, os.environ)
         #: The proxy each base URL is reached through (None: directly).
@@ -174,7 +173,7 @@ class EventsClient:
 
     def shown_proxies(self) -> Dict[str, str]:
         """The proxy of each base URL that has one, without credentials: for logs and messages."""
-        return {u: transport.shown_proxy(p) for u, p in self.proxies.items() if p}
+        return {u: without_credentials(p) for u, p in self.proxies.items() if p}
 
     def params(self, token: Optional[str], max_timeout: Optional[int] = None) -> Dict[str, str]:
         """Query parameters of the next request."""
@@ -266,7 +265,7 @@ class EventsClient:
             return self._transport.get(url, params, (CONNECT_TIMEOUT, read_timeout), proxy)
         except requests.ReadTimeout:
             if not self._connected:  # urllib3 counts a handshake that does not end as a read timeout
-                via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
+                via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
                 raise _Unreachable(f"cannot connect to {base}{via}: the TLS handshake timed out") from None
             answer = f"{base} did not answer within {read_timeout:.0f} s"
             raise Unavailable(answer, reason="timeout") from None
@@ -278,7 +277,7 @@ class EventsClient:
 
     def _translate(self, base: str, proxy: Optional[str], exc: requests.RequestException) -> Exception:
         """requests' exception → the project's (or `_Unreachable`: the next address is tried)."""
-        via = f" through the proxy {transport.shown_proxy(proxy)}" if proxy else ""
+        via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
         if isinstance(exc, requests.exceptions.ProxyError):
             reason = transport.root_reason(exc)
             if "CERTIFICATE_VERIFY_FAILED" in reason:
@@ -288,13 +287,13 @@ class EventsClient:
                     "install its CA there, or point SSL_CERT_FILE at a bundle that holds it"
                 )
             return _Unreachable(
-                f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy or '')} "
+                f"cannot connect to {base}{via}: the proxy {without_credentials(proxy or '')} "
                 f"failed: {reason}"
             )
         if proxy and not self._connected and not getattr(self._active, "tunnel_up", True):
             # The proxy ended the connection before its tunnel was up: it is the one to blame.
             return _Unreachable(
-                f"cannot connect to {base}{via}: the proxy {transport.shown_proxy(proxy)} closed the "
+                f"cannot connect to {base}{via}: the proxy {without_credentials(proxy)} closed the "
                 f"connection without a complete answer to the CONNECT request "
                 f"({transport.root_reason(exc)}): "
                 "check the proxy option or HTTPS_PROXY (address, credentials) and that the proxy "
@@ -402,7 +401,7 @@ class EventsClient:
                 else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password),
             )
         if proxy:
-            via = transport.shown_proxy(proxy)
+            via = without_credentials(proxy)
             message = f"TLS handshake with {base} through the proxy {via} failed: {transport.own_words(exc)}"
             return Unavailable(message, answered=True)
         return Unavailable(handshake_failure(base, transport.own_words(exc)), answered=True)

@@ -44,11 +44,7 @@ class RepeatedFault:
 
 
 def _addresses(urls: Sequence[str]) -> str:
-    shown = []
-    for url in urls:
-        parts = urlsplit(url)
-        shown.append(f"{parts.hostname} port {parts.port or 443}")
-    return ", ".join(shown)
+    return ", ".join(f"{parts.hostname} port {parts.port or 443}" for parts in map(urlsplit, urls))
 
 
 def persistent_advice(exc: ApiError, urls: Sequence[str], lasted: float) -> str:

@@ -13,12 +13,11 @@ import queue
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 import requests
 import urllib3.exceptions
 
-from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import transport
 from kata_events.source.errors import BadResponse, Interrupted, Unavailable
 from kata_events.source.tokens import token_problem
@@ -105,11 +104,11 @@ class _ReadAhead:
     overlap on two cores instead of running one after the other, and the server's sending never
     waits on our splitting. At most ``depth`` items wait in the queue: ``(events, skipped)`` per
     chunk, then ``None`` at the end of the body. A failure (the connection's, or the splitter's
-    `MalformedBody`) is handed over and raised by ``get``.
+    `MalformedBody`) is handed over, for the caller to raise.
     """
 
     def __init__(self, raw: Any, splitter: PageSplitter, decode: bool, depth: int = 2) -> None:
-        self._queue: queue.Queue[Any] = queue.Queue(depth)
+        self.queue: queue.Queue[Any] = queue.Queue(depth)
         self._closed = threading.Event()
         self._splitter = splitter
         #: Bytes of the body read so far.
@@ -146,18 +145,10 @@ class _ReadAhead:
     def _put(self, item: Any) -> None:
         while not self._closed.is_set():
             try:
-                self._queue.put(item, timeout=0.2)
+                self.queue.put(item, timeout=0.2)
                 return
             except queue.Full:
                 continue
-
-    def get(self, limit: float, stop: Stop) -> Optional[Tuple[List[bytes], List[SkippedEvent]]]:
-        """The next chunk's events and skipped events (None at the end); raises what failed, or
-        `Interrupted` / `Abandoned` when a stop or ``limit`` seconds come first."""
-        item = handover(self._queue, limit, stop, "part of the body")
-        if isinstance(item, BaseException):
-            raise item
-        return item
 
     def close(self) -> None:
         self._closed.set()
@@ -170,10 +161,10 @@ class Page:
         self,
         response: requests.Response,
         base_url: str,
-        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
-        sock: Optional[socket.socket] = None,
-        limit: float = 3600.0,
-        stop: Optional[Stop] = None,
+        max_event_bytes: int,
+        sock: Optional[socket.socket],
+        limit: float,
+        stop: Stop,
     ) -> None:
         # msgspec and the splitter load here, once the first answer is in: not before the first request.
         from kata_events.source.stream import PageSplitter
@@ -183,7 +174,7 @@ class Page:
         self._sock = sock
         #: How long the next part of the body may take, and the stop that ends the wait early.
         self._limit = limit
-        self._stop = stop or Stop()
+        self._stop = stop
         self._splitter = PageSplitter(max_event_bytes)
         self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []
@@ -219,7 +210,9 @@ class Page:
         self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
         try:
             while True:
-                item = self._reader.get(self._limit, self._stop)
+                item = handover(self._reader.queue, self._limit, self._stop, "part of the body")
+                if isinstance(item, BaseException):
+                    raise item
                 if item is None:
                     break
                 events, skipped = item

@@ -11,7 +11,6 @@ import ssl
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from kata_events import keypair
 from kata_events.exits import UserError
 
 
@@ -46,7 +45,7 @@ def probe_server_fingerprint(
     ctx.verify_mode = ssl.CERT_NONE
     if cert and key:
         try:
-            password = key_password() if key_password else keypair.no_passphrase()
+            password = key_password() if key_password else b""  # b"": OpenSSL would prompt
             ctx.load_cert_chain(cert, key, password=password)
         except (OSError, ssl.SSLError, UserError):
             pass

@@ -52,11 +52,7 @@ from kata_events.source.event_json import (
     split_window,
 )
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "MalformedBody", "PageSplitter", "SkippedEvent", "reencode_event"]
-
 EXCERPT_CHARS = 200
-#: The largest event handed back; larger ones are skipped (see the module docstring).
-DEFAULT_MAX_EVENT_BYTES = MAX_EVENT_BYTES_DEFAULT
 #: Candidate cuts tried per window before the scanner takes the next event.
 _TRIES = 4
 
@@ -83,6 +79,15 @@ _S_ELEM_OR_END = 6  # after "[": an event or "]"
 _S_ELEM = 7  # after "," in the array: an event
 _S_AFTER_ELEM = 8  # after an event: "," or "]"
 _S_DONE = 9  # after the closing "}": whitespace only
+
+# The states where one punctuation byte is expected: the state each one leads to, and the problem
+# when another byte stands there.
+_PUNCTUATION = {
+    _S_BEGIN: ({_LBRACE: _S_KEY_OR_END}, "body is not a JSON object"),
+    _S_COLON: ({_COLON: _S_VALUE}, "expected ':' after a top-level key"),
+    _S_AFTER_ELEM: ({_COMMA: _S_ELEM, _RBRACKET: _S_COMMA_OR_END}, "expected ',' or ']' after an event"),
+    _S_COMMA_OR_END: ({_COMMA: _S_KEY, _RBRACE: _S_DONE}, "expected ',' or '}' in the top-level object"),
+}
 
 # What the scanner is capturing.
 _FOR_EVENT, _FOR_KEY, _FOR_VALUE = 0, 1, 2
@@ -121,7 +126,7 @@ def _printable(data: bytes) -> str:
 class PageSplitter:
     """Incremental splitter for one Events API response body. Not thread-safe; one per response."""
 
-    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT) -> None:
         self.max_event_bytes = max_event_bytes
         self.event_count = 0
         self.bytes_fed = 0
@@ -240,18 +245,11 @@ class PageSplitter:
                     self._fail("trailing comma in the events array", pos)
                 else:
                     self._fail("an element of events is not an object", pos)
-            elif state == _S_AFTER_ELEM:
-                if c == _COMMA:
-                    self._state = _S_ELEM
-                elif c == _RBRACKET:
-                    self._state = _S_COMMA_OR_END
-                else:
-                    self._fail("expected ',' or ']' after an event", pos)
-                self._pos += 1
-            elif state == _S_BEGIN:
-                if c != _LBRACE:
-                    self._fail("body is not a JSON object", pos)
-                self._state = _S_KEY_OR_END
+            elif state in _PUNCTUATION:
+                following, problem = _PUNCTUATION[state]
+                if c not in following:
+                    self._fail(problem, pos)
+                self._state = following[c]
                 self._pos += 1
             elif state in (_S_KEY_OR_END, _S_KEY):
                 if c == _QUOTE:
@@ -261,11 +259,6 @@ class PageSplitter:
                     self._pos += 1
                 else:
                     self._fail("expected a key in the top-level object", pos)
-            elif state == _S_COLON:
-                if c != _COLON:
-                    self._fail("expected ':' after a top-level key", pos)
-                self._state = _S_VALUE
-                self._pos += 1
             elif state == _S_VALUE:
                 if self._key == "events":
                     if c != _LBRACKET:
@@ -276,14 +269,6 @@ class PageSplitter:
                     self._begin(_FOR_VALUE, pos)
                 else:
                     self._fail("expected a JSON value", pos)
-            elif state == _S_COMMA_OR_END:
-                if c == _COMMA:
-                    self._state = _S_KEY
-                elif c == _RBRACE:
-                    self._state = _S_DONE
-                else:
-                    self._fail("expected ',' or '}' in the top-level object", pos)
-                self._pos += 1
             else:  # _S_DONE
                 self._fail("trailing data after the top-level object", pos)
 
@@ -334,17 +319,18 @@ class PageSplitter:
 
     def _emit(self, event: bytes, at: int, out: List[bytes]) -> None:
         """Hand back one event that msgspec accepted, compacted if it holds whitespace other than spaces."""
-        index = self._index
-        self._index += 1
         if len(event) > self.max_event_bytes:
-            self._skip(index, self._off + at, len(event), "larger than max_event_bytes")
+            self._skip(self._off + at, len(event), "larger than max_event_bytes")
             return
+        self._index += 1
         if b"\n" in event or b"\r" in event or b"\t" in event:
             event = compact(event)
         out.append(event)
 
-    def _skip(self, index: int, offset: int, size: int, reason: str) -> None:
-        self.skipped.append(SkippedEvent(index, offset, size, reason))
+    def _skip(self, offset: int, size: int, reason: str) -> None:
+        """The next element of ``events`` is not handed back."""
+        self.skipped.append(SkippedEvent(self._index, offset, size, reason))
+        self._index += 1
 
     # -- the scanner: where one value ends --------------------------------------------------------
 
@@ -410,13 +396,7 @@ class PageSplitter:
         if purpose == _FOR_EVENT:
             self._state = _S_AFTER_ELEM
             if self._skip_from >= 0:
-                self._skip(
-                    self._index,
-                    self._skip_from,
-                    self._off + end - self._skip_from,
-                    "larger than max_event_bytes",
-                )
-                self._index += 1
+                self._skip(self._skip_from, self._off + end - self._skip_from, "larger than max_event_bytes")
                 self._skip_from = -1
             else:
                 self._check_event(bytes(self._buf[start:end]), start, out)
@@ -438,29 +418,23 @@ class PageSplitter:
 
     def _check_event(self, event: bytes, start: int, out: List[bytes]) -> None:
         """Validate one event the scanner delimited, and hand it back (compacted) or skip it."""
-        if len(event) > self.max_event_bytes:
-            self._emit(event, start, out)  # skips it
-            return
+        reencoded = None
         try:
-            decode_one(event)
+            if len(event) <= self.max_event_bytes:  # a larger one is skipped by `_emit`
+                try:
+                    decode_one(event)
+                except msgspec.DecodeError as exc:
+                    # Raw control bytes in strings and lone surrogate escapes are JSON to Python's decoder.
+                    try:
+                        reencoded = reencode_event(event)
+                    except ValueError:
+                        at = error_byte(exc)
+                        self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
         except RecursionError:
-            self._skip(self._index, self._off + start, len(event), "nested too deep")
-            self._index += 1
+            self._skip(self._off + start, len(event), "nested too deep")
             return
-        except msgspec.DecodeError as exc:
-            # Raw control bytes in strings and lone surrogate escapes are JSON to Python's decoder.
-            try:
-                reencoded = reencode_event(event)
-            except RecursionError:
-                self._skip(self._index, self._off + start, len(event), "nested too deep")
-                self._index += 1
-                return
-            except ValueError:
-                at = error_byte(exc)
-                self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
-            if has_control(event):
-                event = reencoded
+        if reencoded is None:
+            self._emit(event, start, out)
+        else:
             self._index += 1
-            out.append(event)
-            return
-        self._emit(event, start, out)
+            out.append(reencoded if has_control(event) else event)

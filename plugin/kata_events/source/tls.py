@@ -89,9 +89,9 @@ def context(
             else:
                 ctx = ssl.create_default_context(cafile=trust.path)
         except (OSError, ssl.SSLError) as exc:
-            what = "CA file" if trust.kind == "ca_file" else f"CA bundle {trust.kind}="
+            what = "CA file" if trust.kind == "ca_file" else f"CA bundle {trust.kind}"
             raise TlsVerifyFailed(
-                f"the {what.rstrip('=')} {trust.path} holds no usable PEM certificate ({exc})"
+                f"the {what} {trust.path} holds no usable PEM certificate ({exc})"
             ) from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
@@ -99,7 +99,8 @@ def context(
         ctx.post_handshake_auth = True  # a server may ask for the client certificate after the handshake
     if cert and key:
         try:
-            password = key_password() if key_password is not None else keypair.no_passphrase()
+            # Never None: OpenSSL would prompt on the terminal for an encrypted key's passphrase.
+            password = key_password() if key_password is not None else b""
             ctx.load_cert_chain(cert, key, password=password)
         except UserError as exc:
             raise ClientTlsError(str(exc)) from None

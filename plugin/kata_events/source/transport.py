@@ -22,8 +22,6 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 
-from kata_events.config import without_credentials
-
 #: A peer gone silently (power loss, a NAT that forgot the connection) shows as an error within
 #: about two minutes instead of after a long poll's hour. Linux names; other systems keep defaults.
 KEEPALIVE_OPTIONS: List[Tuple[int, int, int]] = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)] + [
@@ -38,11 +36,6 @@ urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
 
 #: Told of each connection as it is taken for a request (``False``) and once connected (``True``).
 Watch = Callable[[urllib3.connection.HTTPConnection, bool], None]
-
-
-def shown_proxy(proxy: str) -> str:
-    """A proxy URL fit for a log line: any user name and password in it are left out."""
-    return without_credentials(proxy)
 
 
 def proxy_for(url: str, proxy: Optional[str]) -> Optional[str]:

@@ -46,10 +46,6 @@ class StateForeign(StateError):
     as it is and the run refused; ``state reset`` or another ``--state-file`` is the user's choice.
     """
 
-    default_exit = ExitStatus.CONFIG
-
 
 class StateCorrupt(StateError):
     """The state file exists but is not a state file this version understands."""
-
-    default_exit = ExitStatus.CONFIG

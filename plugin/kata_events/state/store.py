@@ -87,8 +87,11 @@ class TokenStore:
     def __init__(
         self, path: Union[Path, str], *, url: str, external_system_id: str, filter: str = ""
     ) -> None:
-        self._path = Path(path)
-        self._files = StateFiles(self._path)
+        self.path = Path(path)
+        #: The companion holding progress inside a page (written often, not fsynced), the lock.
+        self.progress_path = companion(self.path, "progress")
+        self.lock_path = companion(self.path, "lock")
+        self._files = StateFiles(self.path)
         self.url = url
         self.external_system_id = external_system_id
         self.filter = filter
@@ -102,19 +105,6 @@ class TokenStore:
         self.warnings: List[str] = []
         #: Called after each commit (the status record's "last commit"); never with the lock held.
         self.on_commit: Optional[Callable[[], None]] = None
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @property
-    def progress_path(self) -> Path:
-        """The companion file holding progress inside a page (written often, not fsynced)."""
-        return companion(self._path, "progress")
-
-    @property
-    def lock_path(self) -> Path:
-        return companion(self._path, "lock")
 
     @property
     def committed(self) -> Optional[str]:
@@ -136,18 +126,18 @@ class TokenStore:
         """
         if self._lock_fd is not None:
             return
-        directory = self._path.parent
+        directory = self.path.parent
         self._files.make_directory(directory)
         refusal, warning = directory_permissions(directory)
         if refusal:
             raise StateNotWritable(refusal)
         self.warnings = [warning] if warning else []
-        for path in (self._path, self.lock_path, self.progress_path):
+        for path in (self.path, self.lock_path, self.progress_path):
             if path.is_symlink():
                 raise self._files.link_refused(path)
-        if self._path.is_dir():
+        if self.path.is_dir():
             raise StateNotWritable(
-                f"state file {self._path} is a directory: {FIX_HINT}, e.g. {self._path}/state.token"
+                f"state file {self.path} is a directory: {FIX_HINT}, e.g. {self.path}/state.token"
             )
         fd = self._files.open(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
@@ -158,7 +148,7 @@ class TokenStore:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"process {holder}" if holder else "another process"
                 raise StateLocked(
-                    f"state file {self._path} is in use by {who} (lock {self.lock_path}): "
+                    f"state file {self.path} is in use by {who} (lock {self.lock_path}): "
                     "another kata-events instance runs with the same state file; stop it, or give "
                     "this one its own --state-file",
                     holder_pid=holder,
@@ -214,7 +204,7 @@ class TokenStore:
         if sub is None:
             if kind == "empty":
                 return None, (
-                    f"state file {self._path} is empty (the original script leaves it so when it "
+                    f"state file {self.path} is empty (the original script leaves it so when it "
                     "crashes mid-write): starting a new subscription; events since the last run may "
                     "have been skipped"
                 )
@@ -222,24 +212,19 @@ class TokenStore:
         if kind == "plain":
             self._committed = sub.token
             return sub.token, (
-                f"imported a plain token file {self._path} (the original script's format, token "
+                f"imported a plain token file {self.path} (the original script's format, token "
                 f"{short_token(sub.token)}); it records no filter, so it is assumed to match the "
                 "configured one; the file is rewritten as JSON at the next commit"
             )
         self._refuse_foreign(sub)
-        changes = []
-        if sub.filter != self.filter:
-            changes.append(f"the filter changed from {sub.filter!r} to {self.filter!r}")
-        if changes:
-            if sub.token is None:
-                return None, None
-            return None, (
-                " and ".join(changes)
-                + ": starting a new subscription (events of the old one are not carried over; "
-                f"dropped token {short_token(sub.token)})"
-            )
         if sub.token is None:
             return None, None
+        if sub.filter != self.filter:
+            return None, (
+                f"the filter changed from {sub.filter!r} to {self.filter!r}: starting a new "
+                "subscription (events of the old one are not carried over; dropped token "
+                f"{short_token(sub.token)})"
+            )
         self._committed = sub.token
         notes = []
         if sub.url != self.url:
@@ -262,19 +247,19 @@ class TokenStore:
 
         Called before anything is written: the file stays byte for byte as it was.
         """
-        sub, kind = read_state(self._files)
-        if kind == "json" and sub is not None:
+        sub = self.stored()
+        if sub is not None:  # a plain token file names no external system
             self._refuse_foreign(sub)
 
     def _refuse_foreign(self, sub: Subscription) -> None:
         if not sub.external_system_id or sub.external_system_id == self.external_system_id:
             return
         raise StateForeign(
-            f"state file {self._path} belongs to external system {sub.external_system_id} "
+            f"state file {self.path} belongs to external system {sub.external_system_id} "
             f"(token {short_token(sub.token)}, saved {sub.saved_at or 'at an unknown time'}), not to "
             f"{self.external_system_id}: it is left untouched. If another integration uses it, give "
             "this one its own --state-file (KATA_EVENTS_STATE_FILE); if the external system id was "
-            f"changed on purpose, run `kata-events state reset --state-file {self._path}` to move the "
+            f"changed on purpose, run `kata-events state reset --state-file {self.path}` to move the "
             "old state aside and start a new subscription"
         )
 
@@ -296,7 +281,7 @@ class TokenStore:
             best_seq = sub.progress["seq"]
         elif sub.progress_problem:
             warnings.append(
-                f"the progress recorded in state file {self._path} is unusable "
+                f"the progress recorded in state file {self.path} is unusable "
                 f"({sub.progress_problem}): resuming from its token, events already delivered of "
                 "that page are sent again"
             )
@@ -351,12 +336,10 @@ class TokenStore:
 
     def _stored_seq(self) -> int:
         try:
-            sub, kind = read_state(self._files)
+            sub = self.stored()
         except StateError:
             return 0
-        if kind == "json" and sub is not None and sub.progress is not None:
-            return int(sub.progress["seq"])
-        return 0
+        return int(sub.progress["seq"]) if sub is not None and sub.progress is not None else 0
 
     def _companion_seq(self) -> int:
         try:
@@ -371,22 +354,17 @@ class TokenStore:
 
         Raises StateNotWritable when the file cannot be written.
         """
-        if self._lock_fd is None:
-            raise RuntimeError("TokenStore.open() must be called before writing the state file")
-        self._seq += 1
         data = encode_record(
-            point, self._seq, {"external_system_id": self.external_system_id, "filter": self.filter}
+            point, self._next_seq(), {"external_system_id": self.external_system_id, "filter": self.filter}
         )
-        if len(data) < self._progress_len:
-            # JSON ignores trailing blanks: a shorter record leaves no bytes of the longer one.
-            data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
         try:
             if self._progress_fd is None:
                 self._progress_fd = self._files.open(self.progress_path, os.O_RDWR | os.O_CREAT)
                 os.fchmod(self._progress_fd, 0o600)
                 self._progress_len = os.fstat(self._progress_fd).st_size
-                if len(data) < self._progress_len:
-                    data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
+            if len(data) < self._progress_len:
+                # JSON ignores trailing blanks: a shorter record leaves no bytes of the longer one.
+                data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
             written = os.pwrite(self._progress_fd, data, 0)
             if written != len(data):
                 raise OSError(errno.EIO, "short write")
@@ -418,10 +396,14 @@ class TokenStore:
         self._write(None, None)
         self._committed = None
 
-    def _write(self, token: Optional[str], point: Optional[Point]) -> None:
+    def _next_seq(self) -> int:
         if self._lock_fd is None:
             raise RuntimeError("TokenStore.open() must be called before writing the state file")
         self._seq += 1
+        return self._seq
+
+    def _write(self, token: Optional[str], point: Optional[Point]) -> None:
+        seq = self._next_seq()
         doc: Dict[str, Any] = {
             "version": STATE_VERSION,
             "token": token,
@@ -431,18 +413,15 @@ class TokenStore:
             "saved_at": stamp(),
             # A cleared token still carries a sequence number: older progress records lose to it.
             "progress": {
-                "seq": self._seq,
+                "seq": seq,
                 "events": point.events if point else 0,
                 "digest": point.digest if point else Point(None).digest,
             },
         }
         data = (json.dumps(doc, ensure_ascii=False, indent=None) + "\n").encode("utf-8")
-        self._replace(data)
-
-    def _replace(self, data: bytes) -> None:
         try:
-            write_private_file(self._path, data, sync_directory=True)
+            write_private_file(self.path, data, sync_directory=True)
         except OSError as exc:
-            if is_link_error(exc, self._path):
-                raise self._files.link_refused(self._path) from None
-            raise self._files.not_writable(self._path, exc) from None
+            if is_link_error(exc, self.path):
+                raise self._files.link_refused(self.path) from None
+            raise self._files.not_writable(self.path, exc) from None
