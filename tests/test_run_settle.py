@@ -9,14 +9,12 @@ earlier. A clean ``--once`` end waits until its last line has settled instead.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterator, List, Tuple
@@ -29,88 +27,89 @@ SETTLE = 1.5
 RATE = 400
 
 
-class Sampler:
-    """Counts the complete lines the test's reader holds, every 20 ms, with the wall-clock time
-    (the process's log lines carry that clock)."""
-
-    def __init__(self, run) -> None:
-        self.run = run
-        self.samples: List[Tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.time(), self.run.output.count(b"\n")))
-            time.sleep(0.02)
-
-    def read_by(self, when: float) -> int:
-        """An upper bound of the lines read by ``when``: the first sample at or after it."""
-        if not self.samples:
-            return 0
-        times = [t for t, _ in self.samples]
-        i = bisect.bisect_left(times, when)
-        return self.samples[min(i, len(self.samples) - 1)][1]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+#: The test's reader: copies its stdin to its stdout, reading at most ``size`` bytes at a time and
+#: pausing ``pause`` seconds after each read, and logs each read to the file named by its first
+#: argument: when the read began, and the lines taken through it. Whatever lines kata-events saw
+#: leave the pipe by a moment were taken by reads begun before that moment, so the log bounds them
+#: from above however this reader is scheduled (cat's copy to a file lags its read on a busy machine).
+READER = (
+    "import os, sys, time\n"
+    "log, size, pause = open(sys.argv[1], 'w'), int(sys.argv[2]), float(sys.argv[3])\n"
+    "lines = 0\n"
+    "while True:\n"
+    "    began = time.time()\n"
+    "    data = os.read(0, size)\n"
+    "    if not data:\n"
+    "        break\n"
+    "    lines += data.count(b'\\n')\n"
+    "    log.write(f'{began} {lines}\\n')\n"
+    "    log.flush()\n"
+    "    os.write(1, data)\n"
+    "    time.sleep(pause)\n"
+)
 
 
-class FileSampler(Sampler):
-    """Counts the lines a reader process wrote to ``path``."""
+def reader(tmp_path, size: int = 65536, pause: float = 0.0) -> List[str]:
+    """The command of a `READER` logging to tmp_path/reads.log."""
+    return [sys.executable, "-c", READER, str(tmp_path / "reads.log"), str(size), str(pause)]
+
+
+class ReadLog:
+    """The reader's log of its reads: what it can have taken by a moment."""
 
     def __init__(self, path) -> None:
         self.path = path
-        super().__init__(None)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            count = self.path.read_bytes().count(b"\n") if self.path.exists() else 0
-            self.samples.append((time.time(), count))
-            time.sleep(0.02)
+    def read_by(self, when: float) -> int:
+        """An upper bound of the lines taken by ``when``: those of the reads begun by then."""
+        text = self.path.read_text() if self.path.exists() else ""
+        lines = 0
+        for record in text.split("\n")[:-1]:  # a last record being written has no newline yet
+            began, through = record.split()
+            if float(began) > when:
+                break
+            lines = int(through)
+        return lines
 
 
 @contextlib.contextmanager
-def piped_to(args: List[str], reader_argv: List[str], tmp_path) -> Iterator[Tuple[Any, Any, FileSampler]]:
-    """kata-events writing into a pipe that ``reader_argv`` reads (copying to tmp_path/taken.ndjson,
-    which a `FileSampler` watches); yields once the reader has taken a line, and ends both."""
+def piped_to(args: List[str], reader_argv: List[str], tmp_path) -> Iterator[Tuple[Any, Any, ReadLog]]:
+    """kata-events writing into a pipe that ``reader_argv`` (a `reader`) reads, copying to
+    tmp_path/taken.ndjson; yields once the reader has taken a line, and ends both."""
     read_end, write_end = os.pipe()
     with open(tmp_path / "taken.ndjson", "wb") as out, open(tmp_path / "stderr.log", "wb") as err:
         proc = subprocess.Popen(command(args), stdout=write_end, stderr=err, env=clean_env())
         reader = subprocess.Popen(reader_argv, stdin=read_end, stdout=out)
     os.close(read_end)
     os.close(write_end)
-    sampler = FileSampler(tmp_path / "taken.ndjson")
+    reads = ReadLog(tmp_path / "reads.log")
     try:
         deadline = time.monotonic() + 20
-        while sampler.read_by(time.time()) < 1 and time.monotonic() < deadline:
+        while reads.read_by(time.time()) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        yield proc, reader, sampler
+        yield proc, reader, reads
     finally:
-        sampler.stop()
         for p in (proc, reader):
             if p.poll() is None:
                 p.kill()
                 p.wait()
 
 
-def wait_for_lines(sampler: FileSampler, lines: int, timeout: float = 60.0) -> None:
+def wait_for_lines(reads: ReadLog, lines: int, timeout: float = 60.0) -> None:
     """Wait until the reader has taken ``lines`` lines."""
     deadline = time.monotonic() + timeout
-    while sampler.read_by(time.time()) < lines:
+    while reads.read_by(time.time()) < lines:
         assert time.monotonic() < deadline, f"the reader took fewer than {lines} lines in {timeout:g} s"
         time.sleep(0.05)
 
 
-def settle_line(tmp_path, sampler: FileSampler) -> Tuple[dict, int]:
+def settle_line(tmp_path, reads: ReadLog) -> Tuple[dict, int]:
     """The run's settle log line, and the lines the reader had taken settle_time before it."""
     logs = [json.loads(line) for line in (tmp_path / "stderr.log").read_bytes().splitlines()]
     settle = [r for r in logs if r.get("event") == "settle"]
     assert settle, logs[-5:]
     decided = datetime.strptime(settle[0]["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
-    return settle[0], sampler.read_by(decided.timestamp() - SETTLE)
+    return settle[0], reads.read_by(decided.timestamp() - SETTLE)
 
 
 @pytest.mark.timeout(60)
@@ -124,17 +123,16 @@ def test_a_stop_counts_nothing_the_reader_took_within_the_settle_time(
         emu, ext_id, client_cert, state, "--max-events", "50", "--max-timeout", "1", settle_time=SETTLE
     )
     taken = tmp_path / "taken.ndjson"
-    # The reader: cat, writing at once what it reads to a file the test watches.
-    with piped_to(args, ["cat"], tmp_path) as (proc, reader, sampler):
+    with piped_to(args, reader(tmp_path), tmp_path) as (proc, shipper, reads):
         time.sleep(3.0)
         if how == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
         else:
-            reader.kill()  # the shipper dies: the next write fails with EPIPE
+            shipper.kill()  # the shipper dies: the next write fails with EPIPE
         assert proc.wait(10) == 0
-        reader.wait(10)
+        shipper.wait(10)
         time.sleep(0.1)
-    settle, limit = settle_line(tmp_path, sampler)
+    settle, limit = settle_line(tmp_path, reads)
     assert settle["settle_time"] == SETTLE, settle
     # Everything read within SETTLE before the stop was decided (the settle line's time) must come
     # again; the re-send stays near the window.
@@ -181,19 +179,6 @@ def test_sigterm_while_once_waits_for_the_settle_goes_back(
     assert again.seqs()[:1] == [1], "the lines taken within the settle time must come again"
 
 
-#: A reader taking at most 400 KB a second (about 600 lines of 200 B): a page of 72,000 takes it two
-#: minutes, and the settle time holds fewer lines than settle_lines.
-SLOW_READER = (
-    "import os, sys, time\n"
-    "while True:\n"
-    "    data = os.read(0, 4096)\n"
-    "    if not data:\n"
-    "        break\n"
-    "    os.write(1, data)\n"
-    "    time.sleep(0.01)\n"
-)
-
-
 @pytest.mark.timeout(90)
 def test_a_stop_inside_the_first_page_of_a_new_subscription_goes_back_too(
     make_emulator, client_cert, ext_id, runs, tmp_path
@@ -207,15 +192,17 @@ def test_a_stop_inside_the_first_page_of_a_new_subscription_goes_back_too(
         emu, ext_id, client_cert, state, "--max-events", "72000", "--max-timeout", "1", settle_time=SETTLE
     )
     taken = tmp_path / "taken.ndjson"
-    with piped_to(args, [sys.executable, "-c", SLOW_READER], tmp_path) as (proc, _reader, sampler):
+    # A reader taking at most 400 KB a second (about 600 lines of 200 B): a page of 72,000 takes it
+    # two minutes, and the settle time holds fewer lines than settle_lines.
+    with piped_to(args, reader(tmp_path, 4096, 0.01), tmp_path) as (proc, _shipper, reads):
         # The reader must have passed a delivery point (one per batch of at most 1 MiB, 1,600 lines)
         # settle_time before the stop, however slowly the machine runs: wait for 2,000 lines, then
         # for more than the settle time.
-        wait_for_lines(sampler, 2_000)
+        wait_for_lines(reads, 2_000)
         time.sleep(SETTLE + 1.0)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    settle, limit = settle_line(tmp_path, sampler)
+    settle, limit = settle_line(tmp_path, reads)
     assert settle["level"] == "info", settle
     got_before = taken.read_bytes().count(b"\n")
     assert got_before < 72_000, "the stop was meant to land inside the first page"
