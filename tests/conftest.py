@@ -41,7 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 #: Modules whose tests take 15-40 s each on 2 cores (kill loops, the release build, shipper
-#: restarts, big pages): each worker starts on them, so the run does not end waiting for one that
+#: restarts, big pages, slow disks): each worker starts on them, so the run does not end waiting for one that
 #: was queued last.
 LONG_MODULES = (
     "test_release.py",
@@ -54,6 +54,8 @@ LONG_MODULES = (
     "test_run_slow_servers.py",
     "test_stop_resend_count.py",
     "test_run_memory.py",
+    "test_slow_state_disk.py",
+    "test_syslog_ng_e2e.py",
 )
 
 
