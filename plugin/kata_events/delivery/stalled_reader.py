@@ -8,7 +8,8 @@ ten tries 100 ms apart before it is dropped (plugins/in_exec/in_exec.c `in_exec_
 src/flb_input_chunk.c `append_to_ring_buffer`), so a pipe left holding 600 lines keeps Fluent
 Bit stopping for ten minutes, until a service manager kills it. Those lines are not delivered
 (the settle rule already counts them as not taken) and Fluent Bit drops them anyway, so at a stop
-this process reads them out itself: the reader gets end of file after what its own buffer holds.
+this process reads them out itself: the reader gets end of file after what its own buffer holds
+(and the rest of a line it had begun to read, which is put back).
 
 Only for Fluent Bit: a reader that forwards whatever bytes it read (``nc``, ``cat``) could be
 left holding the first part of a line whose rest was read here; Fluent Bit's exec input, once
@@ -96,7 +97,13 @@ def stalled(unread: Callable[[], int], watch: float = STALL_WATCH) -> bool:
 
 
 def empty_pipe(fd: int) -> bytes:
-    """Read out what the pipe behind ``fd`` (our write end) holds, through a read end of our own."""
+    """Read out the whole lines the pipe behind ``fd`` (our write end) holds, through a read end of
+    our own; those lines are returned.
+
+    The reader may hold the start of a line in its own buffer: the pipe's first bytes, up to and
+    including the first newline, are written back, so that it gets that line whole and then end of
+    file (Fluent Bit would otherwise hand the fragment to its parser).
+    """
     reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
     chunks = []
     try:
@@ -112,4 +119,15 @@ def empty_pipe(fd: int) -> bytes:
             chunks.append(chunk)
     finally:
         os.close(reader)
-    return b"".join(chunks)
+    data = b"".join(chunks)
+    cut = data.find(b"\n") + 1 or len(data)
+    head = data[:cut]
+    deadline = time.monotonic() + STALL_WATCH
+    while head and time.monotonic() < deadline:
+        try:
+            head = head[os.write(fd, head) :]
+        except BlockingIOError:
+            time.sleep(STALL_POLL)
+        except BrokenPipeError:
+            break
+    return data[cut:]
