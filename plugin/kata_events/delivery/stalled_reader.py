@@ -11,9 +11,9 @@ Bit stopping for ten minutes, until a service manager kills it. Those lines are 
 this process reads them out itself: the reader gets end of file after what its own buffer holds
 (and the rest of a line it had begun to read, which is put back).
 
-Only for Fluent Bit: a reader that forwards whatever bytes it read (``nc``, ``cat``) could be
-left holding the first part of a line whose rest was read here; Fluent Bit's exec input, once
-stalled, sends nothing on. Nothing here writes to stdout.
+Only for Fluent Bit, the one reader known to stall like this while it stops: any other slow reader
+is waiting on its own output and still delivers what the pipe holds. Nothing here writes to stdout
+but the rest of a line the reader had begun to read, put back where it was.
 """
 
 from __future__ import annotations
