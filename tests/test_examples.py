@@ -261,6 +261,17 @@ def test_fluent_bit_keeps_utf8_as_written() -> None:
     assert not fluent_bit_on(service["json.escape_unicode"])
 
 
+#: systemd's default stop timeout (TimeoutStopSec): SIGKILL after that.
+SYSTEMD_STOP_TIMEOUT = 90
+
+
+def test_fluent_bit_grace_lets_it_flush_before_the_service_manager_kills_it() -> None:
+    (service,) = fluent_bit_blocks("fluent-bit.conf.example", "SERVICE")
+    # Cut off mid-send when its grace ends, Fluent Bit sends those chunks again after the restart
+    # (the default 5 s did at catch-up); killed by the service manager, it loses its stop as well.
+    assert 30 <= int(service["grace"]) < SYSTEMD_STOP_TIMEOUT
+
+
 def test_fluent_bit_tcp_output_writes_json_lines() -> None:
     tcp = fluent_bit_blocks("fluent-bit.conf.example", "OUTPUT")[0]
     assert tcp["name"] == "tcp"

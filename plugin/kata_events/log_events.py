@@ -162,6 +162,15 @@ _CATALOGUE = (
         "it shuts down); it is sent again.",
     ),
     EventSpec(
+        "reader_stalled",
+        logging.INFO,
+        ("pid", "bytes", "lines"),
+        "Stopping with Fluent Bit reading stdout and no longer taking lines (its exec input drops "
+        "what it reads once its engine has stopped, a second per line): the lines left in the pipe "
+        "were read out so that Fluent Bit can stop at once; they are sent again at the next start. "
+        "WARNING if the pipe could not be emptied.",
+    ),
+    EventSpec(
         "caught_up",
         logging.INFO,
         (),

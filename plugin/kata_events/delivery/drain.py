@@ -28,6 +28,7 @@ import time
 from typing import Callable, Optional
 
 from kata_events import logs
+from kata_events.delivery import stalled_reader
 from kata_events.delivery.disk_faults import is_disk_fault
 from kata_events.delivery.policies import DRAIN_POLL, Delivery
 from kata_events.delivery.writer import LineWriter, OutputFailed
@@ -221,6 +222,43 @@ class DrainDelivery(Delivery):
             if self._settle_wait(interrupted):
                 return
         self._go_back_to_settled()
+        if self.kind == "pipe":
+            self._release_stalled_fluent_bit()
+
+    def _release_stalled_fluent_bit(self) -> None:
+        """After going back: if Fluent Bit reads the pipe and has stalled, empty the pipe for it.
+
+        What is still in the pipe was never taken, so it already counts as not delivered; a stalled
+        exec input would spend a second on each of those lines before dropping it.
+        """
+        if self._unread() == 0:
+            return
+        pid = stalled_reader.fluent_bit_reader(self.writer.fd)
+        if pid is None or not stalled_reader.stalled(self._unread):
+            return
+        try:
+            data = stalled_reader.empty_pipe(self.writer.fd)
+        except OSError as exc:
+            logs.emit(
+                "reader_stalled",
+                f"stopping: Fluent Bit (pid {pid}) has stopped taking lines out of the pipe, and "
+                f"the pipe could not be emptied for it ({exc}): it drops each line left there "
+                "after trying it for a second, so its stop takes that long",
+                level="WARNING",
+                pid=pid,
+            )
+            return
+        lines = data.count(b"\n")
+        logs.emit(
+            "reader_stalled",
+            f"stopping: Fluent Bit (pid {pid}) has stopped taking lines out of the pipe (its "
+            f"exec input drops what it reads once its engine has stopped, a second per line); the "
+            f"{lines} lines left in the pipe were read out so that it can stop now: "
+            "they were not delivered and are sent again at the next start",
+            pid=pid,
+            bytes=len(data),
+            lines=lines,
+        )
 
     def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
         """--once caught up: wait until the last line taken has settled; False if the reader left,
