@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+# Compiled modules are cached, as Python does by default, even where PYTHONDONTWRITEBYTECODE is set
+# (some machines set it). Otherwise every worker compiles this file, the helpers it imports and the
+# test modules again (pytest rewrites each test module's asserts, ~1 s of CPU a worker), and every
+# child without the tests' own environment does the same. Set before the imports below, and
+# dropped from the environment the workers start with, so that this file is cached too. The caches
+# go to __pycache__ folders, which git ignores.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 import random
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
 
@@ -16,11 +27,6 @@ from emulator_helpers import ClientCert, EventsClient
 from kata_events import certs
 from kata_events.emulator import Emulator
 from run_helpers import Runs
-
-# Compiled modules are cached, as Python does by default, even where PYTHONDONTWRITEBYTECODE is set
-# (some machines set it): each of the suite's workers would otherwise compile and rewrite every
-# test module again (2.5 s of CPU each). The caches go to __pycache__ folders, which git ignores.
-sys.dont_write_bytecode = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,7 +97,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"test seed: {determinism.SEED} (KATA_TEST_SEED changes it); "
-        f"hypothesis profile: {determinism.PROFILE} (HYPOTHESIS_PROFILE=dev explores)"
+        f"hypothesis profile: {determinism.PROFILE} (HYPOTHESIS_PROFILE=dev explores); "
+        f"share of repeated rounds: {determinism.ROUNDS_SHARE:g} (KATA_TEST_ROUNDS)"
     )
 
 
