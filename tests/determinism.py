@@ -7,6 +7,10 @@
 - Hypothesis runs the ``ci`` profile unless ``HYPOTHESIS_PROFILE`` (or ``--hypothesis-profile``)
   names another: derandomized (the examples follow from each test's name), a bounded number of
   examples, no example database. ``dev`` tries many more examples at random, for exploring.
+- A loop that repeats one case at varied moments (fifty kills, fifty stops) makes :func:`rounds`
+  of its rounds: all of them unless ``KATA_TEST_ROUNDS`` names a share. CI runs the suite on its
+  extra interpreters with a fifth: each case still runs there, on that interpreter's code paths;
+  the many moments are the default interpreter's job, where the share is always 1.
 - Where a duration is the behaviour under test (a stop within rsyslog's 200 ms), it is measured by
   :func:`median_of_runs` over several runs, never asserted from one run: one run on a loaded
   machine says little, a median says what the code does.
@@ -48,6 +52,8 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
+#: ``ci`` with a fifth of the examples, for the extra interpreters' runs in CI (as with `rounds`).
+settings.register_profile("ci-short", parent=settings.get_profile("ci"), max_examples=CI_EXAMPLES // 5)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or "ci"
 settings.load_profile(PROFILE)
 
@@ -71,3 +77,13 @@ def fixed_uuid() -> str:
 def median_of_runs(measure: Callable[[], float], runs: int = 5) -> float:
     """The median of ``runs`` durations that ``measure()`` times, for durations that are behaviour."""
     return statistics.median(measure() for _ in range(runs))
+
+
+#: The share of a repeated case's rounds this run makes (``KATA_TEST_ROUNDS``; 1: all of them).
+ROUNDS_SHARE = float(os.environ.get("KATA_TEST_ROUNDS") or 1)
+
+
+def rounds(full: int, step: int = 1) -> int:
+    """How many of a loop's ``full`` rounds to make: all, or ``KATA_TEST_ROUNDS``' share of them,
+    at least two and a multiple of ``step`` (a loop that cycles through ``step`` cases keeps each)."""
+    return max(2, step, round(full * ROUNDS_SHARE / step) * step)

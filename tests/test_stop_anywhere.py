@@ -6,7 +6,8 @@ stdout pipe, a commit on a state disk that takes 1 s per fsync (the ``tests/os_f
 the sleep before a retry (HTTP 503). Which signal, and how long after reaching the moment it is
 sent, come from the suite's seed (``KATA_TEST_SEED``; printed with every failure). Every time:
 exit 0, no traceback, and the state file, where there is one, a valid state file. The fifty runs
-are five tests, one per moment, so that they spread over the suite's workers.
+(`rounds`: all unless KATA_TEST_ROUNDS names a share) are five tests, one per moment, so that they
+spread over the suite's workers.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from typing import Callable, List, Tuple
 
 import pytest
 
-from determinism import SEED
+from determinism import SEED, rounds
 from disk_helpers import OsFaults, state_file_problem
 from run_helpers import clean_env, run_args
 
-RUNS = 50
 MOMENTS = ("long poll", "page read", "write", "commit", "retry sleep")
+RUNS = rounds(50, len(MOMENTS))
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def plan(seed: int) -> List[Tuple[str, float, int]]:
-    """(moment, seconds after reaching it, signal) for each run: every moment ten times."""
+    """(moment, seconds after reaching it, signal) for each run: every moment equally often."""
     rng = random.Random(seed)
     runs = [
         (MOMENTS[i % len(MOMENTS)], round(rng.uniform(0.0, 0.6), 3), rng.choice(SIGNALS)) for i in range(RUNS)

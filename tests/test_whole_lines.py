@@ -19,10 +19,11 @@ from typing import Dict, List
 
 import pytest
 
+from determinism import rounds
 from kata_events.delivery.pipe_room import PipeRoom, grow_pipe
 from run_helpers import KataRun, run_args, seq_of
 
-KILLS = 20
+KILLS = rounds(20)
 #: Event sizes: each kill picks one of these emulators (lines of 2 to 8 KB).
 EVENT_SIZES = (2048, 4096, 6144, 8192)
 BACKLOG = 6000
