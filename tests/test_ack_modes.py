@@ -8,12 +8,13 @@ pipe at EOF, syslog-ng /dev/null opened write-only, a terminal when run by hand,
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import pty
-import shlex
 import signal
 import subprocess
-import threading
+import termios
 import time
 from datetime import datetime
 from pathlib import Path
@@ -160,6 +161,25 @@ def test_auto_mode_decides_from_stdin_without_delay(
     assert proc.returncode == 0, stderr.read_text()
 
 
+def _wait_reading(head: subprocess.Popen, write_end: int, after: int, timeout: float = 30.0) -> int:
+    """Wait until ``head`` has read past ``after`` bytes (its rchar), left the pipe empty and
+    blocks reading it again, or has exited; its rchar then (-1 once it exited)."""
+    deadline = time.monotonic() + timeout
+    while head.poll() is None:
+        try:
+            rchar = int(Path(f"/proc/{head.pid}/io").read_text().split("rchar:")[1].split()[0])
+            reading = "pipe" in Path(f"/proc/{head.pid}/wchan").read_text()
+        except (OSError, IndexError):  # exiting
+            rchar, reading = after, False
+        unread = array.array("i", [0])
+        fcntl.ioctl(write_end, termios.FIONREAD, unread, True)
+        if rchar > after and reading and unread[0] == 0:
+            return rchar
+        assert time.monotonic() < deadline, f"head did not take the line (rchar {rchar}, {unread[0]} unread)"
+        time.sleep(0.01)
+    return -1
+
+
 def test_ack_none_into_head_resumes_at_or_before_the_first_line_head_did_not_print(
     make_emulator: Callable[..., Emulator],
     client_cert: ClientCert,
@@ -171,23 +191,30 @@ def test_ack_none_into_head_resumes_at_or_before_the_first_line_head_did_not_pri
     state = tmp_path / "state.json"
     argv = run_argv(emulator, client_cert, ext_id, state, "--ack", "none", max_events=1, max_timeout=5)
     out = tmp_path / "head.out"
-    feeding = threading.Event()
-
-    def trickle() -> None:
-        # Five events a second, one at a time: every line fits in the pipe and head reads each alone.
-        while not feeding.is_set():
-            emulator.add_events(1)
-            feeding.wait(0.2)
-
-    feeder = threading.Thread(target=trickle, daemon=True)
-    feeder.start()
+    # `kata-events | head -n 10`, with the test holding a second write end of the pipe: it adds no
+    # reader (the run still sees head go away) and tells how much head has left in the pipe.
+    read_end, write_end = os.pipe()
+    with open(tmp_path / "first.log", "wb") as log, open(out, "wb") as printed_to:
+        first = subprocess.Popen(argv, stdout=write_end, stderr=log, env=clean_env())
+        head = subprocess.Popen(["head", "-n", "10"], stdin=read_end, stdout=printed_to)
+    os.close(read_end)
     try:
-        shell = f"{shlex.join(argv)} 2>{shlex.quote(str(tmp_path / 'first.log'))} | head -n 10 > {out}"
-        done = subprocess.run(["sh", "-c", shell], env=clean_env(), timeout=60)
+        # One event at a time, each added once head has taken the last line and waits for the next:
+        # head reads every line alone, so the lines it printed are exactly the lines it took. The
+        # eleventh is added after head took its tenth: it finds head leaving or gone.
+        taken = _wait_reading(head, write_end, after=-1)
+        for _ in range(11):
+            emulator.add_events(1)
+            taken = _wait_reading(head, write_end, after=taken)
+        head_status = head.wait(60)
+        first.wait(60)
     finally:
-        feeding.set()
-        feeder.join()
-    assert done.returncode == 0
+        os.close(write_end)
+        for proc in (first, head):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert head_status == 0
     printed = [seq_of(line) for line in out.read_bytes().splitlines()]
     assert printed == list(range(1, 11))
     gone = events_named(read_logs(tmp_path / "first.log"), "consumer_gone")
