@@ -129,8 +129,9 @@ class Failures:
         if isinstance(exc, Unauthorized):
             self.stats.up = False
             if self.health is not None:
-                self.health.refused(
-                    f"HTTP 401: external system {self.client.external_system_id} is not approved"
+                self.health.update(
+                    state="refused",
+                    reason=f"HTTP 401: external system {self.client.external_system_id} is not approved",
                 )
             self.sleep(self.unauthorized(exc))
             return None
@@ -146,7 +147,7 @@ class Failures:
             else:
                 why = "the Central Node no longer knows our continuation token (Subscription not found)"
             if self.health is not None:
-                self.health.subscription_lost(why)
+                self.health.update(subscription_lost_at=self.health.clock(), reason=why)
             logs.emit(
                 "subscription_lost",
                 f"{why}: starting a new subscription; events between the last delivered page and "
@@ -167,7 +168,7 @@ class Failures:
         self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
         self.stats.up = False
         if self.health is not None:
-            self.health.failing(str(exc))
+            self.health.update(state="failing", reason=str(exc))
         retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
         delay = self.backoff.next_delay(retry_after)
         lasting = self.faults.seen(exc, self.clock())

@@ -73,11 +73,9 @@ class Health:
             "stopped_at": None,
         }
 
-    # -- what happened ----------------------------------------------------------------------------
-
     def committed(self) -> None:
         """A token was saved (called by the token store after each commit)."""
-        self._update(force=False, last_commit=self.clock())
+        self.update(False, last_commit=self.clock())
 
     def page(self, events: int, full: bool, newest_event: Optional[float]) -> None:
         """A page was delivered: the server answers; ``full`` says whether it has more."""
@@ -86,16 +84,7 @@ class Health:
             fields["newest_event"] = newest_event
         with self._lock:
             fields["events"] = self.record["events"] + events
-        self._update(force=False, **fields)
-
-    def refused(self, reason: str) -> None:
-        self._update(force=True, state="refused", reason=reason)
-
-    def failing(self, reason: str) -> None:
-        self._update(force=True, state="failing", reason=reason)
-
-    def subscription_lost(self, reason: str) -> None:
-        self._update(force=True, subscription_lost_at=self.clock(), reason=reason)
+        self.update(False, **fields)
 
     def stopped(self, reason: str) -> None:
         """The last record, written now. The thread is told to end but not waited for (a stop must
@@ -103,9 +92,7 @@ class Health:
         one reads the same, newest record, since every write takes the record as it is then."""
         self._stop.set()
         self._dirty.set()
-        self._update(force=True, state="stopped", reason=reason, stopped_at=self.clock())
-
-    # -- writing ----------------------------------------------------------------------------------
+        self.update(state="stopped", reason=reason, stopped_at=self.clock())
 
     def start(self) -> None:
         """Write the first record; then a thread rewrites it after changes (at most every
@@ -124,11 +111,12 @@ class Health:
         self._thread = threading.Thread(target=refresh, name="status", daemon=True)
         self._thread.start()
 
-    def _update(self, force: bool, **fields: Any) -> None:
-        """Change the record; ``force``: write it now (from the caller's thread), else soon."""
+    def update(self, now: bool = True, **fields: Any) -> None:
+        """Change the record (`STATES`, a refusal's or failure's ``reason``...); ``now``: write it at
+        once (from the caller's thread), else soon."""
         with self._lock:
             self.record.update(fields)
-        if force:
+        if now:
             self.write()
         else:
             self._dirty.set()

@@ -1,22 +1,18 @@
-"""`kata-events status`: how a run is doing, for Nagios/Icinga/Zabbix/systemd timers.
+"""`kata-events status`: how a run is doing, for Nagios/Icinga/Zabbix/systemd timers (see DESCRIPTION).
 
-It reads local files only — the state file, its status record (`kata_events.status_record`) and
-the pid in its lock file — never the network, and never takes the lock, so it is safe beside a
-running ``run`` (even one starting at that moment). One line in the monitoring-plugins style goes
-to stdout (``KATA-EVENTS OK - ... | lag=...``), or a JSON object with ``--format json``; the exit
-code is the plugins' convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+It reads local files only (the state file, its status record from `kata_events.status_record`, the
+pid in its lock file), never the network, and never takes the lock, so it is safe beside a running
+``run``, even one starting at that moment.
 
 Lag is how far behind the stream is: while the server still has more (the last answer was full),
 the age of the newest event delivered; about zero once caught up while the run lives; for a run
 that has stopped, the time since its last commit (the stream has moved on since). `evaluate` is
 pure: the verdict from what the files say and the time.
 
-Several nodes (the Central Nodes of a distributed deployment, one run each): ``--config A
---config B`` or a directory of configurations evaluates each run on its own and prints one line —
-the worst state (OK < WARNING < UNKNOWN < CRITICAL), each node named with its state and reason,
-perfdata per node (``lag_<name>``) — or a JSON list; the exit code is the worst state's. A node
-whose files cannot be read is that node's UNKNOWN; the others are still evaluated. `summarize` is
-pure too. A single ``--config`` keeps the one-run output.
+Several nodes (one run per Central Node) are each evaluated on their own: a node whose files cannot
+be read is that node's UNKNOWN. `summarize` (pure too) makes their one line: the worst state, each
+node with its state and reason, perfdata per node (``lag_<name>``). One ``--config`` keeps the
+one-run output.
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
@@ -59,21 +55,15 @@ RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``status`` options: where the run's files are, the thresholds, the output format."""
     add_location_arguments(parser, several=True)
-    parser.add_argument(
-        "--warning-lag",
-        type=float,
-        default=WARNING_LAG,
-        metavar="SECONDS",
-        help=f"WARNING at this lag. Default: {WARNING_LAG}.",
-    )
-    parser.add_argument(
-        "--critical-lag",
-        type=float,
-        default=CRITICAL_LAG,
-        metavar="SECONDS",
-        help=f"CRITICAL at this lag. Default: {CRITICAL_LAG} (90 of the 120 minutes the Central Node "
-        "keeps events).",
-    )
+    why = " (90 of the 120 minutes the Central Node keeps events)"
+    for level, default, said in (("WARNING", WARNING_LAG, ""), ("CRITICAL", CRITICAL_LAG, why)):
+        parser.add_argument(
+            f"--{level.lower()}-lag",
+            type=float,
+            default=default,
+            metavar="SECONDS",
+            help=f"{level} at this lag. Default: {default}{said}.",
+        )
     parser.add_argument(
         "--format",
         choices=("text", "json"),
@@ -141,13 +131,15 @@ def evaluate(
     run_state = record.get("state", "unknown") if running else "stopped"
 
     def verdict(code: int, reason: str) -> Verdict:
+        lag_1, age_1 = (None if v is None else round(v, 1) for v in (lag, commit_age))
+        commit = None if last_commit is None else stamp(last_commit)
         return Verdict(
             NAMES[code],
             code,
             reason,
-            None if lag is None else round(lag, 1),
-            None if last_commit is None else stamp(last_commit),
-            None if commit_age is None else round(commit_age, 1),
+            lag_1,
+            commit,
+            age_1,
             running,
             running_pid,
             behind,
@@ -317,20 +309,12 @@ def node_of(config_file: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "node"
 
 
-@dataclass
-class NodeVerdict:
+class NodeVerdict(NamedTuple):
     """One node's part of a several-node ``status``: its name, its configuration, its verdict."""
 
     node: str
     config: str
     verdict: Dict[str, Any]
-
-    @property
-    def exit_code(self) -> int:
-        return int(self.verdict["exit_code"])
-
-    def as_json(self) -> Dict[str, Any]:
-        return {"node": self.node, "config": self.config, **self.verdict}
 
 
 def unknown_verdict(reason: str) -> Dict[str, Any]:
@@ -355,16 +339,14 @@ def check_nodes(
         seen[node] = seen.get(node, 0) + 1
         if seen[node] > 1:  # two files naming one node: keep both apart in the line and perfdata
             node = f"{node}-{seen[node]}"
-        if problem:
-            results.append(NodeVerdict(node, str(path), unknown_verdict(problem)))
-            continue
         one = argparse.Namespace(**{**vars(args), "config": str(path)})
         try:
-            verdict = check_run(one, own_env, now)
+            if problem:
+                raise ValueError(problem)
+            verdict = asdict(check_run(one, own_env, now))
         except (UserError, OSError, ValueError) as exc:
-            results.append(NodeVerdict(node, str(path), unknown_verdict(str(exc))))
-            continue
-        results.append(NodeVerdict(node, str(path), asdict(verdict)))
+            verdict = unknown_verdict(str(exc))
+        results.append(NodeVerdict(node, str(path), verdict))
     return results
 
 
@@ -372,7 +354,7 @@ def worst(results: Sequence[NodeVerdict]) -> int:
     """The exit code of the worst node (OK < WARNING < UNKNOWN < CRITICAL); UNKNOWN for none."""
     if not results:
         return UNKNOWN
-    return max((r.exit_code for r in results), key=SEVERITY.__getitem__)
+    return max((r.verdict["exit_code"] for r in results), key=SEVERITY.__getitem__)
 
 
 def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: float) -> str:
@@ -383,7 +365,7 @@ def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: 
     up | lag_pcn=2400s;1800;5400;0 last_commit_age_pcn=3s;;;0 lag_scn=0s;1800;5400;0 ...``
     """
     code = worst(results)
-    order = sorted(results, key=lambda r: -SEVERITY[r.exit_code])
+    order = sorted(results, key=lambda r: -SEVERITY[r.verdict["exit_code"]])
     parts = [f"{r.node} {r.verdict['status']} {r.verdict['reason']}".replace("|", "/") for r in order]
     tail = _perfdata({f"_{r.node}": r.verdict for r in results}, warning_lag, critical_lag)
     count = f"{len(results)} node{'' if len(results) == 1 else 's'}"
@@ -399,7 +381,8 @@ def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
             "configurations (or a directory), each configuration names its own",
         )
     results = check_nodes(configs, args, os.environ, time.time())
-    _say(args, [r.as_json() for r in results], summarize(results, args.warning_lag, args.critical_lag))
+    as_json = [{"node": r.node, "config": r.config, **r.verdict} for r in results]
+    _say(args, as_json, summarize(results, args.warning_lag, args.critical_lag))
     return worst(results)
 
 
