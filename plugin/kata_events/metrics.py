@@ -48,17 +48,18 @@ FAMILIES: Tuple[Tuple[str, str, str], ...] = (
 
 @dataclass
 class Snapshot:
-    """The values of the metrics at one moment."""
+    """The values of the metrics at one moment, by family; those with a label of their own
+    (`OWN_LABELS`) by that label's value."""
 
     events: int = 0
     bytes: int = 0
     pages: int = 0
     retries: Dict[str, int] = field(default_factory=dict)
     lag_seconds: float = 0.0
-    last_commit: Optional[float] = None
-    unacknowledged: int = 0
+    last_commit_timestamp_seconds: Optional[float] = None
+    unacknowledged_lines: int = 0
     up: bool = False
-    version: str = ""
+    build_info: Dict[str, int] = field(default_factory=dict)
 
 
 #: The labels every family carries, in this order, before its own (``reason``, ``version``).
@@ -93,26 +94,16 @@ class _Collector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.snapshot()
-        helps = {name: text for name, _, text in FAMILIES}
-        names, values = self.names, self.values
-
-        def family(kind: Any, name: str, value: float, **own: str) -> Any:
-            made = kind(f"kata_events_{name}", helps[name], labels=[*names, *own])
-            made.add_metric([*values, *own.values()], value)
-            return made
-
-        yield family(CounterMetricFamily, "events", s.events)
-        yield family(CounterMetricFamily, "bytes", s.bytes)
-        yield family(CounterMetricFamily, "pages", s.pages)
-        retries = CounterMetricFamily("kata_events_retries", helps["retries"], labels=[*names, "reason"])
-        for reason, count in sorted(s.retries.items()):
-            retries.add_metric([*values, reason], count)
-        yield retries
-        yield family(GaugeMetricFamily, "lag_seconds", s.lag_seconds)
-        yield family(GaugeMetricFamily, "last_commit_timestamp_seconds", s.last_commit or 0.0)
-        yield family(GaugeMetricFamily, "unacknowledged_lines", s.unacknowledged)
-        yield family(GaugeMetricFamily, "up", 1.0 if s.up else 0.0)
-        yield family(GaugeMetricFamily, "build_info", 1.0, version=s.version)
+        for name, kind, text in FAMILIES:
+            own = [OWN_LABELS[name]] if name in OWN_LABELS else []
+            made = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                f"kata_events_{name}", text, labels=[*self.names, *own]
+            )
+            value = getattr(s, name)
+            samples = [([k], n) for k, n in sorted(value.items())] if own else [([], float(value or 0))]
+            for labels, number in samples:
+                made.add_metric([*self.values, *labels], number)
+            yield made
 
 
 class Metrics:

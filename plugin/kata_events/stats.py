@@ -170,10 +170,10 @@ class Reports:
             pages=s.pages,
             retries=dict(s.retry_reasons),
             lag_seconds=(s.lag_seconds or 0.0) if s.behind else 0.0,
-            last_commit=last_commit,
-            unacknowledged=ledger.unacked if self.delivery.mode == "lines" else 0,
+            last_commit_timestamp_seconds=last_commit,
+            unacknowledged_lines=ledger.unacked if self.delivery.mode == "lines" else 0,
             up=s.up,
-            version=__version__,
+            build_info={__version__: 1},
         )
 
     def start(self, ended: threading.Event) -> Optional[threading.Thread]:
