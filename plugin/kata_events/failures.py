@@ -18,18 +18,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 from kata_events import logs
 from kata_events.backoff import Backoff
 from kata_events.exits import ExitStatus
+from kata_events.source import errors
 from kata_events.source.api import EventsClient
-from kata_events.source.errors import (
-    ApiError,
-    BadRequest,
-    BadResponse,
-    ClientTlsError,
-    SubscriptionLost,
-    TlsVerifyFailed,
-    TokenRefused,
-    Unauthorized,
-    Unavailable,
-)
 from kata_events.source.fault_advice import RepeatedFault, persistent_advice
 from kata_events.source.probes import file_fingerprint
 from kata_events.state.store import StateError
@@ -48,14 +38,14 @@ UNAUTHORIZED_RETRY = 30.0
 UNAUTHORIZED_REMIND = 600.0
 
 
-def retry_reason(exc: ApiError) -> str:
+def retry_reason(exc: errors.ApiError) -> str:
     """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
     (timeout, http_error, connection)."""
-    if isinstance(exc, TlsVerifyFailed):
+    if isinstance(exc, errors.TlsVerifyFailed):
         return "tls"
-    if isinstance(exc, BadResponse):
+    if isinstance(exc, errors.BadResponse):
         return "bad_response"
-    return exc.reason if isinstance(exc, Unavailable) else "connection"
+    return exc.reason if isinstance(exc, errors.Unavailable) else "connection"
 
 
 @dataclass
@@ -109,10 +99,10 @@ class Failures:
             )
         self._tls_files_told = problem
 
-    def handle(self, exc: ApiError) -> Optional[Tuple[ExitStatus, str]]:
+    def handle(self, exc: errors.ApiError) -> Optional[Tuple[ExitStatus, str]]:
         """Log a failed request and wait before the next; returns (exit code, fatal message) only
         for fatal ones (the message "" when the failure was logged already)."""
-        if isinstance(exc, BadRequest):
+        if isinstance(exc, errors.BadRequest):
             self.stop.end("bad request")
             logs.emit(
                 "bad_request",
@@ -122,11 +112,11 @@ class Failures:
                 filter=self.client.filter,
             )
             return ExitStatus.CONFIG, ""
-        if isinstance(exc, ClientTlsError):
+        if isinstance(exc, errors.ClientTlsError):
             self.stop.end("client certificate")
             logs.emit("client_certificate", str(exc))
             return ExitStatus.CONFIG, ""
-        if isinstance(exc, Unauthorized):
+        if isinstance(exc, errors.Unauthorized):
             self.stats.up = False
             if self.health is not None:
                 self.health.update(
@@ -135,14 +125,14 @@ class Failures:
                 )
             self.sleep(self.unauthorized(exc))
             return None
-        if isinstance(exc, TokenRefused) and exc.status != 414 and not self.answered:
+        if isinstance(exc, errors.TokenRefused) and exc.status != 414 and not self.answered:
             # The first request of this run: a wrong URL or parameter is as likely as the token.
             return ExitStatus.CONFIG, (
                 f"{exc}. If the server names the token, move the state file {self.state_file} away "
                 "to start a new subscription; otherwise check url, max_events and max_timeout"
             )
-        if isinstance(exc, (SubscriptionLost, TokenRefused)):
-            if isinstance(exc, TokenRefused):
+        if isinstance(exc, (errors.SubscriptionLost, errors.TokenRefused)):
+            if isinstance(exc, errors.TokenRefused):
                 why = f"the Central Node refused our continuation token ({exc})"
             else:
                 why = "the Central Node no longer knows our continuation token (Subscription not found)"
@@ -169,10 +159,10 @@ class Failures:
         self.stats.up = False
         if self.health is not None:
             self.health.update(state="failing", reason=str(exc))
-        retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+        retry_after = exc.retry_after if isinstance(exc, errors.Unavailable) else None
         delay = self.backoff.next_delay(retry_after)
         lasting = self.faults.seen(exc, self.clock())
-        if isinstance(exc, TlsVerifyFailed):
+        if isinstance(exc, errors.TlsVerifyFailed):
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
             fp = exc.server_fingerprint
@@ -189,7 +179,7 @@ class Failures:
                 server_fingerprint=fp,
                 delay=round(delay, 1),
             )
-        elif isinstance(exc, BadResponse):
+        elif isinstance(exc, errors.BadResponse):
             logs.emit(
                 "bad_response",
                 f"{exc}; the page is not committed, retrying in {delay:.1f} s",
@@ -208,7 +198,7 @@ class Failures:
         self.sleep(delay)
         return None
 
-    def unauthorized(self, exc: Unauthorized) -> float:
+    def unauthorized(self, exc: errors.Unauthorized) -> float:
         """Log a 401 (in full at first, then as a reminder); return the delay before the next try."""
         now = time.monotonic()
         first = self._unauthorized_since is None
