@@ -55,21 +55,14 @@ def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fiel
     package to the catalogue by reading the source (tests/test_logs.py), so the path is the same.
     """
     spec = EVENTS.get(name)
-    undeclared = sorted(fields) if spec is None else sorted(set(fields) - set(spec.fields))
+    undeclared = sorted(set(fields) - set(spec.fields)) if spec else []
     if spec is None or undeclared:
-        problem = (
-            f"unknown log event {name!r}"
-            if spec is None
-            else (f"log event {name!r} does not declare fields {undeclared}")
-        )
         fields = {k: v for k, v in fields.items() if k not in RECORD_ATTRS and k not in OUTPUT_KEYS}
-        fields["undeclared"] = problem
+        note = f"log event {name!r} does not declare fields {undeclared}"
+        fields["undeclared"] = note if spec else f"unknown log event {name!r}"
     if level is None:
-        levelno = spec.level if spec is not None else logging.WARNING
-    elif isinstance(level, str):
-        levelno = LEVELS[level.lower()]
-    else:
-        levelno = level
+        level = spec.level if spec is not None else logging.WARNING
+    levelno = LEVELS[level.lower()] if isinstance(level, str) else level
     logger = logging.getLogger(LOGGER_NAME)
     if not logger.isEnabledFor(levelno):
         return
@@ -87,9 +80,7 @@ def _fields_of(record: logging.LogRecord) -> Dict[str, Any]:
 
 def _utc(created: float, millis: bool) -> str:
     moment = datetime.fromtimestamp(created, timezone.utc)
-    if millis:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{moment.microsecond // 1000:03d}Z" if millis else "Z")
 
 
 class JsonLinesFormatter(JsonFormatter):
@@ -170,8 +161,7 @@ def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: O
     update). Calling it again replaces the previous set-up. Refuses stdout, which carries events
     only.
     """
-    if stream is None:
-        stream = sys.stderr
+    stream = stream or sys.stderr
     if _is_stdout(stream):
         raise ValueError("logs never go to stdout: stdout carries events only")
     if fmt not in ("json", "text"):
