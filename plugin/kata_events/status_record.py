@@ -15,7 +15,9 @@ The record::
      "subscription_lost_at": null, "max_timeout": 60, "events": 1234, "stopped_at": null}
 
 Times are epoch seconds. ``behind`` is whether the last answer was full (the server has more);
-``newest_event`` the time stamp of the newest event delivered. ``state`` is one of `STATES`.
+``newest_event`` the time stamp of the newest event delivered. ``state`` is starting, streaming
+(answers arrive), refused (401, waiting for approval), failing (requests fail and are retried) or
+stopped (the process ended, cleanly or with an error: see ``reason``).
 This module never logs: a record that cannot be written is retried at the next update (the run
 goes on; ``status`` then says the record is old).
 """
@@ -36,17 +38,12 @@ RECORD_VERSION = 1
 REFRESH = 5.0
 #: ...and at most this often after commits (a commit a page, pages of a few events, is many a second).
 MIN_INTERVAL = 0.25
-#: streaming: answers arrive; refused: 401, waiting for approval; failing: requests fail and are
-#: retried; stopped: the process ended (cleanly or with an error, see ``reason``).
-STATES = ("starting", "streaming", "refused", "failing", "stopped")
 
 
 class Health:
     """What the run reports about itself; thread-safe (commits come from the delivery's threads)."""
 
-    def __init__(
-        self, path: Path, max_timeout: int, clock: Callable[[], float] = time.time, pid: Optional[int] = None
-    ) -> None:
+    def __init__(self, path: Path, max_timeout: int, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
         #: Guards `record`; never held during file I/O.
@@ -55,11 +52,10 @@ class Health:
         self._write_lock = threading.Lock()
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         now = clock()
         self.record: Dict[str, Any] = {
             "version": RECORD_VERSION,
-            "pid": os.getpid() if pid is None else pid,
+            "pid": os.getpid(),
             "state": "starting",
             "reason": "",
             "started_at": now,
@@ -108,11 +104,10 @@ class Health:
                 self.write()
                 self._stop.wait(MIN_INTERVAL)
 
-        self._thread = threading.Thread(target=refresh, name="status", daemon=True)
-        self._thread.start()
+        threading.Thread(target=refresh, name="status", daemon=True).start()
 
     def update(self, now: bool = True, **fields: Any) -> None:
-        """Change the record (`STATES`, a refusal's or failure's ``reason``...); ``now``: write it at
+        """Change the record (its ``state``, a refusal's or failure's ``reason``...); ``now``: write it at
         once (from the caller's thread), else soon."""
         with self._lock:
             self.record.update(fields)
