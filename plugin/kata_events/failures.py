@@ -94,7 +94,6 @@ class Failures:
                 "tls_files_changed",
                 f"the certificate, key or CA files changed but cannot be used yet ({problem}); "
                 "connections keep the last good files and will try the new ones again",
-                level="WARNING",
                 reason=problem,
             )
         self._tls_files_told = problem
@@ -206,8 +205,10 @@ class Failures:
             self._unauthorized_since = now
         waited = now - (self._unauthorized_since or now)
         delay = UNAUTHORIZED_RETRY_FRESH if waited < UNAUTHORIZED_FRESH_FOR else UNAUTHORIZED_RETRY
+        level, fp = "DEBUG", None
+        message = "still waiting for approval of this external system"
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
-            self._unauthorized_told = now
+            self._unauthorized_told, level = now, None
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
             fp = file_fingerprint(self.client.cert)
@@ -231,20 +232,12 @@ class Failures:
                     "external_system_id or another certificate looks exactly like a missing "
                     f"approval. Retrying every {delay:.0f} s"
                 )
-            logs.emit(
-                "unauthorized",
-                message,
-                external_system_id=self.client.external_system_id,
-                fingerprint=fp,
-                url=self.client.url,
-            )
-        else:
-            logs.emit(
-                "unauthorized",
-                "still waiting for approval of this external system",
-                level="DEBUG",
-                external_system_id=self.client.external_system_id,
-                fingerprint=None,
-                url=self.client.url,
-            )
+        logs.emit(
+            "unauthorized",
+            message,
+            level=level,
+            external_system_id=self.client.external_system_id,
+            fingerprint=fp,
+            url=self.client.url,
+        )
         return delay
