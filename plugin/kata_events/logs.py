@@ -133,14 +133,9 @@ class TextFormatter(logging.Formatter):
 
 
 def _text_value(value: Any) -> str:
-    if isinstance(value, str):
-        if value and not any(c.isspace() or c in "\"'=" for c in value):
-            return value
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
+    """A bare word as it is; anything else as JSON (a quoted string, true, 1.5, a list)."""
+    if isinstance(value, str) and value and not any(c.isspace() or c in "\"'=" for c in value):
+        return value
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -170,9 +165,8 @@ def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: O
     fixed = {"node": node} if node else None
     handler.setFormatter(JsonLinesFormatter(fixed) if fmt == "json" else TextFormatter(fixed))
     logger = logging.getLogger(LOGGER_NAME)
-    for old in list(logger.handlers):
-        if getattr(old, "_kata_events", False):
-            logger.removeHandler(old)
+    for old in [h for h in logger.handlers if getattr(h, "_kata_events", False)]:
+        logger.removeHandler(old)
     handler._kata_events = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(LEVELS[level.lower()])

@@ -118,7 +118,7 @@ def evaluate(
     record = record or {}
     running = running_pid is not None
     commits = [t for t in (record.get("last_commit"), parse_stamp(state_saved_at or "")) if t]
-    last_commit = max(commits) if commits else None
+    last_commit = max(commits, default=None)
     commit_age = None if last_commit is None else max(0.0, now - last_commit)
     behind = bool(record.get("behind"))
     newest = record.get("newest_event")
@@ -192,11 +192,10 @@ def running_pid(files: RunFiles) -> Optional[int]:
     """The pid a live run wrote in the lock file (it empties it when it stops), if that process
     lives. Never takes the lock: that could make a run starting right now exit 75."""
     try:
-        text = files.lock.read_text(encoding="ascii", errors="replace").strip()
-        pid = int(text) if text else None
+        pid = int(files.lock.read_text(encoding="ascii", errors="replace").strip() or 0)
     except (OSError, ValueError):
         return None
-    if pid is None or pid <= 0:
+    if pid <= 0:
         return None
     try:
         os.kill(pid, 0)
