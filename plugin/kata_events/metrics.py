@@ -79,13 +79,36 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Collector:
-    """A prometheus_client collector reading a fresh `Snapshot` at each collection."""
+class Metrics:
+    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
+    every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id).
+    It is its registry's collector: a fresh `Snapshot` at each collection."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], labels: Dict[str, str]) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], Snapshot],
+        file: Optional[Path],
+        listen: Optional[str],
+        interval: float,
+        on_error: Callable[[str], None],
+        labels: Optional[Dict[str, str]] = None,
+    ) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.file = file
+        self.listen = listen
+        self.interval = interval
+        self.on_error = on_error
         self.snapshot = snapshot
+        labels = labels or {}
         self.names = [name for name in RUN_LABELS if name in labels]
         self.values = [labels[name] for name in self.names]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]
+        self._server: Any = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._failed = False
 
     def describe(self) -> Iterator[Any]:
         return iter(())  # unchecked collector: the families are made at collection
@@ -104,33 +127,6 @@ class _Collector:
             for labels, number in samples:
                 made.add_metric([*self.values, *labels], number)
             yield made
-
-
-class Metrics:
-    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
-    every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id)."""
-
-    def __init__(
-        self,
-        snapshot: Callable[[], Snapshot],
-        file: Optional[Path],
-        listen: Optional[str],
-        interval: float,
-        on_error: Callable[[str], None],
-        labels: Optional[Dict[str, str]] = None,
-    ) -> None:
-        from prometheus_client import CollectorRegistry
-
-        self.file = file
-        self.listen = listen
-        self.interval = interval
-        self.on_error = on_error
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(snapshot, dict(labels or {})))  # type: ignore[arg-type]
-        self._server: Any = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._failed = False
 
     def start(self) -> None:
         """Serve /metrics (raises OSError when the address cannot be bound); write the file."""
@@ -160,12 +156,11 @@ class Metrics:
 
         try:
             write_to_textfile(str(self.file), self.registry)
+            self._failed = False
         except OSError as exc:
             if not self._failed:
                 self.on_error(f"cannot write the metrics file {self.file}: {exc.strerror or exc}")
             self._failed = True
-        else:
-            self._failed = False
 
     def close(self) -> None:
         """The last write of the file; stop serving."""
