@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, Dict, Optional, TextIO, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, TextIO, Tuple, Union
 
 try:  # python-json-logger 3.x and later
     from pythonjsonlogger.json import JsonFormatter
@@ -191,25 +191,20 @@ emulator INFO
 """
 
 
-def _parse(table: str) -> Tuple[EventSpec, ...]:
-    rows = re.findall(r"^(\S.*)\n((?:    .*\n)+)", table, re.MULTILINE)
-    specs = []
-    for head, text in rows:
+def _parse(table: str) -> Iterator[EventSpec]:
+    for head, text in re.findall(r"^(\S.*)\n((?:    .*\n)+)", table, re.MULTILINE):
         name, level, *fields = head.split()
         spread = tuple(f for field in fields for f in _SPREAD.get(field, field).split())
-        specs.append(EventSpec(name, logging.getLevelName(level), spread, " ".join(text.split())))
-    return tuple(specs)
+        yield EventSpec(name, logging.getLevelName(level), spread, " ".join(text.split()))
 
 
-_CATALOGUE = _parse(_TABLE)
-
-EVENTS: Dict[str, EventSpec] = {spec.name: spec for spec in _CATALOGUE}
+EVENTS: Dict[str, EventSpec] = {spec.name: spec for spec in _parse(_TABLE)}
 
 
 def troubleshooting_table() -> str:
     """The table of log events in docs/operations.md: event, level, meaning."""
     lines = ["| Event | Level | Meaning |", "|---|---|---|"]
-    for spec in _CATALOGUE:
+    for spec in EVENTS.values():
         level = logging.getLevelName(spec.level).lower()
         meaning = spec.description.replace("|", "\\|")
         lines.append(f"| `{spec.name}` | {level} | {meaning} |")

@@ -129,23 +129,12 @@ def evaluate(
     else:
         lag = commit_age
     run_state = record.get("state", "unknown") if running else "stopped"
+    known = dict(running=running, pid=running_pid, behind=behind, state=run_state, state_file=state_file)
 
     def verdict(code: int, reason: str) -> Verdict:
         lag_1, age_1 = (None if v is None else round(v, 1) for v in (lag, commit_age))
         commit = None if last_commit is None else stamp(last_commit)
-        return Verdict(
-            NAMES[code],
-            code,
-            reason,
-            lag_1,
-            commit,
-            age_1,
-            running,
-            running_pid,
-            behind,
-            run_state,
-            state_file,
-        )
+        return Verdict(NAMES[code], code, reason, lag_1, commit, age_1, **known)
 
     if not state_exists and not (running and record):
         return verdict(
