@@ -234,8 +234,7 @@ def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fiel
     """Log event ``name`` with ``message`` and ``fields``, at the catalogue's level or ``level``.
 
     Fields whose value is None are left out. An unknown event or field is logged anyway, with an
-    ``undeclared`` note: a typo never ends a running pipeline. The tests hold every call in the
-    package to the catalogue by reading the source (tests/test_logs.py), so the path is the same.
+    ``undeclared`` note: a typo never ends a running pipeline (tests/test_logs.py reads every call).
     """
     spec = EVENTS.get(name)
     undeclared = sorted(set(fields) - set(spec.fields)) if spec else []
@@ -334,10 +333,9 @@ def _is_stdout(stream: TextIO) -> bool:
 def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: Optional[str] = None) -> None:
     """Send the ``kata_events`` logger's lines to ``stream`` (default: the current sys.stderr).
 
-    ``level`` is debug|info|warning|error, ``fmt`` json|text. ``node``, the run's name, is put on
-    every line as the ``node`` field (set once here, so a line costs nothing more than a dict
-    update). Calling it again replaces the previous set-up. Refuses stdout, which carries events
-    only.
+    ``level`` is debug|info|warning|error, ``fmt`` json|text; ``node``, the run's name, is on every
+    line (set once here: a line costs one dict update more). A second call replaces the first.
+    Refuses stdout, which carries events only.
     """
     stream = stream or sys.stderr
     if _is_stdout(stream):

@@ -1,17 +1,13 @@
 """Prometheus metrics of a run: a text file for node_exporter's textfile collector, and /metrics.
 
-Both are opt-in (``metrics_file``, ``metrics_listen``) and both come from `prometheus_client`,
-imported only when one is asked for: a run without metrics pays nothing at start-up. The values
-are read from the runner when they are collected (`Snapshot`), so there is no second set of
-counters to keep in step. The file is replaced atomically (prometheus_client writes a temporary
-file next to it and renames it) every ``interval`` seconds and at the stop.
+Both are opt-in (``metrics_file``, ``metrics_listen``) and come from `prometheus_client`, imported
+only then: a run without metrics pays nothing at start-up. The values are read from the runner at
+each collection (`Snapshot`): no second set of counters to keep in step. prometheus_client replaces
+the file atomically, every ``interval`` seconds and at the stop. Every sample carries the run's
+labels (``node``, ``external_system_id``): several runs (a distributed KATA's Central Nodes) can
+share one textfile directory, or be scraped as one job, without two series colliding.
 
-Every sample carries the run's labels (``node``, ``external_system_id``), the same in the file and
-on /metrics: several runs on one collector (a distributed KATA's Central Nodes) can write their
-files into one textfile directory, or be scraped as one job, without two series colliding.
-
-This module never logs (the runner says when the file cannot be written) and never writes to
-stdout.
+This module never logs (the runner says when the file cannot be written), never writes to stdout.
 """
 
 from __future__ import annotations

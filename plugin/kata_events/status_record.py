@@ -8,18 +8,12 @@ changed: the file is written by a thread of its own, never on the commit path, w
 lock is held and file I/O on a loaded disk would hold up the acknowledgements. It is not fsynced:
 after a power cut it may be older than the state file, which is the one that matters.
 
-The record::
-
-    {"version": 1, "pid": 4242, "state": "streaming", "reason": "", "started_at": ...,
-     "updated_at": ..., "last_commit": ..., "behind": false, "newest_event": ...,
-     "subscription_lost_at": null, "max_timeout": 60, "events": 1234, "stopped_at": null}
-
-Times are epoch seconds. ``behind`` is whether the last answer was full (the server has more);
-``newest_event`` the time stamp of the newest event delivered. ``state`` is starting, streaming
-(answers arrive), refused (401, waiting for approval), failing (requests fail and are retried) or
-stopped (the process ended, cleanly or with an error: see ``reason``).
-This module never logs: a record that cannot be written is retried at the next update (the run
-goes on; ``status`` then says the record is old).
+The record's keys are those of `Health.record`; times are epoch seconds. ``behind`` is whether the
+last answer was full (the server has more); ``newest_event`` the time stamp of the newest event
+delivered. ``state`` is starting, streaming (answers arrive), refused (401, waiting for approval),
+failing (requests fail and are retried) or stopped (the process ended, cleanly or with an error:
+see ``reason``). This module never logs: a record that cannot be written is retried at the next
+update (the run goes on; ``status`` then says the record is old).
 """
 
 from __future__ import annotations

@@ -237,24 +237,14 @@ def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
 def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Verdict:
     """One run's verdict. Raises `UserError`, OSError or ValueError when its files cannot be found
     or read (the caller's UNKNOWN)."""
-    from kata_events.state.store import StateError, TokenStore
+    from kata_events.state.store import TokenStore
     from kata_events.status_record import read_record
 
     files = locate(args, environ)
-    try:
-        sub = TokenStore(files.state, url="", external_system_id="").stored()
-    except StateError as exc:
-        raise ValueError(str(exc)) from None
-    return evaluate(
-        sub.saved_at if sub is not None else None,
-        sub is not None,
-        read_record(files.status),
-        running_pid(files),
-        now,
-        args.warning_lag,
-        args.critical_lag,
-        str(files.state),
-    )
+    sub = TokenStore(files.state, url="", external_system_id="").stored()  # a StateError is a UserError
+    saved = (sub.saved_at, True) if sub is not None else (None, False)
+    lags = (args.warning_lag, args.critical_lag)
+    return evaluate(*saved, read_record(files.status), running_pid(files), now, *lags, str(files.state))
 
 
 # -- several nodes ----------------------------------------------------------------------------------
@@ -275,11 +265,8 @@ def config_files(given: Sequence[str]) -> List[Tuple[Path, str]]:
         inside = sorted(p for p in path.glob("*/config.toml") if p.is_file())
         inside += sorted(p for p in path.glob("*.toml") if p.is_file())
         if not inside:
-            problem = (
-                f"no configuration in the directory {path}: expected {path}/<node>/config.toml "
-                "(kata-events init --dir) or *.toml files"
-            )
-            found.append((path, problem))
+            expected = f"{path}/<node>/config.toml (kata-events init --dir) or *.toml files"
+            found.append((path, f"no configuration in the directory {path}: expected {expected}"))
         found += [(p, "") for p in inside]
     return found
 
