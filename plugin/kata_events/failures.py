@@ -118,10 +118,8 @@ class Failures:
         if isinstance(exc, errors.Unauthorized):
             self.stats.up = False
             if self.health is not None:
-                self.health.update(
-                    state="refused",
-                    reason=f"HTTP 401: external system {self.client.external_system_id} is not approved",
-                )
+                refused = f"HTTP 401: external system {self.client.external_system_id} is not approved"
+                self.health.update(state="refused", reason=refused)
             self.sleep(self.unauthorized(exc))
             return None
         if isinstance(exc, errors.TokenRefused) and exc.status != 414 and not self.answered:

@@ -281,9 +281,7 @@ class JsonLinesFormatter(JsonFormatter):
         log_data["message"] = record.getMessage()
         log_data.update(self.fixed)
         log_data.update(_fields_of(record))
-        for key in ("exc_info", "stack_info"):
-            if message_dict.get(key):
-                log_data[key] = message_dict[key]
+        log_data.update({k: message_dict[k] for k in ("exc_info", "stack_info") if message_dict.get(k)})
 
 
 class TextFormatter(logging.Formatter):
@@ -294,12 +292,8 @@ class TextFormatter(logging.Formatter):
         self.fixed = [f"{key}={_text_value(value)}" for key, value in (fixed or {}).items()]
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [
-            _utc(record.created, millis=False),
-            record.levelname,
-            f"{getattr(record, 'event', 'log')}: {record.getMessage()}",
-            *self.fixed,
-        ]
+        event = f"{getattr(record, 'event', 'log')}: {record.getMessage()}"
+        parts = [_utc(record.created, millis=False), record.levelname, event, *self.fixed]
         blocks = []
         for key, value in _fields_of(record).items():
             if isinstance(value, str) and "\n" in value:

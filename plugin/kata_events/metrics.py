@@ -68,10 +68,9 @@ def markdown_table() -> str:
     """The metrics table of docs/operations.md, generated from `FAMILIES`."""
     lines = ["| Metric | Type | Meaning |", "|---|---|---|"]
     for name, kind, text in FAMILIES:
-        full = f"kata_events_{name}{'_total' if kind == 'counter' else ''}"
-        if name in OWN_LABELS:
-            full += "{" + OWN_LABELS[name] + "}"
-        lines.append(f"| `{full}` | {kind} | {text} |")
+        total = "_total" if kind == "counter" else ""
+        own = "{" + OWN_LABELS[name] + "}" if name in OWN_LABELS else ""
+        lines.append(f"| `kata_events_{name}{total}{own}` | {kind} | {text} |")
     return "\n".join(lines) + "\n"
 
 
