@@ -74,30 +74,24 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(eq=False)  # hashed by identity: the registry keeps its collectors in a dict
 class Metrics:
     """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
     every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id).
     It is its registry's collector: a fresh `Snapshot` at each collection."""
 
-    def __init__(
-        self,
-        snapshot: Callable[[], Snapshot],
-        file: Optional[Path],
-        listen: Optional[str],
-        interval: float,
-        on_error: Callable[[str], None],
-        labels: Optional[Dict[str, str]] = None,
-    ) -> None:
+    snapshot: Callable[[], Snapshot]
+    file: Optional[Path]
+    listen: Optional[str]
+    interval: float
+    on_error: Callable[[str], None]
+    labels: Dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
         from prometheus_client import CollectorRegistry
 
-        self.file = file
-        self.listen = listen
-        self.interval = interval
-        self.on_error = on_error
-        self.snapshot = snapshot
-        labels = labels or {}
-        self.names = [name for name in RUN_LABELS if name in labels]
-        self.values = [labels[name] for name in self.names]
+        self.names = [name for name in RUN_LABELS if name in self.labels]
+        self.values = [self.labels[name] for name in self.names]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
         self._server: Any = None

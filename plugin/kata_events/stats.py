@@ -162,14 +162,13 @@ class Reports:
         from kata_events.metrics import Snapshot
 
         s = self.stats
-        last_commit = self.health.record["last_commit"] if self.health is not None else None
         return Snapshot(
             events=s.events,
             bytes=s.bytes,
             pages=s.pages,
             retries=dict(s.retry_reasons),
             lag_seconds=(s.lag_seconds or 0.0) if s.behind else 0.0,
-            last_commit_timestamp_seconds=last_commit,
+            last_commit_timestamp_seconds=self.health.record["last_commit"] if self.health else None,
             unacknowledged_lines=self.delivery.ledger.unacked if self.delivery.mode == "lines" else 0,
             up=s.up,
             build_info={__version__: 1},

@@ -327,9 +327,7 @@ def check_nodes(
 
 def worst(results: Sequence[NodeVerdict]) -> int:
     """The exit code of the worst node (OK < WARNING < UNKNOWN < CRITICAL); UNKNOWN for none."""
-    if not results:
-        return UNKNOWN
-    return max((r.verdict["exit_code"] for r in results), key=SEVERITY.__getitem__)
+    return max((r.verdict["exit_code"] for r in results), key=SEVERITY.__getitem__, default=UNKNOWN)
 
 
 def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: float) -> str:
