@@ -129,10 +129,9 @@ class Failures:
                 "to start a new subscription; otherwise check url, max_events and max_timeout"
             )
         if isinstance(exc, (errors.SubscriptionLost, errors.TokenRefused)):
+            why = "the Central Node no longer knows our continuation token (Subscription not found)"
             if isinstance(exc, errors.TokenRefused):
                 why = f"the Central Node refused our continuation token ({exc})"
-            else:
-                why = "the Central Node no longer knows our continuation token (Subscription not found)"
             if self.health is not None:
                 self.health.update(subscription_lost_at=self.health.clock(), reason=why)
             logs.emit(
@@ -163,12 +162,10 @@ class Failures:
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
             fp = exc.server_fingerprint
-            how = (
-                f'if this is your Central Node, trust it with pin_sha256 = "{fp}" '
-                f"(SHA-256 {format_fingerprint(fp)}) or with ca_file"
-                if fp
-                else "trust its CA with ca_file, or pin its certificate with pin_sha256"
-            )
+            how = "trust its CA with ca_file, or pin its certificate with pin_sha256"
+            if fp:
+                trust = f'trust it with pin_sha256 = "{fp}" (SHA-256 {format_fingerprint(fp)})'
+                how = f"if this is your Central Node, {trust} or with ca_file"
             logs.emit(
                 "tls_verify_failed",
                 f"{exc}; {how}; retrying in {delay:.1f} s",

@@ -248,8 +248,7 @@ def emit(name: str, message: str, *, level: Union[int, str, None] = None, **fiel
     logger = logging.getLogger(LOGGER_NAME)
     if not logger.isEnabledFor(levelno):
         return
-    extra = {key: _plain(value) for key, value in fields.items() if value is not None}
-    extra["event"] = name
+    extra = {key: _plain(value) for key, value in {**fields, "event": name}.items() if value is not None}
     logger.log(levelno, message, extra=extra, stacklevel=2)
 
 
@@ -266,8 +265,7 @@ def _utc(created: float, millis: bool) -> str:
 
 
 class JsonLinesFormatter(JsonFormatter):
-    """One JSON object per line: time, level, event, message, the fixed fields (``node``), then the
-    event's fields."""
+    """One JSON object a line: time, level, event, message, the fixed fields (``node``), the fields."""
 
     def __init__(self, fixed: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(json_ensure_ascii=False, reserved_attrs=sorted(RECORD_ATTRS))

@@ -92,15 +92,13 @@ class Metrics:
 
         self.names = [name for name in RUN_LABELS if name in self.labels]
         self.values = [self.labels[name] for name in self.names]
+        # Without describe and auto_describe, an unchecked collector: the families are made at collection.
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)  # type: ignore[arg-type]
         self._server: Any = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._failed = False
-
-    def describe(self) -> Iterator[Any]:
-        return iter(())  # unchecked collector: the families are made at collection
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily

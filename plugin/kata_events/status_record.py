@@ -69,12 +69,10 @@ class Health:
 
     def page(self, events: int, full: bool, newest_event: Optional[float]) -> None:
         """A page was delivered: the server answers; ``full`` says whether it has more."""
-        fields: Dict[str, Any] = {"state": "streaming", "reason": "", "behind": full}
-        if newest_event is not None:
-            fields["newest_event"] = newest_event
         with self._lock:
-            fields["events"] = self.record["events"] + events
-        self.update(False, **fields)
+            total = self.record["events"] + events
+        newest = {} if newest_event is None else {"newest_event": newest_event}
+        self.update(False, state="streaming", reason="", behind=full, events=total, **newest)
 
     def stopped(self, reason: str) -> None:
         """The last record, written now. The thread is told to end but not waited for (a stop must
@@ -101,8 +99,7 @@ class Health:
         threading.Thread(target=refresh, name="status", daemon=True).start()
 
     def update(self, now: bool = True, **fields: Any) -> None:
-        """Change the record (its ``state``, a refusal's or failure's ``reason``...); ``now``: write it at
-        once (from the caller's thread), else soon."""
+        """Change the record; ``now``: write it at once (from the caller's thread), else soon."""
         with self._lock:
             self.record.update(fields)
         if now:
@@ -126,10 +123,9 @@ def read_record(path: Path) -> Optional[Dict[str, Any]]:
     """The record at ``path``, or None when there is none. Raises ValueError for one that does not
     parse, OSError for one that cannot be read."""
     try:
-        data = path.read_bytes()
+        doc = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return None
-    doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != RECORD_VERSION:
         raise ValueError("not a status record of this version")
     return doc

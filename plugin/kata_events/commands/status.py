@@ -9,10 +9,8 @@ the age of the newest event delivered; about zero once caught up while the run l
 that has stopped, the time since its last commit (the stream has moved on since). `evaluate` is
 pure: the verdict from what the files say and the time.
 
-Several nodes (one run per Central Node) are each evaluated on their own: a node whose files cannot
-be read is that node's UNKNOWN. `summarize` (pure too) makes their one line: the worst state, each
-node with its state and reason, perfdata per node (``lag_<name>``). One ``--config`` keeps the
-one-run output.
+Several nodes (one run per Central Node) are each evaluated on their own, a node whose files cannot
+be read being that node's UNKNOWN; `summarize` (pure too) makes their one line.
 """
 
 from __future__ import annotations
