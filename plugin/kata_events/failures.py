@@ -18,18 +18,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Tuple
 from kata_events import logs
 from kata_events.backoff import Backoff
 from kata_events.exits import ExitStatus
+from kata_events.source import errors
 from kata_events.source.api import EventsClient
-from kata_events.source.errors import (
-    ApiError,
-    BadRequest,
-    BadResponse,
-    ClientTlsError,
-    SubscriptionLost,
-    TlsVerifyFailed,
-    TokenRefused,
-    Unauthorized,
-    Unavailable,
-)
 from kata_events.source.fault_advice import RepeatedFault, persistent_advice
 from kata_events.source.probes import file_fingerprint
 from kata_events.state.store import StateError
@@ -48,14 +38,14 @@ UNAUTHORIZED_RETRY = 30.0
 UNAUTHORIZED_REMIND = 600.0
 
 
-def retry_reason(exc: ApiError) -> str:
+def retry_reason(exc: errors.ApiError) -> str:
     """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
     (timeout, http_error, connection)."""
-    if isinstance(exc, TlsVerifyFailed):
+    if isinstance(exc, errors.TlsVerifyFailed):
         return "tls"
-    if isinstance(exc, BadResponse):
+    if isinstance(exc, errors.BadResponse):
         return "bad_response"
-    return exc.reason if isinstance(exc, Unavailable) else "connection"
+    return exc.reason if isinstance(exc, errors.Unavailable) else "connection"
 
 
 @dataclass
@@ -104,15 +94,14 @@ class Failures:
                 "tls_files_changed",
                 f"the certificate, key or CA files changed but cannot be used yet ({problem}); "
                 "connections keep the last good files and will try the new ones again",
-                level="WARNING",
                 reason=problem,
             )
         self._tls_files_told = problem
 
-    def handle(self, exc: ApiError) -> Optional[Tuple[ExitStatus, str]]:
+    def handle(self, exc: errors.ApiError) -> Optional[Tuple[ExitStatus, str]]:
         """Log a failed request and wait before the next; returns (exit code, fatal message) only
         for fatal ones (the message "" when the failure was logged already)."""
-        if isinstance(exc, BadRequest):
+        if isinstance(exc, errors.BadRequest):
             self.stop.end("bad request")
             logs.emit(
                 "bad_request",
@@ -122,31 +111,29 @@ class Failures:
                 filter=self.client.filter,
             )
             return ExitStatus.CONFIG, ""
-        if isinstance(exc, ClientTlsError):
+        if isinstance(exc, errors.ClientTlsError):
             self.stop.end("client certificate")
             logs.emit("client_certificate", str(exc))
             return ExitStatus.CONFIG, ""
-        if isinstance(exc, Unauthorized):
+        if isinstance(exc, errors.Unauthorized):
             self.stats.up = False
             if self.health is not None:
-                self.health.refused(
-                    f"HTTP 401: external system {self.client.external_system_id} is not approved"
-                )
+                refused = f"HTTP 401: external system {self.client.external_system_id} is not approved"
+                self.health.update(state="refused", reason=refused)
             self.sleep(self.unauthorized(exc))
             return None
-        if isinstance(exc, TokenRefused) and exc.status != 414 and not self.answered:
+        if isinstance(exc, errors.TokenRefused) and exc.status != 414 and not self.answered:
             # The first request of this run: a wrong URL or parameter is as likely as the token.
             return ExitStatus.CONFIG, (
                 f"{exc}. If the server names the token, move the state file {self.state_file} away "
                 "to start a new subscription; otherwise check url, max_events and max_timeout"
             )
-        if isinstance(exc, (SubscriptionLost, TokenRefused)):
-            if isinstance(exc, TokenRefused):
+        if isinstance(exc, (errors.SubscriptionLost, errors.TokenRefused)):
+            why = "the Central Node no longer knows our continuation token (Subscription not found)"
+            if isinstance(exc, errors.TokenRefused):
                 why = f"the Central Node refused our continuation token ({exc})"
-            else:
-                why = "the Central Node no longer knows our continuation token (Subscription not found)"
             if self.health is not None:
-                self.health.subscription_lost(why)
+                self.health.update(subscription_lost_at=self.health.clock(), reason=why)
             logs.emit(
                 "subscription_lost",
                 f"{why}: starting a new subscription; events between the last delivered page and "
@@ -167,20 +154,18 @@ class Failures:
         self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
         self.stats.up = False
         if self.health is not None:
-            self.health.failing(str(exc))
-        retry_after = exc.retry_after if isinstance(exc, Unavailable) else None
+            self.health.update(state="failing", reason=str(exc))
+        retry_after = exc.retry_after if isinstance(exc, errors.Unavailable) else None
         delay = self.backoff.next_delay(retry_after)
         lasting = self.faults.seen(exc, self.clock())
-        if isinstance(exc, TlsVerifyFailed):
+        if isinstance(exc, errors.TlsVerifyFailed):
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
             fp = exc.server_fingerprint
-            how = (
-                f'if this is your Central Node, trust it with pin_sha256 = "{fp}" '
-                f"(SHA-256 {format_fingerprint(fp)}) or with ca_file"
-                if fp
-                else "trust its CA with ca_file, or pin its certificate with pin_sha256"
-            )
+            how = "trust its CA with ca_file, or pin its certificate with pin_sha256"
+            if fp:
+                trust = f'trust it with pin_sha256 = "{fp}" (SHA-256 {format_fingerprint(fp)})'
+                how = f"if this is your Central Node, {trust} or with ca_file"
             logs.emit(
                 "tls_verify_failed",
                 f"{exc}; {how}; retrying in {delay:.1f} s",
@@ -188,7 +173,7 @@ class Failures:
                 server_fingerprint=fp,
                 delay=round(delay, 1),
             )
-        elif isinstance(exc, BadResponse):
+        elif isinstance(exc, errors.BadResponse):
             logs.emit(
                 "bad_response",
                 f"{exc}; the page is not committed, retrying in {delay:.1f} s",
@@ -207,7 +192,7 @@ class Failures:
         self.sleep(delay)
         return None
 
-    def unauthorized(self, exc: Unauthorized) -> float:
+    def unauthorized(self, exc: errors.Unauthorized) -> float:
         """Log a 401 (in full at first, then as a reminder); return the delay before the next try."""
         now = time.monotonic()
         first = self._unauthorized_since is None
@@ -215,8 +200,10 @@ class Failures:
             self._unauthorized_since = now
         waited = now - (self._unauthorized_since or now)
         delay = UNAUTHORIZED_RETRY_FRESH if waited < UNAUTHORIZED_FRESH_FOR else UNAUTHORIZED_RETRY
+        level, fp = "DEBUG", None
+        message = "still waiting for approval of this external system"
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
-            self._unauthorized_told = now
+            self._unauthorized_told, level = now, None
             from kata_events.certs import format_fingerprint  # cryptography: only for this message
 
             fp = file_fingerprint(self.client.cert)
@@ -240,20 +227,12 @@ class Failures:
                     "external_system_id or another certificate looks exactly like a missing "
                     f"approval. Retrying every {delay:.0f} s"
                 )
-            logs.emit(
-                "unauthorized",
-                message,
-                external_system_id=self.client.external_system_id,
-                fingerprint=fp,
-                url=self.client.url,
-            )
-        else:
-            logs.emit(
-                "unauthorized",
-                "still waiting for approval of this external system",
-                level="DEBUG",
-                external_system_id=self.client.external_system_id,
-                fingerprint=None,
-                url=self.client.url,
-            )
+        logs.emit(
+            "unauthorized",
+            message,
+            level=level,
+            external_system_id=self.client.external_system_id,
+            fingerprint=fp,
+            url=self.client.url,
+        )
         return delay

@@ -1,17 +1,13 @@
 """Prometheus metrics of a run: a text file for node_exporter's textfile collector, and /metrics.
 
-Both are opt-in (``metrics_file``, ``metrics_listen``) and both come from `prometheus_client`,
-imported only when one is asked for: a run without metrics pays nothing at start-up. The values
-are read from the runner when they are collected (`Snapshot`), so there is no second set of
-counters to keep in step. The file is replaced atomically (prometheus_client writes a temporary
-file next to it and renames it) every ``interval`` seconds and at the stop.
+Both are opt-in (``metrics_file``, ``metrics_listen``) and come from `prometheus_client`, imported
+only then: a run without metrics pays nothing at start-up. The values are read from the runner at
+each collection (`Snapshot`): no second set of counters to keep in step. prometheus_client replaces
+the file atomically, every ``interval`` seconds and at the stop. Every sample carries the run's
+labels (``node``, ``external_system_id``): several runs (a distributed KATA's Central Nodes) can
+share one textfile directory, or be scraped as one job, without two series colliding.
 
-Every sample carries the run's labels (``node``, ``external_system_id``), the same in the file and
-on /metrics: several runs on one collector (a distributed KATA's Central Nodes) can write their
-files into one textfile directory, or be scraped as one job, without two series colliding.
-
-This module never logs (the runner says when the file cannot be written) and never writes to
-stdout.
+This module never logs (the runner says when the file cannot be written), never writes to stdout.
 """
 
 from __future__ import annotations
@@ -48,17 +44,18 @@ FAMILIES: Tuple[Tuple[str, str, str], ...] = (
 
 @dataclass
 class Snapshot:
-    """The values of the metrics at one moment."""
+    """The values of the metrics at one moment, by family; those with a label of their own
+    (`OWN_LABELS`) by that label's value."""
 
     events: int = 0
     bytes: int = 0
     pages: int = 0
     retries: Dict[str, int] = field(default_factory=dict)
     lag_seconds: float = 0.0
-    last_commit: Optional[float] = None
-    unacknowledged: int = 0
+    last_commit_timestamp_seconds: Optional[float] = None
+    unacknowledged_lines: int = 0
     up: bool = False
-    version: str = ""
+    build_info: Dict[str, int] = field(default_factory=dict)
 
 
 #: The labels every family carries, in this order, before its own (``reason``, ``version``).
@@ -71,75 +68,52 @@ def markdown_table() -> str:
     """The metrics table of docs/operations.md, generated from `FAMILIES`."""
     lines = ["| Metric | Type | Meaning |", "|---|---|---|"]
     for name, kind, text in FAMILIES:
-        full = f"kata_events_{name}{'_total' if kind == 'counter' else ''}"
-        if name in OWN_LABELS:
-            full += "{" + OWN_LABELS[name] + "}"
-        lines.append(f"| `{full}` | {kind} | {text} |")
+        total = "_total" if kind == "counter" else ""
+        own = "{" + OWN_LABELS[name] + "}" if name in OWN_LABELS else ""
+        lines.append(f"| `kata_events_{name}{total}{own}` | {kind} | {text} |")
     return "\n".join(lines) + "\n"
 
 
-class _Collector:
-    """A prometheus_client collector reading a fresh `Snapshot` at each collection."""
+@dataclass(eq=False)  # hashed by identity: the registry keeps its collectors in a dict
+class Metrics:
+    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
+    every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id).
+    It is its registry's collector: a fresh `Snapshot` at each collection."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot], labels: Dict[str, str]) -> None:
-        self.snapshot = snapshot
-        self.names = [name for name in RUN_LABELS if name in labels]
-        self.values = [labels[name] for name in self.names]
+    snapshot: Callable[[], Snapshot]
+    file: Optional[Path]
+    listen: Optional[str]
+    interval: float
+    on_error: Callable[[str], None]
+    labels: Dict[str, str] = field(default_factory=dict)
 
-    def describe(self) -> Iterator[Any]:
-        return iter(())  # unchecked collector: the families are made at collection
+    def __post_init__(self) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.names = [name for name in RUN_LABELS if name in self.labels]
+        self.values = [self.labels[name] for name in self.names]
+        # Without describe and auto_describe, an unchecked collector: the families are made at collection.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)  # type: ignore[arg-type]
+        self._server: Any = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._failed = False
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         s = self.snapshot()
-        helps = {name: text for name, _, text in FAMILIES}
-        names, values = self.names, self.values
-
-        def family(kind: Any, name: str, value: float, **own: str) -> Any:
-            made = kind(f"kata_events_{name}", helps[name], labels=[*names, *own])
-            made.add_metric([*values, *own.values()], value)
-            return made
-
-        yield family(CounterMetricFamily, "events", s.events)
-        yield family(CounterMetricFamily, "bytes", s.bytes)
-        yield family(CounterMetricFamily, "pages", s.pages)
-        retries = CounterMetricFamily("kata_events_retries", helps["retries"], labels=[*names, "reason"])
-        for reason, count in sorted(s.retries.items()):
-            retries.add_metric([*values, reason], count)
-        yield retries
-        yield family(GaugeMetricFamily, "lag_seconds", s.lag_seconds)
-        yield family(GaugeMetricFamily, "last_commit_timestamp_seconds", s.last_commit or 0.0)
-        yield family(GaugeMetricFamily, "unacknowledged_lines", s.unacknowledged)
-        yield family(GaugeMetricFamily, "up", 1.0 if s.up else 0.0)
-        yield family(GaugeMetricFamily, "build_info", 1.0, version=s.version)
-
-
-class Metrics:
-    """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
-    every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id)."""
-
-    def __init__(
-        self,
-        snapshot: Callable[[], Snapshot],
-        file: Optional[Path],
-        listen: Optional[str],
-        interval: float,
-        on_error: Callable[[str], None],
-        labels: Optional[Dict[str, str]] = None,
-    ) -> None:
-        from prometheus_client import CollectorRegistry
-
-        self.file = file
-        self.listen = listen
-        self.interval = interval
-        self.on_error = on_error
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(snapshot, dict(labels or {})))  # type: ignore[arg-type]
-        self._server: Any = None
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._failed = False
+        for name, kind, text in FAMILIES:
+            own = [OWN_LABELS[name]] if name in OWN_LABELS else []
+            made = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                f"kata_events_{name}", text, labels=[*self.names, *own]
+            )
+            value = getattr(s, name)
+            samples = [([k], n) for k, n in sorted(value.items())] if own else [([], float(value or 0))]
+            for labels, number in samples:
+                made.add_metric([*self.values, *labels], number)
+            yield made
 
     def start(self) -> None:
         """Serve /metrics (raises OSError when the address cannot be bound); write the file."""
@@ -169,12 +143,11 @@ class Metrics:
 
         try:
             write_to_textfile(str(self.file), self.registry)
+            self._failed = False
         except OSError as exc:
             if not self._failed:
                 self.on_error(f"cannot write the metrics file {self.file}: {exc.strerror or exc}")
             self._failed = True
-        else:
-            self._failed = False
 
     def close(self) -> None:
         """The last write of the file; stop serving."""

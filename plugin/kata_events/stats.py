@@ -162,18 +162,16 @@ class Reports:
         from kata_events.metrics import Snapshot
 
         s = self.stats
-        ledger = self.delivery.ledger
-        last_commit = self.health.record["last_commit"] if self.health is not None else None
         return Snapshot(
             events=s.events,
             bytes=s.bytes,
             pages=s.pages,
             retries=dict(s.retry_reasons),
             lag_seconds=(s.lag_seconds or 0.0) if s.behind else 0.0,
-            last_commit=last_commit,
-            unacknowledged=ledger.unacked if self.delivery.mode == "lines" else 0,
+            last_commit_timestamp_seconds=self.health.record["last_commit"] if self.health else None,
+            unacknowledged_lines=self.delivery.ledger.unacked if self.delivery.mode == "lines" else 0,
             up=s.up,
-            version=__version__,
+            build_info={__version__: 1},
         )
 
     def start(self, ended: threading.Event) -> Optional[threading.Thread]:
@@ -217,14 +215,13 @@ class Reports:
             uptime_seconds=round(time.monotonic() - s.started, 1),
         )
         counts = f"{logs.counted(s.events, 'event')} in {logs.counted(s.pages, 'page')}"
+        message = counts + (f", {ledger.unacked} unacknowledged" if acked else "")
         if final:
             reason = reason or "finished"
+            fields = {"reason": reason, "exit_code": exit_code, **fields}
             message = (
                 f"stopped ({reason}): {counts}, {logs.counted(written, 'event line')} written; "
                 f"saved: {logs.counted(self.delivery.committed_pages, 'page')}"
                 + (f" and {logs.counted(in_page, 'event')} after them" if in_page else "")
             )
-            logs.emit(name, message, reason=reason, exit_code=exit_code, **fields)
-        else:
-            message = counts + (f", {ledger.unacked} unacknowledged" if acked else "")
-            logs.emit(name, message, **fields)
+        logs.emit(name, message, **fields)

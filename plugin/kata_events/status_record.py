@@ -8,16 +8,12 @@ changed: the file is written by a thread of its own, never on the commit path, w
 lock is held and file I/O on a loaded disk would hold up the acknowledgements. It is not fsynced:
 after a power cut it may be older than the state file, which is the one that matters.
 
-The record::
-
-    {"version": 1, "pid": 4242, "state": "streaming", "reason": "", "started_at": ...,
-     "updated_at": ..., "last_commit": ..., "behind": false, "newest_event": ...,
-     "subscription_lost_at": null, "max_timeout": 60, "events": 1234, "stopped_at": null}
-
-Times are epoch seconds. ``behind`` is whether the last answer was full (the server has more);
-``newest_event`` the time stamp of the newest event delivered. ``state`` is one of `STATES`.
-This module never logs: a record that cannot be written is retried at the next update (the run
-goes on; ``status`` then says the record is old).
+The record's keys are those of `Health.record`; times are epoch seconds. ``behind`` is whether the
+last answer was full (the server has more); ``newest_event`` the time stamp of the newest event
+delivered. ``state`` is starting, streaming (answers arrive), refused (401, waiting for approval),
+failing (requests fail and are retried) or stopped (the process ended, cleanly or with an error:
+see ``reason``). This module never logs: a record that cannot be written is retried at the next
+update (the run goes on; ``status`` then says the record is old).
 """
 
 from __future__ import annotations
@@ -36,17 +32,12 @@ RECORD_VERSION = 1
 REFRESH = 5.0
 #: ...and at most this often after commits (a commit a page, pages of a few events, is many a second).
 MIN_INTERVAL = 0.25
-#: streaming: answers arrive; refused: 401, waiting for approval; failing: requests fail and are
-#: retried; stopped: the process ended (cleanly or with an error, see ``reason``).
-STATES = ("starting", "streaming", "refused", "failing", "stopped")
 
 
 class Health:
     """What the run reports about itself; thread-safe (commits come from the delivery's threads)."""
 
-    def __init__(
-        self, path: Path, max_timeout: int, clock: Callable[[], float] = time.time, pid: Optional[int] = None
-    ) -> None:
+    def __init__(self, path: Path, max_timeout: int, clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.clock = clock
         #: Guards `record`; never held during file I/O.
@@ -55,11 +46,10 @@ class Health:
         self._write_lock = threading.Lock()
         self._dirty = threading.Event()
         self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
         now = clock()
         self.record: Dict[str, Any] = {
             "version": RECORD_VERSION,
-            "pid": os.getpid() if pid is None else pid,
+            "pid": os.getpid(),
             "state": "starting",
             "reason": "",
             "started_at": now,
@@ -73,29 +63,16 @@ class Health:
             "stopped_at": None,
         }
 
-    # -- what happened ----------------------------------------------------------------------------
-
     def committed(self) -> None:
         """A token was saved (called by the token store after each commit)."""
-        self._update(force=False, last_commit=self.clock())
+        self.update(False, last_commit=self.clock())
 
     def page(self, events: int, full: bool, newest_event: Optional[float]) -> None:
         """A page was delivered: the server answers; ``full`` says whether it has more."""
-        fields: Dict[str, Any] = {"state": "streaming", "reason": "", "behind": full}
-        if newest_event is not None:
-            fields["newest_event"] = newest_event
         with self._lock:
-            fields["events"] = self.record["events"] + events
-        self._update(force=False, **fields)
-
-    def refused(self, reason: str) -> None:
-        self._update(force=True, state="refused", reason=reason)
-
-    def failing(self, reason: str) -> None:
-        self._update(force=True, state="failing", reason=reason)
-
-    def subscription_lost(self, reason: str) -> None:
-        self._update(force=True, subscription_lost_at=self.clock(), reason=reason)
+            total = self.record["events"] + events
+        newest = {} if newest_event is None else {"newest_event": newest_event}
+        self.update(False, state="streaming", reason="", behind=full, events=total, **newest)
 
     def stopped(self, reason: str) -> None:
         """The last record, written now. The thread is told to end but not waited for (a stop must
@@ -103,9 +80,7 @@ class Health:
         one reads the same, newest record, since every write takes the record as it is then."""
         self._stop.set()
         self._dirty.set()
-        self._update(force=True, state="stopped", reason=reason, stopped_at=self.clock())
-
-    # -- writing ----------------------------------------------------------------------------------
+        self.update(state="stopped", reason=reason, stopped_at=self.clock())
 
     def start(self) -> None:
         """Write the first record; then a thread rewrites it after changes (at most every
@@ -121,14 +96,13 @@ class Health:
                 self.write()
                 self._stop.wait(MIN_INTERVAL)
 
-        self._thread = threading.Thread(target=refresh, name="status", daemon=True)
-        self._thread.start()
+        threading.Thread(target=refresh, name="status", daemon=True).start()
 
-    def _update(self, force: bool, **fields: Any) -> None:
-        """Change the record; ``force``: write it now (from the caller's thread), else soon."""
+    def update(self, now: bool = True, **fields: Any) -> None:
+        """Change the record; ``now``: write it at once (from the caller's thread), else soon."""
         with self._lock:
             self.record.update(fields)
-        if force:
+        if now:
             self.write()
         else:
             self._dirty.set()
@@ -149,10 +123,9 @@ def read_record(path: Path) -> Optional[Dict[str, Any]]:
     """The record at ``path``, or None when there is none. Raises ValueError for one that does not
     parse, OSError for one that cannot be read."""
     try:
-        data = path.read_bytes()
+        doc = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         return None
-    doc = json.loads(data.decode("utf-8"))
     if not isinstance(doc, dict) or doc.get("version") != RECORD_VERSION:
         raise ValueError("not a status record of this version")
     return doc

@@ -1,22 +1,16 @@
-"""`kata-events status`: how a run is doing, for Nagios/Icinga/Zabbix/systemd timers.
+"""`kata-events status`: how a run is doing, for Nagios/Icinga/Zabbix/systemd timers (see DESCRIPTION).
 
-It reads local files only — the state file, its status record (`kata_events.status_record`) and
-the pid in its lock file — never the network, and never takes the lock, so it is safe beside a
-running ``run`` (even one starting at that moment). One line in the monitoring-plugins style goes
-to stdout (``KATA-EVENTS OK - ... | lag=...``), or a JSON object with ``--format json``; the exit
-code is the plugins' convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+It reads local files only (the state file, its status record from `kata_events.status_record`, the
+pid in its lock file), never the network, and never takes the lock, so it is safe beside a running
+``run``, even one starting at that moment.
 
 Lag is how far behind the stream is: while the server still has more (the last answer was full),
 the age of the newest event delivered; about zero once caught up while the run lives; for a run
 that has stopped, the time since its last commit (the stream has moved on since). `evaluate` is
 pure: the verdict from what the files say and the time.
 
-Several nodes (the Central Nodes of a distributed deployment, one run each): ``--config A
---config B`` or a directory of configurations evaluates each run on its own and prints one line —
-the worst state (OK < WARNING < UNKNOWN < CRITICAL), each node named with its state and reason,
-perfdata per node (``lag_<name>``) — or a JSON list; the exit code is the worst state's. A node
-whose files cannot be read is that node's UNKNOWN; the others are still evaluated. `summarize` is
-pure too. A single ``--config`` keeps the one-run output.
+Several nodes (one run per Central Node) are each evaluated on their own, a node whose files cannot
+be read being that node's UNKNOWN; `summarize` (pure too) makes their one line.
 """
 
 from __future__ import annotations
@@ -29,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
@@ -59,21 +53,15 @@ RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``status`` options: where the run's files are, the thresholds, the output format."""
     add_location_arguments(parser, several=True)
-    parser.add_argument(
-        "--warning-lag",
-        type=float,
-        default=WARNING_LAG,
-        metavar="SECONDS",
-        help=f"WARNING at this lag. Default: {WARNING_LAG}.",
-    )
-    parser.add_argument(
-        "--critical-lag",
-        type=float,
-        default=CRITICAL_LAG,
-        metavar="SECONDS",
-        help=f"CRITICAL at this lag. Default: {CRITICAL_LAG} (90 of the 120 minutes the Central Node "
-        "keeps events).",
-    )
+    why = " (90 of the 120 minutes the Central Node keeps events)"
+    for level, default, said in (("WARNING", WARNING_LAG, ""), ("CRITICAL", CRITICAL_LAG, why)):
+        parser.add_argument(
+            f"--{level.lower()}-lag",
+            type=float,
+            default=default,
+            metavar="SECONDS",
+            help=f"{level} at this lag. Default: {default}{said}.",
+        )
     parser.add_argument(
         "--format",
         choices=("text", "json"),
@@ -128,7 +116,7 @@ def evaluate(
     record = record or {}
     running = running_pid is not None
     commits = [t for t in (record.get("last_commit"), parse_stamp(state_saved_at or "")) if t]
-    last_commit = max(commits) if commits else None
+    last_commit = max(commits, default=None)
     commit_age = None if last_commit is None else max(0.0, now - last_commit)
     behind = bool(record.get("behind"))
     newest = record.get("newest_event")
@@ -139,21 +127,12 @@ def evaluate(
     else:
         lag = commit_age
     run_state = record.get("state", "unknown") if running else "stopped"
+    known = dict(running=running, pid=running_pid, behind=behind, state=run_state, state_file=state_file)
 
     def verdict(code: int, reason: str) -> Verdict:
-        return Verdict(
-            NAMES[code],
-            code,
-            reason,
-            None if lag is None else round(lag, 1),
-            None if last_commit is None else stamp(last_commit),
-            None if commit_age is None else round(commit_age, 1),
-            running,
-            running_pid,
-            behind,
-            run_state,
-            state_file,
-        )
+        lag_1, age_1 = (None if v is None else round(v, 1) for v in (lag, commit_age))
+        commit = None if last_commit is None else stamp(last_commit)
+        return Verdict(NAMES[code], code, reason, lag_1, commit, age_1, **known)
 
     if not state_exists and not (running and record):
         return verdict(
@@ -200,11 +179,10 @@ def running_pid(files: RunFiles) -> Optional[int]:
     """The pid a live run wrote in the lock file (it empties it when it stops), if that process
     lives. Never takes the lock: that could make a run starting right now exit 75."""
     try:
-        text = files.lock.read_text(encoding="ascii", errors="replace").strip()
-        pid = int(text) if text else None
+        pid = int(files.lock.read_text(encoding="ascii", errors="replace").strip() or 0)
     except (OSError, ValueError):
         return None
-    if pid is None or pid <= 0:
+    if pid <= 0:
         return None
     try:
         os.kill(pid, 0)
@@ -257,24 +235,14 @@ def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
 def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Verdict:
     """One run's verdict. Raises `UserError`, OSError or ValueError when its files cannot be found
     or read (the caller's UNKNOWN)."""
-    from kata_events.state.store import StateError, TokenStore
+    from kata_events.state.store import TokenStore
     from kata_events.status_record import read_record
 
     files = locate(args, environ)
-    try:
-        sub = TokenStore(files.state, url="", external_system_id="").stored()
-    except StateError as exc:
-        raise ValueError(str(exc)) from None
-    return evaluate(
-        sub.saved_at if sub is not None else None,
-        sub is not None,
-        read_record(files.status),
-        running_pid(files),
-        now,
-        args.warning_lag,
-        args.critical_lag,
-        str(files.state),
-    )
+    sub = TokenStore(files.state, url="", external_system_id="").stored()  # a StateError is a UserError
+    saved = (sub.saved_at, True) if sub is not None else (None, False)
+    lags = (args.warning_lag, args.critical_lag)
+    return evaluate(*saved, read_record(files.status), running_pid(files), now, *lags, str(files.state))
 
 
 # -- several nodes ----------------------------------------------------------------------------------
@@ -295,11 +263,8 @@ def config_files(given: Sequence[str]) -> List[Tuple[Path, str]]:
         inside = sorted(p for p in path.glob("*/config.toml") if p.is_file())
         inside += sorted(p for p in path.glob("*.toml") if p.is_file())
         if not inside:
-            problem = (
-                f"no configuration in the directory {path}: expected {path}/<node>/config.toml "
-                "(kata-events init --dir) or *.toml files"
-            )
-            found.append((path, problem))
+            expected = f"{path}/<node>/config.toml (kata-events init --dir) or *.toml files"
+            found.append((path, f"no configuration in the directory {path}: expected {expected}"))
         found += [(p, "") for p in inside]
     return found
 
@@ -317,20 +282,12 @@ def node_of(config_file: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip("-._") or "node"
 
 
-@dataclass
-class NodeVerdict:
+class NodeVerdict(NamedTuple):
     """One node's part of a several-node ``status``: its name, its configuration, its verdict."""
 
     node: str
     config: str
     verdict: Dict[str, Any]
-
-    @property
-    def exit_code(self) -> int:
-        return int(self.verdict["exit_code"])
-
-    def as_json(self) -> Dict[str, Any]:
-        return {"node": self.node, "config": self.config, **self.verdict}
 
 
 def unknown_verdict(reason: str) -> Dict[str, Any]:
@@ -355,24 +312,20 @@ def check_nodes(
         seen[node] = seen.get(node, 0) + 1
         if seen[node] > 1:  # two files naming one node: keep both apart in the line and perfdata
             node = f"{node}-{seen[node]}"
-        if problem:
-            results.append(NodeVerdict(node, str(path), unknown_verdict(problem)))
-            continue
         one = argparse.Namespace(**{**vars(args), "config": str(path)})
         try:
-            verdict = check_run(one, own_env, now)
+            if problem:
+                raise ValueError(problem)
+            verdict = asdict(check_run(one, own_env, now))
         except (UserError, OSError, ValueError) as exc:
-            results.append(NodeVerdict(node, str(path), unknown_verdict(str(exc))))
-            continue
-        results.append(NodeVerdict(node, str(path), asdict(verdict)))
+            verdict = unknown_verdict(str(exc))
+        results.append(NodeVerdict(node, str(path), verdict))
     return results
 
 
 def worst(results: Sequence[NodeVerdict]) -> int:
     """The exit code of the worst node (OK < WARNING < UNKNOWN < CRITICAL); UNKNOWN for none."""
-    if not results:
-        return UNKNOWN
-    return max((r.exit_code for r in results), key=SEVERITY.__getitem__)
+    return max((r.verdict["exit_code"] for r in results), key=SEVERITY.__getitem__, default=UNKNOWN)
 
 
 def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: float) -> str:
@@ -383,7 +336,7 @@ def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: 
     up | lag_pcn=2400s;1800;5400;0 last_commit_age_pcn=3s;;;0 lag_scn=0s;1800;5400;0 ...``
     """
     code = worst(results)
-    order = sorted(results, key=lambda r: -SEVERITY[r.exit_code])
+    order = sorted(results, key=lambda r: -SEVERITY[r.verdict["exit_code"]])
     parts = [f"{r.node} {r.verdict['status']} {r.verdict['reason']}".replace("|", "/") for r in order]
     tail = _perfdata({f"_{r.node}": r.verdict for r in results}, warning_lag, critical_lag)
     count = f"{len(results)} node{'' if len(results) == 1 else 's'}"
@@ -399,7 +352,8 @@ def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
             "configurations (or a directory), each configuration names its own",
         )
     results = check_nodes(configs, args, os.environ, time.time())
-    _say(args, [r.as_json() for r in results], summarize(results, args.warning_lag, args.critical_lag))
+    as_json = [{"node": r.node, "config": r.config, **r.verdict} for r in results]
+    _say(args, as_json, summarize(results, args.warning_lag, args.critical_lag))
     return worst(results)
 
 
