@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import sys
+from functools import partialmethod
 from typing import List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
@@ -41,40 +42,28 @@ TCP_TIMEOUT = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``check`` options: ``run``'s (its run-only ones accepted, not listed)."""
-    add_run_arguments(parser, show_run_only=False)
+    add_run_arguments(parser, show_run_only=False)  # run's run-only options accepted, not listed
 
 
 class _Report:
-    """Prints one line per step and remembers the exit code of the first failure."""
+    """Prints one line per step (``quiet``: none, for a connection made only to read a fingerprint)
+    and remembers the exit code of the first failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.exit_code: Optional[ExitStatus] = None
+        self.quiet = quiet
 
-    def line(self, status: str, step: str, message: str) -> None:
-        sys.stderr.write(f"{status:<6}{step}: {message}\n")
-        sys.stderr.flush()
-
-    def ok(self, step: str, message: str) -> None:
-        self.line("ok", step, message)
-
-    def warn(self, step: str, message: str) -> None:
-        self.line("warn", step, message)
-
-    def skip(self, step: str, message: str) -> None:
-        self.line("skip", step, message)
-
-    def fail(self, step: str, message: str, code: ExitStatus) -> None:
-        self.line("FAIL", step, message)
-        if self.exit_code is None:
+    def line(self, status: str, step: str, message: str, code: Optional[ExitStatus] = None) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"{status:<6}{step}: {message}\n")
+            sys.stderr.flush()
+        if code is not None and self.exit_code is None:
             self.exit_code = code
 
-
-class _Silent(_Report):
-    """A report that prints nothing: for a second connection made only to read a fingerprint."""
-
-    def line(self, status: str, step: str, message: str) -> None:
-        pass
+    ok = partialmethod(line, "ok")
+    warn = partialmethod(line, "warn")
+    skip = partialmethod(line, "skip")
+    fail = partialmethod(line, "FAIL")
 
 
 def _fp(hex_fingerprint: Optional[str]) -> str:
@@ -102,13 +91,10 @@ def _check_files(config: Config, report: _Report) -> bool:
         f"certificate {config.cert} and key {config.key} match "
         f"(certificate SHA-256 {_fp(probes.file_fingerprint(str(config.cert)))}){ca}",
     )
-    exposed = keypair.key_exposure(config.key)
-    if exposed is not None:
-        report.warn("key", exposed)
     password = key_password(config)
-    exposed = password.exposure() if password is not None else None
-    if exposed is not None:
-        report.warn("key", exposed)
+    for exposed in (keypair.key_exposure(config.key), password.exposure() if password is not None else None):
+        if exposed is not None:
+            report.warn("key", exposed)
     return True
 
 
@@ -121,7 +107,7 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
     """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
     TCP steps are reported when ``report`` is given."""
     host, port = _base_parts(base)
-    quiet = _Silent() if report is None else report
+    quiet = _Report(quiet=True) if report is None else report
     if proxy is None:
         return _connect(host, port, quiet, base)
     shown = without_credentials(proxy)
@@ -230,7 +216,9 @@ def _check_tls(
             with ctx.wrap_socket(sock, server_hostname=host) as conn:
                 der = conn.getpeercert(binary_form=True) or b""
     except ssl.SSLCertVerificationError as exc:
-        server_fp = _probe_fingerprint(base, proxy)
+        # For the message only: the fingerprint over a second, unverified handshake.
+        probe = _open(base, proxy)
+        server_fp = None if probe is None else probes.probe_server_fingerprint(base, sock=probe)
         report.fail(
             step,
             f"the server certificate{via} was not trusted by {_trust(config).text} "
@@ -270,12 +258,6 @@ def _check_tls(
             step, f"server certificate{via} verified (SHA-256 {_fp(server_fp)}) by {_trust(config).text}"
         )
     return True
-
-
-def _probe_fingerprint(base: str, proxy: Optional[str]) -> Optional[str]:
-    """The server certificate's SHA-256, read over an unverified handshake: for a message only."""
-    sock = _open(base, proxy)
-    return None if sock is None else probes.probe_server_fingerprint(base, sock=sock)
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
@@ -367,8 +349,7 @@ def run(args: argparse.Namespace) -> int:
         return int(exc.exit_code)
     source = f"config file {config.config_file}" if config.config_file else "no config file"
     report.ok(
-        "configuration",
-        f"{source}; url {', '.join(config.url)}; external system {config.external_system_id}",
+        "configuration", f"{source}; url {', '.join(config.url)}; external system {config.external_system_id}"
     )
 
     files_ok = _check_files(config, report)

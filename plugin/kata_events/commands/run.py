@@ -15,13 +15,7 @@ from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
 from kata_events.commands.locate import RunFiles
-from kata_events.config import (
-    Config,
-    describe,
-    load_run_config,
-    requested_log_format,
-    requested_name,
-)
+from kata_events.config import Config, describe, load_run_config, requested_log_format, requested_name
 from kata_events.delivery.acks import choose_ack_mode
 from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
