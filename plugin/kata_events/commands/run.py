@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from types import FrameType
 from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
@@ -44,9 +43,11 @@ LOGS_USAGE_ERROR = True
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``run`` options, all declared in `kata_events.options`."""
-    add_run_arguments(parser)
+#: The ``run`` options, all declared in `kata_events.options`.
+add_arguments = add_run_arguments
+
+#: The client's arguments that are the configuration's values as they are.
+_AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout", "filter", "max_event_bytes")
 
 
 def token_store(config: Config) -> TokenStore:
@@ -66,23 +67,14 @@ def key_password(config: Config) -> Optional[KeyPassword]:
 
 def build_client(config: Config, **overrides: Any) -> EventsClient:
     """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
-    arguments: Dict[str, Any] = dict(
-        urls=list(config.url),
-        external_system_id=config.external_system_id,
-        cert=str(config.cert),
-        key=str(config.key),
-        ca_file=str(config.ca_file) if config.ca_file else None,
-        pin_sha256=config.pin_sha256 or None,
-        insecure=config.insecure,
-        proxy=config.proxy,
-        max_events=config.max_events,
-        max_timeout=config.max_timeout,
-        filter=config.filter,
-        max_event_bytes=config.max_event_bytes,
-        key_password=key_password(config),
+    arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
+    arguments.update(
+        urls=list(config.url), cert=str(config.cert), key=str(config.key), key_password=key_password(config)
     )
-    arguments.update(overrides)
-    return EventsClient(**arguments)
+    arguments.update(
+        ca_file=str(config.ca_file) if config.ca_file else None, pin_sha256=config.pin_sha256 or None
+    )
+    return EventsClient(**{**arguments, **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     return run_config(config)
 
 
-def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
+def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format, node=config.name)
     stop = Stop()
@@ -153,15 +145,15 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     for warning in store.warnings:
         logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
-        ack_options = {}
+        acks = {}
         if mode == "lines":
-            ack_options = dict(
+            acks = dict(
                 max_unacked=config.max_unacked,
                 ack_timeout=config.ack_timeout,
                 already_read=already_read,
                 started=config.ack == "auto",
             )
-        writer = LineWriter(stdout_fd)
+        writer = LineWriter()
         writer.on_oversize = _oversize_warning
         fragment = writer.mend_torn_tail()
         if fragment:
@@ -180,7 +172,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             config.settle_time,
             stop,
             config.settle_lines,
-            **ack_options,
+            **acks,
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         health = Health(RunFiles(config.state_file).status, config.max_timeout)
@@ -200,11 +192,20 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
         metrics = start_metrics(config, runner)
         if metrics is False:
             return int(ExitStatus.CONFIG)
-        _install_signal_handlers(stop)
+        # The handler only records (`Stop.ask`). SIGHUP is a stop like the others (a closed terminal,
+        # supervisors that stop with it): its default action would kill the process with no stop
+        # line and exit 129.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, frame: stop.ask(signal.Signals(signum).name))
         try:
             return runner.run()
         finally:
-            _restore_signal_handlers()
+            # Stops are ignored while the process ends: the outcome and exit code are settled by now,
+            # and shippers commonly stop their child twice (rsyslog's improg writes STOP then sends
+            # SIGTERM): a SIGTERM landing in the last milliseconds would otherwise kill the process
+            # with the default action and turn a clean exit into "killed by signal 15".
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
             if metrics:
                 metrics.close()
     finally:
@@ -229,15 +230,12 @@ def start_metrics(config: Config, runner: Runner) -> Any:
         return None
     from kata_events.metrics import Metrics  # prometheus_client: only when metrics are asked for
 
-    def failed(message: str) -> None:
-        logs.emit("metrics_failed", message, level="WARNING")
-
     metrics = Metrics(
         runner.reports.snapshot,
         config.metrics_file,
         config.metrics_listen,
         interval=config.stats_interval or 60,
-        on_error=failed,
+        on_error=lambda message: logs.emit("metrics_failed", message, level="WARNING"),
         labels={"node": config.name, "external_system_id": config.external_system_id},
     )
     try:
@@ -252,29 +250,3 @@ def start_metrics(config: Config, runner: Runner) -> Any:
         )
         return False
     return metrics
-
-
-def _install_signal_handlers(stop: Stop) -> None:
-    """SIGTERM/SIGINT/SIGHUP ask the run to stop; the handler only records (`Stop.ask`).
-
-    SIGHUP is a stop like the others (a closed terminal, supervisors that stop with it): its default
-    action would kill the process with no stop line and exit 129.
-    """
-
-    def handler(signum: int, frame: Optional[FrameType]) -> None:
-        stop.ask(signal.Signals(signum).name)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-
-
-def _restore_signal_handlers() -> None:
-    """Ignore stops while the process ends.
-
-    The run's outcome and exit code are settled by now, and shippers commonly stop their child
-    twice (rsyslog's improg writes STOP then sends SIGTERM): a SIGTERM landing in the last
-    milliseconds would otherwise kill the process with the default action and turn a clean exit
-    into "killed by signal 15".
-    """
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)

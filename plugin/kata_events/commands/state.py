@@ -13,11 +13,11 @@ backups next to them, so the next run starts a new subscription; a backup can be
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
@@ -43,9 +43,7 @@ class _ActionHelp(argparse.Action):
     def __init__(self, option_strings: List[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
-    ) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *_: Any) -> None:
         action = getattr(namespace, "action", None)
         if action in ("show", "reset"):
             parser = argparse.ArgumentParser(
@@ -77,13 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, None)
 
 
-def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
+def describe(files: RunFiles) -> Optional[Dict[str, Any]]:
     """What ``show`` prints, as a dict; None when there is no state file. Raises `StateError`."""
     from kata_events.commands.status import running_pid
     from kata_events.state.reading import parse_stamp
     from kata_events.state.store import TokenStore, short_token
 
-    now = time.time() if now is None else now
     sub = TokenStore(files.state, url="", external_system_id="").stored()
     if sub is None:
         return None
@@ -105,7 +102,7 @@ def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str,
         "token": short_token(sub.token) if sub.token else None,
         "token_length": len(sub.token) if sub.token else 0,
         "saved_at": sub.saved_at or None,
-        "token_age_seconds": None if saved is None else round(now - saved, 1),
+        "token_age_seconds": None if saved is None else round(time.time() - saved, 1),
         "delivered_in_page": delivered,
         "running_pid": running_pid(files),
     }
@@ -176,7 +173,11 @@ def _reset(files: RunFiles) -> int:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         moved: List[str] = []
         for path in (files.state, files.progress, files.status):
-            backup = _free_name(path.with_name(f"{path.name}.{stamp}.bak"))
+            free = backup = path.with_name(f"{path.name}.{stamp}.bak")
+            for n in itertools.count(1):  # a reset in the same second made that name already
+                if not backup.exists():
+                    break
+                backup = free.with_name(f"{free.name}.{n}")
             try:
                 os.rename(path, backup)
             except FileNotFoundError:
@@ -194,15 +195,6 @@ def _reset(files: RunFiles) -> int:
         "undo, rename the backups back before it starts\n"
     )
     return 0
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``path`` with ``.1``, ``.2``... when a reset in the same second made it already."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
 
 
 def run(args: argparse.Namespace) -> int:
