@@ -98,11 +98,6 @@ def _check_files(config: Config, report: _Report) -> bool:
     return True
 
 
-def _trust(config: Config) -> tls.Trust:
-    ca_file = str(config.ca_file) if config.ca_file else None
-    return tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
-
-
 def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> Optional[socket.socket]:
     """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
     TCP steps are reported when ``report`` is given."""
@@ -173,27 +168,20 @@ def _connect(host: str, port: int, report: _Report, step: str, proxy: str = "") 
         return None
     addresses = sorted({info[4][0] for info in infos})
     report.ok(f"{step} DNS", f"{what}{host} resolves to {', '.join(addresses)}")
-    last: Optional[OSError] = None
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(TCP_TIMEOUT)
-        try:
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        report.ok(f"{step} TCP", f"connected to {what}{address[0]} port {port}")
-        return sock
-    reason = "timed out" if isinstance(last, socket.timeout) else str(last)
-    where, up = ("the proxy's address", "the proxy") if proxy else ("url", "the Central Node")
-    report.fail(
-        f"{step} TCP",
-        f"cannot connect to {what}{host} port {port} ({reason}): check the address and port in "
-        f"{where}, that {up} is up, and that firewalls let this host through",
-        ExitStatus.TEMP_FAIL,
-    )
-    return None
+    try:  # each address in turn; the error is the last one's
+        sock = socket.create_connection((host, port), timeout=TCP_TIMEOUT)
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else str(exc)
+        where, up = ("the proxy's address", "the proxy") if proxy else ("url", "the Central Node")
+        report.fail(
+            f"{step} TCP",
+            f"cannot connect to {what}{host} port {port} ({reason}): check the address and port in "
+            f"{where}, that {up} is up, and that firewalls let this host through",
+            ExitStatus.TEMP_FAIL,
+        )
+        return None
+    report.ok(f"{step} TCP", f"connected to {what}{sock.getpeername()[0]} port {port}")
+    return sock
 
 
 def _check_tls(
@@ -202,10 +190,12 @@ def _check_tls(
     step = f"{base} TLS"
     host = urlsplit(base).hostname or ""
     via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
+    # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
+    ca_file = str(config.ca_file) if config.ca_file else None
+    trust = tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
     try:
-        # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
         ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()
-        ctx = tls.context(_trust(config), *ours)
+        ctx = tls.context(trust, *ours)
         if isinstance(sock, ssl.SSLSocket):
             # Through an https:// proxy: the Central Node's TLS inside the proxy's, as urllib3 does.
             from urllib3.util.ssltransport import SSLTransport
@@ -221,7 +211,7 @@ def _check_tls(
         server_fp = None if probe is None else probes.probe_server_fingerprint(base, sock=probe)
         report.fail(
             step,
-            f"the server certificate{via} was not trusted by {_trust(config).text} "
+            f"the server certificate{via} was not trusted by {trust.text} "
             f"({exc.verify_message or exc}); its SHA-256 is "
             f"{_fp(server_fp)}: if that is the Central Node's certificate, set pin_sha256 "
             f"(--pin-sha256 {_fp(server_fp)}), or give the CA that issued it with ca_file",
@@ -254,18 +244,14 @@ def _check_tls(
             "pin_sha256 to this fingerprint or give ca_file instead",
         )
     else:
-        report.ok(
-            step, f"server certificate{via} verified (SHA-256 {_fp(server_fp)}) by {_trust(config).text}"
-        )
+        report.ok(step, f"server certificate{via} verified (SHA-256 {_fp(server_fp)}) by {trust.text}")
     return True
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
     client = build_client(config, urls=urls, max_events=1, max_timeout=1)
-    note = "(one request, which creates a throw-away subscription; the state file is not touched)"
     try:
-        page = client.fetch(None)
-        page.close()
+        client.fetch(None).close()
     except errors.Unauthorized as exc:
         report.fail(
             "approval",
@@ -275,30 +261,30 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
             "there with these (a mistyped external_system_id looks exactly like a missing approval)",
             ExitStatus.CONFIG,
         )
-        return
     except errors.BadRequest as exc:
         what = f"the filter {config.filter!r}" if config.filter else "the request"
         report.fail("filter", f"HTTP 400: the server refused {what}: {exc.reason}", ExitStatus.CONFIG)
-        return
     except errors.Unavailable as exc:
         report.fail("approval", str(exc), ExitStatus.TEMP_FAIL)
-        return
     except (errors.ApiError, OSError) as exc:
         report.fail("approval", str(exc) or exc.__class__.__name__, ExitStatus.CONFIG)
-        return
+    else:
+        note = "(one request, which creates a throw-away subscription; the state file is not touched)"
+        report.ok("approval", f"external system {config.external_system_id} is approved {note}")
+        accepted = f"the server accepted the filter {config.filter!r}"
+        report.ok("filter", accepted if config.filter else "no filter: all events")
     finally:
         client.close()
-    report.ok("approval", f"external system {config.external_system_id} is approved {note}")
-    if config.filter:
-        report.ok("filter", f"the server accepted the filter {config.filter!r}")
-    else:
-        report.ok("filter", "no filter: all events")
 
 
 def _check_state(config: Config, report: _Report) -> None:
     store = token_store(config)
     try:
         store.open()
+        for warning in store.warnings:
+            report.warn("state directory", warning)
+        stored = store.stored()
+        token, reason = store.load()
     except state.StateLocked as exc:
         who = f"pid {exc.holder_pid}" if exc.holder_pid else "pid unknown"
         report.warn(
@@ -310,28 +296,17 @@ def _check_state(config: Config, report: _Report) -> None:
     except UserError as exc:
         report.fail("state", str(exc), exc.exit_code)
         return
-    for warning in store.warnings:
-        report.warn("state directory", warning)
-    try:
-        stored = store.stored()
-        token, reason = store.load()
-    except UserError as exc:
-        report.fail("state", str(exc), exc.exit_code)
-        return
     finally:
-        store.close()
+        store.close()  # nothing to release when open failed
     ready = f"{config.state_file} is writable and unlocked"
+    saved = f" saved at {stored.saved_at}" if stored is not None and stored.saved_at else ""
     if stored is None or stored.token is None:
-        report.ok("state", f"{ready}; no saved token (a new subscription starts)")
-        return
-    saved = f" saved at {stored.saved_at}" if stored.saved_at else ""
-    if token is None:
-        report.ok(
-            "state", f"{ready}; token {state.short_token(stored.token)}{saved} would be dropped: {reason}"
-        )
-        return
-    extra = f"; {reason}" if reason else ""
-    report.ok("state", f"{ready}; resumes from token {state.short_token(token)}{saved}{extra}")
+        ready += "; no saved token (a new subscription starts)"
+    elif token is None:
+        ready += f"; token {state.short_token(stored.token)}{saved} would be dropped: {reason}"
+    else:
+        ready += f"; resumes from token {state.short_token(token)}{saved}" + (f"; {reason}" if reason else "")
+    report.ok("state", ready)
 
 
 def _base_parts(base: str, default_port: int = 443) -> Tuple[str, int]:

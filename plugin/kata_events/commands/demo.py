@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import tempfile
 import uuid
@@ -49,21 +50,6 @@ def _as_emulator_event(record: logging.LogRecord) -> bool:
     return True
 
 
-def _loopback_problem(port: int) -> str:
-    """Why a TCP connection to 127.0.0.1:``port`` fails ("" when it works).
-
-    The demo talks to its own emulator on loopback: where that cannot work, retrying with back-off
-    (what `run` does for a real Central Node) would only hide it.
-    """
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except OSError as exc:
-        return str(exc)
-    return ""
-
-
 def run(args: argparse.Namespace) -> int:
     from kata_events import certs  # cryptography: only this command needs it
     from kata_events.commands.run import run_config
@@ -87,15 +73,18 @@ def run(args: argparse.Namespace) -> int:
             backlog=args.backlog,
             rate=args.rate,
         ) as emulator:
-            unreachable = _loopback_problem(emulator.port)
-            if unreachable:
+            # The demo talks to its own emulator on loopback: where that cannot work, retrying with
+            # back-off (what `run` does for a real Central Node) would only hide it.
+            try:
+                socket.create_connection(("127.0.0.1", emulator.port), timeout=5).close()
+            except OSError as exc:
                 raise UserError(
-                    f"demo: cannot reach its own emulator at {emulator.url} on loopback: {unreachable}: "
+                    f"demo: cannot reach its own emulator at {emulator.url} on loopback: {exc}: "
                     "the loopback interface (lo) is down or missing here (a network namespace or "
                     "container without it); bring it up (ip link set lo up) or run the demo where "
                     "127.0.0.1 works",
                     ExitStatus.UNAVAILABLE,
-                )
+                ) from None
             sys.stderr.write(
                 f"kata-events: demo: emulator at {emulator.url} (CA {emulator.ca_file}); external "
                 f"system {external_system_id}; events follow on stdout, Ctrl-C stops\n"

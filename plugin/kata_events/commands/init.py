@@ -78,11 +78,9 @@ def run(args: argparse.Namespace) -> int:
     from kata_events import certs  # cryptography: only this command needs it
 
     directory = Path(args.dir).expanduser()
-    names = {
-        "cert": directory / "client.crt",
-        "key": directory / "client.key",
-        "config": directory / "config.toml",
-    }
+    names = dict(
+        cert=directory / "client.crt", key=directory / "client.key", config=directory / "config.toml"
+    )
     if args.encrypt_key:
         names["key_password"] = directory / "client.key.pass"
     existing = [str(p) for p in names.values() if p.exists()]

@@ -27,26 +27,22 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
     ``several`` (``status``): ``--config`` is repeatable and may name a directory of
     configurations; ``args.config`` is then a list.
     """
-    if several:
-        parser.add_argument(
-            opts.CONFIG_FLAG,
-            dest="config",
-            metavar="FILE|DIR",
-            action="append",
-            help="The TOML file of the run (only name, url, state_file and external_system_id are "
-            "read from it; the lag thresholds and --format are flags only). Repeatable, one per "
-            "node: each is evaluated and one line sums them up. A "
-            "directory stands for every DIR/<node>/config.toml and DIR/*.toml in it. Env: "
-            f"{opts.CONFIG_ENV}.",
-        )
-    else:
-        parser.add_argument(
-            opts.CONFIG_FLAG,
-            dest="config",
-            metavar="FILE",
-            help="The TOML file of the run (only state_file and external_system_id are read from it; "
-            f"the other options here are flags only). Env: {opts.CONFIG_ENV}.",
-        )
+    text = (
+        "The TOML file of the run (only name, url, state_file and external_system_id are read from it; "
+        "the lag thresholds and --format are flags only). Repeatable, one per node: each is evaluated "
+        "and one line sums them up. A directory stands for every DIR/<node>/config.toml and DIR/*.toml "
+        "in it."
+        if several
+        else "The TOML file of the run (only state_file and external_system_id are read from it; the "
+        "other options here are flags only)."
+    )
+    parser.add_argument(
+        opts.CONFIG_FLAG,
+        dest="config",
+        metavar="FILE|DIR" if several else "FILE",
+        action="append" if several else "store",
+        help=f"{text} Env: {opts.CONFIG_ENV}.",
+    )
     for name in ("state_file", "external_system_id"):
         option = opts.BY_NAME[name]
         parser.add_argument(
