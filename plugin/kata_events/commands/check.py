@@ -1,10 +1,8 @@
 """`kata-events check`: walk through everything a run needs and say what is wrong and how to fix it.
 
-It resolves the configuration exactly like ``run``, then checks the files, each address (DNS, TCP,
-through the same proxy as ``run`` and named when there is one, TLS with the same verification
-``run`` uses), the approval and filter with one real request, and
-the state file and its lock. One line per step goes to stderr; stdout stays empty. It never writes
-the state file's token and never holds the lock longer than the check takes.
+It resolves the configuration, the proxy and the TLS verification exactly like ``run`` (DESCRIPTION
+lists the steps). One line per step goes to stderr; stdout stays empty. It never writes the state
+file's token and never holds the lock longer than the check takes.
 """
 
 from __future__ import annotations

@@ -27,15 +27,12 @@ and stream its events to stdout exactly as `kata-events run` would. Ctrl-C stops
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--events", type=int, default=0, metavar="N", help="stop after N events (default: run until Ctrl-C)"
-    )
-    parser.add_argument(
-        "--backlog", type=int, default=20, metavar="N", help="events waiting at start (default: 20)"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=2.0, metavar="R", help="new events per second (default: 2)"
-    )
+    for flag, kind, default, metavar, text in (
+        ("--events", int, 0, "N", "stop after N events (default: run until Ctrl-C)"),
+        ("--backlog", int, 20, "N", "events waiting at start (default: 20)"),
+        ("--rate", float, 2.0, "R", "new events per second (default: 2)"),
+    ):
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),

@@ -51,7 +51,6 @@ _AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout"
 
 
 def token_store(config: Config) -> TokenStore:
-    """The (not yet opened) token store of a resolved configuration."""
     return TokenStore(
         config.state_file,
         url=config.url[0],
@@ -78,7 +77,6 @@ def build_client(config: Config, **overrides: Any) -> EventsClient:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``kata-events run``; returns the exit code."""
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
@@ -124,13 +122,12 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
-    exposed = keypair.key_exposure(config.key)
-    if exposed is not None:
-        logs.emit("key_permissions", exposed, key=str(config.key), fix=f"chmod 600 {config.key}")
-    exposed = client.key_password.exposure() if client.key_password is not None else None
-    if exposed is not None:
-        path = client.key_password.path
-        logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
+    exposures = [(config.key, keypair.key_exposure(config.key))]
+    if client.key_password is not None:
+        exposures.append((client.key_password.path, client.key_password.exposure()))
+    for path, exposed in exposures:
+        if exposed is not None:
+            logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
@@ -189,9 +186,29 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
             stop_after=stop_after,
             stop=stop,
         )
-        metrics = start_metrics(config, runner)
-        if metrics is False:
-            return int(ExitStatus.CONFIG)
+        metrics = None
+        if config.metrics_file is not None or config.metrics_listen:
+            from kata_events.metrics import Metrics  # prometheus_client: only when metrics are asked for
+
+            metrics = Metrics(
+                runner.reports.snapshot,
+                config.metrics_file,
+                config.metrics_listen,
+                interval=config.stats_interval or 60,
+                on_error=lambda message: logs.emit("metrics_failed", message, level="WARNING"),
+                labels={"node": config.name, "external_system_id": config.external_system_id},
+            )
+            try:
+                metrics.start()
+            except OSError as exc:
+                logs.emit(
+                    "fatal",
+                    f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; choose a free "
+                    "port with metrics_listen (--metrics-listen), or leave it unset",
+                    exit_code=int(ExitStatus.CONFIG),
+                    reason="metrics_listen",
+                )
+                return int(ExitStatus.CONFIG)
         # The handler only records (`Stop.ask`). SIGHUP is a stop like the others (a closed terminal,
         # supervisors that stop with it): its default action would kill the process with no stop
         # line and exit 129.
@@ -221,32 +238,3 @@ def _oversize_warning(length: int, capacity: int) -> None:
         bytes=length,
         pipe_bytes=capacity,
     )
-
-
-def start_metrics(config: Config, runner: Runner) -> Any:
-    """The run's `Metrics` when metrics_file or metrics_listen asks for them (None otherwise);
-    False, after a fatal line, when the listen address cannot be bound."""
-    if config.metrics_file is None and not config.metrics_listen:
-        return None
-    from kata_events.metrics import Metrics  # prometheus_client: only when metrics are asked for
-
-    metrics = Metrics(
-        runner.reports.snapshot,
-        config.metrics_file,
-        config.metrics_listen,
-        interval=config.stats_interval or 60,
-        on_error=lambda message: logs.emit("metrics_failed", message, level="WARNING"),
-        labels={"node": config.name, "external_system_id": config.external_system_id},
-    )
-    try:
-        metrics.start()
-    except OSError as exc:
-        logs.emit(
-            "fatal",
-            f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; choose a free "
-            "port with metrics_listen (--metrics-listen), or leave it unset",
-            exit_code=int(ExitStatus.CONFIG),
-            reason="metrics_listen",
-        )
-        return False
-    return metrics

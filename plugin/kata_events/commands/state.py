@@ -1,13 +1,9 @@
-"""`kata-events state show|reset`: look at a run's state file, or move it aside.
+"""`kata-events state show|reset`: look at a run's state file, or move it aside (SHOW and RESET
+below say what each prints or moves).
 
-``show`` prints what the state file holds — Central Node, external system id, filter, the token's
-first characters and age, how far delivery went inside the page after it — on stdout, never the
-whole token (it reads the events of the subscription with the client certificate). It takes no
-lock and is safe beside a running run.
-
-``reset`` takes the state file's lock (so it is refused, exit 75, while a run holds it), then
-renames the state file and its companions (progress record, status record) to timestamped
-backups next to them, so the next run starts a new subscription; a backup can be renamed back.
+``show`` never prints the whole token (it reads the events of the subscription with the client
+certificate), takes no lock and is safe beside a running run. ``reset`` takes the state file's lock
+(so it is refused while a run holds it) and only renames: a backup can be renamed back.
 """
 
 from __future__ import annotations
@@ -140,10 +136,10 @@ def _show(files: RunFiles, fmt: str) -> int:
         lines.append("token:               none (the next run starts a new subscription)")
     else:
         when = f", saved at {info['saved_at']} ({age / 60:.0f} min ago)" if age is not None else ""
-        lines.append(f"token:               {info['token']} ({info['token_length']} characters){when}")
-        lines.append(
-            f"progress in page:    {info['delivered_in_page']} events of the answer to that token delivered"
-        )
+        lines += [
+            f"token:               {info['token']} ({info['token_length']} characters){when}",
+            f"progress in page:    {info['delivered_in_page']} events of the answer to that token delivered",
+        ]
     pid = info["running_pid"]
     lines.append(f"run:                 {'running, pid ' + str(pid) if pid else 'not running'}")
     sys.stdout.write("\n".join(lines) + "\n")
