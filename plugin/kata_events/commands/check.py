@@ -15,7 +15,7 @@ import socket
 import ssl
 import sys
 from functools import partialmethod
-from typing import List, Optional, Tuple
+from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
 from kata_events import certs, keypair
@@ -35,8 +35,6 @@ It takes run's options; those only run uses (acknowledgements, --settle-time, --
 logs, metrics, --name, --max-events, --max-timeout, --max-event-bytes) are accepted and validated,
 so a run's command line and config file can be checked as they are, and are not listed below.
 """
-
-TCP_TIMEOUT = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,12 +97,13 @@ def _check_files(config: Config, report: _Report) -> bool:
 def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> Optional[socket.socket]:
     """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
     TCP steps are reported when ``report`` is given."""
-    host, port = _base_parts(base)
+    url, via = urlsplit(base), urlsplit(proxy or "")
+    host, port = url.hostname or "", url.port or 443
     quiet = _Report(quiet=True) if report is None else report
     if proxy is None:
         return _connect(host, port, quiet, base)
     shown = without_credentials(proxy)
-    proxy_host, proxy_port = _base_parts(proxy, 80 if proxy.lower().startswith("http:") else 443)
+    proxy_host, proxy_port = via.hostname or "", via.port or (80 if via.scheme.lower() == "http" else 443)
     sock = _connect(proxy_host, proxy_port, quiet, base, proxy=shown)
     if sock is None:
         return None
@@ -124,9 +123,8 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
             return None
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-    user, password = urlsplit(proxy).username, urlsplit(proxy).password
-    if user is not None:
-        token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
+    if via.username is not None:
+        token = base64.b64encode(f"{unquote(via.username)}:{unquote(via.password or '')}".encode()).decode()
         request += f"Proxy-Authorization: Basic {token}\r\n"
     try:
         sock.sendall((request + "\r\n").encode("latin-1"))
@@ -167,7 +165,7 @@ def _connect(host: str, port: int, report: _Report, step: str, proxy: str = "") 
     addresses = sorted({info[4][0] for info in infos})
     report.ok(f"{step} DNS", f"{what}{host} resolves to {', '.join(addresses)}")
     try:  # each address in turn; the error is the last one's
-        sock = socket.create_connection((host, port), timeout=TCP_TIMEOUT)
+        sock = socket.create_connection((host, port), timeout=5.0)
     except OSError as exc:
         reason = "timed out" if isinstance(exc, socket.timeout) else str(exc)
         where, up = ("the proxy's address", "the proxy") if proxy else ("url", "the Central Node")
@@ -305,11 +303,6 @@ def _check_state(config: Config, report: _Report) -> None:
     else:
         ready += f"; resumes from token {state.short_token(token)}{saved}" + (f"; {reason}" if reason else "")
     report.ok("state", ready)
-
-
-def _base_parts(base: str, default_port: int = 443) -> Tuple[str, int]:
-    parts = urlsplit(base)
-    return parts.hostname or "", parts.port or default_port
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import ExitStatus, UserError
@@ -71,15 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, None)
 
 
-def describe(files: RunFiles) -> Optional[Dict[str, Any]]:
-    """What ``show`` prints, as a dict; None when there is no state file. Raises `StateError`."""
+def _show(files: RunFiles, fmt: str) -> int:
     from kata_events.commands.status import running_pid
     from kata_events.state.reading import parse_stamp
     from kata_events.state.store import TokenStore, short_token
 
     sub = TokenStore(files.state, url="", external_system_id="").stored()
+    pid = running_pid(files)
     if sub is None:
-        return None
+        why = (
+            f" yet: a run (pid {pid}) holds its lock and has not committed a token yet (it is "
+            "connecting, waiting for approval or retrying: see its log, or `kata-events status`); "
+            "show it again after its first page"
+            if pid
+            else ": no run has committed there yet (or --config / --state-file point elsewhere)"
+        )
+        raise UserError(f"no state file at {files.state}{why}", ExitStatus.NO_INPUT)
     saved = parse_stamp(sub.saved_at)
     delivered = 0
     if sub.token is not None:
@@ -90,7 +97,7 @@ def describe(files: RunFiles) -> Optional[Dict[str, Any]]:
         point, _ = own.resume_point() if token is not None else (None, [])
         if point is not None and point.token == sub.token:
             delivered = point.events
-    return {
+    info = {
         "state_file": str(files.state),
         "url": sub.url or None,
         "external_system_id": sub.external_system_id or None,
@@ -100,28 +107,8 @@ def describe(files: RunFiles) -> Optional[Dict[str, Any]]:
         "saved_at": sub.saved_at or None,
         "token_age_seconds": None if saved is None else round(time.time() - saved, 1),
         "delivered_in_page": delivered,
-        "running_pid": running_pid(files),
+        "running_pid": pid,
     }
-
-
-def _show(files: RunFiles, fmt: str) -> int:
-    info = describe(files)
-    if info is None:
-        from kata_events.commands.status import running_pid
-
-        pid = running_pid(files)
-        if pid:
-            raise UserError(
-                f"no state file at {files.state} yet: a run (pid {pid}) holds its lock and has not "
-                "committed a token yet (it is connecting, waiting for approval or retrying: see its "
-                "log, or `kata-events status`); show it again after its first page",
-                ExitStatus.NO_INPUT,
-            )
-        raise UserError(
-            f"no state file at {files.state}: no run has committed there yet (or --config / "
-            "--state-file point elsewhere)",
-            ExitStatus.NO_INPUT,
-        )
     if fmt == "json":
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
         return 0
@@ -140,7 +127,6 @@ def _show(files: RunFiles, fmt: str) -> int:
             f"token:               {info['token']} ({info['token_length']} characters){when}",
             f"progress in page:    {info['delivered_in_page']} events of the answer to that token delivered",
         ]
-    pid = info["running_pid"]
     lines.append(f"run:                 {'running, pid ' + str(pid) if pid else 'not running'}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
