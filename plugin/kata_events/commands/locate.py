@@ -1,10 +1,9 @@
 """Where a run keeps its files, for the commands that only read or move them (`status`, `state`).
 
-These commands take ``--config`` and ``--state-file`` as ``run`` does, and resolve the state file
-the same way (flag > ``KATA_EVENTS_*`` variable > config file > the default under the state
-directory, named after the external system id), without asking for the certificate, the key or
-the URL: they never touch the network. The files next to the state file are named here too.
-This module never writes, never logs and never touches the network.
+The state file is resolved as ``run`` does (flag > ``KATA_EVENTS_*`` variable > config file > the
+default named after the external system id), without asking for the certificate, the key or the
+URL; the files next to it are named here too. This module never writes, never logs and never
+touches the network.
 """
 
 from __future__ import annotations
@@ -77,11 +76,8 @@ class RunFiles:
 
 
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:
-    """The run's files from the flags, the environment and the config file.
-
-    Raises `UserError`: 66 for a config file that cannot be read, 78 when nothing names the state
-    file (neither state_file nor external_system_id anywhere).
-    """
+    """The run's files from the flags, the environment and the config file (`UserError` 66 for a
+    config file that cannot be read)."""
     values = {}
     config_file = config_path(args, environ)
     if config_file is not None:

@@ -20,8 +20,7 @@ from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
-from kata_events.key_password import KeyPassword
-from kata_events.key_password import from_settings as key_password_source
+from kata_events.key_password import KeyPassword, from_settings
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.source.api import EventsClient
@@ -61,7 +60,7 @@ def token_store(config: Config) -> TokenStore:
 
 def key_password(config: Config) -> Optional[KeyPassword]:
     """Where the passphrase of an encrypted key comes from (file, variable, systemd credential)."""
-    return key_password_source(config.key_password_file, config.key_password, os.environ)
+    return from_settings(config.key_password_file, config.key_password, os.environ)
 
 
 def build_client(config: Config, **overrides: Any) -> EventsClient:
@@ -142,14 +141,10 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     for warning in store.warnings:
         logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
-        acks = {}
+        acks: Dict[str, Any] = {}
         if mode == "lines":
-            acks = dict(
-                max_unacked=config.max_unacked,
-                ack_timeout=config.ack_timeout,
-                already_read=already_read,
-                started=config.ack == "auto",
-            )
+            acks = {name: getattr(config, name) for name in ("max_unacked", "ack_timeout")}
+            acks.update(already_read=already_read, started=config.ack == "auto")
         writer = LineWriter()
         writer.on_oversize = _oversize_warning
         fragment = writer.mend_torn_tail()
