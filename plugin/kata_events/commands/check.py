@@ -274,13 +274,12 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
 
 
 def _check_state(config: Config, report: _Report) -> None:
-    store = token_store(config)
     try:
-        store.open()
-        for warning in store.warnings:
-            report.warn("state directory", warning)
-        stored = store.stored()
-        token, reason = store.load()
+        with token_store(config) as store:
+            for warning in store.warnings:
+                report.warn("state directory", warning)
+            stored = store.stored()
+            token, reason = store.load()
     except state.StateLocked as exc:
         who = f"pid {exc.holder_pid}" if exc.holder_pid else "pid unknown"
         report.warn(
@@ -292,8 +291,6 @@ def _check_state(config: Config, report: _Report) -> None:
     except UserError as exc:
         report.fail("state", str(exc), exc.exit_code)
         return
-    finally:
-        store.close()  # nothing to release when open failed
     ready = f"{config.state_file} is writable and unlocked"
     saved = f" saved at {stored.saved_at}" if stored is not None and stored.saved_at else ""
     if stored is None or stored.token is None:

@@ -135,15 +135,33 @@ def _show(files: RunFiles, fmt: str) -> int:
 def _reset(files: RunFiles) -> int:
     from kata_events.state.store import StateLocked, TokenStore
 
-    store = TokenStore(files.state, url="", external_system_id="")
     if not files.state.exists():
         sys.stderr.write(
             f"kata-events: no state file at {files.state}: nothing to reset (the next run starts a "
             "new subscription anyway)\n"
         )
         return 0
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved: List[str] = []
     try:
-        store.open()
+        with TokenStore(files.state, url="", external_system_id=""):  # the lock, while files move
+            for path in (files.state, files.progress, files.status):
+                free = backup = path.with_name(f"{path.name}.{stamp}.bak")
+                for n in itertools.count(1):  # a reset in the same second made that name already
+                    if not backup.exists():
+                        break
+                    backup = free.with_name(f"{free.name}.{n}")
+                try:
+                    os.rename(path, backup)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise UserError(
+                        f"cannot move {path} aside: {exc.strerror or exc}; fix the permissions of "
+                        f"{path.parent}",
+                        ExitStatus.CANT_CREATE,
+                    ) from None
+                moved.append(f"{path} -> {backup}")
     except StateLocked as exc:
         who = f"process {exc.holder_pid}" if exc.holder_pid else "another process"
         raise UserError(
@@ -151,27 +169,6 @@ def _reset(files: RunFiles) -> int:
             "or the shipper that starts it), then reset",
             ExitStatus.TEMP_FAIL,
         ) from None
-    try:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        moved: List[str] = []
-        for path in (files.state, files.progress, files.status):
-            free = backup = path.with_name(f"{path.name}.{stamp}.bak")
-            for n in itertools.count(1):  # a reset in the same second made that name already
-                if not backup.exists():
-                    break
-                backup = free.with_name(f"{free.name}.{n}")
-            try:
-                os.rename(path, backup)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise UserError(
-                    f"cannot move {path} aside: {exc.strerror or exc}; fix the permissions of {path.parent}",
-                    ExitStatus.CANT_CREATE,
-                ) from None
-            moved.append(f"{path} -> {backup}")
-    finally:
-        store.close()
     sys.stderr.write(
         "kata-events: moved " + "; ".join(moved) + ". The next run starts a new subscription; to "
         "undo, rename the backups back before it starts\n"
