@@ -66,13 +66,9 @@ def key_password(config: Config) -> Optional[KeyPassword]:
 def build_client(config: Config, **overrides: Any) -> EventsClient:
     """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
     arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
-    arguments.update(
-        urls=list(config.url), cert=str(config.cert), key=str(config.key), key_password=key_password(config)
-    )
-    arguments.update(
-        ca_file=str(config.ca_file) if config.ca_file else None, pin_sha256=config.pin_sha256 or None
-    )
-    return EventsClient(**{**arguments, **overrides})
+    arguments.update(urls=list(config.url), cert=str(config.cert), key=str(config.key))
+    arguments.update(ca_file=config.ca_file and str(config.ca_file), pin_sha256=config.pin_sha256 or None)
+    return EventsClient(**{**arguments, "key_password": key_password(config), **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
