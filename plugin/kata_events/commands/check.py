@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import sys
-from functools import partialmethod
+from functools import partial, partialmethod
 from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
@@ -37,8 +37,7 @@ so a run's command line and config file can be checked as they are, and are not 
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser, show_run_only=False)  # run's run-only options accepted, not listed
+add_arguments = partial(add_run_arguments, show_run_only=False)
 
 
 class _Report:
@@ -94,17 +93,16 @@ def _check_files(config: Config, report: _Report) -> bool:
     return True
 
 
-def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> Optional[socket.socket]:
-    """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
-    TCP steps are reported when ``report`` is given."""
+def _open(base: str, proxy: Optional[str], report: _Report) -> Optional[socket.socket]:
+    """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``, its DNS and
+    TCP steps reported."""
     url, via = urlsplit(base), urlsplit(proxy or "")
     host, port = url.hostname or "", url.port or 443
-    quiet = _Report(quiet=True) if report is None else report
     if proxy is None:
-        return _connect(host, port, quiet, base)
+        return _connect(host, port, report, base)
     shown = without_credentials(proxy)
     proxy_host, proxy_port = via.hostname or "", via.port or (80 if via.scheme.lower() == "http" else 443)
-    sock = _connect(proxy_host, proxy_port, quiet, base, proxy=shown)
+    sock = _connect(proxy_host, proxy_port, report, base, proxy=shown)
     if sock is None:
         return None
     if proxy.lower().startswith("https:"):
@@ -113,7 +111,7 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=proxy_host)
         except (OSError, ssl.SSLError) as exc:
             sock.close()
-            quiet.fail(
+            report.fail(
                 f"{base} TCP",
                 f"TLS with the proxy {shown} failed: {exc}: an https:// proxy's certificate is "
                 "checked against the system's trust store; install its CA there, or point "
@@ -139,14 +137,14 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
     status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace").strip() or "no answer"
     if status.split(" ")[1:2] != ["200"]:
         sock.close()
-        quiet.fail(
+        report.fail(
             f"{base} TCP",
             f"the proxy {shown} refused the tunnel to {target}: {status}: check the proxy option or "
             "HTTPS_PROXY (address, credentials) and that the proxy lets this host reach the Central Node",
             ExitStatus.TEMP_FAIL,
         )
         return None
-    quiet.ok(f"{base} TCP", f"the proxy {shown} opened a tunnel to {target}")
+    report.ok(f"{base} TCP", f"the proxy {shown} opened a tunnel to {target}")
     return sock
 
 
@@ -203,7 +201,7 @@ def _check_tls(
                 der = conn.getpeercert(binary_form=True) or b""
     except ssl.SSLCertVerificationError as exc:
         # For the message only: the fingerprint over a second, unverified handshake.
-        probe = _open(base, proxy)
+        probe = _open(base, proxy, _Report(quiet=True))
         server_fp = None if probe is None else probes.probe_server_fingerprint(base, sock=probe)
         report.fail(
             step,

@@ -42,7 +42,6 @@ LOGS_USAGE_ERROR = True
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-#: The ``run`` options, all declared in `kata_events.options`.
 add_arguments = add_run_arguments
 
 #: The client's arguments that are the configuration's values as they are.
