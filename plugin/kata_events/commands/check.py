@@ -1,10 +1,8 @@
 """`kata-events check`: walk through everything a run needs and say what is wrong and how to fix it.
 
-It resolves the configuration exactly like ``run``, then checks the files, each address (DNS, TCP,
-through the same proxy as ``run`` and named when there is one, TLS with the same verification
-``run`` uses), the approval and filter with one real request, and
-the state file and its lock. One line per step goes to stderr; stdout stays empty. It never writes
-the state file's token and never holds the lock longer than the check takes.
+It resolves the configuration, the proxy and the TLS verification exactly like ``run`` (DESCRIPTION
+lists the steps). One line per step goes to stderr; stdout stays empty. It never writes the state
+file's token and never holds the lock longer than the check takes.
 """
 
 from __future__ import annotations
@@ -16,7 +14,8 @@ import os
 import socket
 import ssl
 import sys
-from typing import List, Optional, Tuple
+from functools import partial, partialmethod
+from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
 from kata_events import certs, keypair
@@ -37,44 +36,29 @@ logs, metrics, --name, --max-events, --max-timeout, --max-event-bytes) are accep
 so a run's command line and config file can be checked as they are, and are not listed below.
 """
 
-TCP_TIMEOUT = 5.0
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``check`` options: ``run``'s (its run-only ones accepted, not listed)."""
-    add_run_arguments(parser, show_run_only=False)
+add_arguments = partial(add_run_arguments, show_run_only=False)
 
 
 class _Report:
-    """Prints one line per step and remembers the exit code of the first failure."""
+    """Prints one line per step (``quiet``: none, for a connection made only to read a fingerprint)
+    and remembers the exit code of the first failure."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.exit_code: Optional[ExitStatus] = None
+        self.quiet = quiet
 
-    def line(self, status: str, step: str, message: str) -> None:
-        sys.stderr.write(f"{status:<6}{step}: {message}\n")
-        sys.stderr.flush()
-
-    def ok(self, step: str, message: str) -> None:
-        self.line("ok", step, message)
-
-    def warn(self, step: str, message: str) -> None:
-        self.line("warn", step, message)
-
-    def skip(self, step: str, message: str) -> None:
-        self.line("skip", step, message)
-
-    def fail(self, step: str, message: str, code: ExitStatus) -> None:
-        self.line("FAIL", step, message)
-        if self.exit_code is None:
+    def line(self, status: str, step: str, message: str, code: Optional[ExitStatus] = None) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"{status:<6}{step}: {message}\n")
+            sys.stderr.flush()
+        if code is not None and self.exit_code is None:
             self.exit_code = code
 
-
-class _Silent(_Report):
-    """A report that prints nothing: for a second connection made only to read a fingerprint."""
-
-    def line(self, status: str, step: str, message: str) -> None:
-        pass
+    ok = partialmethod(line, "ok")
+    warn = partialmethod(line, "warn")
+    skip = partialmethod(line, "skip")
+    fail = partialmethod(line, "FAIL")
 
 
 def _fp(hex_fingerprint: Optional[str]) -> str:
@@ -102,31 +86,23 @@ def _check_files(config: Config, report: _Report) -> bool:
         f"certificate {config.cert} and key {config.key} match "
         f"(certificate SHA-256 {_fp(probes.file_fingerprint(str(config.cert)))}){ca}",
     )
-    exposed = keypair.key_exposure(config.key)
-    if exposed is not None:
-        report.warn("key", exposed)
     password = key_password(config)
-    exposed = password.exposure() if password is not None else None
-    if exposed is not None:
-        report.warn("key", exposed)
+    for exposed in (keypair.key_exposure(config.key), password.exposure() if password is not None else None):
+        if exposed is not None:
+            report.warn("key", exposed)
     return True
 
 
-def _trust(config: Config) -> tls.Trust:
-    ca_file = str(config.ca_file) if config.ca_file else None
-    return tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
-
-
-def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> Optional[socket.socket]:
-    """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``; the DNS and
-    TCP steps are reported when ``report`` is given."""
-    host, port = _base_parts(base)
-    quiet = _Silent() if report is None else report
+def _open(base: str, proxy: Optional[str], report: _Report) -> Optional[socket.socket]:
+    """A TCP connection to ``base``, directly or through a CONNECT tunnel of ``proxy``, its DNS and
+    TCP steps reported."""
+    url, via = urlsplit(base), urlsplit(proxy or "")
+    host, port = url.hostname or "", url.port or 443
     if proxy is None:
-        return _connect(host, port, quiet, base)
+        return _connect(host, port, report, base)
     shown = without_credentials(proxy)
-    proxy_host, proxy_port = _base_parts(proxy, 80 if proxy.lower().startswith("http:") else 443)
-    sock = _connect(proxy_host, proxy_port, quiet, base, proxy=shown)
+    proxy_host, proxy_port = via.hostname or "", via.port or (80 if via.scheme.lower() == "http" else 443)
+    sock = _connect(proxy_host, proxy_port, report, base, proxy=shown)
     if sock is None:
         return None
     if proxy.lower().startswith("https:"):
@@ -135,7 +111,7 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=proxy_host)
         except (OSError, ssl.SSLError) as exc:
             sock.close()
-            quiet.fail(
+            report.fail(
                 f"{base} TCP",
                 f"TLS with the proxy {shown} failed: {exc}: an https:// proxy's certificate is "
                 "checked against the system's trust store; install its CA there, or point "
@@ -145,9 +121,8 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
             return None
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-    user, password = urlsplit(proxy).username, urlsplit(proxy).password
-    if user is not None:
-        token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
+    if via.username is not None:
+        token = base64.b64encode(f"{unquote(via.username)}:{unquote(via.password or '')}".encode()).decode()
         request += f"Proxy-Authorization: Basic {token}\r\n"
     try:
         sock.sendall((request + "\r\n").encode("latin-1"))
@@ -162,14 +137,14 @@ def _open(base: str, proxy: Optional[str], report: Optional[_Report] = None) -> 
     status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace").strip() or "no answer"
     if status.split(" ")[1:2] != ["200"]:
         sock.close()
-        quiet.fail(
+        report.fail(
             f"{base} TCP",
             f"the proxy {shown} refused the tunnel to {target}: {status}: check the proxy option or "
             "HTTPS_PROXY (address, credentials) and that the proxy lets this host reach the Central Node",
             ExitStatus.TEMP_FAIL,
         )
         return None
-    quiet.ok(f"{base} TCP", f"the proxy {shown} opened a tunnel to {target}")
+    report.ok(f"{base} TCP", f"the proxy {shown} opened a tunnel to {target}")
     return sock
 
 
@@ -187,27 +162,20 @@ def _connect(host: str, port: int, report: _Report, step: str, proxy: str = "") 
         return None
     addresses = sorted({info[4][0] for info in infos})
     report.ok(f"{step} DNS", f"{what}{host} resolves to {', '.join(addresses)}")
-    last: Optional[OSError] = None
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(TCP_TIMEOUT)
-        try:
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        report.ok(f"{step} TCP", f"connected to {what}{address[0]} port {port}")
-        return sock
-    reason = "timed out" if isinstance(last, socket.timeout) else str(last)
-    where, up = ("the proxy's address", "the proxy") if proxy else ("url", "the Central Node")
-    report.fail(
-        f"{step} TCP",
-        f"cannot connect to {what}{host} port {port} ({reason}): check the address and port in "
-        f"{where}, that {up} is up, and that firewalls let this host through",
-        ExitStatus.TEMP_FAIL,
-    )
-    return None
+    try:  # each address in turn; the error is the last one's
+        sock = socket.create_connection((host, port), timeout=5.0)
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else str(exc)
+        where, up = ("the proxy's address", "the proxy") if proxy else ("url", "the Central Node")
+        report.fail(
+            f"{step} TCP",
+            f"cannot connect to {what}{host} port {port} ({reason}): check the address and port in "
+            f"{where}, that {up} is up, and that firewalls let this host through",
+            ExitStatus.TEMP_FAIL,
+        )
+        return None
+    report.ok(f"{step} TCP", f"connected to {what}{sock.getpeername()[0]} port {port}")
+    return sock
 
 
 def _check_tls(
@@ -216,10 +184,12 @@ def _check_tls(
     step = f"{base} TLS"
     host = urlsplit(base).hostname or ""
     via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
+    # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
+    ca_file = str(config.ca_file) if config.ca_file else None
+    trust = tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
     try:
-        # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
         ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()
-        ctx = tls.context(_trust(config), *ours)
+        ctx = tls.context(trust, *ours)
         if isinstance(sock, ssl.SSLSocket):
             # Through an https:// proxy: the Central Node's TLS inside the proxy's, as urllib3 does.
             from urllib3.util.ssltransport import SSLTransport
@@ -230,10 +200,12 @@ def _check_tls(
             with ctx.wrap_socket(sock, server_hostname=host) as conn:
                 der = conn.getpeercert(binary_form=True) or b""
     except ssl.SSLCertVerificationError as exc:
-        server_fp = _probe_fingerprint(base, proxy)
+        # For the message only: the fingerprint over a second, unverified handshake.
+        probe = _open(base, proxy, _Report(quiet=True))
+        server_fp = None if probe is None else probes.probe_server_fingerprint(base, sock=probe)
         report.fail(
             step,
-            f"the server certificate{via} was not trusted by {_trust(config).text} "
+            f"the server certificate{via} was not trusted by {trust.text} "
             f"({exc.verify_message or exc}); its SHA-256 is "
             f"{_fp(server_fp)}: if that is the Central Node's certificate, set pin_sha256 "
             f"(--pin-sha256 {_fp(server_fp)}), or give the CA that issued it with ca_file",
@@ -266,24 +238,14 @@ def _check_tls(
             "pin_sha256 to this fingerprint or give ca_file instead",
         )
     else:
-        report.ok(
-            step, f"server certificate{via} verified (SHA-256 {_fp(server_fp)}) by {_trust(config).text}"
-        )
+        report.ok(step, f"server certificate{via} verified (SHA-256 {_fp(server_fp)}) by {trust.text}")
     return True
-
-
-def _probe_fingerprint(base: str, proxy: Optional[str]) -> Optional[str]:
-    """The server certificate's SHA-256, read over an unverified handshake: for a message only."""
-    sock = _open(base, proxy)
-    return None if sock is None else probes.probe_server_fingerprint(base, sock=sock)
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
     client = build_client(config, urls=urls, max_events=1, max_timeout=1)
-    note = "(one request, which creates a throw-away subscription; the state file is not touched)"
     try:
-        page = client.fetch(None)
-        page.close()
+        client.fetch(None).close()
     except errors.Unauthorized as exc:
         report.fail(
             "approval",
@@ -293,30 +255,29 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
             "there with these (a mistyped external_system_id looks exactly like a missing approval)",
             ExitStatus.CONFIG,
         )
-        return
     except errors.BadRequest as exc:
         what = f"the filter {config.filter!r}" if config.filter else "the request"
         report.fail("filter", f"HTTP 400: the server refused {what}: {exc.reason}", ExitStatus.CONFIG)
-        return
     except errors.Unavailable as exc:
         report.fail("approval", str(exc), ExitStatus.TEMP_FAIL)
-        return
     except (errors.ApiError, OSError) as exc:
         report.fail("approval", str(exc) or exc.__class__.__name__, ExitStatus.CONFIG)
-        return
+    else:
+        note = "(one request, which creates a throw-away subscription; the state file is not touched)"
+        report.ok("approval", f"external system {config.external_system_id} is approved {note}")
+        accepted = f"the server accepted the filter {config.filter!r}"
+        report.ok("filter", accepted if config.filter else "no filter: all events")
     finally:
         client.close()
-    report.ok("approval", f"external system {config.external_system_id} is approved {note}")
-    if config.filter:
-        report.ok("filter", f"the server accepted the filter {config.filter!r}")
-    else:
-        report.ok("filter", "no filter: all events")
 
 
 def _check_state(config: Config, report: _Report) -> None:
-    store = token_store(config)
     try:
-        store.open()
+        with token_store(config) as store:
+            for warning in store.warnings:
+                report.warn("state directory", warning)
+            stored = store.stored()
+            token, reason = store.load()
     except state.StateLocked as exc:
         who = f"pid {exc.holder_pid}" if exc.holder_pid else "pid unknown"
         report.warn(
@@ -328,33 +289,15 @@ def _check_state(config: Config, report: _Report) -> None:
     except UserError as exc:
         report.fail("state", str(exc), exc.exit_code)
         return
-    for warning in store.warnings:
-        report.warn("state directory", warning)
-    try:
-        stored = store.stored()
-        token, reason = store.load()
-    except UserError as exc:
-        report.fail("state", str(exc), exc.exit_code)
-        return
-    finally:
-        store.close()
     ready = f"{config.state_file} is writable and unlocked"
+    saved = f" saved at {stored.saved_at}" if stored is not None and stored.saved_at else ""
     if stored is None or stored.token is None:
-        report.ok("state", f"{ready}; no saved token (a new subscription starts)")
-        return
-    saved = f" saved at {stored.saved_at}" if stored.saved_at else ""
-    if token is None:
-        report.ok(
-            "state", f"{ready}; token {state.short_token(stored.token)}{saved} would be dropped: {reason}"
-        )
-        return
-    extra = f"; {reason}" if reason else ""
-    report.ok("state", f"{ready}; resumes from token {state.short_token(token)}{saved}{extra}")
-
-
-def _base_parts(base: str, default_port: int = 443) -> Tuple[str, int]:
-    parts = urlsplit(base)
-    return parts.hostname or "", parts.port or default_port
+        ready += "; no saved token (a new subscription starts)"
+    elif token is None:
+        ready += f"; token {state.short_token(stored.token)}{saved} would be dropped: {reason}"
+    else:
+        ready += f"; resumes from token {state.short_token(token)}{saved}" + (f"; {reason}" if reason else "")
+    report.ok("state", ready)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -367,8 +310,7 @@ def run(args: argparse.Namespace) -> int:
         return int(exc.exit_code)
     source = f"config file {config.config_file}" if config.config_file else "no config file"
     report.ok(
-        "configuration",
-        f"{source}; url {', '.join(config.url)}; external system {config.external_system_id}",
+        "configuration", f"{source}; url {', '.join(config.url)}; external system {config.external_system_id}"
     )
 
     files_ok = _check_files(config, report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 import tempfile
 import uuid
@@ -26,15 +27,12 @@ and stream its events to stdout exactly as `kata-events run` would. Ctrl-C stops
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--events", type=int, default=0, metavar="N", help="stop after N events (default: run until Ctrl-C)"
-    )
-    parser.add_argument(
-        "--backlog", type=int, default=20, metavar="N", help="events waiting at start (default: 20)"
-    )
-    parser.add_argument(
-        "--rate", type=float, default=2.0, metavar="R", help="new events per second (default: 2)"
-    )
+    for flag, kind, default, metavar, text in (
+        ("--events", int, 0, "N", "stop after N events (default: run until Ctrl-C)"),
+        ("--backlog", int, 20, "N", "events waiting at start (default: 20)"),
+        ("--rate", float, 2.0, "R", "new events per second (default: 2)"),
+    ):
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -47,21 +45,6 @@ def _as_emulator_event(record: logging.LogRecord) -> bool:
     """Names the built-in emulator's log records `emulator`, an event of the log catalogue."""
     record.event = "emulator"
     return True
-
-
-def _loopback_problem(port: int) -> str:
-    """Why a TCP connection to 127.0.0.1:``port`` fails ("" when it works).
-
-    The demo talks to its own emulator on loopback: where that cannot work, retrying with back-off
-    (what `run` does for a real Central Node) would only hide it.
-    """
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except OSError as exc:
-        return str(exc)
-    return ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,15 +70,18 @@ def run(args: argparse.Namespace) -> int:
             backlog=args.backlog,
             rate=args.rate,
         ) as emulator:
-            unreachable = _loopback_problem(emulator.port)
-            if unreachable:
+            # The demo talks to its own emulator on loopback: where that cannot work, retrying with
+            # back-off (what `run` does for a real Central Node) would only hide it.
+            try:
+                socket.create_connection(("127.0.0.1", emulator.port), timeout=5).close()
+            except OSError as exc:
                 raise UserError(
-                    f"demo: cannot reach its own emulator at {emulator.url} on loopback: {unreachable}: "
+                    f"demo: cannot reach its own emulator at {emulator.url} on loopback: {exc}: "
                     "the loopback interface (lo) is down or missing here (a network namespace or "
                     "container without it); bring it up (ip link set lo up) or run the demo where "
                     "127.0.0.1 works",
                     ExitStatus.UNAVAILABLE,
-                )
+                ) from None
             sys.stderr.write(
                 f"kata-events: demo: emulator at {emulator.url} (CA {emulator.ca_file}); external "
                 f"system {external_system_id}; events follow on stdout, Ctrl-C stops\n"

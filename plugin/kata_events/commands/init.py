@@ -1,12 +1,10 @@
-"""`kata-events init`: make an external system id, a key, a self-signed certificate and a config file.
+"""`kata-events init`: make an external system id, a key, a self-signed certificate and a config
+file, then say the next steps (trust, approval, check, run).
 
-Then say the next steps: trust the Central Node (check prints its fingerprint), approve the external
-system in the Central Node web interface checking the certificate fingerprint printed here, check,
-run. With ``--encrypt-key`` the key is encrypted PKCS#8 and its random passphrase sits beside it in
-``client.key.pass``, which the config names as ``key_password_file`` (for key policies that forbid
-an unencrypted private key at rest; the passphrase file can then be moved to a systemd credential).
-It never overwrites an existing file unless asked, writes keys and passphrases with mode 0600, never
-prints a passphrase, and prints on stderr (stdout belongs to events).
+``--encrypt-key`` is for key policies that forbid an unencrypted private key at rest (the passphrase
+file can then be moved to a systemd credential). It never overwrites an existing file unless asked,
+writes keys and passphrases with mode 0600, never prints a passphrase, and prints on stderr (stdout
+belongs to events).
 """
 
 from __future__ import annotations
@@ -78,11 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from kata_events import certs  # cryptography: only this command needs it
 
     directory = Path(args.dir).expanduser()
-    names = {
-        "cert": directory / "client.crt",
-        "key": directory / "client.key",
-        "config": directory / "config.toml",
-    }
+    names = dict(
+        cert=directory / "client.crt", key=directory / "client.key", config=directory / "config.toml"
+    )
     if args.encrypt_key:
         names["key_password"] = directory / "client.key.pass"
     existing = [str(p) for p in names.values() if p.exists()]

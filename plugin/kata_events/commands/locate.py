@@ -1,10 +1,9 @@
 """Where a run keeps its files, for the commands that only read or move them (`status`, `state`).
 
-These commands take ``--config`` and ``--state-file`` as ``run`` does, and resolve the state file
-the same way (flag > ``KATA_EVENTS_*`` variable > config file > the default under the state
-directory, named after the external system id), without asking for the certificate, the key or
-the URL: they never touch the network. The files next to the state file are named here too.
-This module never writes, never logs and never touches the network.
+The state file is resolved as ``run`` does (flag > ``KATA_EVENTS_*`` variable > config file > the
+default named after the external system id), without asking for the certificate, the key or the
+URL; the files next to it are named here too. This module never writes, never logs and never
+touches the network.
 """
 
 from __future__ import annotations
@@ -27,26 +26,22 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
     ``several`` (``status``): ``--config`` is repeatable and may name a directory of
     configurations; ``args.config`` is then a list.
     """
-    if several:
-        parser.add_argument(
-            opts.CONFIG_FLAG,
-            dest="config",
-            metavar="FILE|DIR",
-            action="append",
-            help="The TOML file of the run (only name, url, state_file and external_system_id are "
-            "read from it; the lag thresholds and --format are flags only). Repeatable, one per "
-            "node: each is evaluated and one line sums them up. A "
-            "directory stands for every DIR/<node>/config.toml and DIR/*.toml in it. Env: "
-            f"{opts.CONFIG_ENV}.",
-        )
-    else:
-        parser.add_argument(
-            opts.CONFIG_FLAG,
-            dest="config",
-            metavar="FILE",
-            help="The TOML file of the run (only state_file and external_system_id are read from it; "
-            f"the other options here are flags only). Env: {opts.CONFIG_ENV}.",
-        )
+    text = (
+        "The TOML file of the run (only name, url, state_file and external_system_id are read from it; "
+        "the lag thresholds and --format are flags only). Repeatable, one per node: each is evaluated "
+        "and one line sums them up. A directory stands for every DIR/<node>/config.toml and DIR/*.toml "
+        "in it."
+        if several
+        else "The TOML file of the run (only state_file and external_system_id are read from it; the "
+        "other options here are flags only)."
+    )
+    parser.add_argument(
+        opts.CONFIG_FLAG,
+        dest="config",
+        metavar="FILE|DIR" if several else "FILE",
+        action="append" if several else "store",
+        help=f"{text} Env: {opts.CONFIG_ENV}.",
+    )
     for name in ("state_file", "external_system_id"):
         option = opts.BY_NAME[name]
         parser.add_argument(
@@ -81,11 +76,8 @@ class RunFiles:
 
 
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:
-    """The run's files from the flags, the environment and the config file.
-
-    Raises `UserError`: 66 for a config file that cannot be read, 78 when nothing names the state
-    file (neither state_file nor external_system_id anywhere).
-    """
+    """The run's files from the flags, the environment and the config file (`UserError` 66 for a
+    config file that cannot be read)."""
     values = {}
     config_file = config_path(args, environ)
     if config_file is not None:

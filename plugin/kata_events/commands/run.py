@@ -10,25 +10,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from types import FrameType
 from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
 from kata_events.commands.locate import RunFiles
-from kata_events.config import (
-    Config,
-    describe,
-    load_run_config,
-    requested_log_format,
-    requested_name,
-)
+from kata_events.config import Config, describe, load_run_config, requested_log_format, requested_name
 from kata_events.delivery.acks import choose_ack_mode
 from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
-from kata_events.key_password import KeyPassword
-from kata_events.key_password import from_settings as key_password_source
+from kata_events.key_password import KeyPassword, from_settings
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.source.api import EventsClient
@@ -50,13 +42,13 @@ LOGS_USAGE_ERROR = True
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``run`` options, all declared in `kata_events.options`."""
-    add_run_arguments(parser)
+add_arguments = add_run_arguments
+
+#: The client's arguments that are the configuration's values as they are.
+_AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout", "filter", "max_event_bytes")
 
 
 def token_store(config: Config) -> TokenStore:
-    """The (not yet opened) token store of a resolved configuration."""
     return TokenStore(
         config.state_file,
         url=config.url[0],
@@ -67,32 +59,18 @@ def token_store(config: Config) -> TokenStore:
 
 def key_password(config: Config) -> Optional[KeyPassword]:
     """Where the passphrase of an encrypted key comes from (file, variable, systemd credential)."""
-    return key_password_source(config.key_password_file, config.key_password, os.environ)
+    return from_settings(config.key_password_file, config.key_password, os.environ)
 
 
 def build_client(config: Config, **overrides: Any) -> EventsClient:
     """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
-    arguments: Dict[str, Any] = dict(
-        urls=list(config.url),
-        external_system_id=config.external_system_id,
-        cert=str(config.cert),
-        key=str(config.key),
-        ca_file=str(config.ca_file) if config.ca_file else None,
-        pin_sha256=config.pin_sha256 or None,
-        insecure=config.insecure,
-        proxy=config.proxy,
-        max_events=config.max_events,
-        max_timeout=config.max_timeout,
-        filter=config.filter,
-        max_event_bytes=config.max_event_bytes,
-        key_password=key_password(config),
-    )
-    arguments.update(overrides)
-    return EventsClient(**arguments)
+    arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
+    arguments.update(urls=list(config.url), cert=str(config.cert), key=str(config.key))
+    arguments.update(ca_file=config.ca_file and str(config.ca_file), pin_sha256=config.pin_sha256 or None)
+    return EventsClient(**{**arguments, "key_password": key_password(config), **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``kata-events run``; returns the exit code."""
     try:
         config = load_run_config(args, os.environ)
     except UserError as exc:
@@ -108,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return run_config(config)
 
 
-def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = None) -> int:
+def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format, node=config.name)
     stop = Stop()
@@ -138,13 +116,12 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
-    exposed = keypair.key_exposure(config.key)
-    if exposed is not None:
-        logs.emit("key_permissions", exposed, key=str(config.key), fix=f"chmod 600 {config.key}")
-    exposed = client.key_password.exposure() if client.key_password is not None else None
-    if exposed is not None:
-        path = client.key_password.path
-        logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
+    exposures = [(config.key, keypair.key_exposure(config.key))]
+    if client.key_password is not None:
+        exposures.append((client.key_password.path, client.key_password.exposure()))
+    for path, exposed in exposures:
+        if exposed is not None:
+            logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
@@ -159,15 +136,11 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
     for warning in store.warnings:
         logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
-        ack_options = {}
+        acks: Dict[str, Any] = {}
         if mode == "lines":
-            ack_options = dict(
-                max_unacked=config.max_unacked,
-                ack_timeout=config.ack_timeout,
-                already_read=already_read,
-                started=config.ack == "auto",
-            )
-        writer = LineWriter(stdout_fd)
+            acks = {name: getattr(config, name) for name in ("max_unacked", "ack_timeout")}
+            acks.update(already_read=already_read, started=config.ack == "auto")
+        writer = LineWriter()
         writer.on_oversize = _oversize_warning
         fragment = writer.mend_torn_tail()
         if fragment:
@@ -186,7 +159,7 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             config.settle_time,
             stop,
             config.settle_lines,
-            **ack_options,
+            **acks,
         )
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         health = Health(RunFiles(config.state_file).status, config.max_timeout)
@@ -203,14 +176,43 @@ def run_config(config: Config, stdout_fd: int = 1, stop_after: Optional[int] = N
             stop_after=stop_after,
             stop=stop,
         )
-        metrics = start_metrics(config, runner)
-        if metrics is False:
-            return int(ExitStatus.CONFIG)
-        _install_signal_handlers(stop)
+        metrics = None
+        if config.metrics_file is not None or config.metrics_listen:
+            from kata_events.metrics import Metrics  # prometheus_client: only when metrics are asked for
+
+            metrics = Metrics(
+                runner.reports.snapshot,
+                config.metrics_file,
+                config.metrics_listen,
+                interval=config.stats_interval or 60,
+                on_error=lambda message: logs.emit("metrics_failed", message, level="WARNING"),
+                labels={"node": config.name, "external_system_id": config.external_system_id},
+            )
+            try:
+                metrics.start()
+            except OSError as exc:
+                logs.emit(
+                    "fatal",
+                    f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; choose a free "
+                    "port with metrics_listen (--metrics-listen), or leave it unset",
+                    exit_code=int(ExitStatus.CONFIG),
+                    reason="metrics_listen",
+                )
+                return int(ExitStatus.CONFIG)
+        # The handler only records (`Stop.ask`). SIGHUP is a stop like the others (a closed terminal,
+        # supervisors that stop with it): its default action would kill the process with no stop
+        # line and exit 129.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, lambda signum, frame: stop.ask(signal.Signals(signum).name))
         try:
             return runner.run()
         finally:
-            _restore_signal_handlers()
+            # Stops are ignored while the process ends: the outcome and exit code are settled by now,
+            # and shippers commonly stop their child twice (rsyslog's improg writes STOP then sends
+            # SIGTERM): a SIGTERM landing in the last milliseconds would otherwise kill the process
+            # with the default action and turn a clean exit into "killed by signal 15".
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
             if metrics:
                 metrics.close()
     finally:
@@ -226,61 +228,3 @@ def _oversize_warning(length: int, capacity: int) -> None:
         bytes=length,
         pipe_bytes=capacity,
     )
-
-
-def start_metrics(config: Config, runner: Runner) -> Any:
-    """The run's `Metrics` when metrics_file or metrics_listen asks for them (None otherwise);
-    False, after a fatal line, when the listen address cannot be bound."""
-    if config.metrics_file is None and not config.metrics_listen:
-        return None
-    from kata_events.metrics import Metrics  # prometheus_client: only when metrics are asked for
-
-    def failed(message: str) -> None:
-        logs.emit("metrics_failed", message, level="WARNING")
-
-    metrics = Metrics(
-        runner.reports.snapshot,
-        config.metrics_file,
-        config.metrics_listen,
-        interval=config.stats_interval or 60,
-        on_error=failed,
-        labels={"node": config.name, "external_system_id": config.external_system_id},
-    )
-    try:
-        metrics.start()
-    except OSError as exc:
-        logs.emit(
-            "fatal",
-            f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; choose a free "
-            "port with metrics_listen (--metrics-listen), or leave it unset",
-            exit_code=int(ExitStatus.CONFIG),
-            reason="metrics_listen",
-        )
-        return False
-    return metrics
-
-
-def _install_signal_handlers(stop: Stop) -> None:
-    """SIGTERM/SIGINT/SIGHUP ask the run to stop; the handler only records (`Stop.ask`).
-
-    SIGHUP is a stop like the others (a closed terminal, supervisors that stop with it): its default
-    action would kill the process with no stop line and exit 129.
-    """
-
-    def handler(signum: int, frame: Optional[FrameType]) -> None:
-        stop.ask(signal.Signals(signum).name)
-
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-
-
-def _restore_signal_handlers() -> None:
-    """Ignore stops while the process ends.
-
-    The run's outcome and exit code are settled by now, and shippers commonly stop their child
-    twice (rsyslog's improg writes STOP then sends SIGTERM): a SIGTERM landing in the last
-    milliseconds would otherwise kill the process with the default action and turn a clean exit
-    into "killed by signal 15".
-    """
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)

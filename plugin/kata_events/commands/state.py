@@ -1,24 +1,20 @@
-"""`kata-events state show|reset`: look at a run's state file, or move it aside.
+"""`kata-events state show|reset`: look at a run's state file, or move it aside (SHOW and RESET
+below say what each prints or moves).
 
-``show`` prints what the state file holds — Central Node, external system id, filter, the token's
-first characters and age, how far delivery went inside the page after it — on stdout, never the
-whole token (it reads the events of the subscription with the client certificate). It takes no
-lock and is safe beside a running run.
-
-``reset`` takes the state file's lock (so it is refused, exit 75, while a run holds it), then
-renames the state file and its companions (progress record, status record) to timestamped
-backups next to them, so the next run starts a new subscription; a backup can be renamed back.
+``show`` never prints the whole token (it reads the events of the subscription with the client
+certificate), takes no lock and is safe beside a running run. ``reset`` takes the state file's lock
+(so it is refused while a run holds it) and only renames: a backup can be renamed back.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.exits import ExitStatus, UserError
@@ -43,9 +39,7 @@ class _ActionHelp(argparse.Action):
     def __init__(self, option_strings: List[str], dest: str, **kwargs: Any) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def __call__(
-        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
-    ) -> None:
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Any, *_: Any) -> None:
         action = getattr(namespace, "action", None)
         if action in ("show", "reset"):
             parser = argparse.ArgumentParser(
@@ -77,16 +71,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, None)
 
 
-def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str, Any]]:
-    """What ``show`` prints, as a dict; None when there is no state file. Raises `StateError`."""
+def _show(files: RunFiles, fmt: str) -> int:
     from kata_events.commands.status import running_pid
     from kata_events.state.reading import parse_stamp
     from kata_events.state.store import TokenStore, short_token
 
-    now = time.time() if now is None else now
     sub = TokenStore(files.state, url="", external_system_id="").stored()
+    pid = running_pid(files)
     if sub is None:
-        return None
+        why = (
+            f" yet: a run (pid {pid}) holds its lock and has not committed a token yet (it is "
+            "connecting, waiting for approval or retrying: see its log, or `kata-events status`); "
+            "show it again after its first page"
+            if pid
+            else ": no run has committed there yet (or --config / --state-file point elsewhere)"
+        )
+        raise UserError(f"no state file at {files.state}{why}", ExitStatus.NO_INPUT)
     saved = parse_stamp(sub.saved_at)
     delivered = 0
     if sub.token is not None:
@@ -97,7 +97,7 @@ def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str,
         point, _ = own.resume_point() if token is not None else (None, [])
         if point is not None and point.token == sub.token:
             delivered = point.events
-    return {
+    info = {
         "state_file": str(files.state),
         "url": sub.url or None,
         "external_system_id": sub.external_system_id or None,
@@ -105,30 +105,10 @@ def describe(files: RunFiles, now: Optional[float] = None) -> Optional[Dict[str,
         "token": short_token(sub.token) if sub.token else None,
         "token_length": len(sub.token) if sub.token else 0,
         "saved_at": sub.saved_at or None,
-        "token_age_seconds": None if saved is None else round(now - saved, 1),
+        "token_age_seconds": None if saved is None else round(time.time() - saved, 1),
         "delivered_in_page": delivered,
-        "running_pid": running_pid(files),
+        "running_pid": pid,
     }
-
-
-def _show(files: RunFiles, fmt: str) -> int:
-    info = describe(files)
-    if info is None:
-        from kata_events.commands.status import running_pid
-
-        pid = running_pid(files)
-        if pid:
-            raise UserError(
-                f"no state file at {files.state} yet: a run (pid {pid}) holds its lock and has not "
-                "committed a token yet (it is connecting, waiting for approval or retrying: see its "
-                "log, or `kata-events status`); show it again after its first page",
-                ExitStatus.NO_INPUT,
-            )
-        raise UserError(
-            f"no state file at {files.state}: no run has committed there yet (or --config / "
-            "--state-file point elsewhere)",
-            ExitStatus.NO_INPUT,
-        )
     if fmt == "json":
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
         return 0
@@ -143,11 +123,10 @@ def _show(files: RunFiles, fmt: str) -> int:
         lines.append("token:               none (the next run starts a new subscription)")
     else:
         when = f", saved at {info['saved_at']} ({age / 60:.0f} min ago)" if age is not None else ""
-        lines.append(f"token:               {info['token']} ({info['token_length']} characters){when}")
-        lines.append(
-            f"progress in page:    {info['delivered_in_page']} events of the answer to that token delivered"
-        )
-    pid = info["running_pid"]
+        lines += [
+            f"token:               {info['token']} ({info['token_length']} characters){when}",
+            f"progress in page:    {info['delivered_in_page']} events of the answer to that token delivered",
+        ]
     lines.append(f"run:                 {'running, pid ' + str(pid) if pid else 'not running'}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
@@ -156,15 +135,33 @@ def _show(files: RunFiles, fmt: str) -> int:
 def _reset(files: RunFiles) -> int:
     from kata_events.state.store import StateLocked, TokenStore
 
-    store = TokenStore(files.state, url="", external_system_id="")
     if not files.state.exists():
         sys.stderr.write(
             f"kata-events: no state file at {files.state}: nothing to reset (the next run starts a "
             "new subscription anyway)\n"
         )
         return 0
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved: List[str] = []
     try:
-        store.open()
+        with TokenStore(files.state, url="", external_system_id=""):  # the lock, while files move
+            for path in (files.state, files.progress, files.status):
+                free = backup = path.with_name(f"{path.name}.{stamp}.bak")
+                for n in itertools.count(1):  # a reset in the same second made that name already
+                    if not backup.exists():
+                        break
+                    backup = free.with_name(f"{free.name}.{n}")
+                try:
+                    os.rename(path, backup)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise UserError(
+                        f"cannot move {path} aside: {exc.strerror or exc}; fix the permissions of "
+                        f"{path.parent}",
+                        ExitStatus.CANT_CREATE,
+                    ) from None
+                moved.append(f"{path} -> {backup}")
     except StateLocked as exc:
         who = f"process {exc.holder_pid}" if exc.holder_pid else "another process"
         raise UserError(
@@ -172,37 +169,11 @@ def _reset(files: RunFiles) -> int:
             "or the shipper that starts it), then reset",
             ExitStatus.TEMP_FAIL,
         ) from None
-    try:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        moved: List[str] = []
-        for path in (files.state, files.progress, files.status):
-            backup = _free_name(path.with_name(f"{path.name}.{stamp}.bak"))
-            try:
-                os.rename(path, backup)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise UserError(
-                    f"cannot move {path} aside: {exc.strerror or exc}; fix the permissions of {path.parent}",
-                    ExitStatus.CANT_CREATE,
-                ) from None
-            moved.append(f"{path} -> {backup}")
-    finally:
-        store.close()
     sys.stderr.write(
         "kata-events: moved " + "; ".join(moved) + ". The next run starts a new subscription; to "
         "undo, rename the backups back before it starts\n"
     )
     return 0
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``path`` with ``.1``, ``.2``... when a reset in the same second made it already."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}.{n}")
-    return candidate
 
 
 def run(args: argparse.Namespace) -> int:
