@@ -22,8 +22,6 @@ from kata_events.exits import ExitStatus, UserError
 
 #: The name of the systemd credential looked for in ``$CREDENTIALS_DIRECTORY``.
 CREDENTIAL_NAME = "key-password"
-#: The variable that carries the passphrase itself (containers, where a file is awkward).
-VARIABLE = "KATA_EVENTS_KEY_PASSWORD"
 
 #: How to give a passphrase, for messages.
 HOW = (
@@ -50,19 +48,10 @@ class Secret:
 
     __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
 
 class KeyPassword:
-    """Where the key's passphrase comes from; calling it reads the passphrase (bytes).
-
-    ``path`` is the file it is read from (None for the variable), so that a change to it counts as
-    new TLS files.
-    """
+    """Where the key's passphrase comes from (``path``: its file, whose change counts as new TLS
+    files; None for the variable); calling it reads the passphrase (bytes)."""
 
     def __init__(self, origin: str, path: Optional[Path] = None, value: Optional[Secret] = None) -> None:
         self.origin = origin
@@ -95,13 +84,7 @@ class KeyPassword:
         can (or the passphrase is not in a file)."""
         if self.path is None:
             return None
-        who = keypair.readable_by_others(self.path)
-        if who is None:
-            return None
-        return (
-            f"the key's passphrase file {self.path} is accessible by {who}: it "
-            f"unlocks the encrypted key; fix it with chmod 600 {self.path}"
-        )
+        return keypair.key_exposure(self.path, "the key's passphrase file", "it unlocks the encrypted key")
 
     def __repr__(self) -> str:
         return f"KeyPassword({self.origin})"
@@ -114,7 +97,7 @@ def from_settings(
     if key_password_file is not None:
         return KeyPassword(f"key_password_file {key_password_file}", key_password_file)
     if key_password is not None:
-        return KeyPassword(f"the variable {VARIABLE}", value=key_password)
+        return KeyPassword("the variable KATA_EVENTS_KEY_PASSWORD", value=key_password)
     directory = environ.get("CREDENTIALS_DIRECTORY")
     if directory:
         path = Path(directory) / CREDENTIAL_NAME

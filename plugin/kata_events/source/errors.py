@@ -24,12 +24,11 @@ class SubscriptionLost(ApiError):
 
 class TokenRefused(ApiError):
     """The server refused a request carrying our continuation token: HTTP 414 (too long), 400, or 404
-    without "Subscription not found". ``status`` and the server's ``reason`` say which."""
+    without "Subscription not found", as ``status`` says."""
 
-    def __init__(self, message: str, status: int, reason: str) -> None:
+    def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
         self.status = status
-        self.reason = reason
 
 
 class BadRequest(ApiError):

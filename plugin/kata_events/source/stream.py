@@ -2,30 +2,23 @@
 
 The Central Node answers ``{"events":[{...},{...}],"continuationToken":"..."}`` (keys in any order,
 unknown keys possible, any JSON whitespace), up to ~140 MB per page. ``PageSplitter`` takes the body
-in chunks of any size and hands back each element of ``events`` as the server's own bytes, ready to
-be written as one NDJSON line, without building Python objects per event. It owns only bytes and
-counters: it never touches sockets, files or stdout, and never logs.
+in chunks of any size and hands back each element of ``events`` as the server's own bytes, one NDJSON
+line each, without building Python objects per event. It owns only bytes and counters: it never
+touches sockets, files or stdout, and never logs.
 
-How: the events array is split by msgspec, a JSON decoder written in C. At each chunk the unsplit
-bytes (the window) start at an event; the last ``},{`` (whitespace allowed around the comma) is a
-candidate cut, and ``[`` + window-up-to-the-cut + ``]`` is decoded as ``list[msgspec.Raw]``, which
-validates the JSON and returns each element's bytes without building objects. Success proves the cut
-lies between two top-level events: a cut inside a string leaves it unterminated, a cut inside a
-nested value leaves brackets open, and either fails to decode. On such a failure an earlier
-candidate is tried. When that does not settle the window (one event larger than the chunk, a raw
-control byte, a fault), a small incremental scanner finds where the next value ends (strings and
-bracket depth only, resumable across chunks, so a 10 MB event in 256 KB chunks is scanned once) and
-that one event is validated alone. The envelope around the array (keys, ``:``, ``,``, the other
-top-level values) is walked by a small state machine; its values are parsed with ``json`` at
-``close()``.
-
-What each event is checked for, and when it is rewritten: `kata_events.source.event_json`.
+How: at each chunk the unsplit bytes (the window) start at an event; the last ``},{`` is a candidate
+cut, and ``[`` + window-up-to-the-cut + ``]`` is decoded by msgspec (C) as ``list[msgspec.Raw]``,
+which validates without building objects. Success proves the cut lies between two top-level events
+(a cut inside a string or a nested value fails to decode); on failure an earlier candidate is tried.
+When that does not settle the window (one event larger than the chunk, a raw control byte, a fault),
+a resumable scanner (strings and bracket depth only) finds where the next value ends, and that event
+is validated alone. The envelope around the array is walked by a small state machine; its values are
+parsed with ``json`` at ``close()``. What each event is checked for: `event_json`.
 
 Memory is bounded by the chunk and the largest event accepted: an event larger than
-``max_event_bytes``, or nested deeper than the decoder's recursion limit, is skipped: its bytes are
-dropped as they are scanned and it is recorded in ``skipped`` for the caller to report. One broken
-event must not wedge the stream: the page is still well formed and its token can be committed. A
-top-level value other than ``events`` larger than the cap makes the body malformed. Whitespace is
+``max_event_bytes``, or nested deeper than the decoder's recursion limit, is skipped (recorded in
+``skipped``): one broken event must not wedge the stream, the page's token can still be committed.
+A top-level value other than ``events`` larger than the cap makes the body malformed. Whitespace is
 consumed as it comes, so a body of endless whitespace holds nothing.
 """
 
