@@ -41,13 +41,8 @@ class Trust:
     @property
     def text(self) -> str:
         """For the start log and messages: what verified the server."""
-        if self.kind == "pin_sha256":
-            return f"pin_sha256 {self.pin}"
-        if self.kind == "insecure":
-            return "nothing (insecure = true)"
-        if self.kind == "system":
-            return "the system's trust store"
-        return f"{self.kind} {self.path}"
+        fixed = {"insecure": "nothing (insecure = true)", "system": "the system's trust store"}
+        return fixed.get(self.kind, f"{self.kind} {self.pin or self.path}")
 
 
 def choose_trust(
@@ -83,11 +78,9 @@ def context(
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
+        where = "capath" if trust.path and os.path.isdir(trust.path) else "cafile"
         try:
-            if trust.path and os.path.isdir(trust.path):
-                ctx = ssl.create_default_context(capath=trust.path)
-            else:
-                ctx = ssl.create_default_context(cafile=trust.path)
+            ctx = ssl.create_default_context(**{where: trust.path})
         except (OSError, ssl.SSLError) as exc:
             what = "CA file" if trust.kind == "ca_file" else f"CA bundle {trust.kind}"
             raise TlsVerifyFailed(
