@@ -148,9 +148,8 @@ class EventsClient:
         self._connected = False
         self._aborted = False
         self._requester: Optional[_Requester] = None
-        self._transport = transport.Transport(
-            {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"},
-            self._watch,
+        self._session = transport.session(
+            {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
         )
 
     @property
@@ -241,7 +240,14 @@ class EventsClient:
         shown = without_credentials(proxy or "")
         cannot = f"cannot connect to {base}" + (f" through the proxy {shown}" if proxy else "")
         try:
-            return self._transport.get(url, params, (CONNECT_TIMEOUT, read_timeout), proxy)
+            return self._session.get(
+                url,
+                params=params,
+                timeout=(CONNECT_TIMEOUT, read_timeout),
+                stream=True,  # the body is read by the page, as it comes
+                allow_redirects=False,
+                proxies={"https": proxy} if proxy else {},
+            )
         except requests.ReadTimeout:
             if not self._connected:  # urllib3 counts a handshake that does not end as a read timeout
                 raise _Unreachable(f"{cannot}: the TLS handshake timed out") from None
@@ -275,7 +281,7 @@ class EventsClient:
                 raise TlsVerifyFailed(
                     f"the server at {base} was not trusted: fingerprints did not match (pinned "
                     f"{self.pin_sha256}, the server's certificate has {seen})",
-                    seen,
+                    server_fingerprint=seen,
                 )
             words = transport.own_words(cause)
             if isinstance(cause, ssl.SSLCertVerificationError):
@@ -285,7 +291,8 @@ class EventsClient:
                     else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password)
                 )
                 raise TlsVerifyFailed(
-                    f"the server at {base} was not trusted ({self.trust.text}): {words}", seen
+                    f"the server at {base} was not trusted ({self.trust.text}): {words}",
+                    server_fingerprint=seen,
                 )
             if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
                 # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP
@@ -331,7 +338,7 @@ class EventsClient:
             return
         self._context, self._context_stamp = ctx, stamp
         self.tls_files_problem = None
-        self._transport.mount(ctx, self.pin_sha256)
+        transport.mount(self._session, ctx, self.pin_sha256, self._watch)
 
     def _check_status(
         self, response: requests.Response, base: str, token: Optional[str], limit: float
@@ -357,7 +364,7 @@ class EventsClient:
             raise TokenRefused(
                 f"HTTP {status} from {base} for the request carrying the continuation token "
                 f"({len(token)} characters): {said}",
-                status,
+                status=status,
             )
         if status == 400:
             raise BadRequest(text or "HTTP 400 with an empty body")
@@ -366,17 +373,17 @@ class EventsClient:
         if status == 429 or status >= 500:
             raise Unavailable(
                 f"HTTP {status} from {base}: {said}",
-                retry_after_seconds(response.headers.get("Retry-After")),
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                 reason="http_error",
             )
-        raise BadResponse(f"unexpected HTTP {status} from {base}", text)
+        raise BadResponse(f"unexpected HTTP {status} from {base}", excerpt=text)
 
     def close(self) -> None:
         if self._requester is not None:
             self._requester.retire()
             self._requester = None
         self._active = None
-        self._transport.close()
+        self._session.close()
 
     def abort(self) -> None:
         """Cut the connection from another thread, so a blocked long poll returns at once."""

@@ -32,27 +32,21 @@ _EVENTS = msgspec.json.Decoder(List[msgspec.Raw])
 decode_one = msgspec.json.Decoder(msgspec.Raw).decode
 
 
-def has_control(event: bytes) -> bool:
-    """Whether ``event`` holds a raw byte below 0x20 (inside a string: not strict JSON)."""
-    return _CONTROL(event) is not None
-
-
-def compact(event: bytes) -> bytes:
-    """A pretty-printed event on one line, every token kept byte for byte."""
-    return msgspec.json.format(event, indent=-1)
-
-
 def reject_constant(name: str) -> NoReturn:
     """For ``json.loads``'s ``parse_constant``: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
 def reencode_event(raw: bytes) -> bytes:
-    """``raw`` (one JSON object) as compact one-line JSON, keys and values kept, non-ASCII kept.
+    """``raw`` (one JSON object that msgspec refused) if Python's decoder takes it as it is (a lone
+    surrogate escape), or as compact one-line JSON if it holds raw control bytes in strings, keys and
+    values kept, non-ASCII kept.
 
     Raises ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep.
     """
     obj = json.loads(raw, strict=False, parse_constant=reject_constant)
+    if _CONTROL(raw) is None:
+        return raw
     try:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:

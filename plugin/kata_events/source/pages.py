@@ -45,10 +45,7 @@ ENVELOPE_SCHEMA: Dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "Events API answer envelope",
     "type": "object",
-    "properties": {
-        "continuationToken": {"type": "string", "minLength": 1},
-        "events": {"type": "array"},
-    },
+    "properties": {"continuationToken": {"type": "string", "minLength": 1}, "events": {"type": "array"}},
     "required": ["continuationToken", "events"],
 }
 _envelope_validator: Any = None
@@ -99,22 +96,18 @@ def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any
 class _ReadAhead:
     """Reads and splits a body in a thread, a few chunks ahead of the caller.
 
-    The caller writes and hashes the previous chunk's events (without the GIL, in C) while this
-    thread reads the next one (socket and TLS work, also without the GIL) and splits it: the three
-    overlap on two cores instead of running one after the other, and the server's sending never
-    waits on our splitting. At most ``depth`` items wait in the queue: ``(events, skipped)`` per
-    chunk, then ``None`` at the end of the body. A failure (the connection's, or the splitter's
-    `MalformedBody`) is handed over, for the caller to raise.
+    The caller writes the previous chunk's events (in C, without the GIL) while this thread reads
+    (socket and TLS work, also without the GIL) and splits the next: they overlap on two cores, and
+    the server's sending never waits on our splitting. The queue holds ``(events, skipped)`` per
+    chunk, then ``None`` at the end of the body, or a failure for the caller to raise.
     """
 
-    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool, depth: int = 2) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(depth)
+    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool) -> None:
+        self.queue: queue.Queue[Any] = queue.Queue(2)
         self._closed = threading.Event()
         self._splitter = splitter
-        #: Bytes of the body read so far.
         self.bytes_read = 0
-        #: Set once the reading thread has stopped reading (end of body, or a failure).
-        self.done = threading.Event()
+        self.done = threading.Event()  # set once the thread has stopped reading (end, or a failure)
         threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
 
     def _read(self, raw: Any, decode: bool) -> None:
@@ -220,7 +213,7 @@ class Page:
                 if events:
                     yield events
         except MalformedBody as exc:
-            raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
+            raise BadResponse(f"the page is not valid JSON: {exc}", excerpt=exc.excerpt) from None
         except Abandoned as exc:
             raise abandoned(self.base_url, exc) from None
         except CONNECTION_ERRORS as exc:
@@ -237,12 +230,14 @@ class Page:
         try:
             envelope = self._splitter.close()
         except MalformedBody as exc:
-            raise BadResponse(f"the page is incomplete or not valid JSON: {exc}", exc.excerpt) from None
+            raise BadResponse(
+                f"the page is incomplete or not valid JSON: {exc}", excerpt=exc.excerpt
+            ) from None
         problem = envelope_problem(envelope)
         if problem:
             raise BadResponse(
                 f"the page does not look like an Events API response ({problem})",
-                excerpt(repr(envelope).encode()),
+                excerpt=excerpt(repr(envelope).encode()),
             )
         token = envelope["continuationToken"]
         problem = token_problem(token)
@@ -250,7 +245,7 @@ class Page:
             # Saved, it would make every later request fail, across restarts too.
             raise BadResponse(
                 f"the page's continuationToken is not one a server would send: {problem}",
-                excerpt(token.encode("utf-8", "replace"), 60),
+                excerpt=excerpt(token.encode("utf-8", "replace"), 60),
             )
         return token
 

@@ -35,10 +35,8 @@ import msgspec
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source.event_json import (
     WHITESPACE,
-    compact,
     decode_one,
     error_byte,
-    has_control,
     last_cut,
     reencode_event,
     reject_constant,
@@ -61,17 +59,11 @@ _IN_STRING = re.compile(_STRING_REST, re.S).match
 _OUTSIDE = re.compile(rb'[^"{}\[\]]*(?:"' + _STRING_REST + rb'"[^"{}\[\]]*)*', re.S).match
 _FIRST = operator.itemgetter(0)
 _OBJECT = {_LBRACE}
-# Parser states (the envelope and the events array).
-_S_BEGIN = 0  # before the top-level "{"
-_S_KEY_OR_END = 1  # after "{": a key or "}"
-_S_KEY = 2  # after ",": a key
-_S_COLON = 3
-_S_VALUE = 4
-_S_COMMA_OR_END = 5  # after a top-level value: "," or "}"
-_S_ELEM_OR_END = 6  # after "[": an event or "]"
-_S_ELEM = 7  # after "," in the array: an event
-_S_AFTER_ELEM = 8  # after an event: "," or "]"
-_S_DONE = 9  # after the closing "}": whitespace only
+# Parser states: before the top-level "{"; after "{" (a key or "}"); after "," (a key); before ":";
+# before a value; after a top-level value ("," or "}"); after "[" (an event or "]"); after "," in the
+# array (an event); after an event ("," or "]"); after the closing "}" (whitespace only).
+_S_BEGIN, _S_KEY_OR_END, _S_KEY, _S_COLON, _S_VALUE = range(5)
+_S_COMMA_OR_END, _S_ELEM_OR_END, _S_ELEM, _S_AFTER_ELEM, _S_DONE = range(5, 10)
 
 # The states where one punctuation byte is expected: the state each one leads to, and the problem
 # when another byte stands there.
@@ -87,18 +79,13 @@ _FOR_EVENT, _FOR_KEY, _FOR_VALUE = 0, 1, 2
 
 
 class MalformedBody(ValueError):
-    """The body is not a complete JSON object of the expected shape.
-
-    ``excerpt`` is a short printable excerpt (at most 200 characters) around the problem, ``offset``
-    the byte offset in the body where it was found (``None`` when it is the end of the body).
-    """
+    """The body is not a complete JSON object of the expected shape, at byte ``offset`` of the body
+    (None: its end); ``excerpt`` is a short printable excerpt (at most 200 characters) around it."""
 
     def __init__(self, message: str, excerpt: str = "", offset: Optional[int] = None) -> None:
         where = "end of body" if offset is None else f"byte {offset}"
         super().__init__(f"{message} (at {where}: {excerpt!r})" if excerpt else f"{message} (at {where})")
-        self.reason = message
         self.excerpt = excerpt
-        self.offset = offset
 
 
 @dataclass(frozen=True)
@@ -144,8 +131,6 @@ class PageSplitter:
         self._skip_from = -1  # body offset of the oversized event being skipped
         self._bulk_from = 0  # body offset before which the bulk path is not tried again
 
-    # -- public -------------------------------------------------------------------------------
-
     def feed(self, chunk: bytes) -> List[bytes]:
         """Consume the next chunk; return the events it completed, in order.
 
@@ -168,7 +153,7 @@ class PageSplitter:
             raise
         finally:
             self.event_count += len(out)
-            drop = self._pos - 1  # one byte is kept before the next event: `_split_window` uses it
+            drop = self._pos - 1  # one byte is kept before the next event: `split_window` uses it
             if drop > 0:
                 del self._buf[:drop]
                 self._off += drop
@@ -200,8 +185,6 @@ class PageSplitter:
                 self._error = MalformedBody(message, _printable(raw))
                 raise self._error from None
         return envelope
-
-    # -- machinery ----------------------------------------------------------------------------
 
     def _fail(self, message: str, at: int) -> NoReturn:
         """Raise for a problem at ``_buf[at]``."""
@@ -317,7 +300,7 @@ class PageSplitter:
             return
         self._index += 1
         if b"\n" in event or b"\r" in event or b"\t" in event:
-            event = compact(event)
+            event = msgspec.json.format(event, indent=-1)  # on one line, every token kept
         out.append(event)
 
     def _skip(self, offset: int, size: int, reason: str) -> None:
@@ -430,4 +413,4 @@ class PageSplitter:
             self._emit(event, start, out)
         else:
             self._index += 1
-            out.append(reencoded if has_control(event) else event)
+            out.append(reencoded)
