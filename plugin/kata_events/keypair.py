@@ -1,12 +1,11 @@
 """Whether a client certificate and key can be used together, and if not why, in the user's words.
 
-``run`` asks before any network traffic and ``check`` in its files step, so both name the same
-problem with the same message and exit code (78: the files are readable but the wrong ones).
-OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this module looks at what each file holds
-to tell a certificate given as the key, an encrypted key without a passphrase or with a wrong one,
-and a key of another certificate apart. A passphrase is named by where it came from, never shown.
-`key_exposure` says whether the key is readable by other accounts. It reads the two files and
-never modifies, logs or prints anything.
+``run`` (before any network traffic) and ``check`` ask it, so both name the same problem with the
+same message and exit code (78). OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this
+module looks at what each file holds to tell swapped files, an encrypted key without a passphrase or
+with a wrong one, and a key of another certificate apart. A passphrase is named by where it came
+from, never shown. `key_exposure` says whether a file is readable by other accounts. It reads the
+files and never modifies, logs or prints anything.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from kata_events.key_password import KeyPassword
 
 _PathLike = Union[str, Path]
-
 _MAKE_NEW = (
     "or make a new pair with `kata-events init` (a new certificate needs a new approval on the Central Node)"
 )

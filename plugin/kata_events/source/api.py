@@ -25,6 +25,7 @@ from kata_events.config import without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import tls, transport
 from kata_events.source.errors import (
+    ApiError,
     BadRequest,
     BadResponse,
     ClientTlsError,
@@ -61,13 +62,11 @@ ERROR_BODY_LIMIT = 65536
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
 
 
-class _Unreachable(Exception):
+class _Unreachable(ApiError):
     """This address could not be reached or did not answer: the next one is tried (``answered`` as
-    in `Unavailable`)."""
+    in `Unavailable`). It never leaves the client."""
 
-    def __init__(self, message: str, answered: bool = False) -> None:
-        super().__init__(message)
-        self.answered = answered
+    answered = False
 
 
 class _Requester:

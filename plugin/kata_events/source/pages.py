@@ -24,7 +24,7 @@ from kata_events.source.tokens import token_problem
 from kata_events.stopping import STOP_POLL, WAKE, Stop
 
 if TYPE_CHECKING:
-    from kata_events.source.stream import PageSplitter, SkippedEvent
+    from kata_events.source.stream import SkippedEvent
 
 #: Large reads keep Python's per-chunk work small next to the bytes moved.
 CHUNK_SIZE = 1 << 20
@@ -93,62 +93,14 @@ def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any
                 return item
 
 
-class _ReadAhead:
-    """Reads and splits a body in a thread, a few chunks ahead of the caller.
-
-    The caller writes the previous chunk's events (in C, without the GIL) while this thread reads
-    (socket and TLS work, also without the GIL) and splits the next: they overlap on two cores, and
-    the server's sending never waits on our splitting. The queue holds ``(events, skipped)`` per
-    chunk, then ``None`` at the end of the body, or a failure for the caller to raise.
-    """
-
-    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(2)
-        self._closed = threading.Event()
-        self._splitter = splitter
-        self.bytes_read = 0
-        self.done = threading.Event()  # set once the thread has stopped reading (end, or a failure)
-        threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
-
-    def _read(self, raw: Any, decode: bool) -> None:
-        splitter = self._splitter
-        try:
-            while not self._closed.is_set():
-                # Decoded only if the server encoded it although not asked to: urllib3 then copies
-                # through a buffer, which a plain body is spared.
-                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
-                if not chunk:
-                    left = getattr(raw, "length_remaining", None)
-                    if left:
-                        raise ConnectionError(f"the body ended {left} bytes early")
-                    self.done.set()
-                    self._put(None)
-                    return
-                self.bytes_read += len(chunk)
-                events = splitter.feed(chunk)
-                skipped, splitter.skipped = splitter.skipped, []
-                if events or skipped:
-                    self._put((events, skipped))
-        except BaseException as exc:  # handed to the caller's thread, which decides
-            self.done.set()
-            self._put(exc)
-        finally:
-            self.done.set()
-
-    def _put(self, item: Any) -> None:
-        while not self._closed.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> None:
-        self._closed.set()
-
-
 class Page:
-    """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token."""
+    """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token.
+
+    The body is read and split by the ``page-reader`` thread, a few chunks ahead of the caller: the
+    caller writes the previous chunk's events (in C, without the GIL) while that thread reads (socket
+    and TLS work, also without the GIL) and splits the next, so they overlap on two cores and the
+    server's sending never waits on our splitting.
+    """
 
     def __init__(
         self,
@@ -169,13 +121,46 @@ class Page:
         self._limit = limit
         self._stop = stop
         self._splitter = PageSplitter(max_event_bytes)
-        self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []
+        #: Bytes of the body read so far (a few chunks ahead of the events handed back).
+        self.bytes_read = 0
+        #: From the reading thread: ``(events, skipped)`` per chunk, then None, or its failure.
+        self._queue: queue.Queue[Any] = queue.Queue(2)
+        self._closed = threading.Event()
+        self._reading = False  # the reading thread is inside the body
 
-    @property
-    def bytes_read(self) -> int:
-        """Bytes of the body read so far (a few chunks ahead of the events handed back)."""
-        return self._reader.bytes_read if self._reader is not None else 0
+    def _read(self, decode: bool) -> None:
+        raw, splitter = self._response.raw, self._splitter
+        try:
+            while not self._closed.is_set():
+                # Decoded only if the server encoded it although not asked to: urllib3 then copies
+                # through a buffer, which a plain body is spared.
+                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
+                if not chunk:
+                    left = getattr(raw, "length_remaining", None)
+                    if left:
+                        raise ConnectionError(f"the body ended {left} bytes early")
+                    self._reading = False
+                    self._put(None)
+                    return
+                self.bytes_read += len(chunk)
+                events = splitter.feed(chunk)
+                skipped, splitter.skipped = splitter.skipped, []
+                if events or skipped:
+                    self._put((events, skipped))
+        except BaseException as exc:  # handed to the caller's thread, which decides
+            self._reading = False
+            self._put(exc)
+        finally:
+            self._reading = False
+
+    def _put(self, item: Any) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     @property
     def event_count(self) -> int:
@@ -200,10 +185,12 @@ class Page:
         from kata_events.source.stream import MalformedBody
 
         encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
-        self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
+        self._reading = True
+        decode = encoding not in ("", "identity")
+        threading.Thread(target=self._read, args=(decode,), name="page-reader", daemon=True).start()
         try:
             while True:
-                item = handover(self._reader.queue, self._limit, self._stop, "part of the body")
+                item = handover(self._queue, self._limit, self._stop, "part of the body")
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -250,14 +237,12 @@ class Page:
         return token
 
     def close(self) -> None:
-        reader = self._reader
-        if reader is not None:
-            reader.close()
-            if not reader.done.is_set() and self._sock is not None:
-                # The reading thread is inside a read, holding the response's buffer: closing the
-                # response would wait for the server's next byte (for ever, if it trickles). Shut
-                # the socket down first, so that read returns at once (a stop, a deadline).
-                shutdown_socket(self._sock)
+        self._closed.set()
+        if self._reading and self._sock is not None:
+            # The reading thread is inside a read, holding the response's buffer: closing the
+            # response would wait for the server's next byte (for ever, if it trickles). Shut
+            # the socket down first, so that read returns at once (a stop, a deadline).
+            shutdown_socket(self._sock)
         # A body read to its end has put the connection back for the next request already;
         # otherwise this closes it: a connection mid-answer is never reused.
         self._response.close()
