@@ -184,10 +184,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def normalize_fingerprint(text: str) -> str:
-    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex.
-
-    Raises ``ValueError`` when it is not 32 bytes of hex.
-    """
+    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex;
+    ``ValueError`` when it is not 32 bytes of hex."""
     clean = re.sub(r"[\s:]", "", text).lower()
     if clean.startswith("sha256"):
         clean = clean[len("sha256") :].lstrip("=/")

@@ -23,19 +23,7 @@ from kata_events import __version__
 from kata_events.backoff import retry_after_seconds
 from kata_events.config import without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source import tls, transport
-from kata_events.source.errors import (
-    ApiError,
-    BadRequest,
-    BadResponse,
-    ClientTlsError,
-    Interrupted,
-    SubscriptionLost,
-    TlsVerifyFailed,
-    TokenRefused,
-    Unauthorized,
-    Unavailable,
-)
+from kata_events.source import errors, tls, transport
 from kata_events.source.pages import (
     CONNECTION_ERRORS,
     Abandoned,
@@ -62,7 +50,7 @@ ERROR_BODY_LIMIT = 65536
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
 
 
-class _Unreachable(ApiError):
+class _Unreachable(errors.ApiError):
     """This address could not be reached or did not answer: the next one is tried (``answered`` as
     in `Unavailable`). It never leaves the client."""
 
@@ -163,10 +151,8 @@ class EventsClient:
     def fetch(self, token: Optional[str], max_timeout: Optional[int] = None) -> Page:
         """Send one request and return the page, still streaming; raises `ApiError` subclasses.
 
-        The request runs on its own thread and is handed over: a stop (`Interrupted`) or the
-        overall limit (a trickling handshake or headers) ends the wait without waiting for the
-        socket, and the connection is cut so that thread ends too.
-        """
+        The request runs on the ``request`` thread: a stop (`Interrupted`) or the overall limit (a
+        trickling handshake or headers) ends the wait at once, and the connection is cut."""
         limit = CONNECT_TIMEOUT * (len(self.urls) - 1) + int(max_timeout or self.max_timeout)
         limit += READ_TIMEOUT_MARGIN + DEADLINE_SLACK
         box: queue.Queue[Any] = queue.Queue(1)
@@ -179,7 +165,7 @@ class EventsClient:
         self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
         try:
             result = handover(box, limit, self.stop, "answer")
-        except (Interrupted, Abandoned) as exc:
+        except (errors.Interrupted, Abandoned) as exc:
             given_up.set()
             self.abort()
             try:
@@ -217,9 +203,9 @@ class EventsClient:
             return self._check_status(response, base, token, read_timeout + DEADLINE_SLACK)
         answered = all(failure.answered for failure in failures)
         if len(failures) == 1:
-            raise Unavailable(str(failures[0]), answered=answered)
+            raise errors.Unavailable(str(failures[0]), answered=answered)
         texts = "; ".join(map(str, failures))
-        raise Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
+        raise errors.Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
 
     def _watch(self, conn: Any, connected: bool) -> None:
         """Told by the connection pool which connection carries the request, and when it is up."""
@@ -250,7 +236,7 @@ class EventsClient:
         except requests.ReadTimeout:
             if not self._connected:  # urllib3 counts a handshake that does not end as a read timeout
                 raise _Unreachable(f"{cannot}: the TLS handshake timed out") from None
-            raise Unavailable(
+            raise errors.Unavailable(
                 f"{base} did not answer within {read_timeout:.0f} s", reason="timeout"
             ) from None
         except requests.RequestException as exc:
@@ -277,7 +263,7 @@ class EventsClient:
             pin = _PIN_MISMATCH.search(str(cause))
             if pin:
                 seen = pin.group(1).lower()
-                raise TlsVerifyFailed(
+                raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted: fingerprints did not match (pinned "
                     f"{self.pin_sha256}, the server's certificate has {seen})",
                     server_fingerprint=seen,
@@ -289,7 +275,7 @@ class EventsClient:
                     if proxy
                     else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password)
                 )
-                raise TlsVerifyFailed(
+                raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted ({self.trust.text}): {words}",
                     server_fingerprint=seen,
                 )
@@ -318,19 +304,16 @@ class EventsClient:
         return tuple(stamp)
 
     def _mount(self) -> None:
-        """The TLS settings of every new connection, made again when their files changed.
-
-        A certificate renewed in place on a box that runs for months is used from the next
-        connection on, without a restart. Files changed but not usable (the key not yet replaced,
-        a file half written) keep the last good settings, and are tried again at the next
-        connection; only at the first connection are they an error.
-        """
+        """The TLS settings of every new connection, made again when their files changed: a
+        certificate renewed in place is used from the next connection on, without a restart. Files
+        changed but not usable (the key not yet replaced, a file half written) keep the last good
+        settings until the next connection; only at the first connection are they an error."""
         stamp = self._files_stamp()
         if self._context is not None and stamp == self._context_stamp:
             return
         try:
             ctx = tls.context(self.trust, self.cert, self.key, self.key_password)
-        except (ClientTlsError, TlsVerifyFailed) as exc:
+        except (errors.ClientTlsError, errors.TlsVerifyFailed) as exc:
             if self._context is None:
                 raise
             self.tls_files_problem = str(exc)
@@ -356,26 +339,26 @@ class EventsClient:
         text = excerpt(body)
         said = text or "empty body"
         if status == 401:
-            raise Unauthorized(f"HTTP 401 from {base}: {said}")
+            raise errors.Unauthorized(f"HTTP 401 from {base}: {said}")
         if status == 404 and b"subscription not found" in body.lower():
-            raise SubscriptionLost(f"HTTP 404 from {base}: {text}")
+            raise errors.SubscriptionLost(f"HTTP 404 from {base}: {text}")
         if token and status in (400, 404, 414):
-            raise TokenRefused(
+            raise errors.TokenRefused(
                 f"HTTP {status} from {base} for the request carrying the continuation token "
                 f"({len(token)} characters): {said}",
                 status=status,
             )
         if status == 400:
-            raise BadRequest(text or "HTTP 400 with an empty body")
+            raise errors.BadRequest(text or "HTTP 400 with an empty body")
         if status == 414:
-            raise BadRequest(f"HTTP 414 (URI too long): {said}; is the filter that long?")
+            raise errors.BadRequest(f"HTTP 414 (URI too long): {said}; is the filter that long?")
         if status == 429 or status >= 500:
-            raise Unavailable(
+            raise errors.Unavailable(
                 f"HTTP {status} from {base}: {said}",
                 retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                 reason="http_error",
             )
-        raise BadResponse(f"unexpected HTTP {status} from {base}", excerpt=text)
+        raise errors.BadResponse(f"unexpected HTTP {status} from {base}", excerpt=text)
 
     def close(self) -> None:
         if self._requester is not None:

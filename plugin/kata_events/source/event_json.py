@@ -38,12 +38,9 @@ def reject_constant(name: str) -> NoReturn:
 
 
 def reencode_event(raw: bytes) -> bytes:
-    """``raw`` (one JSON object that msgspec refused) if Python's decoder takes it as it is (a lone
-    surrogate escape), or as compact one-line JSON if it holds raw control bytes in strings, keys and
-    values kept, non-ASCII kept.
-
-    Raises ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep.
-    """
+    """``raw`` (one JSON object msgspec refused) as it is if it holds no raw control byte (a lone
+    surrogate escape), else as compact one-line JSON, keys, values and non-ASCII kept. Raises
+    ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep."""
     obj = json.loads(raw, strict=False, parse_constant=reject_constant)
     if _CONTROL(raw) is None:
         return raw

@@ -33,10 +33,7 @@ def probe_server_fingerprint(
     key_password: Any = None,
 ) -> Optional[str]:
     """Handshake without verification only to read the server certificate's SHA-256, for a message.
-
-    ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed.
-    ``key_password``: opens an encrypted key (without it OpenSSL would prompt on the terminal).
-    """
+    ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed."""
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port or 443
     try:

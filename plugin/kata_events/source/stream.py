@@ -132,12 +132,9 @@ class PageSplitter:
         self._bulk_from = 0  # body offset before which the bulk path is not tried again
 
     def feed(self, chunk: bytes) -> List[bytes]:
-        """Consume the next chunk; return the events it completed, in order.
-
-        Each event is the bytes of one JSON object, surrounding whitespace removed, with no byte
-        below 0x20 (see the module docstring). Raises ``MalformedBody`` as soon as the bytes cannot
-        be a valid envelope; after that every call raises it again.
-        """
+        """Consume the next chunk; return the events it completed, in order: each one JSON object,
+        surrounding whitespace removed, with no byte below 0x20. Raises ``MalformedBody`` as soon as
+        the bytes cannot be a valid envelope; after that every call raises it again."""
         if self._error is not None:
             raise self._error
         out: List[bytes] = []

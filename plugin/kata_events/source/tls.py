@@ -67,12 +67,10 @@ def context(
     key: Optional[str] = None,
     key_password: Optional[KeyPassword] = None,
 ) -> ssl.SSLContext:
-    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given
-    (an encrypted key opened with ``key_password``).
+    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given.
 
     Raises `TlsVerifyFailed` when the CA file or bundle is unusable, `ClientTlsError` when our
-    certificate or key is.
-    """
+    certificate or key (or its passphrase) is."""
     if trust.kind in ("pin_sha256", "insecure"):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False

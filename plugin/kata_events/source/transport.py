@@ -137,15 +137,10 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def root_reason(exc: BaseException) -> str:
-    """The innermost error's words (``[Errno 111] Connection refused``), never a wrapper's.
-
-    requests' and urllib3's wrappers quote the request's URL, continuation token included.
-    """
-    inner = [
-        e
-        for e in causes(exc)
-        if not isinstance(e, (requests.RequestException, urllib3.exceptions.MaxRetryError))
-    ]
+    """The innermost error's words (``[Errno 111] Connection refused``), never a wrapper's: those
+    of requests and urllib3 quote the request's URL, continuation token included."""
+    wrappers = (requests.RequestException, urllib3.exceptions.MaxRetryError)
+    inner = [e for e in causes(exc) if not isinstance(e, wrappers)]
     with_errno = [e for e in inner if isinstance(e, OSError) and e.strerror]
     if with_errno:
         return _short(str(with_errno[-1]))
