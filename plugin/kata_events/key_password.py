@@ -1,11 +1,10 @@
 """The passphrase of an encrypted client key: where it comes from, and reading it when the key is loaded.
 
-The first of these that is set gives it: the file named by ``key_password_file`` (flag, variable
-or config key), the variable ``KATA_EVENTS_KEY_PASSWORD`` (for containers), and the systemd
-credential ``key-password`` (``LoadCredential=key-password:...`` puts it in
-``$CREDENTIALS_DIRECTORY``). A file is read again each time the key is loaded, so a key renewed
-in place together with its passphrase file is picked up without a restart. One trailing line break
-(``echo secret > file``) is not part of the passphrase.
+The first of these that is set gives it: the file named by ``key_password_file``, the variable
+``KATA_EVENTS_KEY_PASSWORD`` (for containers), the systemd credential ``key-password`` (in
+``$CREDENTIALS_DIRECTORY``). A file is read again each time the key is loaded, so a key renewed in
+place with its passphrase file is picked up without a restart. One trailing line break (``echo
+secret > file``) is not part of the passphrase.
 
 The passphrase itself appears in no message, log line, exception or ``repr``: messages name where
 it came from (`KeyPassword.origin`), never what it is. This module never logs and never prints.

@@ -33,15 +33,8 @@ from typing import Any, Dict, List, NoReturn, Optional
 import msgspec
 
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source.event_json import (
-    WHITESPACE,
-    decode_one,
-    error_byte,
-    last_cut,
-    reencode_event,
-    reject_constant,
-    split_window,
-)
+from kata_events.source import event_json
+from kata_events.source.event_json import WHITESPACE, last_cut, split_window
 
 EXCERPT_CHARS = 200
 #: Candidate cuts tried per window before the scanner takes the next event.
@@ -176,7 +169,7 @@ class PageSplitter:
                 envelope[key] = []
                 continue
             try:
-                envelope[key] = json.loads(raw, parse_constant=reject_constant)
+                envelope[key] = json.loads(raw, parse_constant=event_json.reject_constant)
             except (ValueError, RecursionError) as exc:
                 message = f"top-level value of {key!r} is not JSON ({exc})"
                 self._error = MalformedBody(message, _printable(raw))
@@ -267,7 +260,7 @@ class PageSplitter:
             try:
                 events = split_window(buf, pos, cut)
             except msgspec.DecodeError as exc:
-                at = error_byte(exc)
+                at = event_json.error_byte(exc)
                 if at is not None and at < cut - pos:  # a fault before the cut, not the cut itself
                     self._bulk_from = self._off + pos + at
                     return False
@@ -395,13 +388,13 @@ class PageSplitter:
         try:
             if len(event) <= self.max_event_bytes:  # a larger one is skipped by `_emit`
                 try:
-                    decode_one(event)
+                    event_json.decode_one(event)
                 except msgspec.DecodeError as exc:
                     # Raw control bytes in strings and lone surrogate escapes are JSON to Python's decoder.
                     try:
-                        reencoded = reencode_event(event)
+                        reencoded = event_json.reencode_event(event)
                     except ValueError:
-                        at = error_byte(exc)
+                        at = event_json.error_byte(exc)
                         self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
         except RecursionError:
             self._skip(self._off + start, len(event), "nested too deep")

@@ -5,9 +5,8 @@ checked by urllib3 after the handshake and before the request goes out), ``ca_fi
 ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` variables (the convention of requests and curl), and
 otherwise the system's trust store (OpenSSL's, with ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
 honoured; not certifi's bundle, so a CA installed on the box keeps working). ``insecure`` verifies
-nothing. TLS 1.2 is the least version accepted, whatever the local OpenSSL would allow. The client
-certificate and key go on the context (an encrypted key is opened with the passphrase of
-`kata_events.key_password`, never prompted for on a terminal). This module never logs and never
+nothing. TLS 1.2 is the least version accepted, whatever the local OpenSSL would allow. An encrypted
+key is opened with `kata_events.key_password`, never prompted for. This module never logs and never
 touches the network.
 """
 
