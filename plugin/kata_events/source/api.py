@@ -23,16 +23,8 @@ from kata_events import __version__
 from kata_events.backoff import retry_after_seconds
 from kata_events.config import without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source import errors, tls, transport
-from kata_events.source.pages import (
-    CONNECTION_ERRORS,
-    Abandoned,
-    Page,
-    abandoned,
-    excerpt,
-    handover,
-    shutdown_socket,
-)
+from kata_events.source import errors, pages, tls, transport
+from kata_events.source.pages import Page
 from kata_events.source.probes import handshake_failure, probe_server_fingerprint
 from kata_events.stopping import Stop
 
@@ -131,9 +123,7 @@ class EventsClient:
         self.tls_files_problem: Optional[str] = None
         #: The connection carrying the current request (shut down by `abort`), and whether it is new.
         self._active: Any = None
-        self._fresh = True
-        self._connected = False
-        self._aborted = False
+        self._fresh, self._connected, self._aborted = True, False, False
         self._requester: Optional[_Requester] = None
         self._session = transport.session(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
@@ -164,8 +154,8 @@ class EventsClient:
             self._requester = _Requester()
         self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
         try:
-            result = handover(box, limit, self.stop, "answer")
-        except (errors.Interrupted, Abandoned) as exc:
+            result = pages.handover(box, limit, self.stop, "answer")
+        except (errors.Interrupted, pages.Abandoned) as exc:
             given_up.set()
             self.abort()
             try:
@@ -174,8 +164,8 @@ class EventsClient:
                 late = None
             if isinstance(late, Page):
                 late.close()
-            if isinstance(exc, Abandoned):
-                raise abandoned(self.url, exc) from None
+            if isinstance(exc, pages.Abandoned):
+                raise pages.abandoned(self.url, exc) from None
             raise
         if isinstance(result, BaseException):
             raise result
@@ -332,11 +322,11 @@ class EventsClient:
         try:
             # A body read to its end leaves the connection ready for the next request.
             body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
-        except CONNECTION_ERRORS:
+        except pages.CONNECTION_ERRORS:
             body = b""
         finally:
             response.close()
-        text = excerpt(body)
+        text = pages.excerpt(body)
         said = text or "empty body"
         if status == 401:
             raise errors.Unauthorized(f"HTTP 401 from {base}: {said}")
@@ -372,4 +362,4 @@ class EventsClient:
         self._aborted = True
         sock = getattr(self._active, "sock", None)
         if sock is not None:
-            shutdown_socket(sock)
+            pages.shutdown_socket(sock)
