@@ -72,13 +72,13 @@ _FOR_EVENT, _FOR_KEY, _FOR_VALUE = 0, 1, 2
 
 
 class MalformedBody(ValueError):
-    """The body is not a complete JSON object of the expected shape, at byte ``offset`` of the body
-    (None: its end); ``excerpt`` is a short printable excerpt (at most 200 characters) around it."""
+    """The body is not a complete JSON object of the expected shape (``reason``), at byte ``offset``
+    of the body (None: its end); ``excerpt`` is a printable excerpt (at most 200 characters) there."""
 
     def __init__(self, message: str, excerpt: str = "", offset: Optional[int] = None) -> None:
         where = "end of body" if offset is None else f"byte {offset}"
         super().__init__(f"{message} (at {where}: {excerpt!r})" if excerpt else f"{message} (at {where})")
-        self.excerpt = excerpt
+        self.reason, self.excerpt, self.offset = message, excerpt, offset
 
 
 @dataclass(frozen=True)
