@@ -89,8 +89,8 @@ def _make(
     signer, issuer, cap = key, _name(name), None
     if ca is not None:
         signer = serialization.load_pem_private_key(ca.key_pem, password=None)
-        ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-        issuer, cap = ca_cert.subject, _not_after(ca_cert)
+        issuer = x509.load_pem_x509_certificate(ca.cert_pem).subject
+        cap = cert_not_after(ca.cert_pem)
     now = datetime.datetime.now(datetime.timezone.utc)
     not_after = now + datetime.timedelta(days=days)
     builder = (
@@ -116,14 +116,6 @@ def make_ca(
     # KeyUsage's flags in order: only digital_signature, key_cert_sign and crl_sign are set.
     usage = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
     return _make(common_name, key_type, days, [x509.BasicConstraints(ca=True, path_length=0), usage])
-
-
-def _not_after(cert: x509.Certificate) -> datetime.datetime:
-    # cryptography < 42 only has the naive-datetime property.
-    aware = getattr(cert, "not_valid_after_utc", None)
-    if aware is not None:
-        return aware
-    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
 
 
 def _san_entry(name: str) -> x509.GeneralName:
@@ -180,16 +172,13 @@ def format_fingerprint(hex_fingerprint: str) -> str:
     return ":".join(clean[i : i + 2] for i in range(0, len(clean), 2)).upper()
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
 def normalize_fingerprint(text: str) -> str:
     """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex;
     ``ValueError`` when it is not 32 bytes of hex."""
     clean = re.sub(r"[\s:]", "", text).lower()
     if clean.startswith("sha256"):
         clean = clean[len("sha256") :].lstrip("=/")
-    if not _HEX64.fullmatch(clean):
+    if not re.fullmatch(r"[0-9a-f]{64}", clean):
         raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons optional): {text!r}")
     return clean
 
@@ -201,11 +190,11 @@ def cert_subject_alt_names(pem: bytes) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    names: list[str] = list(san.get_values_for_type(x509.DNSName))
-    names.extend(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-    return names
+    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
 
 
 def cert_not_after(pem: bytes) -> datetime.datetime:
     """When the certificate expires (UTC)."""
-    return _not_after(x509.load_pem_x509_certificate(pem))
+    cert = x509.load_pem_x509_certificate(pem)
+    aware = getattr(cert, "not_valid_after_utc", None)  # cryptography < 42 only has the naive one
+    return aware if aware is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
