@@ -53,9 +53,7 @@ class KeyPassword:
     files; None for the variable); calling it reads the passphrase (bytes)."""
 
     def __init__(self, origin: str, path: Optional[Path] = None, value: Optional[Secret] = None) -> None:
-        self.origin = origin
-        self.path = path
-        self._value = value
+        self.origin, self.path, self._value = origin, path, value
 
     def __call__(self) -> bytes:
         """The passphrase; raises `UserError` (exit 66 or 78) when its file is unreadable or empty."""
@@ -81,9 +79,8 @@ class KeyPassword:
     def exposure(self) -> Optional[str]:
         """What is wrong with who may read the passphrase file, and the fix; None when only its owner
         can (or the passphrase is not in a file)."""
-        if self.path is None:
-            return None
-        return keypair.key_exposure(self.path, "the key's passphrase file", "it unlocks the encrypted key")
+        what = "the key's passphrase file"
+        return keypair.key_exposure(self.path, what, "it unlocks the encrypted key") if self.path else None
 
     def __repr__(self) -> str:
         return f"KeyPassword({self.origin})"
