@@ -3,11 +3,11 @@
 What each event is checked for: it is valid JSON (msgspec's grammar: strings, escapes, numbers,
 literals, separators, matched brackets; not the UTF-8 validity of string contents, which would cost
 more than the split itself) and an object. An event holding JSON whitespace other than spaces (a
-pretty-printed body) is compacted onto one line by ``msgspec.json.format``, tokens kept byte for
-byte; one holding raw control bytes inside strings (not strict JSON, but seen in the field) or a
-lone UTF-16 surrogate escape is accepted by ``json.loads(strict=False)`` and, if it holds control
-bytes, re-encoded as compact JSON with the same keys, order and values. All other events are the
-server's bytes.
+pretty-printed body) is compacted onto one line (by the splitter, ``msgspec.json.format``), tokens
+kept byte for byte; one holding raw control bytes inside strings (not strict JSON, but seen in the
+field) or a lone UTF-16 surrogate escape is accepted by ``json.loads(strict=False)`` and, if it
+holds control bytes, re-encoded as compact JSON with the same keys, order and values. All other
+events are the server's bytes.
 
 Pure functions over bytes (no state, no I/O); how the splitter cuts a body into windows is in
 `kata_events.source.stream`.
