@@ -24,9 +24,6 @@ from kata_events.source.errors import ClientTlsError, TlsVerifyFailed
 if TYPE_CHECKING:
     from kata_events.key_password import KeyPassword
 
-#: The variables requests and curl read for a CA bundle, in requests' order.
-CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
 
 @dataclass(frozen=True)
 class Trust:
@@ -54,7 +51,7 @@ def choose_trust(
         return Trust("insecure")
     if ca_file:
         return Trust("ca_file", ca_file)
-    for name in CA_BUNDLE_VARIABLES:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # as requests and curl read them
         if environ.get(name):
             return Trust(name, environ[name])
     return Trust("system")
