@@ -25,6 +25,8 @@ from kata_events.private_file import PathLike, write_private_file
 # Backdating absorbs small clock differences between the machine that makes a certificate and the one
 # that checks it.
 _BACKDATE = datetime.timedelta(minutes=5)
+#: Extensions marked critical: a verifier that does not know them must refuse the certificate.
+_CRITICAL = (x509.BasicConstraints, x509.KeyUsage)
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,10 @@ class KeyAndCert:
         return sha256_fingerprint(self.cert_pem)
 
 
-def _new_key(key_type: str):  # noqa: ANN202
-    if key_type == "rsa":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
+_NEW_KEY = {
+    "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    "ec": lambda: ec.generate_private_key(ec.SECP256R1()),
+}
 
 
 def _key_pem(key, encryption: Optional[serialization.KeySerializationEncryption] = None) -> bytes:  # noqa: ANN001
@@ -72,19 +72,30 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _builder(
-    subject: x509.Name,
-    issuer: x509.Name,
-    key,  # noqa: ANN001
+def _make(
+    name: str,
+    key_type: str,
     days: int,
-    cap: Optional[datetime.datetime] = None,
-) -> x509.CertificateBuilder:
-    """What every certificate made here has: names, key, random serial, validity, key identifier."""
+    extensions: Iterable[x509.ExtensionType],
+    ca: Optional[KeyAndCert] = None,
+) -> KeyAndCert:
+    """A new key and its certificate for ``name``: signed by ``ca`` (and valid no longer), or self-signed.
+
+    Every certificate made here has a random serial, is backdated, and names its key's identifier.
+    """
+    if key_type not in _NEW_KEY:
+        raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
+    key = _NEW_KEY[key_type]()
+    signer, issuer, cap = key, _name(name), None
+    if ca is not None:
+        signer = serialization.load_pem_private_key(ca.key_pem, password=None)
+        issuer = x509.load_pem_x509_certificate(ca.cert_pem).subject
+        cap = cert_not_after(ca.cert_pem)
     now = datetime.datetime.now(datetime.timezone.utc)
     not_after = now + datetime.timedelta(days=days)
-    return (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(subject)
+        .subject_name(_name(name))
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -92,41 +103,19 @@ def _builder(
         .not_valid_after(not_after if cap is None else min(not_after, cap))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=isinstance(extension, _CRITICAL))
+    cert = builder.sign(signer, hashes.SHA256())
+    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
 
 def make_ca(
     common_name: str = "kata-events emulator CA", days: int = 3650, key_type: str = "ec"
 ) -> KeyAndCert:
     """A self-signed certificate authority able to sign server certificates."""
-    key = _new_key(key_type)
-    cert = (
-        _builder(_name(common_name), _name(common_name), key, days)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
-
-
-def _not_after(cert: x509.Certificate) -> datetime.datetime:
-    # cryptography < 42 only has the naive-datetime property.
-    aware = getattr(cert, "not_valid_after_utc", None)
-    if aware is not None:
-        return aware
-    return cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    # KeyUsage's flags in order: only digital_signature, key_cert_sign and crl_sign are set.
+    usage = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
+    return _make(common_name, key_type, days, [x509.BasicConstraints(ca=True, path_length=0), usage])
 
 
 def _san_entry(name: str) -> x509.GeneralName:
@@ -146,32 +135,23 @@ def make_server_cert(
     names = list(dict.fromkeys(hostnames))
     if not names:
         raise ValueError("a server certificate needs at least one host name")
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
-    key = _new_key(key_type)
-    cert = (
-        _builder(_name(names[0]), ca_cert.subject, key, days, cap=_not_after(ca_cert))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([_san_entry(n) for n in names]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+    issuer_key = x509.load_pem_x509_certificate(ca.cert_pem).public_key()
+    extensions = [
+        x509.BasicConstraints(ca=False, path_length=None),
+        x509.SubjectAlternativeName([_san_entry(n) for n in names]),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
+    ]
+    return _make(names[0], key_type, days, extensions, ca)
 
 
 def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "rsa") -> KeyAndCert:
     """A self-signed client certificate and key, like ``openssl req -x509 -newkey rsa:2048 -nodes``."""
-    key = _new_key(key_type)
-    cert = (
-        _builder(_name(common_name), _name(common_name), key, days)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
+    usage = [
+        x509.BasicConstraints(ca=False, path_length=None),
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+    ]
+    return _make(common_name, key_type, days, usage)
 
 
 def load_cert_der(pem_or_der: bytes) -> bytes:
@@ -192,18 +172,13 @@ def format_fingerprint(hex_fingerprint: str) -> str:
     return ":".join(clean[i : i + 2] for i in range(0, len(clean), 2)).upper()
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
 def normalize_fingerprint(text: str) -> str:
-    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex.
-
-    Raises ``ValueError`` when it is not 32 bytes of hex.
-    """
+    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex;
+    ``ValueError`` when it is not 32 bytes of hex."""
     clean = re.sub(r"[\s:]", "", text).lower()
     if clean.startswith("sha256"):
         clean = clean[len("sha256") :].lstrip("=/")
-    if not _HEX64.fullmatch(clean):
+    if not re.fullmatch(r"[0-9a-f]{64}", clean):
         raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons optional): {text!r}")
     return clean
 
@@ -215,11 +190,11 @@ def cert_subject_alt_names(pem: bytes) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    names: list[str] = list(san.get_values_for_type(x509.DNSName))
-    names.extend(str(ip) for ip in san.get_values_for_type(x509.IPAddress))
-    return names
+    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
 
 
 def cert_not_after(pem: bytes) -> datetime.datetime:
     """When the certificate expires (UTC)."""
-    return _not_after(x509.load_pem_x509_certificate(pem))
+    cert = x509.load_pem_x509_certificate(pem)
+    aware = getattr(cert, "not_valid_after_utc", None)  # cryptography < 42 only has the naive one
+    return aware if aware is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)

@@ -1,11 +1,10 @@
 """The passphrase of an encrypted client key: where it comes from, and reading it when the key is loaded.
 
-The first of these that is set gives it: the file named by ``key_password_file`` (flag, variable
-or config key), the variable ``KATA_EVENTS_KEY_PASSWORD`` (for containers), and the systemd
-credential ``key-password`` (``LoadCredential=key-password:...`` puts it in
-``$CREDENTIALS_DIRECTORY``). A file is read again each time the key is loaded, so a key renewed
-in place together with its passphrase file is picked up without a restart. One trailing line break
-(``echo secret > file``) is not part of the passphrase.
+The first of these that is set gives it: the file named by ``key_password_file``, the variable
+``KATA_EVENTS_KEY_PASSWORD`` (for containers), the systemd credential ``key-password`` (in
+``$CREDENTIALS_DIRECTORY``). A file is read again each time the key is loaded, so a key renewed in
+place with its passphrase file is picked up without a restart. One trailing line break (``echo
+secret > file``) is not part of the passphrase.
 
 The passphrase itself appears in no message, log line, exception or ``repr``: messages name where
 it came from (`KeyPassword.origin`), never what it is. This module never logs and never prints.
@@ -22,8 +21,6 @@ from kata_events.exits import ExitStatus, UserError
 
 #: The name of the systemd credential looked for in ``$CREDENTIALS_DIRECTORY``.
 CREDENTIAL_NAME = "key-password"
-#: The variable that carries the passphrase itself (containers, where a file is awkward).
-VARIABLE = "KATA_EVENTS_KEY_PASSWORD"
 
 #: How to give a passphrase, for messages.
 HOW = (
@@ -50,24 +47,13 @@ class Secret:
 
     __str__ = __repr__
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
 
 class KeyPassword:
-    """Where the key's passphrase comes from; calling it reads the passphrase (bytes).
-
-    ``path`` is the file it is read from (None for the variable), so that a change to it counts as
-    new TLS files.
-    """
+    """Where the key's passphrase comes from (``path``: its file, whose change counts as new TLS
+    files; None for the variable); calling it reads the passphrase (bytes)."""
 
     def __init__(self, origin: str, path: Optional[Path] = None, value: Optional[Secret] = None) -> None:
-        self.origin = origin
-        self.path = path
-        self._value = value
+        self.origin, self.path, self._value = origin, path, value
 
     def __call__(self) -> bytes:
         """The passphrase; raises `UserError` (exit 66 or 78) when its file is unreadable or empty."""
@@ -93,15 +79,8 @@ class KeyPassword:
     def exposure(self) -> Optional[str]:
         """What is wrong with who may read the passphrase file, and the fix; None when only its owner
         can (or the passphrase is not in a file)."""
-        if self.path is None:
-            return None
-        who = keypair.readable_by_others(self.path)
-        if who is None:
-            return None
-        return (
-            f"the key's passphrase file {self.path} is accessible by {who}: it "
-            f"unlocks the encrypted key; fix it with chmod 600 {self.path}"
-        )
+        what = "the key's passphrase file"
+        return keypair.key_exposure(self.path, what, "it unlocks the encrypted key") if self.path else None
 
     def __repr__(self) -> str:
         return f"KeyPassword({self.origin})"
@@ -114,7 +93,7 @@ def from_settings(
     if key_password_file is not None:
         return KeyPassword(f"key_password_file {key_password_file}", key_password_file)
     if key_password is not None:
-        return KeyPassword(f"the variable {VARIABLE}", value=key_password)
+        return KeyPassword("the variable KATA_EVENTS_KEY_PASSWORD", value=key_password)
     directory = environ.get("CREDENTIALS_DIRECTORY")
     if directory:
         path = Path(directory) / CREDENTIAL_NAME

@@ -1,12 +1,11 @@
 """Whether a client certificate and key can be used together, and if not why, in the user's words.
 
-``run`` asks before any network traffic and ``check`` in its files step, so both name the same
-problem with the same message and exit code (78: the files are readable but the wrong ones).
-OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this module looks at what each file holds
-to tell a certificate given as the key, an encrypted key without a passphrase or with a wrong one,
-and a key of another certificate apart. A passphrase is named by where it came from, never shown.
-`key_exposure` says whether the key is readable by other accounts. It reads the two files and
-never modifies, logs or prints anything.
+``run`` (before any network traffic) and ``check`` ask it, so both name the same problem with the
+same message and exit code (78). OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this
+module looks at what each file holds to tell swapped files, an encrypted key without a passphrase or
+with a wrong one, and a key of another certificate apart. A passphrase is named by where it came
+from, never shown. `key_exposure` says whether a file is readable by other accounts. It reads the
+files and never modifies, logs or prints anything.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from kata_events.key_password import KeyPassword
 
 _PathLike = Union[str, Path]
-
 _MAKE_NEW = (
     "or make a new pair with `kata-events init` (a new certificate needs a new approval on the Central Node)"
 )
@@ -37,8 +35,13 @@ def _text(path: _PathLike) -> str:
         return ""
 
 
-def readable_by_others(path: _PathLike) -> Optional[str]:
-    """Who besides its owner may read ``path`` and its mode ("its group (mode 0640)"), or None."""
+def key_exposure(
+    path: _PathLike,
+    what: str = "the private key",
+    risk: str = "whoever reads it can fetch this external system's events as kata-events does",
+) -> Optional[str]:
+    """What is wrong with who may read ``path`` (the private key by default), and the fix; None when
+    only its owner can (the way ssh refuses an unprotected key, but a warning: the key works)."""
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
@@ -46,19 +49,7 @@ def readable_by_others(path: _PathLike) -> Optional[str]:
     if not mode & 0o077:
         return None
     who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
-    return f"{who} (mode {mode:04o})"
-
-
-def key_exposure(key: _PathLike) -> Optional[str]:
-    """What is wrong with who may read the private key ``key``, and the fix; None when only its
-    owner can (the way ssh refuses an unprotected key, but a warning: the key works)."""
-    who = readable_by_others(key)
-    if who is None:
-        return None
-    return (
-        f"the private key {key} is accessible by {who}: whoever reads it can "
-        f"fetch this external system's events as kata-events does; fix it with chmod 600 {key}"
-    )
+    return f"{what} {path} is accessible by {who} (mode {mode:04o}): {risk}; fix it with chmod 600 {path}"
 
 
 def problem(cert: _PathLike, key: _PathLike, key_password: Optional[KeyPassword] = None) -> Optional[str]:

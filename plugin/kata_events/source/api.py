@@ -1,12 +1,10 @@
 """The Events API client: pages over one kept-alive mutual-TLS connection, streamed as raw events.
 
-It builds requests the way the Central Node expects (``max_events`` and ``max_timeout`` always,
-``filter`` only when creating a subscription, ``continuation_token`` once there is one), sends them
-through requests (`transport`: the TLS settings of `tls`, proxies), tries several base URLs in turn
-on connection failure, and translates every requests/urllib3/`ssl`/`OSError` failure into the
-project's own exceptions (`errors`), here and only here. The answer's body is streamed by
-`pages.Page` (the splitter, `stream`, msgspec, loads when the first body arrives). It never writes
-to stdout and never logs.
+It sends ``max_events`` and ``max_timeout`` always, ``filter`` only when creating a subscription,
+``continuation_token`` once there is one; tries several base URLs in turn on connection failure; and
+translates every requests/urllib3/`ssl`/`OSError` failure into the project's own exceptions
+(`errors`), here and only here. The body is streamed by `pages.Page`. It never writes to stdout and
+never logs.
 """
 
 from __future__ import annotations
@@ -25,28 +23,8 @@ from kata_events import __version__
 from kata_events.backoff import retry_after_seconds
 from kata_events.config import without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source import tls, transport
-from kata_events.source.errors import (
-    ApiError,
-    BadRequest,
-    BadResponse,
-    ClientTlsError,
-    Interrupted,
-    SubscriptionLost,
-    TlsVerifyFailed,
-    TokenRefused,
-    Unauthorized,
-    Unavailable,
-)
-from kata_events.source.pages import (
-    CONNECTION_ERRORS,
-    Abandoned,
-    Page,
-    abandoned,
-    excerpt,
-    handover,
-    shutdown_socket,
-)
+from kata_events.source import errors, pages, tls, transport
+from kata_events.source.pages import Page
 from kata_events.source.probes import handshake_failure, probe_server_fingerprint
 from kata_events.stopping import Stop
 
@@ -64,16 +42,11 @@ ERROR_BODY_LIMIT = 65536
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
 
 
-class _Unreachable(Exception):
-    """This address could not be reached or did not answer the request: the next one is tried.
+class _Unreachable(errors.ApiError):
+    """This address could not be reached or did not answer: the next one is tried (``answered`` as
+    in `Unavailable`). It never leaves the client."""
 
-    Its text says what happened there, for the message naming every address tried; ``answered``
-    as in `Unavailable`.
-    """
-
-    def __init__(self, message: str, answered: bool = False) -> None:
-        super().__init__(message)
-        self.answered = answered
+    answered = False
 
 
 class _Requester:
@@ -91,8 +64,7 @@ class _Requester:
         self._inbox.put((call, box, given_up))
 
     def retire(self) -> None:
-        """End the thread once the request it may be in returns."""
-        self._inbox.put(None)
+        self._inbox.put(None)  # the thread ends once the request it may be in returns
 
     def _run(self) -> None:
         while True:
@@ -131,8 +103,6 @@ class EventsClient:
         key_password: Any = None,
         stop: Optional[Stop] = None,
     ) -> None:
-        if not urls:
-            raise ValueError("at least one URL is needed")
         self.urls = [u.rstrip("/") for u in urls]
         self.external_system_id = external_system_id
         self.cert, self.key = cert, key
@@ -143,27 +113,20 @@ class EventsClient:
         self.trust = tls.choose_trust(ca_file, pin_sha256, insecure, os.environ)
         #: The proxy each base URL is reached through (None: directly).
         self.proxies = {u: transport.proxy_for(u + "/", proxy) for u in self.urls}
-        self.max_events = max_events
-        self.max_timeout = max_timeout
+        self.max_events, self.max_timeout, self.max_event_bytes = max_events, max_timeout, max_event_bytes
         self.filter = filter
-        self.max_event_bytes = max_event_bytes
-        #: Ends a wait for an answer or a body early (the run's stop state).
-        self.stop = stop or Stop()
+        self.stop = stop or Stop()  # ends a wait for an answer or a body early
         self._current = 0
         self._context: Optional[ssl.SSLContext] = None
-        #: What the files the TLS settings were made from looked like then (see `_files_stamp`).
-        self._context_stamp: Tuple[Any, ...] = ()
+        self._context_stamp: Tuple[Any, ...] = ()  # see `_files_stamp`
         #: Why changed TLS files are not in use yet (the last good ones are), for the caller to log.
         self.tls_files_problem: Optional[str] = None
         #: The connection carrying the current request (shut down by `abort`), and whether it is new.
         self._active: Any = None
-        self._fresh = True
-        self._connected = False
-        self._aborted = False
+        self._fresh, self._connected, self._aborted = True, False, False
         self._requester: Optional[_Requester] = None
-        self._transport = transport.Transport(
-            {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"},
-            self._watch,
+        self._session = transport.session(
+            {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
         )
 
     @property
@@ -175,30 +138,13 @@ class EventsClient:
         """The proxy of each base URL that has one, without credentials: for logs and messages."""
         return {u: without_credentials(p) for u, p in self.proxies.items() if p}
 
-    def params(self, token: Optional[str], max_timeout: Optional[int] = None) -> Dict[str, str]:
-        """Query parameters of the next request."""
-        params = {
-            "max_events": str(self.max_events),
-            "max_timeout": f"PT{int(max_timeout or self.max_timeout)}S",
-        }
-        if token:
-            params["continuation_token"] = token
-        elif self.filter:
-            params["filter"] = self.filter
-        return params
-
-    def wait_limit(self, max_timeout: Optional[int] = None) -> float:
-        """Seconds a request's answer, or the next part of its body, may take at most."""
-        return int(max_timeout or self.max_timeout) + READ_TIMEOUT_MARGIN + DEADLINE_SLACK
-
     def fetch(self, token: Optional[str], max_timeout: Optional[int] = None) -> Page:
         """Send one request and return the page, still streaming; raises `ApiError` subclasses.
 
-        The request runs on its own thread and is handed over: a stop (`Interrupted`) or the
-        overall limit (a trickling handshake or headers) ends the wait without waiting for the
-        socket, and the connection is cut so that thread ends too.
-        """
-        limit = CONNECT_TIMEOUT * (len(self.urls) - 1) + self.wait_limit(max_timeout)
+        The request runs on the ``request`` thread: a stop (`Interrupted`) or the overall limit (a
+        trickling handshake or headers) ends the wait at once, and the connection is cut."""
+        limit = CONNECT_TIMEOUT * (len(self.urls) - 1) + int(max_timeout or self.max_timeout)
+        limit += READ_TIMEOUT_MARGIN + DEADLINE_SLACK
         box: queue.Queue[Any] = queue.Queue(1)
         given_up = threading.Event()
         if self._requester is None or self._requester.busy:
@@ -208,8 +154,8 @@ class EventsClient:
             self._requester = _Requester()
         self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
         try:
-            result = handover(box, limit, self.stop, "answer")
-        except (Interrupted, Abandoned) as exc:
+            result = pages.handover(box, limit, self.stop, "answer")
+        except (errors.Interrupted, pages.Abandoned) as exc:
             given_up.set()
             self.abort()
             try:
@@ -218,16 +164,21 @@ class EventsClient:
                 late = None
             if isinstance(late, Page):
                 late.close()
-            if isinstance(exc, Abandoned):
-                raise abandoned(self.url, exc) from None
+            if isinstance(exc, pages.Abandoned):
+                raise pages.abandoned(self.url, exc) from None
             raise
         if isinstance(result, BaseException):
             raise result
         return result
 
     def _fetch(self, token: Optional[str], max_timeout: Optional[int]) -> Page:
-        params = self.params(token, max_timeout)
-        read_timeout = int(params["max_timeout"][2:-1]) + READ_TIMEOUT_MARGIN
+        seconds = int(max_timeout or self.max_timeout)
+        params = {"max_events": str(self.max_events), "max_timeout": f"PT{seconds}S"}
+        if token:
+            params["continuation_token"] = token
+        elif self.filter:
+            params["filter"] = self.filter
+        read_timeout = seconds + READ_TIMEOUT_MARGIN
         self._aborted = False
         failures: List[_Unreachable] = []
         for attempt in range(len(self.urls)):
@@ -239,12 +190,12 @@ class EventsClient:
                 failures.append(exc)
                 continue
             self._current = index
-            return self._check_status(response, base, token, self.wait_limit(max_timeout))
+            return self._check_status(response, base, token, read_timeout + DEADLINE_SLACK)
         answered = all(failure.answered for failure in failures)
         if len(failures) == 1:
-            raise Unavailable(str(failures[0]), answered=answered)
+            raise errors.Unavailable(str(failures[0]), answered=answered)
         texts = "; ".join(map(str, failures))
-        raise Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
+        raise errors.Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
 
     def _watch(self, conn: Any, connected: bool) -> None:
         """Told by the connection pool which connection carries the request, and when it is up."""
@@ -261,64 +212,74 @@ class EventsClient:
         self._active, self._fresh, self._connected = None, True, False
         url = base + API_PATH.format(external_system_id=self.external_system_id)
         proxy = self.proxies[base]
+        shown = without_credentials(proxy or "")
+        cannot = f"cannot connect to {base}" + (f" through the proxy {shown}" if proxy else "")
         try:
-            return self._transport.get(url, params, (CONNECT_TIMEOUT, read_timeout), proxy)
+            return self._session.get(
+                url,
+                params=params,
+                timeout=(CONNECT_TIMEOUT, read_timeout),
+                stream=True,  # the body is read by the page, as it comes
+                allow_redirects=False,
+                proxies={"https": proxy} if proxy else {},
+            )
         except requests.ReadTimeout:
             if not self._connected:  # urllib3 counts a handshake that does not end as a read timeout
-                via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
-                raise _Unreachable(f"cannot connect to {base}{via}: the TLS handshake timed out") from None
-            answer = f"{base} did not answer within {read_timeout:.0f} s"
-            raise Unavailable(answer, reason="timeout") from None
+                raise _Unreachable(f"{cannot}: the TLS handshake timed out") from None
+            raise errors.Unavailable(
+                f"{base} did not answer within {read_timeout:.0f} s", reason="timeout"
+            ) from None
         except requests.RequestException as exc:
             if again and not self._fresh and not self._aborted:
                 # The server closed the idle connection as the request went out: once more, anew.
                 return self._request(base, params, read_timeout, again=False)
-            raise self._translate(base, proxy, exc) from None
-
-    def _translate(self, base: str, proxy: Optional[str], exc: requests.RequestException) -> Exception:
-        """requests' exception → the project's (or `_Unreachable`: the next address is tried)."""
-        via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
-        if isinstance(exc, requests.exceptions.ProxyError):
-            reason = transport.root_reason(exc)
+            failure, reason = exc, transport.root_reason(exc)
+        if isinstance(failure, requests.exceptions.ProxyError):
             if "CERTIFICATE_VERIFY_FAILED" in reason:
                 # ca_file and pin_sha256 are the Central Node's; the proxy's TLS is OpenSSL's default.
                 reason += (
                     ": an https:// proxy's certificate is checked against the system's trust store; "
                     "install its CA there, or point SSL_CERT_FILE at a bundle that holds it"
                 )
-            return _Unreachable(
-                f"cannot connect to {base}{via}: the proxy {without_credentials(proxy or '')} "
-                f"failed: {reason}"
-            )
+            raise _Unreachable(f"{cannot}: the proxy {shown} failed: {reason}")
         if proxy and not self._connected and not getattr(self._active, "tunnel_up", True):
             # The proxy ended the connection before its tunnel was up: it is the one to blame.
-            return _Unreachable(
-                f"cannot connect to {base}{via}: the proxy {without_credentials(proxy)} closed the "
-                f"connection without a complete answer to the CONNECT request "
-                f"({transport.root_reason(exc)}): "
-                "check the proxy option or HTTPS_PROXY (address, credentials) and that the proxy "
-                "lets this host reach the Central Node"
+            raise _Unreachable(
+                f"{cannot}: the proxy {shown} closed the connection without a complete answer to the "
+                f"CONNECT request ({reason}): check the proxy option or HTTPS_PROXY (address, "
+                "credentials) and that the proxy lets this host reach the Central Node"
             )
-        for cause in transport.causes(exc):
+        for cause in transport.causes(failure):
             pin = _PIN_MISMATCH.search(str(cause))
             if pin:
                 seen = pin.group(1).lower()
-                return TlsVerifyFailed(
+                raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted: fingerprints did not match (pinned "
                     f"{self.pin_sha256}, the server's certificate has {seen})",
-                    seen,
+                    server_fingerprint=seen,
+                )
+            words = transport.own_words(cause)
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                seen = (
+                    None
+                    if proxy
+                    else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password)
+                )
+                raise errors.TlsVerifyFailed(
+                    f"the server at {base} was not trusted ({self.trust.text}): {words}",
+                    server_fingerprint=seen,
                 )
             if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
-                error = self._tls_error(base, cause, proxy)
                 # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP
                 # port, our certificate refused): the next address may answer.
-                return _Unreachable(str(error), answered=True) if isinstance(error, Unavailable) else error
+                through = f"TLS handshake with {base} through the proxy {shown} failed: {words}"
+                raise _Unreachable(through if proxy else handshake_failure(base, words), answered=True)
         connecting = (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError)
-        if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.InvalidURL)) or any(
-            isinstance(cause, connecting) for cause in transport.causes(exc)
+        if isinstance(failure, (requests.ConnectTimeout, requests.exceptions.InvalidURL)) or any(
+            isinstance(cause, connecting) for cause in transport.causes(failure)
         ):
-            return _Unreachable(f"cannot connect to {base}{via}: {transport.root_reason(exc)}")
-        return _Unreachable(f"{base} closed the connection before answering: {transport.root_reason(exc)}")
+            raise _Unreachable(f"{cannot}: {reason}")
+        raise _Unreachable(f"{base} closed the connection before answering: {reason}")
 
     def _files_stamp(self) -> Tuple[Any, ...]:
         """Identity, size and time of the certificate, key and CA files: a change means new files."""
@@ -333,29 +294,26 @@ class EventsClient:
         return tuple(stamp)
 
     def _mount(self) -> None:
-        """The TLS settings of every new connection, made again when their files changed.
-
-        A certificate renewed in place on a box that runs for months is used from the next
-        connection on, without a restart. Files changed but not usable (the key not yet replaced,
-        a file half written) keep the last good settings, and are tried again at the next
-        connection; only at the first connection are they an error.
-        """
+        """The TLS settings of every new connection, made again when their files changed: a
+        certificate renewed in place is used from the next connection on, without a restart. Files
+        changed but not usable (the key not yet replaced, a file half written) keep the last good
+        settings until the next connection; only at the first connection are they an error."""
         stamp = self._files_stamp()
         if self._context is not None and stamp == self._context_stamp:
             return
         try:
             ctx = tls.context(self.trust, self.cert, self.key, self.key_password)
-        except (ClientTlsError, TlsVerifyFailed) as exc:
+        except (errors.ClientTlsError, errors.TlsVerifyFailed) as exc:
             if self._context is None:
                 raise
             self.tls_files_problem = str(exc)
             return
         self._context, self._context_stamp = ctx, stamp
         self.tls_files_problem = None
-        self._transport.mount(ctx, self.pin_sha256)
+        transport.mount(self._session, ctx, self.pin_sha256, self._watch)
 
     def _check_status(
-        self, response: requests.Response, base: str, token: Optional[str] = None, limit: float = 3600.0
+        self, response: requests.Response, base: str, token: Optional[str], limit: float
     ) -> Page:
         status = response.status_code
         if status == 200:
@@ -364,58 +322,44 @@ class EventsClient:
         try:
             # A body read to its end leaves the connection ready for the next request.
             body = response.raw.read(ERROR_BODY_LIMIT, decode_content=True) or b""
-        except CONNECTION_ERRORS:
+        except pages.CONNECTION_ERRORS:
             body = b""
         finally:
             response.close()
-        text = excerpt(body)
+        text = pages.excerpt(body)
+        said = text or "empty body"
         if status == 401:
-            raise Unauthorized(f"HTTP 401 from {base}: {text or 'empty body'}")
+            raise errors.Unauthorized(f"HTTP 401 from {base}: {said}")
         if status == 404 and b"subscription not found" in body.lower():
-            raise SubscriptionLost(f"HTTP 404 from {base}: {text}")
+            raise errors.SubscriptionLost(f"HTTP 404 from {base}: {text}")
         if token and status in (400, 404, 414):
-            raise TokenRefused(
+            raise errors.TokenRefused(
                 f"HTTP {status} from {base} for the request carrying the continuation token "
-                f"({len(token)} characters): {text or 'empty body'}",
-                status,
-                text,
+                f"({len(token)} characters): {said}",
+                status=status,
             )
         if status == 400:
-            raise BadRequest(text or "HTTP 400 with an empty body")
+            raise errors.BadRequest(text or "HTTP 400 with an empty body")
         if status == 414:
-            raise BadRequest(f"HTTP 414 (URI too long): {text or 'empty body'}; is the filter that long?")
+            raise errors.BadRequest(f"HTTP 414 (URI too long): {said}; is the filter that long?")
         if status == 429 or status >= 500:
-            raise Unavailable(
-                f"HTTP {status} from {base}: {text or 'empty body'}",
-                retry_after_seconds(response.headers.get("Retry-After")),
+            raise errors.Unavailable(
+                f"HTTP {status} from {base}: {said}",
+                retry_after=retry_after_seconds(response.headers.get("Retry-After")),
                 reason="http_error",
             )
-        raise BadResponse(f"unexpected HTTP {status} from {base}", text)
-
-    def _tls_error(self, base: str, exc: ssl.SSLError, proxy: Optional[str] = None) -> ApiError:
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return TlsVerifyFailed(
-                f"the server at {base} was not trusted ({self.trust.text}): {transport.own_words(exc)}",
-                None
-                if proxy
-                else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password),
-            )
-        if proxy:
-            via = without_credentials(proxy)
-            message = f"TLS handshake with {base} through the proxy {via} failed: {transport.own_words(exc)}"
-            return Unavailable(message, answered=True)
-        return Unavailable(handshake_failure(base, transport.own_words(exc)), answered=True)
+        raise errors.BadResponse(f"unexpected HTTP {status} from {base}", excerpt=text)
 
     def close(self) -> None:
         if self._requester is not None:
             self._requester.retire()
             self._requester = None
         self._active = None
-        self._transport.close()
+        self._session.close()
 
     def abort(self) -> None:
         """Cut the connection from another thread, so a blocked long poll returns at once."""
         self._aborted = True
         sock = getattr(self._active, "sock", None)
         if sock is not None:
-            shutdown_socket(sock)
+            pages.shutdown_socket(sock)

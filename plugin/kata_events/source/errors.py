@@ -7,11 +7,15 @@ or key material.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 
 class ApiError(Exception):
-    """Base of every failure of one Events API request."""
+    """Base of every failure of one Events API request; keyword arguments set its attributes."""
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.__dict__.update(fields)
 
 
 class Unauthorized(ApiError):
@@ -24,20 +28,18 @@ class SubscriptionLost(ApiError):
 
 class TokenRefused(ApiError):
     """The server refused a request carrying our continuation token: HTTP 414 (too long), 400, or 404
-    without "Subscription not found". ``status`` and the server's ``reason`` say which."""
+    without "Subscription not found", as ``status`` says."""
 
-    def __init__(self, message: str, status: int, reason: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
+    status = 0
 
 
 class BadRequest(ApiError):
     """HTTP 400: the server rejected a parameter (most often the filter). Not transient."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    @property
+    def reason(self) -> str:
+        """The server's words."""
+        return str(self)
 
 
 class Unavailable(ApiError):
@@ -49,33 +51,23 @@ class Unavailable(ApiError):
     address itself is likely right.
     """
 
-    def __init__(
-        self,
-        message: str,
-        retry_after: Optional[float] = None,
-        reason: str = "connection",
-        answered: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.reason = reason
-        self.answered = answered
+    retry_after: Optional[float] = None
+    reason = "connection"
+    answered = False
 
 
 class BadResponse(ApiError):
-    """A 200 whose body is not a complete, well-formed events page (or an unexpected status)."""
+    """A 200 whose body is not a complete, well-formed events page (or an unexpected status);
+    ``excerpt`` quotes it."""
 
-    def __init__(self, message: str, excerpt: str = "") -> None:
-        super().__init__(message)
-        self.excerpt = excerpt
+    excerpt = ""
 
 
 class TlsVerifyFailed(ApiError):
-    """The server's certificate was not trusted (unknown CA, wrong pin, wrong name)."""
+    """The server's certificate was not trusted (unknown CA, wrong pin, wrong name); the
+    ``server_fingerprint`` it has, when known."""
 
-    def __init__(self, message: str, server_fingerprint: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.server_fingerprint = server_fingerprint
+    server_fingerprint: Optional[str] = None
 
 
 class ClientTlsError(ApiError):

@@ -3,11 +3,11 @@
 What each event is checked for: it is valid JSON (msgspec's grammar: strings, escapes, numbers,
 literals, separators, matched brackets; not the UTF-8 validity of string contents, which would cost
 more than the split itself) and an object. An event holding JSON whitespace other than spaces (a
-pretty-printed body) is compacted onto one line by ``msgspec.json.format``, tokens kept byte for
-byte; one holding raw control bytes inside strings (not strict JSON, but seen in the field) or a
-lone UTF-16 surrogate escape is accepted by ``json.loads(strict=False)`` and, if it holds control
-bytes, re-encoded as compact JSON with the same keys, order and values. All other events are the
-server's bytes.
+pretty-printed body) is compacted onto one line (by the splitter, ``msgspec.json.format``), tokens
+kept byte for byte; one holding raw control bytes inside strings (not strict JSON, but seen in the
+field) or a lone UTF-16 surrogate escape is accepted by ``json.loads(strict=False)`` and, if it
+holds control bytes, re-encoded as compact JSON with the same keys, order and values. All other
+events are the server's bytes.
 
 Pure functions over bytes (no state, no I/O); how the splitter cuts a body into windows is in
 `kata_events.source.stream`.
@@ -32,27 +32,18 @@ _EVENTS = msgspec.json.Decoder(List[msgspec.Raw])
 decode_one = msgspec.json.Decoder(msgspec.Raw).decode
 
 
-def has_control(event: bytes) -> bool:
-    """Whether ``event`` holds a raw byte below 0x20 (inside a string: not strict JSON)."""
-    return _CONTROL(event) is not None
-
-
-def compact(event: bytes) -> bytes:
-    """A pretty-printed event on one line, every token kept byte for byte."""
-    return msgspec.json.format(event, indent=-1)
-
-
 def reject_constant(name: str) -> NoReturn:
     """For ``json.loads``'s ``parse_constant``: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not JSON")
 
 
 def reencode_event(raw: bytes) -> bytes:
-    """``raw`` (one JSON object) as compact one-line JSON, keys and values kept, non-ASCII kept.
-
-    Raises ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep.
-    """
+    """``raw`` (one JSON object msgspec refused) as it is if it holds no raw control byte (a lone
+    surrogate escape), else as compact one-line JSON, keys, values and non-ASCII kept. Raises
+    ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep."""
     obj = json.loads(raw, strict=False, parse_constant=reject_constant)
+    if _CONTROL(raw) is None:
+        return raw
     try:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:

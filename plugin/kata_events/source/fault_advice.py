@@ -39,12 +39,7 @@ class RepeatedFault:
         return lasted if lasted >= PERSISTENT_AFTER else 0.0
 
     def clear(self) -> None:
-        """An answer came: the next failure starts a new count."""
-        self._kind = None
-
-
-def _addresses(urls: Sequence[str]) -> str:
-    return ", ".join(f"{parts.hostname} port {parts.port or 443}" for parts in map(urlsplit, urls))
+        self._kind = None  # an answer came: the next failure starts a new count
 
 
 def persistent_advice(exc: ApiError, urls: Sequence[str], lasted: float) -> str:
@@ -57,8 +52,9 @@ def persistent_advice(exc: ApiError, urls: Sequence[str], lasted: float) -> str:
             "(kata-events retries until it recovers); "
         )
     if not answered:
+        addresses = ", ".join(f"{parts.hostname} port {parts.port or 443}" for parts in map(urlsplit, urls))
         return (
-            f"{head}: nothing usable answers at {_addresses(urls)}: check the address and port in "
+            f"{head}: nothing usable answers at {addresses}: check the address and port in "
             "url, that the Central Node is up, and that firewalls let this host through; "
             "`kata-events check` (same options as run) tests DNS, TCP and TLS step by step; "
         )

@@ -24,7 +24,7 @@ from kata_events.source.tokens import token_problem
 from kata_events.stopping import STOP_POLL, WAKE, Stop
 
 if TYPE_CHECKING:
-    from kata_events.source.stream import PageSplitter, SkippedEvent
+    from kata_events.source.stream import SkippedEvent
 
 #: Large reads keep Python's per-chunk work small next to the bytes moved.
 CHUNK_SIZE = 1 << 20
@@ -45,10 +45,7 @@ ENVELOPE_SCHEMA: Dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "Events API answer envelope",
     "type": "object",
-    "properties": {
-        "continuationToken": {"type": "string", "minLength": 1},
-        "events": {"type": "array"},
-    },
+    "properties": {"continuationToken": {"type": "string", "minLength": 1}, "events": {"type": "array"}},
     "required": ["continuationToken", "events"],
 }
 _envelope_validator: Any = None
@@ -96,66 +93,14 @@ def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any
                 return item
 
 
-class _ReadAhead:
-    """Reads and splits a body in a thread, a few chunks ahead of the caller.
-
-    The caller writes and hashes the previous chunk's events (without the GIL, in C) while this
-    thread reads the next one (socket and TLS work, also without the GIL) and splits it: the three
-    overlap on two cores instead of running one after the other, and the server's sending never
-    waits on our splitting. At most ``depth`` items wait in the queue: ``(events, skipped)`` per
-    chunk, then ``None`` at the end of the body. A failure (the connection's, or the splitter's
-    `MalformedBody`) is handed over, for the caller to raise.
-    """
-
-    def __init__(self, raw: Any, splitter: PageSplitter, decode: bool, depth: int = 2) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(depth)
-        self._closed = threading.Event()
-        self._splitter = splitter
-        #: Bytes of the body read so far.
-        self.bytes_read = 0
-        #: Set once the reading thread has stopped reading (end of body, or a failure).
-        self.done = threading.Event()
-        threading.Thread(target=self._read, args=(raw, decode), name="page-reader", daemon=True).start()
-
-    def _read(self, raw: Any, decode: bool) -> None:
-        splitter = self._splitter
-        try:
-            while not self._closed.is_set():
-                # Decoded only if the server encoded it although not asked to: urllib3 then copies
-                # through a buffer, which a plain body is spared.
-                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
-                if not chunk:
-                    left = getattr(raw, "length_remaining", None)
-                    if left:
-                        raise ConnectionError(f"the body ended {left} bytes early")
-                    self.done.set()
-                    self._put(None)
-                    return
-                self.bytes_read += len(chunk)
-                events = splitter.feed(chunk)
-                skipped, splitter.skipped = splitter.skipped, []
-                if events or skipped:
-                    self._put((events, skipped))
-        except BaseException as exc:  # handed to the caller's thread, which decides
-            self.done.set()
-            self._put(exc)
-        finally:
-            self.done.set()
-
-    def _put(self, item: Any) -> None:
-        while not self._closed.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def close(self) -> None:
-        self._closed.set()
-
-
 class Page:
-    """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token."""
+    """One streamed response: iterate `batches()` for raw event lines, then `finish()` for the token.
+
+    The body is read and split by the ``page-reader`` thread, a few chunks ahead of the caller: the
+    caller writes the previous chunk's events (in C, without the GIL) while that thread reads (socket
+    and TLS work, also without the GIL) and splits the next, so they overlap on two cores and the
+    server's sending never waits on our splitting.
+    """
 
     def __init__(
         self,
@@ -176,13 +121,46 @@ class Page:
         self._limit = limit
         self._stop = stop
         self._splitter = PageSplitter(max_event_bytes)
-        self._reader: Optional[_ReadAhead] = None
         self._skipped: List[SkippedEvent] = []
+        #: Bytes of the body read so far (a few chunks ahead of the events handed back).
+        self.bytes_read = 0
+        #: From the reading thread: ``(events, skipped)`` per chunk, then None, or its failure.
+        self._queue: queue.Queue[Any] = queue.Queue(2)
+        self._closed = threading.Event()
+        self._reading = False  # the reading thread is inside the body
 
-    @property
-    def bytes_read(self) -> int:
-        """Bytes of the body read so far (a few chunks ahead of the events handed back)."""
-        return self._reader.bytes_read if self._reader is not None else 0
+    def _read(self, decode: bool) -> None:
+        raw, splitter = self._response.raw, self._splitter
+        try:
+            while not self._closed.is_set():
+                # Decoded only if the server encoded it although not asked to: urllib3 then copies
+                # through a buffer, which a plain body is spared.
+                chunk = raw.read(CHUNK_SIZE, decode_content=decode)
+                if not chunk:
+                    left = getattr(raw, "length_remaining", None)
+                    if left:
+                        raise ConnectionError(f"the body ended {left} bytes early")
+                    self._reading = False
+                    self._put(None)
+                    return
+                self.bytes_read += len(chunk)
+                events = splitter.feed(chunk)
+                skipped, splitter.skipped = splitter.skipped, []
+                if events or skipped:
+                    self._put((events, skipped))
+        except BaseException as exc:  # handed to the caller's thread, which decides
+            self._reading = False
+            self._put(exc)
+        finally:
+            self._reading = False
+
+    def _put(self, item: Any) -> None:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     @property
     def event_count(self) -> int:
@@ -207,10 +185,12 @@ class Page:
         from kata_events.source.stream import MalformedBody
 
         encoding = self._response.headers.get("Content-Encoding", "").strip().lower()
-        self._reader = _ReadAhead(self._response.raw, self._splitter, encoding not in ("", "identity"))
+        self._reading = True
+        decode = encoding not in ("", "identity")
+        threading.Thread(target=self._read, args=(decode,), name="page-reader", daemon=True).start()
         try:
             while True:
-                item = handover(self._reader.queue, self._limit, self._stop, "part of the body")
+                item = handover(self._queue, self._limit, self._stop, "part of the body")
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -220,7 +200,7 @@ class Page:
                 if events:
                     yield events
         except MalformedBody as exc:
-            raise BadResponse(f"the page is not valid JSON: {exc}", exc.excerpt) from None
+            raise BadResponse(f"the page is not valid JSON: {exc}", excerpt=exc.excerpt) from None
         except Abandoned as exc:
             raise abandoned(self.base_url, exc) from None
         except CONNECTION_ERRORS as exc:
@@ -237,12 +217,14 @@ class Page:
         try:
             envelope = self._splitter.close()
         except MalformedBody as exc:
-            raise BadResponse(f"the page is incomplete or not valid JSON: {exc}", exc.excerpt) from None
+            raise BadResponse(
+                f"the page is incomplete or not valid JSON: {exc}", excerpt=exc.excerpt
+            ) from None
         problem = envelope_problem(envelope)
         if problem:
             raise BadResponse(
                 f"the page does not look like an Events API response ({problem})",
-                excerpt(repr(envelope).encode()),
+                excerpt=excerpt(repr(envelope).encode()),
             )
         token = envelope["continuationToken"]
         problem = token_problem(token)
@@ -250,19 +232,17 @@ class Page:
             # Saved, it would make every later request fail, across restarts too.
             raise BadResponse(
                 f"the page's continuationToken is not one a server would send: {problem}",
-                excerpt(token.encode("utf-8", "replace"), 60),
+                excerpt=excerpt(token.encode("utf-8", "replace"), 60),
             )
         return token
 
     def close(self) -> None:
-        reader = self._reader
-        if reader is not None:
-            reader.close()
-            if not reader.done.is_set() and self._sock is not None:
-                # The reading thread is inside a read, holding the response's buffer: closing the
-                # response would wait for the server's next byte (for ever, if it trickles). Shut
-                # the socket down first, so that read returns at once (a stop, a deadline).
-                shutdown_socket(self._sock)
+        self._closed.set()
+        if self._reading and self._sock is not None:
+            # The reading thread is inside a read, holding the response's buffer: closing the
+            # response would wait for the server's next byte (for ever, if it trickles). Shut
+            # the socket down first, so that read returns at once (a stop, a deadline).
+            shutdown_socket(self._sock)
         # A body read to its end has put the connection back for the next request already;
         # otherwise this closes it: a connection mid-answer is never reused.
         self._response.close()

@@ -2,30 +2,23 @@
 
 The Central Node answers ``{"events":[{...},{...}],"continuationToken":"..."}`` (keys in any order,
 unknown keys possible, any JSON whitespace), up to ~140 MB per page. ``PageSplitter`` takes the body
-in chunks of any size and hands back each element of ``events`` as the server's own bytes, ready to
-be written as one NDJSON line, without building Python objects per event. It owns only bytes and
-counters: it never touches sockets, files or stdout, and never logs.
+in chunks of any size and hands back each element of ``events`` as the server's own bytes, one NDJSON
+line each, without building Python objects per event. It owns only bytes and counters: it never
+touches sockets, files or stdout, and never logs.
 
-How: the events array is split by msgspec, a JSON decoder written in C. At each chunk the unsplit
-bytes (the window) start at an event; the last ``},{`` (whitespace allowed around the comma) is a
-candidate cut, and ``[`` + window-up-to-the-cut + ``]`` is decoded as ``list[msgspec.Raw]``, which
-validates the JSON and returns each element's bytes without building objects. Success proves the cut
-lies between two top-level events: a cut inside a string leaves it unterminated, a cut inside a
-nested value leaves brackets open, and either fails to decode. On such a failure an earlier
-candidate is tried. When that does not settle the window (one event larger than the chunk, a raw
-control byte, a fault), a small incremental scanner finds where the next value ends (strings and
-bracket depth only, resumable across chunks, so a 10 MB event in 256 KB chunks is scanned once) and
-that one event is validated alone. The envelope around the array (keys, ``:``, ``,``, the other
-top-level values) is walked by a small state machine; its values are parsed with ``json`` at
-``close()``.
-
-What each event is checked for, and when it is rewritten: `kata_events.source.event_json`.
+How: at each chunk the unsplit bytes (the window) start at an event; the last ``},{`` is a candidate
+cut, and ``[`` + window-up-to-the-cut + ``]`` is decoded by msgspec (C) as ``list[msgspec.Raw]``,
+which validates without building objects. Success proves the cut lies between two top-level events
+(a cut inside a string or a nested value fails to decode); on failure an earlier candidate is tried.
+When that does not settle the window (one event larger than the chunk, a raw control byte, a fault),
+a resumable scanner (strings and bracket depth only) finds where the next value ends, and that event
+is validated alone. The envelope around the array is walked by a small state machine; its values are
+parsed with ``json`` at ``close()``. What each event is checked for: `event_json`.
 
 Memory is bounded by the chunk and the largest event accepted: an event larger than
-``max_event_bytes``, or nested deeper than the decoder's recursion limit, is skipped: its bytes are
-dropped as they are scanned and it is recorded in ``skipped`` for the caller to report. One broken
-event must not wedge the stream: the page is still well formed and its token can be committed. A
-top-level value other than ``events`` larger than the cap makes the body malformed. Whitespace is
+``max_event_bytes``, or nested deeper than the decoder's recursion limit, is skipped (recorded in
+``skipped``): one broken event must not wedge the stream, the page's token can still be committed.
+A top-level value other than ``events`` larger than the cap makes the body malformed. Whitespace is
 consumed as it comes, so a body of endless whitespace holds nothing.
 """
 
@@ -40,17 +33,8 @@ from typing import Any, Dict, List, NoReturn, Optional
 import msgspec
 
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source.event_json import (
-    WHITESPACE,
-    compact,
-    decode_one,
-    error_byte,
-    has_control,
-    last_cut,
-    reencode_event,
-    reject_constant,
-    split_window,
-)
+from kata_events.source import event_json
+from kata_events.source.event_json import WHITESPACE, last_cut, split_window
 
 EXCERPT_CHARS = 200
 #: Candidate cuts tried per window before the scanner takes the next event.
@@ -68,17 +52,11 @@ _IN_STRING = re.compile(_STRING_REST, re.S).match
 _OUTSIDE = re.compile(rb'[^"{}\[\]]*(?:"' + _STRING_REST + rb'"[^"{}\[\]]*)*', re.S).match
 _FIRST = operator.itemgetter(0)
 _OBJECT = {_LBRACE}
-# Parser states (the envelope and the events array).
-_S_BEGIN = 0  # before the top-level "{"
-_S_KEY_OR_END = 1  # after "{": a key or "}"
-_S_KEY = 2  # after ",": a key
-_S_COLON = 3
-_S_VALUE = 4
-_S_COMMA_OR_END = 5  # after a top-level value: "," or "}"
-_S_ELEM_OR_END = 6  # after "[": an event or "]"
-_S_ELEM = 7  # after "," in the array: an event
-_S_AFTER_ELEM = 8  # after an event: "," or "]"
-_S_DONE = 9  # after the closing "}": whitespace only
+# Parser states: before the top-level "{"; after "{" (a key or "}"); after "," (a key); before ":";
+# before a value; after a top-level value ("," or "}"); after "[" (an event or "]"); after "," in the
+# array (an event); after an event ("," or "]"); after the closing "}" (whitespace only).
+_S_BEGIN, _S_KEY_OR_END, _S_KEY, _S_COLON, _S_VALUE = range(5)
+_S_COMMA_OR_END, _S_ELEM_OR_END, _S_ELEM, _S_AFTER_ELEM, _S_DONE = range(5, 10)
 
 # The states where one punctuation byte is expected: the state each one leads to, and the problem
 # when another byte stands there.
@@ -94,18 +72,13 @@ _FOR_EVENT, _FOR_KEY, _FOR_VALUE = 0, 1, 2
 
 
 class MalformedBody(ValueError):
-    """The body is not a complete JSON object of the expected shape.
-
-    ``excerpt`` is a short printable excerpt (at most 200 characters) around the problem, ``offset``
-    the byte offset in the body where it was found (``None`` when it is the end of the body).
-    """
+    """The body is not a complete JSON object of the expected shape (``reason``), at byte ``offset``
+    of the body (None: its end); ``excerpt`` is a printable excerpt (at most 200 characters) there."""
 
     def __init__(self, message: str, excerpt: str = "", offset: Optional[int] = None) -> None:
         where = "end of body" if offset is None else f"byte {offset}"
         super().__init__(f"{message} (at {where}: {excerpt!r})" if excerpt else f"{message} (at {where})")
-        self.reason = message
-        self.excerpt = excerpt
-        self.offset = offset
+        self.reason, self.excerpt, self.offset = message, excerpt, offset
 
 
 @dataclass(frozen=True)
@@ -151,15 +124,10 @@ class PageSplitter:
         self._skip_from = -1  # body offset of the oversized event being skipped
         self._bulk_from = 0  # body offset before which the bulk path is not tried again
 
-    # -- public -------------------------------------------------------------------------------
-
     def feed(self, chunk: bytes) -> List[bytes]:
-        """Consume the next chunk; return the events it completed, in order.
-
-        Each event is the bytes of one JSON object, surrounding whitespace removed, with no byte
-        below 0x20 (see the module docstring). Raises ``MalformedBody`` as soon as the bytes cannot
-        be a valid envelope; after that every call raises it again.
-        """
+        """Consume the next chunk; return the events it completed, in order: each one JSON object,
+        surrounding whitespace removed, with no byte below 0x20. Raises ``MalformedBody`` as soon as
+        the bytes cannot be a valid envelope; after that every call raises it again."""
         if self._error is not None:
             raise self._error
         out: List[bytes] = []
@@ -175,7 +143,7 @@ class PageSplitter:
             raise
         finally:
             self.event_count += len(out)
-            drop = self._pos - 1  # one byte is kept before the next event: `_split_window` uses it
+            drop = self._pos - 1  # one byte is kept before the next event: `split_window` uses it
             if drop > 0:
                 del self._buf[:drop]
                 self._off += drop
@@ -201,14 +169,12 @@ class PageSplitter:
                 envelope[key] = []
                 continue
             try:
-                envelope[key] = json.loads(raw, parse_constant=reject_constant)
+                envelope[key] = json.loads(raw, parse_constant=event_json.reject_constant)
             except (ValueError, RecursionError) as exc:
                 message = f"top-level value of {key!r} is not JSON ({exc})"
                 self._error = MalformedBody(message, _printable(raw))
                 raise self._error from None
         return envelope
-
-    # -- machinery ----------------------------------------------------------------------------
 
     def _fail(self, message: str, at: int) -> NoReturn:
         """Raise for a problem at ``_buf[at]``."""
@@ -294,7 +260,7 @@ class PageSplitter:
             try:
                 events = split_window(buf, pos, cut)
             except msgspec.DecodeError as exc:
-                at = error_byte(exc)
+                at = event_json.error_byte(exc)
                 if at is not None and at < cut - pos:  # a fault before the cut, not the cut itself
                     self._bulk_from = self._off + pos + at
                     return False
@@ -324,7 +290,7 @@ class PageSplitter:
             return
         self._index += 1
         if b"\n" in event or b"\r" in event or b"\t" in event:
-            event = compact(event)
+            event = msgspec.json.format(event, indent=-1)  # on one line, every token kept
         out.append(event)
 
     def _skip(self, offset: int, size: int, reason: str) -> None:
@@ -422,13 +388,13 @@ class PageSplitter:
         try:
             if len(event) <= self.max_event_bytes:  # a larger one is skipped by `_emit`
                 try:
-                    decode_one(event)
+                    event_json.decode_one(event)
                 except msgspec.DecodeError as exc:
                     # Raw control bytes in strings and lone surrogate escapes are JSON to Python's decoder.
                     try:
-                        reencoded = reencode_event(event)
+                        reencoded = event_json.reencode_event(event)
                     except ValueError:
-                        at = error_byte(exc)
+                        at = event_json.error_byte(exc)
                         self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
         except RecursionError:
             self._skip(self._off + start, len(event), "nested too deep")
@@ -437,4 +403,4 @@ class PageSplitter:
             self._emit(event, start, out)
         else:
             self._index += 1
-            out.append(reencoded if has_control(event) else event)
+            out.append(reencoded)

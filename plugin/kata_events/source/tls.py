@@ -5,9 +5,8 @@ checked by urllib3 after the handshake and before the request goes out), ``ca_fi
 ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` variables (the convention of requests and curl), and
 otherwise the system's trust store (OpenSSL's, with ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``
 honoured; not certifi's bundle, so a CA installed on the box keeps working). ``insecure`` verifies
-nothing. TLS 1.2 is the least version accepted, whatever the local OpenSSL would allow. The client
-certificate and key go on the context (an encrypted key is opened with the passphrase of
-`kata_events.key_password`, never prompted for on a terminal). This module never logs and never
+nothing. TLS 1.2 is the least version accepted, whatever the local OpenSSL would allow. An encrypted
+key is opened with `kata_events.key_password`, never prompted for. This module never logs and never
 touches the network.
 """
 
@@ -25,9 +24,6 @@ from kata_events.source.errors import ClientTlsError, TlsVerifyFailed
 if TYPE_CHECKING:
     from kata_events.key_password import KeyPassword
 
-#: The variables requests and curl read for a CA bundle, in requests' order.
-CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-
 
 @dataclass(frozen=True)
 class Trust:
@@ -41,13 +37,8 @@ class Trust:
     @property
     def text(self) -> str:
         """For the start log and messages: what verified the server."""
-        if self.kind == "pin_sha256":
-            return f"pin_sha256 {self.pin}"
-        if self.kind == "insecure":
-            return "nothing (insecure = true)"
-        if self.kind == "system":
-            return "the system's trust store"
-        return f"{self.kind} {self.path}"
+        fixed = {"insecure": "nothing (insecure = true)", "system": "the system's trust store"}
+        return fixed.get(self.kind, f"{self.kind} {self.pin or self.path}")
 
 
 def choose_trust(
@@ -60,7 +51,7 @@ def choose_trust(
         return Trust("insecure")
     if ca_file:
         return Trust("ca_file", ca_file)
-    for name in CA_BUNDLE_VARIABLES:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # as requests and curl read them
         if environ.get(name):
             return Trust(name, environ[name])
     return Trust("system")
@@ -72,22 +63,18 @@ def context(
     key: Optional[str] = None,
     key_password: Optional[KeyPassword] = None,
 ) -> ssl.SSLContext:
-    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given
-    (an encrypted key opened with ``key_password``).
+    """A client context for ``trust``, with our certificate when ``cert`` and ``key`` are given.
 
     Raises `TlsVerifyFailed` when the CA file or bundle is unusable, `ClientTlsError` when our
-    certificate or key is.
-    """
+    certificate or key (or its passphrase) is."""
     if trust.kind in ("pin_sha256", "insecure"):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
+        where = "capath" if trust.path and os.path.isdir(trust.path) else "cafile"
         try:
-            if trust.path and os.path.isdir(trust.path):
-                ctx = ssl.create_default_context(capath=trust.path)
-            else:
-                ctx = ssl.create_default_context(cafile=trust.path)
+            ctx = ssl.create_default_context(**{where: trust.path})
         except (OSError, ssl.SSLError) as exc:
             what = "CA file" if trust.kind == "ca_file" else f"CA bundle {trust.kind}"
             raise TlsVerifyFailed(

@@ -1,15 +1,13 @@
 """What a continuation token may look like before it is saved or sent.
 
 A token is opaque, but it travels in a URL's query string and sits in the state file, and a broken
-server or proxy can send anything. A token of megabytes makes every later request line far longer
-than any server accepts, and once saved it would wedge the stream across restarts. So a token is
-checked before it is committed (a page whose token fails is not a well-formed page: it is not
-committed and is fetched again) and when it is loaded from the state file (one that fails starts a
-new subscription, since no server would take it).
+server or proxy can send anything: a token of megabytes, once saved, would make every later request
+fail across restarts. So a token is checked before it is committed (a page whose token fails is
+fetched again) and when it is loaded from the state file (one that fails starts a new subscription).
 
-The check is deliberately loose about the alphabet: base64, base64url, hex, UUIDs, JWTs and
-percent-encoded text all pass. What fails is what no token holds: whitespace, control characters,
-non-ASCII, quotes, backslashes and angle brackets, or a length past `MAX_TOKEN_CHARS`. Pure: no I/O.
+The check is loose about the alphabet (base64, base64url, hex, UUIDs, JWTs, percent-encoding pass);
+what fails is what no token holds: whitespace, control characters, non-ASCII, quotes, backslashes,
+angle brackets, or a length past `MAX_TOKEN_CHARS`. Pure: no I/O.
 """
 
 from __future__ import annotations

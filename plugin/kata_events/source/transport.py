@@ -1,4 +1,4 @@
-"""The HTTP transport under the API client: one requests `Session` and its adapter.
+"""The HTTP transport under the API client: a requests `Session` and its adapter.
 
 The adapter puts our TLS settings on every connection instead of requests' own (certifi's bundle,
 ``verify``): the SSL context of `kata_events.source.tls`, urllib3's ``assert_fingerprint`` for a pin
@@ -102,39 +102,24 @@ class _Adapter(requests.adapters.HTTPAdapter):
         """The context on the pool decides trust (requests would load certifi's bundle into it)."""
 
 
-class Transport:
-    """One `requests.Session` to the Central Node; `mount` puts new TLS settings in force."""
+def session(headers: Mapping[str, str]) -> requests.Session:
+    """A session sending ``headers`` and nothing of the environment (no .netrc, no CA variables
+    behind our back: proxies are read once, by `proxy_for`)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.headers.clear()
+    session.headers.update(headers)
+    return session
 
-    def __init__(self, headers: Mapping[str, str], watch: Watch) -> None:
-        self.session = requests.Session()
-        # The environment is read once, by `proxy_for`: no .netrc, no CA variables behind our back.
-        self.session.trust_env = False
-        self.session.headers.clear()
-        self.session.headers.update(headers)
-        self._watch = watch
 
-    def mount(self, ssl_context: ssl.SSLContext, pin_sha256: Optional[str]) -> None:
-        """Use these TLS settings from the next connection on (the open ones are closed)."""
-        old = self.session.adapters.get("https://")
-        self.session.mount("https://", _Adapter(ssl_context, pin_sha256, self._watch))
-        if old is not None:
-            old.close()
-
-    def get(
-        self, url: str, params: Mapping[str, str], timeout: Tuple[float, float], proxy: Optional[str]
-    ) -> Any:
-        """Send a GET; the answer's head, its body still to read (``response.raw``)."""
-        return self.session.get(
-            url,
-            params=params,
-            timeout=timeout,
-            stream=True,
-            allow_redirects=False,
-            proxies={"https": proxy} if proxy else {},
-        )
-
-    def close(self) -> None:
-        self.session.close()
+def mount(
+    session: requests.Session, ssl_context: ssl.SSLContext, pin_sha256: Optional[str], watch: Watch
+) -> None:
+    """Use these TLS settings from the next connection on (the open ones are closed)."""
+    old = session.adapters.get("https://")
+    session.mount("https://", _Adapter(ssl_context, pin_sha256, watch))
+    if old is not None:
+        old.close()
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -152,15 +137,10 @@ def causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def root_reason(exc: BaseException) -> str:
-    """The innermost error's words (``[Errno 111] Connection refused``), never a wrapper's.
-
-    requests' and urllib3's wrappers quote the request's URL, continuation token included.
-    """
-    inner = [
-        e
-        for e in causes(exc)
-        if not isinstance(e, (requests.RequestException, urllib3.exceptions.MaxRetryError))
-    ]
+    """The innermost error's words (``[Errno 111] Connection refused``), never a wrapper's: those
+    of requests and urllib3 quote the request's URL, continuation token included."""
+    wrappers = (requests.RequestException, urllib3.exceptions.MaxRetryError)
+    inner = [e for e in causes(exc) if not isinstance(e, wrappers)]
     with_errno = [e for e in inner if isinstance(e, OSError) and e.strerror]
     if with_errno:
         return _short(str(with_errno[-1]))
