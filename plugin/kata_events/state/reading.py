@@ -7,10 +7,11 @@ token. This module never logs and never writes a file.
 
 from __future__ import annotations
 
-import datetime as _dt
+import calendar
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -23,26 +24,27 @@ STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
 _MAX_STATE_BYTES = 1 << 20
 _PLAIN_TOKEN = re.compile(r"\S+")
-
-
 #: How the state file dates its record (``saved_at``): UTC, to the second.
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def stamp(epoch: Optional[float] = None) -> str:
     """``epoch`` (default: now) as a ``saved_at`` stamp, ``2026-11-27T21:30:00Z``."""
-    utc = _dt.timezone.utc
-    moment = _dt.datetime.now(utc) if epoch is None else _dt.datetime.fromtimestamp(epoch, utc)
-    return moment.strftime(STAMP_FORMAT)
+    return time.strftime(STAMP_FORMAT, time.gmtime(epoch))
 
 
 def parse_stamp(text: str) -> Optional[float]:
     """A ``saved_at`` stamp as seconds since the epoch; None when it is not one."""
     try:
-        moment = _dt.datetime.strptime(text, STAMP_FORMAT)
+        return float(calendar.timegm(time.strptime(text, STAMP_FORMAT)))
     except (TypeError, ValueError):
         return None
-    return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
+
+
+def _read(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        return f.read(limit)
 
 
 @dataclass
@@ -64,9 +66,7 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
     (the original script's token file), ``empty`` or ``missing``."""
     path = files.path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            data = f.read(_MAX_STATE_BYTES + 1)
+        data = _read(path, _MAX_STATE_BYTES + 1)
     except FileNotFoundError:
         return None, "missing"
     except IsADirectoryError:
@@ -82,9 +82,17 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
         raise files.corrupt("is larger than 1 MiB, so it is not a token file")
     if data.lstrip()[:1] in (b"{", b"["):
         return parse_state(files, data), "json"
-    token = parse_plain(path, data)
-    if token is None:
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
+    if not token:
         return None, "empty"
+    if not _PLAIN_TOKEN.fullmatch(token):
+        raise StateCorrupt(
+            f"token file {path} holds more than one word, so it is neither a state file nor the "
+            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
+        )
     return Subscription(token, "", "", "", ""), "plain"
 
 
@@ -126,9 +134,7 @@ def read_companion(path: Path) -> Optional[Dict[str, Any]]:
     """The companion progress record's fields (None when absent or never written); RecordError
     when it cannot be read or is not a valid record."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            data = f.read(_MAX_STATE_BYTES)
+        data = _read(path, _MAX_STATE_BYTES)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -139,18 +145,3 @@ def read_companion(path: Path) -> Optional[Dict[str, Any]]:
     if "token" not in fields:
         raise RecordError("it has no token")
     return fields
-
-
-def parse_plain(path: Path, data: bytes) -> Optional[str]:
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
-    if not text:
-        return None
-    if not _PLAIN_TOKEN.fullmatch(text):
-        raise StateCorrupt(
-            f"token file {path} holds more than one word, so it is neither a state file nor the "
-            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
-        )
-    return text
