@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import glob
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Optional, Tuple
@@ -53,17 +51,6 @@ class StateFiles:
             f"cannot write the state file {self.path}: {where} is {what}, not a directory that can "
             f"hold it; {FIX_HINT} (a path inside a directory)"
         )
-
-    def probe_writable(self, directory: Path) -> None:
-        probe = directory / f".{self.path.name}.{secrets.token_hex(4)}.probe"
-        os.close(self.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-        remove(probe)
-
-    def remove_stale_temp_files(self, directory: Path) -> None:
-        # A process killed between creating its temp file and the rename leaves the temp file
-        # behind; holding the lock, we know no one else is writing one now.
-        for stale in directory.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            remove(stale)
 
     def open(self, path: Path, flags: int) -> int:
         """Open a file of the state directory (mode 0600 if created), never through a symbolic
@@ -145,14 +132,6 @@ def is_link_error(exc: OSError, path: Path) -> bool:
 
 def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
-
-
-def read_pid(fd: int) -> Optional[int]:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
 
 
 def unlock(fd: int) -> None:

@@ -37,28 +37,18 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import glob
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.paths import companion
 from kata_events.private_file import write_private_file
-from kata_events.state.errors import (
-    StateError,
-    StateForeign,
-    StateLocked,
-    StateNotWritable,
-)
-from kata_events.state.files import (
-    FIX_HINT,
-    StateFiles,
-    directory_permissions,
-    is_link_error,
-    read_pid,
-    unlock,
-)
+from kata_events.state.errors import StateError, StateForeign, StateLocked, StateNotWritable
+from kata_events.state.files import FIX_HINT, StateFiles, directory_permissions, is_link_error, remove, unlock
 from kata_events.state.progress import Point, RecordError, encode_record
 from kata_events.state.reading import (
     STATE_VERSION,
@@ -81,7 +71,8 @@ class TokenStore:
     """The continuation token of one subscription, persisted in one locked file.
 
     Use as ``with TokenStore(path, url=..., external_system_id=..., filter=...) as store:``, then
-    ``token, reason = store.load()`` and ``store.commit(token)`` for each token the ledger releases.
+    ``token, reason = store.load()`` and ``store.commit_point(point)`` for each point the recorder
+    writes.
     """
 
     def __init__(
@@ -96,7 +87,8 @@ class TokenStore:
         self.external_system_id = external_system_id
         self.filter = filter
         self._lock_fd: Optional[int] = None
-        self._committed: Optional[str] = None
+        #: The token last loaded from or committed to the file (None before either).
+        self.committed: Optional[str] = None
         self._loaded: Optional[Subscription] = None
         self._seq = 0
         self._progress_fd: Optional[int] = None
@@ -105,11 +97,6 @@ class TokenStore:
         self.warnings: List[str] = []
         #: Called after each commit (the status record's "last commit"); never with the lock held.
         self.on_commit: Optional[Callable[[], None]] = None
-
-    @property
-    def committed(self) -> Optional[str]:
-        """The token last loaded from or committed to the file (None before either)."""
-        return self._committed
 
     @property
     def is_open(self) -> bool:
@@ -143,7 +130,10 @@ class TokenStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = read_pid(fd)
+            try:
+                holder: Optional[int] = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip())
+            except (OSError, ValueError):
+                holder = None
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"process {holder}" if holder else "another process"
@@ -157,8 +147,13 @@ class TokenStore:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._files.probe_writable(directory)
-            self._files.remove_stale_temp_files(directory)
+            probe = directory / f".{self.path.name}.{secrets.token_hex(4)}.probe"
+            os.close(self._files.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            remove(probe)
+            # A process killed between creating its temp file and the rename leaves the temp file
+            # behind; holding the lock, we know no one else is writing one now.
+            for stale in directory.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+                remove(stale)
         except StateError:
             unlock(fd)
             raise
@@ -166,7 +161,12 @@ class TokenStore:
             unlock(fd)
             raise self._files.not_writable(self.lock_path, exc) from None
         self._lock_fd = fd
-        self._seq = max(self._stored_seq(), self._companion_seq())
+        try:
+            sub = self.stored()
+        except StateError:
+            sub = None
+        records = [sub.progress if sub is not None else None, self._companion()[0]]
+        self._seq = max([0] + [int(record["seq"]) for record in records if record is not None])
 
     def close(self) -> None:
         """Release the lock (the lock file stays: removing it would race with a starting instance)."""
@@ -210,7 +210,7 @@ class TokenStore:
                 )
             return None, None
         if kind == "plain":
-            self._committed = sub.token
+            self.committed = sub.token
             return sub.token, (
                 f"imported a plain token file {self.path} (the original script's format, token "
                 f"{short_token(sub.token)}); it records no filter, so it is assumed to match the "
@@ -225,7 +225,7 @@ class TokenStore:
                 "subscription (events of the old one are not carried over; dropped token "
                 f"{short_token(sub.token)})"
             )
-        self._committed = sub.token
+        self.committed = sub.token
         notes = []
         if sub.url != self.url:
             notes.append(
@@ -272,8 +272,8 @@ class TokenStore:
         the state file's own record (fsynced at each commit), and at worst to its bare token.
         """
         sub = self._loaded
-        if sub is None or sub.token is None or self._committed != sub.token:
-            return (Point(self._committed) if self._committed else None), []
+        if sub is None or sub.token is None or self.committed != sub.token:
+            return (Point(self.committed) if self.committed else None), []
         warnings: List[str] = []
         best, best_seq = Point(sub.token), -1
         if sub.progress is not None:
@@ -285,14 +285,10 @@ class TokenStore:
                 f"({sub.progress_problem}): resuming from its token, events already delivered of "
                 "that page are sent again"
             )
-        try:
-            record = read_companion(self.progress_path)
-        except RecordError as exc:
-            warnings.append(
-                f"progress record {self.progress_path} is corrupt ({exc}): resuming from the state "
-                "file's last commit, events delivered since are sent again"
-            )
-            record = None
+        record, corrupt = self._companion(
+            "resuming from the state file's last commit, events delivered since are sent again"
+        )
+        warnings += corrupt
         if (
             record is not None
             and record["token"] is not None
@@ -311,13 +307,12 @@ class TokenStore:
         """
         sub = self._loaded
         stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
-        try:
-            record = read_companion(self.progress_path)
-        except RecordError as exc:
-            return None, [
-                f"progress record {self.progress_path} is corrupt ({exc}): the first answer of the "
-                "new subscription is delivered whole, events delivered before are sent again"
-            ]
+        record, corrupt = self._companion(
+            "the first answer of the new subscription is delivered whole, events delivered before "
+            "are sent again"
+        )
+        if corrupt:
+            return None, corrupt
         if (
             record is None
             or record["token"] is not None
@@ -334,19 +329,13 @@ class TokenStore:
             and record.get("filter") == self.filter
         )
 
-    def _stored_seq(self) -> int:
+    def _companion(self, fallback: str = "") -> Tuple[Optional[Dict[str, Any]], List[str]]:
+        """The companion record (None when absent or unusable), and why it is unusable: ``fallback``
+        says what resuming does instead."""
         try:
-            sub = self.stored()
-        except StateError:
-            return 0
-        return int(sub.progress["seq"]) if sub is not None and sub.progress is not None else 0
-
-    def _companion_seq(self) -> int:
-        try:
-            record = read_companion(self.progress_path)
-        except RecordError:
-            return 0
-        return int(record["seq"]) if record is not None else 0
+            return read_companion(self.progress_path), []
+        except RecordError as exc:
+            return None, [f"progress record {self.progress_path} is corrupt ({exc}): {fallback}"]
 
     def note(self, point: Point, durable: bool = False) -> None:
         """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
@@ -376,25 +365,19 @@ class TokenStore:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def commit(self, token: str, point: Optional[Point] = None) -> None:
-        """Persist ``token`` atomically, with how far into its answer delivery went (``point``)."""
-        if not isinstance(token, str) or not token:
-            raise ValueError("commit() needs a non-empty token")
-        if point is not None and point.token != token:
-            raise ValueError("commit(): the point belongs to another token")
-        self._write(token, point or Point(token))
-        self._committed = token
+    def commit_point(self, point: Point) -> None:
+        """Persist ``point.token`` atomically, with how far into its answer delivery went."""
+        if not point.token:
+            raise ValueError("commit_point() needs a point with a token")
+        self._write(point.token, point)
+        self.committed = point.token
         if self.on_commit is not None:
             self.on_commit()
-
-    def commit_point(self, point: Point) -> None:
-        """`commit` for a delivery point (its token, and the events delivered after it)."""
-        self.commit(point.token or "", point)
 
     def clear(self) -> None:
         """Forget the token (the subscription is lost), keeping url, external system id and filter."""
         self._write(None, None)
-        self._committed = None
+        self.committed = None
 
     def _next_seq(self) -> int:
         if self._lock_fd is None:
@@ -418,7 +401,7 @@ class TokenStore:
                 "digest": point.digest if point else Point(None).digest,
             },
         }
-        data = (json.dumps(doc, ensure_ascii=False, indent=None) + "\n").encode("utf-8")
+        data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
         try:
             write_private_file(self.path, data, sync_directory=True)
         except OSError as exc:
