@@ -6,6 +6,7 @@ every refusal so that the user knows what to fix. It never logs and never writes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -13,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Optional, Tuple
 
-from kata_events.state.errors import StateCorrupt, StateLinkRefused, StateNotWritable
+from kata_events.state.errors import StateCorrupt, StateNotWritable
 
 FIX_HINT = "choose a writable location with --state-file (KATA_EVENTS_STATE_FILE)"
 
@@ -25,24 +26,17 @@ class StateFiles:
         self.path = path
 
     def make_directory(self, directory: Path) -> None:
-        missing = []
-        d = directory
-        while not d.exists() and d != d.parent:
-            missing.append(d)
-            d = d.parent
-        if not d.is_dir():
-            raise self.not_a_directory(d)
-        for d in reversed(missing):
+        for d in [*reversed(directory.parents), directory]:
+            if d.is_dir():
+                continue
             try:
                 os.mkdir(d, 0o700)
                 os.chmod(d, 0o700)  # whatever the umask
             except FileExistsError:
-                if not d.is_dir():
+                if not d.is_dir():  # else made by another process meanwhile
                     raise self.not_a_directory(d) from None
             except OSError as exc:
                 raise self.not_writable(d, exc) from None
-        if not directory.is_dir():
-            raise self.not_a_directory(directory)
 
     def not_a_directory(self, where: Path) -> StateNotWritable:
         # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
@@ -62,12 +56,12 @@ class StateFiles:
                 raise self.link_refused(path) from None
             raise self.not_writable(path if path.exists() else path.parent, exc) from None
 
-    def link_refused(self, path: Path) -> StateLinkRefused:
+    def link_refused(self, path: Path) -> StateNotWritable:
         try:
             target = f" (to {os.readlink(path)})"
         except OSError:
             target = ""
-        return StateLinkRefused(
+        return StateNotWritable(
             f"{path} is a symbolic link{target}: kata-events never follows links where it writes "
             f"its state, so nothing can make it write into another file; the link's target is "
             f"untouched. Remove the link (rm {path}), make {path.parent} writable only by the "
@@ -142,7 +136,5 @@ def unlock(fd: int) -> None:
 
 
 def remove(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
