@@ -34,6 +34,7 @@ eight characters at most): it returns reasons and raises errors for the caller t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -86,6 +87,8 @@ class TokenStore:
         self.url = url
         self.external_system_id = external_system_id
         self.filter = filter
+        #: What binds a token (and a progress record) to its subscription.
+        self._identity = {"external_system_id": external_system_id, "filter": filter}
         self._lock_fd: Optional[int] = None
         #: The token last loaded from or committed to the file (None before either).
         self.committed: Optional[str] = None
@@ -175,10 +178,8 @@ class TokenStore:
             os.close(progress_fd)
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-            except OSError:
-                pass
             unlock(fd)
 
     def __enter__(self) -> TokenStore:
@@ -324,10 +325,7 @@ class TokenStore:
         return Point(None, record["events"], record["digest"]), []
 
     def _same_subscription(self, record: Mapping[str, Any]) -> bool:
-        return (
-            record.get("external_system_id") == self.external_system_id
-            and record.get("filter") == self.filter
-        )
+        return all(record.get(key) == value for key, value in self._identity.items())
 
     def _companion(self, fallback: str = "") -> Tuple[Optional[Dict[str, Any]], List[str]]:
         """The companion record (None when absent or unusable), and why it is unusable: ``fallback``
@@ -343,9 +341,7 @@ class TokenStore:
 
         Raises StateNotWritable when the file cannot be written.
         """
-        data = encode_record(
-            point, self._next_seq(), {"external_system_id": self.external_system_id, "filter": self.filter}
-        )
+        data = encode_record(point, self._next_seq(), self._identity)
         try:
             if self._progress_fd is None:
                 self._progress_fd = self._files.open(self.progress_path, os.O_RDWR | os.O_CREAT)
@@ -369,14 +365,14 @@ class TokenStore:
         """Persist ``point.token`` atomically, with how far into its answer delivery went."""
         if not point.token:
             raise ValueError("commit_point() needs a point with a token")
-        self._write(point.token, point)
+        self._write(point)
         self.committed = point.token
         if self.on_commit is not None:
             self.on_commit()
 
     def clear(self) -> None:
         """Forget the token (the subscription is lost), keeping url, external system id and filter."""
-        self._write(None, None)
+        self._write(Point(None))
         self.committed = None
 
     def _next_seq(self) -> int:
@@ -385,22 +381,11 @@ class TokenStore:
         self._seq += 1
         return self._seq
 
-    def _write(self, token: Optional[str], point: Optional[Point]) -> None:
-        seq = self._next_seq()
-        doc: Dict[str, Any] = {
-            "version": STATE_VERSION,
-            "token": token,
-            "url": self.url,
-            "external_system_id": self.external_system_id,
-            "filter": self.filter,
-            "saved_at": stamp(),
-            # A cleared token still carries a sequence number: older progress records lose to it.
-            "progress": {
-                "seq": seq,
-                "events": point.events if point else 0,
-                "digest": point.digest if point else Point(None).digest,
-            },
-        }
+    def _write(self, point: Point) -> None:
+        # A cleared token still carries a sequence number: older progress records lose to it.
+        progress = {"seq": self._next_seq(), "events": point.events, "digest": point.digest}
+        doc = {"version": STATE_VERSION, "token": point.token, "url": self.url, **self._identity}
+        doc.update(saved_at=stamp(), progress=progress)
         data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
         try:
             write_private_file(self.path, data, sync_directory=True)
