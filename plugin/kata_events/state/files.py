@@ -119,9 +119,7 @@ def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]
 
 def is_link_error(exc: OSError, path: Path) -> bool:
     """O_NOFOLLOW met a symbolic link (ELOOP on Linux, EMLINK or EFTYPE elsewhere)."""
-    if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)):
-        return True
-    return os.path.islink(path)
+    return exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)) or os.path.islink(path)
 
 
 def reason(exc: OSError) -> str:

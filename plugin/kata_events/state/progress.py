@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 #: A SHA-256 hasher (the digest of events is taken over their bytes as written).
@@ -54,14 +54,7 @@ def _canonical(fields: Dict[str, Any]) -> bytes:
 
 def encode_record(point: Point, seq: int, identity: Dict[str, str]) -> bytes:
     """The companion record's bytes: one JSON object with a checksum over its other fields."""
-    fields: Dict[str, Any] = {
-        "version": 1,
-        "seq": seq,
-        "token": point.token,
-        "events": point.events,
-        "digest": point.digest,
-        **identity,
-    }
+    fields: Dict[str, Any] = {"version": 1, "seq": seq, **asdict(point), **identity}
     fields["check"] = hashlib.sha256(_canonical(fields)).hexdigest()[:32]
     return _canonical(fields) + b"\n"
 
@@ -74,8 +67,7 @@ def decode_record(data: bytes) -> Dict[str, Any]:
         raise RecordError(f"not a JSON record ({exc})") from None
     if not isinstance(fields, dict):
         raise RecordError("not a JSON object")
-    check = fields.pop("check", None)
-    if check != hashlib.sha256(_canonical(fields)).hexdigest()[:32]:
+    if fields.pop("check", None) != hashlib.sha256(_canonical(fields)).hexdigest()[:32]:
         raise RecordError("its checksum does not match its content")
     if fields.get("version") != 1:
         raise RecordError(f"version {fields.get('version')!r} is not understood")

@@ -4,13 +4,10 @@ This module owns the state file, its companion progress record and its lock file
 what it is given, and only the delivery's recorder (`kata_events.delivery.recorder`) gives it
 anything: a delivery point whose lines are taken, never a token merely read from the server.
 
-The state file is JSON::
-
-    {"version": 1, "token": "...", "url": "...", "external_system_id": "...", "filter": "...",
-     "saved_at": "2026-11-27T21:30:00Z"}
-
-``progress`` (optional) says how far into the answer to ``token`` delivery had gone at that commit:
-``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.state.progress`).
+The state file is JSON: ``{"version": 1, "token": "...", "url": "...", "external_system_id": "...",
+"filter": "...", "saved_at": "2026-11-27T21:30:00Z", "progress": {"seq": n, "events": k, "digest":
+"<sha256 hex>"}}``; ``progress`` (optional when read) says how far into the answer to ``token``
+delivery had gone at that commit (see `kata_events.state.progress`).
 
 Progress inside a page moves many times a second, too often for a durable commit each time: it is
 written to a companion file ``<state>.progress`` in place, without fsync (a kill -9 keeps the page
@@ -217,7 +214,7 @@ class TokenStore:
                 f"{short_token(sub.token)}); it records no filter, so it is assumed to match the "
                 "configured one; the file is rewritten as JSON at the next commit"
             )
-        self._refuse_foreign(sub)
+        self.check_owner(sub)
         if sub.token is None:
             return None, None
         if sub.filter != self.filter:
@@ -243,17 +240,13 @@ class TokenStore:
             )
         return sub.token, ("; ".join(notes) or None)
 
-    def check_owner(self) -> None:
-        """Raise `StateForeign` when the file records another external system id (else nothing).
-
-        Called before anything is written: the file stays byte for byte as it was.
+    def check_owner(self, sub: Optional[Subscription] = None) -> None:
+        """Raise `StateForeign` when the file (``sub`` when already read) records another external
+        system id; a plain token file names none. Called before anything is written: the file stays
+        byte for byte as it was.
         """
-        sub = self.stored()
-        if sub is not None:  # a plain token file names no external system
-            self._refuse_foreign(sub)
-
-    def _refuse_foreign(self, sub: Subscription) -> None:
-        if not sub.external_system_id or sub.external_system_id == self.external_system_id:
+        sub = sub or self.stored()
+        if sub is None or sub.external_system_id in ("", self.external_system_id):
             return
         raise StateForeign(
             f"state file {self.path} belongs to external system {sub.external_system_id} "
@@ -350,10 +343,9 @@ class TokenStore:
             if len(data) < self._progress_len:
                 # JSON ignores trailing blanks: a shorter record leaves no bytes of the longer one.
                 data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
-            written = os.pwrite(self._progress_fd, data, 0)
-            if written != len(data):
+            if os.pwrite(self._progress_fd, data, 0) != len(data):
                 raise OSError(errno.EIO, "short write")
-            self._progress_len = max(self._progress_len, len(data))
+            self._progress_len = len(data)  # never shorter than before: padded above
             if durable:
                 os.fsync(self._progress_fd)
         except OSError as exc:
