@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from kata_events.state.errors import StateCorrupt, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, is_link_error, reason
@@ -130,18 +130,21 @@ def parse_state(files: StateFiles, data: bytes) -> Subscription:
     return Subscription(token=token, **fields, progress=progress, progress_problem=problem)
 
 
-def read_companion(path: Path) -> Optional[Dict[str, Any]]:
-    """The companion progress record's fields (None when absent or never written); RecordError
-    when it cannot be read or is not a valid record."""
+def read_companion(path: Path, fallback: str = "") -> Tuple[Optional[Dict[str, Any]], List[str]]:
+    """The companion progress record's fields (None when absent, never written or unusable), and
+    why it is unusable: ``fallback`` says what resuming does instead."""
     try:
-        data = _read(path, _MAX_STATE_BYTES)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise RecordError(f"cannot be read: {reason(exc)}") from None
-    if not data.strip():
-        return None  # created, never written: a kill -9 at the very first record
-    fields = decode_record(data)
-    if "token" not in fields:
-        raise RecordError("it has no token")
-    return fields
+        try:
+            data = _read(path, _MAX_STATE_BYTES)
+        except FileNotFoundError:
+            return None, []
+        except OSError as exc:
+            raise RecordError(f"cannot be read: {reason(exc)}") from None
+        if not data.strip():
+            return None, []  # created, never written: a kill -9 at the very first record
+        fields = decode_record(data)
+        if "token" not in fields:
+            raise RecordError("it has no token")
+        return fields, []
+    except RecordError as exc:
+        return None, [f"progress record {path} is corrupt ({exc}): {fallback}"]

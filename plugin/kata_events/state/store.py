@@ -40,14 +40,14 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.paths import companion
 from kata_events.private_file import write_private_file
 from kata_events.state.errors import StateError, StateForeign, StateLocked, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, directory_permissions, is_link_error, remove, unlock
-from kata_events.state.progress import Point, RecordError, encode_record
+from kata_events.state.progress import Point, encode_record
 from kata_events.state.reading import (
     STATE_VERSION,
     Subscription,
@@ -165,7 +165,7 @@ class TokenStore:
             sub = self.stored()
         except StateError:
             sub = None
-        records = [sub.progress if sub is not None else None, self._companion()[0]]
+        records = [sub.progress if sub is not None else None, read_companion(self.progress_path)[0]]
         self._seq = max([0] + [int(record["seq"]) for record in records if record is not None])
 
     def close(self) -> None:
@@ -279,8 +279,9 @@ class TokenStore:
                 f"({sub.progress_problem}): resuming from its token, events already delivered of "
                 "that page are sent again"
             )
-        record, corrupt = self._companion(
-            "resuming from the state file's last commit, events delivered since are sent again"
+        record, corrupt = read_companion(
+            self.progress_path,
+            "resuming from the state file's last commit, events delivered since are sent again",
         )
         warnings += corrupt
         if (
@@ -301,9 +302,10 @@ class TokenStore:
         """
         sub = self._loaded
         stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
-        record, corrupt = self._companion(
+        record, corrupt = read_companion(
+            self.progress_path,
             "the first answer of the new subscription is delivered whole, events delivered before "
-            "are sent again"
+            "are sent again",
         )
         if corrupt:
             return None, corrupt
@@ -319,14 +321,6 @@ class TokenStore:
 
     def _same_subscription(self, record: Mapping[str, Any]) -> bool:
         return all(record.get(key) == value for key, value in self._identity.items())
-
-    def _companion(self, fallback: str = "") -> Tuple[Optional[Dict[str, Any]], List[str]]:
-        """The companion record (None when absent or unusable), and why it is unusable: ``fallback``
-        says what resuming does instead."""
-        try:
-            return read_companion(self.progress_path), []
-        except RecordError as exc:
-            return None, [f"progress record {self.progress_path} is corrupt ({exc}): {fallback}"]
 
     def note(self, point: Point, durable: bool = False) -> None:
         """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
