@@ -266,7 +266,7 @@ def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=10)
     with store(path) as s:
-        assert s.is_open
+        assert s.lock_path.read_text().strip() == str(os.getpid())
 
 
 def test_a_second_store_in_the_same_process_is_locked_out_too(tmp_path):

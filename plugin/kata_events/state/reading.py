@@ -110,12 +110,10 @@ def parse_state(files: StateFiles, data: bytes) -> Subscription:
     token = doc.get("token")
     if token is not None and (not isinstance(token, str) or not token):
         raise files.corrupt("has a 'token' that is not a non-empty string")
-    fields = {}
-    for key in ("url", "external_system_id", "filter", "saved_at"):
-        value = doc.get(key, "")
+    fields = {key: doc.get(key, "") for key in ("url", "external_system_id", "filter", "saved_at")}
+    for key, value in fields.items():
         if not isinstance(value, str):
             raise files.corrupt(f"has a {key!r} that is not a string")
-        fields[key] = value
     progress = doc.get("progress")
     problem = ""
     if progress is not None:

@@ -98,10 +98,6 @@ class TokenStore:
         #: Called after each commit (the status record's "last commit"); never with the lock held.
         self.on_commit: Optional[Callable[[], None]] = None
 
-    @property
-    def is_open(self) -> bool:
-        return self._lock_fd is not None
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def open(self) -> None:
@@ -190,8 +186,7 @@ class TokenStore:
 
     def stored(self) -> Optional[Subscription]:
         """What the file holds, as is (None if there is no file). Raises StateCorrupt / StateNotWritable."""
-        sub, _ = read_state(self._files)
-        return sub
+        return read_state(self._files)[0]
 
     def load(self, now: Optional[_dt.datetime] = None) -> Tuple[Optional[str], Optional[str]]:
         """The token to resume from (or None), and a reason to log when the stored token was not simply
