@@ -10,16 +10,13 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-INITIAL_DELAY = 1.0
-MAX_DELAY = 300.0
-
 
 @dataclass
 class Backoff:
     """Delay before the next retry: uniform in [0, min(cap, base * 2**attempt)] ("full jitter")."""
 
-    base: float = INITIAL_DELAY
-    cap: float = MAX_DELAY
+    base: float = 1.0  # seconds, the first ceiling
+    cap: float = 300.0  # seconds, no delay is longer
     rand: Callable[[], float] = random.random
     attempt: int = 0
 

@@ -10,9 +10,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
 import stat
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 from kata_events.state.errors import StateCorrupt, StateNotWritable
 
@@ -70,10 +71,8 @@ class StateFiles:
 
     def not_writable(self, where: Path, exc: OSError) -> StateNotWritable:
         try:
-            import pwd
-
             user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
-        except (ImportError, KeyError):
+        except KeyError:
             user = f"uid {os.geteuid()}"
         return StateNotWritable(
             f"cannot write the state file {self.path}: {where}: {reason(exc)}; make "
@@ -88,8 +87,8 @@ class StateFiles:
         )
 
 
-def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]]:
-    """Who else may write in the state directory: (a refusal, a warning), each None when fine.
+def directory_permissions(directory: Path) -> Optional[str]:
+    """Who else may write in the state directory: a warning (None when fine), or StateNotWritable.
 
     Every account writing there (o+w) without the sticky bit could replace the state file or
     plant links: refused. Its group writing there (or every account, with the sticky bit, as in
@@ -98,23 +97,22 @@ def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]
     try:
         mode = os.stat(directory).st_mode
     except OSError:
-        return None, None
+        return None
     shown = f"mode {stat.S_IMODE(mode):04o}"
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        return (
+        raise StateNotWritable(
             f"state directory {directory} can be written by every account ({shown}, no sticky "
             "bit): anyone could replace the state file or plant links to make kata-events "
             f"overwrite other files. Fix it with chmod o-w {directory} (better chmod 700 "
-            f"{directory}), or {FIX_HINT}",
-            None,
+            f"{directory}), or {FIX_HINT}"
         )
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "every account (sticky bit set)" if mode & stat.S_IWOTH else "its group"
-        return None, (
+        return (
             f"state directory {directory} can be written by {who} ({shown}): they could create "
             f"files under the state file's names; chmod 700 {directory} unless that is meant"
         )
-    return None, None
+    return None
 
 
 def is_link_error(exc: OSError, path: Path) -> bool:

@@ -111,9 +111,7 @@ class TokenStore:
             return
         directory = self.path.parent
         self._files.make_directory(directory)
-        refusal, warning = directory_permissions(directory)
-        if refusal:
-            raise StateNotWritable(refusal)
+        warning = directory_permissions(directory)
         self.warnings = [warning] if warning else []
         for path in (self.path, self.lock_path, self.progress_path):
             if path.is_symlink():
