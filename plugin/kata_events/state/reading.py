@@ -10,7 +10,6 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from kata_events.state.progress import RecordError, check_point_fields, decode_r
 STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
 _MAX_STATE_BYTES = 1 << 20
-_PLAIN_TOKEN = re.compile(r"\S+")
 #: How the state file dates its record (``saved_at``): UTC, to the second.
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -88,7 +86,7 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
         raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
     if not token:
         return None, "empty"
-    if not _PLAIN_TOKEN.fullmatch(token):
+    if len(token.split()) > 1:
         raise StateCorrupt(
             f"token file {path} holds more than one word, so it is neither a state file nor the "
             f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
