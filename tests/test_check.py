@@ -13,6 +13,7 @@ from typing import List
 import pytest
 
 from kata_events import certs
+from kata_events.state.progress import Point
 from kata_events.state.store import TokenStore
 from run_helpers import check, client_args, run_args
 
@@ -161,7 +162,7 @@ def test_a_running_instance_is_a_warning(make_emulator, make_client_cert, ext_id
     store = TokenStore(state_file, url=emu.url, external_system_id=ext_id)
     store.open()
     try:
-        store.commit("a-saved-token-0123456789")
+        store.commit_point(Point("a-saved-token-0123456789"))
         result = _check(run_args(emu, ext_id, cert, state_file))
     finally:
         store.close()
@@ -180,7 +181,7 @@ def test_a_saved_token_and_a_changed_filter_are_reported(make_emulator, make_cli
     cert = make_client_cert("check-saved")
     state_file = tmp_path / "s.json"
     with TokenStore(state_file, url=emu.url, external_system_id=ext_id, filter="") as store:
-        store.commit("token-abcdefghijkl")
+        store.commit_point(Point("token-abcdefghijkl"))
     result = _check(run_args(emu, ext_id, cert, state_file, "--filter", "Ioa.Severity == 'High'"))
     _assert_clean(result)
     assert result.returncode == 0, result.stderr

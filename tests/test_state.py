@@ -18,6 +18,7 @@ import pytest
 from kata_events.exits import ExitStatus, UserError
 from kata_events.paths import default_state_path
 from kata_events.state.errors import StateCorrupt, StateError, StateForeign, StateLocked, StateNotWritable
+from kata_events.state.progress import Point
 from kata_events.state.store import TokenStore
 
 URL = "https://cn.example.local"
@@ -46,7 +47,7 @@ def run_python(code: str, **kwargs) -> subprocess.Popen:
 def test_commit_writes_the_json_state_file_with_mode_0600(tmp_path):
     path = tmp_path / "s.token"
     with store(path) as s:
-        s.commit(LONG_TOKEN)
+        s.commit_point(Point(LONG_TOKEN))
         assert s.committed == LONG_TOKEN
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     doc = json.loads(path.read_text("utf-8"))
@@ -64,7 +65,7 @@ def test_missing_directories_are_created_with_mode_0700_whatever_the_umask(tmp_p
     old = os.umask(0)
     try:
         with store(path) as s:
-            s.commit("t1")
+            s.commit_point(Point("t1"))
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700
@@ -80,20 +81,20 @@ def test_non_ascii_filters_round_trip(tmp_path):
     path = tmp_path / "s.token"
     flt = "UserName == 'Иванов'"
     with store(path, filter=flt) as s:
-        s.commit("t1")
+        s.commit_point(Point("t1"))
     assert "Иванов" in path.read_text("utf-8")
     assert store(path, filter=flt).load() == ("t1", None)
 
 
 def test_commit_before_open_is_a_programming_error(tmp_path):
     with pytest.raises(RuntimeError):
-        store(tmp_path / "s.token").commit("t1")
+        store(tmp_path / "s.token").commit_point(Point("t1"))
 
 
 def test_clear_forgets_the_token_but_keeps_the_subscription_fields(tmp_path):
     path = tmp_path / "s.token"
     with store(path) as s:
-        s.commit("t1")
+        s.commit_point(Point("t1"))
         s.clear()
         assert s.committed is None
     doc = json.loads(path.read_text("utf-8"))
@@ -131,9 +132,9 @@ def test_a_reader_polling_during_thousands_of_commits_sees_only_complete_json(tm
     try:
         assert reader.stdout.readline().strip() == "ready"
         with store(path) as s:
-            s.commit("token-first")
+            s.commit_point(Point("token-first"))
             for i in range(1500):
-                s.commit(f"token-{i}-" + "x" * (i % 300))
+                s.commit_point(Point(f"token-{i}-" + "x" * (i % 300)))
         out, err = reader.communicate("stop\n", timeout=30)
     finally:
         reader.kill()
@@ -148,12 +149,13 @@ def test_kill_9_during_a_commit_loop_leaves_a_parseable_file_and_frees_the_lock(
     child = run_python(
         f"""
         import sys
+        from kata_events.state.progress import Point
         from kata_events.state.store import TokenStore
         s = TokenStore({str(path)!r}, url={URL!r}, external_system_id={ID!r})
         s.open()
         i = 0
         while True:
-            s.commit("token-%d-" % i + "y" * (i % 500))
+            s.commit_point(Point("token-%d-" % i + "y" * (i % 500)))
             if i == 50:
                 print("going", flush=True)
             i += 1
@@ -174,7 +176,7 @@ def test_kill_9_during_a_commit_loop_leaves_a_parseable_file_and_frees_the_lock(
     assert number >= 50
     with store(path, filter="") as s:
         assert s.load() == (doc["token"], None)
-        s.commit("token-after")
+        s.commit_point(Point("token-after"))
     # A temp file the killed process left behind is swept by the next owner of the lock.
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -184,7 +186,7 @@ def test_a_failed_commit_removes_its_temp_file_and_says_not_writable(tmp_path):
     with store(path) as s:
         path.mkdir()  # os.replace onto a directory fails
         with pytest.raises(StateNotWritable) as err:
-            s.commit("t1")
+            s.commit_point(Point("t1"))
     assert err.value.exit_code == 73
     assert str(path) in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.token", "s.token.lock"]
@@ -247,7 +249,7 @@ def test_a_lock_held_by_another_process_names_it_and_is_released_on_close(tmp_pa
         child.stdin.flush()
         assert child.stdout.readline().strip() == "closed"
         with store(path) as s:
-            s.commit("t1")
+            s.commit_point(Point("t1"))
     finally:
         child.kill()
         child.communicate(timeout=10)
@@ -264,7 +266,7 @@ def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=10)
     with store(path) as s:
-        assert s.is_open
+        assert s.lock_path.read_text().strip() == str(os.getpid())
 
 
 def test_a_second_store_in_the_same_process_is_locked_out_too(tmp_path):
@@ -336,7 +338,7 @@ def test_the_original_scripts_plain_token_file_is_imported(tmp_path, content):
         token, reason = s.load()
         assert token == "tok-seed-123"
         assert "imported a plain token file" in reason
-        s.commit("tok-next")
+        s.commit_point(Point("tok-next"))
     assert json.loads(path.read_text())["token"] == "tok-next"
 
 
@@ -358,7 +360,7 @@ def test_an_empty_file_left_by_the_original_script_starts_over_with_a_reason(tmp
 
 def _commit(path, **kwargs):
     with store(path, **kwargs) as s:
-        s.commit(LONG_TOKEN)
+        s.commit_point(Point(LONG_TOKEN))
 
 
 def test_a_changed_filter_drops_the_token_with_a_reason(tmp_path):

@@ -1,37 +1,30 @@
 """Retry delays: exponential backoff with full jitter, and the server's Retry-After honoured.
 
-Pure apart from the random source, which tests replace.
+Pure apart from the random source, which a caller may replace.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass
 from typing import Callable, Optional
 
-INITIAL_DELAY = 1.0
-MAX_DELAY = 300.0
 
-
+@dataclass
 class Backoff:
     """Delay before the next retry: uniform in [0, min(cap, base * 2**attempt)] ("full jitter")."""
 
-    def __init__(
-        self,
-        base: float = INITIAL_DELAY,
-        cap: float = MAX_DELAY,
-        rand: Callable[[], float] = random.random,
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self._rand = rand
-        self.attempt = 0
+    base: float = 1.0  # seconds, the first ceiling
+    cap: float = 300.0  # seconds, no delay is longer
+    rand: Callable[[], float] = random.random
+    attempt: int = 0
 
     def next_delay(self, retry_after: Optional[float] = None) -> float:
         """The delay for this failure; a server's Retry-After is a floor, capped like the rest."""
         ceiling = min(self.cap, self.base * (2 ** min(self.attempt, 30)))
         self.attempt += 1
-        delay = self._rand() * ceiling
+        delay = self.rand() * ceiling
         if retry_after is not None:
             delay = max(delay, min(float(retry_after), self.cap))
         return delay

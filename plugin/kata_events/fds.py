@@ -20,9 +20,7 @@ def fd_kind(fd: int) -> Optional[str]:
         st = os.fstat(fd)
     except OSError:
         return None
-    if os.isatty(fd):
-        return "tty"
-    return _KINDS.get(stat.S_IFMT(st.st_mode), "other")
+    return "tty" if os.isatty(fd) else _KINDS.get(stat.S_IFMT(st.st_mode), "other")
 
 
 def hold_closed_std_fds() -> None:

@@ -9,6 +9,7 @@ sees the old file or the new one, never half of one. This module never logs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -38,18 +39,12 @@ def write_private_file(
             os.close(fd)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
-    if sync_directory:
-        fsync_directory(target.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
+    if not sync_directory:
+        return
+    fd = os.open(target.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     except OSError as exc:

@@ -15,18 +15,14 @@ class StateError(UserError):
 
     default_exit = ExitStatus.CONFIG
 
-    def __init__(self, message: str, exit_code: Optional[ExitStatus] = None) -> None:
-        super().__init__(message, self.default_exit if exit_code is None else exit_code)
+    def __init__(self, message: str) -> None:
+        super().__init__(message, self.default_exit)
 
 
 class StateNotWritable(StateError):
     """The state file or its directory cannot be created, read or written."""
 
     default_exit = ExitStatus.CANT_CREATE
-
-
-class StateLinkRefused(StateNotWritable):
-    """A symbolic link sits where kata-events writes in its state directory: never followed."""
 
 
 class StateLocked(StateError):

@@ -6,16 +6,16 @@ every refusal so that the user knows what to fix. It never logs and never writes
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
-import glob
 import os
-import secrets
+import pwd
 import stat
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
-from kata_events.state.errors import StateCorrupt, StateLinkRefused, StateNotWritable
+from kata_events.state.errors import StateCorrupt, StateNotWritable
 
 FIX_HINT = "choose a writable location with --state-file (KATA_EVENTS_STATE_FILE)"
 
@@ -27,24 +27,17 @@ class StateFiles:
         self.path = path
 
     def make_directory(self, directory: Path) -> None:
-        missing = []
-        d = directory
-        while not d.exists() and d != d.parent:
-            missing.append(d)
-            d = d.parent
-        if not d.is_dir():
-            raise self.not_a_directory(d)
-        for d in reversed(missing):
+        for d in [*reversed(directory.parents), directory]:
+            if d.is_dir():
+                continue
             try:
                 os.mkdir(d, 0o700)
                 os.chmod(d, 0o700)  # whatever the umask
             except FileExistsError:
-                if not d.is_dir():
+                if not d.is_dir():  # else made by another process meanwhile
                     raise self.not_a_directory(d) from None
             except OSError as exc:
                 raise self.not_writable(d, exc) from None
-        if not directory.is_dir():
-            raise self.not_a_directory(directory)
 
     def not_a_directory(self, where: Path) -> StateNotWritable:
         # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
@@ -53,17 +46,6 @@ class StateFiles:
             f"cannot write the state file {self.path}: {where} is {what}, not a directory that can "
             f"hold it; {FIX_HINT} (a path inside a directory)"
         )
-
-    def probe_writable(self, directory: Path) -> None:
-        probe = directory / f".{self.path.name}.{secrets.token_hex(4)}.probe"
-        os.close(self.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-        remove(probe)
-
-    def remove_stale_temp_files(self, directory: Path) -> None:
-        # A process killed between creating its temp file and the rename leaves the temp file
-        # behind; holding the lock, we know no one else is writing one now.
-        for stale in directory.glob(f".{glob.escape(self.path.name)}.*.tmp"):
-            remove(stale)
 
     def open(self, path: Path, flags: int) -> int:
         """Open a file of the state directory (mode 0600 if created), never through a symbolic
@@ -75,12 +57,12 @@ class StateFiles:
                 raise self.link_refused(path) from None
             raise self.not_writable(path if path.exists() else path.parent, exc) from None
 
-    def link_refused(self, path: Path) -> StateLinkRefused:
+    def link_refused(self, path: Path) -> StateNotWritable:
         try:
             target = f" (to {os.readlink(path)})"
         except OSError:
             target = ""
-        return StateLinkRefused(
+        return StateNotWritable(
             f"{path} is a symbolic link{target}: kata-events never follows links where it writes "
             f"its state, so nothing can make it write into another file; the link's target is "
             f"untouched. Remove the link (rm {path}), make {path.parent} writable only by the "
@@ -89,10 +71,8 @@ class StateFiles:
 
     def not_writable(self, where: Path, exc: OSError) -> StateNotWritable:
         try:
-            import pwd
-
             user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
-        except (ImportError, KeyError):
+        except KeyError:
             user = f"uid {os.geteuid()}"
         return StateNotWritable(
             f"cannot write the state file {self.path}: {where}: {reason(exc)}; make "
@@ -107,8 +87,8 @@ class StateFiles:
         )
 
 
-def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]]:
-    """Who else may write in the state directory: (a refusal, a warning), each None when fine.
+def directory_permissions(directory: Path) -> Optional[str]:
+    """Who else may write in the state directory: a warning (None when fine), or StateNotWritable.
 
     Every account writing there (o+w) without the sticky bit could replace the state file or
     plant links: refused. Its group writing there (or every account, with the sticky bit, as in
@@ -117,42 +97,31 @@ def directory_permissions(directory: Path) -> Tuple[Optional[str], Optional[str]
     try:
         mode = os.stat(directory).st_mode
     except OSError:
-        return None, None
+        return None
     shown = f"mode {stat.S_IMODE(mode):04o}"
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        return (
+        raise StateNotWritable(
             f"state directory {directory} can be written by every account ({shown}, no sticky "
             "bit): anyone could replace the state file or plant links to make kata-events "
             f"overwrite other files. Fix it with chmod o-w {directory} (better chmod 700 "
-            f"{directory}), or {FIX_HINT}",
-            None,
+            f"{directory}), or {FIX_HINT}"
         )
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "every account (sticky bit set)" if mode & stat.S_IWOTH else "its group"
-        return None, (
+        return (
             f"state directory {directory} can be written by {who} ({shown}): they could create "
             f"files under the state file's names; chmod 700 {directory} unless that is meant"
         )
-    return None, None
+    return None
 
 
 def is_link_error(exc: OSError, path: Path) -> bool:
     """O_NOFOLLOW met a symbolic link (ELOOP on Linux, EMLINK or EFTYPE elsewhere)."""
-    if exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)):
-        return True
-    return os.path.islink(path)
+    return exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)) or os.path.islink(path)
 
 
 def reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
-
-
-def read_pid(fd: int) -> Optional[int]:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        return int(text) if text else None
-    except (OSError, ValueError):
-        return None
 
 
 def unlock(fd: int) -> None:
@@ -163,7 +132,5 @@ def unlock(fd: int) -> None:
 
 
 def remove(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass

@@ -15,22 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
+#: A SHA-256 hasher (the digest of events is taken over their bytes as written).
+new_hasher = hashlib.sha256
 #: The digest of no events at all.
-EMPTY_DIGEST = hashlib.sha256().hexdigest()
-
-
-def new_hasher(data: bytes = b"") -> Any:
-    """A SHA-256 hasher (the digest of events is taken over their bytes as written)."""
-    return hashlib.sha256(data)
+EMPTY_DIGEST = new_hasher().hexdigest()
 
 
 def joined(lines: List[bytes]) -> bytes:
     """``lines`` as written on stdout: each one followed by a newline (one copy of the bytes)."""
-    if not lines:
-        return b""
     return b"\n".join(lines + [b""])
 
 
@@ -59,14 +54,7 @@ def _canonical(fields: Dict[str, Any]) -> bytes:
 
 def encode_record(point: Point, seq: int, identity: Dict[str, str]) -> bytes:
     """The companion record's bytes: one JSON object with a checksum over its other fields."""
-    fields: Dict[str, Any] = {
-        "version": 1,
-        "seq": seq,
-        "token": point.token,
-        "events": point.events,
-        "digest": point.digest,
-        **identity,
-    }
+    fields: Dict[str, Any] = {"version": 1, "seq": seq, **asdict(point), **identity}
     fields["check"] = hashlib.sha256(_canonical(fields)).hexdigest()[:32]
     return _canonical(fields) + b"\n"
 
@@ -79,8 +67,7 @@ def decode_record(data: bytes) -> Dict[str, Any]:
         raise RecordError(f"not a JSON record ({exc})") from None
     if not isinstance(fields, dict):
         raise RecordError("not a JSON object")
-    check = fields.pop("check", None)
-    if check != hashlib.sha256(_canonical(fields)).hexdigest()[:32]:
+    if fields.pop("check", None) != hashlib.sha256(_canonical(fields)).hexdigest()[:32]:
         raise RecordError("its checksum does not match its content")
     if fields.get("version") != 1:
         raise RecordError(f"version {fields.get('version')!r} is not understood")
@@ -90,12 +77,12 @@ def decode_record(data: bytes) -> Dict[str, Any]:
 
 def check_point_fields(fields: Dict[str, Any]) -> None:
     """RecordError unless ``seq``, ``events`` and ``digest`` (and ``token`` if present) are well formed."""
-    seq, events, digest = fields.get("seq"), fields.get("events"), fields.get("digest")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise RecordError("'seq' is not a non-negative integer")
-    if not isinstance(events, int) or isinstance(events, bool) or events < 0:
-        raise RecordError("'events' is not a non-negative integer")
-    if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+    for name in ("seq", "events"):
+        value = fields.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise RecordError(f"{name!r} is not a non-negative integer")
+    digest = fields.get("digest")
+    if not isinstance(digest, str) or len(digest) != 64 or digest.strip("0123456789abcdef"):
         raise RecordError("'digest' is not a SHA-256 in hex")
     token = fields.get("token", "x")
     if token is not None and (not isinstance(token, str) or not token):

@@ -7,13 +7,13 @@ token. This module never logs and never writes a file.
 
 from __future__ import annotations
 
-import datetime as _dt
+import calendar
 import json
 import os
-import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from kata_events.state.errors import StateCorrupt, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, is_link_error, reason
@@ -22,27 +22,27 @@ from kata_events.state.progress import RecordError, check_point_fields, decode_r
 STATE_VERSION = 1
 # A plain token file larger than this is not a token file.
 _MAX_STATE_BYTES = 1 << 20
-_PLAIN_TOKEN = re.compile(r"\S+")
-
-
 #: How the state file dates its record (``saved_at``): UTC, to the second.
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def stamp(epoch: Optional[float] = None) -> str:
     """``epoch`` (default: now) as a ``saved_at`` stamp, ``2026-11-27T21:30:00Z``."""
-    utc = _dt.timezone.utc
-    moment = _dt.datetime.now(utc) if epoch is None else _dt.datetime.fromtimestamp(epoch, utc)
-    return moment.strftime(STAMP_FORMAT)
+    return time.strftime(STAMP_FORMAT, time.gmtime(epoch))
 
 
 def parse_stamp(text: str) -> Optional[float]:
     """A ``saved_at`` stamp as seconds since the epoch; None when it is not one."""
     try:
-        moment = _dt.datetime.strptime(text, STAMP_FORMAT)
+        return float(calendar.timegm(time.strptime(text, STAMP_FORMAT)))
     except (TypeError, ValueError):
         return None
-    return moment.replace(tzinfo=_dt.timezone.utc).timestamp()
+
+
+def _read(path: Path, limit: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        return f.read(limit)
 
 
 @dataclass
@@ -64,9 +64,7 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
     (the original script's token file), ``empty`` or ``missing``."""
     path = files.path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            data = f.read(_MAX_STATE_BYTES + 1)
+        data = _read(path, _MAX_STATE_BYTES + 1)
     except FileNotFoundError:
         return None, "missing"
     except IsADirectoryError:
@@ -82,9 +80,17 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
         raise files.corrupt("is larger than 1 MiB, so it is not a token file")
     if data.lstrip()[:1] in (b"{", b"["):
         return parse_state(files, data), "json"
-    token = parse_plain(path, data)
-    if token is None:
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
+    if not token:
         return None, "empty"
+    if len(token.split()) > 1:
+        raise StateCorrupt(
+            f"token file {path} holds more than one word, so it is neither a state file nor the "
+            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
+        )
     return Subscription(token, "", "", "", ""), "plain"
 
 
@@ -102,12 +108,10 @@ def parse_state(files: StateFiles, data: bytes) -> Subscription:
     token = doc.get("token")
     if token is not None and (not isinstance(token, str) or not token):
         raise files.corrupt("has a 'token' that is not a non-empty string")
-    fields = {}
-    for key in ("url", "external_system_id", "filter", "saved_at"):
-        value = doc.get(key, "")
+    fields = {key: doc.get(key, "") for key in ("url", "external_system_id", "filter", "saved_at")}
+    for key, value in fields.items():
         if not isinstance(value, str):
             raise files.corrupt(f"has a {key!r} that is not a string")
-        fields[key] = value
     progress = doc.get("progress")
     problem = ""
     if progress is not None:
@@ -122,35 +126,21 @@ def parse_state(files: StateFiles, data: bytes) -> Subscription:
     return Subscription(token=token, **fields, progress=progress, progress_problem=problem)
 
 
-def read_companion(path: Path) -> Optional[Dict[str, Any]]:
-    """The companion progress record's fields (None when absent or never written); RecordError
-    when it cannot be read or is not a valid record."""
+def read_companion(path: Path, fallback: str = "") -> Tuple[Optional[Dict[str, Any]], List[str]]:
+    """The companion progress record's fields (None when absent, never written or unusable), and
+    why it is unusable: ``fallback`` says what resuming does instead."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            data = f.read(_MAX_STATE_BYTES)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise RecordError(f"cannot be read: {reason(exc)}") from None
-    if not data.strip():
-        return None  # created, never written: a kill -9 at the very first record
-    fields = decode_record(data)
-    if "token" not in fields:
-        raise RecordError("it has no token")
-    return fields
-
-
-def parse_plain(path: Path, data: bytes) -> Optional[str]:
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
-    if not text:
-        return None
-    if not _PLAIN_TOKEN.fullmatch(text):
-        raise StateCorrupt(
-            f"token file {path} holds more than one word, so it is neither a state file nor the "
-            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
-        )
-    return text
+        try:
+            data = _read(path, _MAX_STATE_BYTES)
+        except FileNotFoundError:
+            return None, []
+        except OSError as exc:
+            raise RecordError(f"cannot be read: {reason(exc)}") from None
+        if not data.strip():
+            return None, []  # created, never written: a kill -9 at the very first record
+        fields = decode_record(data)
+        if "token" not in fields:
+            raise RecordError("it has no token")
+        return fields, []
+    except RecordError as exc:
+        return None, [f"progress record {path} is corrupt ({exc}): {fallback}"]

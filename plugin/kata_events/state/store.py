@@ -4,13 +4,10 @@ This module owns the state file, its companion progress record and its lock file
 what it is given, and only the delivery's recorder (`kata_events.delivery.recorder`) gives it
 anything: a delivery point whose lines are taken, never a token merely read from the server.
 
-The state file is JSON::
-
-    {"version": 1, "token": "...", "url": "...", "external_system_id": "...", "filter": "...",
-     "saved_at": "2026-11-27T21:30:00Z"}
-
-``progress`` (optional) says how far into the answer to ``token`` delivery had gone at that commit:
-``{"seq": n, "events": k, "digest": "<sha256 hex>"}`` (see `kata_events.state.progress`).
+The state file is JSON: ``{"version": 1, "token": "...", "url": "...", "external_system_id": "...",
+"filter": "...", "saved_at": "2026-11-27T21:30:00Z", "progress": {"seq": n, "events": k, "digest":
+"<sha256 hex>"}}``; ``progress`` (optional when read) says how far into the answer to ``token``
+delivery had gone at that commit (see `kata_events.state.progress`).
 
 Progress inside a page moves many times a second, too often for a durable commit each time: it is
 written to a companion file ``<state>.progress`` in place, without fsync (a kill -9 keeps the page
@@ -34,32 +31,23 @@ eight characters at most): it returns reasons and raises errors for the caller t
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import glob
 import json
 import os
+import secrets
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 
 from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.paths import companion
 from kata_events.private_file import write_private_file
-from kata_events.state.errors import (
-    StateError,
-    StateForeign,
-    StateLocked,
-    StateNotWritable,
-)
-from kata_events.state.files import (
-    FIX_HINT,
-    StateFiles,
-    directory_permissions,
-    is_link_error,
-    read_pid,
-    unlock,
-)
-from kata_events.state.progress import Point, RecordError, encode_record
+from kata_events.state.errors import StateError, StateForeign, StateLocked, StateNotWritable
+from kata_events.state.files import FIX_HINT, StateFiles, directory_permissions, is_link_error, remove, unlock
+from kata_events.state.progress import Point, encode_record
 from kata_events.state.reading import (
     STATE_VERSION,
     Subscription,
@@ -81,7 +69,8 @@ class TokenStore:
     """The continuation token of one subscription, persisted in one locked file.
 
     Use as ``with TokenStore(path, url=..., external_system_id=..., filter=...) as store:``, then
-    ``token, reason = store.load()`` and ``store.commit(token)`` for each token the ledger releases.
+    ``token, reason = store.load()`` and ``store.commit_point(point)`` for each point the recorder
+    writes.
     """
 
     def __init__(
@@ -95,8 +84,11 @@ class TokenStore:
         self.url = url
         self.external_system_id = external_system_id
         self.filter = filter
+        #: What binds a token (and a progress record) to its subscription.
+        self._identity = {"external_system_id": external_system_id, "filter": filter}
         self._lock_fd: Optional[int] = None
-        self._committed: Optional[str] = None
+        #: The token last loaded from or committed to the file (None before either).
+        self.committed: Optional[str] = None
         self._loaded: Optional[Subscription] = None
         self._seq = 0
         self._progress_fd: Optional[int] = None
@@ -105,15 +97,6 @@ class TokenStore:
         self.warnings: List[str] = []
         #: Called after each commit (the status record's "last commit"); never with the lock held.
         self.on_commit: Optional[Callable[[], None]] = None
-
-    @property
-    def committed(self) -> Optional[str]:
-        """The token last loaded from or committed to the file (None before either)."""
-        return self._committed
-
-    @property
-    def is_open(self) -> bool:
-        return self._lock_fd is not None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -128,9 +111,7 @@ class TokenStore:
             return
         directory = self.path.parent
         self._files.make_directory(directory)
-        refusal, warning = directory_permissions(directory)
-        if refusal:
-            raise StateNotWritable(refusal)
+        warning = directory_permissions(directory)
         self.warnings = [warning] if warning else []
         for path in (self.path, self.lock_path, self.progress_path):
             if path.is_symlink():
@@ -143,7 +124,10 @@ class TokenStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = read_pid(fd)
+            try:
+                holder: Optional[int] = int(os.pread(fd, 32, 0).decode("ascii", "replace").strip())
+            except (OSError, ValueError):
+                holder = None
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"process {holder}" if holder else "another process"
@@ -157,8 +141,13 @@ class TokenStore:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._files.probe_writable(directory)
-            self._files.remove_stale_temp_files(directory)
+            probe = directory / f".{self.path.name}.{secrets.token_hex(4)}.probe"
+            os.close(self._files.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            remove(probe)
+            # A process killed between creating its temp file and the rename leaves the temp file
+            # behind; holding the lock, we know no one else is writing one now.
+            for stale in directory.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+                remove(stale)
         except StateError:
             unlock(fd)
             raise
@@ -166,7 +155,12 @@ class TokenStore:
             unlock(fd)
             raise self._files.not_writable(self.lock_path, exc) from None
         self._lock_fd = fd
-        self._seq = max(self._stored_seq(), self._companion_seq())
+        try:
+            sub = self.stored()
+        except StateError:
+            sub = None
+        records = [sub.progress if sub is not None else None, read_companion(self.progress_path)[0]]
+        self._seq = max([0] + [int(record["seq"]) for record in records if record is not None])
 
     def close(self) -> None:
         """Release the lock (the lock file stays: removing it would race with a starting instance)."""
@@ -175,10 +169,8 @@ class TokenStore:
             os.close(progress_fd)
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-            except OSError:
-                pass
             unlock(fd)
 
     def __enter__(self) -> TokenStore:
@@ -192,8 +184,7 @@ class TokenStore:
 
     def stored(self) -> Optional[Subscription]:
         """What the file holds, as is (None if there is no file). Raises StateCorrupt / StateNotWritable."""
-        sub, _ = read_state(self._files)
-        return sub
+        return read_state(self._files)[0]
 
     def load(self, now: Optional[_dt.datetime] = None) -> Tuple[Optional[str], Optional[str]]:
         """The token to resume from (or None), and a reason to log when the stored token was not simply
@@ -210,13 +201,13 @@ class TokenStore:
                 )
             return None, None
         if kind == "plain":
-            self._committed = sub.token
+            self.committed = sub.token
             return sub.token, (
                 f"imported a plain token file {self.path} (the original script's format, token "
                 f"{short_token(sub.token)}); it records no filter, so it is assumed to match the "
                 "configured one; the file is rewritten as JSON at the next commit"
             )
-        self._refuse_foreign(sub)
+        self.check_owner(sub)
         if sub.token is None:
             return None, None
         if sub.filter != self.filter:
@@ -225,7 +216,7 @@ class TokenStore:
                 "subscription (events of the old one are not carried over; dropped token "
                 f"{short_token(sub.token)})"
             )
-        self._committed = sub.token
+        self.committed = sub.token
         notes = []
         if sub.url != self.url:
             notes.append(
@@ -242,17 +233,13 @@ class TokenStore:
             )
         return sub.token, ("; ".join(notes) or None)
 
-    def check_owner(self) -> None:
-        """Raise `StateForeign` when the file records another external system id (else nothing).
-
-        Called before anything is written: the file stays byte for byte as it was.
+    def check_owner(self, sub: Optional[Subscription] = None) -> None:
+        """Raise `StateForeign` when the file (``sub`` when already read) records another external
+        system id; a plain token file names none. Called before anything is written: the file stays
+        byte for byte as it was.
         """
-        sub = self.stored()
-        if sub is not None:  # a plain token file names no external system
-            self._refuse_foreign(sub)
-
-    def _refuse_foreign(self, sub: Subscription) -> None:
-        if not sub.external_system_id or sub.external_system_id == self.external_system_id:
+        sub = sub or self.stored()
+        if sub is None or sub.external_system_id in ("", self.external_system_id):
             return
         raise StateForeign(
             f"state file {self.path} belongs to external system {sub.external_system_id} "
@@ -272,8 +259,8 @@ class TokenStore:
         the state file's own record (fsynced at each commit), and at worst to its bare token.
         """
         sub = self._loaded
-        if sub is None or sub.token is None or self._committed != sub.token:
-            return (Point(self._committed) if self._committed else None), []
+        if sub is None or sub.token is None or self.committed != sub.token:
+            return (Point(self.committed) if self.committed else None), []
         warnings: List[str] = []
         best, best_seq = Point(sub.token), -1
         if sub.progress is not None:
@@ -285,14 +272,11 @@ class TokenStore:
                 f"({sub.progress_problem}): resuming from its token, events already delivered of "
                 "that page are sent again"
             )
-        try:
-            record = read_companion(self.progress_path)
-        except RecordError as exc:
-            warnings.append(
-                f"progress record {self.progress_path} is corrupt ({exc}): resuming from the state "
-                "file's last commit, events delivered since are sent again"
-            )
-            record = None
+        record, corrupt = read_companion(
+            self.progress_path,
+            "resuming from the state file's last commit, events delivered since are sent again",
+        )
+        warnings += corrupt
         if (
             record is not None
             and record["token"] is not None
@@ -311,13 +295,13 @@ class TokenStore:
         """
         sub = self._loaded
         stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
-        try:
-            record = read_companion(self.progress_path)
-        except RecordError as exc:
-            return None, [
-                f"progress record {self.progress_path} is corrupt ({exc}): the first answer of the "
-                "new subscription is delivered whole, events delivered before are sent again"
-            ]
+        record, corrupt = read_companion(
+            self.progress_path,
+            "the first answer of the new subscription is delivered whole, events delivered before "
+            "are sent again",
+        )
+        if corrupt:
+            return None, corrupt
         if (
             record is None
             or record["token"] is not None
@@ -329,24 +313,7 @@ class TokenStore:
         return Point(None, record["events"], record["digest"]), []
 
     def _same_subscription(self, record: Mapping[str, Any]) -> bool:
-        return (
-            record.get("external_system_id") == self.external_system_id
-            and record.get("filter") == self.filter
-        )
-
-    def _stored_seq(self) -> int:
-        try:
-            sub = self.stored()
-        except StateError:
-            return 0
-        return int(sub.progress["seq"]) if sub is not None and sub.progress is not None else 0
-
-    def _companion_seq(self) -> int:
-        try:
-            record = read_companion(self.progress_path)
-        except RecordError:
-            return 0
-        return int(record["seq"]) if record is not None else 0
+        return all(record.get(key) == value for key, value in self._identity.items())
 
     def note(self, point: Point, durable: bool = False) -> None:
         """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
@@ -354,9 +321,7 @@ class TokenStore:
 
         Raises StateNotWritable when the file cannot be written.
         """
-        data = encode_record(
-            point, self._next_seq(), {"external_system_id": self.external_system_id, "filter": self.filter}
-        )
+        data = encode_record(point, self._next_seq(), self._identity)
         try:
             if self._progress_fd is None:
                 self._progress_fd = self._files.open(self.progress_path, os.O_RDWR | os.O_CREAT)
@@ -365,10 +330,9 @@ class TokenStore:
             if len(data) < self._progress_len:
                 # JSON ignores trailing blanks: a shorter record leaves no bytes of the longer one.
                 data = data[:-1] + b" " * (self._progress_len - len(data)) + b"\n"
-            written = os.pwrite(self._progress_fd, data, 0)
-            if written != len(data):
+            if os.pwrite(self._progress_fd, data, 0) != len(data):
                 raise OSError(errno.EIO, "short write")
-            self._progress_len = max(self._progress_len, len(data))
+            self._progress_len = len(data)  # never shorter than before: padded above
             if durable:
                 os.fsync(self._progress_fd)
         except OSError as exc:
@@ -376,25 +340,19 @@ class TokenStore:
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def commit(self, token: str, point: Optional[Point] = None) -> None:
-        """Persist ``token`` atomically, with how far into its answer delivery went (``point``)."""
-        if not isinstance(token, str) or not token:
-            raise ValueError("commit() needs a non-empty token")
-        if point is not None and point.token != token:
-            raise ValueError("commit(): the point belongs to another token")
-        self._write(token, point or Point(token))
-        self._committed = token
+    def commit_point(self, point: Point) -> None:
+        """Persist ``point.token`` atomically, with how far into its answer delivery went."""
+        if not point.token:
+            raise ValueError("commit_point() needs a point with a token")
+        self._write(point)
+        self.committed = point.token
         if self.on_commit is not None:
             self.on_commit()
 
-    def commit_point(self, point: Point) -> None:
-        """`commit` for a delivery point (its token, and the events delivered after it)."""
-        self.commit(point.token or "", point)
-
     def clear(self) -> None:
         """Forget the token (the subscription is lost), keeping url, external system id and filter."""
-        self._write(None, None)
-        self._committed = None
+        self._write(Point(None))
+        self.committed = None
 
     def _next_seq(self) -> int:
         if self._lock_fd is None:
@@ -402,23 +360,12 @@ class TokenStore:
         self._seq += 1
         return self._seq
 
-    def _write(self, token: Optional[str], point: Optional[Point]) -> None:
-        seq = self._next_seq()
-        doc: Dict[str, Any] = {
-            "version": STATE_VERSION,
-            "token": token,
-            "url": self.url,
-            "external_system_id": self.external_system_id,
-            "filter": self.filter,
-            "saved_at": stamp(),
-            # A cleared token still carries a sequence number: older progress records lose to it.
-            "progress": {
-                "seq": seq,
-                "events": point.events if point else 0,
-                "digest": point.digest if point else Point(None).digest,
-            },
-        }
-        data = (json.dumps(doc, ensure_ascii=False, indent=None) + "\n").encode("utf-8")
+    def _write(self, point: Point) -> None:
+        # A cleared token still carries a sequence number: older progress records lose to it.
+        progress = {"seq": self._next_seq(), "events": point.events, "digest": point.digest}
+        doc = {"version": STATE_VERSION, "token": point.token, "url": self.url, **self._identity}
+        doc.update(saved_at=stamp(), progress=progress)
+        data = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
         try:
             write_private_file(self.path, data, sync_directory=True)
         except OSError as exc:
