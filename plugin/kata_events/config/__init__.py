@@ -166,7 +166,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         values["state_file"] = (None, DEFAULT_ORIGIN)
     for option in opts.OPTIONS:
         resolved.setdefault(option.name, None)
-        if option.secret and resolved[option.name] is not None:
+        if option.env_only and resolved[option.name] is not None:
             from kata_events.key_password import Secret
 
             resolved[option.name] = Secret(resolved[option.name])
@@ -235,7 +235,7 @@ def describe(config: Config) -> Dict[str, Any]:
         if option.name == "name":
             continue
         value = getattr(config, option.name)
-        if option.secret and value is not None:
+        if option.env_only and value is not None:
             value = "<redacted>"
         elif option.name == "proxy" and value is not None:
             value = without_credentials(value)
@@ -293,7 +293,7 @@ def schema_problems(
         if "required" in kinds and o.required and o.name not in instance
     ]
     invalid = {
-        o.name: f"{o.name} = {'<redacted>' if o.secret else _shown(values[o.name][0])} "
+        o.name: f"{o.name} = {'<redacted>' if o.env_only else _shown(values[o.name][0])} "
         f"(from {values[o.name][1].label}): expected " + o.allowed_text
         for o in opts.OPTIONS
         if o.name in keys
