@@ -18,7 +18,7 @@ import functools
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -32,55 +32,26 @@ from kata_events.config.sources import (
     read_toml,
     resolve_path,
 )
-from kata_events.config.urls import (
-    node_name_of,
-    normalize_pin,
-    normalize_url,
-    without_credentials,
-)
+from kata_events.config.urls import node_name_of, normalize_pin, normalize_url, without_credentials
 from kata_events.exits import ExitStatus, UserError
 
+#: An option's attribute type by its type; for the others a string. None where there is no value.
+_FIELD_TYPES = {"int": int, "float": float, "bool": bool, "list": Tuple[str, ...], "path": Optional[Path]}
 
-@dataclass(frozen=True)
-class Config:
-    """The effective ``run`` configuration: one attribute per option in `kata_events.options`.
-
-    ``url`` holds normalized base addresses (``https://host[:port]``, no path); paths are absolute;
-    ``pin_sha256`` is lowercase hex without colons. ``sources`` says where each value came from.
-    """
-
-    url: Tuple[str, ...]
-    external_system_id: str
-    name: str
-    cert: Path
-    key: Path
-    key_password_file: Optional[Path]
-    #: Shown as ``<redacted>`` wherever it is printed (a `kata_events.key_password.Secret`).
-    key_password: Optional[Any]
-    ca_file: Optional[Path]
-    pin_sha256: Optional[str]
-    insecure: bool
-    proxy: Optional[str]
-    filter: str
-    max_events: int
-    max_timeout: int
-    state_file: Path
-    ack: str
-    settle_time: float
-    settle_lines: int
-    max_unacked: int
-    ack_timeout: int
-    log_level: str
-    log_format: str
-    stats_interval: int
-    lag_warning: int
-    warn_line_bytes: int
-    max_event_bytes: int
-    metrics_file: Optional[Path]
-    metrics_listen: Optional[str]
-    once: bool
-    config_file: Optional[Path] = None
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+#: The effective ``run`` configuration: one attribute per option in `kata_events.options`, in its
+#: order, then the config file and ``sources`` (where each value came from). ``url`` holds normalized
+#: base addresses (``https://host[:port]``, no path); paths are absolute; ``pin_sha256`` is lowercase
+#: hex without colons; ``key_password`` a `kata_events.key_password.Secret`, printed ``<redacted>``.
+Config = make_dataclass(
+    "Config",
+    [(o.name, _FIELD_TYPES.get(o.type, Optional[str])) for o in opts.OPTIONS]
+    + [
+        ("config_file", Optional[Path], None),
+        ("sources", Mapping[str, str], field(default_factory=dict, compare=False, hash=False, repr=False)),
+    ],
+    frozen=True,
+    namespace={"__module__": __name__},
+)
 
 
 def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
@@ -99,16 +70,14 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         origin = Origin("file", f"config file {config_file}", config_file.parent)
         for key, value in read_toml(config_file).items():
             option = opts.BY_NAME.get(key)
-            if option is not None and option.type == "list" and isinstance(value, str):
-                value = [value]
-            elif option is not None and option.type == "choice" and isinstance(value, str):
-                value = value.lower()
             if option is not None and option.env_only:
                 problems.append(
                     f"{key} cannot be set in {origin.label}: it is read from the variable "
                     f"{option.env} only; or name a file holding it with key_password_file"
                 )
                 continue
+            if option is not None and isinstance(value, str) and option.type in ("list", "choice"):
+                value = [value] if option.type == "list" else value.lower()
             values[key] = (value, origin)  # an unknown key too: the schema reports it
 
     for name, raw in sorted(environ.items()):
@@ -117,18 +86,15 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         option = opts.BY_ENV.get(name)
         if option is None:
             problems.append(f"unknown environment variable {name}{_suggest(name, opts.KNOWN_ENV)}")
-            continue
-        if raw.strip() == "":
-            continue
-        values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
+        elif raw.strip():
+            values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
 
     for option in opts.OPTIONS:
         given = getattr(args, option.name, None)
-        if given is None:
-            continue
         if isinstance(given, str):
             given = convert(option, given)
-        values[option.name] = (given, Origin("flag", option.flag))
+        if given is not None:
+            values[option.name] = (given, Origin("flag", option.flag))
 
     _take_id_from_url(values)
     unknown, invalid, missing = schema_problems(values)
@@ -171,32 +137,30 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
 
             resolved[option.name] = Secret(resolved[option.name])
 
-    check_readable(
-        [
-            (name, resolved[name])
-            for name in ("cert", "key", "key_password_file", "ca_file")
-            if resolved[name] is not None
-        ]
-    )
+    check_readable({name: resolved[name] for name in ("cert", "key", "key_password_file", "ca_file")})
     sources = {name: origin.label for name, (_, origin) in values.items()}
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
-def _early_file_values(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, Any]:
-    """The config file's values before the configuration is resolved ({} when it cannot be read)."""
+def _early_values(args: argparse.Namespace, environ: Mapping[str, str], option: opts.Option) -> List[Any]:
+    """``option``'s values from the flag, the variable and the config file, in precedence order, for
+    messages before the configuration is resolved (a config file that cannot be read gives none)."""
     try:
         path = config_path(args, environ)
-        return {} if path is None else read_toml(path)
+        from_file = None if path is None else read_toml(path).get(option.name)
     except (UserError, OSError):
-        return {}
+        from_file = None
+    if option.type == "list" and isinstance(from_file, str):
+        from_file = [from_file]
+    from_env = environ.get(option.env)
+    return [getattr(args, option.name, None), from_env and convert(option, from_env), from_file]
 
 
 def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The log format asked for by flag, variable or config file, for errors before the
     configuration is resolved: the first valid one in precedence order, else the default."""
     option = opts.BY_NAME["log_format"]
-    file_value = _early_file_values(args, environ).get("log_format")
-    for value in (getattr(args, "log_format", None), environ.get(option.env), file_value):
+    for value in _early_values(args, environ, option):
         if isinstance(value, str) and value.strip().lower() in option.choices:
             return value.strip().lower()
     return str(option.default)
@@ -206,18 +170,10 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
     """The node name as far as it can be told before the configuration is resolved (for a
     ``fatal`` line): ``name`` from the flag, variable or file, else the first url's host; None when
     neither is readable."""
-    option = opts.BY_NAME["name"]
-    file_values = _early_file_values(args, environ)
-    for value in (getattr(args, "name", None), environ.get(option.env), file_values.get("name")):
+    for value in _early_values(args, environ, opts.BY_NAME["name"]):
         if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
             return value.strip()
-    from_env = [u for u in re.split(r"[,\s]+", environ.get(opts.BY_NAME["url"].env, "")) if u]
-    from_file = file_values.get("url")
-    for urls in (
-        getattr(args, "url", None),
-        from_env,
-        [from_file] if isinstance(from_file, str) else from_file,
-    ):
+    for urls in _early_values(args, environ, opts.BY_NAME["url"]):
         if isinstance(urls, list) and urls and isinstance(urls[0], str) and "://" in urls[0]:
             return node_name_of(urls[0])
     return None

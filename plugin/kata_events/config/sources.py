@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from kata_events import options as opts
 from kata_events.exits import ExitStatus, UserError
@@ -25,8 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+_BOOLS = {
+    **dict.fromkeys(("true", "1", "yes", "on"), True),
+    **dict.fromkeys(("false", "0", "no", "off"), False),
+}
 
 
 @dataclass(frozen=True)
@@ -72,30 +74,19 @@ def convert(option: opts.Option, raw: str) -> Any:
     """A string from a flag or a variable → the option's type; left as is when it does not parse,
     so that validation reports it with the rest."""
     text = raw.strip()
-    if option.type == "int":
+    if option.type in ("int", "float"):
         try:
-            return int(text, 10)
+            value = int(text, 10) if option.type == "int" else float(text)
         except ValueError:
             return raw
-    if option.type == "float":
-        try:
-            value = float(text)
-        except ValueError:
-            return raw
-        return value if math.isfinite(value) else raw
+        return raw if isinstance(value, float) and not math.isfinite(value) else value
     if option.type == "bool":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        return raw
+        return _BOOLS.get(text.lower(), raw)
     if option.type == "list":
         return [part for part in re.split(r"[,\s]+", text) if part]
     if option.type == "choice":
         return text.lower()
-    if option.type == "path" or option.pattern:
-        return text
-    return raw
+    return text if option.type == "path" or option.pattern else raw
 
 
 def _expand_user(path: str, environ: Mapping[str, str]) -> str:
@@ -124,9 +115,10 @@ def _reason(exc: OSError) -> str:
     return reasons.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
 
 
-def check_readable(files: List[Tuple[str, Path]]) -> None:
+def check_readable(files: Mapping[str, Optional[Path]]) -> None:
+    """Raise `UserError` (exit 66) naming each of ``files`` (those not None) that cannot be read."""
     problems = []
-    for name, path in files:
+    for name, path in [(name, path) for name, path in files.items() if path is not None]:
         try:
             with open(path, "rb") as f:
                 f.read(1)
