@@ -259,10 +259,8 @@ def schema_problems(
 
 def _take_id_from_url(values: Dict[str, Tuple[Any, Origin]]) -> None:
     """A pasted events URL names the external system id: use it when the id is not given."""
-    if "external_system_id" in values or "url" not in values:
-        return
-    urls, origin = values["url"]
-    if not isinstance(urls, list):
+    urls, origin = values.get("url", (None, DEFAULT_ORIGIN))
+    if "external_system_id" in values or not isinstance(urls, list):
         return
     ids = set()
     for url in urls:
@@ -306,13 +304,10 @@ def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str
 
 
 def _config_error(problems: List[str]) -> UserError:
-    if len(problems) == 1:
-        message = f"invalid configuration: {problems[0]}"
-    else:
-        message = f"invalid configuration ({len(problems)} problems):\n" + "\n".join(
-            f"  - {p}" for p in problems
-        )
-    return UserError(message, ExitStatus.CONFIG, problems)
+    listed = f": {problems[0]}"
+    if len(problems) > 1:
+        listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+    return UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
 
 def _suggest(word: str, known: Any) -> str:

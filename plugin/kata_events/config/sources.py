@@ -44,12 +44,8 @@ DEFAULT_ORIGIN = Origin("default", "the default")
 
 
 def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[Path]:
-    given = getattr(args, "config", None)
-    if given is None or given == "":
-        given = environ.get(opts.CONFIG_ENV) or None
-    if given is None:
-        return None
-    return Path(os.path.abspath(_expand_user(str(given), environ)))
+    given = getattr(args, "config", None) or environ.get(opts.CONFIG_ENV)
+    return Path(os.path.abspath(_expand_user(str(given), environ))) if given else None
 
 
 def read_toml(path: Path) -> Dict[str, Any]:
@@ -124,9 +120,6 @@ def check_readable(files: Mapping[str, Optional[Path]]) -> None:
                 f.read(1)
         except OSError as exc:
             problems.append(f"{name} file {path}: {_reason(exc)}")
-    if len(problems) == 1:
-        raise UserError(f"cannot read {problems[0]}", ExitStatus.NO_INPUT, problems)
     if problems:
-        raise UserError(
-            "cannot read:\n" + "\n".join(f"  - {p}" for p in problems), ExitStatus.NO_INPUT, problems
-        )
+        listed = f" {problems[0]}" if len(problems) == 1 else ":\n" + "\n".join(f"  - {p}" for p in problems)
+        raise UserError(f"cannot read{listed}", ExitStatus.NO_INPUT, problems)
