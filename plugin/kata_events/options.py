@@ -396,14 +396,7 @@ def json_schema() -> Dict[str, Any]:
 
 def markdown_table() -> str:
     """The option table of docs/configuration.md, generated from `OPTIONS`."""
-    config_row = (
-        "—",
-        f"`{CONFIG_FLAG} FILE`",
-        f"`{CONFIG_ENV}`",
-        "none",
-        "The TOML file holding any of the keys below.",
-    )
-    rows: List[Sequence[str]] = [config_row]
+    rows: List[Sequence[str]] = []
     for option in OPTIONS:
         default = "**required**" if option.required else option.default_text
         if not option.default_doc and option.default not in (None, ""):
@@ -422,6 +415,8 @@ def markdown_table() -> str:
         "",
         "| Key | Flag | Environment variable | Default | Meaning |",
         "|---|---|---|---|---|",
+        f"| — | `{CONFIG_FLAG} FILE` | `{CONFIG_ENV}` | none "
+        "| The TOML file holding any of the keys below. |",
     ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -98,14 +98,9 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
 
     _take_id_from_url(values)
     unknown, invalid, missing = schema_problems(values)
-    problems = unknown + problems
-    urls: Tuple[str, ...] = ()
-    if "url" in values and "url" not in invalid:
-        # url comes first in OPTIONS, so its problems lead the per-key ones.
-        urls, url_problems = _normalize_urls(values)
-        problems += url_problems
-    problems += invalid.values()
-    problems += missing
+    urls, url_problems = _normalize_urls(values) if "url" in values and "url" not in invalid else ((), [])
+    # url comes first in OPTIONS, so its problems lead the per-key ones.
+    problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
         raise _config_error(problems)
 
@@ -126,9 +121,8 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if "state_file" not in resolved:
         from kata_events.paths import default_state_path
 
-        resolved["state_file"] = Path(
-            os.path.abspath(default_state_path(resolved["external_system_id"], environ))
-        )
+        state_file = default_state_path(resolved["external_system_id"], environ)
+        resolved["state_file"] = Path(os.path.abspath(state_file))
         values["state_file"] = (None, DEFAULT_ORIGIN)
     for option in opts.OPTIONS:
         resolved.setdefault(option.name, None)
@@ -186,23 +180,13 @@ def describe(config: Config) -> Dict[str, Any]:
     it came from (flag, environment variable, config file). ``name`` is left out: every log line of
     the run carries it as its ``node`` field (and a log record's own ``name`` is the logger's).
     """
-    described: Dict[str, Any] = {}
-    for option in opts.OPTIONS:
-        if option.name == "name":
-            continue
-        value = getattr(config, option.name)
-        if option.env_only and value is not None:
-            value = "<redacted>"
-        elif option.name == "proxy" and value is not None:
-            value = without_credentials(value)
-        elif isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        described[option.name] = value
-    described["config_file"] = None if config.config_file is None else str(config.config_file)
-    described["sources"] = {k: v for k, v in config.sources.items() if v != DEFAULT_ORIGIN.label}
-    return described
+    shown = {o.name: getattr(config, o.name) for o in opts.OPTIONS if o.name != "name"}
+    if config.proxy is not None:
+        shown["proxy"] = without_credentials(config.proxy)
+    shown["config_file"] = config.config_file
+    shown["sources"] = {k: v for k, v in config.sources.items() if v != DEFAULT_ORIGIN.label}
+    # Paths become strings, tuples lists, and a secret its str(): <redacted>.
+    return json.loads(json.dumps(shown, default=str))
 
 
 # -- checks ----------------------------------------------------------------------------------------
