@@ -209,9 +209,7 @@ def _schema_validator() -> Any:
     return jsonschema.validators.extend(base, type_checker=integer)(opts.json_schema())
 
 
-def schema_problems(
-    values: Mapping[str, Tuple[Any, Origin]],
-) -> Tuple[List[str], Dict[str, str], List[str]]:
+def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str], Dict[str, str], List[str]]:
     """The merged values checked against the published schema, each error in the user's words.
 
     Returns the unknown keys (with the closest known one), one message per invalid key in the order

@@ -58,8 +58,7 @@ def read_toml(path: Path) -> Dict[str, Any]:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8",
-            ExitStatus.CONFIG,
+            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8", ExitStatus.CONFIG
         ) from None
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line L, column C)".
