@@ -210,25 +210,24 @@ def _schema_validator() -> Any:
 
 
 def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str], Dict[str, str], List[str]]:
-    """The merged values checked against the published schema, each error in the user's words.
+    """The merged values checked against the published schema, each problem in the user's words.
 
     Returns the unknown keys (with the closest known one), one message per invalid key in the order
     of `kata_events.options.OPTIONS` (key, value, where it came from, what is expected), and the
     required keys missing (with the three ways to give each).
     """
     instance = {name: value for name, (value, _) in values.items()}
-    errors = list(_schema_validator().iter_errors(instance))
-    kinds = {error.validator for error in errors}
+    errors = _schema_validator().iter_errors(instance)
     keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
     unknown = [
         f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
         for key in instance
-        if "additionalProperties" in kinds and key not in opts.BY_NAME
+        if key not in opts.BY_NAME
     ]
     missing = [
         f"{o.name} is required: give {o.flag}, set {o.env}, or put {o.name} = ... in the config file"
         for o in opts.OPTIONS
-        if "required" in kinds and o.required and o.name not in instance
+        if o.required and o.name not in instance
     ]
     invalid = {
         o.name: f"{o.name} = {'<redacted>' if o.env_only else _shown(values[o.name][0])} "
