@@ -31,21 +31,8 @@ TYPES = ("str", "int", "float", "bool", "list", "choice", "path")
 #: Events stay retrievable on the Central Node for at most this long.
 SERVER_RETENTION_SECONDS = 2 * 3600
 
-# Accepted by the server per the original script; "the maximum depends on the installation".
-MAX_EVENTS_LIMIT = 72000
 # ISO-8601 PT300S is the documented ceiling of the long poll.
 MAX_TIMEOUT_LIMIT = 300
-#: Fluent Bit's exec input drops what it read after its engine's last pass over the input's ring
-#: buffer; at catch-up speed on a loaded host that pass came 1.4 s before the child's SIGTERM
-#: (its output workers stopping in between), not the 250 ms of an idle one. Vector, syslog-ng and
-#: nc drop nothing they took at a clean stop.
-SETTLE_TIME_DEFAULT = 5.0
-#: At most this many of the lines a pipe's reader took last before a stop are not counted (the
-#: settle window in lines): more than Fluent Bit's exec input can hold unflushed (1,024 records in
-#: its ring buffer, a few in its read buffer).
-SETTLE_LINES_DEFAULT = 1500
-#: The most settle_lines may be: what a stop sends again stays within the 3,000-line bound.
-SETTLE_LINES_MAX = 1900
 
 # Events are a few KB; 16 MiB is far beyond any real one and keeps a few copies of it cheap.
 MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
@@ -305,7 +292,8 @@ _ROWS: Tuple[Option, ...] = (
         allowed="an http:// or https:// proxy address such as http://proxy.example.local:3128",
     ),
     Option("filter", "str", "", metavar="EXPR"),
-    Option("max_events", "int", 10000, 1, MAX_EVENTS_LIMIT, "N", run_only=True),
+    # 72000: accepted by the server per the original script; "the maximum depends on the installation".
+    Option("max_events", "int", 10000, 1, 72000, "N", run_only=True),
     Option("max_timeout", "int", 60, 1, MAX_TIMEOUT_LIMIT, "SECONDS", run_only=True),
     Option(
         "state_file",
@@ -314,8 +302,14 @@ _ROWS: Tuple[Option, ...] = (
         "`$XDG_STATE_HOME/kata-events` or `~/.local/state/kata-events`",
     ),
     Option("ack", "choice", "auto", choices=("auto", "none", "lines"), run_only=True),
-    Option("settle_time", "float", SETTLE_TIME_DEFAULT, 0, 600, "SECONDS", run_only=True),
-    Option("settle_lines", "int", SETTLE_LINES_DEFAULT, 0, SETTLE_LINES_MAX, "N", run_only=True),
+    # 5 s: Fluent Bit's exec input drops what it read after its engine's last pass over the input's
+    # ring buffer; at catch-up speed on a loaded host that pass came 1.4 s before the child's SIGTERM
+    # (its output workers stopping in between), not the 250 ms of an idle one. Vector, syslog-ng and
+    # nc drop nothing they took at a clean stop.
+    Option("settle_time", "float", 5.0, 0, 600, "SECONDS", run_only=True),
+    # 1500: more than Fluent Bit's exec input can hold unflushed (1,024 records in its ring buffer, a
+    # few in its read buffer). At most 1900: what a stop sends again stays within the 3,000-line bound.
+    Option("settle_lines", "int", 1500, 0, 1900, "N", run_only=True),
     Option("max_unacked", "int", None, 1, None, "N", default_doc="the value of max_events", run_only=True),
     Option("ack_timeout", "int", 60, 1, 86400, "SECONDS", run_only=True),
     Option("log_level", "choice", "info", choices=("debug", "info", "warning", "error"), run_only=True),
