@@ -96,9 +96,10 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         if given is not None:
             values[option.name] = (given, Origin("flag", option.flag))
 
-    _take_id_from_url(values)
+    urls, url_problems = _urls(values)
     unknown, invalid, missing = schema_problems(values)
-    urls, url_problems = _normalize_urls(values) if "url" in values and "url" not in invalid else ((), [])
+    if "url" in invalid:  # the schema's message says it all
+        urls, url_problems = (), []
     # url comes first in OPTIONS, so its problems lead the per-key ones.
     problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
@@ -238,29 +239,18 @@ def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str]
     return unknown, invalid, missing
 
 
-def _take_id_from_url(values: Dict[str, Tuple[Any, Origin]]) -> None:
-    """A pasted events URL names the external system id: use it when the id is not given."""
-    urls, origin = values.get("url", (None, DEFAULT_ORIGIN))
-    if "external_system_id" in values or not isinstance(urls, list):
-        return
-    ids = set()
-    for url in urls:
-        try:
-            ids.add(normalize_url(url)[1] if isinstance(url, str) else None)
-        except ValueError:
-            pass
-    ids.discard(None)
-    if len(ids) == 1:
-        values["external_system_id"] = (ids.pop(), Origin("url", f"the url ({origin.label})"))
-
-
-def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[str]]:
-    urls, origin = values["url"]
+def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[str]]:
+    """The url values normalized (in order, once each) and their problems. A pasted events URL
+    names the external system id: when the id is not given, it is taken from there."""
+    urls, origin = values.get("url", ([], DEFAULT_ORIGIN))
     given_id = values.get("external_system_id", (None, None))[0]
-    normalized: List[str] = []
+    bases: List[str] = []
     problems: List[str] = []
-    ids = {}
-    for url in urls:
+    ids: Dict[str, str] = {}  # lowercase id -> the url naming it
+    found = set()
+    for url in urls if isinstance(urls, list) else []:
+        if not isinstance(url, str):
+            continue  # the schema reports it
         try:
             base, found_id = normalize_url(url)
         except ValueError as exc:
@@ -268,8 +258,11 @@ def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str
             continue
         if found_id is not None:
             ids[found_id.lower()] = url
-        if base not in normalized:
-            normalized.append(base)
+            found.add(found_id)
+        if base not in bases:
+            bases.append(base)
+    if "external_system_id" not in values and len(found) == 1:
+        values["external_system_id"] = (found.pop(), Origin("url", f"the url ({origin.label})"))
     if len(ids) > 1:
         problems.append(
             f"url (from {origin.label}): the URLs name different external system ids: " + ", ".join(ids)
@@ -281,7 +274,7 @@ def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str
             f"{next(iter(ids))} in url {_shown(next(iter(ids.values())))} (from {origin.label}): "
             "make them match, or give the base address only"
         )
-    return tuple(normalized), problems
+    return tuple(bases), problems
 
 
 def _config_error(problems: List[str]) -> UserError:
