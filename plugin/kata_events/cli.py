@@ -62,9 +62,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             sub.add_parser(name, help=summary)
             continue
-        module = importlib.import_module(
-            "kata_events.emulator.cli" if name == "emulator" else f"kata_events.commands.{name}"
-        )
+        module_name = "kata_events.emulator.cli" if name == "emulator" else f"kata_events.commands.{name}"
+        module = importlib.import_module(module_name)
         command = sub.add_parser(
             name,
             help=summary,
@@ -86,10 +85,8 @@ def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -
     if flag is not None:
         known = [s for action in command._actions for s in action.option_strings]
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        if close:
-            message += f": did you mean {close[0]}?"
-        else:
-            message += f": see `{command.prog} --help` for the known options"
+        hint = f"did you mean {close[0]}?" if close else f"see `{command.prog} --help` for the known options"
+        message += f": {hint}"
     return message
 
 

@@ -127,13 +127,9 @@ class Option:
         """The one-line help, the accepted range of a number, then the default."""
         text = self.help
         if self.type in ("int", "float") and self.minimum is not None:
-            if self.maximum is None:
-                text += f" At least {self.minimum:g}."
-            else:
-                text += f" From {self.minimum:g} to {self.maximum:g}."
-        if self.required:
-            return text + " Required."
-        return f"{text} Default: {self.default_text.replace('`', '')}."
+            limits = " At least {:g}." if self.maximum is None else " From {:g} to {:g}."
+            text += limits.format(self.minimum, self.maximum)
+        return text + (" Required." if self.required else f" Default: {self.default_text.replace('`', '')}.")
 
     @property
     def allowed_text(self) -> str:

@@ -292,6 +292,4 @@ def _suggest(word: str, known: Any) -> str:
         close = [names[c] for c in difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)]
     else:
         close = difflib.get_close_matches(word.replace("-", "_"), list(known), n=1, cutoff=0.6)
-    if close:
-        return f": did you mean {close[0]}?"
-    return ": see `kata-events run --help` for the known ones"
+    return f": did you mean {close[0]}?" if close else ": see `kata-events run --help` for the known ones"

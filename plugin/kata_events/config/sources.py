@@ -50,8 +50,7 @@ def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optiona
 
 def read_toml(path: Path) -> Dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {_reason(exc)}", ExitStatus.NO_INPUT) from None
     try:
@@ -85,10 +84,9 @@ def convert(option: opts.Option, raw: str) -> Any:
 
 
 def _expand_user(path: str, environ: Mapping[str, str]) -> str:
-    if path == "~" or path.startswith("~/"):
-        home = environ.get("HOME")
-        if home:
-            return home + path[1:]
+    home = environ.get("HOME")
+    if home and (path == "~" or path.startswith("~/")):
+        return home + path[1:]
     return os.path.expanduser(path)
 
 
