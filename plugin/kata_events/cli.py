@@ -6,6 +6,7 @@ Each subcommand lives in its own module; this one only dispatches. It never writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import os
@@ -168,12 +169,9 @@ def console_main() -> None:
     STOP. Everything that matters is done by then: commits are fsynced, logs are flushed below.
     """
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
+    for stream in filter(None, (sys.stdout, sys.stderr)):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(code)
 
 

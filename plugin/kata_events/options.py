@@ -174,9 +174,8 @@ class Option:
         return fragment
 
 
-#: Each option's help, by name: its --help line, its schema description and its row in the docs
-#: table (a path's ends with `PATH_NOTE`). ``name:`` at the start of a line opens one; indented
-#: lines go on with it.
+#: Each option's help, for --help, the schema and the docs table (a path's ends with `PATH_NOTE`):
+#: ``name:`` at the start of a line opens one; indented lines go on with it.
 HELP = """
 url: The Central Node's base address, https://HOST[:PORT] (https:// is required); repeat it for the addresses
   of a cluster, tried in turn when one fails. A full events URL copied from the documentation is accepted too.

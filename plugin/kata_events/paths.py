@@ -16,8 +16,7 @@ def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.
     """Where the token is kept when ``--state-file`` is not given.
 
     ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
-    colon-separated paths), else ``$XDG_STATE_HOME/kata-events/<id>.token``, else
-    ``~/.local/state/kata-events/<id>.token``.
+    colon-separated paths), else ``<id>.token`` in `state_home`.
     """
     # The id comes from configuration: keep it from escaping the directory.
     name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"

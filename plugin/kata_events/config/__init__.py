@@ -105,8 +105,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if problems:
         raise _config_error(problems)
 
-    resolved: Dict[str, Any] = {name: value for name, (value, _) in values.items()}
-    resolved["url"] = urls
+    resolved: Dict[str, Any] = dict({name: value for name, (value, _) in values.items()}, url=urls)
     if resolved.get("pin_sha256") is not None:
         resolved["pin_sha256"] = normalize_pin(resolved["pin_sha256"])
     for option in opts.OPTIONS:
