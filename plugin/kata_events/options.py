@@ -177,14 +177,14 @@ class Option:
 #: Each option's help, for --help, the schema and the docs table (a path's ends with `PATH_NOTE`):
 #: ``name:`` at the start of a line opens one; indented lines go on with it.
 HELP = """
-url: The Central Node's base address, https://HOST[:PORT] (https:// is required); repeat it for the addresses
-  of a cluster, tried in turn when one fails. A full events URL copied from the documentation is accepted too.
-  The variable takes a comma- or space-separated list.
+url: The Central Node's base address, https://HOST[:PORT] (https:// is required); repeat it for the
+  addresses of a cluster, tried in turn when one fails. A full events URL copied from the documentation is
+  accepted too. The variable takes a comma- or space-separated list.
 external_system_id: The external system's UUID, as approved on the Central Node (`kata-events init` makes
   one).
-name: A short name for this Central Node, unique among the runs on one collector: every metrics family carries
-  it as the node label, every log line as its node field, and `kata-events status` names the node with it.
-  Letters, digits, '.', '_' and '-'.
+name: A short name for this Central Node, unique among the runs on one collector: every metrics family
+  carries it as the node label, every log line as its node field, and `kata-events status` names the node
+  with it. Letters, digits, '.', '_' and '-'.
 cert: The client certificate (PEM) presented to the Central Node.
 key: The private key (PEM) of the client certificate.
 key_password_file: A file holding the passphrase of an encrypted key (PKCS#8 or PEM; one trailing line break
@@ -193,13 +193,13 @@ key_password_file: A file holding the passphrase of an encrypted key (PKCS#8 or 
 key_password: The passphrase of an encrypted key itself, for containers where a file is awkward;
   key_password_file wins over it. Environment only: never a flag or a config key, never logged.
 ca_file: CA certificates (PEM) that verify the Central Node's certificate.
-pin_sha256: Trust the Central Node certificate with this SHA-256 fingerprint (64 hex digits, colons optional),
-  e.g. for a self-signed one.
+pin_sha256: Trust the Central Node certificate with this SHA-256 fingerprint (64 hex digits, colons
+  optional), e.g. for a self-signed one.
 insecure: Do not verify the Central Node's certificate at all (warned on every start; use ca_file or
   pin_sha256 instead).
 proxy: The HTTP proxy to the Central Node, http://[USER:PASSWORD@]HOST:PORT, or https://... for TLS to the
-  proxy too (its certificate checked against the system's trust store; SSL_CERT_FILE names another bundle); a
-  CONNECT tunnel: TLS stays end to end, a pin still holds. Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY,
+  proxy too (its certificate checked against the system's trust store; SSL_CERT_FILE names another bundle);
+  a CONNECT tunnel: TLS stays end to end, a pin still holds. Wins over HTTPS_PROXY, ALL_PROXY and NO_PROXY,
   which are used otherwise. Its credentials never appear in a log line.
 filter: Event filter bound to the subscription, e.g. Ioa.Severity == 'High'; changing it starts a new
   subscription. "" means all events.
@@ -211,13 +211,13 @@ ack: Delivery acknowledgement: auto (acknowledgements if the shipper sends START
   (expect ACK lines on stdin).
 settle_time: With --ack none on a pipe or socket: a line counts as delivered once the reader took it and
   stayed this many seconds after that; a stop (signal, broken pipe) commits nothing younger (at most
-  settle_lines lines), and --once waits this long after its last line. Covers a shipper that reads on while it
-  shuts down (Fluent Bit's exec input drops what it read after its engine's last pass, up to 1,024 lines, 1.4
-  s before it signals its child at catch-up speed on a loaded host). 0 turns it off.
-settle_lines: With --ack none on a pipe or socket: the most lines a stop leaves uncounted of those the reader
-  took in the last settle_time seconds, so a stop at full speed re-sends a count, not a second of throughput.
-  The default covers what Fluent Bit's exec input can drop (1,024 records and its read buffer). 0: no bound
-  (the whole settle_time).
+  settle_lines lines), and --once waits this long after its last line. Covers a shipper that reads on while
+  it shuts down (Fluent Bit's exec input drops what it read after its engine's last pass, up to 1,024 lines,
+  1.4 s before it signals its child at catch-up speed on a loaded host). 0 turns it off.
+settle_lines: With --ack none on a pipe or socket: the most lines a stop leaves uncounted of those the
+  reader took in the last settle_time seconds, so a stop at full speed re-sends a count, not a second of
+  throughput. The default covers what Fluent Bit's exec input can drop (1,024 records and its read buffer).
+  0: no bound (the whole settle_time).
 max_unacked: With acknowledgements: the most lines written but not yet acknowledged; writing pauses there.
 ack_timeout: With acknowledgements: warn when lines wait longer than this many seconds for one.
 log_level: The least severe log lines written to stderr.
@@ -225,18 +225,18 @@ log_format: Logs on stderr as JSON lines (json) or for people (text).
 stats_interval: Seconds between two stats log lines; 0 turns them off.
 lag_warning: Warn when the newest event delivered is older than this many seconds (the Central Node keeps
   events for at most 2 hours).
-warn_line_bytes: Warn once when an event line is longer than this many bytes, for shippers with line limits; 0
-  turns it off.
-max_event_bytes: The largest event accepted, in bytes. A larger one (a broken server or proxy) is skipped, its
-  bytes dropped as they arrive, with an event_skipped error naming its place and size; the rest of the page is
-  delivered and its token committed, so one event cannot wedge the stream nor exhaust memory.
+warn_line_bytes: Warn once when an event line is longer than this many bytes, for shippers with line limits;
+  0 turns it off.
+max_event_bytes: The largest event accepted, in bytes. A larger one (a broken server or proxy) is skipped,
+  its bytes dropped as they arrive, with an event_skipped error naming its place and size; the rest of the
+  page is delivered and its token committed, so one event cannot wedge the stream nor exhaust memory.
 metrics_file: Write Prometheus metrics (kata_events_*) in the text format to this file for node_exporter's
-  textfile collector (name it *.prom), replaced atomically every stats_interval seconds (60 when 0) and at the
-  stop.
+  textfile collector (name it *.prom), replaced atomically every stats_interval seconds (60 when 0) and at
+  the stop.
 metrics_listen: Serve the same metrics on http://HOST:PORT/metrics; a port alone listens on loopback
   (127.0.0.1). Opt-in: nothing listens unless set.
-once: Fetch until caught up (a page shorter than max_events), commit, exit 0: for schedulers and Fluent Bit's
-  interval mode.
+once: Fetch until caught up (a page shorter than max_events), commit, exit 0: for schedulers and Fluent
+  Bit's interval mode.
 """
 PATH_NOTE = "A relative path in the config file is relative to the file's directory."
 
