@@ -6,6 +6,7 @@ Each subcommand lives in its own module; this one only dispatches. It never writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib
 import os
@@ -31,29 +32,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(int(ExitStatus.USAGE), f"{self.prog}: error: {message}\n")
 
 
-#: Each subcommand: its module (imported only when that subcommand runs) and its one-line summary.
-COMMANDS = (
-    ("run", "kata_events.commands.run", "stream events to stdout (the main job)"),
-    ("emulator", "kata_events.emulator.cli", "run a local Central Node Events API emulator"),
-    ("demo", "kata_events.commands.demo", "try it: the emulator and the emitter together, printing events"),
-    ("init", "kata_events.commands.init", "make an external system id, key, certificate and config file"),
-    (
-        "check",
-        "kata_events.commands.check",
-        "check a set-up: config, files, network, TLS, approval, filter, state",
-    ),
-    ("status", "kata_events.commands.status", "for monitoring: OK/WARNING/CRITICAL from local files, lag"),
-    ("state", "kata_events.commands.state", "show the state file, or reset it (a new subscription)"),
-)
-
-
-def chosen_command(argv: Sequence[str]) -> str:
-    """The subcommand named in ``argv`` ("" if none): the first word that is not an option.
-
-    The top-level options (--help, --version) take no value, so no option's value can be mistaken
-    for it.
-    """
-    return next((arg for arg in argv if not arg.startswith("-")), "")
+#: Each subcommand and its one-line summary. Its module, `kata_events.commands.<name>` (the emulator's
+#: own cli), is imported only when that subcommand runs.
+COMMANDS = {
+    "run": "stream events to stdout (the main job)",
+    "emulator": "run a local Central Node Events API emulator",
+    "demo": "try it: the emulator and the emitter together, printing events",
+    "init": "make an external system id, key, certificate and config file",
+    "check": "check a set-up: config, files, network, TLS, approval, filter, state",
+    "status": "for monitoring: OK/WARNING/CRITICAL from local files, lag",
+    "state": "show the state file, or reset it (a new subscription)",
+}
 
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
@@ -70,10 +59,11 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kata-events {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module_name, summary in COMMANDS:
+    for name, summary in COMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=summary)
             continue
+        module_name = "kata_events.emulator.cli" if name == "emulator" else f"kata_events.commands.{name}"
         module = importlib.import_module(module_name)
         command = sub.add_parser(
             name,
@@ -96,18 +86,9 @@ def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -
     if flag is not None:
         known = [s for action in command._actions for s in action.option_strings]
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        if close:
-            message += f": did you mean {close[0]}?"
-        else:
-            message += f": see `{command.prog} --help` for the known options"
+        hint = f"did you mean {close[0]}?" if close else f"see `{command.prog} --help` for the known options"
+        message += f": {hint}"
     return message
-
-
-def _unknown_command(word: str, names: Sequence[str]) -> str:
-    """The usage error for a subcommand that does not exist, with the one most like it."""
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    guess = f"did you mean {close[0]}? " if close else ""
-    return f"unknown command {word!r}: {guess}the commands are {', '.join(names)}"
 
 
 def unsupported_platform() -> Optional[str]:
@@ -152,12 +133,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
     if argv is None:
         argv = sys.argv[1:]
-    command = chosen_command(argv)
-    names = [name for name, _, _ in COMMANDS]
-    if command and command not in names:
+    # The first word that is not an option: the top-level options (--help, --version) take no value.
+    command = next((arg for arg in argv if not arg.startswith("-")), "")
+    if command and command not in COMMANDS:
+        close = difflib.get_close_matches(command, list(COMMANDS), n=1, cutoff=0.6)
+        guess = f"did you mean {close[0]}? " if close else ""
+        message = f"unknown command {command!r}: {guess}the commands are {', '.join(COMMANDS)}"
         usage = build_parser("").format_usage().strip()
-        message = f"{_unknown_command(command, names)}; see `kata-events --help`"
-        return _fatal_line(argv, message, ExitStatus.USAGE, "usage", usage=usage)
+        return _fatal_line(
+            argv, f"{message}; see `kata-events --help`", ExitStatus.USAGE, "usage", usage=usage
+        )
     # Before any subcommand's module is imported (they need fcntl); --version and --help still work.
     unsupported = unsupported_platform() if command else None
     if unsupported:
@@ -184,12 +169,9 @@ def console_main() -> None:
     STOP. Everything that matters is done by then: commits are fsynced, logs are flushed below.
     """
     code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (OSError, ValueError):
-            pass
+    for stream in filter(None, (sys.stdout, sys.stderr)):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(code)
 
 

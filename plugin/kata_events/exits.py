@@ -15,22 +15,14 @@ from typing import Sequence
 class ExitStatus(IntEnum):
     """The process exit codes, from ``sysexits.h``."""
 
-    #: Clean stop: signal, end of input, ``--once`` caught up.
-    OK = 0
-    #: The command line is wrong (EX_USAGE).
-    USAGE = 64
-    #: A file the user named (config, certificate, key, CA) is missing or unreadable (EX_NOINPUT).
-    NO_INPUT = 66
-    #: This platform lacks what kata-events needs (POSIX: fcntl, termios) (EX_UNAVAILABLE).
-    UNAVAILABLE = 69
-    #: Writing the events failed (stdout on a full or failing disk) (EX_IOERR).
-    IO_ERROR = 74
-    #: The state file or its directory cannot be written (EX_CANTCREAT).
-    CANT_CREATE = 73
-    #: Another instance holds the state file's lock; try again later (EX_TEMPFAIL).
-    TEMP_FAIL = 75
-    #: The configuration is invalid, or the server rejects it for good (EX_CONFIG).
-    CONFIG = 78
+    OK = 0  #: Clean stop: signal, end of input, ``--once`` caught up.
+    USAGE = 64  #: The command line is wrong (EX_USAGE).
+    NO_INPUT = 66  #: A named file (config, certificate, key, CA) is missing or unreadable (EX_NOINPUT).
+    UNAVAILABLE = 69  #: The platform lacks POSIX calls kata-events needs (fcntl, termios) (EX_UNAVAILABLE).
+    IO_ERROR = 74  #: Writing the events failed (stdout on a full or failing disk) (EX_IOERR).
+    CANT_CREATE = 73  #: The state file or its directory cannot be written (EX_CANTCREAT).
+    TEMP_FAIL = 75  #: Another instance holds the state file's lock; try again later (EX_TEMPFAIL).
+    CONFIG = 78  #: The configuration is invalid, or the server rejects it for good (EX_CONFIG).
 
 
 class UserError(Exception):

@@ -16,16 +16,12 @@ def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.
     """Where the token is kept when ``--state-file`` is not given.
 
     ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
-    colon-separated paths), else ``$XDG_STATE_HOME/kata-events/<id>.token``, else
-    ``~/.local/state/kata-events/<id>.token``.
+    colon-separated paths), else ``<id>.token`` in `state_home`.
     """
     # The id comes from configuration: keep it from escaping the directory.
     name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
-    name += ".token"
     state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state_directory:
-        return Path(state_directory) / name
-    return state_home(environ) / name
+    return (Path(state_directory) if state_directory else state_home(environ)) / f"{name}.token"
 
 
 def state_home(environ: Mapping[str, str] = os.environ) -> Path:

@@ -18,7 +18,7 @@ import functools
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import field, make_dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -32,55 +32,26 @@ from kata_events.config.sources import (
     read_toml,
     resolve_path,
 )
-from kata_events.config.urls import (
-    node_name_of,
-    normalize_pin,
-    normalize_url,
-    without_credentials,
-)
+from kata_events.config.urls import node_name_of, normalize_pin, normalize_url, without_credentials
 from kata_events.exits import ExitStatus, UserError
 
+#: An option's attribute type by its type; for the others a string. None where there is no value.
+_FIELD_TYPES = {"int": int, "float": float, "bool": bool, "list": Tuple[str, ...], "path": Optional[Path]}
 
-@dataclass(frozen=True)
-class Config:
-    """The effective ``run`` configuration: one attribute per option in `kata_events.options`.
-
-    ``url`` holds normalized base addresses (``https://host[:port]``, no path); paths are absolute;
-    ``pin_sha256`` is lowercase hex without colons. ``sources`` says where each value came from.
-    """
-
-    url: Tuple[str, ...]
-    external_system_id: str
-    name: str
-    cert: Path
-    key: Path
-    key_password_file: Optional[Path]
-    #: Shown as ``<redacted>`` wherever it is printed (a `kata_events.key_password.Secret`).
-    key_password: Optional[Any]
-    ca_file: Optional[Path]
-    pin_sha256: Optional[str]
-    insecure: bool
-    proxy: Optional[str]
-    filter: str
-    max_events: int
-    max_timeout: int
-    state_file: Path
-    ack: str
-    settle_time: float
-    settle_lines: int
-    max_unacked: int
-    ack_timeout: int
-    log_level: str
-    log_format: str
-    stats_interval: int
-    lag_warning: int
-    warn_line_bytes: int
-    max_event_bytes: int
-    metrics_file: Optional[Path]
-    metrics_listen: Optional[str]
-    once: bool
-    config_file: Optional[Path] = None
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+#: The effective ``run`` configuration: one attribute per option in `kata_events.options`, in its
+#: order, then the config file and ``sources`` (where each value came from). ``url`` holds normalized
+#: base addresses (``https://host[:port]``, no path); paths are absolute; ``pin_sha256`` is lowercase
+#: hex without colons; ``key_password`` a `kata_events.key_password.Secret`, printed ``<redacted>``.
+Config = make_dataclass(
+    "Config",
+    [(o.name, _FIELD_TYPES.get(o.type, Optional[str])) for o in opts.OPTIONS]
+    + [
+        ("config_file", Optional[Path], None),
+        ("sources", Mapping[str, str], field(default_factory=dict, compare=False, hash=False, repr=False)),
+    ],
+    frozen=True,
+    namespace={"__module__": __name__},
+)
 
 
 def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
@@ -99,16 +70,14 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         origin = Origin("file", f"config file {config_file}", config_file.parent)
         for key, value in read_toml(config_file).items():
             option = opts.BY_NAME.get(key)
-            if option is not None and option.type == "list" and isinstance(value, str):
-                value = [value]
-            elif option is not None and option.type == "choice" and isinstance(value, str):
-                value = value.lower()
             if option is not None and option.env_only:
                 problems.append(
                     f"{key} cannot be set in {origin.label}: it is read from the variable "
                     f"{option.env} only; or name a file holding it with key_password_file"
                 )
                 continue
+            if option is not None and isinstance(value, str) and option.type in ("list", "choice"):
+                value = [value] if option.type == "list" else value.lower()
             values[key] = (value, origin)  # an unknown key too: the schema reports it
 
     for name, raw in sorted(environ.items()):
@@ -117,34 +86,26 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         option = opts.BY_ENV.get(name)
         if option is None:
             problems.append(f"unknown environment variable {name}{_suggest(name, opts.KNOWN_ENV)}")
-            continue
-        if raw.strip() == "":
-            continue
-        values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
+        elif raw.strip():
+            values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
 
     for option in opts.OPTIONS:
         given = getattr(args, option.name, None)
-        if given is None:
-            continue
         if isinstance(given, str):
             given = convert(option, given)
-        values[option.name] = (given, Origin("flag", option.flag))
+        if given is not None:
+            values[option.name] = (given, Origin("flag", option.flag))
 
-    _take_id_from_url(values)
+    urls, url_problems = _urls(values)
     unknown, invalid, missing = schema_problems(values)
-    problems = unknown + problems
-    urls: Tuple[str, ...] = ()
-    if "url" in values and "url" not in invalid:
-        # url comes first in OPTIONS, so its problems lead the per-key ones.
-        urls, url_problems = _normalize_urls(values)
-        problems += url_problems
-    problems += invalid.values()
-    problems += missing
+    if "url" in invalid:  # the schema's message says it all
+        urls, url_problems = (), []
+    # url comes first in OPTIONS, so its problems lead the per-key ones.
+    problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
         raise _config_error(problems)
 
-    resolved: Dict[str, Any] = {name: value for name, (value, _) in values.items()}
-    resolved["url"] = urls
+    resolved: Dict[str, Any] = dict({name: value for name, (value, _) in values.items()}, url=urls)
     if resolved.get("pin_sha256") is not None:
         resolved["pin_sha256"] = normalize_pin(resolved["pin_sha256"])
     for option in opts.OPTIONS:
@@ -160,43 +121,40 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if "state_file" not in resolved:
         from kata_events.paths import default_state_path
 
-        resolved["state_file"] = Path(
-            os.path.abspath(default_state_path(resolved["external_system_id"], environ))
-        )
+        state_file = default_state_path(resolved["external_system_id"], environ)
+        resolved["state_file"] = Path(os.path.abspath(state_file))
         values["state_file"] = (None, DEFAULT_ORIGIN)
     for option in opts.OPTIONS:
         resolved.setdefault(option.name, None)
-        if option.secret and resolved[option.name] is not None:
+        if option.env_only and resolved[option.name] is not None:
             from kata_events.key_password import Secret
 
             resolved[option.name] = Secret(resolved[option.name])
 
-    check_readable(
-        [
-            (name, resolved[name])
-            for name in ("cert", "key", "key_password_file", "ca_file")
-            if resolved[name] is not None
-        ]
-    )
+    check_readable({name: resolved[name] for name in ("cert", "key", "key_password_file", "ca_file")})
     sources = {name: origin.label for name, (_, origin) in values.items()}
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
-def _early_file_values(args: argparse.Namespace, environ: Mapping[str, str]) -> Dict[str, Any]:
-    """The config file's values before the configuration is resolved ({} when it cannot be read)."""
+def _early_values(args: argparse.Namespace, environ: Mapping[str, str], option: opts.Option) -> List[Any]:
+    """``option``'s values from the flag, the variable and the config file, in precedence order, for
+    messages before the configuration is resolved (a config file that cannot be read gives none)."""
     try:
         path = config_path(args, environ)
-        return {} if path is None else read_toml(path)
+        from_file = None if path is None else read_toml(path).get(option.name)
     except (UserError, OSError):
-        return {}
+        from_file = None
+    if option.type == "list" and isinstance(from_file, str):
+        from_file = [from_file]
+    from_env = environ.get(option.env)
+    return [getattr(args, option.name, None), from_env and convert(option, from_env), from_file]
 
 
 def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The log format asked for by flag, variable or config file, for errors before the
     configuration is resolved: the first valid one in precedence order, else the default."""
     option = opts.BY_NAME["log_format"]
-    file_value = _early_file_values(args, environ).get("log_format")
-    for value in (getattr(args, "log_format", None), environ.get(option.env), file_value):
+    for value in _early_values(args, environ, option):
         if isinstance(value, str) and value.strip().lower() in option.choices:
             return value.strip().lower()
     return str(option.default)
@@ -206,18 +164,10 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
     """The node name as far as it can be told before the configuration is resolved (for a
     ``fatal`` line): ``name`` from the flag, variable or file, else the first url's host; None when
     neither is readable."""
-    option = opts.BY_NAME["name"]
-    file_values = _early_file_values(args, environ)
-    for value in (getattr(args, "name", None), environ.get(option.env), file_values.get("name")):
+    for value in _early_values(args, environ, opts.BY_NAME["name"]):
         if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
             return value.strip()
-    from_env = [u for u in re.split(r"[,\s]+", environ.get(opts.BY_NAME["url"].env, "")) if u]
-    from_file = file_values.get("url")
-    for urls in (
-        getattr(args, "url", None),
-        from_env,
-        [from_file] if isinstance(from_file, str) else from_file,
-    ):
+    for urls in _early_values(args, environ, opts.BY_NAME["url"]):
         if isinstance(urls, list) and urls and isinstance(urls[0], str) and "://" in urls[0]:
             return node_name_of(urls[0])
     return None
@@ -230,23 +180,13 @@ def describe(config: Config) -> Dict[str, Any]:
     it came from (flag, environment variable, config file). ``name`` is left out: every log line of
     the run carries it as its ``node`` field (and a log record's own ``name`` is the logger's).
     """
-    described: Dict[str, Any] = {}
-    for option in opts.OPTIONS:
-        if option.name == "name":
-            continue
-        value = getattr(config, option.name)
-        if option.secret and value is not None:
-            value = "<redacted>"
-        elif option.name == "proxy" and value is not None:
-            value = without_credentials(value)
-        elif isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        described[option.name] = value
-    described["config_file"] = None if config.config_file is None else str(config.config_file)
-    described["sources"] = {k: v for k, v in config.sources.items() if v != DEFAULT_ORIGIN.label}
-    return described
+    shown = {o.name: getattr(config, o.name) for o in opts.OPTIONS if o.name != "name"}
+    if config.proxy is not None:
+        shown["proxy"] = without_credentials(config.proxy)
+    shown["config_file"] = config.config_file
+    shown["sources"] = {k: v for k, v in config.sources.items() if v != DEFAULT_ORIGIN.label}
+    # Paths become strings, tuples lists, and a secret its str(): <redacted>.
+    return json.loads(json.dumps(shown, default=str))
 
 
 # -- checks ----------------------------------------------------------------------------------------
@@ -269,31 +209,28 @@ def _schema_validator() -> Any:
     return jsonschema.validators.extend(base, type_checker=integer)(opts.json_schema())
 
 
-def schema_problems(
-    values: Mapping[str, Tuple[Any, Origin]],
-) -> Tuple[List[str], Dict[str, str], List[str]]:
-    """The merged values checked against the published schema, each error in the user's words.
+def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str], Dict[str, str], List[str]]:
+    """The merged values checked against the published schema, each problem in the user's words.
 
     Returns the unknown keys (with the closest known one), one message per invalid key in the order
     of `kata_events.options.OPTIONS` (key, value, where it came from, what is expected), and the
     required keys missing (with the three ways to give each).
     """
     instance = {name: value for name, (value, _) in values.items()}
-    errors = list(_schema_validator().iter_errors(instance))
-    kinds = {error.validator for error in errors}
+    errors = _schema_validator().iter_errors(instance)
     keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
     unknown = [
         f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
         for key in instance
-        if "additionalProperties" in kinds and key not in opts.BY_NAME
+        if key not in opts.BY_NAME
     ]
     missing = [
         f"{o.name} is required: give {o.flag}, set {o.env}, or put {o.name} = ... in the config file"
         for o in opts.OPTIONS
-        if "required" in kinds and o.required and o.name not in instance
+        if o.required and o.name not in instance
     ]
     invalid = {
-        o.name: f"{o.name} = {'<redacted>' if o.secret else _shown(values[o.name][0])} "
+        o.name: f"{o.name} = {'<redacted>' if o.env_only else _shown(values[o.name][0])} "
         f"(from {values[o.name][1].label}): expected " + o.allowed_text
         for o in opts.OPTIONS
         if o.name in keys
@@ -301,31 +238,18 @@ def schema_problems(
     return unknown, invalid, missing
 
 
-def _take_id_from_url(values: Dict[str, Tuple[Any, Origin]]) -> None:
-    """A pasted events URL names the external system id: use it when the id is not given."""
-    if "external_system_id" in values or "url" not in values:
-        return
-    urls, origin = values["url"]
-    if not isinstance(urls, list):
-        return
-    ids = set()
-    for url in urls:
-        try:
-            ids.add(normalize_url(url)[1] if isinstance(url, str) else None)
-        except ValueError:
-            pass
-    ids.discard(None)
-    if len(ids) == 1:
-        values["external_system_id"] = (ids.pop(), Origin("url", f"the url ({origin.label})"))
-
-
-def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[str]]:
-    urls, origin = values["url"]
+def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[str]]:
+    """The url values normalized (in order, once each) and their problems. A pasted events URL
+    names the external system id: when the id is not given, it is taken from there."""
+    urls, origin = values.get("url", ([], DEFAULT_ORIGIN))
     given_id = values.get("external_system_id", (None, None))[0]
-    normalized: List[str] = []
+    bases: List[str] = []
     problems: List[str] = []
-    ids = {}
-    for url in urls:
+    ids: Dict[str, str] = {}  # lowercase id -> the url naming it
+    found = set()
+    for url in urls if isinstance(urls, list) else []:
+        if not isinstance(url, str):
+            continue  # the schema reports it
         try:
             base, found_id = normalize_url(url)
         except ValueError as exc:
@@ -333,8 +257,11 @@ def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str
             continue
         if found_id is not None:
             ids[found_id.lower()] = url
-        if base not in normalized:
-            normalized.append(base)
+            found.add(found_id)
+        if base not in bases:
+            bases.append(base)
+    if "external_system_id" not in values and len(found) == 1:
+        values["external_system_id"] = (found.pop(), Origin("url", f"the url ({origin.label})"))
     if len(ids) > 1:
         problems.append(
             f"url (from {origin.label}): the URLs name different external system ids: " + ", ".join(ids)
@@ -346,17 +273,14 @@ def _normalize_urls(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str
             f"{next(iter(ids))} in url {_shown(next(iter(ids.values())))} (from {origin.label}): "
             "make them match, or give the base address only"
         )
-    return tuple(normalized), problems
+    return tuple(bases), problems
 
 
 def _config_error(problems: List[str]) -> UserError:
-    if len(problems) == 1:
-        message = f"invalid configuration: {problems[0]}"
-    else:
-        message = f"invalid configuration ({len(problems)} problems):\n" + "\n".join(
-            f"  - {p}" for p in problems
-        )
-    return UserError(message, ExitStatus.CONFIG, problems)
+    listed = f": {problems[0]}"
+    if len(problems) > 1:
+        listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+    return UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
 
 def _suggest(word: str, known: Any) -> str:
@@ -367,6 +291,4 @@ def _suggest(word: str, known: Any) -> str:
         close = [names[c] for c in difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)]
     else:
         close = difflib.get_close_matches(word.replace("-", "_"), list(known), n=1, cutoff=0.6)
-    if close:
-        return f": did you mean {close[0]}?"
-    return ": see `kata-events run --help` for the known ones"
+    return f": did you mean {close[0]}?" if close else ": see `kata-events run --help` for the known ones"

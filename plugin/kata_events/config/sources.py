@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from kata_events import options as opts
 from kata_events.exits import ExitStatus, UserError
@@ -25,8 +25,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as tomllib
 
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
+_BOOLS = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(("false", "0", "no", "off"), False)
 
 
 @dataclass(frozen=True)
@@ -42,26 +41,20 @@ DEFAULT_ORIGIN = Origin("default", "the default")
 
 
 def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[Path]:
-    given = getattr(args, "config", None)
-    if given is None or given == "":
-        given = environ.get(opts.CONFIG_ENV) or None
-    if given is None:
-        return None
-    return Path(os.path.abspath(_expand_user(str(given), environ)))
+    given = getattr(args, "config", None) or environ.get(opts.CONFIG_ENV)
+    return Path(os.path.abspath(_expand_user(str(given), environ))) if given else None
 
 
 def read_toml(path: Path) -> Dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {_reason(exc)}", ExitStatus.NO_INPUT) from None
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise UserError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8",
-            ExitStatus.CONFIG,
+            f"config file {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8", ExitStatus.CONFIG
         ) from None
     except tomllib.TOMLDecodeError as exc:
         # The message carries "(at line L, column C)".
@@ -72,37 +65,25 @@ def convert(option: opts.Option, raw: str) -> Any:
     """A string from a flag or a variable → the option's type; left as is when it does not parse,
     so that validation reports it with the rest."""
     text = raw.strip()
-    if option.type == "int":
+    if option.type in ("int", "float"):
         try:
-            return int(text, 10)
+            value = int(text, 10) if option.type == "int" else float(text)
         except ValueError:
             return raw
-    if option.type == "float":
-        try:
-            value = float(text)
-        except ValueError:
-            return raw
-        return value if math.isfinite(value) else raw
+        return raw if isinstance(value, float) and not math.isfinite(value) else value
     if option.type == "bool":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        return raw
+        return _BOOLS.get(text.lower(), raw)
     if option.type == "list":
         return [part for part in re.split(r"[,\s]+", text) if part]
     if option.type == "choice":
         return text.lower()
-    if option.type == "path" or option.pattern:
-        return text
-    return raw
+    return text if option.type == "path" or option.pattern else raw
 
 
 def _expand_user(path: str, environ: Mapping[str, str]) -> str:
-    if path == "~" or path.startswith("~/"):
-        home = environ.get("HOME")
-        if home:
-            return home + path[1:]
+    home = environ.get("HOME")
+    if home and (path == "~" or path.startswith("~/")):
+        return home + path[1:]
     return os.path.expanduser(path)
 
 
@@ -124,17 +105,15 @@ def _reason(exc: OSError) -> str:
     return reasons.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
 
 
-def check_readable(files: List[Tuple[str, Path]]) -> None:
+def check_readable(files: Mapping[str, Optional[Path]]) -> None:
+    """Raise `UserError` (exit 66) naming each of ``files`` (those not None) that cannot be read."""
     problems = []
-    for name, path in files:
+    for name, path in [(name, path) for name, path in files.items() if path is not None]:
         try:
             with open(path, "rb") as f:
                 f.read(1)
         except OSError as exc:
             problems.append(f"{name} file {path}: {_reason(exc)}")
-    if len(problems) == 1:
-        raise UserError(f"cannot read {problems[0]}", ExitStatus.NO_INPUT, problems)
     if problems:
-        raise UserError(
-            "cannot read:\n" + "\n".join(f"  - {p}" for p in problems), ExitStatus.NO_INPUT, problems
-        )
+        listed = f" {problems[0]}" if len(problems) == 1 else ":\n" + "\n".join(f"  - {p}" for p in problems)
+        raise UserError(f"cannot read{listed}", ExitStatus.NO_INPUT, problems)

@@ -13,8 +13,7 @@ from urllib.parse import urlsplit
 
 from kata_events import options as opts
 
-#: The path of the Events API under a Central Node's base address.
-API_PATH_PREFIX = "/kata/events_api/v1"
+#: The path of the Events API under a Central Node's base address, with an id and /events or not.
 _EVENTS_PATH = re.compile(r"^/kata/events_api/v1(?:/(?P<id>[^/]+))?(?:/events)?/*$", re.IGNORECASE)
 
 
@@ -83,7 +82,7 @@ def normalize_url(url: str) -> Tuple[str, Optional[str]]:
         if match is None:
             raise ValueError(
                 f"unexpected path {parts.path!r}: give the base address (https://host[:port]) or the "
-                f"events URL {API_PATH_PREFIX}/<external_system_id>/events"
+                "events URL /kata/events_api/v1/<external_system_id>/events"
             )
         found_id = match.group("id")
         if found_id is not None and not re.match(opts.UUID_PATTERN, found_id):
