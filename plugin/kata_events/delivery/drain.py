@@ -1,25 +1,21 @@
 """``--ack none`` on a pipe, socket or regular file: taken is what the reader, the peer or the disk took.
 
-On a pipe the reader has taken the bytes out (``FIONREAD`` on our end shows what is still unread);
-on a TCP socket the peer's TCP stack acknowledged them (``SIOCOUTQ``); on a regular file they were
-fsynced (a syncer thread fsyncs as writing goes, so a point inside a page is reached without
-waiting for the page's end).
+A pipe's reader took the bytes out (``FIONREAD`` on our end shows what is unread); a TCP peer's
+stack acknowledged them (``SIOCOUTQ``); a regular file's bytes were fsynced (a syncer thread fsyncs
+as writing goes, so a point inside a page is reached without waiting for the page's end).
 
 The settle rule (pipes and sockets): a reader may take lines and drop them while it shuts down
-(Fluent Bit's exec input reads on after its engine stopped flushing). While the process runs, the
-record follows the drained position closely, because a kill -9 of this process leaves the reader
-alive and its lines safe. A stop (signal, broken pipe, error) is the moment the reader may be
-going away: `DrainDelivery.finish` then writes back the point that was drained ``settle`` seconds
-earlier, so nothing younger counts as delivered. A clean ``--once`` end instead waits until the
-last line has settled, while the reader stays there. This module writes nothing but event lines
-to stdout and never logs tokens.
+(Fluent Bit's exec input reads on after its engine stopped flushing). While the process runs the
+record follows the drained position closely: a kill -9 of this process leaves the reader alive with
+its lines. A stop is the moment the reader may be going away: `finish` then writes back the point
+drained ``settle`` seconds earlier. A clean ``--once`` end instead waits until the last line has
+settled, while the reader stays. This module writes nothing but event lines to stdout and never
+logs tokens.
 """
 
 from __future__ import annotations
 
-import array
 import errno
-import fcntl
 import os
 import select
 import termios
@@ -30,6 +26,7 @@ from typing import Callable, Optional
 from kata_events import logs
 from kata_events.delivery import stalled_reader
 from kata_events.delivery.disk_faults import is_disk_fault
+from kata_events.delivery.pipe_room import unread_bytes
 from kata_events.delivery.policies import DRAIN_POLL, Delivery
 from kata_events.delivery.writer import LineWriter, OutputFailed
 from kata_events.state.progress import Point
@@ -43,11 +40,8 @@ FILE_SYNC_EVERY = 0.02
 
 
 class DrainDelivery(Delivery):
-    """``--ack none`` on a pipe, socket or file: taken is what left the pipe / reached the peer / disk.
-
-    Units are bytes. Writing waits for the drain only at the record window: a watcher thread
-    (pipe, socket) or a syncer thread (file) moves the delivery point as the bytes are taken, so it
-    lags the written position by about a pipe's worth, or one fsync.
+    """Units are bytes. A watcher thread (pipe, socket) or a syncer thread (file) moves the delivery
+    point as the bytes are taken: it lags the written position by about a pipe's worth, or an fsync.
     """
 
     def __init__(
@@ -63,11 +57,13 @@ class DrainDelivery(Delivery):
         settle = settle if kind in ("pipe", "socket") else 0.0
         super().__init__(writer, commit, note, settle, stop, settle_lines)
         self.kind = kind
+        lines = self.ledger.settle_lines
+        bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines and settle else ""
         self.guarantee = {
             "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
-            f"stayed {self.settle:g} s after that (settle_time){self._bounded()}",
+            f"stayed {settle:g} s after that (settle_time){bounded}",
             "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
-            f"peer stayed {self.settle:g} s after that (settle_time){self._bounded()}",
+            f"peer stayed {settle:g} s after that (settle_time){bounded}",
             "file": "a line counts as delivered once its bytes are fsynced to the file",
         }[kind]
         self._measurable = True
@@ -81,18 +77,12 @@ class DrainDelivery(Delivery):
             self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
         self._thread.start()
 
-    def _bounded(self) -> str:
-        lines = self.ledger.settle_lines
-        return f", at most {lines} lines back at a stop (settle_lines)" if lines and self.settle else ""
-
     def _unread(self) -> int:
         """Bytes written but not yet taken by the reader (0 when that cannot be measured)."""
         if not self._measurable:
             return 0
-        request = termios.FIONREAD if self.kind == "pipe" else SIOCOUTQ
-        buf = array.array("i", [0])
         try:
-            fcntl.ioctl(self.writer.fd, request, buf, True)
+            return unread_bytes(self.writer.fd, termios.FIONREAD if self.kind == "pipe" else SIOCOUTQ)
         except OSError as exc:
             self._measurable = False
             logs.emit(
@@ -101,10 +91,9 @@ class DrainDelivery(Delivery):
                 "delivered once written",
             )
             return 0
-        return buf[0]
 
     def _check(self) -> None:
-        """With the lock held: record whatever the reader has taken by now."""
+        """With the lock held: record what the reader has taken by now."""
         if self.kind == "file":
             return
         position = max(0, self.ledger.written - self._unread())
@@ -131,7 +120,7 @@ class DrainDelivery(Delivery):
             self._check()
 
     def _fsync(self) -> bool:
-        """fsync stdout (a regular file); False on a disk fault, reported to the health."""
+        """fsync stdout; False on a disk fault, reported to the health."""
         try:
             os.fsync(self.writer.fd)
         except OSError as exc:
@@ -150,7 +139,7 @@ class DrainDelivery(Delivery):
         self._take(position)
 
     def _sync_written(self) -> None:
-        """With the lock held (a regular file): fsync what is written and count it as taken."""
+        """With the lock held: fsync what is written and count it as taken."""
         position = self.ledger.written
         if self._fsync():
             self._synced(position)
@@ -187,7 +176,6 @@ class DrainDelivery(Delivery):
                     self._check()
 
     def _sync_loop(self) -> None:
-        """A regular file: fsync what is written, then record it, as often as FILE_SYNC_EVERY."""
         while not self._closing:
             if self.ledger.unacked == 0:
                 self._wake.wait(1.0)
@@ -226,11 +214,8 @@ class DrainDelivery(Delivery):
             self._release_stalled_fluent_bit()
 
     def _release_stalled_fluent_bit(self) -> None:
-        """After going back: if Fluent Bit reads the pipe and has stalled, empty the pipe for it.
-
-        What is still in the pipe was never taken, so it already counts as not delivered; a stalled
-        exec input would spend a second on each of those lines before dropping it.
-        """
+        """After going back: if Fluent Bit reads the pipe and has stalled, empty the pipe for it (what
+        is still there was never taken, so it already counts as not delivered)."""
         if self._unread() == 0:
             return
         pid = stalled_reader.fluent_bit_reader(self.writer.fd)
@@ -261,8 +246,8 @@ class DrainDelivery(Delivery):
         )
 
     def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
-        """--once caught up: wait until the last line taken has settled; False if the reader left,
-        lines are still unread, or a stop came first."""
+        """--once caught up: wait until the last line has settled; False if the reader left, lines
+        are still unread, or a stop came first."""
         if self.settle <= 0:
             return True
         with self._lock:

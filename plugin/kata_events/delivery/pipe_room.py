@@ -54,10 +54,10 @@ def grow_pipe(fd: int, want: Optional[int] = None) -> int:
         return size
 
 
-def unread_bytes(fd: int) -> int:
-    """Bytes in the pipe not yet read (FIONREAD on the write end)."""
+def unread_bytes(fd: int, request: int = termios.FIONREAD) -> int:
+    """Bytes not yet read from the pipe (``FIONREAD`` on the write end), or ``request``'s count."""
     buf = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    fcntl.ioctl(fd, request, buf, True)
     return buf[0]
 
 
