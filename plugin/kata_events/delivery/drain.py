@@ -157,7 +157,7 @@ class DrainDelivery(Delivery):
         with self._lock:
             if self.kind == "file" and self.health.failing("stdout"):
                 self._sync_written()
-        self.recorder.retry()
+        self.recorder.flush(retry=True)
 
     def _watch(self) -> None:
         # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.

@@ -196,7 +196,7 @@ class Delivery:
 
     def retry(self) -> None:
         """While paused on a disk fault: try the failed step again (the runner calls it with backoff)."""
-        self.recorder.retry()
+        self.recorder.flush(retry=True)
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
         """Block while too much is unacknowledged; nothing to wait for when written is taken."""

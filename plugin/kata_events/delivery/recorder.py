@@ -1,16 +1,13 @@
 """The recorder: the one path by which delivery points reach the state file and its companion.
 
 Every write of the state goes through `Recorder`, serialised by its write lock: a commit (a new
-token: the state file, replaced atomically), progress inside a page (the companion record), a
-stop going back to the settled point (both, durably), the clear after a lost subscription. The
-delivery threads only `offer` the newest point and go on: a thread named ``recorder`` does the
-writing, so no fsync ever runs under a lock the writer or the acknowledgement reader waits on.
-Offers made while a write is on disk are coalesced: the newest point supersedes the older ones.
-
-The durable point lives here and only here (`recorded`, with the event lines it covers): the
-writer's record window and the stop's going back ask for it. While the state file fails (a full
-or failing disk) nothing is retried on every offer: the runner's `retry` tries again, with backoff.
-This module never writes to stdout and never logs a whole token.
+token, the state file replaced atomically), progress inside a page (the companion record), a stop
+going back to the settled point, the clear after a lost subscription. The delivery threads only
+`offer` the newest point (offers made while a write is on disk are coalesced) and a thread named
+``recorder`` writes it, so no fsync ever runs under a lock the writer or the acknowledgement
+reader waits on. The durable point lives here only (`recorded`, with the lines it covers). While
+the state file fails nothing is retried on each offer: the runner's `retry` tries, with backoff.
+Never writes to stdout, never logs a whole token.
 """
 
 from __future__ import annotations
@@ -26,11 +23,8 @@ from kata_events.state.store import StateError, short_token
 
 
 class Recorder:
-    """Persists the newest delivery point offered: a new token durably, a point inside a page cheaply.
-
-    ``commit(point)`` writes the state file; ``note(point, durable)`` the companion record (None:
-    only tokens are recorded).
-    """
+    """Persists the newest point offered: ``commit(point)`` writes the state file (a new token),
+    ``note(point, durable)`` the companion record (None: only tokens are recorded)."""
 
     def __init__(
         self,
@@ -41,7 +35,6 @@ class Recorder:
         self._commit = commit
         self._note = note
         self.health = health
-        #: Serialises every write of the state; held only by whoever is writing.
         self._writing = threading.Lock()
         #: Guards the fields below; never held during a write.
         self._cond = threading.Condition()
@@ -64,15 +57,12 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
-    # -- what others ask ---------------------------------------------------------------------------
-
     def start_from(self, point: Optional[Point]) -> None:
-        """The point the state holds at start: recording begins after it."""
         with self._cond:
             self.recorded = point
 
     def commit_due(self) -> bool:
-        """Whether a commit is being written, or waits to be: a new token offered, not yet durable."""
+        """Whether a commit is being written, or waits to be."""
         with self._cond:
             return self._commit_due()
 
@@ -96,8 +86,6 @@ class Recorder:
             if self.lines < lines:
                 self._cond.wait(timeout)
 
-    # -- offering ----------------------------------------------------------------------------------
-
     def offer(
         self,
         point: Optional[Point],
@@ -105,11 +93,8 @@ class Recorder:
         lines: Optional[int] = None,
         position: Optional[int] = None,
     ) -> None:
-        """Record ``point`` soon, unless it is recorded already; never waits for the disk.
-
-        ``lines``: the event lines written up to it (None for a stop going back: no writing follows);
-        ``position``: the delivery's taken position it was chosen at, for the commit line.
-        """
+        """Record ``point`` soon, unless it is already; never waits for the disk. ``lines``: the
+        event lines written up to it; ``position``: the taken position it was chosen at."""
         if point is None:
             return
         with self._cond:
@@ -127,8 +112,6 @@ class Recorder:
             self._pending_position = position
             self._cond.notify_all()
 
-    # -- writing -----------------------------------------------------------------------------------
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -138,18 +121,13 @@ class Recorder:
                     return
             self.flush()
 
-    def retry(self) -> None:
-        """While the state file fails: try the pending point again (the runner calls it with backoff)."""
+    def flush(self, retry: bool = False) -> None:
+        """Write what is pending now, on the calling thread; while the state file fails, only a
+        ``retry`` (the runner's, with backoff) tries."""
         with self._writing:
-            self._write_locked(retry=True)
-
-    def flush(self) -> None:
-        """Write what is pending now, on the calling thread (unless the state file is failing)."""
-        with self._writing:
-            self._write_locked(retry=False)
+            self._write_locked(retry)
 
     def _write_locked(self, retry: bool) -> None:
-        """With the write lock held: write the newest pending point."""
         with self._cond:
             point, durable, lines = self._pending, self._pending_durable, self._pending_lines
             position = self._pending_position
@@ -216,10 +194,8 @@ class Recorder:
         self._write_locked(retry=True)
 
     def clear(self, forget: Callable[[], None]) -> None:
-        """The subscription is lost: ``forget`` its token (its pending points go with it).
-
-        Raises StateError when the state file cannot be written.
-        """
+        """The subscription is lost: ``forget`` its token, and its pending points (StateError when
+        the state file cannot be written)."""
         with self._writing:
             with self._cond:
                 self._pending = None
@@ -227,7 +203,6 @@ class Recorder:
             forget()
 
     def close(self) -> None:
-        """Write what is pending, then end the recorder thread."""
         self.flush()
         with self._cond:
             self._closing = True

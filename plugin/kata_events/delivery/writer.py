@@ -1,19 +1,13 @@
 """The stdout writer: whole lines to the file descriptor, every byte checked, a vanished reader named.
 
-`LineWriter` owns the stdout file descriptor: it writes whole batches with `os.write`, checks what
-every call really took, and turns a vanished reader into `ConsumerGone`. Python's buffered
-``sys.stdout`` is never used for events: on a pipe whose reader went away it can report a short
-write as success. A stop never lands in the middle of a write and never leaves half a line behind
-when it can be helped.
-
-No reader gets part of a line, whatever kills the process: on a pipe every write is whole lines
-that fit the pipe's free room (`kata_events.delivery.pipe_room`), which the kernel copies whole, so
-a kill -9 or the OOM killer leaves whole lines behind; the pipe is grown at start. A line larger
-than the pipe can ever hold is written anyway, in parts (``on_oversize`` is told, once). A regular
-file found ending mid-line at start (a torn tail a kill left while the kernel copied a write) gets
-its fragment terminated before anything else is written (`mend_torn_tail`), so the first line is
-never glued onto it. This module writes nothing but the event lines it is given (and that one
-newline) and never logs.
+`LineWriter` owns the stdout descriptor: it writes with `os.write` and checks what every call took
+(Python's buffered ``sys.stdout`` can report a short write to a vanished reader as success), and
+turns a vanished reader into `ConsumerGone`. A stop never lands in the middle of a write. No reader
+gets part of a line, whatever kills the process: on a pipe every write is whole lines that fit its
+free room (`kata_events.delivery.pipe_room`), which the kernel copies whole; a line larger than the
+pipe can ever hold is written in parts (``on_oversize`` is told, once). A regular file found ending
+mid-line at start (a kill tore a write) gets its fragment ended with a newline first
+(`mend_torn_tail`). Writes nothing but the lines it is given (and that newline); never logs.
 """
 
 from __future__ import annotations
@@ -58,9 +52,8 @@ class OutputFailed(Exception):
 def pieces(
     lines: List[bytes], limit: int = PIECE_BYTES, max_lines: int = PIECE_LINES
 ) -> Iterator[Tuple[bytes, int]]:
-    """``lines`` as written (newline after each), cut at line ends into pieces of about ``limit``
-    bytes and at most ``max_lines`` lines: (bytes, number of lines) each. A line longer than
-    ``limit`` is a piece of its own."""
+    """``lines`` as written, cut at line ends into (bytes, lines) pieces of about ``limit`` bytes
+    and at most ``max_lines`` lines; a longer line is a piece of its own."""
     n = len(lines)
     if n == 0:
         return
@@ -79,10 +72,8 @@ def pieces(
 
 
 class WriteStopped(Exception):
-    """A stop was asked for while the writer waited for room in stdout; whole lines stay whole.
-
-    ``written``: the bytes of the batch written before the stop (whole lines, unless a line had to
-    be cut: ``cut``)."""
+    """A stop came while the writer waited for room: ``written`` bytes went out (whole lines,
+    unless one had to be ``cut``)."""
 
     def __init__(self, message: str, written: int = 0, cut: bool = False) -> None:
         super().__init__(message)
@@ -105,19 +96,15 @@ def _shared_with_stderr(fd: int) -> bool:
 
 
 class LineWriter:
-    """Writes batches of lines to a file descriptor and confirms every byte was taken.
-
-    On a pipe or socket the descriptor is made non-blocking and the writer waits for room with
-    poll(), checking ``should_stop`` between waits: a stop never lands in the middle of a write
-    (its count would be lost) and never leaves half a line behind when it can be helped — an
-    unfinished line gets `FINISH_LINE_GRACE` to complete. When stdout and stderr are one pipe
-    (``2>&1``) the descriptor stays blocking, since stderr would share the flag.
+    """On a pipe or socket the descriptor is made non-blocking and the writer waits for room with
+    poll(), looking at ``should_stop`` between waits: a stop never lands in the middle of a write
+    (its count would be lost), and an unfinished line gets `FINISH_LINE_GRACE` to complete. When
+    stdout and stderr are one pipe (``2>&1``) the descriptor stays blocking: they share the flag.
     """
 
     def __init__(self, fd: int = 1, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.fd = fd
         self.should_stop = should_stop
-        #: Seconds a half-written line may take to complete once a stop is asked for.
         self.finish_line_grace = FINISH_LINE_GRACE
         # Also used when someone else made the descriptor non-blocking (a parent, or a shared
         # 2>&1 pipe): a full pipe is then a wait, never mistaken for a vanished reader.
@@ -150,9 +137,8 @@ class LineWriter:
                     self.room = PipeRoom(fd, size)
 
     def mend_torn_tail(self) -> int:
-        """A regular file that ends mid-line (a kill tore a write): terminate that fragment with a
-        newline, so the first line written is not glued onto it. Returns the fragment's length (0:
-        the file ends in a newline, is empty, or cannot be read back)."""
+        """A regular file that ends mid-line (a kill tore a write): end that fragment with a newline.
+        Returns the fragment's length (0: none, or the file cannot be read back)."""
         if not self._regular_file:
             return 0
         try:
@@ -214,12 +200,6 @@ class LineWriter:
         if time.monotonic() - started < self._room_wait:
             time.sleep(self._room_wait)
             self._room_wait = min(self._room_wait * 2, ROOM_WAIT_MAX)
-
-    def write_lines(self, lines: List[bytes]) -> int:
-        """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
-        if not lines:
-            return 0
-        return self.write_bytes(joined(lines))
 
     def write_bytes(self, data: bytes) -> int:
         """Write ``data`` (whole lines, each ending in a newline); return the bytes written."""
@@ -286,10 +266,8 @@ class LineWriter:
         return total
 
     def _cut_partial_line(self, data: bytes, done: int) -> None:
-        """Take back the start of a line the file got before its disk failed: no torn line is left.
-
-        Assumes no one else appends to the file meanwhile (``>> file`` has one writer).
-        """
+        """Take back the start of a line the file got before its disk failed (``>> file`` has one
+        writer: no one else appends meanwhile)."""
         cut = done - (data.rfind(b"\n", 0, done) + 1)
         if cut <= 0:
             return
@@ -299,7 +277,7 @@ class LineWriter:
             pass
 
     def close(self) -> None:
-        """Give the descriptor back blocking: a shell holding the same pipe writes after us."""
+        # Give the descriptor back blocking: a shell holding the same pipe writes after us.
         if self._made_nonblocking:
             try:
                 os.set_blocking(self.fd, True)
