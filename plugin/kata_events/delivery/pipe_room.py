@@ -1,17 +1,13 @@
 """How many bytes a write into stdout's pipe can take whole, so that no kill ever tears a line.
 
-Linux copies a write into a pipe whole, without blocking, when its free room holds it: a kill -9
-after that leaves whole lines behind, and a kill cannot land inside the copy (a signal is looked at
-only when the pipe is full). The room is not ``size - FIONREAD``: the kernel keeps a pipe's bytes
-in page-sized slots, a write's remainder is merged into the last slot only when it fits there, and
-a slot half read still counts whole. `PipeRoom` keeps the same picture of our own writes: each
-write's slots, and what the reader took (FIONREAD says how much is left). A write of ``n`` bytes
-fits whole when ``ceil(n / page)`` slots are free, whichever way the kernel lays it out.
-
-Bytes the model did not write itself (someone else writing into the pipe: foreign content at
-start, a short write the model did not expect) make it unsure: it then offers no room until the
-pipe is empty, and starts again from there. The pipe is grown at start (``F_SETPIPE_SZ``, up to
-``/proc/sys/fs/pipe-max-size``): more room, fewer waits. Pure bookkeeping and ioctls; never logs.
+Linux copies a write into a pipe whole when its free room holds it, and a kill cannot land inside
+that copy. The room is not ``size - FIONREAD``: the kernel keeps a pipe's bytes in page-sized
+slots, merges a write's remainder into the last slot only when it fits there, and counts a slot
+half read whole. `PipeRoom` keeps the same picture of our own writes (FIONREAD says how much is
+left): a write of ``n`` bytes fits whole when ``ceil(n / page)`` slots are free. Bytes it did not
+write itself (foreign content, a short write it did not expect) make it unsure: no room until the
+pipe is empty. `grow_pipe` grows the pipe at start (``F_SETPIPE_SZ``). Pure bookkeeping and
+ioctls; never logs.
 """
 
 from __future__ import annotations
@@ -77,11 +73,11 @@ class PipeRoom:
 
     @property
     def capacity(self) -> int:
-        """The largest write that ever fits whole (an empty pipe)."""
+        """The largest write that ever fits whole."""
         return self.slots * self.page
 
     def room(self) -> int:
-        """Bytes a write can take now without any of it waiting (0 when unsure and not empty)."""
+        """Bytes a write can take whole now (0 while unsure)."""
         unread = unread_bytes(self.fd)
         self._sync(unread)
         if self.unsure:
