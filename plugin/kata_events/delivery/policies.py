@@ -150,8 +150,8 @@ class Delivery:
         recorder = self.recorder
         # A page's commit is waited for before writing on, as the reader's pace allows: what a
         # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
-        while self.wait_for_commits and recorder.commit_due() and not self._wait_ends():
-            recorder.wait_for_commit(DRAIN_POLL)
+        while self.wait_for_commits and not self._wait_ends() and recorder.wait_for_commit(DRAIN_POLL):
+            pass
         while self.ledger.lines - recorder.lines >= RECORD_AHEAD_LINES and not self._wait_ends():
             with self._lock:
                 self._nudge()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 from kata_events import logs
 from kata_events.delivery.disk_faults import DiskHealth
@@ -42,12 +42,9 @@ class Recorder:
         #: written by this process that it covers.
         self.recorded: Optional[Point] = None
         self.lines = 0
-        # The newest point offered and not written yet, whether it must be durable, its lines.
-        self._pending: Optional[Point] = None
-        self._pending_durable = False
-        self._pending_lines = 0
-        #: The taken position the pending point was chosen at (the commit line's ``position``).
-        self._pending_position: Optional[int] = None
+        # The newest point offered and not written yet: (point, durable, its lines, the taken
+        # position it was chosen at, for the commit line).
+        self._pending: Optional[Tuple[Point, bool, int, Optional[int]]] = None
         self._closing = False
         # Whether the write under way is a commit (the state file), not only a progress note.
         self._committing = False
@@ -61,24 +58,19 @@ class Recorder:
         with self._cond:
             self.recorded = point
 
-    def commit_due(self) -> bool:
-        """Whether a commit is being written, or waits to be."""
+    def wait_for_commit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds if a commit is being written or waits to be (a new token
+        offered, not yet durable); whether one was."""
         with self._cond:
-            return self._commit_due()
-
-    def wait_for_commit(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the commit under way or due to be written."""
-        with self._cond:
-            if self._commit_due():
+            pending, recorded = self._pending, self.recorded
+            due = self._committing or (
+                pending is not None
+                and pending[0].token is not None
+                and (pending[1] or recorded is None or pending[0].token != recorded.token)
+            )
+            if due:
                 self._cond.wait(timeout)
-
-    def _commit_due(self) -> bool:
-        point, recorded = self._pending, self.recorded
-        if self._committing:
-            return True
-        if point is None or point.token is None:
-            return False
-        return self._pending_durable or recorded is None or point.token != recorded.token
+            return due
 
     def wait_for_lines(self, lines: int, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the recorded point to cover ``lines`` lines."""
@@ -86,13 +78,7 @@ class Recorder:
             if self.lines < lines:
                 self._cond.wait(timeout)
 
-    def offer(
-        self,
-        point: Optional[Point],
-        durable: bool = False,
-        lines: Optional[int] = None,
-        position: Optional[int] = None,
-    ) -> None:
+    def offer(self, point: Optional[Point], lines: int, position: int) -> None:
         """Record ``point`` soon, unless it is already; never waits for the disk. ``lines``: the
         event lines written up to it; ``position``: the taken position it was chosen at."""
         if point is None:
@@ -100,16 +86,12 @@ class Recorder:
         with self._cond:
             if self._final:
                 return
-            if point == self.recorded and self._pending is None and not durable:
-                if lines is not None and lines > self.lines:
+            if point == self.recorded and self._pending is None:
+                if lines > self.lines:
                     self.lines = lines
                     self._cond.notify_all()
                 return
-            self._pending = point
-            self._pending_durable = self._pending_durable or durable
-            if lines is not None:
-                self._pending_lines = lines
-            self._pending_position = position
+            self._pending = (point, False, lines, position)
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -129,20 +111,18 @@ class Recorder:
 
     def _write_locked(self, retry: bool) -> None:
         with self._cond:
-            point, durable, lines = self._pending, self._pending_durable, self._pending_lines
-            position = self._pending_position
-            recorded = self.recorded
-            if point is None:
+            pending, recorded = self._pending, self.recorded
+            if pending is None:
                 if retry:
                     self.health.recovered("state file")
                 return
             if self.health.failing("state file") and not retry:
                 return
+            point, durable, lines, position = pending
             # A point inside the first page of a new subscription has no token: only noted.
             new_token = point.token is not None and (recorded is None or point.token != recorded.token)
             commit = self._committing = new_token or (durable and point.token is not None)
             self._pending = None
-            self._pending_durable = False
         try:
             if self._note is not None and (durable or not commit):
                 self._note(point, durable)
@@ -153,9 +133,7 @@ class Recorder:
                 self._committing = False
                 self._cond.notify_all()
                 if self._pending is None:  # nothing newer came meanwhile: this one stays to do
-                    self._pending, self._pending_lines = point, lines
-                    self._pending_position = position
-                self._pending_durable = self._pending_durable or durable
+                    self._pending = pending
             self.health.trouble("state file", str(exc))
             return
         self.health.recovered("state file")
@@ -183,14 +161,12 @@ class Recorder:
             with self._cond:
                 self._final = True
                 self._pending = None
-                self._pending_durable = False
             yield
 
     def write_final(self, point: Point) -> None:
         """Inside `final`: write ``point`` durably (the companion first, then the state file)."""
         with self._cond:
-            self._pending, self._pending_durable = point, True
-            self._pending_position = None
+            self._pending = (point, True, 0, None)
         self._write_locked(retry=True)
 
     def clear(self, forget: Callable[[], None]) -> None:
@@ -199,7 +175,6 @@ class Recorder:
         with self._writing:
             with self._cond:
                 self._pending = None
-                self._pending_durable = False
             forget()
 
     def close(self) -> None:
