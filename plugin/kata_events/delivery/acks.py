@@ -79,10 +79,8 @@ def choose_ack_mode(requested: str, fd: int = 0, grace: float = START_GRACE) -> 
     """Resolve ``--ack``: (mode, why, bytes read from stdin after ``START``). ``auto``: only a pipe
     or socket whose first line is ``START`` means ack mode; anything else none, at once where the
     answer is known (TTY, character device, closed or write-only descriptor, EOF)."""
-    if requested == "none":
-        return "none", "ack = none was asked for", b""
-    if requested == "lines":
-        return "lines", "ack = lines was asked for", b""
+    if requested != "auto":
+        return requested, f"ack = {requested} was asked for", b""
     kind = fd_kind(fd)
     if kind not in ("pipe", "socket"):
         what = {

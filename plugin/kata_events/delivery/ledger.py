@@ -131,9 +131,6 @@ class DeliveryLedger:
         found = self._checkpoint_at(position)
         return 0 if found is None else found[4]
 
-    def written_point(self) -> Optional[Point]:
-        return self.point_at(self.written)
-
     def settled_position(self, now: float) -> int:
         """The taken position as it was ``settle`` seconds before ``now``."""
         return self.taken_by(now - self.settle)

@@ -38,15 +38,11 @@ def grow_pipe(fd: int, want: Optional[int] = None) -> int:
         size = fcntl.fcntl(fd, F_GETPIPE_SZ)
     except OSError:
         return 0
-    if want > size:
-        try:
-            size = fcntl.fcntl(fd, F_SETPIPE_SZ, want)
-        except OSError:
-            # EPERM past the user's pipe budget, EBUSY: keep the size it has.
-            pass
     try:
-        return fcntl.fcntl(fd, F_GETPIPE_SZ)
+        # F_SETPIPE_SZ answers the size the pipe now has.
+        return fcntl.fcntl(fd, F_SETPIPE_SZ, want) if want > size else size
     except OSError:
+        # EPERM past the user's pipe budget, EBUSY: keep the size it has.
         return size
 
 
@@ -60,9 +56,9 @@ def unread_bytes(fd: int, request: int = termios.FIONREAD) -> int:
 class PipeRoom:
     """The pipe's slots as our writes filled them; `room` is what a write can take whole now."""
 
-    def __init__(self, fd: int, size: int, page: Optional[int] = None) -> None:
+    def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
-        self.page = page or os.sysconf("SC_PAGE_SIZE")
+        self.page = os.sysconf("SC_PAGE_SIZE")
         self.size = size
         self.slots = max(1, size // self.page)
         # One [offset, length] per slot in use, oldest first, as the kernel's pipe_buffer has them.

@@ -98,7 +98,7 @@ class Delivery:
     def written_point(self) -> Optional[Point]:
         """The point at what is written: a retry of the page may skip that much."""
         with self._lock:
-            return self.ledger.written_point()
+            return self.ledger.point_at(self.ledger.written)
 
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines of the current page."""
@@ -109,7 +109,7 @@ class Delivery:
             self._write_piece(data, count)
 
     def _write(self, data: bytes) -> int:
-        """Write a piece; a stop in its middle still counts the whole lines it wrote."""
+        # A stop in the middle of a piece still counts the whole lines it wrote.
         try:
             return self.writer.write_bytes(data)
         except WriteStopped as exc:
@@ -187,7 +187,7 @@ class Delivery:
         return self.recorder.committed_pages
 
     def forget_token(self, clear: Callable[[], None]) -> None:
-        """The subscription is lost: ``clear`` the saved token, through the one recorder."""
+        """The subscription is lost: ``clear`` the saved token, through the recorder."""
         self.recorder.clear(clear)
 
     @property
@@ -195,14 +195,14 @@ class Delivery:
         return self.ledger.unacked
 
     def retry(self) -> None:
-        """While paused on a disk fault: try the failed step again (the runner calls it with backoff)."""
+        """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
         self.recorder.flush(retry=True)
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
-        """Block while too much is unacknowledged; nothing to wait for when written is taken."""
+        """Block while too much is unacknowledged (ack mode)."""
 
     def check_ack_timeout(self) -> None:
-        """Warn when lines wait too long for their acknowledgement (ack mode only)."""
+        """Warn when lines wait too long for their acknowledgement (ack mode)."""
 
     def finish(
         self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
@@ -217,7 +217,6 @@ class Delivery:
         """What `finish` waits for before the last record (subclasses)."""
 
     def close(self) -> None:
-        """Stop background threads, write what is pending, give stdout back as it was."""
         self.recorder.close()
         self.writer.close()
 

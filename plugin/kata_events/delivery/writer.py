@@ -73,12 +73,11 @@ def pieces(
 
 class WriteStopped(Exception):
     """A stop came while the writer waited for room: ``written`` bytes went out (whole lines,
-    unless one had to be ``cut``)."""
+    unless one had to be cut)."""
 
-    def __init__(self, message: str, written: int = 0, cut: bool = False) -> None:
+    def __init__(self, message: str, written: int = 0) -> None:
         super().__init__(message)
         self.written = written
-        self.cut = cut
 
 
 #: Waiting for room in a pipe that is not full (so poll() returns at once): sleep this long at
@@ -149,29 +148,20 @@ class LineWriter:
             return 0
         if end <= 0:
             return 0
-        tail = self._read_back(max(0, end - 65536), min(end, 65536))
+        offset, length = max(0, end - 65536), min(end, 65536)
+        try:
+            tail = os.pread(self.fd, length, offset)
+        except OSError:
+            # stdout is often opened write-only: the file is opened again for reading.
+            try:
+                with open(f"/proc/self/fd/{self.fd}", "rb", buffering=0) as f:
+                    tail = os.pread(f.fileno(), length, offset)
+            except OSError:
+                return 0
         if not tail or tail.endswith(b"\n"):
             return 0
         self.write_bytes(b"\n")
         return len(tail) - (tail.rfind(b"\n") + 1)
-
-    def _read_back(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the file at ``offset`` (stdout is often opened write-only: the
-        file is opened again for reading through /proc)."""
-        try:
-            return os.pread(self.fd, length, offset)
-        except OSError:
-            pass
-        try:
-            fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
-        except OSError:
-            return b""
-        try:
-            return os.pread(fd, length, offset)
-        except OSError:
-            return b""
-        finally:
-            os.close(fd)
 
     def _whole_lines_end(self, data: bytes, done: int, end: int) -> int:
         """Where the next write into the pipe stops: the last line end within its free room (0:
@@ -222,7 +212,7 @@ class LineWriter:
                     if give_up_at is None:
                         give_up_at = now + self.finish_line_grace
                     if now >= give_up_at:
-                        raise WriteStopped("stdout took no more while stopping: a line is cut", done, True)
+                        raise WriteStopped("stdout took no more while stopping: a line is cut", done)
                 whole = True
                 if self.room is not None and (done == 0 or data[done - 1] == 0x0A):
                     end = self._whole_lines_end(data, done, end)
