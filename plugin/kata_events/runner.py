@@ -116,8 +116,6 @@ class Runner:
         self.resume: Optional[Point] = None
         self._failure: Optional[Tuple[ExitStatus, str]] = None
         delivery.on_failure = self.fail
-        self._page_lines = 0
-        self._limit_reached = False
         # The page fetched and not yet accounted for: its bytes count when it is cut short.
         self._cut_page: Optional[Page] = None
 
@@ -349,8 +347,8 @@ class Runner:
 
     def _deliver(self, page: Page, resume: Optional[Point] = None) -> Optional[bytes]:
         batches = page.batches()
-        self._page_lines = 0
         last: Optional[bytes] = None
+        shown = 0  # the page's lines, counted towards ``stop_after`` (the demo's --events)
         if resume is not None:
             batches = itertools.chain([self._skip(batches, resume)], batches)
         else:
@@ -359,8 +357,12 @@ class Runner:
             self.reports.skipped(page)
             if not batch:
                 continue
+            limit_reached = False
             if self.stop_after is not None:
-                batch = self._limit(batch)
+                left = self.stop_after - self.stats.events - shown
+                limit_reached = left <= len(batch)
+                batch = batch[: max(0, left)]
+                shown += len(batch)
             # Not interruptible: the writer watches the stop flag itself, so that a stop neither
             # loses the count of a write under way nor cuts a line it can still finish.
             try:
@@ -368,9 +370,9 @@ class Runner:
             except WriteStopped:
                 raise StopRequested(self.stop.reason) from None
             self.stats.written += len(batch)
-            if self._limit_reached:
-                # ``stop_after`` lines are written: count the unfinished page's lines and stop.
-                self.stats.events += self._page_lines
+            if limit_reached:
+                # Stopped only now: a stop set before the write would leave those lines unwritten.
+                self.stats.events += shown
                 self.stats.pages += 1
                 self.stop.end(f"{self.stop_after} events shown")
                 raise StopRequested(self.stop.reason)
@@ -378,14 +380,3 @@ class Runner:
             self.reports.check_line_lengths(batch)
         self.reports.skipped(page)
         return last
-
-    def _limit(self, batch: List[bytes]) -> List[bytes]:
-        """Cut the batch at ``stop_after`` lines in all (the demo's --events); the stop comes after
-        it is written: a stop set before would leave those lines unwritten."""
-        assert self.stop_after is not None
-        left = self.stop_after - (self.stats.events + self._page_lines)
-        if left <= len(batch):
-            self._limit_reached = True
-            batch = batch[: max(0, left)]
-        self._page_lines += len(batch)
-        return batch

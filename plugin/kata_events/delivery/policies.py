@@ -190,10 +190,6 @@ class Delivery:
         """The subscription is lost: ``clear`` the saved token, through the recorder."""
         self.recorder.clear(clear)
 
-    @property
-    def unacked(self) -> int:
-        return self.ledger.unacked
-
     def retry(self) -> None:
         """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
         self.recorder.flush(retry=True)
