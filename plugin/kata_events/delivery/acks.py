@@ -161,11 +161,10 @@ class AckDelivery(Delivery):
     def _wait_ends(self) -> bool:
         return self._stopped or super()._wait_ends()
 
-    def end_page(self, token: str) -> None:
-        with self._lock:
-            self.ledger.page_end(token)
-            # Only an empty page can be wholly acknowledged already; later ACKs release the rest.
-            self._take(self.ledger.taken_position)
+    def _check(self) -> None:
+        # At a page's end: only an empty page can be wholly acknowledged already; later ACKs
+        # release the rest.
+        self._take(self.ledger.taken_position)
 
     def _write_piece(self, data: bytes, count: int) -> None:
         # Counted before the write: the shipper may read and acknowledge a line before os.write

@@ -80,6 +80,7 @@ class Delivery:
         if self.ledger.settle_lines > 0:
             self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - self.ledger.settle_lines - PIECE_LINES)
         self._lock = threading.Lock()
+        self._closing = False
         self.health = DiskHealth()
         writer.health = self.health
         self.recorder = Recorder(commit, note, self.health)
@@ -127,7 +128,11 @@ class Delivery:
         self._write(data)
         with self._lock:
             self.ledger.wrote(len(data), time.monotonic(), data, count)
-            self._take(self.ledger.written)
+            self._check()
+
+    def _check(self) -> None:
+        """With the lock held: record what is taken by now (here: everything written)."""
+        self._take(self.ledger.written)
 
     def _wait_for_flight(self, count: int) -> None:
         """Wait while a piece of ``count`` lines would put more than `flight_lines` beyond what the
@@ -158,8 +163,8 @@ class Delivery:
             recorder.wait_for_lines(self.ledger.lines - RECORD_AHEAD_LINES + 1, DRAIN_POLL)
 
     def _wait_ends(self) -> bool:
-        """Whether a wait for the record must give up (a stop, a disk fault)."""
-        return self.stop.stopping or self.health.paused
+        """Whether a wait for the record must give up (a stop, a disk fault, closing)."""
+        return self._closing or self.stop.stopping or self.health.paused
 
     def _nudge(self) -> None:
         """With the lock held: help the record move while the writer waits for it (subclasses)."""
@@ -168,7 +173,7 @@ class Delivery:
         """The current page is complete; its token may be committed once its lines are taken."""
         with self._lock:
             self.ledger.page_end(token)
-            self._take(self.ledger.written)
+            self._check()
 
     def _take(self, position: int) -> None:
         """With the lock held: record ``position`` as taken, and the delivery point it reaches."""
@@ -213,6 +218,7 @@ class Delivery:
         """What `finish` waits for before the last record (subclasses)."""
 
     def close(self) -> None:
+        self._closing = True
         self.recorder.close()
         self.writer.close()
 
@@ -229,7 +235,7 @@ def make_delivery(
 ) -> Delivery:
     """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
     from kata_events.delivery.acks import AckDelivery
-    from kata_events.delivery.drain import DrainDelivery
+    from kata_events.delivery.drain import DrainDelivery, SyncDelivery
 
     if mode == "lines":
         # After STOP the shipper takes nothing more: finishing a half-written line is pointless
@@ -237,6 +243,8 @@ def make_delivery(
         writer.finish_line_grace = 0.0
         return AckDelivery(writer, commit, note, stop=stop, **ack_options)  # type: ignore[arg-type]
     kind = fd_kind(writer.fd)
-    if kind in ("pipe", "socket", "file"):
+    if kind == "file":
+        return SyncDelivery(writer, commit, note, stop)
+    if kind in ("pipe", "socket"):
         return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
     return Delivery(writer, commit, note, stop=stop)
