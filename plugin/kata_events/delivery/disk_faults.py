@@ -58,12 +58,10 @@ class DiskHealth:
         now = self._clock()
         with self._lock:
             first = what not in self._troubles
-            since = self._troubles[what][0] if not first else now
+            since = self._troubles.get(what, (now,))[0]
             self._troubles[what] = (since, cause)
-            if first:
-                self.faults += 1
-                self._reminded = now
-            remind = not first and now - self._reminded >= REMIND_EVERY
+            self.faults += first
+            remind = first or now - self._reminded >= REMIND_EVERY
             if remind:
                 self._reminded = now
         if first:
@@ -106,13 +104,11 @@ class DiskHealth:
         with self._lock:
             return self.backoff.next_delay()
 
-    def wait(self, should_stop: Callable[[], bool], step: float = 0.05) -> bool:
+    def wait(self, should_stop: Callable[[], bool]) -> bool:
         """Sleep until the next retry; False if a stop was asked for meanwhile."""
         deadline = self._clock() + self.next_delay()
-        while self._clock() < deadline:
-            if should_stop():
-                return False
-            time.sleep(min(step, max(0.0, deadline - self._clock())))
+        while self._clock() < deadline and not should_stop():
+            time.sleep(min(0.05, max(0.0, deadline - self._clock())))
         return not should_stop()
 
     def cause(self) -> Optional[str]:

@@ -245,11 +245,10 @@ class LineWriter:
                         self.health.recovered("stdout")  # type: ignore[union-attr]
                     continue
                 self._poll.poll(WRITE_POLL_MS)
-        except WriteStopped:
+        except (WriteStopped, OSError) as exc:
             self.cut_short_lines = data.count(b"\n", 0, done)
-            raise
-        except OSError as exc:
-            self.cut_short_lines = data.count(b"\n", 0, done)
+            if isinstance(exc, WriteStopped):
+                raise
             if exc.errno in _GONE:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
