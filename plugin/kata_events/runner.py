@@ -85,7 +85,6 @@ class Runner:
         self.delivery = delivery
         self.once = once
         self.stop_after = stop_after
-        #: The status record `kata-events status` reads (None: not kept, e.g. in tests).
         self.health = health
         self.token: Optional[str] = None
         #: The run's one stop state, shared with the client and the delivery.
@@ -110,7 +109,7 @@ class Runner:
             forget=self._forget_token,
             clock=clock,
         )
-        #: Set by the main thread once the loop has ended: wakes the stats thread.
+        #: Set once the loop has ended: wakes the stats thread.
         self._ended = threading.Event()
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None

@@ -73,12 +73,11 @@ class Delivery:
         writer.should_stop = lambda: self.stop.stopping
         self.writer = writer
         self.settle = settle
-        self.ledger = DeliveryLedger(settle=settle, settle_lines=settle_lines if settle > 0 else 0)
+        lines = settle_lines if settle > 0 else 0
+        self.ledger = DeliveryLedger(settle=settle, settle_lines=lines)
         #: With a settle window bounded in lines: the most lines written beyond what the reader
         #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
-        self.flight_lines: Optional[int] = None
-        if self.ledger.settle_lines > 0:
-            self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - self.ledger.settle_lines - PIECE_LINES)
+        self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
         self._lock = threading.Lock()
         self._closing = False
         self.health = DiskHealth()

@@ -13,7 +13,6 @@ the pipe holds. Nothing here writes to stdout but the rest of a line the reader 
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from typing import Callable, Optional
@@ -84,11 +83,9 @@ def fluent_bit_reader(fd: int) -> Optional[int]:
 def stalled(unread: Callable[[], int], watch: float = STALL_WATCH) -> bool:
     """Whether bytes stay unread in the pipe for ``watch`` seconds (``unread`` measures them)."""
     deadline = time.monotonic() + watch
-    while unread() > 0:
-        if time.monotonic() >= deadline:
-            return True
+    while unread() > 0 and time.monotonic() < deadline:
         time.sleep(STALL_POLL)
-    return False
+    return unread() > 0
 
 
 def empty_pipe(fd: int) -> bytes:
@@ -101,10 +98,8 @@ def empty_pipe(fd: int) -> bytes:
         while True:
             try:
                 chunk = os.read(reader, 1 << 20)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                raise
+            except BlockingIOError:
+                break
             if not chunk:
                 break
             chunks.append(chunk)
