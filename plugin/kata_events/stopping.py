@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator, Optional, Set
 
 #: The longest a wait goes without looking at the stop state: a stop is seen within this.
@@ -58,10 +58,9 @@ class Stop:
         self._woken.set()
         with self._boxes_lock:
             for box in self._boxes:
-                try:
+                # A full box holds an item already: its wait ends anyway.
+                with suppress(queue.Full):
                     box.put_nowait(WAKE)
-                except queue.Full:
-                    pass  # it holds an item already: its wait ends anyway
 
     @contextmanager
     def waiting_on(self, box: Any) -> Iterator[None]:

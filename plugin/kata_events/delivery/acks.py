@@ -242,10 +242,7 @@ class AckDelivery(Delivery):
     def _note_junk(self, text: str) -> None:
         if not self._junk_logged:
             self._junk_logged = True
-            logs.emit(
-                "ack_protocol",
-                f"ignoring an unexpected line on stdin: {text[:60]!r} (said once)",
-            )
+            logs.emit("ack_protocol", f"ignoring an unexpected line on stdin: {text[:60]!r} (said once)")
 
     def check_ack_timeout(self) -> None:
         with self._lock:

@@ -121,10 +121,7 @@ class DeliveryLedger:
     def point_at(self, position: int) -> Optional[Point]:
         """The newest delivery point at or before ``position`` (None when none is known)."""
         found = self._checkpoint_at(position)
-        if found is None:
-            return None
-        _, token, events, hasher, _ = found
-        return Point(token, events, hasher.hexdigest())
+        return None if found is None else Point(found[1], found[2], found[3].hexdigest())
 
     def lines_at(self, position: int) -> int:
         """Event lines written up to the newest checkpoint at or before ``position`` (0: none)."""

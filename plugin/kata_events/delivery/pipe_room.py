@@ -112,9 +112,7 @@ class PipeRoom:
         if self.unsure or not whole:
             self.unsure = True
             return
-        page = self.page
-        bufs = self._bufs
-        rest = n
+        page, bufs, rest = self.page, self._bufs, n
         chars = n % page
         if chars and bufs:
             last = bufs[-1]

@@ -110,8 +110,9 @@ class LineWriter:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
         self._made_nonblocking = False
+        kind = fd_kind(fd)
         # A regular file (``>> file``) on a full or failing disk is waited out, not given up on.
-        self._regular_file = fd_kind(fd) == "file"
+        self._regular_file = kind == "file"
         #: True while a write waits out a disk fault (an fsync that succeeds meanwhile is no recovery).
         self.write_failing = False
         self.health: Optional[DiskHealth] = None
@@ -123,7 +124,6 @@ class LineWriter:
         #: A pipe of our own: the slots our writes fill, so every write is whole lines that fit.
         self.room: Optional[PipeRoom] = None
         self._room_wait = ROOM_WAIT_MIN
-        kind = fd_kind(fd)
         if kind in ("pipe", "socket") and not _shared_with_stderr(fd):
             try:
                 os.set_blocking(fd, False)
