@@ -19,6 +19,7 @@ import itertools
 import os
 import select
 import time
+from contextlib import suppress
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from kata_events.delivery.disk_faults import DiskHealth, is_disk_fault
@@ -125,11 +126,9 @@ class LineWriter:
         self.room: Optional[PipeRoom] = None
         self._room_wait = ROOM_WAIT_MIN
         if kind in ("pipe", "socket") and not _shared_with_stderr(fd):
-            try:
+            with suppress(OSError):
                 os.set_blocking(fd, False)
                 self._made_nonblocking = True
-            except OSError:
-                pass
             if kind == "pipe" and self._made_nonblocking:
                 size = grow_pipe(fd)
                 if size > 0:
@@ -260,15 +259,11 @@ class LineWriter:
         cut = done - (data.rfind(b"\n", 0, done) + 1)
         if cut <= 0:
             return
-        try:
+        with suppress(OSError):
             os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - cut)
-        except OSError:
-            pass
 
     def close(self) -> None:
         # Give the descriptor back blocking: a shell holding the same pipe writes after us.
         if self._made_nonblocking:
-            try:
+            with suppress(OSError):
                 os.set_blocking(self.fd, True)
-            except OSError:
-                pass
