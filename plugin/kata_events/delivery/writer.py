@@ -62,8 +62,7 @@ def pieces(
     if ends[-1] <= limit and n <= max_lines:
         yield joined(lines), n
         return
-    start = 0
-    base = 0
+    start = base = 0
     while start < n:
         stop = bisect.bisect_right(ends, base + limit, lo=start)
         stop = min(max(stop, start + 1), start + max_lines)
