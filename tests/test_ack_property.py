@@ -164,8 +164,8 @@ def test_in_process_no_token_ahead_of_acks_and_no_deadlock(
             delivery.wait_for_room(stopped.is_set)
             if stopped.is_set():
                 break
-            if delivery.unacked >= window:
-                room_violations.append(delivery.unacked)
+            if delivery.ledger.unacked >= window:
+                room_violations.append(delivery.ledger.unacked)
             lines = [b'{"n":%d}' % n for n in range(size)]
             for start in range(0, size, batch):
                 delivery.write(lines[start : start + batch])

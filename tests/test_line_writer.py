@@ -11,6 +11,7 @@ import pytest
 
 from kata_events.delivery.acks import AckDelivery
 from kata_events.delivery.writer import ConsumerGone, LineWriter, OutputFailed, WriteStopped
+from kata_events.state.progress import joined
 from kata_events.state.store import StateNotWritable
 
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
@@ -38,7 +39,7 @@ def test_a_batch_is_written_whole_with_one_newline_per_line() -> None:
     r, w = _pipe()
     try:
         writer = LineWriter(w)
-        assert writer.write_lines([b'{"a":1}', b'{"b":"\xd0\xb6"}']) == 19
+        assert writer.write_bytes(joined([b'{"a":1}', b'{"b":"\xd0\xb6"}'])) == 19
         assert _drain(r) == b'{"a":1}\n{"b":"\xd0\xb6"}\n'
     finally:
         os.close(r)
@@ -50,7 +51,7 @@ def test_a_reader_that_went_away_is_consumer_gone_not_a_traceback() -> None:
     os.close(r)
     try:
         with pytest.raises(ConsumerGone):
-            LineWriter(w).write_lines([b"{}"])
+            LineWriter(w).write_bytes(joined([b"{}"]))
     finally:
         os.close(w)
 
@@ -79,7 +80,7 @@ def test_a_stop_while_the_pipe_is_full_ends_on_a_line_boundary() -> None:
 
             reader = threading.Thread(target=slow_reader, daemon=True)
             reader.start()
-            writer.write_lines([line] * (size // 1000 + 50))
+            writer.write_bytes(joined([line] * (size // 1000 + 50)))
         reader.join(5)
         assert time.monotonic() - started < 2.0
         data = _drain(r)
@@ -115,7 +116,7 @@ def test_a_descriptor_made_non_blocking_by_someone_else_waits_instead_of_giving_
 
         t = threading.Thread(target=reader, daemon=True)
         t.start()
-        writer.write_lines([b"y" * 1023] * (size * 2 // 1024))
+        writer.write_bytes(joined([b"y" * 1023] * (size * 2 // 1024)))
         done.set()
         t.join(5)
         assert len(received) == (size * 2 // 1024) * 1024
@@ -128,7 +129,7 @@ def test_a_full_disk_is_output_failed_not_a_traceback() -> None:
     fd = os.open("/dev/full", os.O_WRONLY)
     try:
         with pytest.raises(OutputFailed, match="No space left"):
-            LineWriter(fd).write_lines([b"{}"])
+            LineWriter(fd).write_bytes(joined([b"{}"]))
     finally:
         os.close(fd)
 

@@ -21,6 +21,7 @@ import pytest
 
 from determinism import rounds
 from kata_events.delivery.pipe_room import PipeRoom, grow_pipe
+from kata_events.state.progress import joined
 from run_helpers import KataRun, run_args, seq_of
 
 KILLS = rounds(20)
@@ -223,8 +224,8 @@ def test_a_line_larger_than_the_pipe_is_written_in_parts_and_said_once():
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        writer.write_lines([big, b"{}"])
-        writer.write_lines([big])
+        writer.write_bytes(joined([big, b"{}"]))
+        writer.write_bytes(joined([big]))
         reader.join(30)
         assert bytes(received) == big + b"\n{}\n" + big + b"\n"
         assert told == [(len(big) + 1, writer.room.capacity)]

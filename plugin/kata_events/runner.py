@@ -1,28 +1,22 @@
 """The main loop: fetch a page, deliver its lines, commit its token once delivered; retry the rest.
 
 Flow is one way: the API client produces pages, the `Delivery` writes their lines and decides when
-they are taken, and only then does the token store commit the page's token. The loop never imports
-`requests`; it reacts to the few exceptions of `kata_events.source.errors`. Nothing transient ends it:
-unavailability, bad bodies and untrusted servers are retried with backoff, a 401 waits for approval,
-and a disk that stops taking the state file or stdout mid-run pauses fetching until it works again
+they are taken, and only then is the page's token committed. The loop never imports `requests`; it
+reacts to the exceptions of `kata_events.source.errors`. Nothing transient ends it: failures are
+retried with backoff, a 401 waits for approval, a failing disk pauses fetching
 (`kata_events.delivery.disk_faults`).
 
-Resuming inside a page: the state holds a delivery point (a token and how many events of its
-answer were delivered, with their digest). The first request asks again with that token; when the
-first events of the answer hash to the digest they are skipped, exactly those, and delivery goes on
-after them. When they do not (the server answered with other events, or fewer), nothing is
-skipped: the answer is asked for again and delivered whole, and a warning says why. The same
-check lets a page retried after a broken transfer skip what this process already wrote.
-
-Stopping is one state (`kata_events.stopping.Stop`), shared with the client and the delivery.
-Signal handlers only record the request in it; nothing is raised into a blocked call. Every wait
-looks at it between short slices: the hand-over of the request's answer and of each part of the
-body (which also carry the overall deadline that abandons a trickling server), the writer waiting
-for room, the retry sleep.
+Resuming inside a page: the state holds a delivery point (a token, how many events of its answer
+were delivered, their digest). The first request asks again with that token; when the answer's
+first events hash to the digest exactly those are skipped, otherwise nothing is skipped and a
+warning says why. The same check lets a page retried after a broken transfer skip what this
+process already wrote. Stopping is one state (`kata_events.stopping.Stop`): signal handlers only
+record in it, and every wait looks at it between short slices.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Tuple
@@ -61,6 +55,13 @@ class ResumeMismatch(Exception):
     """The answer to the resume token does not start with the events recorded as delivered."""
 
 
+def _fatal(exc: OutputFailed | StateError) -> Tuple[ExitStatus, str]:
+    """The exit code and message of an output or state failure that ends the run."""
+    if isinstance(exc, OutputFailed):
+        return ExitStatus.IO_ERROR, f"{exc}: nothing after the last commit is lost"
+    return ExitStatus(exc.exit_code), str(exc)
+
+
 class Runner:
     """Runs the fetch → deliver → commit loop until stopped; `run()` returns the exit code."""
 
@@ -84,7 +85,6 @@ class Runner:
         self.delivery = delivery
         self.once = once
         self.stop_after = stop_after
-        #: The status record `kata-events status` reads (None: not kept, e.g. in tests).
         self.health = health
         self.token: Optional[str] = None
         #: The run's one stop state, shared with the client and the delivery.
@@ -109,37 +109,25 @@ class Runner:
             forget=self._forget_token,
             clock=clock,
         )
-        #: Set by the main thread once the loop has ended: wakes the stats thread.
+        #: Set once the loop has ended: wakes the stats thread.
         self._ended = threading.Event()
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None
         self._failure: Optional[Tuple[ExitStatus, str]] = None
-        delivery.on_failure = lambda exc: self.fail(exc)
-        self._page_lines = 0
-        self._limit_reached = False
+        delivery.on_failure = self.fail
         # The page fetched and not yet accounted for: its bytes count when it is cut short.
         self._cut_page: Optional[Page] = None
-
-    # -- stopping ---------------------------------------------------------------------------------
 
     def _forget_token(self) -> None:
         """The subscription is lost: the next request starts a new one, and the state forgets it."""
         self.token = None
         self.delivery.forget_token(self.store.clear)
 
-    def _resume_from_written(self) -> None:
-        """A page failed mid-body: what this process already wrote of it need not be written again."""
-        written = self.delivery.written_point()
-        if written is not None and written.token == self.token and written.events:
-            self.resume = written
-
     def fail(self, exc: Exception) -> None:
         """A background thread hit an error the process cannot go on with: stop with its code."""
         code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
         self._failure = (ExitStatus(code), str(exc))
         self.stop.ask_and_wake("error")
-
-    # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         """The loop. Returns an `ExitStatus` value; transient faults never end it."""
@@ -176,24 +164,17 @@ class Runner:
                 "no saved continuation token: the first request creates a new subscription",
                 filter=self.client.filter,
             )
-            point, warnings = self.store.first_page_point()
-            for warning in warnings:
-                logs.emit("progress_record", warning, state_file=str(self.store.path))
-            if point is not None:
-                # The last run was killed inside the first answer of its new subscription: the
-                # new one may answer with the same events, and the digest tells.
-                self.delivery.start_from(point)
-                self.resume = point
-        else:
-            point, warnings = self.store.resume_point()
-            for warning in warnings:
-                logs.emit("progress_record", warning, state_file=str(self.store.path))
-            if point is not None and point.token and token_problem(point.token):
-                point = Point(token)
-            if point is not None and point.token:
-                self.token = point.token
-                self.delivery.start_from(point)
-                self.resume = point if point.events else None
+        # Without a token: how far the last run got into the first answer of its new subscription
+        # (a point without a token); the new one may answer with the same events, the digest tells.
+        point, warnings = self.store.first_page_point() if token is None else self.store.resume_point()
+        for warning in warnings:
+            logs.emit("progress_record", warning, state_file=str(self.store.path))
+        if point is not None and point.token and token_problem(point.token):
+            point = Point(token)
+        if point is not None and (token is None or point.token):
+            self.token = point.token
+            self.delivery.start_from(point)
+            self.resume = point if point.events else None
         stats_thread = self.reports.start(self._ended)
         if self.health is not None:
             self.health.start()
@@ -206,10 +187,8 @@ class Runner:
         except ConsumerGone as exc:
             logs.emit("consumer_gone", f"the reader of stdout went away ({exc}); stopping")
             gone = True
-        except OutputFailed as exc:
-            self._failure = (ExitStatus.IO_ERROR, f"{exc}: nothing after the last commit is lost")
-        except StateError as exc:
-            self._failure = (ExitStatus(exc.exit_code), str(exc))
+        except (OutputFailed, StateError) as exc:
+            self._failure = _fatal(exc)
         finally:
             drained = self.once and self.stop.reason in ("", "caught up")
             self.stop.end()
@@ -222,13 +201,8 @@ class Runner:
                 )
             except ConsumerGone:
                 pass
-            except OutputFailed as exc:
-                self._failure = self._failure or (
-                    ExitStatus.IO_ERROR,
-                    f"{exc}: nothing after the last commit is lost",
-                )
-            except StateError as exc:
-                self._failure = self._failure or (ExitStatus(exc.exit_code), str(exc))
+            except (OutputFailed, StateError) as exc:
+                self._failure = self._failure or _fatal(exc)
             if self.delivery.health.paused:
                 self.delivery.retry()
             if self.delivery.health.paused:
@@ -271,7 +245,10 @@ class Runner:
                 break
             except ApiError as exc:
                 self._count_cut_page()
-                self._resume_from_written()
+                # What this process already wrote of a page failed mid-body is not written again.
+                written = self.delivery.written_point()
+                if written is not None and written.token == self.token and written.events:
+                    self.resume = written
                 fatal = self.failures.handle(exc)
                 if fatal is not None:
                     code, message = fatal
@@ -302,6 +279,7 @@ class Runner:
         with page:
             try:
                 last_line = self._deliver(page, resume)
+                new_token: Optional[str] = page.finish()
             except ResumeMismatch as exc:
                 self.resume = None
                 logs.emit(
@@ -313,10 +291,8 @@ class Runner:
                     token=short_token(self.token),
                     reason=str(exc),
                 )
-                page = None
-            if page is not None:
-                new_token = page.finish()
-        if page is None:
+                new_token = None
+        if new_token is None:
             # The events read while checking were not written: ask again, deliver it all.
             self._count_cut_page()
             return self._one_page()
@@ -336,8 +312,8 @@ class Runner:
             self._cut_page = None
 
     def _skip(self, batches: Iterator[List[bytes]], resume: Point) -> List[bytes]:
-        """Read the answer's first ``resume.events`` events and check their digest; the rest of the
-        batch they end in is returned. Raises ResumeMismatch when they differ or are fewer."""
+        """Skip the answer's first ``resume.events`` events if their digest matches (else
+        ResumeMismatch); the rest of the batch they end in is returned."""
         hasher = new_hasher()
         seen = 0
         rest: List[bytes] = []
@@ -370,26 +346,22 @@ class Runner:
 
     def _deliver(self, page: Page, resume: Optional[Point] = None) -> Optional[bytes]:
         batches = page.batches()
-        self._page_lines = 0
         last: Optional[bytes] = None
-        first: Optional[List[bytes]] = None
+        shown = 0  # the page's lines, counted towards ``stop_after`` (the demo's --events)
         if resume is not None:
-            first = self._skip(batches, resume)
+            batches = itertools.chain([self._skip(batches, resume)], batches)
         else:
             self.delivery.begin_page(self.token)
-        while True:
-            if first is not None:
-                batch: Optional[List[bytes]] = first
-                first = None
-                if not batch:
-                    continue
-            else:
-                batch = next(batches, None)
-                self.reports.skipped(page)
-            if batch is None:
-                return last
+        for batch in batches:
+            self.reports.skipped(page)
+            if not batch:
+                continue
+            limit_reached = False
             if self.stop_after is not None:
-                batch = self._limit(batch)
+                left = self.stop_after - self.stats.events - shown
+                limit_reached = left <= len(batch)
+                batch = batch[: max(0, left)]
+                shown += len(batch)
             # Not interruptible: the writer watches the stop flag itself, so that a stop neither
             # loses the count of a write under way nor cuts a line it can still finish.
             try:
@@ -397,28 +369,13 @@ class Runner:
             except WriteStopped:
                 raise StopRequested(self.stop.reason) from None
             self.stats.written += len(batch)
-            if self._limit_reached:
-                self._stop_after_shown()
+            if limit_reached:
+                # Stopped only now: a stop set before the write would leave those lines unwritten.
+                self.stats.events += shown
+                self.stats.pages += 1
+                self.stop.end(f"{self.stop_after} events shown")
+                raise StopRequested(self.stop.reason)
             last = batch[-1]
             self.reports.check_line_lengths(batch)
-
-    def _limit(self, batch: List[bytes]) -> List[bytes]:
-        """Cut the batch at ``stop_after`` lines in all (the demo's --events).
-
-        The stop itself comes after the cut batch is written (`_stop_after_shown`): a stop flag set
-        before the write would make the writer leave those lines unwritten.
-        """
-        assert self.stop_after is not None
-        left = self.stop_after - (self.stats.events + self._page_lines)
-        if left <= len(batch):
-            self._limit_reached = True
-            batch = batch[: max(0, left)]
-        self._page_lines += len(batch)
-        return batch
-
-    def _stop_after_shown(self) -> None:
-        """``stop_after`` lines are written: count the unfinished page's lines and stop."""
-        self.stats.events += self._page_lines
-        self.stats.pages += 1
-        self.stop.end(f"{self.stop_after} events shown")
-        raise StopRequested(self.stop.reason)
+        self.reports.skipped(page)
+        return last

@@ -1,13 +1,12 @@
 """The one stop state of a run: whether to stop, why, and since when.
 
-A signal handler, the acknowledgement reader (``STOP``), a broken pipe or a failure on a background
-thread *asks* for a stop; the loop itself *ends* (``--once`` caught up, the demo's event count).
-Everyone who waits (the request and body hand-overs, the writer waiting for room, the retry
-sleep) waits in slices of at most `STOP_POLL` and looks here between them, so a signal handler
-need wake nobody and nothing is raised into a blocked call: `ask` is plain assignments, safe from
-a handler landing anywhere, even while the interrupted frame holds a lock. Another thread asking
-(`ask_and_wake`) also wakes the hand-over and the sleep under way at once: rsyslog gives its child
-200 ms after ``STOP``. This module never logs.
+A signal handler, the shipper's ``STOP``, a broken pipe or a failure on a background thread *asks*
+for a stop; the loop itself *ends* (``--once`` caught up, the demo's event count). Every wait (the
+request and body hand-overs, the writer waiting for room, the retry sleep) looks here at least every
+`STOP_POLL`, so a signal handler wakes nobody and nothing is raised into a blocked call: `ask` is
+plain assignments, safe even while the interrupted frame holds a lock. A thread asking
+(`ask_and_wake`) also wakes the waits under way at once: rsyslog gives its child 200 ms after
+``STOP``. This module never logs.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Iterator, Optional, Set
 
 #: The longest a wait goes without looking at the stop state: a stop is seen within this.
@@ -30,7 +29,7 @@ class Stop:
     def __init__(self) -> None:
         self.asked = False
         self.ending = False
-        #: Why the run stops ("" until it does): the first reason given wins.
+        #: Why the run stops: the first reason given wins.
         self.reason = ""
         #: When a stop was first asked for (monotonic), else None: a stop goes back from there,
         #: however long the loop then takes to unwind on a loaded host.
@@ -59,10 +58,9 @@ class Stop:
         self._woken.set()
         with self._boxes_lock:
             for box in self._boxes:
-                try:
+                # A full box holds an item already: its wait ends anyway.
+                with suppress(queue.Full):
                     box.put_nowait(WAKE)
-                except queue.Full:
-                    pass  # it holds an item already: its wait ends anyway
 
     @contextmanager
     def waiting_on(self, box: Any) -> Iterator[None]:

@@ -1,12 +1,10 @@
 """``--ack lines``: the stdin acknowledgement protocol (rsyslog improg ``confirmMessages="on"``).
 
-Bytes from the shipper: ``START\\n`` once, then ``ACK\\n`` per line taken (pipelined), ``ACK <n>\\n``
-for n lines at once (an extension for custom consumers), ``STOP\\n`` before it closes the pipes.
-`AckParser` is pure: bytes in, protocol events out. `choose_ack_mode` looks at stdin once at start
-and decides between ``none`` and ``lines`` for ``--ack auto`` without ever hanging on a stdin that
-will never speak (a TTY, /dev/null, a pipe at EOF, a write-only or closed descriptor, a silent pipe).
-`AckDelivery` reads the acknowledgements on its own thread and counts them as taken. Nothing here
-writes to stdout but the delivery's event lines.
+From the shipper: ``START\\n`` once, ``ACK\\n`` per line taken (pipelined), ``ACK <n>\\n`` for n lines
+(an extension for custom consumers), ``STOP\\n`` before it closes the pipes. `AckParser` is pure.
+`choose_ack_mode` decides ``--ack auto`` once at start without ever hanging on a stdin that will
+never speak. `AckDelivery` reads the acknowledgements on its own thread and counts them as taken.
+Nothing here writes to stdout but the delivery's event lines.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ ACK_CHECK_EVERY = 0.25
 
 @dataclass(frozen=True)
 class AckEvent:
-    """One protocol line: kind is ``start``, ``ack`` (with ``count``), ``stop`` or ``junk``."""
+    """One protocol line: ``start``, ``ack`` (with ``count``), ``stop``, ``junk`` (or ``eof``)."""
 
     kind: str
     count: int = 0
@@ -42,13 +40,13 @@ class AckEvent:
 
 
 class AckParser:
-    """Splits stdin bytes into protocol lines; pure, so property tests can drive it."""
+    """Splits stdin bytes into protocol lines."""
 
     def __init__(self) -> None:
         self._partial = b""
 
     def feed(self, data: bytes) -> List[AckEvent]:
-        """Parse a chunk; return the complete lines it finished, in order."""
+        """The complete lines a chunk finished, in order."""
         buf = self._partial + data
         lines = buf.split(b"\n")
         self._partial = lines.pop()
@@ -64,35 +62,25 @@ class AckParser:
         return [parse_line(rest)] if rest.strip() else []
 
 
+_WORDS = {"ACK": AckEvent("ack", 1), "START": AckEvent("start"), "STOP": AckEvent("stop")}
+
+
 def parse_line(line: bytes) -> AckEvent:
     """One line (without newline) as a protocol event."""
     text = line.strip().decode("ascii", "replace")
     upper = text.upper()
-    if upper == "ACK":
-        return AckEvent("ack", 1)
-    if upper.startswith("ACK ") or upper.startswith("ACK\t"):
-        arg = text[4:].strip()
-        if arg.isdigit() and int(arg) > 0:
-            return AckEvent("ack", int(arg))
-        return AckEvent("junk", text=text)
-    if upper == "START":
-        return AckEvent("start")
-    if upper == "STOP":
-        return AckEvent("stop")
-    return AckEvent("junk", text=text)
+    arg = text[4:].strip()
+    if upper[:4] in ("ACK ", "ACK\t") and arg.isdigit() and int(arg) > 0:
+        return AckEvent("ack", int(arg))
+    return _WORDS.get(upper, AckEvent("junk", text=text))
 
 
 def choose_ack_mode(requested: str, fd: int = 0, grace: float = START_GRACE) -> Tuple[str, str, bytes]:
-    """Resolve ``--ack``: returns (mode, why, bytes already read from stdin after ``START``).
-
-    ``none`` and ``lines`` are taken as asked. ``auto`` decides by looking at ``fd``: only a pipe
-    or socket whose first line is ``START`` means ack mode; everything else means none, at once
-    where the answer is known (TTY, character device, closed or write-only descriptor, EOF).
-    """
-    if requested == "none":
-        return "none", "ack = none was asked for", b""
-    if requested == "lines":
-        return "lines", "ack = lines was asked for", b""
+    """Resolve ``--ack``: (mode, why, bytes read from stdin after ``START``). ``auto``: only a pipe
+    or socket whose first line is ``START`` means ack mode; anything else none, at once where the
+    answer is known (TTY, character device, closed or write-only descriptor, EOF)."""
+    if requested != "auto":
+        return requested, f"ack = {requested} was asked for", b""
     kind = fd_kind(fd)
     if kind not in ("pipe", "socket"):
         what = {
@@ -132,10 +120,9 @@ class AckDelivery(Delivery):
     """``--ack lines``: a line is taken when the shipper acknowledged it on stdin.
 
     A reader thread drains stdin all the time (else the shipper's ACK pipe fills and both sides
-    block), feeds the ledger and commits. Writing runs ahead of acknowledgements by a bounded
-    window: before each new page the runner waits in `wait_for_room`, and inside a page writing
-    waits at the record window (`RECORD_AHEAD_LINES`). ``STOP`` or EOF on stdin
-    asks the runner to stop; acknowledgements after ``STOP`` are ignored.
+    block). Writing runs ahead of acknowledgements by a bounded window (`wait_for_room` before each
+    page, the record window inside one). ``STOP`` or EOF asks the run to stop; acknowledgements
+    after ``STOP`` are ignored.
     """
 
     mode = "lines"
@@ -153,12 +140,9 @@ class AckDelivery(Delivery):
         started: bool = False,
         **kwargs: Any,
     ) -> None:
-        """``args``, ``kwargs``: those of `Delivery` (writer, commit, note, stop); the others are
-        the protocol's: the window, the acknowledgement timeout, stdin and what was read of it."""
         super().__init__(*args, **kwargs)
         self._cond = threading.Condition(self._lock)
         self._parser = AckParser()
-        #: What STOP or the end of stdin does: by default, ask the run to stop.
         self._on_stop = on_stop if on_stop is not None else self.stop.ask_and_wake
         self.max_unacked = max(1, max_unacked)
         self.ack_timeout = ack_timeout
@@ -177,11 +161,10 @@ class AckDelivery(Delivery):
     def _wait_ends(self) -> bool:
         return self._stopped or super()._wait_ends()
 
-    def end_page(self, token: str) -> None:
-        with self._lock:
-            self.ledger.page_end(token)
-            # Only an empty page can be wholly acknowledged already; later ACKs release the rest.
-            self._take(self.ledger.taken_position)
+    def _check(self) -> None:
+        # At a page's end: only an empty page can be wholly acknowledged already; later ACKs
+        # release the rest.
+        self._take(self.ledger.taken_position)
 
     def _write_piece(self, data: bytes, count: int) -> None:
         # Counted before the write: the shipper may read and acknowledge a line before os.write
@@ -189,8 +172,6 @@ class AckDelivery(Delivery):
         with self._lock:
             self.ledger.wrote(count, time.monotonic(), data, count)
         self.writer.write_bytes(data)
-
-    # -- the reader thread ----------------------------------------------------------------------
 
     def _read_loop(self) -> None:
         poller = select.poll()
@@ -261,15 +242,9 @@ class AckDelivery(Delivery):
     def _note_junk(self, text: str) -> None:
         if not self._junk_logged:
             self._junk_logged = True
-            logs.emit(
-                "ack_protocol",
-                f"ignoring an unexpected line on stdin: {text[:60]!r} (said once)",
-            )
-
-    # -- the runner's side ----------------------------------------------------------------------
+            logs.emit("ack_protocol", f"ignoring an unexpected line on stdin: {text[:60]!r} (said once)")
 
     def check_ack_timeout(self) -> None:
-        """Warn once when lines have waited longer than ack_timeout for their acknowledgement."""
         with self._lock:
             age = self.ledger.unacked_age(time.monotonic())
             if age > self.ack_timeout and not self._timeout_warned:
@@ -284,7 +259,7 @@ class AckDelivery(Delivery):
                 )
 
     def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
-        """Give the shipper a moment to send its last acknowledgements and STOP."""
+        # Give the shipper a moment to send its last acknowledgements and STOP.
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._stopped and self.ledger.unacked and time.monotonic() < deadline:
@@ -292,9 +267,8 @@ class AckDelivery(Delivery):
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
         """Before a page: wait while ``max_unacked`` lines are written but not acknowledged, or
-        acknowledged but not yet recorded (what a kill -9 sends again stays within the window
-        and a page, however long a commit takes on the disk). A disk fault ends the wait: the
-        runner's retry then owns the state file."""
+        acknowledged but not recorded (however long a commit takes on the disk). A disk fault ends
+        the wait: the runner's retry then owns the state file."""
         while not should_stop() and not self._stopped and not self.health.paused:
             if self.ledger.unacked >= self.max_unacked:
                 with self._cond:

@@ -1,18 +1,12 @@
 """Riding out a failing disk after start: the state file or a regular-file stdout that stops taking data.
 
-A full ``/var`` (ENOSPC), a file system remounted read-only after an error (EROFS), a failing disk
-(EIO) or a quota (EDQUOT) can hit the state file's commit or the ``>> file`` stdout hours after
-start. Exiting then would leave the stream dead under shippers that never restart their child
-(rsyslog's improg, Fluent Bit's oneshot exec) long after the disk is cleaned. So once running, such
-a fault pauses instead: the last good token stays in the state file (commits replace it atomically,
-so a failed one leaves the old file whole), no new page is fetched, the cause is logged once as an
-error and then reminded every `REMIND_EVERY` seconds, and the failed step is retried with backoff
-until it works, then the stream carries on by itself. Faults at start still end the process with
-their exit code: there the operator is looking.
-
-`DiskHealth` holds that state; the delivery reports troubles and recoveries into it, the runner
-looks at ``paused`` before each fetch and calls back for the retry. This module never writes to
-stdout and never touches the state file itself.
+A full ``/var`` (ENOSPC), a file system remounted read-only (EROFS), a failing disk (EIO) or a
+quota can hit the state file or the ``>> file`` stdout hours after start. Exiting would leave the
+stream dead under shippers that never restart their child (rsyslog's improg, Fluent Bit's oneshot
+exec), so once running such a fault pauses: the last good token stays in the state file, no new
+page is fetched, the cause is logged once and reminded every `REMIND_EVERY` seconds, and the failed
+step is retried with backoff until it works. Faults at start still end the process: there the
+operator is looking. `DiskHealth` holds that state; never writes to stdout or the state file.
 """
 
 from __future__ import annotations
@@ -43,7 +37,7 @@ def is_disk_fault(exc: BaseException) -> bool:
 
 
 class DiskHealth:
-    """Whether the state file and stdout take data; thread-safe (commits run on reader threads too)."""
+    """Whether the state file and stdout take data; thread-safe."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -52,12 +46,11 @@ class DiskHealth:
         self._troubles: dict = {}
         self._reminded = 0.0
         self.backoff = Backoff(RETRY_BASE, RETRY_CAP, rand=lambda: 1.0)
-        #: Faults seen since start (for the stats line and tests).
         self.faults = 0
 
     @property
     def paused(self) -> bool:
-        """True while the state file or stdout fails: no new page is fetched."""
+        """While the state file or stdout fails: no new page is fetched."""
         return bool(self._troubles)
 
     def trouble(self, what: str, cause: str) -> None:
@@ -65,12 +58,10 @@ class DiskHealth:
         now = self._clock()
         with self._lock:
             first = what not in self._troubles
-            since = self._troubles[what][0] if not first else now
+            since = self._troubles.get(what, (now,))[0]
             self._troubles[what] = (since, cause)
-            if first:
-                self.faults += 1
-                self._reminded = now
-            remind = not first and now - self._reminded >= REMIND_EVERY
+            self.faults += first
+            remind = first or now - self._reminded >= REMIND_EVERY
             if remind:
                 self._reminded = now
         if first:
@@ -107,24 +98,19 @@ class DiskHealth:
             )
 
     def failing(self, what: str) -> bool:
-        """Whether ``what`` ("state file" or "stdout") is failing now."""
         return what in self._troubles
 
     def next_delay(self) -> float:
-        """Seconds before the next retry."""
         with self._lock:
             return self.backoff.next_delay()
 
-    def wait(self, should_stop: Callable[[], bool], step: float = 0.05) -> bool:
+    def wait(self, should_stop: Callable[[], bool]) -> bool:
         """Sleep until the next retry; False if a stop was asked for meanwhile."""
         deadline = self._clock() + self.next_delay()
-        while self._clock() < deadline:
-            if should_stop():
-                return False
-            time.sleep(min(step, max(0.0, deadline - self._clock())))
+        while self._clock() < deadline and not should_stop():
+            time.sleep(min(0.05, max(0.0, deadline - self._clock())))
         return not should_stop()
 
     def cause(self) -> Optional[str]:
-        """The cause of the first trouble still failing, if any."""
         with self._lock:
             return next((cause for _since, cause in self._troubles.values()), None)

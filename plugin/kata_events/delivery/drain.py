@@ -1,35 +1,33 @@
 """``--ack none`` on a pipe, socket or regular file: taken is what the reader, the peer or the disk took.
 
-On a pipe the reader has taken the bytes out (``FIONREAD`` on our end shows what is still unread);
-on a TCP socket the peer's TCP stack acknowledged them (``SIOCOUTQ``); on a regular file they were
-fsynced (a syncer thread fsyncs as writing goes, so a point inside a page is reached without
-waiting for the page's end).
+`DrainDelivery`: a pipe's reader took the bytes out (``FIONREAD`` on our end shows what is unread),
+a TCP peer's stack acknowledged them (``SIOCOUTQ``). `SyncDelivery`: a regular file's bytes were
+fsynced (as writing goes, so a point inside a page is reached without waiting for its end).
 
 The settle rule (pipes and sockets): a reader may take lines and drop them while it shuts down
-(Fluent Bit's exec input reads on after its engine stopped flushing). While the process runs, the
-record follows the drained position closely, because a kill -9 of this process leaves the reader
-alive and its lines safe. A stop (signal, broken pipe, error) is the moment the reader may be
-going away: `DrainDelivery.finish` then writes back the point that was drained ``settle`` seconds
-earlier, so nothing younger counts as delivered. A clean ``--once`` end instead waits until the
-last line has settled, while the reader stays there. This module writes nothing but event lines
-to stdout and never logs tokens.
+(Fluent Bit's exec input reads on after its engine stopped flushing). While the process runs the
+record follows the drained position closely: a kill -9 of this process leaves the reader alive with
+its lines. A stop is the moment the reader may be going away: `finish` then writes back the point
+drained ``settle`` seconds earlier. A clean ``--once`` end instead waits until the last line has
+settled, while the reader stays. This module writes nothing but event lines to stdout and never
+logs tokens.
 """
 
 from __future__ import annotations
 
-import array
 import errno
-import fcntl
 import os
 import select
 import termios
 import threading
 import time
+from contextlib import suppress
 from typing import Callable, Optional
 
 from kata_events import logs
 from kata_events.delivery import stalled_reader
 from kata_events.delivery.disk_faults import is_disk_fault
+from kata_events.delivery.pipe_room import unread_bytes
 from kata_events.delivery.policies import DRAIN_POLL, Delivery
 from kata_events.delivery.writer import LineWriter, OutputFailed
 from kata_events.state.progress import Point
@@ -42,96 +40,33 @@ SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 FILE_SYNC_EVERY = 0.02
 
 
-class DrainDelivery(Delivery):
-    """``--ack none`` on a pipe, socket or file: taken is what left the pipe / reached the peer / disk.
+class SyncDelivery(Delivery):
+    """A regular file: units are bytes, taken once fsynced. A thread named ``fsync`` fsyncs as
+    writing goes, so the delivery point lags the written position by about an fsync."""
 
-    Units are bytes. Writing waits for the drain only at the record window: a watcher thread
-    (pipe, socket) or a syncer thread (file) moves the delivery point as the bytes are taken, so it
-    lags the written position by about a pipe's worth, or one fsync.
-    """
+    guarantee = "a line counts as delivered once its bytes are fsynced to the file"
 
     def __init__(
         self,
         writer: LineWriter,
         commit: Callable[[Point], None],
-        kind: str,
         note: Optional[Callable[[Point, bool], None]] = None,
-        settle: float = 0.0,
         stop: Optional[Stop] = None,
-        settle_lines: int = 0,
     ) -> None:
-        settle = settle if kind in ("pipe", "socket") else 0.0
-        super().__init__(writer, commit, note, settle, stop, settle_lines)
-        self.kind = kind
-        self.guarantee = {
-            "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
-            f"stayed {self.settle:g} s after that (settle_time){self._bounded()}",
-            "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
-            f"peer stayed {self.settle:g} s after that (settle_time){self._bounded()}",
-            "file": "a line counts as delivered once its bytes are fsynced to the file",
-        }[kind]
-        self._measurable = True
+        super().__init__(writer, commit, note, stop=stop)
         self._wake = threading.Event()
-        self._closing = False
-        #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
-        self._gone_at: Optional[float] = None
-        if kind == "file":
-            self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
-        else:
-            self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
+        self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
         self._thread.start()
 
-    def _bounded(self) -> str:
-        lines = self.ledger.settle_lines
-        return f", at most {lines} lines back at a stop (settle_lines)" if lines and self.settle else ""
-
-    def _unread(self) -> int:
-        """Bytes written but not yet taken by the reader (0 when that cannot be measured)."""
-        if not self._measurable:
-            return 0
-        request = termios.FIONREAD if self.kind == "pipe" else SIOCOUTQ
-        buf = array.array("i", [0])
-        try:
-            fcntl.ioctl(self.writer.fd, request, buf, True)
-        except OSError as exc:
-            self._measurable = False
-            logs.emit(
-                "drain_unmeasurable",
-                f"cannot measure how much of stdout the reader has taken ({exc}); counting a page "
-                "delivered once written",
-            )
-            return 0
-        return buf[0]
-
     def _check(self) -> None:
-        """With the lock held: record whatever the reader has taken by now."""
-        if self.kind == "file":
-            return
-        position = max(0, self.ledger.written - self._unread())
-        self._take(position)
-
-    def _after_partial(self) -> None:
-        self._check()
-
-    def _write_piece(self, data: bytes, count: int) -> None:
-        n = self._write(data)
-        with self._lock:
-            self.ledger.wrote(n, time.monotonic(), data, count)
-            self._check()
+        # After a piece, and while the writer waits for the record: the syncer records what it
+        # fsyncs, wake it.
         self._wake.set()
 
-    def _wait_ends(self) -> bool:
-        return self._closing or super()._wait_ends()
-
-    def _nudge(self) -> None:
-        # A regular file: the syncer records what it fsyncs; a pipe or socket: look at the drain.
-        if self.kind == "file":
-            self._wake.set()
-        else:
-            self._check()
+    _nudge = _check
 
     def _fsync(self) -> bool:
-        """fsync stdout (a regular file); False on a disk fault, reported to the health."""
+        """fsync stdout; False on a disk fault, reported to the health."""
         try:
             os.fsync(self.writer.fd)
         except OSError as exc:
@@ -150,7 +85,7 @@ class DrainDelivery(Delivery):
         self._take(position)
 
     def _sync_written(self) -> None:
-        """With the lock held (a regular file): fsync what is written and count it as taken."""
+        """With the lock held: fsync what is written and count it as taken."""
         position = self.ledger.written
         if self._fsync():
             self._synced(position)
@@ -158,36 +93,15 @@ class DrainDelivery(Delivery):
     def end_page(self, token: str) -> None:
         with self._lock:
             self.ledger.page_end(token)
-            if self.kind == "file":
-                self._sync_written()
-                return
-            self._check()
-        self._wake.set()
+            self._sync_written()
 
     def retry(self) -> None:
         with self._lock:
-            if self.kind == "file" and self.health.failing("stdout"):
+            if self.health.failing("stdout"):
                 self._sync_written()
-        self.recorder.retry()
-
-    def _watch(self) -> None:
-        # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
-        poller = select.poll()
-        poller.register(self.writer.fd, select.POLLERR)
-        while not self._closing:
-            if self._gone_at is None:
-                events = poller.poll(DRAIN_POLL * 1000)
-                if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
-                    self._gone_at = time.monotonic()
-                    self.ledger.freeze(self._gone_at)
-            else:
-                time.sleep(DRAIN_POLL)
-            if self.ledger.unacked:
-                with self._lock:
-                    self._check()
+        super().retry()
 
     def _sync_loop(self) -> None:
-        """A regular file: fsync what is written, then record it, as often as FILE_SYNC_EVERY."""
         while not self._closing:
             if self.ledger.unacked == 0:
                 self._wake.wait(1.0)
@@ -208,10 +122,86 @@ class DrainDelivery(Delivery):
                     self._synced(position)
 
     def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
-        if self.kind == "file":
-            with self._lock:
-                self._sync_written()
-            return
+        with self._lock:
+            self._sync_written()
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout=1.0)
+        super().close()
+
+
+class DrainDelivery(Delivery):
+    """A pipe or socket: units are bytes, taken once out of the pipe or acknowledged by the peer. A
+    thread named ``drain`` moves the delivery point as they are taken (about a pipe's worth behind
+    the written position) and watches for the reader going away."""
+
+    def __init__(
+        self,
+        writer: LineWriter,
+        commit: Callable[[Point], None],
+        kind: str,
+        note: Optional[Callable[[Point, bool], None]] = None,
+        settle: float = 0.0,
+        stop: Optional[Stop] = None,
+        settle_lines: int = 0,
+    ) -> None:
+        super().__init__(writer, commit, note, settle, stop, settle_lines)
+        self.kind = kind
+        lines = self.ledger.settle_lines
+        bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines and settle else ""
+        self.guarantee = {
+            "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
+            f"stayed {settle:g} s after that (settle_time){bounded}",
+            "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
+            f"peer stayed {settle:g} s after that (settle_time){bounded}",
+        }[kind]
+        self._measurable = True
+        #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
+        self._gone_at: Optional[float] = None
+        self._thread = threading.Thread(target=self._watch, name="drain", daemon=True)
+        self._thread.start()
+
+    def _unread(self) -> int:
+        """Bytes written but not yet taken by the reader (0 when that cannot be measured)."""
+        if not self._measurable:
+            return 0
+        try:
+            return unread_bytes(self.writer.fd, termios.FIONREAD if self.kind == "pipe" else SIOCOUTQ)
+        except OSError as exc:
+            self._measurable = False
+            logs.emit(
+                "drain_unmeasurable",
+                f"cannot measure how much of stdout the reader has taken ({exc}); counting a page "
+                "delivered once written",
+            )
+            return 0
+
+    def _check(self) -> None:
+        """With the lock held: record what the reader has taken by now (also while the writer
+        waits for the record, and after a piece a stop cut)."""
+        self._take(max(0, self.ledger.written - self._unread()))
+
+    _nudge = _after_partial = _check
+
+    def _watch(self) -> None:
+        # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
+        poller = select.poll()
+        poller.register(self.writer.fd, select.POLLERR)
+        while not self._closing:
+            if self._gone_at is None:
+                events = poller.poll(DRAIN_POLL * 1000)
+                if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+                    self._gone_at = time.monotonic()
+                    self.ledger.freeze(self._gone_at)
+            else:
+                time.sleep(DRAIN_POLL)
+            if self.ledger.unacked:
+                with self._lock:
+                    self._check()
+
+    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
         if clean:
             deadline = time.monotonic() + timeout
             while self.ledger.unacked and time.monotonic() < deadline and not interrupted():
@@ -226,11 +216,8 @@ class DrainDelivery(Delivery):
             self._release_stalled_fluent_bit()
 
     def _release_stalled_fluent_bit(self) -> None:
-        """After going back: if Fluent Bit reads the pipe and has stalled, empty the pipe for it.
-
-        What is still in the pipe was never taken, so it already counts as not delivered; a stalled
-        exec input would spend a second on each of those lines before dropping it.
-        """
+        """After going back: if Fluent Bit reads the pipe and has stalled, empty the pipe for it (what
+        is still there was never taken, so it already counts as not delivered)."""
         if self._unread() == 0:
             return
         pid = stalled_reader.fluent_bit_reader(self.writer.fd)
@@ -261,8 +248,8 @@ class DrainDelivery(Delivery):
         )
 
     def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
-        """--once caught up: wait until the last line taken has settled; False if the reader left,
-        lines are still unread, or a stop came first."""
+        """--once caught up: wait until the last line has settled; False if the reader left, lines
+        are still unread, or a stop came first."""
         if self.settle <= 0:
             return True
         with self._lock:
@@ -280,10 +267,8 @@ class DrainDelivery(Delivery):
     def _go_back_to_settled(self) -> None:
         """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
         with self._lock:
-            try:
+            with suppress(OSError):
                 self._check()
-            except OSError:
-                pass
             reference = min(t for t in (time.monotonic(), self._gone_at, self.stop.at) if t is not None)
             position = self.ledger.stop_position(reference)
             point = self.ledger.point_at(position)
@@ -326,6 +311,5 @@ class DrainDelivery(Delivery):
 
     def close(self) -> None:
         self._closing = True
-        self._wake.set()
         self._thread.join(timeout=1.0)
         super().close()

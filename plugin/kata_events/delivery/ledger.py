@@ -1,27 +1,20 @@
 """The delivery ledger: what has been written and taken, and the delivery point a position stands for.
 
-A page's token may be committed only when every unit of that page and of all earlier pages has
-been *taken* by the consumer: flushed (a terminal), fsynced (a regular file), drained from the pipe
-or acknowledged by the peer's TCP stack (``--ack none``), or acknowledged by the shipper (``--ack
-lines``). The ledger does not know which of these it is measuring: units are abstract positions
-(lines in ack mode, bytes otherwise), and it only counts.
+Units are abstract positions (lines in ack mode, bytes otherwise): the ledger does not know whether
+"taken" means flushed, fsynced, drained or acknowledged, it only counts. It keeps a trail of
+delivery points (`kata_events.state.progress.Point`), one per piece written and one at each page
+end: the token the page was asked with, its events written by then, their running digest.
+`point_at` turns a taken position into the newest point at or before it; a page's end is the point
+``(its token, 0)``, so the one mechanism that says how far delivery went also says which token may
+be committed.
 
-Delivery points (`kata_events.state.progress.Point`): the ledger keeps a trail of checkpoints, one
-per piece written and one at each page end: the token the current page was asked with, how many of
-its events are written by then, and the running digest of their bytes. `point_at` turns a taken
-position into the newest point at or before it: a page's end is the point ``(its token, 0)``, so
-the one mechanism that says how far delivery went also says which token may be committed. Units
-written for a page that failed mid-body make checkpoints of the token it was asked with, so a
-restart skips exactly what was delivered of it.
+The settle window: `taken` dates each advance, and `settled_position` answers "what had been taken
+``settle`` seconds ago" (for readers that may drop what they took while they shut down); older
+checkpoints and dates are forgotten. `stop_position` also goes back at most ``settle_lines`` lines,
+so a stop at full speed leaves a count uncounted, never a second of throughput.
 
-The settle window: `taken` also dates each advance of the taken position, and `settled_position`
-answers "what had been taken ``settle`` seconds ago" (for readers that may drop what they took while
-they shut down). Checkpoints and dates older than the window are forgotten. The window is bounded
-in lines too: `stop_position` goes back at most ``settle_lines`` lines (to a checkpoint at or before
-that), so a stop at full speed leaves a count uncounted, never a second of throughput.
-
-The ledger is pure: no I/O, no clock of its own (times are passed in), no threads. It never writes
-to stdout, never touches the state file and never logs.
+Pure: no I/O, no clock of its own (times are passed in), no threads; never writes to stdout, never
+touches the state file, never logs.
 """
 
 from __future__ import annotations
@@ -37,16 +30,12 @@ _Checkpoint = Tuple[int, Optional[str], int, Any, int]
 
 
 class DeliveryLedger:
-    """Counts written and taken units, and keeps the trail of delivery points between them.
-
-    Positions are cumulative counts from the start of the process: ``wrote(n)`` advances the written
-    position, ``taken(p)`` says the first ``p`` units are taken, ``point_at(p)`` is the delivery
-    point that position reaches.
-    """
+    """Counts written and taken units (cumulative from the start of the process), and keeps the
+    trail of delivery points between them."""
 
     def __init__(self, settle: float = 0.0, settle_lines: int = 0) -> None:
         self.settle = settle
-        #: The most lines a stop goes back (0: no bound, the whole settle window).
+        #: The most lines a stop goes back (0: the whole settle window).
         self.settle_lines = settle_lines
         #: Units written, units the consumer has taken, event lines written (whatever the units).
         self.written = 0
@@ -63,11 +52,8 @@ class DeliveryLedger:
         # ``_settled_floor`` is a position known to be settled (taken before the oldest date kept).
         self._taken_at: Deque[Tuple[float, int]] = deque()
         self._settled_floor = 0
-        #: Once a stop is asked for (or the reader is seen gone): the moment it goes back from.
-        #: Dates are never pruned past it, so takes while the process unwinds cannot move the floor.
+        #: Once a stop is asked for (or the reader is seen gone): dates are never pruned past it.
         self.frozen_at: Optional[float] = None
-
-    # -- the writer's side -------------------------------------------------------------------------
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next units belong to the answer to ``token``, whose first ``events`` are already
@@ -89,12 +75,8 @@ class DeliveryLedger:
     def wrote(
         self, n: int, now: Optional[float] = None, data: Optional[bytes] = None, lines: int = 0
     ) -> None:
-        """Record ``n`` more units written; ``now`` (any monotonic clock) dates them for lag warnings.
-
-        ``data`` (the bytes written, ``lines`` event lines) extends the current page's digest and
-        makes a checkpoint at the new position. The units may belong to a page whose token is not
-        known yet, or to a page that fails later and never gets a token.
-        """
+        """Record ``n`` more units written, dated ``now``; ``data`` (``lines`` event lines) extends
+        the current page's digest and makes a checkpoint at the new position."""
         if n < 0:
             raise ValueError(f"wrote() needs a count >= 0, got {n}")
         if n == 0:
@@ -114,19 +96,13 @@ class DeliveryLedger:
 
     def page_end(self, token: str) -> None:
         """The page written so far ends here: the point ``(token, 0)`` is reached once all units up
-        to here are taken (an empty page works the same way)."""
+        to here are taken."""
         self._page = [token, 0, new_hasher()]
         self._checkpoint()
 
-    # -- the consumer's side -----------------------------------------------------------------------
-
     def taken(self, position: int, now: Optional[float] = None) -> None:
-        """The first ``position`` units are taken.
-
-        A position beyond what was written is a protocol error (the consumer acknowledged lines it
-        never got) and raises ValueError, changing nothing. A position behind the current one is
-        ignored (a stale or duplicate report).
-        """
+        """The first ``position`` units are taken: beyond what was written raises ValueError; behind
+        the current position (a stale report) is ignored."""
         if position > self.written:
             raise ValueError(f"consumer reports {position} units taken but only {self.written} were written")
         if position > self.taken_position:
@@ -139,31 +115,21 @@ class DeliveryLedger:
         if self.settle <= 0:
             self._prune_trail(self.taken_position)
 
-    # -- delivery points -----------------------------------------------------------------------------
-
     def _checkpoint_at(self, position: int) -> Optional[_Checkpoint]:
         return next((entry for entry in reversed(self._trail) if entry[0] <= position), None)
 
     def point_at(self, position: int) -> Optional[Point]:
         """The newest delivery point at or before ``position`` (None when none is known)."""
         found = self._checkpoint_at(position)
-        if found is None:
-            return None
-        _, token, events, hasher, _ = found
-        return Point(token, events, hasher.hexdigest())
+        return None if found is None else Point(found[1], found[2], found[3].hexdigest())
 
     def lines_at(self, position: int) -> int:
-        """Event lines written up to the newest checkpoint at or before ``position`` (what a
-        record of `point_at` covers); 0 when no checkpoint is known."""
+        """Event lines written up to the newest checkpoint at or before ``position`` (0: none)."""
         found = self._checkpoint_at(position)
         return 0 if found is None else found[4]
 
-    def written_point(self) -> Optional[Point]:
-        """The point at the written position (what a retry of the same page may skip in-process)."""
-        return self.point_at(self.written)
-
     def settled_position(self, now: float) -> int:
-        """The taken position as it was ``settle`` seconds before ``now`` (dates only; conservative)."""
+        """The taken position as it was ``settle`` seconds before ``now``."""
         return self.taken_by(now - self.settle)
 
     def taken_by(self, when: float) -> int:
@@ -177,21 +143,16 @@ class DeliveryLedger:
             taken = position
         return taken
 
-    def position_of_lines(self, lines: int) -> int:
-        """The newest checkpoint's position whose event lines are at most ``lines`` (-1: none kept)."""
-        for entry in reversed(self._trail):
-            if entry[4] <= lines:
-                return entry[0]
-        return -1
-
     def stop_position(self, reference: float) -> int:
         """Where a stop measured from ``reference`` goes back to: what had settled by then, but no
-        more than ``settle_lines`` lines (a checkpoint at or before that) behind what was taken."""
+        more than ``settle_lines`` lines (to a checkpoint) behind what was taken."""
         settled = self.settled_position(reference)
         if self.settle <= 0 or self.settle_lines <= 0:
             return settled
         taken = self.taken_by(reference)
-        by_count = self.position_of_lines(self.lines_at(taken) - self.settle_lines)
+        lines = self.lines_at(taken) - self.settle_lines
+        # The newest checkpoint at most ``settle_lines`` behind (-1: none kept).
+        by_count = next((entry[0] for entry in reversed(self._trail) if entry[4] <= lines), -1)
         return max(settled, min(by_count, taken))
 
     def lines_in_flight(self) -> int:
@@ -199,8 +160,8 @@ class DeliveryLedger:
         return self.lines - self.lines_at(self.taken_position)
 
     def freeze(self, at: float) -> None:
-        """A stop measured from ``at`` is coming: keep the dates it needs. Plain assignments only,
-        so a signal handler may call it while another frame holds the caller's lock."""
+        """A stop measured from ``at`` is coming: keep the dates it needs (takes while the process
+        unwinds cannot move the floor)."""
         if self.frozen_at is None or at < self.frozen_at:
             self.frozen_at = at
 
@@ -214,25 +175,21 @@ class DeliveryLedger:
         self._prune_trail(self._settled_floor)
 
     def _prune_trail(self, position: int) -> None:
-        """Forget checkpoints older than the newest one at or before ``position``."""
         trail = self._trail
         while len(trail) > 1 and trail[1][0] <= position:
             trail.popleft()
 
-    # -- what the runner reports ---------------------------------------------------------------------
-
     @property
     def unacked(self) -> int:
-        """Units written but not taken yet."""
         return self.written - self.taken_position
 
     def unacked_since(self) -> Optional[float]:
-        """The time the oldest untaken unit was written, or None if all is taken or it was not dated."""
+        """When the oldest untaken unit was written (None: all taken, or not dated)."""
         if self.taken_position >= self.written or not self._write_times:
             return None
         return self._write_times[0][1]
 
     def unacked_age(self, now: float) -> float:
-        """Seconds the oldest untaken unit has waited (0.0 when nothing dated is waiting)."""
+        """Seconds the oldest untaken unit has waited."""
         since = self.unacked_since()
         return 0.0 if since is None else max(0.0, now - since)

@@ -1,17 +1,13 @@
 """How many bytes a write into stdout's pipe can take whole, so that no kill ever tears a line.
 
-Linux copies a write into a pipe whole, without blocking, when its free room holds it: a kill -9
-after that leaves whole lines behind, and a kill cannot land inside the copy (a signal is looked at
-only when the pipe is full). The room is not ``size - FIONREAD``: the kernel keeps a pipe's bytes
-in page-sized slots, a write's remainder is merged into the last slot only when it fits there, and
-a slot half read still counts whole. `PipeRoom` keeps the same picture of our own writes: each
-write's slots, and what the reader took (FIONREAD says how much is left). A write of ``n`` bytes
-fits whole when ``ceil(n / page)`` slots are free, whichever way the kernel lays it out.
-
-Bytes the model did not write itself (someone else writing into the pipe: foreign content at
-start, a short write the model did not expect) make it unsure: it then offers no room until the
-pipe is empty, and starts again from there. The pipe is grown at start (``F_SETPIPE_SZ``, up to
-``/proc/sys/fs/pipe-max-size``): more room, fewer waits. Pure bookkeeping and ioctls; never logs.
+Linux copies a write into a pipe whole when its free room holds it, and a kill cannot land inside
+that copy. The room is not ``size - FIONREAD``: the kernel keeps a pipe's bytes in page-sized
+slots, merges a write's remainder into the last slot only when it fits there, and counts a slot
+half read whole. `PipeRoom` keeps the same picture of our own writes (FIONREAD says how much is
+left): a write of ``n`` bytes fits whole when ``ceil(n / page)`` slots are free. Bytes it did not
+write itself (foreign content, a short write it did not expect) make it unsure: no room until the
+pipe is empty. `grow_pipe` grows the pipe at start (``F_SETPIPE_SZ``). Pure bookkeeping and
+ioctls; never logs.
 """
 
 from __future__ import annotations
@@ -42,31 +38,27 @@ def grow_pipe(fd: int, want: Optional[int] = None) -> int:
         size = fcntl.fcntl(fd, F_GETPIPE_SZ)
     except OSError:
         return 0
-    if want > size:
-        try:
-            size = fcntl.fcntl(fd, F_SETPIPE_SZ, want)
-        except OSError:
-            # EPERM past the user's pipe budget, EBUSY: keep the size it has.
-            pass
     try:
-        return fcntl.fcntl(fd, F_GETPIPE_SZ)
+        # F_SETPIPE_SZ answers the size the pipe now has.
+        return fcntl.fcntl(fd, F_SETPIPE_SZ, want) if want > size else size
     except OSError:
+        # EPERM past the user's pipe budget, EBUSY: keep the size it has.
         return size
 
 
-def unread_bytes(fd: int) -> int:
-    """Bytes in the pipe not yet read (FIONREAD on the write end)."""
+def unread_bytes(fd: int, request: int = termios.FIONREAD) -> int:
+    """Bytes not yet read from the pipe (``FIONREAD`` on the write end), or ``request``'s count."""
     buf = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, buf, True)
+    fcntl.ioctl(fd, request, buf, True)
     return buf[0]
 
 
 class PipeRoom:
     """The pipe's slots as our writes filled them; `room` is what a write can take whole now."""
 
-    def __init__(self, fd: int, size: int, page: Optional[int] = None) -> None:
+    def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
-        self.page = page or os.sysconf("SC_PAGE_SIZE")
+        self.page = os.sysconf("SC_PAGE_SIZE")
         self.size = size
         self.slots = max(1, size // self.page)
         # One [offset, length] per slot in use, oldest first, as the kernel's pipe_buffer has them.
@@ -77,11 +69,11 @@ class PipeRoom:
 
     @property
     def capacity(self) -> int:
-        """The largest write that ever fits whole (an empty pipe)."""
+        """The largest write that ever fits whole."""
         return self.slots * self.page
 
     def room(self) -> int:
-        """Bytes a write can take now without any of it waiting (0 when unsure and not empty)."""
+        """Bytes a write can take whole now (0 while unsure)."""
         unread = unread_bytes(self.fd)
         self._sync(unread)
         if self.unsure:
@@ -120,9 +112,7 @@ class PipeRoom:
         if self.unsure or not whole:
             self.unsure = True
             return
-        page = self.page
-        bufs = self._bufs
-        rest = n
+        page, bufs, rest = self.page, self._bufs, n
         chars = n % page
         if chars and bufs:
             last = bufs[-1]

@@ -1,29 +1,19 @@
 """Delivery: decides when a line counts as taken, and offers the delivery point it reaches.
 
-A `Delivery` joins the stdout writer (`kata_events.delivery.writer`) to a `DeliveryLedger` and the
-one `Recorder`: the runner says where pages begin and end, lines are written in pieces of at most
-`PIECE_BYTES` and `PIECE_LINES`, and after each piece the ledger knows the delivery point
-(`kata_events.state.progress.Point`: a token and how many events of its answer are delivered, with
-their digest) that the taken position stands for. That point is offered to the recorder, which
-writes a new token durably (the state file) and a point further into the same page cheaply (the
-companion record); no state write happens here. Before each piece, writing waits for a page's
-commit under way, and while `RECORD_AHEAD_LINES` lines are written but not recorded, in every mode:
-what a kill -9 sends again is bounded by a count (`RESEND_BOUND`), never by how the threads were
-scheduled. What "taken" means depends on what stdout is (see `make_delivery`):
+A `Delivery` joins the stdout writer to a `DeliveryLedger` and the one `Recorder`: the runner says
+where pages begin and end, lines are written in pieces (`PIECE_BYTES`, `PIECE_LINES`), and after
+each piece the delivery point the taken position stands for is offered to the recorder, which
+alone writes the state. Before each piece, writing waits for a page's commit under way and while
+`RECORD_AHEAD_LINES` lines are written but not recorded, in every mode: what a kill -9 sends again
+is bounded by a count (`RESEND_BOUND`), never by how the threads were scheduled. "Taken" means
+(`make_delivery`): acknowledged on stdin (``--ack lines``, `kata_events.delivery.acks`); out of
+the pipe, acknowledged by the peer's TCP stack or fsynced (``--ack none``,
+`kata_events.delivery.drain`); written (a terminal: `Delivery` itself).
 
-- ``--ack lines`` (`kata_events.delivery.acks.AckDelivery`): the shipper acknowledged the line on
-  stdin (rsyslog improg).
-- ``--ack none`` on a pipe, socket or regular file (`kata_events.delivery.drain.DrainDelivery`):
-  the reader took the bytes out of the pipe, the peer's TCP stack acknowledged them, or they were
-  fsynced.
-- anything else (a terminal): written is taken (`Delivery` itself).
-
-The delivery lock serialises the ledger's updates from the main thread and the background threads
-(acknowledgements and drain arrive while the loop waits in a long poll); it is never held while the
-state is written. A state file or a regular-file stdout failing mid-run on a disk fault does not
-end the process: it is reported to the `DiskHealth` (`kata_events.delivery.disk_faults`), the point
-reached is kept by the recorder, and `retry` saves it once the disk works again. This module
-writes nothing but event lines to stdout and never logs tokens.
+The delivery lock serialises the ledger's updates from the main and background threads; it is
+never held while the state is written. A disk fault on the state file or a regular-file stdout
+pauses (`kata_events.delivery.disk_faults`) instead of ending the process. This module writes
+nothing but event lines to stdout and never logs tokens.
 """
 
 from __future__ import annotations
@@ -61,9 +51,8 @@ FLIGHT_LINES = 600
 class Delivery:
     """Written is taken: for a terminal or anything whose drain cannot be measured.
 
-    ``commit(point)`` persists a point durably (a new token); ``note(point, durable)`` records a
-    point further into the same page cheaply (without it, only tokens are recorded). ``settle``:
-    seconds a line must have been taken before a stop for it to count (pipes and sockets only).
+    ``commit``, ``note``: the state's writers, handed to the `Recorder`. ``settle``: seconds a line
+    must have been taken before a stop for it to count (pipes and sockets only).
     """
 
     mode = "none"
@@ -80,29 +69,22 @@ class Delivery:
         stop: Optional[Stop] = None,
         settle_lines: int = 0,
     ) -> None:
-        #: The run's stop state: the writer looks at it while it waits for room, and a stop
-        #: goes back from the moment it was asked for.
         self.stop = stop if stop is not None else Stop()
         writer.should_stop = lambda: self.stop.stopping
         self.writer = writer
         self.settle = settle
-        self.ledger = DeliveryLedger(settle=settle, settle_lines=settle_lines if settle > 0 else 0)
+        lines = settle_lines if settle > 0 else 0
+        self.ledger = DeliveryLedger(settle=settle, settle_lines=lines)
         #: With a settle window bounded in lines: the most lines written beyond what the reader
-        #: wholly took, so that a stop (going back ``settle_lines``) re-sends at most
-        #: `STOP_RESEND_BOUND` (None: no such bound).
-        self.flight_lines: Optional[int] = None
-        if self.ledger.settle_lines > 0:
-            self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - self.ledger.settle_lines - PIECE_LINES)
+        #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
+        self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
         self._lock = threading.Lock()
-        #: Whether the state file and stdout take data; the runner pauses fetching while not.
+        self._closing = False
         self.health = DiskHealth()
         writer.health = self.health
-        #: The one path to the state: the delivery point reached is offered, never written here.
         self.recorder = Recorder(commit, note, self.health)
         #: Told when a background thread hits an error the process cannot go on with.
         self.on_failure: Callable[[Exception], None] = lambda exc: None
-
-    # -- the runner's side ----------------------------------------------------------------------
 
     def start_from(self, point: Optional[Point]) -> None:
         """The point the state holds at start: recording begins after it."""
@@ -114,12 +96,12 @@ class Delivery:
             self.ledger.begin_page(token, events, hasher)
 
     def written_point(self) -> Optional[Point]:
-        """The point at what is written: a retry of the page may skip that much in-process."""
+        """The point at what is written: a retry of the page may skip that much."""
         with self._lock:
-            return self.ledger.written_point()
+            return self.ledger.point_at(self.ledger.written)
 
     def write(self, lines: List[bytes]) -> None:
-        """Write one batch of lines belonging to the current page."""
+        """Write one batch of lines of the current page."""
         for data, count in pieces(lines):
             self._wait_for_record()
             if self.flight_lines is not None:
@@ -127,7 +109,7 @@ class Delivery:
             self._write_piece(data, count)
 
     def _write(self, data: bytes) -> int:
-        """Write a piece; a stop in its middle still counts the whole lines it wrote."""
+        # A stop in the middle of a piece still counts the whole lines it wrote.
         try:
             return self.writer.write_bytes(data)
         except WriteStopped as exc:
@@ -145,11 +127,15 @@ class Delivery:
         self._write(data)
         with self._lock:
             self.ledger.wrote(len(data), time.monotonic(), data, count)
-            self._take(self.ledger.written)
+            self._check()
+
+    def _check(self) -> None:
+        """With the lock held: record what is taken by now (here: everything written)."""
+        self._take(self.ledger.written)
 
     def _wait_for_flight(self, count: int) -> None:
-        """Before a piece of ``count`` lines: wait while it would put more than `flight_lines`
-        lines beyond what the reader wholly took (a stop's re-send stays within its bound)."""
+        """Wait while a piece of ``count`` lines would put more than `flight_lines` beyond what the
+        reader wholly took."""
         limit = self.flight_lines
         assert limit is not None
         delay = 0.0005
@@ -162,25 +148,22 @@ class Delivery:
             delay = min(delay * 2, 0.01)
 
     def _wait_for_record(self) -> None:
-        """Before a piece: wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered.
-
-        Counted in lines whatever the threads' timing, so what a kill -9 sends again is bounded
-        by a count. The wait ends at a stop, or while a disk fault pauses recording (the runner's
-        retry then owns the state file, and the bound is the disk's, as the pause says).
-        """
+        """Wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered. The wait
+        ends at a stop, or while a disk fault pauses recording (the runner's retry then owns the
+        state file, and the bound is the pause's)."""
         recorder = self.recorder
         # A page's commit is waited for before writing on, as the reader's pace allows: what a
         # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
-        while self.wait_for_commits and recorder.commit_due() and not self._wait_ends():
-            recorder.wait_for_commit(DRAIN_POLL)
+        while self.wait_for_commits and not self._wait_ends() and recorder.wait_for_commit(DRAIN_POLL):
+            pass
         while self.ledger.lines - recorder.lines >= RECORD_AHEAD_LINES and not self._wait_ends():
             with self._lock:
                 self._nudge()
             recorder.wait_for_lines(self.ledger.lines - RECORD_AHEAD_LINES + 1, DRAIN_POLL)
 
     def _wait_ends(self) -> bool:
-        """With the lock held: whether a wait for the record must give up (a stop, a disk fault)."""
-        return self.stop.stopping or self.health.paused
+        """Whether a wait for the record must give up (a stop, a disk fault, closing)."""
+        return self._closing or self.stop.stopping or self.health.paused
 
     def _nudge(self) -> None:
         """With the lock held: help the record move while the writer waits for it (subclasses)."""
@@ -189,7 +172,7 @@ class Delivery:
         """The current page is complete; its token may be committed once its lines are taken."""
         with self._lock:
             self.ledger.page_end(token)
-            self._take(self.ledger.written)
+            self._check()
 
     def _take(self, position: int) -> None:
         """With the lock held: record ``position`` as taken, and the delivery point it reaches."""
@@ -201,7 +184,6 @@ class Delivery:
 
     @property
     def recorded(self) -> Optional[Point]:
-        """The newest point written to the state (or loaded from it)."""
         return self.recorder.recorded
 
     @property
@@ -209,22 +191,18 @@ class Delivery:
         return self.recorder.committed_pages
 
     def forget_token(self, clear: Callable[[], None]) -> None:
-        """The subscription is lost: ``clear`` the saved token, through the one recorder."""
+        """The subscription is lost: ``clear`` the saved token, through the recorder."""
         self.recorder.clear(clear)
 
-    @property
-    def unacked(self) -> int:
-        return self.ledger.unacked
-
     def retry(self) -> None:
-        """While paused on a disk fault: try the failed step again (the runner calls it with backoff)."""
-        self.recorder.retry()
+        """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
+        self.recorder.flush(retry=True)
 
     def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
-        """Block while too much is unacknowledged; nothing to wait for when written is taken."""
+        """Block while too much is unacknowledged (ack mode)."""
 
     def check_ack_timeout(self) -> None:
-        """Warn when lines wait too long for their acknowledgement (ack mode only)."""
+        """Warn when lines wait too long for their acknowledgement (ack mode)."""
 
     def finish(
         self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
@@ -239,7 +217,7 @@ class Delivery:
         """What `finish` waits for before the last record (subclasses)."""
 
     def close(self) -> None:
-        """Stop background threads, write what is pending, give stdout back as it was."""
+        self._closing = True
         self.recorder.close()
         self.writer.close()
 
@@ -256,16 +234,16 @@ def make_delivery(
 ) -> Delivery:
     """The delivery for an ack mode already resolved to ``none`` or ``lines``."""
     from kata_events.delivery.acks import AckDelivery
-    from kata_events.delivery.drain import DrainDelivery
+    from kata_events.delivery.drain import DrainDelivery, SyncDelivery
 
     if mode == "lines":
         # After STOP the shipper takes nothing more: finishing a half-written line is pointless
         # and would eat into its closeTimeout.
         writer.finish_line_grace = 0.0
         return AckDelivery(writer, commit, note, stop=stop, **ack_options)  # type: ignore[arg-type]
-    if mode != "none":
-        raise ValueError(f"unknown delivery mode {mode!r}")
     kind = fd_kind(writer.fd)
-    if kind in ("pipe", "socket", "file"):
+    if kind == "file":
+        return SyncDelivery(writer, commit, note, stop)
+    if kind in ("pipe", "socket"):
         return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
     return Delivery(writer, commit, note, stop=stop)

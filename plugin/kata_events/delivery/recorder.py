@@ -1,23 +1,20 @@
 """The recorder: the one path by which delivery points reach the state file and its companion.
 
 Every write of the state goes through `Recorder`, serialised by its write lock: a commit (a new
-token: the state file, replaced atomically), progress inside a page (the companion record), a
-stop going back to the settled point (both, durably), the clear after a lost subscription. The
-delivery threads only `offer` the newest point and go on: a thread named ``recorder`` does the
-writing, so no fsync ever runs under a lock the writer or the acknowledgement reader waits on.
-Offers made while a write is on disk are coalesced: the newest point supersedes the older ones.
-
-The durable point lives here and only here (`recorded`, with the event lines it covers): the
-writer's record window and the stop's going back ask for it. While the state file fails (a full
-or failing disk) nothing is retried on every offer: the runner's `retry` tries again, with backoff.
-This module never writes to stdout and never logs a whole token.
+token, the state file replaced atomically), progress inside a page (the companion record), a stop
+going back to the settled point, the clear after a lost subscription. The delivery threads only
+`offer` the newest point (offers made while a write is on disk are coalesced) and a thread named
+``recorder`` writes it, so no fsync ever runs under a lock the writer or the acknowledgement
+reader waits on. The durable point lives here only (`recorded`, with the lines it covers). While
+the state file fails nothing is retried on each offer: the runner's `retry` tries, with backoff.
+Never writes to stdout, never logs a whole token.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 from kata_events import logs
 from kata_events.delivery.disk_faults import DiskHealth
@@ -26,11 +23,8 @@ from kata_events.state.store import StateError, short_token
 
 
 class Recorder:
-    """Persists the newest delivery point offered: a new token durably, a point inside a page cheaply.
-
-    ``commit(point)`` writes the state file; ``note(point, durable)`` the companion record (None:
-    only tokens are recorded).
-    """
+    """Persists the newest point offered: ``commit(point)`` writes the state file (a new token),
+    ``note(point, durable)`` the companion record (None: only tokens are recorded)."""
 
     def __init__(
         self,
@@ -41,7 +35,6 @@ class Recorder:
         self._commit = commit
         self._note = note
         self.health = health
-        #: Serialises every write of the state; held only by whoever is writing.
         self._writing = threading.Lock()
         #: Guards the fields below; never held during a write.
         self._cond = threading.Condition()
@@ -49,12 +42,9 @@ class Recorder:
         #: written by this process that it covers.
         self.recorded: Optional[Point] = None
         self.lines = 0
-        # The newest point offered and not written yet, whether it must be durable, its lines.
-        self._pending: Optional[Point] = None
-        self._pending_durable = False
-        self._pending_lines = 0
-        #: The taken position the pending point was chosen at (the commit line's ``position``).
-        self._pending_position: Optional[int] = None
+        # The newest point offered and not written yet: (point, durable, its lines, the taken
+        # position it was chosen at, for the commit line).
+        self._pending: Optional[Tuple[Point, bool, int, Optional[int]]] = None
         self._closing = False
         # Whether the write under way is a commit (the state file), not only a progress note.
         self._committing = False
@@ -64,31 +54,23 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
-    # -- what others ask ---------------------------------------------------------------------------
-
     def start_from(self, point: Optional[Point]) -> None:
-        """The point the state holds at start: recording begins after it."""
         with self._cond:
             self.recorded = point
 
-    def commit_due(self) -> bool:
-        """Whether a commit is being written, or waits to be: a new token offered, not yet durable."""
+    def wait_for_commit(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds if a commit is being written or waits to be (a new token
+        offered, not yet durable); whether one was."""
         with self._cond:
-            return self._commit_due()
-
-    def wait_for_commit(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the commit under way or due to be written."""
-        with self._cond:
-            if self._commit_due():
+            pending, recorded = self._pending, self.recorded
+            due = self._committing or (
+                pending is not None
+                and pending[0].token is not None
+                and (pending[1] or recorded is None or pending[0].token != recorded.token)
+            )
+            if due:
                 self._cond.wait(timeout)
-
-    def _commit_due(self) -> bool:
-        point, recorded = self._pending, self.recorded
-        if self._committing:
-            return True
-        if point is None or point.token is None:
-            return False
-        return self._pending_durable or recorded is None or point.token != recorded.token
+            return due
 
     def wait_for_lines(self, lines: int, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for the recorded point to cover ``lines`` lines."""
@@ -96,38 +78,21 @@ class Recorder:
             if self.lines < lines:
                 self._cond.wait(timeout)
 
-    # -- offering ----------------------------------------------------------------------------------
-
-    def offer(
-        self,
-        point: Optional[Point],
-        durable: bool = False,
-        lines: Optional[int] = None,
-        position: Optional[int] = None,
-    ) -> None:
-        """Record ``point`` soon, unless it is recorded already; never waits for the disk.
-
-        ``lines``: the event lines written up to it (None for a stop going back: no writing follows);
-        ``position``: the delivery's taken position it was chosen at, for the commit line.
-        """
+    def offer(self, point: Optional[Point], lines: int, position: int) -> None:
+        """Record ``point`` soon, unless it is already; never waits for the disk. ``lines``: the
+        event lines written up to it; ``position``: the taken position it was chosen at."""
         if point is None:
             return
         with self._cond:
             if self._final:
                 return
-            if point == self.recorded and self._pending is None and not durable:
-                if lines is not None and lines > self.lines:
+            if point == self.recorded and self._pending is None:
+                if lines > self.lines:
                     self.lines = lines
                     self._cond.notify_all()
                 return
-            self._pending = point
-            self._pending_durable = self._pending_durable or durable
-            if lines is not None:
-                self._pending_lines = lines
-            self._pending_position = position
+            self._pending = (point, False, lines, position)
             self._cond.notify_all()
-
-    # -- writing -----------------------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
@@ -138,33 +103,26 @@ class Recorder:
                     return
             self.flush()
 
-    def retry(self) -> None:
-        """While the state file fails: try the pending point again (the runner calls it with backoff)."""
+    def flush(self, retry: bool = False) -> None:
+        """Write what is pending now, on the calling thread; while the state file fails, only a
+        ``retry`` (the runner's, with backoff) tries."""
         with self._writing:
-            self._write_locked(retry=True)
-
-    def flush(self) -> None:
-        """Write what is pending now, on the calling thread (unless the state file is failing)."""
-        with self._writing:
-            self._write_locked(retry=False)
+            self._write_locked(retry)
 
     def _write_locked(self, retry: bool) -> None:
-        """With the write lock held: write the newest pending point."""
         with self._cond:
-            point, durable, lines = self._pending, self._pending_durable, self._pending_lines
-            position = self._pending_position
-            recorded = self.recorded
-            if point is None:
+            pending, recorded = self._pending, self.recorded
+            if pending is None:
                 if retry:
                     self.health.recovered("state file")
                 return
             if self.health.failing("state file") and not retry:
                 return
+            point, durable, lines, position = pending
             # A point inside the first page of a new subscription has no token: only noted.
             new_token = point.token is not None and (recorded is None or point.token != recorded.token)
             commit = self._committing = new_token or (durable and point.token is not None)
             self._pending = None
-            self._pending_durable = False
         try:
             if self._note is not None and (durable or not commit):
                 self._note(point, durable)
@@ -175,9 +133,7 @@ class Recorder:
                 self._committing = False
                 self._cond.notify_all()
                 if self._pending is None:  # nothing newer came meanwhile: this one stays to do
-                    self._pending, self._pending_lines = point, lines
-                    self._pending_position = position
-                self._pending_durable = self._pending_durable or durable
+                    self._pending = pending
             self.health.trouble("state file", str(exc))
             return
         self.health.recovered("state file")
@@ -205,29 +161,23 @@ class Recorder:
             with self._cond:
                 self._final = True
                 self._pending = None
-                self._pending_durable = False
             yield
 
     def write_final(self, point: Point) -> None:
         """Inside `final`: write ``point`` durably (the companion first, then the state file)."""
         with self._cond:
-            self._pending, self._pending_durable = point, True
-            self._pending_position = None
+            self._pending = (point, True, 0, None)
         self._write_locked(retry=True)
 
     def clear(self, forget: Callable[[], None]) -> None:
-        """The subscription is lost: ``forget`` its token (its pending points go with it).
-
-        Raises StateError when the state file cannot be written.
-        """
+        """The subscription is lost: ``forget`` its token, and its pending points (StateError when
+        the state file cannot be written)."""
         with self._writing:
             with self._cond:
                 self._pending = None
-                self._pending_durable = False
             forget()
 
     def close(self) -> None:
-        """Write what is pending, then end the recorder thread."""
         self.flush()
         with self._cond:
             self._closing = True

@@ -1,24 +1,18 @@
 """A stop with Fluent Bit's exec input stalled at the other end of the stdout pipe: who it is, and
 emptying the pipe for it.
 
-Fluent Bit (5.1) stops its outputs and its engine before it signals the exec input's child, and
-only then waits for the input's thread. That thread reads on, one line at a time, into a ring
-buffer that nothing empties any more: once the ring (1,024 records) is full, every line costs it
+Fluent Bit (5.1) stops its engine before it signals the exec input's child; the input reads on
+into a ring buffer nothing empties any more, and once it is full (1,024 records) every line costs
 ten tries 100 ms apart before it is dropped (plugins/in_exec/in_exec.c `in_exec_collect`,
-src/flb_input_chunk.c `append_to_ring_buffer`), so a pipe left holding 600 lines keeps Fluent
-Bit stopping for ten minutes, until a service manager kills it. Those lines are not delivered
-(the settle rule already counts them as not taken) and Fluent Bit drops them anyway, so at a stop
-this process reads them out itself: the reader gets end of file after what its own buffer holds
-(and the rest of a line it had begun to read, which is put back).
-
-Only for Fluent Bit, the one reader known to stall like this while it stops: any other slow reader
-is waiting on its own output and still delivers what the pipe holds. Nothing here writes to stdout
-but the rest of a line the reader had begun to read, put back where it was.
+src/flb_input_chunk.c `append_to_ring_buffer`): a pipe holding 600 lines keeps it stopping for ten
+minutes. Those lines are not delivered (the settle rule counts them as not taken), so at a stop this
+process reads them out itself; the reader gets end of file after what its own buffer holds. Only
+for Fluent Bit, the one reader known to stall like this: any other slow reader still delivers what
+the pipe holds. Nothing here writes to stdout but the rest of a line the reader had begun to read.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from typing import Callable, Optional
@@ -89,31 +83,23 @@ def fluent_bit_reader(fd: int) -> Optional[int]:
 def stalled(unread: Callable[[], int], watch: float = STALL_WATCH) -> bool:
     """Whether bytes stay unread in the pipe for ``watch`` seconds (``unread`` measures them)."""
     deadline = time.monotonic() + watch
-    while unread() > 0:
-        if time.monotonic() >= deadline:
-            return True
+    while unread() > 0 and time.monotonic() < deadline:
         time.sleep(STALL_POLL)
-    return False
+    return unread() > 0
 
 
 def empty_pipe(fd: int) -> bytes:
-    """Read out the whole lines the pipe behind ``fd`` (our write end) holds, through a read end of
-    our own; those lines are returned.
-
-    The reader may hold the start of a line in its own buffer: the pipe's first bytes, up to and
-    including the first newline, are written back, so that it gets that line whole and then end of
-    file (Fluent Bit would otherwise hand the fragment to its parser).
-    """
+    """Read out the whole lines the pipe behind ``fd`` holds (returned), through a read end of our
+    own. The reader may hold the start of a line: the pipe's bytes up to the first newline are
+    written back, so it gets that line whole (Fluent Bit would hand a fragment to its parser)."""
     reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
     chunks = []
     try:
         while True:
             try:
                 chunk = os.read(reader, 1 << 20)
-            except OSError as exc:
-                if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    break
-                raise
+            except BlockingIOError:
+                break
             if not chunk:
                 break
             chunks.append(chunk)

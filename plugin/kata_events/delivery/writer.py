@@ -1,19 +1,13 @@
 """The stdout writer: whole lines to the file descriptor, every byte checked, a vanished reader named.
 
-`LineWriter` owns the stdout file descriptor: it writes whole batches with `os.write`, checks what
-every call really took, and turns a vanished reader into `ConsumerGone`. Python's buffered
-``sys.stdout`` is never used for events: on a pipe whose reader went away it can report a short
-write as success. A stop never lands in the middle of a write and never leaves half a line behind
-when it can be helped.
-
-No reader gets part of a line, whatever kills the process: on a pipe every write is whole lines
-that fit the pipe's free room (`kata_events.delivery.pipe_room`), which the kernel copies whole, so
-a kill -9 or the OOM killer leaves whole lines behind; the pipe is grown at start. A line larger
-than the pipe can ever hold is written anyway, in parts (``on_oversize`` is told, once). A regular
-file found ending mid-line at start (a torn tail a kill left while the kernel copied a write) gets
-its fragment terminated before anything else is written (`mend_torn_tail`), so the first line is
-never glued onto it. This module writes nothing but the event lines it is given (and that one
-newline) and never logs.
+`LineWriter` owns the stdout descriptor: it writes with `os.write` and checks what every call took
+(Python's buffered ``sys.stdout`` can report a short write to a vanished reader as success), and
+turns a vanished reader into `ConsumerGone`. A stop never lands in the middle of a write. No reader
+gets part of a line, whatever kills the process: on a pipe every write is whole lines that fit its
+free room (`kata_events.delivery.pipe_room`), which the kernel copies whole; a line larger than the
+pipe can ever hold is written in parts (``on_oversize`` is told, once). A regular file found ending
+mid-line at start (a kill tore a write) gets its fragment ended with a newline first
+(`mend_torn_tail`). Writes nothing but the lines it is given (and that newline); never logs.
 """
 
 from __future__ import annotations
@@ -25,6 +19,7 @@ import itertools
 import os
 import select
 import time
+from contextlib import suppress
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from kata_events.delivery.disk_faults import DiskHealth, is_disk_fault
@@ -58,9 +53,8 @@ class OutputFailed(Exception):
 def pieces(
     lines: List[bytes], limit: int = PIECE_BYTES, max_lines: int = PIECE_LINES
 ) -> Iterator[Tuple[bytes, int]]:
-    """``lines`` as written (newline after each), cut at line ends into pieces of about ``limit``
-    bytes and at most ``max_lines`` lines: (bytes, number of lines) each. A line longer than
-    ``limit`` is a piece of its own."""
+    """``lines`` as written, cut at line ends into (bytes, lines) pieces of about ``limit`` bytes
+    and at most ``max_lines`` lines; a longer line is a piece of its own."""
     n = len(lines)
     if n == 0:
         return
@@ -68,8 +62,7 @@ def pieces(
     if ends[-1] <= limit and n <= max_lines:
         yield joined(lines), n
         return
-    start = 0
-    base = 0
+    start = base = 0
     while start < n:
         stop = bisect.bisect_right(ends, base + limit, lo=start)
         stop = min(max(stop, start + 1), start + max_lines)
@@ -79,15 +72,12 @@ def pieces(
 
 
 class WriteStopped(Exception):
-    """A stop was asked for while the writer waited for room in stdout; whole lines stay whole.
+    """A stop came while the writer waited for room: ``written`` bytes went out (whole lines,
+    unless one had to be cut)."""
 
-    ``written``: the bytes of the batch written before the stop (whole lines, unless a line had to
-    be cut: ``cut``)."""
-
-    def __init__(self, message: str, written: int = 0, cut: bool = False) -> None:
+    def __init__(self, message: str, written: int = 0) -> None:
         super().__init__(message)
         self.written = written
-        self.cut = cut
 
 
 #: Waiting for room in a pipe that is not full (so poll() returns at once): sleep this long at
@@ -105,27 +95,24 @@ def _shared_with_stderr(fd: int) -> bool:
 
 
 class LineWriter:
-    """Writes batches of lines to a file descriptor and confirms every byte was taken.
-
-    On a pipe or socket the descriptor is made non-blocking and the writer waits for room with
-    poll(), checking ``should_stop`` between waits: a stop never lands in the middle of a write
-    (its count would be lost) and never leaves half a line behind when it can be helped — an
-    unfinished line gets `FINISH_LINE_GRACE` to complete. When stdout and stderr are one pipe
-    (``2>&1``) the descriptor stays blocking, since stderr would share the flag.
+    """On a pipe or socket the descriptor is made non-blocking and the writer waits for room with
+    poll(), looking at ``should_stop`` between waits: a stop never lands in the middle of a write
+    (its count would be lost), and an unfinished line gets `FINISH_LINE_GRACE` to complete. When
+    stdout and stderr are one pipe (``2>&1``) the descriptor stays blocking: they share the flag.
     """
 
     def __init__(self, fd: int = 1, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.fd = fd
         self.should_stop = should_stop
-        #: Seconds a half-written line may take to complete once a stop is asked for.
         self.finish_line_grace = FINISH_LINE_GRACE
         # Also used when someone else made the descriptor non-blocking (a parent, or a shared
         # 2>&1 pipe): a full pipe is then a wait, never mistaken for a vanished reader.
         self._poll = select.poll()
         self._poll.register(fd, select.POLLOUT)
         self._made_nonblocking = False
+        kind = fd_kind(fd)
         # A regular file (``>> file``) on a full or failing disk is waited out, not given up on.
-        self._regular_file = fd_kind(fd) == "file"
+        self._regular_file = kind == "file"
         #: True while a write waits out a disk fault (an fsync that succeeds meanwhile is no recovery).
         self.write_failing = False
         self.health: Optional[DiskHealth] = None
@@ -137,22 +124,18 @@ class LineWriter:
         #: A pipe of our own: the slots our writes fill, so every write is whole lines that fit.
         self.room: Optional[PipeRoom] = None
         self._room_wait = ROOM_WAIT_MIN
-        kind = fd_kind(fd)
         if kind in ("pipe", "socket") and not _shared_with_stderr(fd):
-            try:
+            with suppress(OSError):
                 os.set_blocking(fd, False)
                 self._made_nonblocking = True
-            except OSError:
-                pass
             if kind == "pipe" and self._made_nonblocking:
                 size = grow_pipe(fd)
                 if size > 0:
                     self.room = PipeRoom(fd, size)
 
     def mend_torn_tail(self) -> int:
-        """A regular file that ends mid-line (a kill tore a write): terminate that fragment with a
-        newline, so the first line written is not glued onto it. Returns the fragment's length (0:
-        the file ends in a newline, is empty, or cannot be read back)."""
+        """A regular file that ends mid-line (a kill tore a write): end that fragment with a newline.
+        Returns the fragment's length (0: none, or the file cannot be read back)."""
         if not self._regular_file:
             return 0
         try:
@@ -163,29 +146,20 @@ class LineWriter:
             return 0
         if end <= 0:
             return 0
-        tail = self._read_back(max(0, end - 65536), min(end, 65536))
+        offset, length = max(0, end - 65536), min(end, 65536)
+        try:
+            tail = os.pread(self.fd, length, offset)
+        except OSError:
+            # stdout is often opened write-only: the file is opened again for reading.
+            try:
+                with open(f"/proc/self/fd/{self.fd}", "rb", buffering=0) as f:
+                    tail = os.pread(f.fileno(), length, offset)
+            except OSError:
+                return 0
         if not tail or tail.endswith(b"\n"):
             return 0
         self.write_bytes(b"\n")
         return len(tail) - (tail.rfind(b"\n") + 1)
-
-    def _read_back(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the file at ``offset`` (stdout is often opened write-only: the
-        file is opened again for reading through /proc)."""
-        try:
-            return os.pread(self.fd, length, offset)
-        except OSError:
-            pass
-        try:
-            fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
-        except OSError:
-            return b""
-        try:
-            return os.pread(fd, length, offset)
-        except OSError:
-            return b""
-        finally:
-            os.close(fd)
 
     def _whole_lines_end(self, data: bytes, done: int, end: int) -> int:
         """Where the next write into the pipe stops: the last line end within its free room (0:
@@ -215,12 +189,6 @@ class LineWriter:
             time.sleep(self._room_wait)
             self._room_wait = min(self._room_wait * 2, ROOM_WAIT_MAX)
 
-    def write_lines(self, lines: List[bytes]) -> int:
-        """Write ``lines`` (each without its newline) as one batch; return the bytes written."""
-        if not lines:
-            return 0
-        return self.write_bytes(joined(lines))
-
     def write_bytes(self, data: bytes) -> int:
         """Write ``data`` (whole lines, each ending in a newline); return the bytes written."""
         if not data:
@@ -242,7 +210,7 @@ class LineWriter:
                     if give_up_at is None:
                         give_up_at = now + self.finish_line_grace
                     if now >= give_up_at:
-                        raise WriteStopped("stdout took no more while stopping: a line is cut", done, True)
+                        raise WriteStopped("stdout took no more while stopping: a line is cut", done)
                 whole = True
                 if self.room is not None and (done == 0 or data[done - 1] == 0x0A):
                     end = self._whole_lines_end(data, done, end)
@@ -275,33 +243,26 @@ class LineWriter:
                         self.health.recovered("stdout")  # type: ignore[union-attr]
                     continue
                 self._poll.poll(WRITE_POLL_MS)
-        except WriteStopped:
+        except (WriteStopped, OSError) as exc:
             self.cut_short_lines = data.count(b"\n", 0, done)
-            raise
-        except OSError as exc:
-            self.cut_short_lines = data.count(b"\n", 0, done)
+            if isinstance(exc, WriteStopped):
+                raise
             if exc.errno in _GONE:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
         return total
 
     def _cut_partial_line(self, data: bytes, done: int) -> None:
-        """Take back the start of a line the file got before its disk failed: no torn line is left.
-
-        Assumes no one else appends to the file meanwhile (``>> file`` has one writer).
-        """
+        """Take back the start of a line the file got before its disk failed (``>> file`` has one
+        writer: no one else appends meanwhile)."""
         cut = done - (data.rfind(b"\n", 0, done) + 1)
         if cut <= 0:
             return
-        try:
+        with suppress(OSError):
             os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - cut)
-        except OSError:
-            pass
 
     def close(self) -> None:
-        """Give the descriptor back blocking: a shell holding the same pipe writes after us."""
+        # Give the descriptor back blocking: a shell holding the same pipe writes after us.
         if self._made_nonblocking:
-            try:
+            with suppress(OSError):
                 os.set_blocking(self.fd, True)
-            except OSError:
-                pass
