@@ -79,18 +79,6 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -> str:
-    """The usage error for arguments a subcommand does not know, with the flag most like the first."""
-    message = f"unrecognized arguments: {' '.join(extra)}"
-    flag = next((word.split("=", 1)[0] for word in extra if word.startswith("-")), None)
-    if flag is not None:
-        known = [s for action in command._actions for s in action.option_strings]
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else f"see `{command.prog} --help` for the known options"
-        message += f": {hint}"
-    return message
-
-
 def unsupported_platform() -> Optional[str]:
     """Why this platform cannot run kata-events (None: it can): the sentence for the user.
 
@@ -152,7 +140,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # rather than by the top-level parser, which knows none of the subcommand's options.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        args.parser.error(_unknown_arguments(args.parser, extra))
+        sub, message = args.parser, f"unrecognized arguments: {' '.join(extra)}"
+        flag = next((word.split("=", 1)[0] for word in extra if word.startswith("-")), None)
+        if flag is not None:
+            known = [s for action in sub._actions for s in action.option_strings]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            message += (
+                f": did you mean {close[0]}?" if close else f": see `{sub.prog} --help` for the known options"
+            )
+        sub.error(message)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
