@@ -105,31 +105,29 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if problems:
         raise _config_error(problems)
 
-    resolved: Dict[str, Any] = dict({name: value for name, (value, _) in values.items()}, url=urls)
-    if resolved.get("pin_sha256") is not None:
+    resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
+    resolved.update({name: value for name, (value, _) in values.items()}, url=urls)
+    if resolved["pin_sha256"] is not None:
         resolved["pin_sha256"] = normalize_pin(resolved["pin_sha256"])
     for option in opts.OPTIONS:
         if option.type == "path" and option.name in values:
-            value, origin = values[option.name]
-            resolved[option.name] = resolve_path(value, origin, environ)
+            resolved[option.name] = resolve_path(*values[option.name], environ)
     resolved["settle_time"] = float(resolved["settle_time"])
-    if not resolved.get("name"):
+    if not resolved["name"]:
         resolved["name"] = node_name_of(urls[0])
         values["name"] = (None, Origin("url", "the host of the first url"))
-    if "max_unacked" not in resolved:
+    if resolved["max_unacked"] is None:
         resolved["max_unacked"] = resolved["max_events"]
-    if "state_file" not in resolved:
+    if resolved["state_file"] is None:
         from kata_events.paths import default_state_path
 
         state_file = default_state_path(resolved["external_system_id"], environ)
         resolved["state_file"] = Path(os.path.abspath(state_file))
         values["state_file"] = (None, DEFAULT_ORIGIN)
-    for option in opts.OPTIONS:
-        resolved.setdefault(option.name, None)
-        if option.env_only and resolved[option.name] is not None:
-            from kata_events.key_password import Secret
+    if resolved["key_password"] is not None:
+        from kata_events.key_password import Secret
 
-            resolved[option.name] = Secret(resolved[option.name])
+        resolved["key_password"] = Secret(resolved["key_password"])
 
     check_readable({name: resolved[name] for name in ("cert", "key", "key_password_file", "ca_file")})
     sources = {name: origin.label for name, (_, origin) in values.items()}
