@@ -317,8 +317,6 @@ OPTIONS: Tuple[Option, ...] = tuple(
 
 BY_NAME: Dict[str, Option] = {option.name: option for option in OPTIONS}
 BY_ENV: Dict[str, Option] = {option.env: option for option in OPTIONS}
-#: Every KATA_EVENTS_* variable that `run` reads.
-KNOWN_ENV: Tuple[str, ...] = (CONFIG_ENV, *BY_ENV)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = True) -> None:

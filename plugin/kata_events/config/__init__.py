@@ -85,7 +85,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
             continue
         option = opts.BY_ENV.get(name)
         if option is None:
-            problems.append(f"unknown environment variable {name}{_suggest(name, opts.KNOWN_ENV)}")
+            problems.append(f"unknown environment variable {name}{_suggest(name)}")
         elif raw.strip():
             values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
 
@@ -218,7 +218,7 @@ def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str]
     errors = _schema_validator().iter_errors(instance)
     keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
     unknown = [
-        f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
+        f"unknown key {key!r} in {values[key][1].label}{_suggest(key)}"
         for key in instance
         if key not in opts.BY_NAME
     ]
@@ -281,12 +281,13 @@ def _config_error(problems: List[str]) -> UserError:
     return UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
 
-def _suggest(word: str, known: Any) -> str:
-    if word.upper().startswith(opts.ENV_PREFIX):
-        # Compare the part after the shared prefix, which would make every name look close.
-        key = word[len(opts.ENV_PREFIX) :].lower()
-        names = {name[len(opts.ENV_PREFIX) :].lower(): name for name in known}
-        close = [names[c] for c in difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)]
-    else:
-        close = difflib.get_close_matches(word.replace("-", "_"), list(known), n=1, cutoff=0.6)
-    return f": did you mean {close[0]}?" if close else ": see `kata-events run --help` for the known ones"
+def _suggest(word: str) -> str:
+    # A variable is compared after the shared prefix, which would make every name look close.
+    env = word.upper().startswith(opts.ENV_PREFIX)
+    key, known = (
+        (word[len(opts.ENV_PREFIX) :].lower(), [*opts.BY_NAME, "config"]) if env else (word, opts.BY_NAME)
+    )
+    close = difflib.get_close_matches(key.replace("-", "_"), list(known), n=1, cutoff=0.6)
+    if not close:
+        return ": see `kata-events run --help` for the known ones"
+    return f": did you mean {opts.ENV_PREFIX + close[0].upper() if env else close[0]}?"
