@@ -79,26 +79,6 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def unsupported_platform() -> Optional[str]:
-    """Why this platform cannot run kata-events (None: it can): the sentence for the user.
-
-    The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
-    are POSIX calls; on Windows the first import of `fcntl` or `termios` would end in a traceback.
-    """
-    missing = []
-    for name in ("fcntl", "termios"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if not missing:
-        return None
-    return (
-        f"this Python ({sys.platform}) has no {' or '.join(missing)}: kata-events runs on Linux "
-        "(and other POSIX systems); run it on the collector's Linux host, or in WSL on Windows"
-    )
-
-
 def _fatal_line(argv: Sequence[str], message: str, code: ExitStatus, reason: str, **fields: str) -> int:
     """Log a failure found before a command runs (or ``run``'s usage error) as one ``fatal`` line: JSON
     unless --log-format, KATA_EVENTS_LOG_FORMAT or the config file asks for text; its exit code.
@@ -131,9 +111,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fatal_line(
             argv, f"{message}; see `kata-events --help`", ExitStatus.USAGE, "usage", usage=usage
         )
-    # Before any subcommand's module is imported (they need fcntl); --version and --help still work.
-    unsupported = unsupported_platform() if command else None
-    if unsupported:
+    # The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
+    # are POSIX calls: on Windows the first import of fcntl or termios would end in a traceback. So
+    # checked before any subcommand's module is imported; --version and --help still work.
+    missing = []
+    for name in ("fcntl", "termios") if command else ():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        unsupported = (
+            f"this Python ({sys.platform}) has no {' or '.join(missing)}: kata-events runs on Linux "
+            "(and other POSIX systems); run it on the collector's Linux host, or in WSL on Windows"
+        )
         return _fatal_line(argv, unsupported, ExitStatus.UNAVAILABLE, "platform")
     parser = build_parser(command)
     # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,

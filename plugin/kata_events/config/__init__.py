@@ -103,7 +103,10 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     # url comes first in OPTIONS, so its problems lead the per-key ones.
     problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
-        raise _config_error(problems)
+        listed = f": {problems[0]}"
+        if len(problems) > 1:
+            listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        raise UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
     resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
     resolved.update({name: value for name, (value, _) in values.items()}, url=urls)
@@ -241,7 +244,7 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
     names the external system id: when the id is not given, it is taken from there."""
     urls, origin = values.get("url", ([], DEFAULT_ORIGIN))
     given_id = values.get("external_system_id", (None, None))[0]
-    bases: List[str] = []
+    bases: Dict[str, None] = {}  # in order, once each
     problems: List[str] = []
     ids: Dict[str, str] = {}  # lowercase id -> the url naming it
     found = set()
@@ -256,8 +259,7 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
         if found_id is not None:
             ids[found_id.lower()] = url
             found.add(found_id)
-        if base not in bases:
-            bases.append(base)
+        bases[base] = None
     if "external_system_id" not in values and len(found) == 1:
         values["external_system_id"] = (found.pop(), Origin("url", f"the url ({origin.label})"))
     if len(ids) > 1:
@@ -272,13 +274,6 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
             "make them match, or give the base address only"
         )
     return tuple(bases), problems
-
-
-def _config_error(problems: List[str]) -> UserError:
-    listed = f": {problems[0]}"
-    if len(problems) > 1:
-        listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
-    return UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
 
 def _suggest(word: str) -> str:
