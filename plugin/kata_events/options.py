@@ -149,11 +149,8 @@ class Option:
             "choice": {"type": "string", "enum": list(self.choices)},
             "path": {"type": "string", "minLength": 1},
         }.get(self.type, {"type": "string"})
-        limits = {"minimum": self.minimum, "maximum": self.maximum, "pattern": self.pattern}
-        fragment.update({key: value for key, value in limits.items() if value is not None})
-        fragment["description"] = self.help
-        if self.default is not None:
-            fragment["default"] = self.default
+        extra = dict(minimum=self.minimum, maximum=self.maximum, pattern=self.pattern, description=self.help)
+        fragment.update((k, v) for k, v in dict(extra, default=self.default).items() if v is not None)
         return fragment
 
 
