@@ -79,38 +79,6 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _unknown_arguments(command: argparse.ArgumentParser, extra: Sequence[str]) -> str:
-    """The usage error for arguments a subcommand does not know, with the flag most like the first."""
-    message = f"unrecognized arguments: {' '.join(extra)}"
-    flag = next((word.split("=", 1)[0] for word in extra if word.startswith("-")), None)
-    if flag is not None:
-        known = [s for action in command._actions for s in action.option_strings]
-        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else f"see `{command.prog} --help` for the known options"
-        message += f": {hint}"
-    return message
-
-
-def unsupported_platform() -> Optional[str]:
-    """Why this platform cannot run kata-events (None: it can): the sentence for the user.
-
-    The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
-    are POSIX calls; on Windows the first import of `fcntl` or `termios` would end in a traceback.
-    """
-    missing = []
-    for name in ("fcntl", "termios"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if not missing:
-        return None
-    return (
-        f"this Python ({sys.platform}) has no {' or '.join(missing)}: kata-events runs on Linux "
-        "(and other POSIX systems); run it on the collector's Linux host, or in WSL on Windows"
-    )
-
-
 def _fatal_line(argv: Sequence[str], message: str, code: ExitStatus, reason: str, **fields: str) -> int:
     """Log a failure found before a command runs (or ``run``'s usage error) as one ``fatal`` line: JSON
     unless --log-format, KATA_EVENTS_LOG_FORMAT or the config file asks for text; its exit code.
@@ -143,16 +111,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fatal_line(
             argv, f"{message}; see `kata-events --help`", ExitStatus.USAGE, "usage", usage=usage
         )
-    # Before any subcommand's module is imported (they need fcntl); --version and --help still work.
-    unsupported = unsupported_platform() if command else None
-    if unsupported:
+    # The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
+    # are POSIX calls: on Windows the first import of fcntl or termios would end in a traceback. So
+    # checked before any subcommand's module is imported; --version and --help still work.
+    missing = []
+    for name in ("fcntl", "termios") if command else ():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        unsupported = (
+            f"this Python ({sys.platform}) has no {' or '.join(missing)}: kata-events runs on Linux "
+            "(and other POSIX systems); run it on the collector's Linux host, or in WSL on Windows"
+        )
         return _fatal_line(argv, unsupported, ExitStatus.UNAVAILABLE, "platform")
     parser = build_parser(command)
     # Unknown arguments are reported by the subcommand that got them, with its usage and a guess,
     # rather than by the top-level parser, which knows none of the subcommand's options.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        args.parser.error(_unknown_arguments(args.parser, extra))
+        sub, message = args.parser, f"unrecognized arguments: {' '.join(extra)}"
+        flag = next((word.split("=", 1)[0] for word in extra if word.startswith("-")), None)
+        if flag is not None:
+            known = [s for action in sub._actions for s in action.option_strings]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            message += (
+                f": did you mean {close[0]}?" if close else f": see `{sub.prog} --help` for the known options"
+            )
+        sub.error(message)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:

@@ -25,9 +25,6 @@ ENV_PREFIX = "KATA_EVENTS_"
 CONFIG_FLAG = "--config"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 
-#: The option types: how a value is written in TOML, converted from a variable, and validated.
-TYPES = ("str", "int", "float", "bool", "list", "choice", "path")
-
 #: Events stay retrievable on the Central Node for at most this long.
 SERVER_RETENTION_SECONDS = 2 * 3600
 
@@ -78,6 +75,8 @@ class Option:
     """
 
     name: str
+    #: str, int, float, bool, list, choice (with ``choices``) or path: how a value is written in
+    #: TOML, converted from a variable, and validated.
     type: str
     default: Any = None
     minimum: Optional[float] = None
@@ -99,10 +98,6 @@ class Option:
     #: names), and never shown.
     env_only: bool = False
 
-    def __post_init__(self) -> None:
-        if self.type not in TYPES or (self.type == "choice") != bool(self.choices):
-            raise ValueError(f"option {self.name}: type {self.type!r} with choices {self.choices}")
-
     @property
     def flag(self) -> str:
         """The long flag: ``max_events`` → ``--max-events``."""
@@ -118,18 +113,7 @@ class Option:
         """The default as people read it."""
         if self.default_doc or self.default is None:
             return self.default_doc or "none"
-        if isinstance(self.default, bool):
-            return str(self.default).lower()
-        return str(self.default) or '`""`'
-
-    @property
-    def long_help(self) -> str:
-        """The one-line help, the accepted range of a number, then the default."""
-        text = self.help
-        if self.type in ("int", "float") and self.minimum is not None:
-            limits = " At least {:g}." if self.maximum is None else " From {:g} to {:g}."
-            text += limits.format(self.minimum, self.maximum)
-        return text + (" Required." if self.required else f" Default: {self.default_text.replace('`', '')}.")
+        return str(self.default).lower() if isinstance(self.default, bool) else str(self.default) or '`""`'
 
     @property
     def allowed_text(self) -> str:
@@ -137,9 +121,8 @@ class Option:
         if self.allowed:
             return self.allowed
         if self.type == "int":
-            if self.maximum is not None:
-                return f"an integer from {self.minimum} to {self.maximum}"
-            return f"an integer of at least {self.minimum}"
+            limits = "of at least {}" if self.maximum is None else "from {} to {}"
+            return "an integer " + limits.format(self.minimum, self.maximum)
         if self.type == "float":
             return f"a number of seconds from {self.minimum:g} to {self.maximum:g}"
         if self.type == "choice":
@@ -166,11 +149,8 @@ class Option:
             "choice": {"type": "string", "enum": list(self.choices)},
             "path": {"type": "string", "minLength": 1},
         }.get(self.type, {"type": "string"})
-        limits = {"minimum": self.minimum, "maximum": self.maximum, "pattern": self.pattern}
-        fragment.update({key: value for key, value in limits.items() if value is not None})
-        fragment["description"] = self.help
-        if self.default is not None:
-            fragment["default"] = self.default
+        extra = dict(minimum=self.minimum, maximum=self.maximum, pattern=self.pattern, description=self.help)
+        fragment.update((k, v) for k, v in dict(extra, default=self.default).items() if v is not None)
         return fragment
 
 
@@ -334,8 +314,6 @@ OPTIONS: Tuple[Option, ...] = tuple(
 
 BY_NAME: Dict[str, Option] = {option.name: option for option in OPTIONS}
 BY_ENV: Dict[str, Option] = {option.env: option for option in OPTIONS}
-#: Every KATA_EVENTS_* variable that `run` reads.
-KNOWN_ENV: Tuple[str, ...] = (CONFIG_ENV, *BY_ENV)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = True) -> None:
@@ -358,8 +336,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, show_run_only: bool = Tru
     for option in OPTIONS:
         if option.env_only:
             continue
+        # The one-line help, the accepted range of a number, the default, then where else it is set.
+        help_text = option.help
+        if option.type in ("int", "float") and option.minimum is not None:
+            limits = " At least {:g}." if option.maximum is None else " From {:g} to {:g}."
+            help_text += limits.format(option.minimum, option.maximum)
+        help_text += " Required." if option.required else f" Default: {option.default_text.replace('`', '')}."
         repeat = " Repeatable." if option.type == "list" else ""
-        help_text = f"{option.long_help}{repeat} Env: {option.env}.".replace("%", "%%")
+        help_text = f"{help_text}{repeat} Env: {option.env}.".replace("%", "%%")
         if option.run_only and not show_run_only:
             help_text = argparse.SUPPRESS
         if option.type == "bool":

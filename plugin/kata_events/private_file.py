@@ -19,17 +19,15 @@ from typing import Union
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def write_private_file(
-    path: PathLike, data: bytes, mode: int = 0o600, sync: bool = True, sync_directory: bool = False
-) -> None:
-    """Replace ``path`` with ``data`` (``mode`` from the start); ``sync``: fsync before the rename;
-    ``sync_directory``: fsync the directory after it. Raises OSError."""
+def write_private_file(path: PathLike, data: bytes, sync: bool = True, sync_directory: bool = False) -> None:
+    """Replace ``path`` with ``data``; ``sync``: fsync before the rename; ``sync_directory``: fsync
+    the directory after it. Raises OSError."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.fchmod(fd, mode)
+            os.fchmod(fd, 0o600)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

@@ -85,7 +85,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
             continue
         option = opts.BY_ENV.get(name)
         if option is None:
-            problems.append(f"unknown environment variable {name}{_suggest(name, opts.KNOWN_ENV)}")
+            problems.append(f"unknown environment variable {name}{_suggest(name)}")
         elif raw.strip():
             values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
 
@@ -103,33 +103,34 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     # url comes first in OPTIONS, so its problems lead the per-key ones.
     problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
-        raise _config_error(problems)
+        listed = f": {problems[0]}"
+        if len(problems) > 1:
+            listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        raise UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
-    resolved: Dict[str, Any] = dict({name: value for name, (value, _) in values.items()}, url=urls)
-    if resolved.get("pin_sha256") is not None:
+    resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
+    resolved.update({name: value for name, (value, _) in values.items()}, url=urls)
+    if resolved["pin_sha256"] is not None:
         resolved["pin_sha256"] = normalize_pin(resolved["pin_sha256"])
     for option in opts.OPTIONS:
         if option.type == "path" and option.name in values:
-            value, origin = values[option.name]
-            resolved[option.name] = resolve_path(value, origin, environ)
+            resolved[option.name] = resolve_path(*values[option.name], environ)
     resolved["settle_time"] = float(resolved["settle_time"])
-    if not resolved.get("name"):
+    if not resolved["name"]:
         resolved["name"] = node_name_of(urls[0])
         values["name"] = (None, Origin("url", "the host of the first url"))
-    if "max_unacked" not in resolved:
+    if resolved["max_unacked"] is None:
         resolved["max_unacked"] = resolved["max_events"]
-    if "state_file" not in resolved:
+    if resolved["state_file"] is None:
         from kata_events.paths import default_state_path
 
         state_file = default_state_path(resolved["external_system_id"], environ)
         resolved["state_file"] = Path(os.path.abspath(state_file))
         values["state_file"] = (None, DEFAULT_ORIGIN)
-    for option in opts.OPTIONS:
-        resolved.setdefault(option.name, None)
-        if option.env_only and resolved[option.name] is not None:
-            from kata_events.key_password import Secret
+    if resolved["key_password"] is not None:
+        from kata_events.key_password import Secret
 
-            resolved[option.name] = Secret(resolved[option.name])
+        resolved["key_password"] = Secret(resolved["key_password"])
 
     check_readable({name: resolved[name] for name in ("cert", "key", "key_password_file", "ca_file")})
     sources = {name: origin.label for name, (_, origin) in values.items()}
@@ -220,7 +221,7 @@ def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str]
     errors = _schema_validator().iter_errors(instance)
     keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}
     unknown = [
-        f"unknown key {key!r} in {values[key][1].label}{_suggest(key, opts.BY_NAME)}"
+        f"unknown key {key!r} in {values[key][1].label}{_suggest(key)}"
         for key in instance
         if key not in opts.BY_NAME
     ]
@@ -243,7 +244,7 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
     names the external system id: when the id is not given, it is taken from there."""
     urls, origin = values.get("url", ([], DEFAULT_ORIGIN))
     given_id = values.get("external_system_id", (None, None))[0]
-    bases: List[str] = []
+    bases: Dict[str, None] = {}  # in order, once each
     problems: List[str] = []
     ids: Dict[str, str] = {}  # lowercase id -> the url naming it
     found = set()
@@ -258,8 +259,7 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
         if found_id is not None:
             ids[found_id.lower()] = url
             found.add(found_id)
-        if base not in bases:
-            bases.append(base)
+        bases[base] = None
     if "external_system_id" not in values and len(found) == 1:
         values["external_system_id"] = (found.pop(), Origin("url", f"the url ({origin.label})"))
     if len(ids) > 1:
@@ -276,19 +276,13 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
     return tuple(bases), problems
 
 
-def _config_error(problems: List[str]) -> UserError:
-    listed = f": {problems[0]}"
-    if len(problems) > 1:
-        listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
-    return UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
-
-
-def _suggest(word: str, known: Any) -> str:
-    if word.upper().startswith(opts.ENV_PREFIX):
-        # Compare the part after the shared prefix, which would make every name look close.
-        key = word[len(opts.ENV_PREFIX) :].lower()
-        names = {name[len(opts.ENV_PREFIX) :].lower(): name for name in known}
-        close = [names[c] for c in difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)]
-    else:
-        close = difflib.get_close_matches(word.replace("-", "_"), list(known), n=1, cutoff=0.6)
-    return f": did you mean {close[0]}?" if close else ": see `kata-events run --help` for the known ones"
+def _suggest(word: str) -> str:
+    # A variable is compared after the shared prefix, which would make every name look close.
+    env = word.upper().startswith(opts.ENV_PREFIX)
+    key, known = (
+        (word[len(opts.ENV_PREFIX) :].lower(), [*opts.BY_NAME, "config"]) if env else (word, opts.BY_NAME)
+    )
+    close = difflib.get_close_matches(key.replace("-", "_"), list(known), n=1, cutoff=0.6)
+    if not close:
+        return ": see `kata-events run --help` for the known ones"
+    return f": did you mean {opts.ENV_PREFIX + close[0].upper() if env else close[0]}?"

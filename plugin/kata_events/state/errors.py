@@ -15,8 +15,9 @@ class StateError(UserError):
 
     default_exit = ExitStatus.CONFIG
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, holder_pid: Optional[int] = None) -> None:
         super().__init__(message, self.default_exit)
+        self.holder_pid = holder_pid
 
 
 class StateNotWritable(StateError):
@@ -29,10 +30,6 @@ class StateLocked(StateError):
     """Another process holds the state file's lock; ``holder_pid`` names it when known."""
 
     default_exit = ExitStatus.TEMP_FAIL
-
-    def __init__(self, message: str, holder_pid: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.holder_pid = holder_pid
 
 
 class StateForeign(StateError):

@@ -34,18 +34,16 @@ class StateFiles:
                 os.mkdir(d, 0o700)
                 os.chmod(d, 0o700)  # whatever the umask
             except FileExistsError:
-                if not d.is_dir():  # else made by another process meanwhile
-                    raise self.not_a_directory(d) from None
+                if d.is_dir():
+                    continue  # made by another process meanwhile
+                # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
+                raise StateNotWritable(
+                    f"cannot write the state file {self.path}: {d} is "
+                    f"{'a file' if d.is_file() else 'not a directory'}, not a directory that can hold it; "
+                    f"{FIX_HINT} (a path inside a directory)"
+                ) from None
             except OSError as exc:
                 raise self.not_writable(d, exc) from None
-
-    def not_a_directory(self, where: Path) -> StateNotWritable:
-        # Advising to "make it a directory" would tell the user to replace a file, /etc/passwd say.
-        what = "a file" if where.is_file() else "not a directory"
-        return StateNotWritable(
-            f"cannot write the state file {self.path}: {where} is {what}, not a directory that can "
-            f"hold it; {FIX_HINT} (a path inside a directory)"
-        )
 
     def open(self, path: Path, flags: int) -> int:
         """Open a file of the state directory (mode 0600 if created), never through a symbolic
@@ -75,7 +73,7 @@ class StateFiles:
         except KeyError:
             user = f"uid {os.geteuid()}"
         return StateNotWritable(
-            f"cannot write the state file {self.path}: {where}: {reason(exc)}; make "
+            f"cannot write the state file {self.path}: {where}: {exc.strerror or exc}; make "
             f"{self.path.parent} a directory writable by {user}, or {FIX_HINT}"
         )
 
@@ -118,10 +116,6 @@ def directory_permissions(directory: Path) -> Optional[str]:
 def is_link_error(exc: OSError, path: Path) -> bool:
     """O_NOFOLLOW met a symbolic link (ELOOP on Linux, EMLINK or EFTYPE elsewhere)."""
     return exc.errno in (errno.ELOOP, errno.EMLINK, getattr(errno, "EFTYPE", -1)) or os.path.islink(path)
-
-
-def reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def unlock(fd: int) -> None:

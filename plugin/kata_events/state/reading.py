@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from kata_events.state.errors import StateCorrupt, StateNotWritable
-from kata_events.state.files import FIX_HINT, StateFiles, is_link_error, reason
+from kata_events.state.files import FIX_HINT, StateFiles, is_link_error
 from kata_events.state.progress import RecordError, check_point_fields, decode_record
 
 STATE_VERSION = 1
@@ -73,7 +73,7 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
         if is_link_error(exc, path):
             raise files.link_refused(path) from None
         raise StateNotWritable(
-            f"cannot read state file {path}: {reason(exc)}; fix its ownership and "
+            f"cannot read state file {path}: {exc.strerror or exc}; fix its ownership and "
             "permissions (it should belong to the user kata-events runs as, mode 0600)"
         ) from None
     if len(data) > _MAX_STATE_BYTES:
@@ -135,7 +135,7 @@ def read_companion(path: Path, fallback: str = "") -> Tuple[Optional[Dict[str, A
         except FileNotFoundError:
             return None, []
         except OSError as exc:
-            raise RecordError(f"cannot be read: {reason(exc)}") from None
+            raise RecordError(f"cannot be read: {exc.strerror or exc}") from None
         if not data.strip():
             return None, []  # created, never written: a kill -9 at the very first record
         fields = decode_record(data)

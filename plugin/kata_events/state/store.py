@@ -40,7 +40,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.paths import companion
@@ -60,9 +60,7 @@ from kata_events.state.reading import (
 
 def short_token(token: Optional[str]) -> str:
     """A token's first eight characters, for messages (a whole token is a credential-like secret)."""
-    if not token:
-        return "(none)"
-    return token[:8] + "..." if len(token) > 8 else token
+    return token[:8] + ("..." if len(token) > 8 else "") if token else "(none)"
 
 
 class TokenStore:
@@ -272,19 +270,12 @@ class TokenStore:
                 f"({sub.progress_problem}): resuming from its token, events already delivered of "
                 "that page are sent again"
             )
-        record, corrupt = read_companion(
-            self.progress_path,
-            "resuming from the state file's last commit, events delivered since are sent again",
+        record, corrupt = self._newer_record(
+            best_seq, "resuming from the state file's last commit, events delivered since are sent again"
         )
-        warnings += corrupt
-        if (
-            record is not None
-            and record["token"] is not None
-            and record["seq"] > best_seq
-            and self._same_subscription(record)
-        ):
+        if record is not None and record["token"] is not None:
             best = Point(record["token"], record["events"], record["digest"])
-        return best, warnings
+        return best, warnings + corrupt
 
     def first_page_point(self) -> Tuple[Optional[Point], List[str]]:
         """After `load` returned no token: how far into the first answer of the last new
@@ -295,25 +286,23 @@ class TokenStore:
         """
         sub = self._loaded
         stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
-        record, corrupt = read_companion(
-            self.progress_path,
+        record, corrupt = self._newer_record(
+            stored_seq,
             "the first answer of the new subscription is delivered whole, events delivered before "
             "are sent again",
         )
-        if corrupt:
+        if record is None or record["token"] is not None or not record["events"]:
             return None, corrupt
-        if (
-            record is None
-            or record["token"] is not None
-            or not record["events"]
-            or record["seq"] <= stored_seq
-            or not self._same_subscription(record)
-        ):
-            return None, []
         return Point(None, record["events"], record["digest"]), []
 
-    def _same_subscription(self, record: Mapping[str, Any]) -> bool:
-        return all(record.get(key) == value for key, value in self._identity.items())
+    def _newer_record(self, seq: int, fallback: str) -> Tuple[Optional[Dict[str, Any]], List[str]]:
+        """The companion record when it is newer than ``seq`` and of this subscription, and why it
+        is unusable (``fallback``: what resuming does instead)."""
+        record, corrupt = read_companion(self.progress_path, fallback)
+        if record is None or record["seq"] <= seq:
+            return None, corrupt
+        same = all(record.get(key) == value for key, value in self._identity.items())
+        return (record if same else None), corrupt
 
     def note(self, point: Point, durable: bool = False) -> None:
         """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
