@@ -23,7 +23,7 @@ from kata_events.commands.run import build_client, key_password, token_store
 from kata_events.config import Config, load_run_config, without_credentials
 from kata_events.exits import ExitStatus, UserError
 from kata_events.options import add_run_arguments
-from kata_events.source import errors, probes, tls, transport
+from kata_events.source import errors, transport
 from kata_events.state import store as state
 
 DESCRIPTION = """\
@@ -84,7 +84,7 @@ def _check_files(config: Config, report: _Report) -> bool:
     report.ok(
         "files",
         f"certificate {config.cert} and key {config.key} match "
-        f"(certificate SHA-256 {_fp(probes.file_fingerprint(str(config.cert)))}){ca}",
+        f"(certificate SHA-256 {_fp(certs.file_fingerprint(str(config.cert)))}){ca}",
     )
     password = key_password(config)
     for exposed in (keypair.key_exposure(config.key), password.exposure() if password is not None else None):
@@ -186,23 +186,14 @@ def _check_tls(
     via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
     # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
     ca_file = str(config.ca_file) if config.ca_file else None
-    trust = tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
+    trust = transport.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
     try:
         ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()
-        ctx = tls.context(trust, *ours)
-        if isinstance(sock, ssl.SSLSocket):
-            # Through an https:// proxy: the Central Node's TLS inside the proxy's, as urllib3 does.
-            from urllib3.util.ssltransport import SSLTransport
-
-            with SSLTransport(sock, ctx, server_hostname=host) as inner:
-                der = inner.getpeercert(binary_form=True) or b""
-        else:
-            with ctx.wrap_socket(sock, server_hostname=host) as conn:
-                der = conn.getpeercert(binary_form=True) or b""
+        der = transport.peer_certificate(sock, transport.context(trust, *ours), host)
     except ssl.SSLCertVerificationError as exc:
         # For the message only: the fingerprint over a second, unverified handshake.
         probe = _open(base, proxy, _Report(quiet=True))
-        server_fp = None if probe is None else probes.probe_server_fingerprint(base, sock=probe)
+        server_fp = None if probe is None else transport.probe_server_fingerprint(base, sock=probe)
         report.fail(
             step,
             f"the server certificate{via} was not trusted by {trust.text} "
@@ -216,7 +207,7 @@ def _check_tls(
         if proxy:
             report.fail(step, f"TLS handshake with {base}{via} failed: {exc}", ExitStatus.CONFIG)
         else:
-            report.fail(step, probes.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
+            report.fail(step, transport.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
         return False
     finally:
         sock.close()
@@ -250,7 +241,7 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
         report.fail(
             "approval",
             f"{exc}: approve external system {config.external_system_id} (certificate SHA-256 "
-            f"{_fp(probes.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
+            f"{_fp(certs.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
             "External systems; if it is approved already, compare the id and fingerprint shown "
             "there with these (a mistyped external_system_id looks exactly like a missing approval)",
             ExitStatus.CONFIG,

@@ -23,9 +23,9 @@ from kata_events import __version__
 from kata_events.backoff import retry_after_seconds
 from kata_events.config import without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source import errors, pages, tls, transport
+from kata_events.source import errors, pages, transport
 from kata_events.source.pages import Page
-from kata_events.source.probes import handshake_failure, probe_server_fingerprint
+from kata_events.source.transport import handshake_failure, probe_server_fingerprint
 from kata_events.stopping import Stop
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
@@ -110,7 +110,7 @@ class EventsClient:
         self.key_password = key_password
         self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
-        self.trust = tls.choose_trust(ca_file, pin_sha256, insecure, os.environ)
+        self.trust = transport.choose_trust(ca_file, pin_sha256, insecure, os.environ)
         #: The proxy each base URL is reached through (None: directly).
         self.proxies = {u: transport.proxy_for(u + "/", proxy) for u in self.urls}
         self.max_events, self.max_timeout, self.max_event_bytes = max_events, max_timeout, max_event_bytes
@@ -302,7 +302,7 @@ class EventsClient:
         if self._context is not None and stamp == self._context_stamp:
             return
         try:
-            ctx = tls.context(self.trust, self.cert, self.key, self.key_password)
+            ctx = transport.context(self.trust, self.cert, self.key, self.key_password)
         except (errors.ClientTlsError, errors.TlsVerifyFailed) as exc:
             if self._context is None:
                 raise
