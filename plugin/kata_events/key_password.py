@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from kata_events import keypair
 from kata_events.exits import ExitStatus, UserError
@@ -86,14 +86,13 @@ class KeyPassword:
         return f"KeyPassword({self.origin})"
 
 
-def from_settings(
-    key_password_file: Optional[Path], key_password: Optional[Secret], environ: Mapping[str, str]
-) -> Optional[KeyPassword]:
-    """The passphrase source of a configuration, or None when none is given (an unencrypted key)."""
-    if key_password_file is not None:
-        return KeyPassword(f"key_password_file {key_password_file}", key_password_file)
-    if key_password is not None:
-        return KeyPassword("the variable KATA_EVENTS_KEY_PASSWORD", value=key_password)
+def configured(config: Any, environ: Mapping[str, str] = os.environ) -> Optional[KeyPassword]:
+    """The passphrase source of a configuration (its ``key_password_file``, its ``key_password``, a
+    systemd credential), or None when none is given (an unencrypted key)."""
+    if config.key_password_file is not None:
+        return KeyPassword(f"key_password_file {config.key_password_file}", config.key_password_file)
+    if config.key_password is not None:
+        return KeyPassword("the variable KATA_EVENTS_KEY_PASSWORD", value=config.key_password)
     directory = environ.get("CREDENTIALS_DIRECTORY")
     if directory:
         path = Path(directory) / CREDENTIAL_NAME

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import http.client
 import os
 import socket
 import ssl
@@ -19,11 +20,13 @@ from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
 from kata_events import certs, keypair
-from kata_events.commands.run import build_client, key_password, token_store
+from kata_events.commands.locate import token_store
 from kata_events.config import Config, load_run_config, without_credentials
 from kata_events.exits import ExitStatus, UserError
+from kata_events.key_password import configured as key_password
 from kata_events.options import add_run_arguments
 from kata_events.source import errors, transport
+from kata_events.source.api import EventsClient
 from kata_events.state import store as state
 
 DESCRIPTION = """\
@@ -126,16 +129,12 @@ def _open(base: str, proxy: Optional[str], report: _Report) -> Optional[socket.s
         request += f"Proxy-Authorization: Basic {token}\r\n"
     try:
         sock.sendall((request + "\r\n").encode("latin-1"))
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            data = sock.recv(4096)
-            if not data:
-                break
-            head += data
-    except OSError as exc:
-        head = f"no answer ({exc})".encode()
-    status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace").strip() or "no answer"
-    if status.split(" ")[1:2] != ["200"]:
+        answer = http.client.HTTPResponse(sock, method="CONNECT")
+        answer.begin()
+        status = f"HTTP/{answer.version / 10} {answer.status} {answer.reason}"
+    except (OSError, http.client.HTTPException) as exc:
+        status = f"no answer ({exc})"
+    if not status.startswith("HTTP/") or answer.status != 200:
         sock.close()
         report.fail(
             f"{base} TCP",
@@ -234,7 +233,7 @@ def _check_tls(
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
-    client = build_client(config, urls=urls, max_events=1, max_timeout=1)
+    client = EventsClient.from_config(config, urls=urls, max_events=1, max_timeout=1)
     try:
         client.fetch(None).close()
     except errors.Unauthorized as exc:

@@ -12,12 +12,15 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from kata_events import options as opts
-from kata_events.config import DEFAULT_ORIGIN, Origin, config_path, read_toml, resolve_path
+from kata_events.config import DEFAULT_ORIGIN, Config, Origin, config_path, read_toml, resolve_path
 from kata_events.exits import ExitStatus, UserError
 from kata_events.paths import companion
+
+if TYPE_CHECKING:
+    from kata_events.state.store import TokenStore
 
 
 def add_location_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
@@ -73,6 +76,19 @@ class RunFiles:
     @property
     def lock(self) -> Path:
         return companion(self.state, "lock")
+
+
+def token_store(config: Config) -> TokenStore:
+    """The token store of a resolved configuration: its state file, for its Central Node, external
+    system and filter."""
+    from kata_events.state.store import TokenStore
+
+    return TokenStore(
+        config.state_file,
+        url=config.url[0],
+        external_system_id=config.external_system_id,
+        filter=config.filter,
+    )
 
 
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:

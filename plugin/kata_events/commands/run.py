@@ -13,18 +13,17 @@ import signal
 from typing import Any, Dict, Optional
 
 from kata_events import __version__, keypair, logs
-from kata_events.commands.locate import RunFiles
+from kata_events.commands.locate import RunFiles, token_store
 from kata_events.config import Config, describe, load_run_config, requested_log_format, requested_name
 from kata_events.delivery.acks import choose_ack_mode
 from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
-from kata_events.key_password import KeyPassword, from_settings
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.source.api import EventsClient
-from kata_events.state.store import StateError, TokenStore
+from kata_events.state.store import StateError
 from kata_events.status_record import Health
 from kata_events.stopping import Stop
 
@@ -43,31 +42,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 add_arguments = add_run_arguments
-
-#: The client's arguments that are the configuration's values as they are.
-_AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout", "filter", "max_event_bytes")
-
-
-def token_store(config: Config) -> TokenStore:
-    return TokenStore(
-        config.state_file,
-        url=config.url[0],
-        external_system_id=config.external_system_id,
-        filter=config.filter,
-    )
-
-
-def key_password(config: Config) -> Optional[KeyPassword]:
-    """Where the passphrase of an encrypted key comes from (file, variable, systemd credential)."""
-    return from_settings(config.key_password_file, config.key_password, os.environ)
-
-
-def build_client(config: Config, **overrides: Any) -> EventsClient:
-    """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
-    arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
-    arguments.update(urls=list(config.url), cert=str(config.cert), key=str(config.key))
-    arguments.update(ca_file=config.ca_file and str(config.ca_file), pin_sha256=config.pin_sha256 or None)
-    return EventsClient(**{**arguments, "key_password": key_password(config), **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +64,7 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format, node=config.name)
     stop = Stop()
-    client = build_client(config, stop=stop)
+    client = EventsClient.from_config(config, stop=stop)
     logs.emit(
         "start",
         f"kata-events {__version__} starting",

@@ -19,9 +19,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import requests
 import urllib3.exceptions
 
-from kata_events import __version__
+from kata_events import __version__, key_password
 from kata_events.backoff import retry_after_seconds
-from kata_events.config import without_credentials
+from kata_events.config import Config, without_credentials
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import errors, pages, transport
 from kata_events.source.pages import Page
@@ -39,6 +39,8 @@ DEADLINE_SLACK = 5.0
 #: How much of an error body is read, and how much of it is quoted in a message.
 ERROR_BODY_LIMIT = 65536
 #: urllib3's words for a certificate that is not the pinned one, and the fingerprint it saw.
+#: The client's arguments that are the configuration's values as they are.
+_AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout", "filter", "max_event_bytes")
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
 
 
@@ -128,6 +130,14 @@ class EventsClient:
         self._session = transport.session(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
         )
+
+    @classmethod
+    def from_config(cls, config: Config, **overrides: Any) -> EventsClient:
+        """The client for a resolved configuration (``overrides`` replace its arguments)."""
+        arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
+        arguments.update(urls=list(config.url), cert=str(config.cert), key=str(config.key))
+        arguments.update(ca_file=config.ca_file and str(config.ca_file), pin_sha256=config.pin_sha256 or None)
+        return cls(**{**arguments, "key_password": key_password.configured(config), **overrides})
 
     @property
     def url(self) -> str:
