@@ -193,11 +193,6 @@ def running_pid(files: RunFiles) -> Optional[int]:
     return pid
 
 
-def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
-    """``KATA-EVENTS OK - reason | lag=0s;1800;5400;0 last_commit_age=3s;;;0``"""
-    return f"KATA-EVENTS {v.status} - {v.reason}{_perfdata({'': asdict(v)}, warning_lag, critical_lag)}"
-
-
 def _perfdata(verdicts: Mapping[str, Mapping[str, Any]], warning_lag: float, critical_lag: float) -> str:
     """`` | lag=...`` for each verdict (a node's labels end in ``_<node>``), "" when none is known."""
     perf = []
@@ -222,7 +217,9 @@ def run(args: argparse.Namespace) -> int:
         verdict = check_run(args, os.environ, time.time())
     except (UserError, OSError, ValueError) as exc:
         return _unknown(args, str(exc))
-    _say(args, asdict(verdict), text_line(verdict, args.warning_lag, args.critical_lag))
+    # KATA-EVENTS OK - reason | lag=0s;1800;5400;0 last_commit_age=3s;;;0
+    perf = _perfdata({"": asdict(verdict)}, args.warning_lag, args.critical_lag)
+    _say(args, asdict(verdict), f"KATA-EVENTS {verdict.status} - {verdict.reason}{perf}")
     return verdict.exit_code
 
 

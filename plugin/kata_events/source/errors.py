@@ -34,12 +34,10 @@ class TokenRefused(ApiError):
 
 
 class BadRequest(ApiError):
-    """HTTP 400: the server rejected a parameter (most often the filter). Not transient."""
+    """HTTP 400: the server rejected a parameter (most often the filter); ``reason``: the server's
+    words. Not transient."""
 
-    @property
-    def reason(self) -> str:
-        """The server's words."""
-        return str(self)
+    reason = property(str)
 
 
 class Unavailable(ApiError):

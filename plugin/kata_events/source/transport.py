@@ -238,18 +238,15 @@ def root_reason(exc: BaseException) -> str:
     inner = [e for e in causes(exc) if not isinstance(e, wrappers)]
     with_errno = [e for e in inner if isinstance(e, OSError) and e.strerror]
     if with_errno:
-        return _short(str(with_errno[-1]))
+        return own_words(with_errno[-1])
     if any(isinstance(e, (socket.timeout, urllib3.exceptions.TimeoutError)) for e in inner):
         return "timed out"
-    return _short(str(inner[-1]) if inner else exc.__class__.__name__)
+    return own_words(inner[-1]) if inner else exc.__class__.__name__
 
 
 def own_words(exc: BaseException) -> str:
     """The exception's own words (its class when it has none), cut to 300 characters."""
-    return _short(str(exc) or exc.__class__.__name__)
-
-
-def _short(text: str) -> str:
+    text = str(exc) or exc.__class__.__name__
     return text if len(text) <= 300 else text[:300] + "..."
 
 
