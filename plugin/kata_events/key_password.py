@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from kata_events import keypair
 from kata_events.exits import ExitStatus, UserError
 
 #: The name of the systemd credential looked for in ``$CREDENTIALS_DIRECTORY``.
@@ -75,12 +74,6 @@ class KeyPassword:
         if not text:
             raise UserError(f"the key's passphrase from {self.origin} is empty: {HOW}", ExitStatus.CONFIG)
         return text
-
-    def exposure(self) -> Optional[str]:
-        """What is wrong with who may read the passphrase file, and the fix; None when only its owner
-        can (or the passphrase is not in a file)."""
-        what = "the key's passphrase file"
-        return keypair.key_exposure(self.path, what, "it unlocks the encrypted key") if self.path else None
 
     def __repr__(self) -> str:
         return f"KeyPassword({self.origin})"

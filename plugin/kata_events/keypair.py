@@ -4,7 +4,7 @@
 same message and exit code (78). OpenSSL only says ``PEM lib`` or ``KEY_VALUES_MISMATCH``; this
 module looks at what each file holds to tell swapped files, an encrypted key without a passphrase or
 with a wrong one, and a key of another certificate apart. A passphrase is named by where it came
-from, never shown. `key_exposure` says whether a file is readable by other accounts. It reads the
+from, never shown. `exposures` says whether the key files are readable by other accounts. It reads the
 files and never modifies, logs or prints anything.
 """
 
@@ -14,7 +14,7 @@ import os
 import ssl
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
 from kata_events.exits import UserError
 
@@ -35,21 +35,25 @@ def _text(path: _PathLike) -> str:
         return ""
 
 
-def key_exposure(
-    path: _PathLike,
-    what: str = "the private key",
-    risk: str = "whoever reads it can fetch this external system's events as kata-events does",
-) -> Optional[str]:
-    """What is wrong with who may read ``path`` (the private key by default), and the fix; None when
-    only its owner can (the way ssh refuses an unprotected key, but a warning: the key works)."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return None
-    if not mode & 0o077:
-        return None
-    who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
-    return f"{what} {path} is accessible by {who} (mode {mode:04o}): {risk}; fix it with chmod 600 {path}"
+def exposures(key: _PathLike, key_password: Optional[KeyPassword] = None) -> Dict[str, str]:
+    """The key, and the file holding its passphrase, when accounts other than the owner may read
+    them (the way ssh refuses an unprotected key, but a warning: the key works): what is wrong and
+    the fix, by path."""
+    thief = "whoever reads it can fetch this external system's events as kata-events does"
+    files = [(key, "the private key", thief)]
+    if key_password is not None and key_password.path is not None:
+        files.append((key_password.path, "the key's passphrase file", "it unlocks the encrypted key"))
+    found = {}
+    for path, what, risk in files:
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:
+            continue
+        who = " and ".join(w for w, bits in (("its group", 0o070), ("every account", 0o007)) if mode & bits)
+        if who:
+            found[str(path)] = f"{what} {path} is accessible by {who} (mode {mode:04o}): {risk}; fix it with "
+            found[str(path)] += f"chmod 600 {path}"
+    return found
 
 
 def problem(cert: _PathLike, key: _PathLike, key_password: Optional[KeyPassword] = None) -> Optional[str]:

@@ -89,10 +89,8 @@ def _check_files(config: Config, report: _Report) -> bool:
         f"certificate {config.cert} and key {config.key} match "
         f"(certificate SHA-256 {_fp(certs.file_fingerprint(str(config.cert)))}){ca}",
     )
-    password = key_password(config)
-    for exposed in (keypair.key_exposure(config.key), password.exposure() if password is not None else None):
-        if exposed is not None:
-            report.warn("key", exposed)
+    for exposed in keypair.exposures(config.key, key_password(config)).values():
+        report.warn("key", exposed)
     return True
 
 
@@ -233,7 +231,7 @@ def _check_tls(
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
-    client = EventsClient.from_config(config, urls=urls, max_events=1, max_timeout=1)
+    client = EventsClient(config, urls=urls, max_events=1, max_timeout=1)
     try:
         client.fetch(None).close()
     except errors.Unauthorized as exc:

@@ -64,7 +64,7 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format, node=config.name)
     stop = Stop()
-    client = EventsClient.from_config(config, stop=stop)
+    client = EventsClient(config, stop=stop)
     logs.emit(
         "start",
         f"kata-events {__version__} starting",
@@ -90,12 +90,8 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
-    exposures = [(config.key, keypair.key_exposure(config.key))]
-    if client.key_password is not None:
-        exposures.append((client.key_password.path, client.key_password.exposure()))
-    for path, exposed in exposures:
-        if exposed is not None:
-            logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
+    for path, exposed in keypair.exposures(config.key, client.key_password).items():
+        logs.emit("key_permissions", exposed, key=path, fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()

@@ -22,7 +22,6 @@ import urllib3.exceptions
 from kata_events import __version__, key_password
 from kata_events.backoff import retry_after_seconds
 from kata_events.config import Config, without_credentials
-from kata_events.options import MAX_EVENT_BYTES_DEFAULT
 from kata_events.source import errors, pages, transport
 from kata_events.source.pages import Page
 from kata_events.source.transport import handshake_failure, probe_server_fingerprint
@@ -39,8 +38,6 @@ DEADLINE_SLACK = 5.0
 #: How much of an error body is read, and how much of it is quoted in a message.
 ERROR_BODY_LIMIT = 65536
 #: urllib3's words for a certificate that is not the pinned one, and the fingerprint it saw.
-#: The client's arguments that are the configuration's values as they are.
-_AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout", "filter", "max_event_bytes")
 _PIN_MISMATCH = re.compile(r"Fingerprints did not match.*got \W*([0-9a-fA-F]{64})", re.DOTALL)
 
 
@@ -89,35 +86,29 @@ class EventsClient:
 
     def __init__(
         self,
-        *,
-        urls: Sequence[str],
-        external_system_id: str,
-        cert: str,
-        key: str,
-        ca_file: Optional[str] = None,
-        pin_sha256: Optional[str] = None,
-        insecure: bool = False,
-        max_events: int = 10000,
-        max_timeout: int = 60,
-        filter: str = "",
-        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
-        proxy: Optional[str] = None,
-        key_password: Any = None,
+        config: Config,
         stop: Optional[Stop] = None,
+        urls: Optional[Sequence[str]] = None,
+        max_events: Optional[int] = None,
+        max_timeout: Optional[int] = None,
     ) -> None:
-        self.urls = [u.rstrip("/") for u in urls]
-        self.external_system_id = external_system_id
-        self.cert, self.key = cert, key
+        """For a resolved configuration; ``urls``, ``max_events`` and ``max_timeout`` replace its own
+        (check's one request); ``stop`` ends a wait for an answer or a body early."""
+        self.urls = [u.rstrip("/") for u in urls or config.url]
+        self.external_system_id, self.filter = config.external_system_id, config.filter
+        self.cert, self.key = str(config.cert), str(config.key)
         #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
-        self.key_password = key_password
-        self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
+        self.key_password = key_password.configured(config)
+        self.pin_sha256 = config.pin_sha256 or None  # lowercase hex without colons
+        ca_file = config.ca_file and str(config.ca_file)
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
-        self.trust = transport.choose_trust(ca_file, pin_sha256, insecure, os.environ)
+        self.trust = transport.choose_trust(ca_file, self.pin_sha256, config.insecure, os.environ)
         #: The proxy each base URL is reached through (None: directly).
-        self.proxies = {u: transport.proxy_for(u + "/", proxy) for u in self.urls}
-        self.max_events, self.max_timeout, self.max_event_bytes = max_events, max_timeout, max_event_bytes
-        self.filter = filter
-        self.stop = stop or Stop()  # ends a wait for an answer or a body early
+        self.proxies = {u: transport.proxy_for(u + "/", config.proxy) for u in self.urls}
+        self.max_events = max_events or config.max_events
+        self.max_timeout = max_timeout or config.max_timeout
+        self.max_event_bytes = config.max_event_bytes
+        self.stop = stop or Stop()
         self._current = 0
         self._context: Optional[ssl.SSLContext] = None
         self._context_stamp: Tuple[Any, ...] = ()  # see `_files_stamp`
@@ -130,14 +121,6 @@ class EventsClient:
         self._session = transport.session(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
         )
-
-    @classmethod
-    def from_config(cls, config: Config, **overrides: Any) -> EventsClient:
-        """The client for a resolved configuration (``overrides`` replace its arguments)."""
-        arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
-        arguments.update(urls=list(config.url), cert=str(config.cert), key=str(config.key))
-        arguments.update(ca_file=config.ca_file and str(config.ca_file), pin_sha256=config.pin_sha256 or None)
-        return cls(**{**arguments, "key_password": key_password.configured(config), **overrides})
 
     @property
     def url(self) -> str:
