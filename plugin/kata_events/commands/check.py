@@ -19,11 +19,12 @@ from functools import partial, partialmethod
 from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
-from kata_events import certs, keypair
+from kata_events import certs
 from kata_events.commands.locate import token_store
 from kata_events.config import Config, load_run_config, without_credentials
 from kata_events.exits import ExitStatus, UserError
 from kata_events.key_password import configured as key_password
+from kata_events.key_password import exposures, pair_problem
 from kata_events.options import add_run_arguments
 from kata_events.source import errors, transport
 from kata_events.source.api import EventsClient
@@ -69,7 +70,7 @@ def _fp(hex_fingerprint: Optional[str]) -> str:
 
 
 def _check_files(config: Config, report: _Report) -> bool:
-    unusable = keypair.problem(config.cert, config.key, key_password(config))
+    unusable = pair_problem(config.cert, config.key, key_password(config))
     if unusable is not None:
         report.fail("files", unusable, ExitStatus.CONFIG)
         return False
@@ -89,7 +90,7 @@ def _check_files(config: Config, report: _Report) -> bool:
         f"certificate {config.cert} and key {config.key} match "
         f"(certificate SHA-256 {_fp(certs.file_fingerprint(str(config.cert)))}){ca}",
     )
-    for exposed in keypair.exposures(config.key, key_password(config)).values():
+    for exposed in exposures(config.key, key_password(config)).values():
         report.warn("key", exposed)
     return True
 

@@ -12,7 +12,7 @@ import os
 import signal
 from typing import Any, Dict, Optional
 
-from kata_events import __version__, keypair, logs
+from kata_events import __version__, logs
 from kata_events.commands.locate import RunFiles, token_store
 from kata_events.config import Config, describe, load_run_config, requested_log_format, requested_name
 from kata_events.delivery.acks import choose_ack_mode
@@ -20,6 +20,7 @@ from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
+from kata_events.key_password import exposures, pair_problem
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.source.api import EventsClient
@@ -86,11 +87,11 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
-    unusable = keypair.problem(config.cert, config.key, client.key_password)
+    unusable = pair_problem(config.cert, config.key, client.key_password)
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
-    for path, exposed in keypair.exposures(config.key, client.key_password).items():
+    for path, exposed in exposures(config.key, client.key_password).items():
         logs.emit("key_permissions", exposed, key=path, fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)

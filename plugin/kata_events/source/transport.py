@@ -25,7 +25,7 @@ import os
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import requests
@@ -35,12 +35,9 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 
-from kata_events import keypair
 from kata_events.exits import UserError
+from kata_events.key_password import KeyPassword, pair_problem
 from kata_events.source.errors import ClientTlsError, TlsVerifyFailed
-
-if TYPE_CHECKING:
-    from kata_events.key_password import KeyPassword
 
 #: A peer gone silently (power loss, a NAT that forgot the connection) shows as an error within
 #: about two minutes instead of after a long poll's hour. Linux names; other systems keep defaults.
@@ -123,7 +120,7 @@ def context(
             raise ClientTlsError(str(exc)) from None
         except (OSError, ssl.SSLError) as exc:
             raise ClientTlsError(
-                keypair.problem(cert, key, key_password)
+                pair_problem(cert, key, key_password)
                 or f"cannot use the client certificate {cert} / key {key}: {exc}"
             ) from None
     return ctx
