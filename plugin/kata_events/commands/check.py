@@ -76,13 +76,9 @@ def _check_files(config: Config, report: _Report) -> bool:
         return False
     if config.ca_file is not None:
         try:
-            ssl.create_default_context(cafile=str(config.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            report.fail(
-                "files",
-                f"the CA file {config.ca_file} holds no usable PEM certificate ({exc})",
-                ExitStatus.NO_INPUT,
-            )
+            transport.context(transport.Trust("ca_file", str(config.ca_file)))
+        except errors.TlsVerifyFailed as exc:
+            report.fail("files", str(exc), ExitStatus.NO_INPUT)
             return False
     ca = f", CA file {config.ca_file}" if config.ca_file else ""
     report.ok(
@@ -183,8 +179,7 @@ def _check_tls(
     host = urlsplit(base).hostname or ""
     via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
     # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
-    ca_file = str(config.ca_file) if config.ca_file else None
-    trust = transport.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
+    trust = transport.choose_trust(config)
     try:
         ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()
         der = transport.peer_certificate(sock, transport.context(trust, *ours), host)

@@ -100,9 +100,8 @@ class EventsClient:
         #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
         self.key_password = key_password.configured(config)
         self.pin_sha256 = config.pin_sha256 or None  # lowercase hex without colons
-        ca_file = config.ca_file and str(config.ca_file)
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
-        self.trust = transport.choose_trust(ca_file, self.pin_sha256, config.insecure, os.environ)
+        self.trust = transport.choose_trust(config)
         #: The proxy each base URL is reached through (None: directly).
         self.proxies = {u: transport.proxy_for(u + "/", config.proxy) for u in self.urls}
         self.max_events = max_events or config.max_events

@@ -35,6 +35,7 @@ import urllib3.connection
 import urllib3.connectionpool
 import urllib3.exceptions
 
+from kata_events.config import Config
 from kata_events.exits import UserError
 from kata_events.key_password import KeyPassword, pair_problem
 from kata_events.source.errors import ClientTlsError, TlsVerifyFailed
@@ -68,16 +69,14 @@ class Trust:
         return fixed.get(self.kind, f"{self.kind} {self.pin or self.path}")
 
 
-def choose_trust(
-    ca_file: Optional[str], pin_sha256: Optional[str], insecure: bool, environ: Mapping[str, str]
-) -> Trust:
+def choose_trust(config: Config, environ: Mapping[str, str] = os.environ) -> Trust:
     """The trust in force: an explicit pin or ca_file always wins over the environment."""
-    if pin_sha256:
-        return Trust("pin_sha256", pin=pin_sha256)
-    if insecure:
+    if config.pin_sha256:
+        return Trust("pin_sha256", pin=config.pin_sha256)
+    if config.insecure:
         return Trust("insecure")
-    if ca_file:
-        return Trust("ca_file", ca_file)
+    if config.ca_file:
+        return Trust("ca_file", str(config.ca_file))
     for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # as requests and curl read them
         if environ.get(name):
             return Trust(name, environ[name])
