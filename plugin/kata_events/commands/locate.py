@@ -64,18 +64,10 @@ class RunFiles:
     #: The external system id the configuration names ("" when none does).
     external_system_id: str = ""
 
-    @property
-    def progress(self) -> Path:
-        return companion(self.state, "progress")
-
-    @property
-    def status(self) -> Path:
-        """The status record `run` keeps (read by ``kata-events status``)."""
-        return companion(self.state, "status")
-
-    @property
-    def lock(self) -> Path:
-        return companion(self.state, "lock")
+    #: The companions: the progress record, the status record (``kata-events status`` reads it), the lock.
+    progress = property(lambda self: companion(self.state, "progress"))
+    status = property(lambda self: companion(self.state, "status"))
+    lock = property(lambda self: companion(self.state, "lock"))
 
 
 def token_store(config: Config) -> TokenStore:

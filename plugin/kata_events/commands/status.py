@@ -1,8 +1,7 @@
 """`kata-events status`: how a run is doing, for Nagios/Icinga/Zabbix/systemd timers (see DESCRIPTION).
 
-It reads local files only (the state file, its status record from `kata_events.status_record`, the
-pid in its lock file), never the network, and never takes the lock, so it is safe beside a running
-``run``, even one starting at that moment.
+Its status record is `kata_events.status_record`'s. It never takes the lock: a run starting at that
+moment would exit 75.
 
 Lag is how far behind the stream is: while the server still has more (the last answer was full),
 the age of the newest event delivered; about zero once caught up while the run lives; for a run
