@@ -9,6 +9,7 @@ never logs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -150,12 +151,10 @@ class EventsClient:
         except (errors.Interrupted, pages.Abandoned) as exc:
             given_up.set()
             self.abort()
-            try:
+            with contextlib.suppress(queue.Empty):
                 late = box.get_nowait()  # answered just now: nobody will read it
-            except queue.Empty:
-                late = None
-            if isinstance(late, Page):
-                late.close()
+                if isinstance(late, Page):
+                    late.close()
             if isinstance(exc, pages.Abandoned):
                 raise pages.abandoned(self.url, exc) from None
             raise

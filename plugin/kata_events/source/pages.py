@@ -9,6 +9,7 @@ token is given out. It never writes to stdout and never logs.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
@@ -270,8 +271,6 @@ def shutdown_socket(sock: socket.socket) -> None:
     # proxy's SSLSocket: cutting the socket below ends both.
     while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
         sock = sock.socket
-    try:
+    with contextlib.suppress(OSError):
         # socket.socket's own shutdown: an SSLSocket's would drop its TLS object under the reader.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass
