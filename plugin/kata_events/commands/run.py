@@ -107,10 +107,10 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     for warning in store.warnings:
         logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
-        acks: Dict[str, Any] = {}
+        options: Dict[str, Any] = dict(settle=config.settle_time, stop=stop, settle_lines=config.settle_lines)
         if mode == "lines":
-            acks = {name: getattr(config, name) for name in ("max_unacked", "ack_timeout")}
-            acks.update(already_read=already_read, started=config.ack == "auto")
+            options.update({name: getattr(config, name) for name in ("max_unacked", "ack_timeout")})
+            options.update(already_read=already_read, started=config.ack == "auto")
         writer = LineWriter()
         writer.on_oversize = _oversize_warning
         fragment = writer.mend_torn_tail()
@@ -122,16 +122,7 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
                 "no event is glued onto it; the whole event is sent again",
                 bytes=fragment,
             )
-        delivery = make_delivery(
-            mode,
-            writer,
-            store.commit_point,
-            store.note,
-            config.settle_time,
-            stop,
-            config.settle_lines,
-            **acks,
-        )
+        delivery = make_delivery(mode, writer, store.commit_point, store.note, **options)
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         health = Health(RunFiles(config.state_file).status, config.max_timeout)
         store.on_commit = health.committed
