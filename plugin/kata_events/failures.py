@@ -43,7 +43,7 @@ PERSISTENT_AFTER = 180.0
 
 
 def _kind(exc: errors.ApiError) -> Tuple[str, str, bool]:
-    return type(exc).__name__, getattr(exc, "reason", ""), getattr(exc, "answered", True)
+    return type(exc).__name__, exc.reason, getattr(exc, "answered", True)
 
 
 class RepeatedFault:
@@ -83,16 +83,6 @@ def persistent_advice(exc: errors.ApiError, urls: Sequence[str], lasted: float) 
             "`kata-events check` (same options as run) tests DNS, TCP and TLS step by step; "
         )
     return f"{head}: `kata-events check` (same options as run) tests each step and names the fix; "
-
-
-def retry_reason(exc: errors.ApiError) -> str:
-    """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
-    (timeout, http_error, connection)."""
-    if isinstance(exc, errors.TlsVerifyFailed):
-        return "tls"
-    if isinstance(exc, errors.BadResponse):
-        return "bad_response"
-    return exc.reason if isinstance(exc, errors.Unavailable) else "connection"
 
 
 @dataclass
@@ -152,9 +142,9 @@ class Failures:
             self.stop.end("bad request")
             logs.emit(
                 "bad_request",
-                f"the Central Node rejected the request: {exc.reason}. Check the filter and "
+                f"the Central Node rejected the request: {exc}. Check the filter and "
                 "max_events / max_timeout, then restart",
-                reason=exc.reason,
+                reason=str(exc),
                 filter=self.client.filter,
             )
             return ExitStatus.CONFIG, ""
@@ -197,8 +187,7 @@ class Failures:
             self.sleep(self.backoff.next_delay())
             return None
         self.stats.retries += 1
-        reason = retry_reason(exc)
-        self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
+        self.stats.retry_reasons[exc.reason] = self.stats.retry_reasons.get(exc.reason, 0) + 1
         self.stats.up = False
         if self.health is not None:
             self.health.update(state="failing", reason=str(exc))

@@ -56,7 +56,7 @@ class Stats:
     #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
     written: int = 0
     lag_seconds: Optional[float] = None
-    #: Retries by reason (the metric's label): see `retry_reason`.
+    #: Retries by reason (the metric's label): see `ApiError.reason`.
     retry_reasons: Dict[str, int] = field(default_factory=dict)
     #: Whether the last answer was full: the server has more, the stream is behind.
     behind: bool = False

@@ -241,7 +241,7 @@ def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
         )
     except errors.BadRequest as exc:
         what = f"the filter {config.filter!r}" if config.filter else "the request"
-        report.fail("filter", f"HTTP 400: the server refused {what}: {exc.reason}", ExitStatus.CONFIG)
+        report.fail("filter", f"HTTP 400: the server refused {what}: {exc}", ExitStatus.CONFIG)
     except errors.Unavailable as exc:
         report.fail("approval", str(exc), ExitStatus.TEMP_FAIL)
     except (errors.ApiError, OSError) as exc:
