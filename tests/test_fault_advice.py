@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kata_events.failures import PERSISTENT_AFTER, RepeatedFault, persistent_advice
 from kata_events.source.errors import Unavailable
-from kata_events.source.fault_advice import PERSISTENT_AFTER, RepeatedFault, persistent_advice
 
 REFUSED = Unavailable("cannot connect to https://cn.example.local:8443: Connection refused")
 BUSY = Unavailable("HTTP 503 from https://cn.example.local:8443: busy", reason="http_error")

@@ -16,9 +16,9 @@ import pytest
 from kata_events import logs
 from kata_events.delivery.policies import Delivery
 from kata_events.delivery.writer import LineWriter
+from kata_events.failures import PERSISTENT_AFTER
 from kata_events.runner import Runner
 from kata_events.source.errors import Unauthorized, Unavailable
-from kata_events.source.fault_advice import PERSISTENT_AFTER
 from kata_events.status_record import Health
 
 URLS = ["https://cn.example.local:8443"]

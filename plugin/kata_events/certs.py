@@ -166,6 +166,15 @@ def sha256_fingerprint(pem_or_der: bytes) -> str:
     return hashlib.sha256(load_cert_der(pem_or_der)).hexdigest()
 
 
+def file_fingerprint(cert_path: PathLike) -> Optional[str]:
+    """SHA-256 (hex) of the first certificate in a PEM file, or None if it cannot be read."""
+    try:
+        with open(cert_path, "rb") as fh:
+            return sha256_fingerprint(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
 def format_fingerprint(hex_fingerprint: str) -> str:
     """``"abcd..."`` (colons optional) as ``"AB:CD:..."``, the way certificate dialogs show it."""
     clean = normalize_fingerprint(hex_fingerprint)

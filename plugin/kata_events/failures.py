@@ -4,8 +4,11 @@ The runner hands every `ApiError` here. Each kind is classified by its type and 
 fields (``reason``, ``status``, ``retry_after``), never by its text: a 401 waits for approval at
 a pace that fits a person approving in the web interface, a lost subscription forgets the token
 through the recorder and starts anew, a bad request or an unusable client certificate is fatal,
-anything else is retried with backoff and counted by reason. This module decides and tells; it
-never writes to stdout and never touches the state file itself.
+anything else is retried with backoff and counted by reason. A wrong host or port retries for ever,
+and "Connection refused; retrying in 0.4 s" says nothing about the configuration: once the same
+failure (the same kind, `Unavailable.reason` and ``answered``, never its text) has lasted
+`PERSISTENT_AFTER` seconds, the retry line names the address and port tried and the fix. This
+module decides and tells; it never writes to stdout and never touches the state file itself.
 """
 
 from __future__ import annotations
@@ -13,15 +16,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 from kata_events import logs
 from kata_events.backoff import Backoff
 from kata_events.exits import ExitStatus
 from kata_events.source import errors
 from kata_events.source.api import EventsClient
-from kata_events.source.fault_advice import RepeatedFault, persistent_advice
-from kata_events.source.probes import file_fingerprint
 from kata_events.state.store import StateError
 from kata_events.stopping import Stop
 
@@ -36,16 +38,51 @@ UNAUTHORIZED_FRESH_FOR = 300.0
 UNAUTHORIZED_RETRY = 30.0
 #: The 401 explanation is repeated this often while approval is still missing.
 UNAUTHORIZED_REMIND = 600.0
+#: A failure repeated unchanged for this long is no longer a blip: the retry line says the fix.
+PERSISTENT_AFTER = 180.0
 
 
-def retry_reason(exc: errors.ApiError) -> str:
-    """The ``reason`` label of a retried failure: tls, bad_response, or `Unavailable.reason`
-    (timeout, http_error, connection)."""
-    if isinstance(exc, errors.TlsVerifyFailed):
-        return "tls"
-    if isinstance(exc, errors.BadResponse):
-        return "bad_response"
-    return exc.reason if isinstance(exc, errors.Unavailable) else "connection"
+def _kind(exc: errors.ApiError) -> Tuple[str, str, bool]:
+    return type(exc).__name__, exc.reason, getattr(exc, "answered", True)
+
+
+class RepeatedFault:
+    """Tracks how long requests have been failing the same way (the same kind, reason, answer)."""
+
+    def __init__(self) -> None:
+        self._kind: Optional[Tuple[str, str, bool]] = None
+        self._since = 0.0
+
+    def seen(self, exc: errors.ApiError, now: float) -> float:
+        """Note a failure; return for how long it has lasted when that is over `PERSISTENT_AFTER`,
+        else 0."""
+        kind = _kind(exc)
+        if kind != self._kind:
+            self._kind, self._since = kind, now
+        lasted = now - self._since
+        return lasted if lasted >= PERSISTENT_AFTER else 0.0
+
+    def clear(self) -> None:
+        self._kind = None  # an answer came: the next failure starts a new count
+
+
+def persistent_advice(exc: errors.ApiError, urls: Sequence[str], lasted: float) -> str:
+    """The sentence added to a retry line (ending in "; ") for a failure lasting ``lasted`` s."""
+    _, reason, answered = _kind(exc)
+    head = f"failing the same way for {lasted / 60:.0f} min"
+    if reason == "http_error":
+        return (
+            f"{head}: the Central Node answers, with errors; check its health in its web interface "
+            "(kata-events retries until it recovers); "
+        )
+    if not answered:
+        addresses = ", ".join(f"{parts.hostname} port {parts.port or 443}" for parts in map(urlsplit, urls))
+        return (
+            f"{head}: nothing usable answers at {addresses}: check the address and port in "
+            "url, that the Central Node is up, and that firewalls let this host through; "
+            "`kata-events check` (same options as run) tests DNS, TCP and TLS step by step; "
+        )
+    return f"{head}: `kata-events check` (same options as run) tests each step and names the fix; "
 
 
 @dataclass
@@ -105,9 +142,9 @@ class Failures:
             self.stop.end("bad request")
             logs.emit(
                 "bad_request",
-                f"the Central Node rejected the request: {exc.reason}. Check the filter and "
+                f"the Central Node rejected the request: {exc}. Check the filter and "
                 "max_events / max_timeout, then restart",
-                reason=exc.reason,
+                reason=str(exc),
                 filter=self.client.filter,
             )
             return ExitStatus.CONFIG, ""
@@ -150,8 +187,7 @@ class Failures:
             self.sleep(self.backoff.next_delay())
             return None
         self.stats.retries += 1
-        reason = retry_reason(exc)
-        self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
+        self.stats.retry_reasons[exc.reason] = self.stats.retry_reasons.get(exc.reason, 0) + 1
         self.stats.up = False
         if self.health is not None:
             self.health.update(state="failing", reason=str(exc))
@@ -204,7 +240,7 @@ class Failures:
         message = "still waiting for approval of this external system"
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
             self._unauthorized_told, level = now, None
-            from kata_events.certs import format_fingerprint  # cryptography: only for this message
+            from kata_events.certs import file_fingerprint, format_fingerprint  # cryptography: only here
 
             fp = file_fingerprint(self.client.cert)
             shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"

@@ -2,7 +2,8 @@
 
 Both are opt-in (``metrics_file``, ``metrics_listen``) and come from `prometheus_client`, imported
 only then: a run without metrics pays nothing at start-up. The values are read from the runner at
-each collection (`Snapshot`): no second set of counters to keep in step. prometheus_client replaces
+each collection (a snapshot: an attribute per family, a dict by label value for those with a label
+of their own, `OWN_LABELS`): no second set of counters to keep in step. prometheus_client replaces
 the file atomically, every ``interval`` seconds and at the stop. Every sample carries the run's
 labels (``node``, ``external_system_id``): several runs (a distributed KATA's Central Nodes) can
 share one textfile directory, or be scraped as one job, without two series colliding.
@@ -42,22 +43,6 @@ FAMILIES: Tuple[Tuple[str, str, str], ...] = (
 )
 
 
-@dataclass
-class Snapshot:
-    """The values of the metrics at one moment, by family; those with a label of their own
-    (`OWN_LABELS`) by that label's value."""
-
-    events: int = 0
-    bytes: int = 0
-    pages: int = 0
-    retries: Dict[str, int] = field(default_factory=dict)
-    lag_seconds: float = 0.0
-    last_commit_timestamp_seconds: Optional[float] = None
-    unacknowledged_lines: int = 0
-    up: bool = False
-    build_info: Dict[str, int] = field(default_factory=dict)
-
-
 #: The labels every family carries, in this order, before its own (``reason``, ``version``).
 RUN_LABELS: Tuple[str, ...] = ("node", "external_system_id")
 #: The families with a label of their own.
@@ -78,9 +63,9 @@ def markdown_table() -> str:
 class Metrics:
     """Writes ``file`` every ``interval`` seconds and at `close`, and serves ``listen`` if given;
     every sample carries ``labels`` (`RUN_LABELS`: the run's node name and external system id).
-    It is its registry's collector: a fresh `Snapshot` at each collection."""
+    It is its registry's collector: a fresh snapshot at each collection."""
 
-    snapshot: Callable[[], Snapshot]
+    snapshot: Callable[[], Any]
     file: Optional[Path]
     listen: Optional[str]
     interval: float

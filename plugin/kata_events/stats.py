@@ -1,7 +1,7 @@
 """What the run reports about itself: counters, the page and lag lines, the stats lines, metrics.
 
 `Stats` holds the counters; `Reports` turns them into the ``page``, ``lag``, ``lag_recovered``,
-``line_too_long``, ``event_skipped``, ``stats`` and ``stop`` log lines and the metrics' `Snapshot`,
+``line_too_long``, ``event_skipped``, ``stats`` and ``stop`` log lines and the metrics' snapshot,
 read from any thread as plain reads of counters. It never writes to stdout and never decides
 anything about delivery.
 """
@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from kata_events import __version__, logs
@@ -20,7 +21,6 @@ from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.source.pages import Page
 
 if TYPE_CHECKING:
-    from kata_events.metrics import Snapshot
     from kata_events.status_record import Health
 
 #: A lag warning is repeated at most this often while the lag stays above the threshold.
@@ -56,7 +56,7 @@ class Stats:
     #: Event lines written to stdout (the ledger counts bytes or lines, depending on the mode).
     written: int = 0
     lag_seconds: Optional[float] = None
-    #: Retries by reason (the metric's label): see `retry_reason`.
+    #: Retries by reason (the metric's label): see `ApiError.reason`.
     retry_reasons: Dict[str, int] = field(default_factory=dict)
     #: Whether the last answer was full: the server has more, the stream is behind.
     behind: bool = False
@@ -157,12 +157,10 @@ class Reports:
                 limit=self.lag_warning,
             )
 
-    def snapshot(self) -> Snapshot:
-        """The metrics' values now (read from any thread: plain reads of counters)."""
-        from kata_events.metrics import Snapshot
-
+    def snapshot(self) -> SimpleNamespace:
+        """The metrics' values now, by family (read from any thread: plain reads of counters)."""
         s = self.stats
-        return Snapshot(
+        return SimpleNamespace(
             events=s.events,
             bytes=s.bytes,
             pages=s.pages,

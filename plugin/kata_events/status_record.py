@@ -18,6 +18,7 @@ update (the run goes on; ``status`` then says the record is old).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -113,10 +114,9 @@ class Health:
             with self._lock:
                 self.record["updated_at"] = self.clock()
                 data = (json.dumps(self.record) + "\n").encode()
-            try:
+            # A failure waits for the next write; status then shows the record's age.
+            with contextlib.suppress(OSError):
                 write_private_file(self.path, data, sync=False)
-            except OSError:
-                pass  # the next write tries again; status then shows the record's age
 
 
 def read_record(path: Path) -> Optional[Dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import http.client
 import os
 import socket
 import ssl
@@ -18,12 +19,15 @@ from functools import partial, partialmethod
 from typing import List, Optional
 from urllib.parse import unquote, urlsplit
 
-from kata_events import certs, keypair
-from kata_events.commands.run import build_client, key_password, token_store
+from kata_events import certs
+from kata_events.commands.locate import token_store
 from kata_events.config import Config, load_run_config, without_credentials
 from kata_events.exits import ExitStatus, UserError
+from kata_events.key_password import configured as key_password
+from kata_events.key_password import exposures, pair_problem
 from kata_events.options import add_run_arguments
-from kata_events.source import errors, probes, tls, transport
+from kata_events.source import errors, transport
+from kata_events.source.api import EventsClient
 from kata_events.state import store as state
 
 DESCRIPTION = """\
@@ -66,30 +70,24 @@ def _fp(hex_fingerprint: Optional[str]) -> str:
 
 
 def _check_files(config: Config, report: _Report) -> bool:
-    unusable = keypair.problem(config.cert, config.key, key_password(config))
+    unusable = pair_problem(config.cert, config.key, key_password(config))
     if unusable is not None:
         report.fail("files", unusable, ExitStatus.CONFIG)
         return False
     if config.ca_file is not None:
         try:
-            ssl.create_default_context(cafile=str(config.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            report.fail(
-                "files",
-                f"the CA file {config.ca_file} holds no usable PEM certificate ({exc})",
-                ExitStatus.NO_INPUT,
-            )
+            transport.context(transport.Trust("ca_file", str(config.ca_file)))
+        except errors.TlsVerifyFailed as exc:
+            report.fail("files", str(exc), ExitStatus.NO_INPUT)
             return False
     ca = f", CA file {config.ca_file}" if config.ca_file else ""
     report.ok(
         "files",
         f"certificate {config.cert} and key {config.key} match "
-        f"(certificate SHA-256 {_fp(probes.file_fingerprint(str(config.cert)))}){ca}",
+        f"(certificate SHA-256 {_fp(certs.file_fingerprint(str(config.cert)))}){ca}",
     )
-    password = key_password(config)
-    for exposed in (keypair.key_exposure(config.key), password.exposure() if password is not None else None):
-        if exposed is not None:
-            report.warn("key", exposed)
+    for exposed in exposures(config.key, key_password(config)).values():
+        report.warn("key", exposed)
     return True
 
 
@@ -126,16 +124,12 @@ def _open(base: str, proxy: Optional[str], report: _Report) -> Optional[socket.s
         request += f"Proxy-Authorization: Basic {token}\r\n"
     try:
         sock.sendall((request + "\r\n").encode("latin-1"))
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            data = sock.recv(4096)
-            if not data:
-                break
-            head += data
-    except OSError as exc:
-        head = f"no answer ({exc})".encode()
-    status = head.split(b"\r\n", 1)[0].decode("latin-1", "replace").strip() or "no answer"
-    if status.split(" ")[1:2] != ["200"]:
+        answer = http.client.HTTPResponse(sock, method="CONNECT")
+        answer.begin()
+        status = f"HTTP/{answer.version / 10} {answer.status} {answer.reason}"
+    except (OSError, http.client.HTTPException) as exc:
+        status = f"no answer ({exc})"
+    if not status.startswith("HTTP/") or answer.status != 200:
         sock.close()
         report.fail(
             f"{base} TCP",
@@ -185,24 +179,14 @@ def _check_tls(
     host = urlsplit(base).hostname or ""
     via = f" through the proxy {without_credentials(proxy)}" if proxy else ""
     # As run does: pin, CA file, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, or the system's trust store.
-    ca_file = str(config.ca_file) if config.ca_file else None
-    trust = tls.choose_trust(ca_file, config.pin_sha256, config.insecure, os.environ)
+    trust = transport.choose_trust(config)
     try:
         ours = (str(config.cert), str(config.key), key_password(config)) if files_ok else ()
-        ctx = tls.context(trust, *ours)
-        if isinstance(sock, ssl.SSLSocket):
-            # Through an https:// proxy: the Central Node's TLS inside the proxy's, as urllib3 does.
-            from urllib3.util.ssltransport import SSLTransport
-
-            with SSLTransport(sock, ctx, server_hostname=host) as inner:
-                der = inner.getpeercert(binary_form=True) or b""
-        else:
-            with ctx.wrap_socket(sock, server_hostname=host) as conn:
-                der = conn.getpeercert(binary_form=True) or b""
+        der = transport.peer_certificate(sock, transport.context(trust, *ours), host)
     except ssl.SSLCertVerificationError as exc:
         # For the message only: the fingerprint over a second, unverified handshake.
         probe = _open(base, proxy, _Report(quiet=True))
-        server_fp = None if probe is None else probes.probe_server_fingerprint(base, sock=probe)
+        server_fp = None if probe is None else transport.probe_server_fingerprint(base, sock=probe)
         report.fail(
             step,
             f"the server certificate{via} was not trusted by {trust.text} "
@@ -216,7 +200,7 @@ def _check_tls(
         if proxy:
             report.fail(step, f"TLS handshake with {base}{via} failed: {exc}", ExitStatus.CONFIG)
         else:
-            report.fail(step, probes.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
+            report.fail(step, transport.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
         return False
     finally:
         sock.close()
@@ -243,21 +227,21 @@ def _check_tls(
 
 
 def _check_approval(config: Config, urls: List[str], report: _Report) -> None:
-    client = build_client(config, urls=urls, max_events=1, max_timeout=1)
+    client = EventsClient(config, urls=urls, max_events=1, max_timeout=1)
     try:
         client.fetch(None).close()
     except errors.Unauthorized as exc:
         report.fail(
             "approval",
             f"{exc}: approve external system {config.external_system_id} (certificate SHA-256 "
-            f"{_fp(probes.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
+            f"{_fp(certs.file_fingerprint(str(config.cert)))}) in the Central Node web interface, "
             "External systems; if it is approved already, compare the id and fingerprint shown "
             "there with these (a mistyped external_system_id looks exactly like a missing approval)",
             ExitStatus.CONFIG,
         )
     except errors.BadRequest as exc:
         what = f"the filter {config.filter!r}" if config.filter else "the request"
-        report.fail("filter", f"HTTP 400: the server refused {what}: {exc.reason}", ExitStatus.CONFIG)
+        report.fail("filter", f"HTTP 400: the server refused {what}: {exc}", ExitStatus.CONFIG)
     except errors.Unavailable as exc:
         report.fail("approval", str(exc), ExitStatus.TEMP_FAIL)
     except (errors.ApiError, OSError) as exc:

@@ -121,15 +121,13 @@ def run(args: argparse.Namespace) -> int:
     config_path = os.path.relpath(names["config"])
     if config_path.startswith(".."):  # outside the working directory: the full path reads better
         config_path = os.path.abspath(names["config"])
-    key_note = "mode 0600"
-    if args.encrypt_key:
-        key_note = f"mode 0600, encrypted; its passphrase in {names['key_password']}, mode 0600"
+    secret = f", encrypted; its passphrase in {names['key_password']}, mode 0600" if args.encrypt_key else ""
     url_step = f"Check the url in {config_path}" if urls else f"Set url in {config_path}"
     sys.stderr.write(
         f"""Made:
   external system id  {external_system_id}
   certificate         {names["cert"]}   (self-signed, CN={args.common_name})
-  key                 {names["key"]}   ({key_note})
+  key                 {names["key"]}   (mode 0600{secret})
   config              {names["config"]}
   certificate SHA-256 {fingerprint}
 

@@ -12,12 +12,15 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from kata_events import options as opts
-from kata_events.config import DEFAULT_ORIGIN, Origin, config_path, read_toml, resolve_path
+from kata_events.config import DEFAULT_ORIGIN, Config, Origin, config_path, read_toml, resolve_path
 from kata_events.exits import ExitStatus, UserError
 from kata_events.paths import companion
+
+if TYPE_CHECKING:
+    from kata_events.state.store import TokenStore
 
 
 def add_location_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
@@ -61,18 +64,23 @@ class RunFiles:
     #: The external system id the configuration names ("" when none does).
     external_system_id: str = ""
 
-    @property
-    def progress(self) -> Path:
-        return companion(self.state, "progress")
+    #: The companions: the progress record, the status record (``kata-events status`` reads it), the lock.
+    progress = property(lambda self: companion(self.state, "progress"))
+    status = property(lambda self: companion(self.state, "status"))
+    lock = property(lambda self: companion(self.state, "lock"))
 
-    @property
-    def status(self) -> Path:
-        """The status record `run` keeps (read by ``kata-events status``)."""
-        return companion(self.state, "status")
 
-    @property
-    def lock(self) -> Path:
-        return companion(self.state, "lock")
+def token_store(config: Config) -> TokenStore:
+    """The token store of a resolved configuration: its state file, for its Central Node, external
+    system and filter."""
+    from kata_events.state.store import TokenStore
+
+    return TokenStore(
+        config.state_file,
+        url=config.url[0],
+        external_system_id=config.external_system_id,
+        filter=config.filter,
+    )
 
 
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:

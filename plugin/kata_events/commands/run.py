@@ -12,19 +12,19 @@ import os
 import signal
 from typing import Any, Dict, Optional
 
-from kata_events import __version__, keypair, logs
-from kata_events.commands.locate import RunFiles
+from kata_events import __version__, logs
+from kata_events.commands.locate import RunFiles, token_store
 from kata_events.config import Config, describe, load_run_config, requested_log_format, requested_name
 from kata_events.delivery.acks import choose_ack_mode
 from kata_events.delivery.policies import make_delivery
 from kata_events.delivery.writer import LineWriter
 from kata_events.exits import ExitStatus, UserError
 from kata_events.fds import hold_closed_std_fds
-from kata_events.key_password import KeyPassword, from_settings
+from kata_events.key_password import exposures, pair_problem
 from kata_events.options import add_run_arguments
 from kata_events.runner import Runner
 from kata_events.source.api import EventsClient
-from kata_events.state.store import StateError, TokenStore
+from kata_events.state.store import StateError
 from kata_events.status_record import Health
 from kata_events.stopping import Stop
 
@@ -43,31 +43,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 add_arguments = add_run_arguments
-
-#: The client's arguments that are the configuration's values as they are.
-_AS_IS = ("external_system_id", "insecure", "proxy", "max_events", "max_timeout", "filter", "max_event_bytes")
-
-
-def token_store(config: Config) -> TokenStore:
-    return TokenStore(
-        config.state_file,
-        url=config.url[0],
-        external_system_id=config.external_system_id,
-        filter=config.filter,
-    )
-
-
-def key_password(config: Config) -> Optional[KeyPassword]:
-    """Where the passphrase of an encrypted key comes from (file, variable, systemd credential)."""
-    return from_settings(config.key_password_file, config.key_password, os.environ)
-
-
-def build_client(config: Config, **overrides: Any) -> EventsClient:
-    """The Events API client for a resolved configuration (``overrides`` replace its arguments)."""
-    arguments: Dict[str, Any] = {name: getattr(config, name) for name in _AS_IS}
-    arguments.update(urls=list(config.url), cert=str(config.cert), key=str(config.key))
-    arguments.update(ca_file=config.ca_file and str(config.ca_file), pin_sha256=config.pin_sha256 or None)
-    return EventsClient(**{**arguments, "key_password": key_password(config), **overrides})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +65,7 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     """Run the loop for an already resolved configuration (shared with ``demo``)."""
     logs.setup_logging(config.log_level, config.log_format, node=config.name)
     stop = Stop()
-    client = build_client(config, stop=stop)
+    client = EventsClient(config, stop=stop)
     logs.emit(
         "start",
         f"kata-events {__version__} starting",
@@ -112,16 +87,12 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
             "insecure = true: the Central Node's certificate is NOT verified; anyone on the path can "
             "read and alter the events. Use ca_file or pin_sha256 instead",
         )
-    unusable = keypair.problem(config.cert, config.key, client.key_password)
+    unusable = pair_problem(config.cert, config.key, client.key_password)
     if unusable is not None:
         logs.emit("fatal", unusable, exit_code=int(ExitStatus.CONFIG), reason="client certificate")
         return int(ExitStatus.CONFIG)
-    exposures = [(config.key, keypair.key_exposure(config.key))]
-    if client.key_password is not None:
-        exposures.append((client.key_password.path, client.key_password.exposure()))
-    for path, exposed in exposures:
-        if exposed is not None:
-            logs.emit("key_permissions", exposed, key=str(path), fix=f"chmod 600 {path}")
+    for path, exposed in exposures(config.key, client.key_password).items():
+        logs.emit("key_permissions", exposed, key=path, fix=f"chmod 600 {path}")
     # Chosen before any file is opened: a closed stdin is still seen as closed.
     mode, why, already_read = choose_ack_mode(config.ack)
     hold_closed_std_fds()
@@ -136,10 +107,10 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
     for warning in store.warnings:
         logs.emit("state", warning, level="WARNING", state_file=str(config.state_file))
     try:
-        acks: Dict[str, Any] = {}
+        options: Dict[str, Any] = dict(settle=config.settle_time, stop=stop, settle_lines=config.settle_lines)
         if mode == "lines":
-            acks = {name: getattr(config, name) for name in ("max_unacked", "ack_timeout")}
-            acks.update(already_read=already_read, started=config.ack == "auto")
+            options.update({name: getattr(config, name) for name in ("max_unacked", "ack_timeout")})
+            options.update(already_read=already_read, started=config.ack == "auto")
         writer = LineWriter()
         writer.on_oversize = _oversize_warning
         fragment = writer.mend_torn_tail()
@@ -151,16 +122,7 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
                 "no event is glued onto it; the whole event is sent again",
                 bytes=fragment,
             )
-        delivery = make_delivery(
-            mode,
-            writer,
-            store.commit_point,
-            store.note,
-            config.settle_time,
-            stop,
-            config.settle_lines,
-            **acks,
-        )
+        delivery = make_delivery(mode, writer, store.commit_point, store.note, **options)
         logs.emit("mode", f"ack mode {mode}: {why}; {delivery.guarantee}", mode=mode, reason=why)
         health = Health(RunFiles(config.state_file).status, config.max_timeout)
         store.on_commit = health.committed

@@ -1,8 +1,7 @@
 """`kata-events status`: how a run is doing, for Nagios/Icinga/Zabbix/systemd timers (see DESCRIPTION).
 
-It reads local files only (the state file, its status record from `kata_events.status_record`, the
-pid in its lock file), never the network, and never takes the lock, so it is safe beside a running
-``run``, even one starting at that moment.
+Its status record is `kata_events.status_record`'s. It never takes the lock: a run starting at that
+moment would exit 75.
 
 Lag is how far behind the stream is: while the server still has more (the last answer was full),
 the age of the newest event delivered; about zero once caught up while the run lives; for a run
@@ -193,11 +192,6 @@ def running_pid(files: RunFiles) -> Optional[int]:
     return pid
 
 
-def text_line(v: Verdict, warning_lag: float, critical_lag: float) -> str:
-    """``KATA-EVENTS OK - reason | lag=0s;1800;5400;0 last_commit_age=3s;;;0``"""
-    return f"KATA-EVENTS {v.status} - {v.reason}{_perfdata({'': asdict(v)}, warning_lag, critical_lag)}"
-
-
 def _perfdata(verdicts: Mapping[str, Mapping[str, Any]], warning_lag: float, critical_lag: float) -> str:
     """`` | lag=...`` for each verdict (a node's labels end in ``_<node>``), "" when none is known."""
     perf = []
@@ -222,7 +216,9 @@ def run(args: argparse.Namespace) -> int:
         verdict = check_run(args, os.environ, time.time())
     except (UserError, OSError, ValueError) as exc:
         return _unknown(args, str(exc))
-    _say(args, asdict(verdict), text_line(verdict, args.warning_lag, args.critical_lag))
+    # KATA-EVENTS OK - reason | lag=0s;1800;5400;0 last_commit_age=3s;;;0
+    perf = _perfdata({"": asdict(verdict)}, args.warning_lag, args.critical_lag)
+    _say(args, asdict(verdict), f"KATA-EVENTS {verdict.status} - {verdict.reason}{perf}")
     return verdict.exit_code
 
 

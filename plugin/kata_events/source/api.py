@@ -9,6 +9,7 @@ never logs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -19,13 +20,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import requests
 import urllib3.exceptions
 
-from kata_events import __version__
+from kata_events import __version__, key_password
 from kata_events.backoff import retry_after_seconds
-from kata_events.config import without_credentials
-from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source import errors, pages, tls, transport
+from kata_events.config import Config, without_credentials
+from kata_events.source import errors, pages, transport
 from kata_events.source.pages import Page
-from kata_events.source.probes import handshake_failure, probe_server_fingerprint
+from kata_events.source.transport import handshake_failure, probe_server_fingerprint
 from kata_events.stopping import Stop
 
 API_PATH = "/kata/events_api/v1/{external_system_id}/events"
@@ -87,35 +87,28 @@ class EventsClient:
 
     def __init__(
         self,
-        *,
-        urls: Sequence[str],
-        external_system_id: str,
-        cert: str,
-        key: str,
-        ca_file: Optional[str] = None,
-        pin_sha256: Optional[str] = None,
-        insecure: bool = False,
-        max_events: int = 10000,
-        max_timeout: int = 60,
-        filter: str = "",
-        max_event_bytes: int = MAX_EVENT_BYTES_DEFAULT,
-        proxy: Optional[str] = None,
-        key_password: Any = None,
+        config: Config,
         stop: Optional[Stop] = None,
+        urls: Optional[Sequence[str]] = None,
+        max_events: Optional[int] = None,
+        max_timeout: Optional[int] = None,
     ) -> None:
-        self.urls = [u.rstrip("/") for u in urls]
-        self.external_system_id = external_system_id
-        self.cert, self.key = cert, key
+        """For a resolved configuration; ``urls``, ``max_events`` and ``max_timeout`` replace its own
+        (check's one request); ``stop`` ends a wait for an answer or a body early."""
+        self.urls = [u.rstrip("/") for u in urls or config.url]
+        self.external_system_id, self.filter = config.external_system_id, config.filter
+        self.cert, self.key = str(config.cert), str(config.key)
         #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
-        self.key_password = key_password
-        self.pin_sha256 = pin_sha256  # lowercase hex without colons, as the configuration gives it
+        self.key_password = key_password.configured(config)
+        self.pin_sha256 = config.pin_sha256 or None  # lowercase hex without colons
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
-        self.trust = tls.choose_trust(ca_file, pin_sha256, insecure, os.environ)
+        self.trust = transport.choose_trust(config)
         #: The proxy each base URL is reached through (None: directly).
-        self.proxies = {u: transport.proxy_for(u + "/", proxy) for u in self.urls}
-        self.max_events, self.max_timeout, self.max_event_bytes = max_events, max_timeout, max_event_bytes
-        self.filter = filter
-        self.stop = stop or Stop()  # ends a wait for an answer or a body early
+        self.proxies = {u: transport.proxy_for(u + "/", config.proxy) for u in self.urls}
+        self.max_events = max_events or config.max_events
+        self.max_timeout = max_timeout or config.max_timeout
+        self.max_event_bytes = config.max_event_bytes
+        self.stop = stop or Stop()
         self._current = 0
         self._context: Optional[ssl.SSLContext] = None
         self._context_stamp: Tuple[Any, ...] = ()  # see `_files_stamp`
@@ -158,12 +151,10 @@ class EventsClient:
         except (errors.Interrupted, pages.Abandoned) as exc:
             given_up.set()
             self.abort()
-            try:
+            with contextlib.suppress(queue.Empty):
                 late = box.get_nowait()  # answered just now: nobody will read it
-            except queue.Empty:
-                late = None
-            if isinstance(late, Page):
-                late.close()
+                if isinstance(late, Page):
+                    late.close()
             if isinstance(exc, pages.Abandoned):
                 raise pages.abandoned(self.url, exc) from None
             raise
@@ -302,7 +293,7 @@ class EventsClient:
         if self._context is not None and stamp == self._context_stamp:
             return
         try:
-            ctx = tls.context(self.trust, self.cert, self.key, self.key_password)
+            ctx = transport.context(self.trust, self.cert, self.key, self.key_password)
         except (errors.ClientTlsError, errors.TlsVerifyFailed) as exc:
             if self._context is None:
                 raise

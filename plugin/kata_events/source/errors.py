@@ -11,7 +11,10 @@ from typing import Any, Optional
 
 
 class ApiError(Exception):
-    """Base of every failure of one Events API request; keyword arguments set its attributes."""
+    """Base of every failure of one Events API request; keyword arguments set its attributes.
+    ``reason`` is what the retries metric counts it as when it is retried."""
+
+    reason = "connection"
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
@@ -34,25 +37,19 @@ class TokenRefused(ApiError):
 
 
 class BadRequest(ApiError):
-    """HTTP 400: the server rejected a parameter (most often the filter). Not transient."""
-
-    @property
-    def reason(self) -> str:
-        """The server's words."""
-        return str(self)
+    """HTTP 400: the server rejected a parameter (most often the filter), in its words. Not transient."""
 
 
 class Unavailable(ApiError):
     """The server could not be reached or answered 429/5xx; ``retry_after`` is its hint, if any.
 
-    ``reason`` is what the retries metric counts it as: ``connection`` (cannot connect, or the
-    connection broke), ``timeout`` (no answer in time), ``http_error`` (HTTP 429/5xx).
+    ``reason``: ``connection`` (cannot connect, or the connection broke), ``timeout`` (no answer in
+    time), ``http_error`` (HTTP 429/5xx).
     ``answered``: something at the address did answer (a TLS handshake, part of a page), so the
     address itself is likely right.
     """
 
     retry_after: Optional[float] = None
-    reason = "connection"
     answered = False
 
 
@@ -61,6 +58,7 @@ class BadResponse(ApiError):
     ``excerpt`` quotes it."""
 
     excerpt = ""
+    reason = "bad_response"
 
 
 class TlsVerifyFailed(ApiError):
@@ -68,6 +66,7 @@ class TlsVerifyFailed(ApiError):
     ``server_fingerprint`` it has, when known."""
 
     server_fingerprint: Optional[str] = None
+    reason = "tls"
 
 
 class ClientTlsError(ApiError):

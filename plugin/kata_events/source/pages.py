@@ -9,6 +9,7 @@ token is given out. It never writes to stdout and never logs.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import threading
@@ -130,7 +131,7 @@ class Page:
         self._reading = False  # the reading thread is inside the body
 
     def _read(self, decode: bool) -> None:
-        raw, splitter = self._response.raw, self._splitter
+        raw, splitter, end = self._response.raw, self._splitter, None
         try:
             while not self._closed.is_set():
                 # Decoded only if the server encoded it although not asked to: urllib3 then copies
@@ -140,19 +141,16 @@ class Page:
                     left = getattr(raw, "length_remaining", None)
                     if left:
                         raise ConnectionError(f"the body ended {left} bytes early")
-                    self._reading = False
-                    self._put(None)
-                    return
+                    break
                 self.bytes_read += len(chunk)
                 events = splitter.feed(chunk)
                 skipped, splitter.skipped = splitter.skipped, []
                 if events or skipped:
                     self._put((events, skipped))
         except BaseException as exc:  # handed to the caller's thread, which decides
-            self._reading = False
-            self._put(exc)
-        finally:
-            self._reading = False
+            end = exc
+        self._reading = False
+        self._put(end)  # None: the body's end (nothing, once closed)
 
     def _put(self, item: Any) -> None:
         while not self._closed.is_set():
@@ -270,8 +268,6 @@ def shutdown_socket(sock: socket.socket) -> None:
     # proxy's SSLSocket: cutting the socket below ends both.
     while not isinstance(sock, socket.socket) and hasattr(sock, "socket"):
         sock = sock.socket
-    try:
+    with contextlib.suppress(OSError):
         # socket.socket's own shutdown: an SSLSocket's would drop its TLS object under the reader.
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass

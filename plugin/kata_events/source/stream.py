@@ -13,7 +13,15 @@ which validates without building objects. Success proves the cut lies between tw
 When that does not settle the window (one event larger than the chunk, a raw control byte, a fault),
 a resumable scanner (strings and bracket depth only) finds where the next value ends, and that event
 is validated alone. The envelope around the array is walked by a small state machine; its values are
-parsed with ``json`` at ``close()``. What each event is checked for: `event_json`.
+parsed with ``json`` at ``close()``.
+
+Each event is checked to be valid JSON (msgspec's grammar: strings, escapes, numbers, literals,
+separators, matched brackets; not the UTF-8 validity of string contents, which would cost more than
+the split itself) and an object. One holding JSON whitespace other than spaces (a pretty-printed
+body) is compacted onto one line (``msgspec.json.format``), tokens kept byte for byte; one holding
+raw control bytes inside strings (not strict JSON, but seen in the field) or a lone UTF-16 surrogate
+escape is accepted by ``json.loads(strict=False)`` and, if it holds control bytes, re-encoded as
+compact JSON with the same keys, order and values. All other events are the server's bytes.
 
 Memory is bounded by the chunk and the largest event accepted: an event larger than
 ``max_event_bytes``, or nested deeper than the decoder's recursion limit, is skipped (recorded in
@@ -33,8 +41,6 @@ from typing import Any, Dict, List, NoReturn, Optional
 import msgspec
 
 from kata_events.options import MAX_EVENT_BYTES_DEFAULT
-from kata_events.source import event_json
-from kata_events.source.event_json import WHITESPACE, last_cut, split_window
 
 EXCERPT_CHARS = 200
 #: Candidate cuts tried per window before the scanner takes the next event.
@@ -69,6 +75,70 @@ _PUNCTUATION = {
 
 # What the scanner is capturing.
 _FOR_EVENT, _FOR_KEY, _FOR_VALUE = 0, 1, 2
+
+WHITESPACE = re.compile(rb"[ \t\n\r]*").match
+_CONTROL = re.compile(rb"[\x00-\x1f]").search
+_ERROR_BYTE = re.compile(r"\(byte (\d+)\)$")
+
+_EVENTS = msgspec.json.Decoder(List[msgspec.Raw])
+#: Validates one event (raises ``msgspec.DecodeError``, ``RecursionError``) without building it.
+decode_one = msgspec.json.Decoder(msgspec.Raw).decode
+
+
+def reject_constant(name: str) -> NoReturn:
+    """For ``json.loads``'s ``parse_constant``: NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def reencode_event(raw: bytes) -> bytes:
+    """``raw`` (one JSON object msgspec refused) as it is if it holds no raw control byte (a lone
+    surrogate escape), else as compact one-line JSON, keys, values and non-ASCII kept. Raises
+    ``ValueError`` if ``raw`` is not JSON, ``RecursionError`` if it is nested too deep."""
+    obj = json.loads(raw, strict=False, parse_constant=reject_constant)
+    if _CONTROL(raw) is None:
+        return raw
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (\\ud800 in the server's text) cannot be UTF-8: keep it \\u-escaped.
+        return json.dumps(obj, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def error_byte(exc: Exception) -> Optional[int]:
+    """The offset msgspec names in a decode error, or None for truncated input."""
+    match = _ERROR_BYTE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
+def last_cut(buf: bytearray, lo: int, hi: int) -> int:
+    """Index of the ``}`` of the last ``},`` + whitespace + ``{`` starting in ``buf[lo:hi]``, or -1."""
+    while True:
+        at = buf.rfind(b"},", lo, hi)
+        if at < 0:
+            return -1
+        nxt = WHITESPACE(buf, at + 2).end()
+        if nxt < len(buf) and buf[nxt] == _LBRACE:
+            return at
+        hi = at + 1
+
+
+def split_window(buf: bytearray, pos: int, cut: int) -> List[bytes]:
+    """The elements of ``buf[pos:cut+1]`` read as the inside of a JSON array (msgspec validates them).
+
+    Decoded in place, without copying the window: the bytes either side (the separator or ``[``
+    before, the ``,`` after) become ``[`` and ``]`` for the call, and are put back.
+    """
+    before, after = buf[pos - 1], buf[cut + 1]
+    buf[pos - 1], buf[cut + 1] = _LBRACKET, _RBRACKET
+    try:
+        with memoryview(buf) as view, view[pos - 1 : cut + 2] as window:
+            raws = _EVENTS.decode(window)
+            try:
+                return list(map(bytes, raws))
+            finally:
+                del raws  # they point into the buffer: it cannot be resized while they live
+    finally:
+        buf[pos - 1], buf[cut + 1] = before, after
 
 
 class MalformedBody(ValueError):
@@ -169,7 +239,7 @@ class PageSplitter:
                 envelope[key] = []
                 continue
             try:
-                envelope[key] = json.loads(raw, parse_constant=event_json.reject_constant)
+                envelope[key] = json.loads(raw, parse_constant=reject_constant)
             except (ValueError, RecursionError) as exc:
                 message = f"top-level value of {key!r} is not JSON ({exc})"
                 self._error = MalformedBody(message, _printable(raw))
@@ -260,7 +330,7 @@ class PageSplitter:
             try:
                 events = split_window(buf, pos, cut)
             except msgspec.DecodeError as exc:
-                at = event_json.error_byte(exc)
+                at = error_byte(exc)
                 if at is not None and at < cut - pos:  # a fault before the cut, not the cut itself
                     self._bulk_from = self._off + pos + at
                     return False
@@ -388,13 +458,13 @@ class PageSplitter:
         try:
             if len(event) <= self.max_event_bytes:  # a larger one is skipped by `_emit`
                 try:
-                    event_json.decode_one(event)
+                    decode_one(event)
                 except msgspec.DecodeError as exc:
                     # Raw control bytes in strings and lone surrogate escapes are JSON to Python's decoder.
                     try:
-                        reencoded = event_json.reencode_event(event)
+                        reencoded = reencode_event(event)
                     except ValueError:
-                        at = event_json.error_byte(exc)
+                        at = error_byte(exc)
                         self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
         except RecursionError:
             self._skip(self._off + start, len(event), "nested too deep")
