@@ -194,11 +194,7 @@ class Runner:
             self.stop.end()
             self._ended.set()
             try:
-                self.delivery.finish(
-                    timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT,
-                    clean=drained,
-                    interrupted=lambda: self.stop.asked,
-                )
+                self.delivery.finish(timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT, clean=drained)
             except ConsumerGone:
                 pass
             except (OutputFailed, StateError) as exc:

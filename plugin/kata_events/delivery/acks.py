@@ -258,7 +258,7 @@ class AckDelivery(Delivery):
                     seconds=round(age, 1),
                 )
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         # Give the shipper a moment to send its last acknowledgements and STOP.
         deadline = time.monotonic() + timeout
         with self._cond:

@@ -27,9 +27,10 @@ from typing import Callable, Optional
 from kata_events import logs
 from kata_events.delivery import stalled_reader
 from kata_events.delivery.disk_faults import is_disk_fault
+from kata_events.delivery.ledger import DeliveryLedger
 from kata_events.delivery.pipe_room import unread_bytes
 from kata_events.delivery.policies import DRAIN_POLL, Delivery
-from kata_events.delivery.writer import LineWriter, OutputFailed
+from kata_events.delivery.writer import PIECE_LINES, LineWriter, OutputFailed
 from kata_events.state.progress import Point
 from kata_events.state.store import short_token
 from kata_events.stopping import Stop
@@ -38,6 +39,13 @@ from kata_events.stopping import Stop
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 #: A regular file is fsynced at most this often while lines are written to it.
 FILE_SYNC_EVERY = 0.02
+#: The bound on what any stop sends again, the settle window's lines included.
+STOP_RESEND_BOUND = 3000
+#: With a settle window: the most lines written beyond what the reader wholly took. Small enough
+#: that what a pipe holds when a stop comes fits Fluent Bit's exec input's ring buffer (1,024
+#: records) with room to spare: past it, that input spends a second on every line it reads while it
+#: shuts down. Large enough to keep a reader busy (a few pieces of event-sized lines).
+FLIGHT_LINES = 600
 
 
 class SyncDelivery(Delivery):
@@ -121,7 +129,7 @@ class SyncDelivery(Delivery):
                 with self._lock:
                     self._synced(position)
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         with self._lock:
             self._sync_written()
 
@@ -135,7 +143,8 @@ class SyncDelivery(Delivery):
 class DrainDelivery(Delivery):
     """A pipe or socket: units are bytes, taken once out of the pipe or acknowledged by the peer. A
     thread named ``drain`` moves the delivery point as they are taken (about a pipe's worth behind
-    the written position) and watches for the reader going away."""
+    the written position) and watches for the reader going away. ``settle``: seconds a line must
+    have been taken before a stop for it to count."""
 
     def __init__(
         self,
@@ -147,16 +156,22 @@ class DrainDelivery(Delivery):
         stop: Optional[Stop] = None,
         settle_lines: int = 0,
     ) -> None:
-        super().__init__(writer, commit, note, settle, stop, settle_lines)
+        super().__init__(writer, commit, note, stop)
         self.kind = kind
-        lines = self.ledger.settle_lines
-        bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines and settle else ""
-        self.guarantee = {
-            "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
-            f"stayed {settle:g} s after that (settle_time){bounded}",
-            "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
-            f"peer stayed {settle:g} s after that (settle_time){bounded}",
+        self.settle = settle
+        lines = settle_lines if settle > 0 else 0
+        self.ledger = DeliveryLedger(settle=settle, settle_lines=lines)
+        #: With a settle window bounded in lines: the most lines written beyond what the reader
+        #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
+        self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
+        who = {
+            "pipe": "the reader has taken it out of the pipe and stayed",
+            "socket": "the peer's TCP stack acknowledged it and the peer stayed",
         }[kind]
+        bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines else ""
+        self.guarantee = (
+            f"a line counts as delivered once {who} {settle:g} s after that (settle_time){bounded}"
+        )
         self._measurable = True
         #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
         self._gone_at: Optional[float] = None
@@ -183,7 +198,20 @@ class DrainDelivery(Delivery):
         waits for the record, and after a piece a stop cut)."""
         self._take(max(0, self.ledger.written - self._unread()))
 
-    _nudge = _after_partial = _check
+    _nudge = _check
+
+    def _wait_for_record(self, count: int) -> None:
+        """Also wait while the piece would put more than `flight_lines` beyond what the reader
+        wholly took."""
+        super()._wait_for_record(count)
+        delay = 0.0005
+        while self.flight_lines is not None and not self._wait_ends():
+            with self._lock:
+                self._check()
+                if self.ledger.lines_in_flight() + count <= self.flight_lines or self.ledger.unacked == 0:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def _watch(self) -> None:
         # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
@@ -201,16 +229,26 @@ class DrainDelivery(Delivery):
                 with self._lock:
                     self._check()
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         if clean:
             deadline = time.monotonic() + timeout
-            while self.ledger.unacked and time.monotonic() < deadline and not interrupted():
+            while self.ledger.unacked and time.monotonic() < deadline and not self.stop.asked:
                 with self._lock:
                     self._check()
                 if self.ledger.unacked:
                     time.sleep(DRAIN_POLL / 2)
-            if self._settle_wait(interrupted):
+            if self.settle <= 0:
                 return
+            # Wait until the last line has settled, unless the reader left, lines are still unread
+            # or a stop comes first.
+            with self._lock:
+                self._check()
+                unread, target = self.ledger.unacked, self.ledger.taken_position
+            while not unread and not self.stop.asked and self._gone_at is None:
+                with self._lock:
+                    if self.ledger.settled_position(time.monotonic()) >= target:
+                        return
+                time.sleep(DRAIN_POLL)
         self._go_back_to_settled()
         if self.kind == "pipe":
             self._release_stalled_fluent_bit()
@@ -246,23 +284,6 @@ class DrainDelivery(Delivery):
             bytes=len(data),
             lines=lines,
         )
-
-    def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
-        """--once caught up: wait until the last line has settled; False if the reader left, lines
-        are still unread, or a stop came first."""
-        if self.settle <= 0:
-            return True
-        with self._lock:
-            self._check()
-            if self.ledger.unacked:
-                return False
-            target = self.ledger.taken_position
-        while not interrupted() and self._gone_at is None:
-            with self._lock:
-                if self.ledger.settled_position(time.monotonic()) >= target:
-                    return True
-            time.sleep(DRAIN_POLL)
-        return False
 
     def _go_back_to_settled(self) -> None:
         """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""

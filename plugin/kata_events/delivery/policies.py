@@ -39,20 +39,12 @@ DRAIN_POLL = 0.05
 RECORD_AHEAD_LINES = 2000
 #: The bound on lines delivered and sent again after a kill -9, whatever the threads' timing.
 RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
-#: The bound on what any stop sends again, the settle window's lines included.
-STOP_RESEND_BOUND = 3000
-#: With a settle window: the most lines written beyond what the reader wholly took. Small enough
-#: that what a pipe holds when a stop comes fits Fluent Bit's exec input's ring buffer (1,024
-#: records) with room to spare: past it, that input spends a second on every line it reads while it
-#: shuts down. Large enough to keep a reader busy (a few pieces of event-sized lines).
-FLIGHT_LINES = 600
 
 
 class Delivery:
     """Written is taken: for a terminal or anything whose drain cannot be measured.
 
-    ``commit``, ``note``: the state's writers, handed to the `Recorder`. ``settle``: seconds a line
-    must have been taken before a stop for it to count (pipes and sockets only).
+    ``commit``, ``note``: the state's writers, handed to the `Recorder`.
     """
 
     mode = "none"
@@ -65,19 +57,12 @@ class Delivery:
         writer: LineWriter,
         commit: Callable[[Point], None],
         note: Optional[Callable[[Point, bool], None]] = None,
-        settle: float = 0.0,
         stop: Optional[Stop] = None,
-        settle_lines: int = 0,
     ) -> None:
         self.stop = stop if stop is not None else Stop()
         writer.should_stop = lambda: self.stop.stopping
         self.writer = writer
-        self.settle = settle
-        lines = settle_lines if settle > 0 else 0
-        self.ledger = DeliveryLedger(settle=settle, settle_lines=lines)
-        #: With a settle window bounded in lines: the most lines written beyond what the reader
-        #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
-        self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
+        self.ledger = DeliveryLedger()
         self._lock = threading.Lock()
         self._closing = False
         self.health = DiskHealth()
@@ -103,28 +88,20 @@ class Delivery:
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines of the current page."""
         for data, count in pieces(lines):
-            self._wait_for_record()
-            if self.flight_lines is not None:
-                self._wait_for_flight(count)
+            self._wait_for_record(count)
             self._write_piece(data, count)
 
-    def _write(self, data: bytes) -> int:
-        # A stop in the middle of a piece still counts the whole lines it wrote.
+    def _write_piece(self, data: bytes, count: int) -> None:
         try:
-            return self.writer.write_bytes(data)
+            self.writer.write_bytes(data)
         except WriteStopped as exc:
+            # A stop in the middle of a piece still counts the whole lines it wrote.
             if exc.written > 0:
                 part = data[: exc.written]
                 with self._lock:
                     self.ledger.wrote(exc.written, time.monotonic(), part, part.count(b"\n"))
-                    self._after_partial()
+                    self._nudge()
             raise
-
-    def _after_partial(self) -> None:
-        """With the lock held: a stop cut a piece; what it wrote is counted (subclasses)."""
-
-    def _write_piece(self, data: bytes, count: int) -> None:
-        self._write(data)
         with self._lock:
             self.ledger.wrote(len(data), time.monotonic(), data, count)
             self._check()
@@ -133,24 +110,10 @@ class Delivery:
         """With the lock held: record what is taken by now (here: everything written)."""
         self._take(self.ledger.written)
 
-    def _wait_for_flight(self, count: int) -> None:
-        """Wait while a piece of ``count`` lines would put more than `flight_lines` beyond what the
-        reader wholly took."""
-        limit = self.flight_lines
-        assert limit is not None
-        delay = 0.0005
-        while not self._wait_ends():
-            with self._lock:
-                self._nudge()
-                if self.ledger.lines_in_flight() + count <= limit or self.ledger.unacked == 0:
-                    return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
-
-    def _wait_for_record(self) -> None:
-        """Wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered. The wait
-        ends at a stop, or while a disk fault pauses recording (the runner's retry then owns the
-        state file, and the bound is the pause's)."""
+    def _wait_for_record(self, count: int) -> None:
+        """Before a piece of ``count`` lines: wait while `RECORD_AHEAD_LINES` lines written are not
+        recorded as delivered. The wait ends at a stop, or while a disk fault pauses recording (the
+        runner's retry then owns the state file, and the bound is the pause's)."""
         recorder = self.recorder
         # A page's commit is waited for before writing on, as the reader's pace allows: what a
         # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
@@ -166,7 +129,8 @@ class Delivery:
         return self._closing or self.stop.stopping or self.health.paused
 
     def _nudge(self) -> None:
-        """With the lock held: help the record move while the writer waits for it (subclasses)."""
+        """With the lock held: help the record move while the writer waits for it, or after a piece
+        a stop cut (subclasses)."""
 
     def end_page(self, token: str) -> None:
         """The current page is complete; its token may be committed once its lines are taken."""
@@ -204,16 +168,14 @@ class Delivery:
     def check_ack_timeout(self) -> None:
         """Warn when lines wait too long for their acknowledgement (ack mode)."""
 
-    def finish(
-        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
-    ) -> None:
+    def finish(self, timeout: float, clean: bool = False) -> None:
         """Last chance to record before exit. ``clean``: a --once run that caught up (a pipe then
-        waits for the drain and the settle time); otherwise a stop (a pipe goes back to the point
-        that had settled). ``interrupted`` says a stop was asked for meanwhile."""
-        self._finish(timeout, clean, interrupted)
+        waits for the drain and the settle time, unless a stop is asked for meanwhile); otherwise a
+        stop (a pipe goes back to the point that had settled)."""
+        self._finish(timeout, clean)
         self.recorder.flush()
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         """What `finish` waits for before the last record (subclasses)."""
 
     def close(self) -> None:
@@ -246,4 +208,4 @@ def make_delivery(
         return SyncDelivery(writer, commit, note, stop)
     if kind in ("pipe", "socket"):
         return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
-    return Delivery(writer, commit, note, stop=stop)
+    return Delivery(writer, commit, note, stop)
