@@ -100,7 +100,7 @@ class SyncDelivery(Delivery):
 
     def end_page(self, token: str) -> None:
         with self._lock:
-            self.ledger.page_end(token)
+            self.ledger.begin_page(token)
             self._sync_written()
 
     def retry(self) -> None:

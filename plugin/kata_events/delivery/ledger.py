@@ -45,7 +45,7 @@ class DeliveryLedger:
         # entries wholly taken are dropped, so the deque is bounded by the unacknowledged window.
         self._write_times: Deque[Tuple[int, float]] = deque()
         # The page being written: [token it was asked with, events so far, running hasher], or None
-        # before the first page_end/begin_page (then no checkpoint is made).
+        # before the first begin_page (then no checkpoint is made).
         self._page: Optional[list] = None
         self._trail: Deque[_Checkpoint] = deque()
         # (time, taken position) for every advance, oldest first, pruned to the settle window;
@@ -57,7 +57,9 @@ class DeliveryLedger:
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next units belong to the answer to ``token``, whose first ``events`` are already
-        delivered (skipped on a resume) with ``hasher`` holding their digest (None: no events)."""
+        delivered (skipped on a resume) with ``hasher`` holding their digest (None: no events). A
+        page ends where the next begins: ``(its token, 0)`` is reached once all units up to here
+        are taken."""
         self._page = [token, events, new_hasher() if hasher is None else hasher]
         self._checkpoint()
 
@@ -93,12 +95,6 @@ class DeliveryLedger:
                 self._write_times[-1] = (self.written, now)
             else:
                 self._write_times.append((self.written, now))
-
-    def page_end(self, token: str) -> None:
-        """The page written so far ends here: the point ``(token, 0)`` is reached once all units up
-        to here are taken."""
-        self._page = [token, 0, new_hasher()]
-        self._checkpoint()
 
     def taken(self, position: int, now: Optional[float] = None) -> None:
         """The first ``position`` units are taken: beyond what was written raises ValueError; behind
@@ -183,13 +179,8 @@ class DeliveryLedger:
     def unacked(self) -> int:
         return self.written - self.taken_position
 
-    def unacked_since(self) -> Optional[float]:
-        """When the oldest untaken unit was written (None: all taken, or not dated)."""
-        if self.taken_position >= self.written or not self._write_times:
-            return None
-        return self._write_times[0][1]
-
     def unacked_age(self, now: float) -> float:
-        """Seconds the oldest untaken unit has waited."""
-        since = self.unacked_since()
-        return 0.0 if since is None else max(0.0, now - since)
+        """Seconds the oldest untaken unit has waited since it was written (0: all taken, or not dated)."""
+        if self.taken_position >= self.written or not self._write_times:
+            return 0.0
+        return max(0.0, now - self._write_times[0][1])

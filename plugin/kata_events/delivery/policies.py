@@ -135,7 +135,7 @@ class Delivery:
     def end_page(self, token: str) -> None:
         """The current page is complete; its token may be committed once its lines are taken."""
         with self._lock:
-            self.ledger.page_end(token)
+            self.ledger.begin_page(token)
             self._check()
 
     def _take(self, position: int) -> None:
