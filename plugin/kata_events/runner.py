@@ -227,7 +227,7 @@ class Runner:
 
     def _loop(self) -> ExitStatus:
         while not self.stop.stopping:
-            self.delivery.wait_for_room(lambda: self.stop.stopping)
+            self.delivery.wait_for_room()
             if self.stop.stopping:
                 break
             if self.delivery.health.paused:

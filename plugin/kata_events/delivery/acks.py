@@ -153,9 +153,8 @@ class AckDelivery(Delivery):
         self._overacks = 0
         self._timeout_warned = False
         self._thread = threading.Thread(target=self._read_loop, name="acks", daemon=True)
-        if already_read:
-            for event in self._parser.feed(already_read):
-                self._handle(event)
+        for event in self._parser.feed(already_read):
+            self._handle(event)
         self._thread.start()
 
     def _wait_ends(self) -> bool:
@@ -189,12 +188,7 @@ class AckDelivery(Delivery):
             except OSError as exc:
                 logs.emit("ack_protocol", f"stdin cannot be read any more ({exc}); stopping")
                 data = b""
-            if not data:
-                for event in self._parser.close():
-                    self._handle(event)
-                self._handle(AckEvent("eof"))
-                return
-            for event in self._parser.feed(data):
+            for event in self._parser.feed(data) if data else [*self._parser.close(), AckEvent("eof")]:
                 self._handle(event)
             if self._stopped:
                 return
@@ -265,11 +259,11 @@ class AckDelivery(Delivery):
             while not self._stopped and self.ledger.unacked and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
 
-    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+    def wait_for_room(self) -> None:
         """Before a page: wait while ``max_unacked`` lines are written but not acknowledged, or
-        acknowledged but not recorded (however long a commit takes on the disk). A disk fault ends
-        the wait: the runner's retry then owns the state file."""
-        while not should_stop() and not self._stopped and not self.health.paused:
+        acknowledged but not recorded (however long a commit takes on the disk). A stop or a disk
+        fault ends the wait: the runner's retry then owns the state file."""
+        while not self._wait_ends():
             if self.ledger.unacked >= self.max_unacked:
                 with self._cond:
                     if self.ledger.unacked >= self.max_unacked:

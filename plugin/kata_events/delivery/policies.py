@@ -162,7 +162,7 @@ class Delivery:
         """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
         self.recorder.flush(retry=True)
 
-    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+    def wait_for_room(self) -> None:
         """Block while too much is unacknowledged (ack mode)."""
 
     def check_ack_timeout(self) -> None:

@@ -88,10 +88,9 @@ ROOM_WAIT_MAX = 0.01
 
 def _shared_with_stderr(fd: int) -> bool:
     try:
-        a, b = os.fstat(fd), os.fstat(2)
+        return os.path.samestat(os.fstat(fd), os.fstat(2))
     except OSError:
         return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class LineWriter:
@@ -191,8 +190,6 @@ class LineWriter:
 
     def write_bytes(self, data: bytes) -> int:
         """Write ``data`` (whole lines, each ending in a newline); return the bytes written."""
-        if not data:
-            return 0
         view = memoryview(data)
         total = len(data)
         done = 0
