@@ -84,19 +84,15 @@ class SyncDelivery(Delivery):
                 return False
             if exc.errno not in (errno.EINVAL, errno.EROFS):
                 raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
-        return True
-
-    def _synced(self, position: int) -> None:
-        """With the lock held: everything up to ``position`` is fsynced."""
         if self.health.failing("stdout") and not self.writer.write_failing:
             self.health.recovered("stdout")
-        self._take(position)
+        return True
 
     def _sync_written(self) -> None:
         """With the lock held: fsync what is written and count it as taken."""
         position = self.ledger.written
         if self._fsync():
-            self._synced(position)
+            self._take(position)
 
     def end_page(self, token: str) -> None:
         with self._lock:
@@ -127,7 +123,7 @@ class SyncDelivery(Delivery):
                 return
             if synced:
                 with self._lock:
-                    self._synced(position)
+                    self._take(position)
 
     def _finish(self, timeout: float, clean: bool) -> None:
         with self._lock:
