@@ -55,15 +55,9 @@ def pieces(
 ) -> Iterator[Tuple[bytes, int]]:
     """``lines`` as written, cut at line ends into (bytes, lines) pieces of about ``limit`` bytes
     and at most ``max_lines`` lines; a longer line is a piece of its own."""
-    n = len(lines)
-    if n == 0:
-        return
     ends = list(itertools.accumulate(map((1).__add__, map(len, lines))))
-    if ends[-1] <= limit and n <= max_lines:
-        yield joined(lines), n
-        return
     start = base = 0
-    while start < n:
+    while start < len(lines):
         stop = bisect.bisect_right(ends, base + limit, lo=start)
         stop = min(max(stop, start + 1), start + max_lines)
         yield joined(lines[start:stop]), stop - start
@@ -142,8 +136,6 @@ class LineWriter:
             flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
             end = st.st_size if flags & os.O_APPEND else os.lseek(self.fd, 0, os.SEEK_CUR)
         except OSError:
-            return 0
-        if end <= 0:
             return 0
         offset, length = max(0, end - 65536), min(end, 65536)
         try:
@@ -227,8 +219,12 @@ class LineWriter:
                     self.health.trouble("stdout", f"writing stdout failed: {os.strerror(exc.errno or 0)}")
                     if not self.health.wait(self.should_stop):
                         self.write_failing = False
-                        self._cut_partial_line(data, done)
+                        # Take back the start of a line the file got before its disk failed
+                        # (``>> file`` has one writer: no one else appends meanwhile).
                         kept = data.rfind(b"\n", 0, done) + 1
+                        if done > kept:
+                            with suppress(OSError):
+                                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - (done - kept))
                         raise WriteStopped("stopped while stdout's disk failed", kept) from None
                     continue
                 if self.room is not None:
@@ -248,15 +244,6 @@ class LineWriter:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
         return total
-
-    def _cut_partial_line(self, data: bytes, done: int) -> None:
-        """Take back the start of a line the file got before its disk failed (``>> file`` has one
-        writer: no one else appends meanwhile)."""
-        cut = done - (data.rfind(b"\n", 0, done) + 1)
-        if cut <= 0:
-            return
-        with suppress(OSError):
-            os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - cut)
 
     def close(self) -> None:
         # Give the descriptor back blocking: a shell holding the same pipe writes after us.
