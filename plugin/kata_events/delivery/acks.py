@@ -47,9 +47,7 @@ class AckParser:
 
     def feed(self, data: bytes) -> List[AckEvent]:
         """The complete lines a chunk finished, in order."""
-        buf = self._partial + data
-        lines = buf.split(b"\n")
-        self._partial = lines.pop()
+        *lines, self._partial = (self._partial + data).split(b"\n")
         if len(self._partial) > MAX_LINE:
             # No legitimate line is this long: report it once and keep only a bounded tail.
             lines.append(self._partial[:MAX_LINE])
@@ -152,10 +150,9 @@ class AckDelivery(Delivery):
         self._junk_logged = False
         self._overacks = 0
         self._timeout_warned = False
-        self._thread = threading.Thread(target=self._read_loop, name="acks", daemon=True)
         for event in self._parser.feed(already_read):
             self._handle(event)
-        self._thread.start()
+        threading.Thread(target=self._read_loop, name="acks", daemon=True).start()
 
     def _wait_ends(self) -> bool:
         return self._stopped or super()._wait_ends()

@@ -21,7 +21,6 @@ import select
 import termios
 import threading
 import time
-from contextlib import suppress
 from typing import Callable, Optional
 
 from kata_events import logs
@@ -284,8 +283,7 @@ class DrainDelivery(Delivery):
     def _go_back_to_settled(self) -> None:
         """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
         with self._lock:
-            with suppress(OSError):
-                self._check()
+            self._check()
             reference = min(t for t in (time.monotonic(), self._gone_at, self.stop.at) if t is not None)
             position = self.ledger.stop_position(reference)
             point = self.ledger.point_at(position)
