@@ -1,15 +1,8 @@
-"""The delivery ledger's counters: writes are counted, and the oldest unacknowledged write is dated."""
+"""The delivery ledger's counters: the oldest unacknowledged write is dated."""
 
 from __future__ import annotations
 
-import pytest
-
 from kata_events.delivery.ledger import DeliveryLedger
-
-
-def test_a_negative_write_is_rejected():
-    with pytest.raises(ValueError):
-        DeliveryLedger().wrote(-1)
 
 
 def test_the_unacked_age_runs_from_the_write_of_the_oldest_untaken_unit():

@@ -56,32 +56,26 @@ class DeliveryLedger:
         self.frozen_at: Optional[float] = None
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
-        """The next units belong to the answer to ``token``, whose first ``events`` are already
-        delivered (skipped on a resume) with ``hasher`` holding their digest (None: no events). A
-        page ends where the next begins: ``(its token, 0)`` is reached once all units up to here
-        are taken."""
+        """The next units belong to the answer to ``token`` (a page ends where the next begins), whose
+        first ``events`` are already delivered (skipped on a resume) with ``hasher`` holding their
+        digest (None: no events)."""
         self._page = [token, events, new_hasher() if hasher is None else hasher]
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        page = self._page
-        if page is None:
+        if self._page is None:
             return
-        token, events, hasher = page
-        entry = (self.written, token, events, hasher.copy(), self.lines)
+        token, events, hasher = self._page
         if self._trail and self._trail[-1][0] == self.written:
-            self._trail[-1] = entry
-        else:
-            self._trail.append(entry)
+            self._trail.pop()
+        self._trail.append((self.written, token, events, hasher.copy(), self.lines))
 
     def wrote(
         self, n: int, now: Optional[float] = None, data: Optional[bytes] = None, lines: int = 0
     ) -> None:
         """Record ``n`` more units written, dated ``now``; ``data`` (``lines`` event lines) extends
         the current page's digest and makes a checkpoint at the new position."""
-        if n < 0:
-            raise ValueError(f"wrote() needs a count >= 0, got {n}")
-        if n == 0:
+        if n <= 0:
             return
         self.written += n
         self.lines += lines
@@ -92,9 +86,8 @@ class DeliveryLedger:
             self._checkpoint()
         if now is not None:
             if self._write_times and self._write_times[-1][1] == now:
-                self._write_times[-1] = (self.written, now)
-            else:
-                self._write_times.append((self.written, now))
+                self._write_times.pop()
+            self._write_times.append((self.written, now))
 
     def taken(self, position: int, now: Optional[float] = None) -> None:
         """The first ``position`` units are taken: beyond what was written raises ValueError; behind

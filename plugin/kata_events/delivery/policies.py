@@ -3,9 +3,7 @@
 A `Delivery` joins the stdout writer to a `DeliveryLedger` and the one `Recorder`: the runner says
 where pages begin and end, lines are written in pieces (`PIECE_BYTES`, `PIECE_LINES`), and after
 each piece the delivery point the taken position stands for is offered to the recorder, which
-alone writes the state. Before each piece, writing waits for a page's commit under way and while
-`RECORD_AHEAD_LINES` lines are written but not recorded, in every mode: what a kill -9 sends again
-is bounded by a count (`RESEND_BOUND`), never by how the threads were scheduled. "Taken" means
+alone writes the state; writing waits while the record lags (`RECORD_AHEAD_LINES`). "Taken" means
 (`make_delivery`): acknowledged on stdin (``--ack lines``, `kata_events.delivery.acks`); out of
 the pipe, acknowledged by the peer's TCP stack or fsynced (``--ack none``,
 `kata_events.delivery.drain`); written (a terminal: `Delivery` itself).
@@ -42,10 +40,8 @@ RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
 
 
 class Delivery:
-    """Written is taken: for a terminal or anything whose drain cannot be measured.
-
-    ``commit``, ``note``: the state's writers, handed to the `Recorder`.
-    """
+    """Written is taken (a terminal, or anything whose drain cannot be measured). ``commit``,
+    ``note``: the state's writers, handed to the `Recorder`."""
 
     mode = "none"
     guarantee = "a page counts as delivered once written"
@@ -111,9 +107,8 @@ class Delivery:
         self._take(self.ledger.written)
 
     def _wait_for_record(self, count: int) -> None:
-        """Before a piece of ``count`` lines: wait while `RECORD_AHEAD_LINES` lines written are not
-        recorded as delivered. The wait ends at a stop, or while a disk fault pauses recording (the
-        runner's retry then owns the state file, and the bound is the pause's)."""
+        """Before a piece of ``count`` lines. The wait ends at a stop, or while a disk fault pauses
+        recording (the runner's retry then owns the state file, and the bound is the pause's)."""
         recorder = self.recorder
         # A page's commit is waited for before writing on, as the reader's pace allows: what a
         # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
