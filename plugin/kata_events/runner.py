@@ -57,9 +57,8 @@ class ResumeMismatch(Exception):
 
 def _fatal(exc: OutputFailed | StateError) -> Tuple[ExitStatus, str]:
     """The exit code and message of an output or state failure that ends the run."""
-    if isinstance(exc, OutputFailed):
-        return ExitStatus.IO_ERROR, f"{exc}: nothing after the last commit is lost"
-    return ExitStatus(exc.exit_code), str(exc)
+    lost = ": nothing after the last commit is lost" if isinstance(exc, OutputFailed) else ""
+    return ExitStatus(exc.exit_code), f"{exc}{lost}"
 
 
 class Runner:

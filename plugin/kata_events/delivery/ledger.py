@@ -151,12 +151,10 @@ class DeliveryLedger:
     def freeze(self, at: float) -> None:
         """A stop measured from ``at`` is coming: keep the dates it needs (takes while the process
         unwinds cannot move the floor)."""
-        if self.frozen_at is None or at < self.frozen_at:
-            self.frozen_at = at
+        self.frozen_at = at if self.frozen_at is None else min(at, self.frozen_at)
 
     def _prune_dates(self, now: float) -> None:
-        frozen = self.frozen_at
-        cutoff = (now if frozen is None else min(now, frozen)) - self.settle
+        cutoff = (now if self.frozen_at is None else min(now, self.frozen_at)) - self.settle
         while len(self._taken_at) > 1 and self._taken_at[1][0] <= cutoff:
             self._settled_floor = self._taken_at.popleft()[1]
         if self._taken_at and self._taken_at[0][0] <= cutoff:
@@ -164,9 +162,8 @@ class DeliveryLedger:
         self._prune_trail(self._settled_floor)
 
     def _prune_trail(self, position: int) -> None:
-        trail = self._trail
-        while len(trail) > 1 and trail[1][0] <= position:
-            trail.popleft()
+        while len(self._trail) > 1 and self._trail[1][0] <= position:
+            self._trail.popleft()
 
     @property
     def unacked(self) -> int:
