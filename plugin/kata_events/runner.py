@@ -291,13 +291,12 @@ class Runner:
             # The events read while checking were not written: ask again, deliver it all.
             self._count_cut_page()
             return self._one_page()
-        count = page.event_count
         self.delivery.end_page(new_token)
         self.delivery.check_ack_timeout()
         self.token = new_token
         self.failures.succeeded()
         self._cut_page = None
-        self.reports.account(page, count, last_line, time.monotonic() - started)
+        self.reports.account(page, page.event_count, last_line, time.monotonic() - started)
         return page.element_count
 
     def _count_cut_page(self) -> None:
