@@ -81,12 +81,8 @@ def choose_ack_mode(requested: str, fd: int = 0, grace: float = START_GRACE) -> 
         return requested, f"ack = {requested} was asked for", b""
     kind = fd_kind(fd)
     if kind not in ("pipe", "socket"):
-        what = {
-            None: "closed",
-            "tty": "a terminal",
-            "chardev": "a character device such as /dev/null",
-        }.get(kind, "not a pipe")
-        return "none", f"stdin is {what}", b""
+        what = {None: "closed", "tty": "a terminal", "chardev": "a character device such as /dev/null"}
+        return "none", f"stdin is {what.get(kind, 'not a pipe')}", b""
     received = b""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)

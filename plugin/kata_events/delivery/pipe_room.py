@@ -102,11 +102,9 @@ class PipeRoom:
             return
         page, bufs, rest = self.page, self._bufs, n
         chars = n % page
-        if chars and bufs:
-            last = bufs[-1]
-            if last[0] + last[1] + chars <= page:
-                last[1] += chars
-                rest -= chars
+        if chars and bufs and sum(bufs[-1]) + chars <= page:  # offset + length of the last slot
+            bufs[-1][1] += chars
+            rest -= chars
         while rest > 0:
             take = min(page, rest)
             bufs.append([0, take])
