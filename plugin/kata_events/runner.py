@@ -181,8 +181,6 @@ class Runner:
         gone = False
         try:
             code = self._loop()
-        except StopRequested:
-            pass
         except ConsumerGone as exc:
             logs.emit("consumer_gone", f"the reader of stdout went away ({exc}); stopping")
             gone = True
@@ -236,7 +234,7 @@ class Runner:
                 continue
             try:
                 count = self._one_page()
-            except (StopRequested, Interrupted):
+            except (StopRequested, WriteStopped, Interrupted):
                 break
             except ApiError as exc:
                 self._count_cut_page()
@@ -357,11 +355,9 @@ class Runner:
                 batch = batch[: max(0, left)]
                 shown += len(batch)
             # Not interruptible: the writer watches the stop flag itself, so that a stop neither
-            # loses the count of a write under way nor cuts a line it can still finish.
-            try:
-                self.delivery.write(batch)
-            except WriteStopped:
-                raise StopRequested(self.stop.reason) from None
+            # loses the count of a write under way nor cuts a line it can still finish (it then
+            # raises WriteStopped).
+            self.delivery.write(batch)
             self.stats.written += len(batch)
             if limit_reached:
                 # Stopped only now: a stop set before the write would leave those lines unwritten.
