@@ -131,7 +131,6 @@ class SyncDelivery(Delivery):
     def close(self) -> None:
         self._closing = True
         self._wake.set()
-        self._thread.join(timeout=1.0)
         super().close()
 
 
@@ -323,8 +322,3 @@ class DrainDelivery(Delivery):
                 token=short_token(point.token),
             )
             self.recorder.write_final(point)
-
-    def close(self) -> None:
-        self._closing = True
-        self._thread.join(timeout=1.0)
-        super().close()

@@ -47,6 +47,8 @@ class Delivery:
     guarantee = "a page counts as delivered once written"
     #: Whether writing waits for a page's commit to be durable before it goes on.
     wait_for_commits = True
+    #: The policy's own thread (``fsync``, ``drain``), ended and joined at close (None: none).
+    _thread: Optional[threading.Thread] = None
 
     def __init__(
         self,
@@ -175,6 +177,8 @@ class Delivery:
 
     def close(self) -> None:
         self._closing = True
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
         self.recorder.close()
         self.writer.close()
 
