@@ -145,8 +145,7 @@ class Runner:
                 # A dropped token means a new subscription: events since the last run may be lost.
                 level = "WARNING" if token is None else None
                 logs.emit("state", why, level=level, state_file=str(self.store.path))
-        problem = token_problem(token) if token is not None else None
-        if problem:
+        if token is not None and (problem := token_problem(token)):
             logs.emit(
                 "state",
                 f"the saved continuation token {short_token(token)} cannot be used ({problem}); no "
@@ -354,9 +353,8 @@ class Runner:
                 limit_reached = left <= len(batch)
                 batch = batch[: max(0, left)]
                 shown += len(batch)
-            # Not interruptible: the writer watches the stop flag itself, so that a stop neither
-            # loses the count of a write under way nor cuts a line it can still finish (it then
-            # raises WriteStopped).
+            # Not interruptible: the writer watches the stop flag itself (WriteStopped), so that a
+            # stop neither loses the count of a write under way nor cuts a line it can still finish.
             self.delivery.write(batch)
             self.stats.written += len(batch)
             if limit_reached:

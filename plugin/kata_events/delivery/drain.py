@@ -66,8 +66,7 @@ class SyncDelivery(Delivery):
         self._thread.start()
 
     def _check(self) -> None:
-        # After a piece, and while the writer waits for the record: the syncer records what it
-        # fsyncs, wake it.
+        # The syncer records what it fsyncs: wake it (after a piece, and while the writer waits).
         self._wake.set()
 
     _nudge = _check
@@ -233,8 +232,7 @@ class DrainDelivery(Delivery):
                     time.sleep(DRAIN_POLL / 2)
             if self.settle <= 0:
                 return
-            # Wait until the last line has settled, unless the reader left, lines are still unread
-            # or a stop comes first.
+            # Then until the last line has settled (unless lines are unread, the reader left, a stop).
             with self._lock:
                 self._check()
                 unread, target = self.ledger.unacked, self.ledger.taken_position

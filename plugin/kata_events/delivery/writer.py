@@ -2,12 +2,12 @@
 
 `LineWriter` owns the stdout descriptor: it writes with `os.write` and checks what every call took
 (Python's buffered ``sys.stdout`` can report a short write to a vanished reader as success), and
-turns a vanished reader into `ConsumerGone`. A stop never lands in the middle of a write. No reader
-gets part of a line, whatever kills the process: on a pipe every write is whole lines that fit its
-free room (`kata_events.delivery.pipe_room`), which the kernel copies whole; a line larger than the
-pipe can ever hold is written in parts (``on_oversize`` is told, once). A regular file found ending
-mid-line at start (a kill tore a write) gets its fragment ended with a newline first
-(`mend_torn_tail`). Writes nothing but the lines it is given (and that newline); never logs.
+turns a vanished reader into `ConsumerGone`. No reader gets part of a line, whatever kills the
+process: on a pipe every write is whole lines that fit its free room
+(`kata_events.delivery.pipe_room`), which the kernel copies whole; a line larger than the pipe can
+ever hold is written in parts (``on_oversize`` is told, once). A regular file found ending mid-line
+at start (a kill tore a write) gets its fragment ended with a newline (`mend_torn_tail`). Writes
+nothing but the lines it is given (and that newline); never logs.
 """
 
 from __future__ import annotations
