@@ -157,14 +157,11 @@ class DrainDelivery(Delivery):
         #: With a settle window bounded in lines: the most lines written beyond what the reader
         #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
         self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
-        who = {
-            "pipe": "the reader has taken it out of the pipe and stayed",
-            "socket": "the peer's TCP stack acknowledged it and the peer stayed",
-        }[kind]
+        taken = "a line counts as delivered once the reader has taken it out of the pipe and stayed"
+        if kind == "socket":
+            taken = "a line counts as delivered once the peer's TCP stack acknowledged it and the peer stayed"
         bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines else ""
-        self.guarantee = (
-            f"a line counts as delivered once {who} {settle:g} s after that (settle_time){bounded}"
-        )
+        self.guarantee = f"{taken} {settle:g} s after that (settle_time){bounded}"
         self._measurable = True
         #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
         self._gone_at: Optional[float] = None
