@@ -14,8 +14,7 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from kata_events import logs
 from kata_events.delivery.policies import Delivery
@@ -30,8 +29,7 @@ MAX_LINE = 128
 ACK_CHECK_EVERY = 0.25
 
 
-@dataclass(frozen=True)
-class AckEvent:
+class AckEvent(NamedTuple):
     """One protocol line: ``start``, ``ack`` (with ``count``), ``stop``, ``junk`` (or ``eof``)."""
 
     kind: str
