@@ -161,7 +161,7 @@ def test_in_process_no_token_ahead_of_acks_and_no_deadlock(
 
     def runner() -> None:
         for i, size in enumerate(pages):
-            delivery.wait_for_room(stopped.is_set)
+            delivery.wait_for_room()
             if stopped.is_set():
                 break
             if delivery.ledger.unacked >= window:

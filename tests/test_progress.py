@@ -33,7 +33,7 @@ def _feed(ledger: DeliveryLedger, pages: List[List[bytes]], limit: int) -> List[
         for data, count in pieces(lines, limit):
             ledger.wrote(len(data), 0.0, data, count)
         token = f"t{i}"
-        ledger.page_end(token)
+        ledger.begin_page(token)
     starts.append((ledger.written, token))
     return starts
 
@@ -69,7 +69,7 @@ def test_a_page_end_is_the_point_zero_events_into_its_token():
     ledger = DeliveryLedger()
     ledger.begin_page("t0")
     ledger.wrote(8, 0.0, b'{"a":1}\n', 1)
-    ledger.page_end("t1")
+    ledger.begin_page("t1")
     assert ledger.point_at(8) == Point("t1", 0, EMPTY_DIGEST)
     assert ledger.point_at(7) == Point("t0", 0, EMPTY_DIGEST)
 

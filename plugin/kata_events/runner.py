@@ -57,9 +57,8 @@ class ResumeMismatch(Exception):
 
 def _fatal(exc: OutputFailed | StateError) -> Tuple[ExitStatus, str]:
     """The exit code and message of an output or state failure that ends the run."""
-    if isinstance(exc, OutputFailed):
-        return ExitStatus.IO_ERROR, f"{exc}: nothing after the last commit is lost"
-    return ExitStatus(exc.exit_code), str(exc)
+    lost = ": nothing after the last commit is lost" if isinstance(exc, OutputFailed) else ""
+    return ExitStatus(exc.exit_code), f"{exc}{lost}"
 
 
 class Runner:
@@ -146,8 +145,7 @@ class Runner:
                 # A dropped token means a new subscription: events since the last run may be lost.
                 level = "WARNING" if token is None else None
                 logs.emit("state", why, level=level, state_file=str(self.store.path))
-        problem = token_problem(token) if token is not None else None
-        if problem:
+        if token is not None and (problem := token_problem(token)):
             logs.emit(
                 "state",
                 f"the saved continuation token {short_token(token)} cannot be used ({problem}); no "
@@ -182,8 +180,6 @@ class Runner:
         gone = False
         try:
             code = self._loop()
-        except StopRequested:
-            pass
         except ConsumerGone as exc:
             logs.emit("consumer_gone", f"the reader of stdout went away ({exc}); stopping")
             gone = True
@@ -194,11 +190,7 @@ class Runner:
             self.stop.end()
             self._ended.set()
             try:
-                self.delivery.finish(
-                    timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT,
-                    clean=drained,
-                    interrupted=lambda: self.stop.asked,
-                )
+                self.delivery.finish(timeout=ONCE_FINISH_WAIT if drained else FINISH_WAIT, clean=drained)
             except ConsumerGone:
                 pass
             except (OutputFailed, StateError) as exc:
@@ -231,7 +223,7 @@ class Runner:
 
     def _loop(self) -> ExitStatus:
         while not self.stop.stopping:
-            self.delivery.wait_for_room(lambda: self.stop.stopping)
+            self.delivery.wait_for_room()
             if self.stop.stopping:
                 break
             if self.delivery.health.paused:
@@ -241,7 +233,7 @@ class Runner:
                 continue
             try:
                 count = self._one_page()
-            except (StopRequested, Interrupted):
+            except (StopRequested, WriteStopped, Interrupted):
                 break
             except ApiError as exc:
                 self._count_cut_page()
@@ -296,13 +288,12 @@ class Runner:
             # The events read while checking were not written: ask again, deliver it all.
             self._count_cut_page()
             return self._one_page()
-        count = page.event_count
         self.delivery.end_page(new_token)
         self.delivery.check_ack_timeout()
         self.token = new_token
         self.failures.succeeded()
         self._cut_page = None
-        self.reports.account(page, count, last_line, time.monotonic() - started)
+        self.reports.account(page, page.event_count, last_line, time.monotonic() - started)
         return page.element_count
 
     def _count_cut_page(self) -> None:
@@ -362,12 +353,9 @@ class Runner:
                 limit_reached = left <= len(batch)
                 batch = batch[: max(0, left)]
                 shown += len(batch)
-            # Not interruptible: the writer watches the stop flag itself, so that a stop neither
-            # loses the count of a write under way nor cuts a line it can still finish.
-            try:
-                self.delivery.write(batch)
-            except WriteStopped:
-                raise StopRequested(self.stop.reason) from None
+            # Not interruptible: the writer watches the stop flag itself (WriteStopped), so that a
+            # stop neither loses the count of a write under way nor cuts a line it can still finish.
+            self.delivery.write(batch)
             self.stats.written += len(batch)
             if limit_reached:
                 # Stopped only now: a stop set before the write would leave those lines unwritten.

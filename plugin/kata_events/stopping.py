@@ -48,8 +48,7 @@ class Stop:
         """Request a stop (a signal, STOP, a failure). Plain assignments: safe from a signal handler."""
         if self.at is None:
             self.at = time.monotonic()
-        if not self.reason:
-            self.reason = reason
+        self.reason = self.reason or reason
         self.asked = True
 
     def ask_and_wake(self, reason: str) -> None:
@@ -75,8 +74,7 @@ class Stop:
 
     def end(self, reason: str = "") -> None:
         """The loop ends on its own (caught up, enough events shown): nothing younger is asked for."""
-        if reason and not self.reason:
-            self.reason = reason
+        self.reason = self.reason or reason
         self.ending = True
 
     def sleep(self, seconds: float) -> bool:

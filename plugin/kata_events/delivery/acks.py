@@ -14,8 +14,7 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from kata_events import logs
 from kata_events.delivery.policies import Delivery
@@ -30,8 +29,7 @@ MAX_LINE = 128
 ACK_CHECK_EVERY = 0.25
 
 
-@dataclass(frozen=True)
-class AckEvent:
+class AckEvent(NamedTuple):
     """One protocol line: ``start``, ``ack`` (with ``count``), ``stop``, ``junk`` (or ``eof``)."""
 
     kind: str
@@ -47,9 +45,7 @@ class AckParser:
 
     def feed(self, data: bytes) -> List[AckEvent]:
         """The complete lines a chunk finished, in order."""
-        buf = self._partial + data
-        lines = buf.split(b"\n")
-        self._partial = lines.pop()
+        *lines, self._partial = (self._partial + data).split(b"\n")
         if len(self._partial) > MAX_LINE:
             # No legitimate line is this long: report it once and keep only a bounded tail.
             lines.append(self._partial[:MAX_LINE])
@@ -83,12 +79,8 @@ def choose_ack_mode(requested: str, fd: int = 0, grace: float = START_GRACE) -> 
         return requested, f"ack = {requested} was asked for", b""
     kind = fd_kind(fd)
     if kind not in ("pipe", "socket"):
-        what = {
-            None: "closed",
-            "tty": "a terminal",
-            "chardev": "a character device such as /dev/null",
-        }.get(kind, "not a pipe")
-        return "none", f"stdin is {what}", b""
+        what = {None: "closed", "tty": "a terminal", "chardev": "a character device such as /dev/null"}
+        return "none", f"stdin is {what.get(kind, 'not a pipe')}", b""
     received = b""
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
@@ -152,11 +144,9 @@ class AckDelivery(Delivery):
         self._junk_logged = False
         self._overacks = 0
         self._timeout_warned = False
-        self._thread = threading.Thread(target=self._read_loop, name="acks", daemon=True)
-        if already_read:
-            for event in self._parser.feed(already_read):
-                self._handle(event)
-        self._thread.start()
+        for event in self._parser.feed(already_read):
+            self._handle(event)
+        threading.Thread(target=self._read_loop, name="acks", daemon=True).start()
 
     def _wait_ends(self) -> bool:
         return self._stopped or super()._wait_ends()
@@ -189,12 +179,7 @@ class AckDelivery(Delivery):
             except OSError as exc:
                 logs.emit("ack_protocol", f"stdin cannot be read any more ({exc}); stopping")
                 data = b""
-            if not data:
-                for event in self._parser.close():
-                    self._handle(event)
-                self._handle(AckEvent("eof"))
-                return
-            for event in self._parser.feed(data):
+            for event in self._parser.feed(data) if data else [*self._parser.close(), AckEvent("eof")]:
                 self._handle(event)
             if self._stopped:
                 return
@@ -258,18 +243,18 @@ class AckDelivery(Delivery):
                     seconds=round(age, 1),
                 )
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         # Give the shipper a moment to send its last acknowledgements and STOP.
         deadline = time.monotonic() + timeout
         with self._cond:
             while not self._stopped and self.ledger.unacked and time.monotonic() < deadline:
                 self._cond.wait(max(0.0, deadline - time.monotonic()))
 
-    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+    def wait_for_room(self) -> None:
         """Before a page: wait while ``max_unacked`` lines are written but not acknowledged, or
-        acknowledged but not recorded (however long a commit takes on the disk). A disk fault ends
-        the wait: the runner's retry then owns the state file."""
-        while not should_stop() and not self._stopped and not self.health.paused:
+        acknowledged but not recorded (however long a commit takes on the disk). A stop or a disk
+        fault ends the wait: the runner's retry then owns the state file."""
+        while not self._wait_ends():
             if self.ledger.unacked >= self.max_unacked:
                 with self._cond:
                     if self.ledger.unacked >= self.max_unacked:

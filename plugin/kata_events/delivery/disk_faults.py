@@ -64,23 +64,17 @@ class DiskHealth:
             remind = first or now - self._reminded >= REMIND_EVERY
             if remind:
                 self._reminded = now
+        if not remind:
+            return
+        message = f"still paused for {now - since:.0f} s: {cause}"
         if first:
-            logs.emit(
-                "disk_fault",
+            message = (
                 f"{cause}. Pausing: no new page is fetched and the state file keeps the last saved "
                 f"token; retrying by itself with backoff (up to every {RETRY_CAP:.0f} s) until the "
-                "disk takes data again. Free space or fix the file system",
-                what=what,
-                paused_seconds=0.0,
+                "disk takes data again. Free space or fix the file system"
             )
-        elif remind:
-            logs.emit(
-                "disk_fault",
-                f"still paused for {now - since:.0f} s: {cause}",
-                level="WARNING",
-                what=what,
-                paused_seconds=round(now - since, 1),
-            )
+        level = None if first else "WARNING"  # the first at the catalogue's level, reminders lower
+        logs.emit("disk_fault", message, level=level, what=what, paused_seconds=round(now - since, 1))
 
     def recovered(self, what: str) -> None:
         """``what`` works again; the stream carries on when nothing else fails."""

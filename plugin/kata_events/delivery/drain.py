@@ -21,15 +21,15 @@ import select
 import termios
 import threading
 import time
-from contextlib import suppress
 from typing import Callable, Optional
 
 from kata_events import logs
 from kata_events.delivery import stalled_reader
 from kata_events.delivery.disk_faults import is_disk_fault
+from kata_events.delivery.ledger import DeliveryLedger
 from kata_events.delivery.pipe_room import unread_bytes
 from kata_events.delivery.policies import DRAIN_POLL, Delivery
-from kata_events.delivery.writer import LineWriter, OutputFailed
+from kata_events.delivery.writer import PIECE_LINES, LineWriter, OutputFailed
 from kata_events.state.progress import Point
 from kata_events.state.store import short_token
 from kata_events.stopping import Stop
@@ -38,6 +38,13 @@ from kata_events.stopping import Stop
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
 #: A regular file is fsynced at most this often while lines are written to it.
 FILE_SYNC_EVERY = 0.02
+#: The bound on what any stop sends again, the settle window's lines included.
+STOP_RESEND_BOUND = 3000
+#: With a settle window: the most lines written beyond what the reader wholly took. Small enough
+#: that what a pipe holds when a stop comes fits Fluent Bit's exec input's ring buffer (1,024
+#: records) with room to spare: past it, that input spends a second on every line it reads while it
+#: shuts down. Large enough to keep a reader busy (a few pieces of event-sized lines).
+FLIGHT_LINES = 600
 
 
 class SyncDelivery(Delivery):
@@ -59,8 +66,7 @@ class SyncDelivery(Delivery):
         self._thread.start()
 
     def _check(self) -> None:
-        # After a piece, and while the writer waits for the record: the syncer records what it
-        # fsyncs, wake it.
+        # The syncer records what it fsyncs: wake it (after a piece, and while the writer waits).
         self._wake.set()
 
     _nudge = _check
@@ -76,23 +82,19 @@ class SyncDelivery(Delivery):
                 return False
             if exc.errno not in (errno.EINVAL, errno.EROFS):
                 raise OutputFailed(f"syncing stdout failed: {os.strerror(exc.errno or 0)}") from None
-        return True
-
-    def _synced(self, position: int) -> None:
-        """With the lock held: everything up to ``position`` is fsynced."""
         if self.health.failing("stdout") and not self.writer.write_failing:
             self.health.recovered("stdout")
-        self._take(position)
+        return True
 
     def _sync_written(self) -> None:
         """With the lock held: fsync what is written and count it as taken."""
         position = self.ledger.written
         if self._fsync():
-            self._synced(position)
+            self._take(position)
 
     def end_page(self, token: str) -> None:
         with self._lock:
-            self.ledger.page_end(token)
+            self.ledger.begin_page(token)
             self._sync_written()
 
     def retry(self) -> None:
@@ -119,23 +121,23 @@ class SyncDelivery(Delivery):
                 return
             if synced:
                 with self._lock:
-                    self._synced(position)
+                    self._take(position)
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         with self._lock:
             self._sync_written()
 
     def close(self) -> None:
         self._closing = True
         self._wake.set()
-        self._thread.join(timeout=1.0)
         super().close()
 
 
 class DrainDelivery(Delivery):
     """A pipe or socket: units are bytes, taken once out of the pipe or acknowledged by the peer. A
     thread named ``drain`` moves the delivery point as they are taken (about a pipe's worth behind
-    the written position) and watches for the reader going away."""
+    the written position) and watches for the reader going away. ``settle``: seconds a line must
+    have been taken before a stop for it to count."""
 
     def __init__(
         self,
@@ -147,16 +149,19 @@ class DrainDelivery(Delivery):
         stop: Optional[Stop] = None,
         settle_lines: int = 0,
     ) -> None:
-        super().__init__(writer, commit, note, settle, stop, settle_lines)
+        super().__init__(writer, commit, note, stop)
         self.kind = kind
-        lines = self.ledger.settle_lines
-        bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines and settle else ""
-        self.guarantee = {
-            "pipe": "a line counts as delivered once the reader has taken it out of the pipe and "
-            f"stayed {settle:g} s after that (settle_time){bounded}",
-            "socket": "a line counts as delivered once the peer's TCP stack acknowledged it and the "
-            f"peer stayed {settle:g} s after that (settle_time){bounded}",
-        }[kind]
+        self.settle = settle
+        lines = settle_lines if settle > 0 else 0
+        self.ledger = DeliveryLedger(settle=settle, settle_lines=lines)
+        #: With a settle window bounded in lines: the most lines written beyond what the reader
+        #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
+        self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
+        taken = "a line counts as delivered once the reader has taken it out of the pipe and stayed"
+        if kind == "socket":
+            taken = "a line counts as delivered once the peer's TCP stack acknowledged it and the peer stayed"
+        bounded = f", at most {lines} lines back at a stop (settle_lines)" if lines else ""
+        self.guarantee = f"{taken} {settle:g} s after that (settle_time){bounded}"
         self._measurable = True
         #: When the reader was seen gone (pipe: no reader left; socket: hung up), else None.
         self._gone_at: Optional[float] = None
@@ -183,7 +188,20 @@ class DrainDelivery(Delivery):
         waits for the record, and after a piece a stop cut)."""
         self._take(max(0, self.ledger.written - self._unread()))
 
-    _nudge = _after_partial = _check
+    _nudge = _check
+
+    def _wait_for_record(self, count: int) -> None:
+        """Also wait while the piece would put more than `flight_lines` beyond what the reader
+        wholly took."""
+        super()._wait_for_record(count)
+        delay = 0.0005
+        while self.flight_lines is not None and not self._wait_ends():
+            with self._lock:
+                self._check()
+                if self.ledger.lines_in_flight() + count <= self.flight_lines or self.ledger.unacked == 0:
+                    return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def _watch(self) -> None:
         # POLLERR (pipe: no reader left) and POLLHUP (socket) are reported whatever the mask.
@@ -201,16 +219,25 @@ class DrainDelivery(Delivery):
                 with self._lock:
                     self._check()
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         if clean:
             deadline = time.monotonic() + timeout
-            while self.ledger.unacked and time.monotonic() < deadline and not interrupted():
+            while self.ledger.unacked and time.monotonic() < deadline and not self.stop.asked:
                 with self._lock:
                     self._check()
                 if self.ledger.unacked:
                     time.sleep(DRAIN_POLL / 2)
-            if self._settle_wait(interrupted):
+            if self.settle <= 0:
                 return
+            # Then until the last line has settled (unless lines are unread, the reader left, a stop).
+            with self._lock:
+                self._check()
+                unread, target = self.ledger.unacked, self.ledger.taken_position
+            while not unread and not self.stop.asked and self._gone_at is None:
+                with self._lock:
+                    if self.ledger.settled_position(time.monotonic()) >= target:
+                        return
+                time.sleep(DRAIN_POLL)
         self._go_back_to_settled()
         if self.kind == "pipe":
             self._release_stalled_fluent_bit()
@@ -247,28 +274,10 @@ class DrainDelivery(Delivery):
             lines=lines,
         )
 
-    def _settle_wait(self, interrupted: Callable[[], bool]) -> bool:
-        """--once caught up: wait until the last line has settled; False if the reader left, lines
-        are still unread, or a stop came first."""
-        if self.settle <= 0:
-            return True
-        with self._lock:
-            self._check()
-            if self.ledger.unacked:
-                return False
-            target = self.ledger.taken_position
-        while not interrupted() and self._gone_at is None:
-            with self._lock:
-                if self.ledger.settled_position(time.monotonic()) >= target:
-                    return True
-            time.sleep(DRAIN_POLL)
-        return False
-
     def _go_back_to_settled(self) -> None:
         """A stop: record the point the reader had taken ``settle`` seconds ago, nothing younger."""
         with self._lock:
-            with suppress(OSError):
-                self._check()
+            self._check()
             reference = min(t for t in (time.monotonic(), self._gone_at, self.stop.at) if t is not None)
             position = self.ledger.stop_position(reference)
             point = self.ledger.point_at(position)
@@ -308,8 +317,3 @@ class DrainDelivery(Delivery):
                 token=short_token(point.token),
             )
             self.recorder.write_final(point)
-
-    def close(self) -> None:
-        self._closing = True
-        self._thread.join(timeout=1.0)
-        super().close()

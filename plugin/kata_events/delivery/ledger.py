@@ -45,7 +45,7 @@ class DeliveryLedger:
         # entries wholly taken are dropped, so the deque is bounded by the unacknowledged window.
         self._write_times: Deque[Tuple[int, float]] = deque()
         # The page being written: [token it was asked with, events so far, running hasher], or None
-        # before the first page_end/begin_page (then no checkpoint is made).
+        # before the first begin_page (then no checkpoint is made).
         self._page: Optional[list] = None
         self._trail: Deque[_Checkpoint] = deque()
         # (time, taken position) for every advance, oldest first, pruned to the settle window;
@@ -56,30 +56,26 @@ class DeliveryLedger:
         self.frozen_at: Optional[float] = None
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
-        """The next units belong to the answer to ``token``, whose first ``events`` are already
-        delivered (skipped on a resume) with ``hasher`` holding their digest (None: no events)."""
+        """The next units belong to the answer to ``token`` (a page ends where the next begins), whose
+        first ``events`` are already delivered (skipped on a resume) with ``hasher`` holding their
+        digest (None: no events)."""
         self._page = [token, events, new_hasher() if hasher is None else hasher]
         self._checkpoint()
 
     def _checkpoint(self) -> None:
-        page = self._page
-        if page is None:
+        if self._page is None:
             return
-        token, events, hasher = page
-        entry = (self.written, token, events, hasher.copy(), self.lines)
+        token, events, hasher = self._page
         if self._trail and self._trail[-1][0] == self.written:
-            self._trail[-1] = entry
-        else:
-            self._trail.append(entry)
+            self._trail.pop()
+        self._trail.append((self.written, token, events, hasher.copy(), self.lines))
 
     def wrote(
         self, n: int, now: Optional[float] = None, data: Optional[bytes] = None, lines: int = 0
     ) -> None:
         """Record ``n`` more units written, dated ``now``; ``data`` (``lines`` event lines) extends
         the current page's digest and makes a checkpoint at the new position."""
-        if n < 0:
-            raise ValueError(f"wrote() needs a count >= 0, got {n}")
-        if n == 0:
+        if n <= 0:
             return
         self.written += n
         self.lines += lines
@@ -90,15 +86,8 @@ class DeliveryLedger:
             self._checkpoint()
         if now is not None:
             if self._write_times and self._write_times[-1][1] == now:
-                self._write_times[-1] = (self.written, now)
-            else:
-                self._write_times.append((self.written, now))
-
-    def page_end(self, token: str) -> None:
-        """The page written so far ends here: the point ``(token, 0)`` is reached once all units up
-        to here are taken."""
-        self._page = [token, 0, new_hasher()]
-        self._checkpoint()
+                self._write_times.pop()
+            self._write_times.append((self.written, now))
 
     def taken(self, position: int, now: Optional[float] = None) -> None:
         """The first ``position`` units are taken: beyond what was written raises ValueError; behind
@@ -162,12 +151,10 @@ class DeliveryLedger:
     def freeze(self, at: float) -> None:
         """A stop measured from ``at`` is coming: keep the dates it needs (takes while the process
         unwinds cannot move the floor)."""
-        if self.frozen_at is None or at < self.frozen_at:
-            self.frozen_at = at
+        self.frozen_at = at if self.frozen_at is None else min(at, self.frozen_at)
 
     def _prune_dates(self, now: float) -> None:
-        frozen = self.frozen_at
-        cutoff = (now if frozen is None else min(now, frozen)) - self.settle
+        cutoff = (now if self.frozen_at is None else min(now, self.frozen_at)) - self.settle
         while len(self._taken_at) > 1 and self._taken_at[1][0] <= cutoff:
             self._settled_floor = self._taken_at.popleft()[1]
         if self._taken_at and self._taken_at[0][0] <= cutoff:
@@ -175,21 +162,15 @@ class DeliveryLedger:
         self._prune_trail(self._settled_floor)
 
     def _prune_trail(self, position: int) -> None:
-        trail = self._trail
-        while len(trail) > 1 and trail[1][0] <= position:
-            trail.popleft()
+        while len(self._trail) > 1 and self._trail[1][0] <= position:
+            self._trail.popleft()
 
     @property
     def unacked(self) -> int:
         return self.written - self.taken_position
 
-    def unacked_since(self) -> Optional[float]:
-        """When the oldest untaken unit was written (None: all taken, or not dated)."""
-        if self.taken_position >= self.written or not self._write_times:
-            return None
-        return self._write_times[0][1]
-
     def unacked_age(self, now: float) -> float:
-        """Seconds the oldest untaken unit has waited."""
-        since = self.unacked_since()
-        return 0.0 if since is None else max(0.0, now - since)
+        """Seconds the oldest untaken unit has waited since it was written (0: all taken, or not dated)."""
+        if self.taken_position >= self.written or not self._write_times:
+            return 0.0
+        return max(0.0, now - self._write_times[0][1])

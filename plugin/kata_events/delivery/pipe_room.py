@@ -75,35 +75,23 @@ class PipeRoom:
     def room(self) -> int:
         """Bytes a write can take whole now (0 while unsure)."""
         unread = unread_bytes(self.fd)
-        self._sync(unread)
-        if self.unsure:
-            return 0
-        return (self.slots - len(self._bufs)) * self.page
-
-    def _sync(self, unread: int) -> None:
+        consumed = self._total - unread
         if unread == 0:
             self._bufs.clear()
-            self._total = 0
             self.unsure = False
-            return
-        if self.unsure:
-            return
-        consumed = self._total - unread
-        if consumed < 0:
+        elif consumed < 0:
             # More in the pipe than we wrote: another writer. Wait until it is empty.
             self.unsure = True
-            return
-        bufs = self._bufs
-        while consumed > 0 and bufs:
-            head = bufs[0]
-            if head[1] <= consumed:
-                consumed -= head[1]
-                bufs.popleft()
-            else:
-                head[0] += consumed
-                head[1] -= consumed
-                consumed = 0
+        while consumed > 0 and self._bufs and not self.unsure:
+            head = self._bufs[0]
+            step = min(head[1], consumed)
+            head[0] += step
+            head[1] -= step
+            consumed -= step
+            if head[1] == 0:
+                self._bufs.popleft()
         self._total = unread
+        return 0 if self.unsure else (self.slots - len(self._bufs)) * self.page
 
     def wrote(self, n: int, whole: bool = True) -> None:
         """``n`` bytes went in; ``whole`` False: fewer than asked (the model was wrong)."""
@@ -114,11 +102,9 @@ class PipeRoom:
             return
         page, bufs, rest = self.page, self._bufs, n
         chars = n % page
-        if chars and bufs:
-            last = bufs[-1]
-            if last[0] + last[1] + chars <= page:
-                last[1] += chars
-                rest -= chars
+        if chars and bufs and sum(bufs[-1]) + chars <= page:  # offset + length of the last slot
+            bufs[-1][1] += chars
+            rest -= chars
         while rest > 0:
             take = min(page, rest)
             bufs.append([0, take])

@@ -3,9 +3,7 @@
 A `Delivery` joins the stdout writer to a `DeliveryLedger` and the one `Recorder`: the runner says
 where pages begin and end, lines are written in pieces (`PIECE_BYTES`, `PIECE_LINES`), and after
 each piece the delivery point the taken position stands for is offered to the recorder, which
-alone writes the state. Before each piece, writing waits for a page's commit under way and while
-`RECORD_AHEAD_LINES` lines are written but not recorded, in every mode: what a kill -9 sends again
-is bounded by a count (`RESEND_BOUND`), never by how the threads were scheduled. "Taken" means
+alone writes the state; writing waits while the record lags (`RECORD_AHEAD_LINES`). "Taken" means
 (`make_delivery`): acknowledged on stdin (``--ack lines``, `kata_events.delivery.acks`); out of
 the pipe, acknowledged by the peer's TCP stack or fsynced (``--ack none``,
 `kata_events.delivery.drain`); written (a terminal: `Delivery` itself).
@@ -39,45 +37,30 @@ DRAIN_POLL = 0.05
 RECORD_AHEAD_LINES = 2000
 #: The bound on lines delivered and sent again after a kill -9, whatever the threads' timing.
 RESEND_BOUND = RECORD_AHEAD_LINES + PIECE_LINES
-#: The bound on what any stop sends again, the settle window's lines included.
-STOP_RESEND_BOUND = 3000
-#: With a settle window: the most lines written beyond what the reader wholly took. Small enough
-#: that what a pipe holds when a stop comes fits Fluent Bit's exec input's ring buffer (1,024
-#: records) with room to spare: past it, that input spends a second on every line it reads while it
-#: shuts down. Large enough to keep a reader busy (a few pieces of event-sized lines).
-FLIGHT_LINES = 600
 
 
 class Delivery:
-    """Written is taken: for a terminal or anything whose drain cannot be measured.
-
-    ``commit``, ``note``: the state's writers, handed to the `Recorder`. ``settle``: seconds a line
-    must have been taken before a stop for it to count (pipes and sockets only).
-    """
+    """Written is taken (a terminal, or anything whose drain cannot be measured). ``commit``,
+    ``note``: the state's writers, handed to the `Recorder`."""
 
     mode = "none"
     guarantee = "a page counts as delivered once written"
     #: Whether writing waits for a page's commit to be durable before it goes on.
     wait_for_commits = True
+    #: The policy's own thread (``fsync``, ``drain``), ended and joined at close (None: none).
+    _thread: Optional[threading.Thread] = None
 
     def __init__(
         self,
         writer: LineWriter,
         commit: Callable[[Point], None],
         note: Optional[Callable[[Point, bool], None]] = None,
-        settle: float = 0.0,
         stop: Optional[Stop] = None,
-        settle_lines: int = 0,
     ) -> None:
         self.stop = stop if stop is not None else Stop()
         writer.should_stop = lambda: self.stop.stopping
         self.writer = writer
-        self.settle = settle
-        lines = settle_lines if settle > 0 else 0
-        self.ledger = DeliveryLedger(settle=settle, settle_lines=lines)
-        #: With a settle window bounded in lines: the most lines written beyond what the reader
-        #: wholly took, so that a stop re-sends at most `STOP_RESEND_BOUND` (None: no such bound).
-        self.flight_lines = min(FLIGHT_LINES, STOP_RESEND_BOUND - lines - PIECE_LINES) if lines > 0 else None
+        self.ledger = DeliveryLedger()
         self._lock = threading.Lock()
         self._closing = False
         self.health = DiskHealth()
@@ -103,28 +86,20 @@ class Delivery:
     def write(self, lines: List[bytes]) -> None:
         """Write one batch of lines of the current page."""
         for data, count in pieces(lines):
-            self._wait_for_record()
-            if self.flight_lines is not None:
-                self._wait_for_flight(count)
+            self._wait_for_record(count)
             self._write_piece(data, count)
 
-    def _write(self, data: bytes) -> int:
-        # A stop in the middle of a piece still counts the whole lines it wrote.
+    def _write_piece(self, data: bytes, count: int) -> None:
         try:
-            return self.writer.write_bytes(data)
+            self.writer.write_bytes(data)
         except WriteStopped as exc:
+            # A stop in the middle of a piece still counts the whole lines it wrote.
             if exc.written > 0:
                 part = data[: exc.written]
                 with self._lock:
                     self.ledger.wrote(exc.written, time.monotonic(), part, part.count(b"\n"))
-                    self._after_partial()
+                    self._nudge()
             raise
-
-    def _after_partial(self) -> None:
-        """With the lock held: a stop cut a piece; what it wrote is counted (subclasses)."""
-
-    def _write_piece(self, data: bytes, count: int) -> None:
-        self._write(data)
         with self._lock:
             self.ledger.wrote(len(data), time.monotonic(), data, count)
             self._check()
@@ -133,24 +108,9 @@ class Delivery:
         """With the lock held: record what is taken by now (here: everything written)."""
         self._take(self.ledger.written)
 
-    def _wait_for_flight(self, count: int) -> None:
-        """Wait while a piece of ``count`` lines would put more than `flight_lines` beyond what the
-        reader wholly took."""
-        limit = self.flight_lines
-        assert limit is not None
-        delay = 0.0005
-        while not self._wait_ends():
-            with self._lock:
-                self._nudge()
-                if self.ledger.lines_in_flight() + count <= limit or self.ledger.unacked == 0:
-                    return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.01)
-
-    def _wait_for_record(self) -> None:
-        """Wait while `RECORD_AHEAD_LINES` lines written are not recorded as delivered. The wait
-        ends at a stop, or while a disk fault pauses recording (the runner's retry then owns the
-        state file, and the bound is the pause's)."""
+    def _wait_for_record(self, count: int) -> None:
+        """Before a piece of ``count`` lines. The wait ends at a stop, or while a disk fault pauses
+        recording (the runner's retry then owns the state file, and the bound is the pause's)."""
         recorder = self.recorder
         # A page's commit is waited for before writing on, as the reader's pace allows: what a
         # kill -9 sends again stays within about two pages (ack mode: the shipper paces writing).
@@ -166,12 +126,13 @@ class Delivery:
         return self._closing or self.stop.stopping or self.health.paused
 
     def _nudge(self) -> None:
-        """With the lock held: help the record move while the writer waits for it (subclasses)."""
+        """With the lock held: help the record move while the writer waits for it, or after a piece
+        a stop cut (subclasses)."""
 
     def end_page(self, token: str) -> None:
         """The current page is complete; its token may be committed once its lines are taken."""
         with self._lock:
-            self.ledger.page_end(token)
+            self.ledger.begin_page(token)
             self._check()
 
     def _take(self, position: int) -> None:
@@ -198,26 +159,26 @@ class Delivery:
         """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
         self.recorder.flush(retry=True)
 
-    def wait_for_room(self, should_stop: Callable[[], bool]) -> None:
+    def wait_for_room(self) -> None:
         """Block while too much is unacknowledged (ack mode)."""
 
     def check_ack_timeout(self) -> None:
         """Warn when lines wait too long for their acknowledgement (ack mode)."""
 
-    def finish(
-        self, timeout: float, clean: bool = False, interrupted: Callable[[], bool] = lambda: False
-    ) -> None:
+    def finish(self, timeout: float, clean: bool = False) -> None:
         """Last chance to record before exit. ``clean``: a --once run that caught up (a pipe then
-        waits for the drain and the settle time); otherwise a stop (a pipe goes back to the point
-        that had settled). ``interrupted`` says a stop was asked for meanwhile."""
-        self._finish(timeout, clean, interrupted)
+        waits for the drain and the settle time, unless a stop is asked for meanwhile); otherwise a
+        stop (a pipe goes back to the point that had settled)."""
+        self._finish(timeout, clean)
         self.recorder.flush()
 
-    def _finish(self, timeout: float, clean: bool, interrupted: Callable[[], bool]) -> None:
+    def _finish(self, timeout: float, clean: bool) -> None:
         """What `finish` waits for before the last record (subclasses)."""
 
     def close(self) -> None:
         self._closing = True
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
         self.recorder.close()
         self.writer.close()
 
@@ -246,4 +207,4 @@ def make_delivery(
         return SyncDelivery(writer, commit, note, stop)
     if kind in ("pipe", "socket"):
         return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
-    return Delivery(writer, commit, note, stop=stop)
+    return Delivery(writer, commit, note, stop)

@@ -81,17 +81,15 @@ class Recorder:
     def offer(self, point: Optional[Point], lines: int, position: int) -> None:
         """Record ``point`` soon, unless it is already; never waits for the disk. ``lines``: the
         event lines written up to it; ``position``: the taken position it was chosen at."""
-        if point is None:
-            return
         with self._cond:
-            if self._final:
+            if point is None or self._final:
                 return
-            if point == self.recorded and self._pending is None:
-                if lines > self.lines:
-                    self.lines = lines
-                    self._cond.notify_all()
+            if point != self.recorded or self._pending is not None:
+                self._pending = (point, False, lines, position)
+            elif lines > self.lines:
+                self.lines = lines
+            else:
                 return
-            self._pending = (point, False, lines, position)
             self._cond.notify_all()
 
     def _run(self) -> None:

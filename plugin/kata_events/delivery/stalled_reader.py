@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Optional
+from contextlib import suppress
+from typing import Callable, List, Optional
 
 #: Command names (``/proc/PID/comm``) of Fluent Bit's binaries.
 FLUENT_BIT_NAMES = frozenset({"fluent-bit", "td-agent-bit"})
@@ -80,9 +81,9 @@ def fluent_bit_reader(fd: int) -> Optional[int]:
     return None
 
 
-def stalled(unread: Callable[[], int], watch: float = STALL_WATCH) -> bool:
-    """Whether bytes stay unread in the pipe for ``watch`` seconds (``unread`` measures them)."""
-    deadline = time.monotonic() + watch
+def stalled(unread: Callable[[], int]) -> bool:
+    """Whether bytes stay unread in the pipe for `STALL_WATCH` seconds (``unread`` measures them)."""
+    deadline = time.monotonic() + STALL_WATCH
     while unread() > 0 and time.monotonic() < deadline:
         time.sleep(STALL_POLL)
     return unread() > 0
@@ -93,16 +94,12 @@ def empty_pipe(fd: int) -> bytes:
     own. The reader may hold the start of a line: the pipe's bytes up to the first newline are
     written back, so it gets that line whole (Fluent Bit would hand a fragment to its parser)."""
     reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK)
-    chunks = []
+    chunks: List[bytes] = []
     try:
-        while True:
-            try:
-                chunk = os.read(reader, 1 << 20)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+        # Until the pipe is empty (BlockingIOError) or has no writer left (end of file).
+        with suppress(BlockingIOError):
+            for chunk in iter(lambda: os.read(reader, 1 << 20), b""):
+                chunks.append(chunk)
     finally:
         os.close(reader)
     data = b"".join(chunks)

@@ -2,12 +2,12 @@
 
 `LineWriter` owns the stdout descriptor: it writes with `os.write` and checks what every call took
 (Python's buffered ``sys.stdout`` can report a short write to a vanished reader as success), and
-turns a vanished reader into `ConsumerGone`. A stop never lands in the middle of a write. No reader
-gets part of a line, whatever kills the process: on a pipe every write is whole lines that fit its
-free room (`kata_events.delivery.pipe_room`), which the kernel copies whole; a line larger than the
-pipe can ever hold is written in parts (``on_oversize`` is told, once). A regular file found ending
-mid-line at start (a kill tore a write) gets its fragment ended with a newline first
-(`mend_torn_tail`). Writes nothing but the lines it is given (and that newline); never logs.
+turns a vanished reader into `ConsumerGone`. No reader gets part of a line, whatever kills the
+process: on a pipe every write is whole lines that fit its free room
+(`kata_events.delivery.pipe_room`), which the kernel copies whole; a line larger than the pipe can
+ever hold is written in parts (``on_oversize`` is told, once). A regular file found ending mid-line
+at start (a kill tore a write) gets its fragment ended with a newline (`mend_torn_tail`). Writes
+nothing but the lines it is given (and that newline); never logs.
 """
 
 from __future__ import annotations
@@ -55,15 +55,9 @@ def pieces(
 ) -> Iterator[Tuple[bytes, int]]:
     """``lines`` as written, cut at line ends into (bytes, lines) pieces of about ``limit`` bytes
     and at most ``max_lines`` lines; a longer line is a piece of its own."""
-    n = len(lines)
-    if n == 0:
-        return
     ends = list(itertools.accumulate(map((1).__add__, map(len, lines))))
-    if ends[-1] <= limit and n <= max_lines:
-        yield joined(lines), n
-        return
     start = base = 0
-    while start < n:
+    while start < len(lines):
         stop = bisect.bisect_right(ends, base + limit, lo=start)
         stop = min(max(stop, start + 1), start + max_lines)
         yield joined(lines[start:stop]), stop - start
@@ -88,10 +82,9 @@ ROOM_WAIT_MAX = 0.01
 
 def _shared_with_stderr(fd: int) -> bool:
     try:
-        a, b = os.fstat(fd), os.fstat(2)
+        return os.path.samestat(os.fstat(fd), os.fstat(2))
     except OSError:
         return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class LineWriter:
@@ -144,8 +137,6 @@ class LineWriter:
             end = st.st_size if flags & os.O_APPEND else os.lseek(self.fd, 0, os.SEEK_CUR)
         except OSError:
             return 0
-        if end <= 0:
-            return 0
         offset, length = max(0, end - 65536), min(end, 65536)
         try:
             tail = os.pread(self.fd, length, offset)
@@ -191,8 +182,6 @@ class LineWriter:
 
     def write_bytes(self, data: bytes) -> int:
         """Write ``data`` (whole lines, each ending in a newline); return the bytes written."""
-        if not data:
-            return 0
         view = memoryview(data)
         total = len(data)
         done = 0
@@ -230,8 +219,12 @@ class LineWriter:
                     self.health.trouble("stdout", f"writing stdout failed: {os.strerror(exc.errno or 0)}")
                     if not self.health.wait(self.should_stop):
                         self.write_failing = False
-                        self._cut_partial_line(data, done)
+                        # Take back the start of a line the file got before its disk failed
+                        # (``>> file`` has one writer: no one else appends meanwhile).
                         kept = data.rfind(b"\n", 0, done) + 1
+                        if done > kept:
+                            with suppress(OSError):
+                                os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - (done - kept))
                         raise WriteStopped("stopped while stdout's disk failed", kept) from None
                     continue
                 if self.room is not None:
@@ -251,15 +244,6 @@ class LineWriter:
                 raise ConsumerGone(f"stdout closed: {os.strerror(exc.errno or 0)}") from None
             raise OutputFailed(f"writing stdout failed: {os.strerror(exc.errno or 0)}") from None
         return total
-
-    def _cut_partial_line(self, data: bytes, done: int) -> None:
-        """Take back the start of a line the file got before its disk failed (``>> file`` has one
-        writer: no one else appends meanwhile)."""
-        cut = done - (data.rfind(b"\n", 0, done) + 1)
-        if cut <= 0:
-            return
-        with suppress(OSError):
-            os.ftruncate(self.fd, os.lseek(self.fd, 0, os.SEEK_END) - cut)
 
     def close(self) -> None:
         # Give the descriptor back blocking: a shell holding the same pipe writes after us.
