@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 from kata_events import certs
 from kata_events.commands.locate import token_store
 from kata_events.config import Config, load_run_config, without_credentials
+from kata_events.config.urls import format_fingerprint
 from kata_events.exits import ExitStatus, UserError
 from kata_events.key_password import configured as key_password
 from kata_events.key_password import exposures, pair_problem
@@ -66,7 +67,7 @@ class _Report:
 
 
 def _fp(hex_fingerprint: Optional[str]) -> str:
-    return certs.format_fingerprint(hex_fingerprint) if hex_fingerprint else "unknown"
+    return format_fingerprint(hex_fingerprint) if hex_fingerprint else "unknown"
 
 
 def _check_files(config: Config, report: _Report) -> bool:

@@ -32,7 +32,7 @@ from kata_events.config.sources import (
     read_toml,
     resolve_path,
 )
-from kata_events.config.urls import node_name_of, normalize_pin, normalize_url, without_credentials
+from kata_events.config.urls import node_name_of, normalize_fingerprint, normalize_url, without_credentials
 from kata_events.exits import ExitStatus, UserError
 
 #: An option's attribute type by its type; for the others a string. None where there is no value.
@@ -111,7 +111,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
     resolved.update({name: value for name, (value, _) in values.items()}, url=urls)
     if resolved["pin_sha256"] is not None:
-        resolved["pin_sha256"] = normalize_pin(resolved["pin_sha256"])
+        resolved["pin_sha256"] = normalize_fingerprint(resolved["pin_sha256"])
     for option in opts.OPTIONS:
         if option.type == "path" and option.name in values:
             resolved[option.name] = resolve_path(*values[option.name], environ)
