@@ -522,7 +522,7 @@ def test_each_problem_is_the_published_schemas_answer_in_the_users_words(name, v
     schema_says = jsonschema.Draft202012Validator(option.schema()).is_valid(value)
     if option.type == "int" and isinstance(value, float):
         schema_says = False  # JSON Schema counts 1.0 as an integer; a count of 1.0 is refused here
-    origin = config.Origin("file", "config file /etc/k.toml")
+    origin = config.Origin("config file /etc/k.toml")
     unknown, invalid, missing = config.schema_problems({name: (value, origin)})
     assert unknown == []
     assert (name not in invalid) == schema_says, (name, value, invalid)
