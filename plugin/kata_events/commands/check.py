@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import http.client
 import os
 import socket
@@ -205,7 +204,7 @@ def _check_tls(
         return False
     finally:
         sock.close()
-    server_fp = hashlib.sha256(der).hexdigest()
+    server_fp = certs.sha256_fingerprint(der)
     if config.pin_sha256:
         if server_fp != config.pin_sha256:
             report.fail(
