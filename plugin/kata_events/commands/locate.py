@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Mapping, Tuple
 from kata_events import options as opts
 from kata_events.config import DEFAULT_ORIGIN, Config, Origin, early_values, resolve_path
 from kata_events.exits import ExitStatus, UserError
-from kata_events.paths import companion
+from kata_events.paths import companion, default_state_path
 
 if TYPE_CHECKING:
     from kata_events.state.store import TokenStore
@@ -61,8 +61,6 @@ class RunFiles:
     """The state file of a run and its companions (progress inside a page, status record, lock)."""
 
     state: Path
-    #: The external system id the configuration names ("" when none does).
-    external_system_id: str = ""
 
     #: The companions: the progress record, the status record (``kata-events status`` reads it), the lock.
     progress = property(lambda self: companion(self.state, "progress"))
@@ -92,13 +90,11 @@ def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
         return next(((v, o) for v, o in values if isinstance(v, str) and v), ("", DEFAULT_ORIGIN))
 
     state_file, origin = given("state_file")
-    ext_id = given("external_system_id")[0]
     if state_file:
-        return RunFiles(resolve_path(state_file, origin, environ), ext_id)
+        return RunFiles(resolve_path(state_file, origin, environ))
+    ext_id = given("external_system_id")[0]
     if ext_id:
-        from kata_events.paths import default_state_path
-
-        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))), ext_id)
+        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))))
     raise UserError(
         "which run? give --config FILE (the run's config file), or --state-file FILE, or "
         "--external-system-id UUID (the state file is then the run's default one)",

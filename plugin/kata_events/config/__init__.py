@@ -34,6 +34,7 @@ from kata_events.config.sources import (
 )
 from kata_events.config.urls import node_name_of, normalize_fingerprint, normalize_url, without_credentials
 from kata_events.exits import ExitStatus, UserError
+from kata_events.paths import default_state_path
 
 #: An option's attribute type by its type; for the others a string. None where there is no value.
 _FIELD_TYPES = {"int": int, "float": float, "bool": bool, "list": Tuple[str, ...], "path": Optional[Path]}
@@ -122,8 +123,6 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if resolved["max_unacked"] is None:
         resolved["max_unacked"] = resolved["max_events"]
     if resolved["state_file"] is None:
-        from kata_events.paths import default_state_path
-
         state_file = default_state_path(resolved["external_system_id"], environ)
         resolved["state_file"] = Path(os.path.abspath(state_file))
         values["state_file"] = (None, DEFAULT_ORIGIN)
