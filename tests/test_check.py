@@ -13,6 +13,7 @@ from typing import List
 import pytest
 
 from kata_events import certs
+from kata_events.config.urls import format_fingerprint
 from kata_events.state.progress import Point
 from kata_events.state.store import TokenStore
 from run_helpers import check, client_args, run_args
@@ -39,7 +40,7 @@ def test_a_good_set_up_is_all_ok(make_emulator, make_client_cert, ext_id, tmp_pa
     _assert_clean(result)
     assert result.returncode == 0, result.stderr
     assert not _lines(result, "FAIL") and not _lines(result, "warn"), result.stderr
-    server_fp = certs.format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
+    server_fp = format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
     assert f"ok    {emu.url} TLS: server certificate verified (SHA-256 {server_fp})" in result.stderr
     for step in ("configuration", "files", "approval", "filter", "state"):
         assert any(line.startswith(f"ok    {step}:") for line in result.stderr.splitlines()), step
@@ -58,7 +59,7 @@ def test_an_unapproved_system_names_the_id_and_fingerprint(make_emulator, make_c
     (line,) = _lines(result, "FAIL")
     assert line.startswith("FAIL  approval: HTTP 401")
     assert ext_id in line
-    assert certs.format_fingerprint(cert.fingerprint) in line
+    assert format_fingerprint(cert.fingerprint) in line
     assert "External systems" in line
 
 
@@ -74,7 +75,7 @@ def test_an_untrusted_server_shows_its_fingerprint(
     result = _check(run_args(emu, ext_id, cert, tmp_path / "s.json", ca_file=False))
     _assert_clean(result)
     assert result.returncode == 78
-    server_fp = certs.format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
+    server_fp = format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
     (line,) = _lines(result, "FAIL")
     assert line.startswith(f"FAIL  {emu.url} TLS:")
     assert server_fp in line and "pin_sha256" in line and "ca_file" in line
@@ -88,13 +89,13 @@ def test_pin_and_insecure_are_checked_like_run(make_emulator, make_client_cert, 
     cert = make_client_cert("check-pin")
     server_fp = certs.sha256_fingerprint(emu.server_cert_file.read_bytes())
     extra = {
-        "pin": ["--pin-sha256", certs.format_fingerprint(server_fp)],
+        "pin": ["--pin-sha256", format_fingerprint(server_fp)],
         "wrong-pin": ["--pin-sha256", "ab" * 32],
         "insecure": ["--insecure"],
     }[how]
     result = _check(run_args(emu, ext_id, cert, tmp_path / "s.json", *extra, ca_file=False))
     _assert_clean(result)
-    shown = certs.format_fingerprint(server_fp)
+    shown = format_fingerprint(server_fp)
     if how == "wrong-pin":
         assert result.returncode == 78
         (line,) = _lines(result, "FAIL")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from kata_events import config, logs
 from kata_events import options as opts
-from kata_events.config import Config, describe, load_run_config, normalize_pin, normalize_url
+from kata_events.config import Config, describe, load_run_config, normalize_fingerprint, normalize_url
 from kata_events.exits import ExitStatus, UserError
 
 ID = "0b3c4f7e-5d2a-4a61-9b8e-2f6c1d0e9a7b"
@@ -398,7 +398,7 @@ def test_bad_external_system_id(tmp):
 def test_pin_is_normalized(tmp):
     config = load(tmp, *required_flags(tmp), "--pin-sha256", PIN)
     assert config.pin_sha256 == "ab" * 31 + "cd"
-    assert normalize_pin("AB" * 32) == "ab" * 32
+    assert normalize_fingerprint("AB" * 32) == "ab" * 32
 
 
 @pytest.mark.parametrize("pin", ["ab" * 31, "zz" * 32, "AB:" * 32, "ab:cd" + "ab" * 30])
@@ -522,7 +522,7 @@ def test_each_problem_is_the_published_schemas_answer_in_the_users_words(name, v
     schema_says = jsonschema.Draft202012Validator(option.schema()).is_valid(value)
     if option.type == "int" and isinstance(value, float):
         schema_says = False  # JSON Schema counts 1.0 as an integer; a count of 1.0 is refused here
-    origin = config.Origin("file", "config file /etc/k.toml")
+    origin = config.Origin("config file /etc/k.toml")
     unknown, invalid, missing = config.schema_problems({name: (value, origin)})
     assert unknown == []
     assert (name not in invalid) == schema_says, (name, value, invalid)

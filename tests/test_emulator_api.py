@@ -13,8 +13,9 @@ import pytest
 import requests
 
 from emulator_helpers import ClientCert, EventsClient, seqs, wait_for
-from kata_events import certs
+from kata_events.config.urls import format_fingerprint
 from kata_events.emulator import Emulator
+from kata_events.emulator import certs as emulator_certs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +60,7 @@ def test_manual_approval_flow(
     # A new certificate for the same external system needs its own approval.
     other = make_client(emulator, ext_id, second)
     assert other.get(max_events=5).status_code == 401
-    colon_form = certs.format_fingerprint(second.fingerprint)
+    colon_form = format_fingerprint(second.fingerprint)
     assert (
         client.control(
             "POST", "approve", params={"external_system_id": ext_id, "fingerprint": colon_form}
@@ -119,7 +120,7 @@ def test_approvals_persist_in_the_state_dir(
 
 
 def test_server_certificate_names_localhost_and_loopback(emulator: Emulator) -> None:
-    names = certs.cert_subject_alt_names(emulator.server_cert_file.read_bytes())
+    names = emulator_certs.cert_subject_alt_names(emulator.server_cert_file.read_bytes())
     assert {"localhost", "127.0.0.1"} <= set(names)
     # Verified by hostname through the emulator's CA.
     response = requests.get(

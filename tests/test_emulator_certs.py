@@ -14,12 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kata_events import certs
+from kata_events.config.urls import format_fingerprint, normalize_fingerprint
+from kata_events.emulator import certs as emulator_certs
 
 
 def test_server_certificate_chains_to_the_ca_and_names_its_hosts(tmp_path: Path) -> None:
-    ca = certs.make_ca()
-    server = certs.make_server_cert(ca, ["localhost", "127.0.0.1", "::1", "cn.example.local"])
-    assert set(certs.cert_subject_alt_names(server.cert_pem)) == {
+    ca = emulator_certs.make_ca()
+    server = emulator_certs.make_server_cert(ca, ["localhost", "127.0.0.1", "::1", "cn.example.local"])
+    assert set(emulator_certs.cert_subject_alt_names(server.cert_pem)) == {
         "localhost",
         "127.0.0.1",
         "::1",
@@ -65,22 +67,22 @@ def test_fingerprint_matches_openssl(tmp_path: Path) -> None:
         check=True,
     ).stdout
     shown = out.strip().split("=", 1)[1]
-    assert certs.format_fingerprint(certs.sha256_fingerprint(pair.cert_pem)) == shown
+    assert format_fingerprint(certs.sha256_fingerprint(pair.cert_pem)) == shown
     der = certs.load_cert_der(pair.cert_pem)
     assert certs.sha256_fingerprint(der) == certs.sha256_fingerprint(pair.cert_pem) == pair.fingerprint
-    assert certs.normalize_fingerprint(shown) == pair.fingerprint
+    assert normalize_fingerprint(shown) == pair.fingerprint
 
 
 @given(st.binary(min_size=32, max_size=32))
 def test_fingerprint_spellings_round_trip(digest: bytes) -> None:
     hex_form = digest.hex()
-    colons = certs.format_fingerprint(hex_form)
+    colons = format_fingerprint(hex_form)
     assert len(colons) == 95 and colons == colons.upper()
-    assert certs.normalize_fingerprint(colons) == hex_form
-    assert certs.normalize_fingerprint(colons.lower().replace(":", " ")) == hex_form
+    assert normalize_fingerprint(colons) == hex_form
+    assert normalize_fingerprint(colons.lower().replace(":", " ")) == hex_form
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "zz" * 32, "ab" * 31, "ab" * 33])
 def test_bad_fingerprints_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError):
-        certs.normalize_fingerprint(bad)
+        normalize_fingerprint(bad)

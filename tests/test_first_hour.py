@@ -17,7 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from kata_events import certs, logs
+from kata_events import logs
+from kata_events.config.urls import format_fingerprint, normalize_fingerprint
 from run_helpers import clean_env, client_args, installed_command, log_records, run_args, seq_of
 
 DEMO_BACKLOG = 20
@@ -152,7 +153,7 @@ def test_a_401_says_what_to_compare_and_an_approval_is_noticed_within_seconds(
 
     run = runs.start(args, installed=True)
     told = run.wait_event("unauthorized", timeout=20)
-    fingerprint = certs.format_fingerprint(certs.normalize_fingerprint(cert.fingerprint))
+    fingerprint = format_fingerprint(normalize_fingerprint(cert.fingerprint))
     for part in (
         ext_id,
         fingerprint,

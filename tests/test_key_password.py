@@ -23,6 +23,7 @@ import pytest
 from emulator_helpers import ClientCert
 from kata_events import certs
 from kata_events.commands.locate import RunFiles
+from kata_events.config.urls import normalize_fingerprint
 from run_helpers import assert_exact_events, clean_env, installed_command, run_args
 from run_helpers import check as run_check
 
@@ -201,7 +202,7 @@ def test_a_key_renewed_with_a_new_passphrase_is_used_from_the_next_connection(
         os.replace(aside, target)
     emu.inject("drop")  # the next page breaks mid-body: the retry needs a new connection
     emu.add_events(EVENTS)
-    renewed = certs.normalize_fingerprint(new_plain.fingerprint)
+    renewed = normalize_fingerprint(new_plain.fingerprint)
     deadline = time.monotonic() + 20
     while renewed not in _approved(emu, ext_id) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -219,7 +220,7 @@ def test_a_key_renewed_with_a_new_passphrase_is_used_from_the_next_connection(
 
 def _approved(emu, ext_id: str) -> List[str]:
     return [
-        certs.normalize_fingerprint(a["fingerprint"])
+        normalize_fingerprint(a["fingerprint"])
         for a in emu.status()["approved"]
         if a["external_system_id"] == ext_id
     ]

@@ -22,6 +22,7 @@ import pytest
 
 from emulator_helpers import ClientCert
 from kata_events import certs
+from kata_events.config.urls import format_fingerprint, normalize_fingerprint
 from kata_events.emulator import server
 from proxy_helpers import LoopbackProxy
 from run_helpers import assert_exact_events, clean_env, run_args
@@ -88,7 +89,7 @@ def test_without_ca_file_the_system_trust_store_verifies_the_server(
     check_args = run_args(emu, ext_id, cert, tmp_path / "c.json", ca_file=False)
     check = run_check(check_args, env)
     assert check.returncode == 0, check.stderr
-    server_fp = certs.format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
+    server_fp = format_fingerprint(certs.sha256_fingerprint(emu.server_cert_file.read_bytes()))
     assert f"ok    {emu.url} TLS: server certificate verified (SHA-256 {server_fp})" in check.stderr
 
 
@@ -123,7 +124,7 @@ def test_a_client_certificate_renewed_in_place_is_used_from_the_next_connection(
     _install(new, cert_file, key_file)
     emu.inject("drop")
     emu.add_events(EVENTS)
-    renewed = certs.normalize_fingerprint(new.fingerprint)
+    renewed = normalize_fingerprint(new.fingerprint)
     deadline = time.monotonic() + 20
     while renewed not in _approved_fingerprints(emu, ext_id) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -138,7 +139,7 @@ def test_a_client_certificate_renewed_in_place_is_used_from_the_next_connection(
 
 def _approved_fingerprints(emu, ext_id: str) -> List[str]:
     return [
-        certs.normalize_fingerprint(a["fingerprint"])
+        normalize_fingerprint(a["fingerprint"])
         for a in emu.status()["approved"]
         if a["external_system_id"] == ext_id
     ]

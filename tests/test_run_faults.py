@@ -9,7 +9,7 @@ from typing import List
 
 import pytest
 
-from kata_events import certs
+from kata_events.config.urls import format_fingerprint, normalize_fingerprint
 from run_helpers import assert_exact_events, run_args, seq_of
 
 EVENTS = 100
@@ -162,9 +162,9 @@ def test_401_names_the_system_and_certificate_and_resumes_once_approved(
     run = runs.start(args)
     told = run.wait_event("unauthorized", timeout=20)
     assert told["external_system_id"] == ext_id
-    fp = certs.normalize_fingerprint(cert.fingerprint)
-    assert certs.normalize_fingerprint(told["fingerprint"]) == fp
-    assert ext_id in told["message"] and certs.format_fingerprint(fp) in told["message"]
+    fp = normalize_fingerprint(cert.fingerprint)
+    assert normalize_fingerprint(told["fingerprint"]) == fp
+    assert ext_id in told["message"] and format_fingerprint(fp) in told["message"]
     assert "every 5 s for 5 min, then every 30 s" in told["message"]
     assert not emu.is_approved(ext_id, cert.fingerprint)
     emu.approve(ext_id, cert.fingerprint)

@@ -238,7 +238,7 @@ def tls_proxy(make_emulator, tmp_path):
     (emu, proxy, the proxy CA's file)."""
     import ssl
 
-    from kata_events import certs
+    from kata_events.emulator import certs
 
     emu = make_emulator(backlog=EVENTS, default_max_timeout=300)
     ca = certs.make_ca("proxy test CA")
@@ -330,6 +330,6 @@ def test_check_through_an_https_proxy_shows_an_untrusted_servers_fingerprint(
     done = check(args, clean_env({"HTTPS_PROXY": proxy.url, "SSL_CERT_FILE": str(proxy_ca)}))
     assert done.returncode == 78, done.stderr
     assert f"the server certificate through the proxy {proxy.url} was not trusted" in done.stderr
-    from kata_events.certs import format_fingerprint
+    from kata_events.config.urls import format_fingerprint
 
     assert f"--pin-sha256 {format_fingerprint(server_fp)}" in done.stderr, done.stderr

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from kata_events import certs
+from kata_events.config.urls import format_fingerprint
 from run_helpers import assert_exact_events, fingerprint_of_pem_file, run_args
 
 
@@ -42,7 +42,7 @@ def test_the_right_pin_is_trusted(make_emulator, make_client_cert, ext_id, runs,
     emu = make_emulator(backlog=10)
     cert = make_client_cert("tls-pin")
     server_fp = fingerprint_of_pem_file(emu.server_cert_file)
-    pin = server_fp if shape == "hex" else certs.format_fingerprint(server_fp)
+    pin = server_fp if shape == "hex" else format_fingerprint(server_fp)
     args = run_args(emu, ext_id, cert, tmp_path / "s.json", "--pin-sha256", pin, "--once", ca_file=False)
     run = runs.complete(args, timeout=30)
     assert run.returncode == 0, run.stderr_text[-3000:]

@@ -1,6 +1,7 @@
-"""Certificates and keys: make a CA, a server certificate, a self-signed client certificate; fingerprints.
+"""Certificates and keys: make a self-signed client certificate, encrypt a key; fingerprints.
 
-Shared by the emulator, the tests and ``kata-events init``. Everything returns PEM bytes; files are
+Shared by ``kata-events init``, the emulator (whose certificate authority builds on `make_cert`) and
+the tests. Everything returns PEM bytes; files are
 written by :func:`kata_events.private_file.write_private_file` (re-exported here), atomically with
 mode 0600 because keys must never be readable by others, not even for an instant. This module never
 logs and never prints.
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -72,35 +71,31 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _make(
+def make_cert(
     name: str,
     key_type: str,
-    days: int,
+    not_after: datetime.datetime,
     extensions: Iterable[x509.ExtensionType],
     ca: Optional[KeyAndCert] = None,
 ) -> KeyAndCert:
-    """A new key and its certificate for ``name``: signed by ``ca`` (and valid no longer), or self-signed.
-
-    Every certificate made here has a random serial, is backdated, and names its key's identifier.
-    """
+    """A new key and its certificate for ``name``, valid until ``not_after``: signed by ``ca``, or
+    self-signed. Every certificate made here has a random serial, is backdated, and names its key's
+    identifier."""
     if key_type not in _NEW_KEY:
         raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
     key = _NEW_KEY[key_type]()
-    signer, issuer, cap = key, _name(name), None
+    signer, issuer = key, _name(name)
     if ca is not None:
         signer = serialization.load_pem_private_key(ca.key_pem, password=None)
         issuer = x509.load_pem_x509_certificate(ca.cert_pem).subject
-        cap = cert_not_after(ca.cert_pem)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    not_after = now + datetime.timedelta(days=days)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(name))
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after if cap is None else min(not_after, cap))
+        .not_valid_before(datetime.datetime.now(datetime.timezone.utc) - _BACKDATE)
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     for extension in extensions:
@@ -109,40 +104,9 @@ def _make(
     return KeyAndCert(_key_pem(key), cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_ca(
-    common_name: str = "kata-events emulator CA", days: int = 3650, key_type: str = "ec"
-) -> KeyAndCert:
-    """A self-signed certificate authority able to sign server certificates."""
-    # KeyUsage's flags in order: only digital_signature, key_cert_sign and crl_sign are set.
-    usage = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
-    return _make(common_name, key_type, days, [x509.BasicConstraints(ca=True, path_length=0), usage])
-
-
-def _san_entry(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
-def make_server_cert(
-    ca: KeyAndCert,
-    hostnames: Iterable[str] = ("localhost", "127.0.0.1", "::1"),
-    days: int = 825,
-    key_type: str = "ec",
-) -> KeyAndCert:
-    """A TLS server certificate signed by ``ca``, valid for ``hostnames`` (DNS names or IP addresses)."""
-    names = list(dict.fromkeys(hostnames))
-    if not names:
-        raise ValueError("a server certificate needs at least one host name")
-    issuer_key = x509.load_pem_x509_certificate(ca.cert_pem).public_key()
-    extensions = [
-        x509.BasicConstraints(ca=False, path_length=None),
-        x509.SubjectAlternativeName([_san_entry(n) for n in names]),
-        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
-    ]
-    return _make(names[0], key_type, days, extensions, ca)
+def days_from_now(days: int) -> datetime.datetime:
+    """The moment ``days`` from now (UTC): when a certificate made now for that many days expires."""
+    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
 
 
 def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "rsa") -> KeyAndCert:
@@ -151,7 +115,7 @@ def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "r
         x509.BasicConstraints(ca=False, path_length=None),
         x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
     ]
-    return _make(common_name, key_type, days, usage)
+    return make_cert(common_name, key_type, days_from_now(days), usage)
 
 
 def load_cert_der(pem_or_der: bytes) -> bytes:
@@ -173,37 +137,3 @@ def file_fingerprint(cert_path: PathLike) -> Optional[str]:
             return sha256_fingerprint(fh.read())
     except (OSError, ValueError):
         return None
-
-
-def format_fingerprint(hex_fingerprint: str) -> str:
-    """``"abcd..."`` (colons optional) as ``"AB:CD:..."``, the way certificate dialogs show it."""
-    clean = normalize_fingerprint(hex_fingerprint)
-    return ":".join(clean[i : i + 2] for i in range(0, len(clean), 2)).upper()
-
-
-def normalize_fingerprint(text: str) -> str:
-    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex;
-    ``ValueError`` when it is not 32 bytes of hex."""
-    clean = re.sub(r"[\s:]", "", text).lower()
-    if clean.startswith("sha256"):
-        clean = clean[len("sha256") :].lstrip("=/")
-    if not re.fullmatch(r"[0-9a-f]{64}", clean):
-        raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons optional): {text!r}")
-    return clean
-
-
-def cert_subject_alt_names(pem: bytes) -> list[str]:
-    """The DNS names and IP addresses a certificate's SAN extension lists (empty when it has none)."""
-    cert = x509.load_pem_x509_certificate(pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [*san.get_values_for_type(x509.DNSName), *map(str, san.get_values_for_type(x509.IPAddress))]
-
-
-def cert_not_after(pem: bytes) -> datetime.datetime:
-    """When the certificate expires (UTC)."""
-    cert = x509.load_pem_x509_certificate(pem)
-    aware = getattr(cert, "not_valid_after_utc", None)  # cryptography < 42 only has the naive one
-    return aware if aware is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)

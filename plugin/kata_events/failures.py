@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from kata_events import logs
 from kata_events.backoff import Backoff
+from kata_events.config.urls import format_fingerprint
 from kata_events.exits import ExitStatus
 from kata_events.source import errors
 from kata_events.source.api import EventsClient
@@ -195,8 +196,6 @@ class Failures:
         delay = self.backoff.next_delay(retry_after)
         lasting = self.faults.seen(exc, self.clock())
         if isinstance(exc, errors.TlsVerifyFailed):
-            from kata_events.certs import format_fingerprint  # cryptography: only for this message
-
             fp = exc.server_fingerprint
             how = "trust its CA with ca_file, or pin its certificate with pin_sha256"
             if fp:
@@ -240,7 +239,7 @@ class Failures:
         message = "still waiting for approval of this external system"
         if first or now - self._unauthorized_told >= UNAUTHORIZED_REMIND:
             self._unauthorized_told, level = now, None
-            from kata_events.certs import file_fingerprint, format_fingerprint  # cryptography: only here
+            from kata_events.certs import file_fingerprint  # cryptography: only here
 
             fp = file_fingerprint(self.client.cert)
             shown = f"{format_fingerprint(fp)}" if fp else "(cannot read the certificate)"

@@ -24,9 +24,10 @@ import os
 import ssl
 import stat
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional
 
 from kata_events.exits import ExitStatus, UserError
+from kata_events.private_file import PathLike
 
 #: The name of the systemd credential looked for in ``$CREDENTIALS_DIRECTORY``.
 CREDENTIAL_NAME = "key-password"
@@ -104,13 +105,12 @@ def configured(config: Any, environ: Mapping[str, str] = os.environ) -> Optional
     return None
 
 
-_PathLike = Union[str, Path]
 _MAKE_NEW = (
     "or make a new pair with `kata-events init` (a new certificate needs a new approval on the Central Node)"
 )
 
 
-def _text(path: _PathLike) -> str:
+def _text(path: PathLike) -> str:
     try:
         with open(path, "rb") as handle:
             return handle.read(1 << 20).decode("ascii", "replace")
@@ -118,7 +118,7 @@ def _text(path: _PathLike) -> str:
         return ""
 
 
-def exposures(key: _PathLike, key_password: Optional[KeyPassword] = None) -> Dict[str, str]:
+def exposures(key: PathLike, key_password: Optional[KeyPassword] = None) -> Dict[str, str]:
     """The key, and the file holding its passphrase, when accounts other than the owner may read
     them (the way ssh refuses an unprotected key, but a warning: the key works): what is wrong and
     the fix, by path."""
@@ -139,7 +139,7 @@ def exposures(key: _PathLike, key_password: Optional[KeyPassword] = None) -> Dic
     return found
 
 
-def pair_problem(cert: _PathLike, key: _PathLike, passphrase: Optional[KeyPassword] = None) -> Optional[str]:
+def pair_problem(cert: PathLike, key: PathLike, passphrase: Optional[KeyPassword] = None) -> Optional[str]:
     """None when ``key`` is the private key of the certificate in ``cert``; else what is wrong and the fix.
 
     ``passphrase`` opens an encrypted key.

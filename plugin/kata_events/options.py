@@ -36,24 +36,19 @@ MAX_EVENT_BYTES_DEFAULT = 16 * 1024 * 1024
 
 UUID_PATTERN = r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
 # A port alone, or HOST:PORT with a name, an IPv4 address or a bracketed IPv6 one.
-LISTEN_PATTERN = (
-    r"^(?:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?"
-    r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
-)
+_HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+"
+_PORT = r"[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]"
+LISTEN_PATTERN = f"^(?:(?:{_HOST}):)?(?:{_PORT})$"
 
 
 def parse_listen(text: str, default_host: Optional[str] = "127.0.0.1") -> Tuple[str, int]:
-    """``PORT`` (on ``default_host``; refused when it is None), ``HOST:PORT`` or ``[V6]:PORT``.
-
-    Port 0 asks for a free one. Raises ValueError with the reason.
-    """
-    host, sep, port = text.strip().rpartition(":")
-    if not sep:
-        host = default_host or ""
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    """`LISTEN_PATTERN` or port 0, which asks for a free one: ``PORT`` (on ``default_host``; refused
+    when it is None), ``HOST:PORT`` or ``[V6]:PORT``. Raises ValueError with the reason."""
+    match = re.fullmatch(f"(?:({_HOST}):)?({_PORT}|0)", text.strip())
+    host = match and (match[1] or default_host)
+    if not host:
         raise ValueError(f"{text!r} is not {'PORT or ' if default_host else ''}HOST:PORT")
-    return host, int(port)
+    return host.strip("[]"), int(match[2])
 
 
 #: A proxy's address: scheme, optional credentials, host and port, nothing after.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import http.client
 import os
 import socket
@@ -22,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 from kata_events import certs
 from kata_events.commands.locate import token_store
 from kata_events.config import Config, load_run_config, without_credentials
+from kata_events.config.urls import format_fingerprint
 from kata_events.exits import ExitStatus, UserError
 from kata_events.key_password import configured as key_password
 from kata_events.key_password import exposures, pair_problem
@@ -66,7 +66,7 @@ class _Report:
 
 
 def _fp(hex_fingerprint: Optional[str]) -> str:
-    return certs.format_fingerprint(hex_fingerprint) if hex_fingerprint else "unknown"
+    return format_fingerprint(hex_fingerprint) if hex_fingerprint else "unknown"
 
 
 def _check_files(config: Config, report: _Report) -> bool:
@@ -204,7 +204,7 @@ def _check_tls(
         return False
     finally:
         sock.close()
-    server_fp = hashlib.sha256(der).hexdigest()
+    server_fp = certs.sha256_fingerprint(der)
     if config.pin_sha256:
         if server_fp != config.pin_sha256:
             report.fail(

@@ -18,7 +18,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from kata_events.config import normalize_url
+from kata_events.config.urls import format_fingerprint, normalize_url
 from kata_events.exits import ExitStatus, UserError
 
 DESCRIPTION = """\
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"cannot write into {directory}: {exc.strerror or exc}", ExitStatus.CANT_CREATE
         ) from None
-    fingerprint = certs.format_fingerprint(pair.fingerprint)
+    fingerprint = format_fingerprint(pair.fingerprint)
     config_path = os.path.relpath(names["config"])
     if config_path.startswith(".."):  # outside the working directory: the full path reads better
         config_path = os.path.abspath(names["config"])

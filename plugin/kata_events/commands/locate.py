@@ -12,12 +12,12 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional
+from typing import TYPE_CHECKING, Mapping, Tuple
 
 from kata_events import options as opts
-from kata_events.config import DEFAULT_ORIGIN, Config, Origin, config_path, read_toml, resolve_path
+from kata_events.config import DEFAULT_ORIGIN, Config, Origin, early_values, resolve_path
 from kata_events.exits import ExitStatus, UserError
-from kata_events.paths import companion
+from kata_events.paths import companion, default_state_path
 
 if TYPE_CHECKING:
     from kata_events.state.store import TokenStore
@@ -61,8 +61,6 @@ class RunFiles:
     """The state file of a run and its companions (progress inside a page, status record, lock)."""
 
     state: Path
-    #: The external system id the configuration names ("" when none does).
-    external_system_id: str = ""
 
     #: The companions: the progress record, the status record (``kata-events status`` reads it), the lock.
     progress = property(lambda self: companion(self.state, "progress"))
@@ -86,29 +84,17 @@ def token_store(config: Config) -> TokenStore:
 def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> RunFiles:
     """The run's files from the flags, the environment and the config file (`UserError` 66 for a
     config file that cannot be read)."""
-    values = {}
-    config_file = config_path(args, environ)
-    if config_file is not None:
-        origin = Origin("file", f"config file {config_file}", config_file.parent)
-        for key, value in read_toml(config_file).items():
-            if key in ("state_file", "external_system_id") and isinstance(value, str) and value:
-                values[key] = (value, origin)
-    for name in ("state_file", "external_system_id"):
-        option = opts.BY_NAME[name]
-        from_env = environ.get(option.env, "").strip()
-        if from_env:
-            values[name] = (from_env, Origin("env", f"environment variable {option.env}"))
-        given: Optional[Any] = getattr(args, name, None)
-        if given:
-            values[name] = (str(given), Origin("flag", option.flag))
-    ext_id = values.get("external_system_id", ("", DEFAULT_ORIGIN))[0]
-    if "state_file" in values:
-        value, origin = values["state_file"]
-        return RunFiles(resolve_path(value, origin, environ), ext_id)
-    if ext_id:
-        from kata_events.paths import default_state_path
 
-        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))), ext_id)
+    def given(name: str) -> Tuple[str, Origin]:
+        values = early_values(args, environ, name, strict=True)
+        return next(((v, o) for v, o in values if isinstance(v, str) and v), ("", DEFAULT_ORIGIN))
+
+    state_file, origin = given("state_file")
+    if state_file:
+        return RunFiles(resolve_path(state_file, origin, environ))
+    ext_id = given("external_system_id")[0]
+    if ext_id:
+        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))))
     raise UserError(
         "which run? give --config FILE (the run's config file), or --state-file FILE, or "
         "--external-system-id UUID (the state file is then the run's default one)",

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
+from kata_events.config import requested_name
 from kata_events.exits import UserError
 from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.state.reading import parse_stamp, stamp
@@ -269,8 +270,6 @@ def node_of(config_file: Path) -> str:
     """A node's name from its configuration file: ``name``, else the first url's host (as ``run``
     derives it), else the file's directory (``/etc/kata-events/scn1/config.toml`` → ``scn1``) or
     stem, when the file cannot be read or names neither."""
-    from kata_events.config import requested_name
-
     name = requested_name(argparse.Namespace(config=str(config_file)), {})
     if name is not None:
         return name

@@ -32,8 +32,9 @@ from kata_events.config.sources import (
     read_toml,
     resolve_path,
 )
-from kata_events.config.urls import node_name_of, normalize_pin, normalize_url, without_credentials
+from kata_events.config.urls import node_name_of, normalize_fingerprint, normalize_url, without_credentials
 from kata_events.exits import ExitStatus, UserError
+from kata_events.paths import default_state_path
 
 #: An option's attribute type by its type; for the others a string. None where there is no value.
 _FIELD_TYPES = {"int": int, "float": float, "bool": bool, "list": Tuple[str, ...], "path": Optional[Path]}
@@ -67,7 +68,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     problems: List[str] = []
 
     if config_file is not None:
-        origin = Origin("file", f"config file {config_file}", config_file.parent)
+        origin = Origin(f"config file {config_file}", config_file.parent)
         for key, value in read_toml(config_file).items():
             option = opts.BY_NAME.get(key)
             if option is not None and option.env_only:
@@ -87,14 +88,14 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
         if option is None:
             problems.append(f"unknown environment variable {name}{_suggest(name)}")
         elif raw.strip():
-            values[option.name] = (convert(option, raw), Origin("env", f"environment variable {name}"))
+            values[option.name] = (convert(option, raw), Origin(f"environment variable {name}"))
 
     for option in opts.OPTIONS:
         given = getattr(args, option.name, None)
         if isinstance(given, str):
             given = convert(option, given)
         if given is not None:
-            values[option.name] = (given, Origin("flag", option.flag))
+            values[option.name] = (given, Origin(option.flag))
 
     urls, url_problems = _urls(values)
     unknown, invalid, missing = schema_problems(values)
@@ -111,19 +112,17 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
     resolved.update({name: value for name, (value, _) in values.items()}, url=urls)
     if resolved["pin_sha256"] is not None:
-        resolved["pin_sha256"] = normalize_pin(resolved["pin_sha256"])
+        resolved["pin_sha256"] = normalize_fingerprint(resolved["pin_sha256"])
     for option in opts.OPTIONS:
         if option.type == "path" and option.name in values:
             resolved[option.name] = resolve_path(*values[option.name], environ)
     resolved["settle_time"] = float(resolved["settle_time"])
     if not resolved["name"]:
         resolved["name"] = node_name_of(urls[0])
-        values["name"] = (None, Origin("url", "the host of the first url"))
+        values["name"] = (None, Origin("the host of the first url"))
     if resolved["max_unacked"] is None:
         resolved["max_unacked"] = resolved["max_events"]
     if resolved["state_file"] is None:
-        from kata_events.paths import default_state_path
-
         state_file = default_state_path(resolved["external_system_id"], environ)
         resolved["state_file"] = Path(os.path.abspath(state_file))
         values["state_file"] = (None, DEFAULT_ORIGIN)
@@ -137,25 +136,38 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     return Config(config_file=config_file, sources=sources, **resolved)
 
 
-def _early_values(args: argparse.Namespace, environ: Mapping[str, str], option: opts.Option) -> List[Any]:
-    """``option``'s values from the flag, the variable and the config file, in precedence order, for
-    messages before the configuration is resolved (a config file that cannot be read gives none)."""
+def early_values(
+    args: argparse.Namespace, environ: Mapping[str, str], name: str, strict: bool = False
+) -> List[Tuple[Any, Origin]]:
+    """``name``'s values from the flag, the variable and the config file, each with its origin, in
+    precedence order, empty ones left out: for what is needed before or without resolving the
+    configuration. A config file that cannot be read gives none, or raises `UserError` if ``strict``."""
+    option = opts.BY_NAME[name]
+    found: List[Tuple[Any, Origin]] = []
+    given = getattr(args, name, None)
+    if given:
+        found.append((given, Origin(option.flag)))
+    from_env = environ.get(option.env, "").strip()
+    if from_env:
+        found.append((convert(option, from_env), Origin(f"environment variable {option.env}")))
     try:
         path = config_path(args, environ)
-        from_file = None if path is None else read_toml(path).get(option.name)
-    except (UserError, OSError):
+        from_file = None if path is None else read_toml(path).get(name)
+    except UserError:
+        if strict:
+            raise
         from_file = None
-    if option.type == "list" and isinstance(from_file, str):
-        from_file = [from_file]
-    from_env = environ.get(option.env)
-    return [getattr(args, option.name, None), from_env and convert(option, from_env), from_file]
+    if from_file is not None and path is not None:
+        value = [from_file] if option.type == "list" and isinstance(from_file, str) else from_file
+        found.append((value, Origin(f"config file {path}", path.parent)))
+    return found
 
 
 def requested_log_format(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     """The log format asked for by flag, variable or config file, for errors before the
     configuration is resolved: the first valid one in precedence order, else the default."""
     option = opts.BY_NAME["log_format"]
-    for value in _early_values(args, environ, option):
+    for value, _ in early_values(args, environ, "log_format"):
         if isinstance(value, str) and value.strip().lower() in option.choices:
             return value.strip().lower()
     return str(option.default)
@@ -165,10 +177,10 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
     """The node name as far as it can be told before the configuration is resolved (for a
     ``fatal`` line): ``name`` from the flag, variable or file, else the first url's host; None when
     neither is readable."""
-    for value in _early_values(args, environ, opts.BY_NAME["name"]):
+    for value, _ in early_values(args, environ, "name"):
         if isinstance(value, str) and re.match(opts.NAME_PATTERN, value.strip()):
             return value.strip()
-    for urls in _early_values(args, environ, opts.BY_NAME["url"]):
+    for urls, _ in early_values(args, environ, "url"):
         if isinstance(urls, list) and urls and isinstance(urls[0], str) and "://" in urls[0]:
             return node_name_of(urls[0])
     return None
@@ -261,7 +273,7 @@ def _urls(values: Dict[str, Tuple[Any, Origin]]) -> Tuple[Tuple[str, ...], List[
             found.add(found_id)
         bases[base] = None
     if "external_system_id" not in values and len(found) == 1:
-        values["external_system_id"] = (found.pop(), Origin("url", f"the url ({origin.label})"))
+        values["external_system_id"] = (found.pop(), Origin(f"the url ({origin.label})"))
     if len(ids) > 1:
         problems.append(
             f"url (from {origin.label}): the URLs name different external system ids: " + ", ".join(ids)

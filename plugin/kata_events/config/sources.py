@@ -32,12 +32,11 @@ _BOOLS = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(("false
 class Origin:
     """Where a value came from: for messages, and for resolving relative paths."""
 
-    kind: str  # "flag", "env", "file", "default", "url"
     label: str
     base_dir: Optional[Path] = None
 
 
-DEFAULT_ORIGIN = Origin("default", "the default")
+DEFAULT_ORIGIN = Origin("the default")
 
 
 def config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Optional[Path]:

@@ -1,8 +1,9 @@
 """Central Node addresses in a configuration: checked and normalized, and what is derived from them.
 
 A base address or a full events URL becomes ``https://host[:port]`` (and the external system id it
-may name); the run's default name is its host; a proxy URL loses its credentials for a log line.
-Never touches the network.
+may name); the run's default name is its host; a proxy URL loses its credentials for a log line; a
+pinned certificate's fingerprint is read in any usual spelling and shown the way dialogs show it.
+Never touches the network nor loads cryptography.
 """
 
 from __future__ import annotations
@@ -38,9 +39,21 @@ def without_credentials(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
-def normalize_pin(pin: str) -> str:
-    """``AB:CD:...`` or ``abcd...`` → lowercase hex without colons."""
-    return pin.replace(":", "").strip().lower()
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 fingerprint in any usual spelling (colons, spaces, either case) as lowercase hex;
+    ``ValueError`` when it is not 32 bytes of hex."""
+    clean = re.sub(r"[\s:]", "", text).lower()
+    if clean.startswith("sha256"):
+        clean = clean[len("sha256") :].lstrip("=/")
+    if not re.fullmatch(r"[0-9a-f]{64}", clean):
+        raise ValueError(f"not a SHA-256 fingerprint (64 hex digits, colons optional): {text!r}")
+    return clean
+
+
+def format_fingerprint(hex_fingerprint: str) -> str:
+    """``"abcd..."`` (colons optional) as ``"AB:CD:..."``, the way certificate dialogs show it."""
+    clean = normalize_fingerprint(hex_fingerprint)
+    return ":".join(clean[i : i + 2] for i in range(0, len(clean), 2)).upper()
 
 
 #: A DNS name (internationalised ones too) or an IPv4 address; IPv6 literals come in brackets.

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
-from kata_events import certs
+from kata_events.config.urls import format_fingerprint, normalize_fingerprint
+from kata_events.emulator import certs
 from kata_events.emulator.answering import (
     EVENTS_PATH_PREFIX,
     HUGE_TOKEN,
@@ -38,6 +39,7 @@ from kata_events.emulator.faults import Fault, FaultQueue
 from kata_events.emulator.store import EventStore, _Subscription
 from kata_events.emulator.wire import _Server
 from kata_events.options import parse_listen
+from kata_events.private_file import write_private_file
 
 __all__ = ["HUGE_TOKEN", "ODD_TOKEN", "Emulator", "default_state_dir", "parse_iso_duration"]
 
@@ -239,7 +241,7 @@ class Emulator(Answering, EventStore):
         """Approve ``fingerprint`` for the id, or every pending certificate of the id when omitted."""
         with self._lock:
             if fingerprint is not None:
-                pairs = [(external_system_id, certs.normalize_fingerprint(fingerprint))]
+                pairs = [(external_system_id, normalize_fingerprint(fingerprint))]
             else:
                 pairs = [pair for pair in self._pending if pair[0] == external_system_id]
             now = time.time()
@@ -248,12 +250,12 @@ class Emulator(Answering, EventStore):
                 self._approved[pair] = now
             self._save_approvals_locked()
         for ext_id, fp in pairs:
-            log.info("approved external system %s with certificate %s", ext_id, certs.format_fingerprint(fp))
+            log.info("approved external system %s with certificate %s", ext_id, format_fingerprint(fp))
         return [{"external_system_id": e, "fingerprint": f} for e, f in pairs]
 
     def revoke(self, external_system_id: str, fingerprint: Optional[str] = None) -> List[Dict[str, str]]:
         """Withdraw the approval of the id (one certificate, or all of them)."""
-        normalized = certs.normalize_fingerprint(fingerprint) if fingerprint is not None else None
+        normalized = normalize_fingerprint(fingerprint) if fingerprint is not None else None
         with self._lock:
             pairs = [
                 pair
@@ -264,12 +266,12 @@ class Emulator(Answering, EventStore):
                 del self._approved[pair]
             self._save_approvals_locked()
         for ext_id, fp in pairs:
-            log.info("revoked external system %s with certificate %s", ext_id, certs.format_fingerprint(fp))
+            log.info("revoked external system %s with certificate %s", ext_id, format_fingerprint(fp))
         return [{"external_system_id": e, "fingerprint": f} for e, f in pairs]
 
     def is_approved(self, external_system_id: str, fingerprint: str) -> bool:
         with self._lock:
-            return (external_system_id, certs.normalize_fingerprint(fingerprint)) in self._approved
+            return (external_system_id, normalize_fingerprint(fingerprint)) in self._approved
 
     def inject(self, fault: Union[str, Fault, Dict[str, Any]], **options: Any) -> Fault:
         """Queue a fault: ``inject("503", count=3)``, ``inject("drop@10")``, ``inject(Fault(...))``."""
@@ -401,7 +403,7 @@ class Emulator(Answering, EventStore):
         with self._lock:
             for item in data.get("approved", []):
                 try:
-                    pair = (str(item["external_system_id"]), certs.normalize_fingerprint(item["fingerprint"]))
+                    pair = (str(item["external_system_id"]), normalize_fingerprint(item["fingerprint"]))
                 except (KeyError, TypeError, ValueError):
                     continue
                 self._approved[pair] = float(item.get("since", 0))
@@ -413,7 +415,7 @@ class Emulator(Answering, EventStore):
                 for (e, f), t in sorted(self._approved.items())
             ]
         }
-        certs.write_private_file(self.approvals_file, _json_bytes(data) + b"\n")
+        write_private_file(self.approvals_file, _json_bytes(data) + b"\n")
 
     def _check_approved(self, ext_id: str, fingerprint: Optional[str]) -> None:
         if fingerprint is None:
@@ -428,7 +430,7 @@ class Emulator(Answering, EventStore):
                 log.info(
                     "auto-approved external system %s with certificate %s",
                     ext_id,
-                    certs.format_fingerprint(fingerprint),
+                    format_fingerprint(fingerprint),
                 )
                 return
             new = pair not in self._pending
@@ -443,7 +445,7 @@ class Emulator(Answering, EventStore):
                 "  approve it with:\n"
                 "    curl -X POST --cacert %s '%s'",
                 ext_id,
-                certs.format_fingerprint(fingerprint),
+                format_fingerprint(fingerprint),
                 self.ca_file,
                 approve_url,
             )
