@@ -224,8 +224,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
-    """The answer on stdout: ``as_json`` with ``--format json``, else the ``text`` line."""
-    json_asked = getattr(args, "format", "text") == "json"
+    json_asked = args.format == "json"
     sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if json_asked else text) + "\n")
 
 
@@ -267,9 +266,8 @@ def config_files(given: Sequence[str]) -> List[Tuple[Path, str]]:
 
 
 def node_of(config_file: Path) -> str:
-    """A node's name from its configuration file: ``name``, else the first url's host (as ``run``
-    derives it), else the file's directory (``/etc/kata-events/scn1/config.toml`` → ``scn1``) or
-    stem, when the file cannot be read or names neither."""
+    """A node's name from its configuration file as ``run`` derives it, else the file's directory
+    (``/etc/kata-events/scn1/config.toml`` → ``scn1``) or stem."""
     name = requested_name(argparse.Namespace(config=str(config_file)), {})
     if name is not None:
         return name
@@ -278,8 +276,6 @@ def node_of(config_file: Path) -> str:
 
 
 class NodeVerdict(NamedTuple):
-    """One node's part of a several-node ``status``: its name, its configuration, its verdict."""
-
     node: str
     config: str
     verdict: Dict[str, Any]
@@ -293,13 +289,19 @@ def unknown_verdict(reason: str) -> Dict[str, Any]:
     return unknown
 
 
-def check_nodes(
-    configs: Sequence[str], args: argparse.Namespace, environ: Mapping[str, str], now: float
-) -> List[NodeVerdict]:
-    """Each configuration's verdict; one that cannot be read is its node's UNKNOWN."""
+def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
+    """``status`` over several configurations: one line (or a JSON list), the worst exit code; a
+    configuration that cannot be read is its node's UNKNOWN."""
+    if args.state_file or args.external_system_id:
+        return _unknown(
+            args,
+            "--state-file and --external-system-id name one run's files: with several "
+            "configurations (or a directory), each configuration names its own",
+        )
+    now = time.time()
     # Each configuration speaks for its own node: a KATA_EVENTS_STATE_FILE (or _EXTERNAL_SYSTEM_ID)
     # meant for one run would otherwise point every node at the same files.
-    own_env = {k: v for k, v in environ.items() if not k.startswith(opts.ENV_PREFIX)}
+    own_env = {k: v for k, v in os.environ.items() if not k.startswith(opts.ENV_PREFIX)}
     results: List[NodeVerdict] = []
     seen: Dict[str, int] = {}
     for path, problem in config_files(configs):
@@ -315,7 +317,9 @@ def check_nodes(
         except (UserError, OSError, ValueError) as exc:
             verdict = unknown_verdict(str(exc))
         results.append(NodeVerdict(node, str(path), verdict))
-    return results
+    as_json = [{"node": r.node, "config": r.config, **r.verdict} for r in results]
+    _say(args, as_json, summarize(results, args.warning_lag, args.critical_lag))
+    return worst(results)
 
 
 def worst(results: Sequence[NodeVerdict]) -> int:
@@ -336,20 +340,6 @@ def summarize(results: Sequence[NodeVerdict], warning_lag: float, critical_lag: 
     tail = _perfdata({f"_{r.node}": r.verdict for r in results}, warning_lag, critical_lag)
     count = f"{len(results)} node{'' if len(results) == 1 else 's'}"
     return f"KATA-EVENTS {NAMES[code]} - {count}: {'; '.join(parts)}{tail}"
-
-
-def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:
-    """``status`` over several configurations: one line (or a JSON list), the worst exit code."""
-    if args.state_file or args.external_system_id:
-        return _unknown(
-            args,
-            "--state-file and --external-system-id name one run's files: with several "
-            "configurations (or a directory), each configuration names its own",
-        )
-    results = check_nodes(configs, args, os.environ, time.time())
-    as_json = [{"node": r.node, "config": r.config, **r.verdict} for r in results]
-    _say(args, as_json, summarize(results, args.warning_lag, args.critical_lag))
-    return worst(results)
 
 
 def _unknown(args: argparse.Namespace, reason: str) -> int:

@@ -57,10 +57,7 @@ Config = make_dataclass(
 
 def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
     """Resolve the ``run`` configuration from parsed flags, the environment and the config file.
-
-    Raises `UserError`: exit 66 when the config file or a certificate, key or CA file is missing or
-    unreadable; exit 78 for anything else, listing every problem at once.
-    """
+    Raises `UserError`: exit 66 for a missing or unreadable file, else 78 with every problem."""
     config_file = config_path(args, environ)
     values: Dict[str, Tuple[Any, Origin]] = {
         o.name: (o.default, DEFAULT_ORIGIN) for o in opts.OPTIONS if o.default is not None
@@ -187,12 +184,9 @@ def requested_name(args: argparse.Namespace, environ: Mapping[str, str]) -> Opti
 
 
 def describe(config: Config) -> Dict[str, Any]:
-    """The effective configuration as JSON-ready values, for the ``config`` log event.
-
-    Secret options are redacted. ``sources`` maps each key that did not come from a default to where
-    it came from (flag, environment variable, config file). ``name`` is left out: every log line of
-    the run carries it as its ``node`` field (and a log record's own ``name`` is the logger's).
-    """
+    """The effective configuration as JSON-ready values, for the ``config`` log event; secrets
+    redacted, ``sources`` without the defaults. ``name`` is left out: every log line of the run
+    carries it as its ``node`` field (and a log record's own ``name`` is the logger's)."""
     shown = {o.name: getattr(config, o.name) for o in opts.OPTIONS if o.name != "name"}
     if config.proxy is not None:
         shown["proxy"] = without_credentials(config.proxy)
@@ -223,12 +217,8 @@ def _schema_validator() -> Any:
 
 
 def schema_problems(values: Mapping[str, Tuple[Any, Origin]]) -> Tuple[List[str], Dict[str, str], List[str]]:
-    """The merged values checked against the published schema, each problem in the user's words.
-
-    Returns the unknown keys (with the closest known one), one message per invalid key in the order
-    of `kata_events.options.OPTIONS` (key, value, where it came from, what is expected), and the
-    required keys missing (with the three ways to give each).
-    """
+    """The merged values checked against the published schema, in the user's words: the unknown
+    keys, one message per invalid key in the order of `kata_events.options.OPTIONS`, the missing."""
     instance = {name: value for name, (value, _) in values.items()}
     errors = _schema_validator().iter_errors(instance)
     keys = {str(error.absolute_path[0]) for error in errors if error.absolute_path}

@@ -64,12 +64,8 @@ def short_token(token: Optional[str]) -> str:
 
 
 class TokenStore:
-    """The continuation token of one subscription, persisted in one locked file.
-
-    Use as ``with TokenStore(path, url=..., external_system_id=..., filter=...) as store:``, then
-    ``token, reason = store.load()`` and ``store.commit_point(point)`` for each point the recorder
-    writes.
-    """
+    """The continuation token of one subscription, persisted in one locked file: ``with
+    TokenStore(...) as store:``, then ``store.load()`` and ``store.commit_point(point)``."""
 
     def __init__(
         self, path: Union[Path, str], *, url: str, external_system_id: str, filter: str = ""
@@ -99,12 +95,8 @@ class TokenStore:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Create the directory if missing (0700), take the lock, and check the directory is writable.
-
-        Raises StateLocked when another process holds the lock, StateNotWritable when the directory
-        or lock file cannot be created or written. Checking now rather than at the first commit means
-        a misconfigured service fails at start, not hours later with events already sent.
-        """
+        """Create the directory if missing (0700), take the lock (else StateLocked), and check the
+        directory is writable (else StateNotWritable): now, not hours later with events already sent."""
         if self._lock_fd is not None:
             return
         directory = self.path.parent
@@ -185,9 +177,7 @@ class TokenStore:
         return read_state(self._files)[0]
 
     def load(self, now: Optional[_dt.datetime] = None) -> Tuple[Optional[str], Optional[str]]:
-        """The token to resume from (or None), and a reason to log when the stored token was not simply
-        taken as is (dropped, imported, or kept despite a changed URL), else None.
-        """
+        """The token to resume from (or None), and why it was not simply taken as is (or None)."""
         sub, kind = read_state(self._files)
         self._loaded = sub if kind == "json" else None
         if sub is None:
@@ -233,9 +223,7 @@ class TokenStore:
 
     def check_owner(self, sub: Optional[Subscription] = None) -> None:
         """Raise `StateForeign` when the file (``sub`` when already read) records another external
-        system id; a plain token file names none. Called before anything is written: the file stays
-        byte for byte as it was.
-        """
+        system id; called before anything is written, so the file stays byte for byte as it was."""
         sub = sub or self.stored()
         if sub is None or sub.external_system_id in ("", self.external_system_id):
             return
@@ -251,11 +239,8 @@ class TokenStore:
     # -- progress inside a page -----------------------------------------------------------------------
 
     def resume_point(self) -> Tuple[Optional[Point], List[str]]:
-        """Where to resume after `load` returned a token: the newest valid record, and warnings.
-
-        A record that does not parse, or whose checksum fails, is a warning: resuming falls back to
-        the state file's own record (fsynced at each commit), and at worst to its bare token.
-        """
+        """Where to resume after `load` returned a token: the newest valid record, and warnings (an
+        unusable record falls back to the state file's own, fsynced at each commit, or its token)."""
         sub = self._loaded
         if sub is None or sub.token is None or self.committed != sub.token:
             return (Point(self.committed) if self.committed else None), []
@@ -279,11 +264,7 @@ class TokenStore:
 
     def first_page_point(self) -> Tuple[Optional[Point], List[str]]:
         """After `load` returned no token: how far into the first answer of the last new
-        subscription delivery went (a point without a token), and warnings.
-
-        Only a record newer than the state file's own (a commit or a cleared token supersedes it)
-        and of the same external system and filter counts; None when there is none.
-        """
+        subscription delivery went (a point without a token, or None), and warnings."""
         sub = self._loaded
         stored_seq = sub.progress["seq"] if sub is not None and sub.progress is not None else -1
         record, corrupt = self._newer_record(
@@ -305,11 +286,8 @@ class TokenStore:
         return (record if same else None), corrupt
 
     def note(self, point: Point, durable: bool = False) -> None:
-        """Record ``point`` in the companion file: in place, fsynced only when ``durable``. A point
-        without a token is inside the first answer of a new subscription (`first_page_point`).
-
-        Raises StateNotWritable when the file cannot be written.
-        """
+        """Record ``point`` in the companion file: in place, fsynced only when ``durable``. Raises
+        StateNotWritable."""
         data = encode_record(point, self._next_seq(), self._identity)
         try:
             if self._progress_fd is None:
