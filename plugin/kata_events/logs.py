@@ -205,9 +205,8 @@ def troubleshooting_table() -> str:
     """The table of log events in docs/operations.md: event, level, meaning."""
     lines = ["| Event | Level | Meaning |", "|---|---|---|"]
     for spec in EVENTS.values():
-        level = logging.getLevelName(spec.level).lower()
         meaning = spec.description.replace("|", "\\|")
-        lines.append(f"| `{spec.name}` | {level} | {meaning} |")
+        lines.append(f"| `{spec.name}` | {logging.getLevelName(spec.level).lower()} | {meaning} |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,15 +312,6 @@ def _text_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
-def _is_stdout(stream: TextIO) -> bool:
-    if stream is sys.stdout or stream is sys.__stdout__:
-        return True
-    try:
-        return stream.fileno() == 1
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
 def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: Optional[str] = None) -> None:
     """Send the ``kata_events`` logger's lines to ``stream`` (default: the current sys.stderr).
 
@@ -330,7 +320,11 @@ def setup_logging(level: str, fmt: str, stream: Optional[TextIO] = None, node: O
     Refuses stdout, which carries events only.
     """
     stream = stream or sys.stderr
-    if _is_stdout(stream):
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if stream is sys.stdout or stream is sys.__stdout__ or fd == 1:
         raise ValueError("logs never go to stdout: stdout carries events only")
     if fmt not in ("json", "text"):
         raise ValueError(f"log format must be json or text, not {fmt!r}")
