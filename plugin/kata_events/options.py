@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 ENV_PREFIX = "KATA_EVENTS_"
 
@@ -364,7 +364,15 @@ def json_schema() -> Dict[str, Any]:
 
 def markdown_table() -> str:
     """The option table of docs/configuration.md, generated from `OPTIONS`."""
-    rows: List[Sequence[str]] = []
+    lines = [
+        "Every option is a flag, an environment variable and a key of the TOML config file; "
+        "precedence: flag > environment > file > default. An empty variable counts as unset.",
+        "",
+        "| Key | Flag | Environment variable | Default | Meaning |",
+        "|---|---|---|---|---|",
+        f"| — | `{CONFIG_FLAG} FILE` | `{CONFIG_ENV}` | none "
+        "| The TOML file holding any of the keys below. |",
+    ]
     for option in OPTIONS:
         default = "**required**" if option.required else option.default_text
         if not option.default_doc and option.default not in (None, ""):
@@ -376,17 +384,8 @@ def markdown_table() -> str:
             flag = f"`{option.flag}`, `--no-{option.flag[2:]}`"
         elif option.type == "list":
             flag += " (repeatable)"
-        rows.append((key, flag, f"`{option.env}`", default, option.help))
-    lines = [
-        "Every option is a flag, an environment variable and a key of the TOML config file; "
-        "precedence: flag > environment > file > default. An empty variable counts as unset.",
-        "",
-        "| Key | Flag | Environment variable | Default | Meaning |",
-        "|---|---|---|---|---|",
-        f"| — | `{CONFIG_FLAG} FILE` | `{CONFIG_ENV}` | none "
-        "| The TOML file holding any of the keys below. |",
-    ]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        row = (key, flag, f"`{option.env}`", default, option.help)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,6 @@ certificate), takes no lock and is safe beside a running run. ``reset`` takes th
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import sys
@@ -147,9 +146,9 @@ def _reset(files: RunFiles) -> int:
         with TokenStore(files.state, url="", external_system_id=""):  # the lock, while files move
             for path in (files.state, files.progress, files.status):
                 free = backup = path.with_name(f"{path.name}.{stamp}.bak")
-                for n in itertools.count(1):  # a reset in the same second made that name already
-                    if not backup.exists():
-                        break
+                n = 0
+                while backup.exists():  # a reset in the same second made that name already
+                    n += 1
                     backup = free.with_name(f"{free.name}.{n}")
                 try:
                     os.rename(path, backup)

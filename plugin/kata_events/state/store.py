@@ -40,11 +40,11 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.paths import companion
-from kata_events.private_file import write_private_file
+from kata_events.private_file import PathLike, write_private_file
 from kata_events.state.errors import StateError, StateForeign, StateLocked, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, directory_permissions, is_link_error, remove, unlock
 from kata_events.state.progress import Point, encode_record
@@ -67,9 +67,7 @@ class TokenStore:
     """The continuation token of one subscription, persisted in one locked file: ``with
     TokenStore(...) as store:``, then ``store.load()`` and ``store.commit_point(point)``."""
 
-    def __init__(
-        self, path: Union[Path, str], *, url: str, external_system_id: str, filter: str = ""
-    ) -> None:
+    def __init__(self, path: PathLike, *, url: str, external_system_id: str, filter: str = "") -> None:
         self.path = Path(path)
         #: The companion holding progress inside a page (written often, not fsynced), the lock.
         self.progress_path = companion(self.path, "progress")
