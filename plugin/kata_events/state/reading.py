@@ -130,17 +130,15 @@ def read_companion(path: Path, fallback: str = "") -> Tuple[Optional[Dict[str, A
     """The companion progress record's fields (None when absent, never written or unusable), and
     why it is unusable: ``fallback`` says what resuming does instead."""
     try:
-        try:
-            data = _read(path, _MAX_STATE_BYTES)
-        except FileNotFoundError:
-            return None, []
-        except OSError as exc:
-            raise RecordError(f"cannot be read: {exc.strerror or exc}") from None
+        data = _read(path, _MAX_STATE_BYTES)
         if not data.strip():
             return None, []  # created, never written: a kill -9 at the very first record
         fields = decode_record(data)
         if "token" not in fields:
             raise RecordError("it has no token")
         return fields, []
-    except RecordError as exc:
-        return None, [f"progress record {path} is corrupt ({exc}): {fallback}"]
+    except FileNotFoundError:
+        return None, []
+    except (OSError, RecordError) as exc:
+        why = f"cannot be read: {exc.strerror or exc}" if isinstance(exc, OSError) else exc
+        return None, [f"progress record {path} is corrupt ({why}): {fallback}"]
