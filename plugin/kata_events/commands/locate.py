@@ -24,11 +24,8 @@ if TYPE_CHECKING:
 
 
 def add_location_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
-    """``--config``, ``--state-file`` and ``--external-system-id``, with ``run``'s help texts.
-
-    ``several`` (``status``): ``--config`` is repeatable and may name a directory of
-    configurations; ``args.config`` is then a list.
-    """
+    """``--config``, ``--state-file`` and ``--external-system-id``, with ``run``'s help texts;
+    ``several`` (``status``): ``--config`` is repeatable (a list) and may name a directory."""
     text = (
         "The TOML file of the run (only name, url, state_file and external_system_id are read from it; "
         "the lag thresholds and --format are flags only). Repeatable, one per node: each is evaluated "

@@ -207,9 +207,7 @@ def _perfdata(verdicts: Mapping[str, Mapping[str, Any]], warning_lag: float, cri
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``kata-events status``; returns 0..3."""
-    configs = list(args.config or [])
-    if not configs and os.environ.get(opts.CONFIG_ENV):
-        configs = [os.environ[opts.CONFIG_ENV]]
+    configs = args.config or ([os.environ[opts.CONFIG_ENV]] if os.environ.get(opts.CONFIG_ENV) else [])
     if len(configs) > 1 or (configs and os.path.isdir(configs[0])):
         return run_nodes(args, configs)
     args = argparse.Namespace(**{**vars(args), "config": configs[0] if configs else None})
