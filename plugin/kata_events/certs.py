@@ -118,16 +118,12 @@ def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "r
     return make_cert(common_name, key_type, days_from_now(days), usage)
 
 
-def load_cert_der(pem_or_der: bytes) -> bytes:
-    """The DER bytes of a certificate given as PEM (the first one in the text) or DER."""
-    if pem_or_der.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(pem_or_der).public_bytes(serialization.Encoding.DER)
-    return pem_or_der
-
-
 def sha256_fingerprint(pem_or_der: bytes) -> str:
-    """SHA-256 of the certificate's DER encoding: lowercase hex, no colons."""
-    return hashlib.sha256(load_cert_der(pem_or_der)).hexdigest()
+    """SHA-256 of the DER encoding of a certificate given as PEM (the first one in the text) or DER:
+    lowercase hex, no colons."""
+    if pem_or_der.lstrip().startswith(b"-----BEGIN"):
+        pem_or_der = x509.load_pem_x509_certificate(pem_or_der).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(pem_or_der).hexdigest()
 
 
 def file_fingerprint(cert_path: PathLike) -> Optional[str]:
