@@ -118,7 +118,10 @@ class EventsClient:
         self._active: Any = None
         self._fresh, self._connected, self._aborted = True, False, False
         self._requester: Optional[_Requester] = None
-        self._session = transport.session(
+        self._session = requests.Session()
+        self._session.trust_env = False  # see `transport.Adapter`
+        self._session.headers.clear()
+        self._session.headers.update(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
         )
 
@@ -301,7 +304,10 @@ class EventsClient:
             return
         self._context, self._context_stamp = ctx, stamp
         self.tls_files_problem = None
-        transport.mount(self._session, ctx, self.pin_sha256, self._watch)
+        old = self._session.adapters.get("https://")
+        self._session.mount("https://", transport.Adapter(ctx, self.pin_sha256, self._watch))
+        if old is not None:
+            old.close()  # its open connections use the old files
 
     def _check_status(
         self, response: requests.Response, base: str, token: Optional[str], limit: float
