@@ -185,20 +185,16 @@ class EventsClient:
                 continue
             self._current = index
             return self._check_status(response, base, token, read_timeout + DEADLINE_SLACK)
-        answered = all(failure.answered for failure in failures)
-        if len(failures) == 1:
-            raise errors.Unavailable(str(failures[0]), answered=answered)
-        texts = "; ".join(map(str, failures))
-        raise errors.Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
+        text = "; ".join(map(str, failures))
+        if len(failures) > 1:
+            text = f"no address of the Central Node answered: {text}"
+        raise errors.Unavailable(text, answered=all(failure.answered for failure in failures))
 
     def _watch(self, conn: Any, connected: bool) -> None:
         """Told by the connection pool which connection carries the request, and when it is up."""
-        if connected:
-            self._connected = True
-            return
-        self._active = conn
-        self._fresh = conn.sock is None
-        self._connected = not self._fresh
+        if not connected:
+            self._active, self._fresh = conn, conn.sock is None
+        self._connected = connected or not self._fresh
 
     def _request(self, base: str, params: Dict[str, str], read_timeout: float, again: bool = True) -> Any:
         """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
@@ -254,14 +250,10 @@ class EventsClient:
                 )
             words = transport.own_words(cause)
             if isinstance(cause, ssl.SSLCertVerificationError):
-                seen = (
-                    None
-                    if proxy
-                    else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password)
-                )
+                fp = None if proxy else probe_server_fingerprint(base, self.cert, self.key, self.key_password)
                 raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted ({self.trust.text}): {words}",
-                    server_fingerprint=seen,
+                    server_fingerprint=fp,
                 )
             if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
                 # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP

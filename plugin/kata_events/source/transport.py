@@ -131,9 +131,7 @@ Watch = Callable[[urllib3.connection.HTTPConnection, bool], None]
 
 def proxy_for(url: str, proxy: Optional[str]) -> Optional[str]:
     """The proxy a request to ``url`` goes through: the option, else the environment's (or None)."""
-    if proxy:
-        return proxy
-    return requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or None
+    return proxy or requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or None
 
 
 class Adapter(requests.adapters.HTTPAdapter):
@@ -244,8 +242,8 @@ def probe_server_fingerprint(
     base_url: str,
     cert: Optional[str] = None,
     key: Optional[str] = None,
+    key_password: Optional[KeyPassword] = None,
     sock: Any = None,
-    key_password: Any = None,
 ) -> Optional[str]:
     """Handshake without verification only to read the server certificate's SHA-256, for a message.
     ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed."""
