@@ -36,13 +36,11 @@ class KeyAndCert:
     cert_pem: bytes
 
     def write(self, cert_path: PathLike, key_path: PathLike) -> None:
-        """Write the certificate and the key, each with mode 0600."""
         write_private_file(cert_path, self.cert_pem)
         write_private_file(key_path, self.key_pem)
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the certificate's DER, lowercase hex."""
         return sha256_fingerprint(self.cert_pem)
 
 
@@ -81,9 +79,7 @@ def make_cert(
     """A new key and its certificate for ``name``, valid until ``not_after``: signed by ``ca``, or
     self-signed. Every certificate made here has a random serial, is backdated, and names its key's
     identifier."""
-    if key_type not in _NEW_KEY:
-        raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
-    key = _NEW_KEY[key_type]()
+    key = _NEW_KEY[key_type]()  # "rsa" or "ec"
     signer, issuer = key, _name(name)
     if ca is not None:
         signer = serialization.load_pem_private_key(ca.key_pem, password=None)

@@ -86,9 +86,6 @@ class KeyPassword:
             raise UserError(f"the key's passphrase from {self.origin} is empty: {HOW}", ExitStatus.CONFIG)
         return text
 
-    def __repr__(self) -> str:
-        return f"KeyPassword({self.origin})"
-
 
 def configured(config: Any) -> Optional[KeyPassword]:
     """The passphrase source of a configuration (its ``key_password_file``, its ``key_password``, a

@@ -100,7 +100,6 @@ class EventsClient:
         self.cert, self.key = str(config.cert), str(config.key)
         #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
         self.key_password = key_password.configured(config)
-        self.pin_sha256 = config.pin_sha256 or None  # lowercase hex without colons
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
         self.trust = transport.choose_trust(config)
         #: The proxy each base URL is reached through (None: directly).
@@ -245,7 +244,7 @@ class EventsClient:
                 seen = pin.group(1).lower()
                 raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted: fingerprints did not match (pinned "
-                    f"{self.pin_sha256}, the server's certificate has {seen})",
+                    f"{self.trust.pin}, the server's certificate has {seen})",
                     server_fingerprint=seen,
                 )
             words = transport.own_words(cause)
@@ -297,7 +296,7 @@ class EventsClient:
         self._context, self._context_stamp = ctx, stamp
         self.tls_files_problem = None
         old = self._session.adapters.get("https://")
-        self._session.mount("https://", transport.Adapter(ctx, self.pin_sha256, self._watch))
+        self._session.mount("https://", transport.Adapter(ctx, self.trust.pin, self._watch))
         if old is not None:
             old.close()  # its open connections use the old files
 

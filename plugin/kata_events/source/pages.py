@@ -154,11 +154,9 @@ class Page:
 
     def _put(self, item: Any) -> None:
         while not self._closed.is_set():
-            try:
+            with contextlib.suppress(queue.Full):
                 self._queue.put(item, timeout=0.2)
                 return
-            except queue.Full:
-                continue
 
     @property
     def event_count(self) -> int:
