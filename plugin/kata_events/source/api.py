@@ -149,16 +149,14 @@ class EventsClient:
             self._requester = _Requester()
         self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
         try:
-            result = pages.handover(box, limit, self.stop, "answer")
-        except (errors.Interrupted, pages.Abandoned) as exc:
+            result = pages.handover(box, limit, self.stop, "answer", self.url)
+        except (errors.Interrupted, errors.Unavailable):
             given_up.set()
             self.abort()
             with contextlib.suppress(queue.Empty):
                 late = box.get_nowait()  # answered just now: nobody will read it
                 if isinstance(late, Page):
                     late.close()
-            if isinstance(exc, pages.Abandoned):
-                raise pages.abandoned(self.url, exc) from None
             raise
         if isinstance(result, BaseException):
             raise result
