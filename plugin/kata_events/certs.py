@@ -36,13 +36,11 @@ class KeyAndCert:
     cert_pem: bytes
 
     def write(self, cert_path: PathLike, key_path: PathLike) -> None:
-        """Write the certificate and the key, each with mode 0600."""
         write_private_file(cert_path, self.cert_pem)
         write_private_file(key_path, self.key_pem)
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the certificate's DER, lowercase hex."""
         return sha256_fingerprint(self.cert_pem)
 
 
@@ -81,9 +79,7 @@ def make_cert(
     """A new key and its certificate for ``name``, valid until ``not_after``: signed by ``ca``, or
     self-signed. Every certificate made here has a random serial, is backdated, and names its key's
     identifier."""
-    if key_type not in _NEW_KEY:
-        raise ValueError(f"key_type must be 'rsa' or 'ec', not {key_type!r}")
-    key = _NEW_KEY[key_type]()
+    key = _NEW_KEY[key_type]()  # "rsa" or "ec"
     signer, issuer = key, _name(name)
     if ca is not None:
         signer = serialization.load_pem_private_key(ca.key_pem, password=None)
@@ -118,16 +114,12 @@ def make_self_signed_cert(common_name: str, days: int = 3650, key_type: str = "r
     return make_cert(common_name, key_type, days_from_now(days), usage)
 
 
-def load_cert_der(pem_or_der: bytes) -> bytes:
-    """The DER bytes of a certificate given as PEM (the first one in the text) or DER."""
-    if pem_or_der.lstrip().startswith(b"-----BEGIN"):
-        return x509.load_pem_x509_certificate(pem_or_der).public_bytes(serialization.Encoding.DER)
-    return pem_or_der
-
-
 def sha256_fingerprint(pem_or_der: bytes) -> str:
-    """SHA-256 of the certificate's DER encoding: lowercase hex, no colons."""
-    return hashlib.sha256(load_cert_der(pem_or_der)).hexdigest()
+    """SHA-256 of the DER encoding of a certificate given as PEM (the first one in the text) or DER:
+    lowercase hex, no colons."""
+    if pem_or_der.lstrip().startswith(b"-----BEGIN"):
+        pem_or_der = x509.load_pem_x509_certificate(pem_or_der).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(pem_or_der).hexdigest()
 
 
 def file_fingerprint(cert_path: PathLike) -> Optional[str]:

@@ -43,10 +43,6 @@ UNAUTHORIZED_REMIND = 600.0
 PERSISTENT_AFTER = 180.0
 
 
-def _kind(exc: errors.ApiError) -> Tuple[str, str, bool]:
-    return type(exc).__name__, exc.reason, getattr(exc, "answered", True)
-
-
 class RepeatedFault:
     """Tracks how long requests have been failing the same way (the same kind, reason, answer)."""
 
@@ -55,9 +51,8 @@ class RepeatedFault:
         self._since = 0.0
 
     def seen(self, exc: errors.ApiError, now: float) -> float:
-        """Note a failure; return for how long it has lasted when that is over `PERSISTENT_AFTER`,
-        else 0."""
-        kind = _kind(exc)
+        """Note a failure; return for how long it has lasted when over `PERSISTENT_AFTER`, else 0."""
+        kind = (type(exc).__name__, exc.reason, getattr(exc, "answered", True))
         if kind != self._kind:
             self._kind, self._since = kind, now
         lasted = now - self._since
@@ -69,14 +64,13 @@ class RepeatedFault:
 
 def persistent_advice(exc: errors.ApiError, urls: Sequence[str], lasted: float) -> str:
     """The sentence added to a retry line (ending in "; ") for a failure lasting ``lasted`` s."""
-    _, reason, answered = _kind(exc)
     head = f"failing the same way for {lasted / 60:.0f} min"
-    if reason == "http_error":
+    if exc.reason == "http_error":
         return (
             f"{head}: the Central Node answers, with errors; check its health in its web interface "
             "(kata-events retries until it recovers); "
         )
-    if not answered:
+    if not getattr(exc, "answered", True):
         addresses = ", ".join(f"{parts.hostname} port {parts.port or 443}" for parts in map(urlsplit, urls))
         return (
             f"{head}: nothing usable answers at {addresses}: check the address and port in "

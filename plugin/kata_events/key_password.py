@@ -24,7 +24,7 @@ import os
 import ssl
 import stat
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Optional
 
 from kata_events.exits import ExitStatus, UserError
 from kata_events.private_file import PathLike
@@ -86,18 +86,15 @@ class KeyPassword:
             raise UserError(f"the key's passphrase from {self.origin} is empty: {HOW}", ExitStatus.CONFIG)
         return text
 
-    def __repr__(self) -> str:
-        return f"KeyPassword({self.origin})"
 
-
-def configured(config: Any, environ: Mapping[str, str] = os.environ) -> Optional[KeyPassword]:
+def configured(config: Any) -> Optional[KeyPassword]:
     """The passphrase source of a configuration (its ``key_password_file``, its ``key_password``, a
     systemd credential), or None when none is given (an unencrypted key)."""
     if config.key_password_file is not None:
         return KeyPassword(f"key_password_file {config.key_password_file}", config.key_password_file)
     if config.key_password is not None:
         return KeyPassword("the variable KATA_EVENTS_KEY_PASSWORD", value=config.key_password)
-    directory = environ.get("CREDENTIALS_DIRECTORY")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if directory:
         path = Path(directory) / CREDENTIAL_NAME
         if os.path.exists(path):
@@ -140,10 +137,8 @@ def exposures(key: PathLike, key_password: Optional[KeyPassword] = None) -> Dict
 
 
 def pair_problem(cert: PathLike, key: PathLike, passphrase: Optional[KeyPassword] = None) -> Optional[str]:
-    """None when ``key`` is the private key of the certificate in ``cert``; else what is wrong and the fix.
-
-    ``passphrase`` opens an encrypted key.
-    """
+    """None when ``key`` (opened by ``passphrase`` if encrypted) is the private key of the certificate
+    in ``cert``; else what is wrong and the fix."""
     cert_text, key_text = _text(cert), _text(key)
     has_cert = "-----BEGIN CERTIFICATE-----" in cert_text
     key_has_key = "PRIVATE KEY-----" in key_text

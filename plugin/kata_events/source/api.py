@@ -100,7 +100,6 @@ class EventsClient:
         self.cert, self.key = str(config.cert), str(config.key)
         #: Opens an encrypted key (a `kata_events.key_password.KeyPassword`), or None.
         self.key_password = key_password.configured(config)
-        self.pin_sha256 = config.pin_sha256 or None  # lowercase hex without colons
         #: What verifies the server (pin > ca_file > REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE > system).
         self.trust = transport.choose_trust(config)
         #: The proxy each base URL is reached through (None: directly).
@@ -118,7 +117,10 @@ class EventsClient:
         self._active: Any = None
         self._fresh, self._connected, self._aborted = True, False, False
         self._requester: Optional[_Requester] = None
-        self._session = transport.session(
+        self._session = requests.Session()
+        self._session.trust_env = False  # see `transport.Adapter`
+        self._session.headers.clear()
+        self._session.headers.update(
             {"User-Agent": f"kata-events/{__version__}", "Accept": "*/*", "Accept-Encoding": "identity"}
         )
 
@@ -147,16 +149,14 @@ class EventsClient:
             self._requester = _Requester()
         self._requester.send(lambda: self._fetch(token, max_timeout), box, given_up)
         try:
-            result = pages.handover(box, limit, self.stop, "answer")
-        except (errors.Interrupted, pages.Abandoned) as exc:
+            result = pages.handover(box, limit, self.stop, "answer", self.url)
+        except (errors.Interrupted, errors.Unavailable):
             given_up.set()
             self.abort()
             with contextlib.suppress(queue.Empty):
                 late = box.get_nowait()  # answered just now: nobody will read it
                 if isinstance(late, Page):
                     late.close()
-            if isinstance(exc, pages.Abandoned):
-                raise pages.abandoned(self.url, exc) from None
             raise
         if isinstance(result, BaseException):
             raise result
@@ -182,20 +182,16 @@ class EventsClient:
                 continue
             self._current = index
             return self._check_status(response, base, token, read_timeout + DEADLINE_SLACK)
-        answered = all(failure.answered for failure in failures)
-        if len(failures) == 1:
-            raise errors.Unavailable(str(failures[0]), answered=answered)
-        texts = "; ".join(map(str, failures))
-        raise errors.Unavailable(f"no address of the Central Node answered: {texts}", answered=answered)
+        text = "; ".join(map(str, failures))
+        if len(failures) > 1:
+            text = f"no address of the Central Node answered: {text}"
+        raise errors.Unavailable(text, answered=all(failure.answered for failure in failures))
 
     def _watch(self, conn: Any, connected: bool) -> None:
         """Told by the connection pool which connection carries the request, and when it is up."""
-        if connected:
-            self._connected = True
-            return
-        self._active = conn
-        self._fresh = conn.sock is None
-        self._connected = not self._fresh
+        if not connected:
+            self._active, self._fresh = conn, conn.sock is None
+        self._connected = connected or not self._fresh
 
     def _request(self, base: str, params: Dict[str, str], read_timeout: float, again: bool = True) -> Any:
         """Send the request on the kept-alive connection (a new one if needed); the answer's head."""
@@ -246,19 +242,15 @@ class EventsClient:
                 seen = pin.group(1).lower()
                 raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted: fingerprints did not match (pinned "
-                    f"{self.pin_sha256}, the server's certificate has {seen})",
+                    f"{self.trust.pin}, the server's certificate has {seen})",
                     server_fingerprint=seen,
                 )
             words = transport.own_words(cause)
             if isinstance(cause, ssl.SSLCertVerificationError):
-                seen = (
-                    None
-                    if proxy
-                    else probe_server_fingerprint(base, self.cert, self.key, key_password=self.key_password)
-                )
+                fp = None if proxy else probe_server_fingerprint(base, self.cert, self.key, self.key_password)
                 raise errors.TlsVerifyFailed(
                     f"the server at {base} was not trusted ({self.trust.text}): {words}",
-                    server_fingerprint=seen,
+                    server_fingerprint=fp,
                 )
             if isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
                 # Not about trust (an address whose TLS end has nothing behind it, a plain-HTTP
@@ -301,7 +293,10 @@ class EventsClient:
             return
         self._context, self._context_stamp = ctx, stamp
         self.tls_files_problem = None
-        transport.mount(self._session, ctx, self.pin_sha256, self._watch)
+        old = self._session.adapters.get("https://")
+        self._session.mount("https://", transport.Adapter(ctx, self.trust.pin, self._watch))
+        if old is not None:
+            old.close()  # its open connections use the old files
 
     def _check_status(
         self, response: requests.Response, base: str, token: Optional[str], limit: float

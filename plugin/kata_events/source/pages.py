@@ -71,13 +71,10 @@ def envelope_problem(envelope: Dict[str, Any]) -> Optional[str]:
     return f"{where}: {error.message}"
 
 
-class Abandoned(Exception):
-    """No answer, or no next part of the body, within the overall limit (see `handover`)."""
-
-
-def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any:
+def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str, base: str) -> Any:
     """The next item another thread hands over in ``box``: waits at most ``limit`` seconds, looking
-    at ``stop`` every `STOP_POLL`. Raises `Interrupted` at a stop, `Abandoned` past the limit."""
+    at ``stop`` every `STOP_POLL`. Raises `Interrupted` at a stop; past the limit, the retried
+    `Unavailable` of a request to ``base`` given up on."""
     deadline = time.monotonic() + limit
     with stop.waiting_on(box):
         while True:
@@ -85,7 +82,12 @@ def handover(box: queue.Queue[Any], limit: float, stop: Stop, stage: str) -> Any
                 raise Interrupted(f"stopped while waiting for the {stage}")
             left = deadline - time.monotonic()
             if left <= 0:
-                raise Abandoned(f"no {stage} within {limit:.0f} s")
+                raise Unavailable(
+                    f"{base}: no {stage} within {limit:.0f} s: request abandoned (the server, or something "
+                    "in between, answers too slowly: a TLS handshake, headers or body trickling in)",
+                    reason="timeout",
+                    answered=True,
+                )
             try:
                 item = box.get(timeout=min(left, STOP_POLL))
             except queue.Empty:
@@ -154,11 +156,9 @@ class Page:
 
     def _put(self, item: Any) -> None:
         while not self._closed.is_set():
-            try:
+            with contextlib.suppress(queue.Full):
                 self._queue.put(item, timeout=0.2)
                 return
-            except queue.Full:
-                continue
 
     @property
     def event_count(self) -> int:
@@ -188,7 +188,7 @@ class Page:
         threading.Thread(target=self._read, args=(decode,), name="page-reader", daemon=True).start()
         try:
             while True:
-                item = handover(self._queue, self._limit, self._stop, "part of the body")
+                item = handover(self._queue, self._limit, self._stop, "part of the body", self.base_url)
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -199,8 +199,6 @@ class Page:
                     yield events
         except MalformedBody as exc:
             raise BadResponse(f"the page is not valid JSON: {exc}", excerpt=exc.excerpt) from None
-        except Abandoned as exc:
-            raise abandoned(self.base_url, exc) from None
         except CONNECTION_ERRORS as exc:
             raise Unavailable(
                 f"the connection broke after {self.bytes_read} bytes of the page: "
@@ -250,16 +248,6 @@ class Page:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def abandoned(base: str, exc: Abandoned) -> Unavailable:
-    """The retried failure of a request given up on at its overall limit."""
-    return Unavailable(
-        f"{base}: {exc}: request abandoned (the server, or something in between, answers too "
-        "slowly: a TLS handshake, headers or body trickling in)",
-        reason="timeout",
-        answered=True,
-    )
 
 
 def shutdown_socket(sock: socket.socket) -> None:

@@ -235,11 +235,8 @@ class PageSplitter:
             self._fail_at_end('envelope has no "events" key')
         envelope: Dict[str, Any] = {}
         for key, raw in self._values.items():
-            if raw is None:
-                envelope[key] = []
-                continue
             try:
-                envelope[key] = json.loads(raw, parse_constant=reject_constant)
+                envelope[key] = [] if raw is None else json.loads(raw, parse_constant=reject_constant)
             except (ValueError, RecursionError) as exc:
                 message = f"top-level value of {key!r} is not JSON ({exc})"
                 self._error = MalformedBody(message, _printable(raw))
@@ -454,7 +451,6 @@ class PageSplitter:
 
     def _check_event(self, event: bytes, start: int, out: List[bytes]) -> None:
         """Validate one event the scanner delimited, and hand it back (compacted) or skip it."""
-        reencoded = None
         try:
             if len(event) <= self.max_event_bytes:  # a larger one is skipped by `_emit`
                 try:
@@ -462,15 +458,13 @@ class PageSplitter:
                 except msgspec.DecodeError as exc:
                     # Raw control bytes in strings and lone surrogate escapes are JSON to Python's decoder.
                     try:
-                        reencoded = reencode_event(event)
+                        out.append(reencode_event(event))
                     except ValueError:
                         at = error_byte(exc)
                         self._fail(f"an event is not valid JSON ({exc})", start + (at or len(event) - 1))
+                    self._index += 1
+                    return
         except RecursionError:
             self._skip(self._off + start, len(event), "nested too deep")
             return
-        if reencoded is None:
-            self._emit(event, start, out)
-        else:
-            self._index += 1
-            out.append(reencoded)
+        self._emit(event, start, out)

@@ -131,13 +131,13 @@ Watch = Callable[[urllib3.connection.HTTPConnection, bool], None]
 
 def proxy_for(url: str, proxy: Optional[str]) -> Optional[str]:
     """The proxy a request to ``url`` goes through: the option, else the environment's (or None)."""
-    if proxy:
-        return proxy
-    return requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or None
+    return proxy or requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url)) or None
 
 
-class _Adapter(requests.adapters.HTTPAdapter):
-    """requests' adapter with our SSL context, pin and socket options on every connection pool."""
+class Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter with our SSL context, pin and socket options on every connection pool;
+    mounted on a session with ``trust_env`` off (no .netrc, no CA variables behind our back: proxies
+    are read once, by `proxy_for`)."""
 
     def __init__(self, ssl_context: ssl.SSLContext, pin_sha256: Optional[str], watch: Watch) -> None:
         self._pool_kw: Dict[str, Any] = {
@@ -193,26 +193,6 @@ class _Adapter(requests.adapters.HTTPAdapter):
         """The context on the pool decides trust (requests would load certifi's bundle into it)."""
 
 
-def session(headers: Mapping[str, str]) -> requests.Session:
-    """A session sending ``headers`` and nothing of the environment (no .netrc, no CA variables
-    behind our back: proxies are read once, by `proxy_for`)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.headers.clear()
-    session.headers.update(headers)
-    return session
-
-
-def mount(
-    session: requests.Session, ssl_context: ssl.SSLContext, pin_sha256: Optional[str], watch: Watch
-) -> None:
-    """Use these TLS settings from the next connection on (the open ones are closed)."""
-    old = session.adapters.get("https://")
-    session.mount("https://", _Adapter(ssl_context, pin_sha256, watch))
-    if old is not None:
-        old.close()
-
-
 def causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and what it wraps: requests' and urllib3's exceptions carry the original one inside."""
     seen = set()
@@ -262,8 +242,8 @@ def probe_server_fingerprint(
     base_url: str,
     cert: Optional[str] = None,
     key: Optional[str] = None,
+    key_password: Optional[KeyPassword] = None,
     sock: Any = None,
-    key_password: Any = None,
 ) -> Optional[str]:
     """Handshake without verification only to read the server certificate's SHA-256, for a message.
     ``sock``: a connection already open to the server (through a proxy's tunnel, say); it is closed."""
