@@ -33,7 +33,6 @@ from kata_events.source.tokens import token_problem
 from kata_events.state.progress import Point, joined, new_hasher
 from kata_events.state.store import StateError, TokenStore, short_token
 from kata_events.stats import Reports
-from kata_events.stopping import Stop
 
 if TYPE_CHECKING:
     from kata_events.status_record import Health
@@ -77,7 +76,6 @@ class Runner:
         stop_after: Optional[int] = None,
         clock: Callable[[], float] = time.time,
         health: Optional[Health] = None,
-        stop: Optional[Stop] = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -87,7 +85,7 @@ class Runner:
         self.health = health
         self.token: Optional[str] = None
         #: The run's one stop state, shared with the client and the delivery.
-        self.stop = stop if stop is not None else delivery.stop
+        self.stop = delivery.stop
         self.reports = Reports(
             delivery,
             max_events=getattr(client, "max_events", 0),
@@ -120,7 +118,7 @@ class Runner:
     def _forget_token(self) -> None:
         """The subscription is lost: the next request starts a new one, and the state forgets it."""
         self.token = None
-        self.delivery.forget_token(self.store.clear)
+        self.delivery.recorder.clear(self.store.clear)
 
     def fail(self, exc: Exception) -> None:
         """A background thread hit an error the process cannot go on with: stop with its code."""
@@ -171,7 +169,7 @@ class Runner:
             point = Point(token)
         if point is not None and (token is None or point.token):
             self.token = point.token
-            self.delivery.start_from(point)
+            self.delivery.recorder.start_from(point)
             self.resume = point if point.events else None
         stats_thread = self.reports.start(self._ended)
         if self.health is not None:

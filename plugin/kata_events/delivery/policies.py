@@ -69,10 +69,6 @@ class Delivery:
         #: Told when a background thread hits an error the process cannot go on with.
         self.on_failure: Callable[[Exception], None] = lambda exc: None
 
-    def start_from(self, point: Optional[Point]) -> None:
-        """The point the state holds at start: recording begins after it."""
-        self.recorder.start_from(point)
-
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next lines answer ``token``; its first ``events`` (digest in ``hasher``) are delivered."""
         with self._lock:
@@ -142,18 +138,6 @@ class Delivery:
         self.ledger.taken(position, time.monotonic())
         taken = self.ledger.taken_position
         self.recorder.offer(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken), position=taken)
-
-    @property
-    def recorded(self) -> Optional[Point]:
-        return self.recorder.recorded
-
-    @property
-    def committed_pages(self) -> int:
-        return self.recorder.committed_pages
-
-    def forget_token(self, clear: Callable[[], None]) -> None:
-        """The subscription is lost: ``clear`` the saved token, through the recorder."""
-        self.recorder.clear(clear)
 
     def retry(self) -> None:
         """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
