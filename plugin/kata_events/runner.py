@@ -111,7 +111,6 @@ class Runner:
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None
         self._failure: Optional[Tuple[ExitStatus, str]] = None
-        delivery.on_failure = self.fail
         # The page fetched and not yet accounted for: its bytes count when it is cut short.
         self._cut_page: Optional[Page] = None
 
@@ -119,12 +118,6 @@ class Runner:
         """The subscription is lost: the next request starts a new one, and the state forgets it."""
         self.token = None
         self.delivery.recorder.clear(self.store.clear)
-
-    def fail(self, exc: Exception) -> None:
-        """A background thread hit an error the process cannot go on with: stop with its code."""
-        code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
-        self._failure = (ExitStatus(code), str(exc))
-        self.stop.ask_and_wake("error")
 
     def run(self) -> int:
         """The loop. Returns an `ExitStatus` value; transient faults never end it."""
@@ -208,6 +201,9 @@ class Runner:
                 stats_thread.join(timeout=1.0)
             if gone:
                 self.stop.end("consumer gone")
+            failed = self.delivery.failure
+            if failed is not None and self._failure is None:
+                self._failure = (ExitStatus(failed.exit_code), str(failed))
             if self._failure is not None:
                 code, message = self._failure
                 self.stop.reason = "error"

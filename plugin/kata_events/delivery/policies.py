@@ -23,7 +23,7 @@ from typing import Any, Callable, List, Optional
 from kata_events.delivery.disk_faults import DiskHealth
 from kata_events.delivery.ledger import DeliveryLedger
 from kata_events.delivery.recorder import Recorder
-from kata_events.delivery.writer import PIECE_LINES, LineWriter, WriteStopped, pieces
+from kata_events.delivery.writer import PIECE_LINES, LineWriter, OutputFailed, WriteStopped, pieces
 from kata_events.fds import fd_kind
 from kata_events.state.progress import Point
 from kata_events.stopping import Stop
@@ -66,8 +66,8 @@ class Delivery:
         self.health = DiskHealth()
         writer.health = self.health
         self.recorder = Recorder(commit, note, self.health)
-        #: Told when a background thread hits an error the process cannot go on with.
-        self.on_failure: Callable[[Exception], None] = lambda exc: None
+        #: An error a background thread hit that the process cannot go on with (it asks for a stop).
+        self.failure: Optional[OutputFailed] = None
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next lines answer ``token``; its first ``events`` (digest in ``hasher``) are delivered."""
@@ -190,5 +190,5 @@ def make_delivery(
     if kind == "file":
         return SyncDelivery(writer, commit, note, stop)
     if kind in ("pipe", "socket"):
-        return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
+        return DrainDelivery(writer, commit, note, stop, kind=kind, settle=settle, settle_lines=settle_lines)
     return Delivery(writer, commit, note, stop)
