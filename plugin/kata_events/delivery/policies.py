@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional
 
 from kata_events.delivery.disk_faults import DiskHealth
 from kata_events.delivery.ledger import DeliveryLedger
-from kata_events.delivery.recorder import Recorder
+from kata_events.delivery.recorder import Note, Recorder
 from kata_events.delivery.writer import PIECE_LINES, LineWriter, OutputFailed, WriteStopped, pieces
 from kata_events.fds import fd_kind
 from kata_events.state.progress import Point
@@ -54,7 +54,7 @@ class Delivery:
         self,
         writer: LineWriter,
         commit: Callable[[Point], None],
-        note: Optional[Callable[[Point, bool], None]] = None,
+        note: Optional[Note] = None,
         stop: Optional[Stop] = None,
     ) -> None:
         self.stop = stop if stop is not None else Stop()
@@ -171,7 +171,7 @@ def make_delivery(
     mode: str,
     writer: LineWriter,
     commit: Callable[[Point], None],
-    note: Optional[Callable[[Point, bool], None]] = None,
+    note: Optional[Note] = None,
     settle: float = 0.0,
     stop: Optional[Stop] = None,
     settle_lines: int = 0,
