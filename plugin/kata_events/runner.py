@@ -46,10 +46,6 @@ FINISH_WAIT = 0.1
 ONCE_FINISH_WAIT = 10.0
 
 
-class StopRequested(BaseException):
-    """Unwinds the loop from inside a page once it is to stop (never raised by a signal handler)."""
-
-
 class ResumeMismatch(Exception):
     """The answer to the resume token does not start with the events recorded as delivered."""
 
@@ -227,7 +223,7 @@ class Runner:
                 continue
             try:
                 count = self._one_page()
-            except (StopRequested, WriteStopped, Interrupted):
+            except (WriteStopped, Interrupted):
                 break
             except ApiError as exc:
                 self._count_cut_page()
@@ -356,7 +352,7 @@ class Runner:
                 self.stats.events += shown
                 self.stats.pages += 1
                 self.stop.end(f"{self.stop_after} events shown")
-                raise StopRequested(self.stop.reason)
+                raise WriteStopped(self.stop.reason)
             last = batch[-1]
             self.reports.check_line_lengths(batch)
         self.reports.skipped(page)
