@@ -149,8 +149,6 @@ def test_a_commit_failing_on_the_ack_reader_thread_pauses_and_a_retry_saves_it_l
     delivery = AckDelivery(
         LineWriter(out_w), commit, on_stop=lambda reason: None, max_unacked=10, ack_timeout=60, stdin_fd=in_r
     )
-    failures: list = []
-    delivery.on_failure = failures.append
     try:
         delivery.write([b'{"a":1}'])
         delivery.end_page("token-1")
@@ -160,12 +158,12 @@ def test_a_commit_failing_on_the_ack_reader_thread_pauses_and_a_retry_saves_it_l
             time.sleep(0.01)
         assert delivery.health.paused, "the failed commit did not pause the delivery"
         assert "No space left" in (delivery.health.cause() or "")
-        assert delivery.committed_pages == 0 and not failures
+        assert delivery.recorder.committed_pages == 0 and delivery.failure is None
         delivery.retry()  # the disk still fails: still paused, nothing saved
         assert delivery.health.paused and not saved
         disk_full.clear()
         delivery.retry()
-        assert saved == ["token-1"] and delivery.committed_pages == 1
+        assert saved == ["token-1"] and delivery.recorder.committed_pages == 1
         assert not delivery.health.paused
     finally:
         os.write(in_w, b"STOP\n")

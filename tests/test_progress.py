@@ -165,7 +165,7 @@ def test_a_stop_going_back_is_not_undone_by_the_drain_thread_closing(tmp_path: P
         settle=1.0,
     )
     try:
-        delivery.start_from(Point("t0"))
+        delivery.recorder.start_from(Point("t0"))
         delivery.begin_page("t0")
         line = b'{"a":"' + b"x" * 90 + b'"}\n'
         for _ in range(100):

@@ -33,7 +33,6 @@ from kata_events.source.tokens import token_problem
 from kata_events.state.progress import Point, joined, new_hasher
 from kata_events.state.store import StateError, TokenStore, short_token
 from kata_events.stats import Reports
-from kata_events.stopping import Stop
 
 if TYPE_CHECKING:
     from kata_events.status_record import Health
@@ -45,10 +44,6 @@ ONCE_MAX_TIMEOUT = 1
 FINISH_WAIT = 0.1
 #: --once waits this long at most for the reader to take the last page before its last commit.
 ONCE_FINISH_WAIT = 10.0
-
-
-class StopRequested(BaseException):
-    """Unwinds the loop from inside a page once it is to stop (never raised by a signal handler)."""
 
 
 class ResumeMismatch(Exception):
@@ -77,7 +72,6 @@ class Runner:
         stop_after: Optional[int] = None,
         clock: Callable[[], float] = time.time,
         health: Optional[Health] = None,
-        stop: Optional[Stop] = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -87,7 +81,7 @@ class Runner:
         self.health = health
         self.token: Optional[str] = None
         #: The run's one stop state, shared with the client and the delivery.
-        self.stop = stop if stop is not None else delivery.stop
+        self.stop = delivery.stop
         self.reports = Reports(
             delivery,
             max_events=getattr(client, "max_events", 0),
@@ -113,20 +107,13 @@ class Runner:
         #: The point to resume from: the next answer to its token skips its events if they match.
         self.resume: Optional[Point] = None
         self._failure: Optional[Tuple[ExitStatus, str]] = None
-        delivery.on_failure = self.fail
         # The page fetched and not yet accounted for: its bytes count when it is cut short.
         self._cut_page: Optional[Page] = None
 
     def _forget_token(self) -> None:
         """The subscription is lost: the next request starts a new one, and the state forgets it."""
         self.token = None
-        self.delivery.forget_token(self.store.clear)
-
-    def fail(self, exc: Exception) -> None:
-        """A background thread hit an error the process cannot go on with: stop with its code."""
-        code = getattr(exc, "exit_code", ExitStatus.CANT_CREATE)
-        self._failure = (ExitStatus(code), str(exc))
-        self.stop.ask_and_wake("error")
+        self.delivery.recorder.clear(self.store.clear)
 
     def run(self) -> int:
         """The loop. Returns an `ExitStatus` value; transient faults never end it."""
@@ -171,7 +158,7 @@ class Runner:
             point = Point(token)
         if point is not None and (token is None or point.token):
             self.token = point.token
-            self.delivery.start_from(point)
+            self.delivery.recorder.start_from(point)
             self.resume = point if point.events else None
         stats_thread = self.reports.start(self._ended)
         if self.health is not None:
@@ -210,6 +197,9 @@ class Runner:
                 stats_thread.join(timeout=1.0)
             if gone:
                 self.stop.end("consumer gone")
+            failed = self.delivery.failure
+            if failed is not None and self._failure is None:
+                self._failure = (ExitStatus(failed.exit_code), str(failed))
             if self._failure is not None:
                 code, message = self._failure
                 self.stop.reason = "error"
@@ -233,7 +223,7 @@ class Runner:
                 continue
             try:
                 count = self._one_page()
-            except (StopRequested, WriteStopped, Interrupted):
+            except (WriteStopped, Interrupted):
                 break
             except ApiError as exc:
                 self._count_cut_page()
@@ -362,7 +352,7 @@ class Runner:
                 self.stats.events += shown
                 self.stats.pages += 1
                 self.stop.end(f"{self.stop_after} events shown")
-                raise StopRequested(self.stop.reason)
+                raise WriteStopped(self.stop.reason)
             last = batch[-1]
             self.reports.check_line_lengths(batch)
         self.reports.skipped(page)

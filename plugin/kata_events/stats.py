@@ -201,14 +201,14 @@ class Reports:
         # (Acknowledgement mode counts a piece before writing it: nothing to add there.)
         cut_short = 0 if acked else self.delivery.writer.cut_short_lines
         written = max(ledger.lines + cut_short, s.written)
-        recorded = self.delivery.recorded
+        recorded = self.delivery.recorder.recorded
         in_page = recorded.events if recorded is not None else 0
         fields.update(
             lag_seconds=None if s.lag_seconds is None else round(s.lag_seconds, 1),
             written=written,
             acknowledged=ledger.taken_position if acked else None,
             unacknowledged=ledger.unacked if acked else None,
-            committed_pages=self.delivery.committed_pages,
+            committed_pages=self.delivery.recorder.committed_pages,
             committed_in_page=in_page,
             uptime_seconds=round(time.monotonic() - s.started, 1),
         )
@@ -219,7 +219,7 @@ class Reports:
             fields = {"reason": reason, "exit_code": exit_code, **fields}
             message = (
                 f"stopped ({reason}): {counts}, {logs.counted(written, 'event line')} written; "
-                f"saved: {logs.counted(self.delivery.committed_pages, 'page')}"
+                f"saved: {logs.counted(self.delivery.recorder.committed_pages, 'page')}"
                 + (f" and {logs.counted(in_page, 'event')} after them" if in_page else "")
             )
         logs.emit(name, message, **fields)

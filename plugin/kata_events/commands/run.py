@@ -136,7 +136,6 @@ def run_config(config: Config, stop_after: Optional[int] = None) -> int:
             stats_interval=config.stats_interval,
             warn_line_bytes=config.warn_line_bytes,
             stop_after=stop_after,
-            stop=stop,
         )
         metrics = None
         if config.metrics_file is not None or config.metrics_listen:

@@ -46,7 +46,6 @@ class DiskHealth:
         self._troubles: dict = {}
         self._reminded = 0.0
         self.backoff = Backoff(RETRY_BASE, RETRY_CAP, rand=lambda: 1.0)
-        self.faults = 0
 
     @property
     def paused(self) -> bool:
@@ -60,7 +59,6 @@ class DiskHealth:
             first = what not in self._troubles
             since = self._troubles.get(what, (now,))[0]
             self._troubles[what] = (since, cause)
-            self.faults += first
             remind = first or now - self._reminded >= REMIND_EVERY
             if remind:
                 self._reminded = now

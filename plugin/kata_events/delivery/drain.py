@@ -21,7 +21,7 @@ import select
 import termios
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Optional
 
 from kata_events import logs
 from kata_events.delivery import stalled_reader
@@ -29,10 +29,8 @@ from kata_events.delivery.disk_faults import is_disk_fault
 from kata_events.delivery.ledger import DeliveryLedger
 from kata_events.delivery.pipe_room import unread_bytes
 from kata_events.delivery.policies import DRAIN_POLL, Delivery
-from kata_events.delivery.writer import PIECE_LINES, LineWriter, OutputFailed
-from kata_events.state.progress import Point
+from kata_events.delivery.writer import PIECE_LINES, OutputFailed
 from kata_events.state.store import short_token
-from kata_events.stopping import Stop
 
 #: Linux: bytes in a socket's send queue not yet acknowledged by the peer.
 SIOCOUTQ = getattr(termios, "TIOCOUTQ", 0x5411)
@@ -53,14 +51,8 @@ class SyncDelivery(Delivery):
 
     guarantee = "a line counts as delivered once its bytes are fsynced to the file"
 
-    def __init__(
-        self,
-        writer: LineWriter,
-        commit: Callable[[Point], None],
-        note: Optional[Callable[[Point, bool], None]] = None,
-        stop: Optional[Stop] = None,
-    ) -> None:
-        super().__init__(writer, commit, note, stop=stop)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._sync_loop, name="fsync", daemon=True)
         self._thread.start()
@@ -117,7 +109,8 @@ class SyncDelivery(Delivery):
             try:
                 synced = self._fsync()
             except OutputFailed as exc:
-                self.on_failure(exc)
+                self.failure = exc
+                self.stop.ask_and_wake("error")
                 return
             if synced:
                 with self._lock:
@@ -139,17 +132,8 @@ class DrainDelivery(Delivery):
     the written position) and watches for the reader going away. ``settle``: seconds a line must
     have been taken before a stop for it to count."""
 
-    def __init__(
-        self,
-        writer: LineWriter,
-        commit: Callable[[Point], None],
-        kind: str,
-        note: Optional[Callable[[Point, bool], None]] = None,
-        settle: float = 0.0,
-        stop: Optional[Stop] = None,
-        settle_lines: int = 0,
-    ) -> None:
-        super().__init__(writer, commit, note, stop)
+    def __init__(self, *args: Any, kind: str, settle: float, settle_lines: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.kind = kind
         self.settle = settle
         lines = settle_lines if settle > 0 else 0

@@ -22,8 +22,8 @@ from typing import Any, Callable, List, Optional
 
 from kata_events.delivery.disk_faults import DiskHealth
 from kata_events.delivery.ledger import DeliveryLedger
-from kata_events.delivery.recorder import Recorder
-from kata_events.delivery.writer import PIECE_LINES, LineWriter, WriteStopped, pieces
+from kata_events.delivery.recorder import Note, Recorder
+from kata_events.delivery.writer import PIECE_LINES, LineWriter, OutputFailed, WriteStopped, pieces
 from kata_events.fds import fd_kind
 from kata_events.state.progress import Point
 from kata_events.stopping import Stop
@@ -54,7 +54,7 @@ class Delivery:
         self,
         writer: LineWriter,
         commit: Callable[[Point], None],
-        note: Optional[Callable[[Point, bool], None]] = None,
+        note: Optional[Note] = None,
         stop: Optional[Stop] = None,
     ) -> None:
         self.stop = stop if stop is not None else Stop()
@@ -66,12 +66,8 @@ class Delivery:
         self.health = DiskHealth()
         writer.health = self.health
         self.recorder = Recorder(commit, note, self.health)
-        #: Told when a background thread hits an error the process cannot go on with.
-        self.on_failure: Callable[[Exception], None] = lambda exc: None
-
-    def start_from(self, point: Optional[Point]) -> None:
-        """The point the state holds at start: recording begins after it."""
-        self.recorder.start_from(point)
+        #: An error a background thread hit that the process cannot go on with (it asks for a stop).
+        self.failure: Optional[OutputFailed] = None
 
     def begin_page(self, token: Optional[str], events: int = 0, hasher: Any = None) -> None:
         """The next lines answer ``token``; its first ``events`` (digest in ``hasher``) are delivered."""
@@ -143,18 +139,6 @@ class Delivery:
         taken = self.ledger.taken_position
         self.recorder.offer(self.ledger.point_at(taken), lines=self.ledger.lines_at(taken), position=taken)
 
-    @property
-    def recorded(self) -> Optional[Point]:
-        return self.recorder.recorded
-
-    @property
-    def committed_pages(self) -> int:
-        return self.recorder.committed_pages
-
-    def forget_token(self, clear: Callable[[], None]) -> None:
-        """The subscription is lost: ``clear`` the saved token, through the recorder."""
-        self.recorder.clear(clear)
-
     def retry(self) -> None:
         """While paused on a disk fault: try the failed step again (the runner, with backoff)."""
         self.recorder.flush(retry=True)
@@ -187,7 +171,7 @@ def make_delivery(
     mode: str,
     writer: LineWriter,
     commit: Callable[[Point], None],
-    note: Optional[Callable[[Point, bool], None]] = None,
+    note: Optional[Note] = None,
     settle: float = 0.0,
     stop: Optional[Stop] = None,
     settle_lines: int = 0,
@@ -206,5 +190,5 @@ def make_delivery(
     if kind == "file":
         return SyncDelivery(writer, commit, note, stop)
     if kind in ("pipe", "socket"):
-        return DrainDelivery(writer, commit, kind, note, settle, stop, settle_lines)
+        return DrainDelivery(writer, commit, note, stop, kind=kind, settle=settle, settle_lines=settle_lines)
     return Delivery(writer, commit, note, stop)

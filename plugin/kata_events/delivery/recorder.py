@@ -21,17 +21,14 @@ from kata_events.delivery.disk_faults import DiskHealth
 from kata_events.state.progress import Point
 from kata_events.state.store import StateError, short_token
 
+Note = Callable[[Point, bool], None]
+
 
 class Recorder:
     """Persists the newest point offered: ``commit(point)`` writes the state file (a new token),
     ``note(point, durable)`` the companion record (None: only tokens are recorded)."""
 
-    def __init__(
-        self,
-        commit: Callable[[Point], None],
-        note: Optional[Callable[[Point, bool], None]],
-        health: DiskHealth,
-    ) -> None:
+    def __init__(self, commit: Callable[[Point], None], note: Optional[Note], health: DiskHealth) -> None:
         self._commit = commit
         self._note = note
         self.health = health

@@ -66,8 +66,8 @@ def pieces(
 
 
 class WriteStopped(Exception):
-    """A stop came while the writer waited for room: ``written`` bytes went out (whole lines,
-    unless one had to be cut)."""
+    """A stop came while the writer waited for room (or the demo's event count was shown):
+    ``written`` bytes went out (whole lines, unless one had to be cut)."""
 
     def __init__(self, message: str, written: int = 0) -> None:
         super().__init__(message)
