@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -35,6 +36,14 @@ def state_home(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(home) / ".local" / "state" / "kata-events"
 
 
-def companion(state_file: Path, kind: str) -> Path:
-    """A file kept next to the state file: ``progress`` (inside a page), ``lock`` or ``status``."""
-    return state_file.with_name(f"{state_file.name}.{kind}")
+@dataclass(frozen=True)
+class RunFiles:
+    """The state file of a run and its companions, kept next to it as ``<state>.<kind>``."""
+
+    state: Path
+
+    #: The companions: the progress record (inside a page), the status record (``kata-events
+    #: status`` reads it), the lock.
+    progress = property(lambda self: self.state.with_name(f"{self.state.name}.progress"))
+    status = property(lambda self: self.state.with_name(f"{self.state.name}.status"))
+    lock = property(lambda self: self.state.with_name(f"{self.state.name}.lock"))

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Tuple
 
 from kata_events import options as opts
 from kata_events.config import DEFAULT_ORIGIN, Config, Origin, early_values, resolve_path
 from kata_events.exits import ExitStatus, UserError
-from kata_events.paths import companion, default_state_path
+from kata_events.paths import RunFiles, default_state_path
 
 if TYPE_CHECKING:
     from kata_events.state.store import TokenStore
@@ -51,18 +50,6 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
             help=f"{option.help} Or from --config; one of --config, --state-file or "
             f"--external-system-id is needed. Env: {option.env}.".replace("%", "%%"),
         )
-
-
-@dataclass(frozen=True)
-class RunFiles:
-    """The state file of a run and its companions (progress inside a page, status record, lock)."""
-
-    state: Path
-
-    #: The companions: the progress record, the status record (``kata-events status`` reads it), the lock.
-    progress = property(lambda self: companion(self.state, "progress"))
-    status = property(lambda self: companion(self.state, "status"))
-    lock = property(lambda self: companion(self.state, "lock"))
 
 
 def token_store(config: Config) -> TokenStore:

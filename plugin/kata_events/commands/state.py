@@ -177,6 +177,4 @@ def _reset(files: RunFiles) -> int:
 
 def run(args: argparse.Namespace) -> int:
     files = locate(args, os.environ)
-    if args.action == "show":
-        return _show(files, args.format)
-    return _reset(files)
+    return _show(files, args.format) if args.action == "show" else _reset(files)

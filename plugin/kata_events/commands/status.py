@@ -222,8 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
-    json_asked = args.format == "json"
-    sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if json_asked else text) + "\n")
+    sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if args.format == "json" else text) + "\n")
 
 
 def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Verdict:
