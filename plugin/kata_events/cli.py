@@ -99,8 +99,7 @@ def _fatal_line(argv: Sequence[str], message: str, code: ExitStatus, reason: str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
-    if argv is None:
-        argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else argv
     # The first word that is not an option: the top-level options (--help, --version) take no value.
     command = next((arg for arg in argv if not arg.startswith("-")), "")
     if command and command not in COMMANDS:

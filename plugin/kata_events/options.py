@@ -135,7 +135,6 @@ class Option:
         return "FILE" if self.type == "path" else self.name.upper()
 
     def schema(self) -> Dict[str, Any]:
-        """This option's JSON schema fragment."""
         fragment: Dict[str, Any] = {
             "int": {"type": "integer"},
             "float": {"type": "number"},
