@@ -14,7 +14,7 @@ from typing import Mapping
 
 
 def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the token is kept when ``--state-file`` is not given.
+    """Where the token is kept when ``--state-file`` is not given (an absolute path).
 
     ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
     colon-separated paths), else ``<id>.token`` in `state_home`.
@@ -22,7 +22,8 @@ def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.
     # The id comes from configuration: keep it from escaping the directory.
     name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
     state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return (Path(state_directory) if state_directory else state_home(environ)) / f"{name}.token"
+    directory = Path(state_directory) if state_directory else state_home(environ)
+    return Path(os.path.abspath(directory / f"{name}.token"))
 
 
 def state_home(environ: Mapping[str, str] = os.environ) -> Path:
@@ -42,8 +43,7 @@ class RunFiles:
 
     state: Path
 
-    #: The companions: the progress record (inside a page), the status record (``kata-events
-    #: status`` reads it), the lock.
+    #: The companions: progress inside a page, the status record (``status`` reads it), the lock.
     progress = property(lambda self: self.state.with_name(f"{self.state.name}.progress"))
     status = property(lambda self: self.state.with_name(f"{self.state.name}.status"))
     lock = property(lambda self: self.state.with_name(f"{self.state.name}.lock"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Tuple
 
 from kata_events import options as opts
@@ -78,7 +77,7 @@ def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
         return RunFiles(resolve_path(state_file, origin, environ))
     ext_id = given("external_system_id")[0]
     if ext_id:
-        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))))
+        return RunFiles(default_state_path(ext_id, environ))
     raise UserError(
         "which run? give --config FILE (the run's config file), or --state-file FILE, or "
         "--external-system-id UUID (the state file is then the run's default one)",

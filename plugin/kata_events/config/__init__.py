@@ -16,7 +16,6 @@ import argparse
 import difflib
 import functools
 import json
-import os
 import re
 from dataclasses import field, make_dataclass
 from pathlib import Path
@@ -120,8 +119,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if resolved["max_unacked"] is None:
         resolved["max_unacked"] = resolved["max_events"]
     if resolved["state_file"] is None:
-        state_file = default_state_path(resolved["external_system_id"], environ)
-        resolved["state_file"] = Path(os.path.abspath(state_file))
+        resolved["state_file"] = default_state_path(resolved["external_system_id"], environ)
         values["state_file"] = (None, DEFAULT_ORIGIN)
     if resolved["key_password"] is not None:
         from kata_events.key_password import Secret
