@@ -52,8 +52,6 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
 
 
 def token_store(config: Config) -> TokenStore:
-    """The token store of a resolved configuration: its state file, for its Central Node, external
-    system and filter."""
     from kata_events.state.store import TokenStore
 
     return TokenStore(

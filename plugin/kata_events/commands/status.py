@@ -28,7 +28,6 @@ from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.config import requested_name
 from kata_events.exits import UserError
-from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.state.reading import parse_stamp, stamp
 
 DESCRIPTION = """\
@@ -47,11 +46,10 @@ WARNING_LAG = 1800
 #: 90 of the 120 minutes.
 CRITICAL_LAG = 5400
 #: A subscription lost this recently is CRITICAL: events may have been skipped.
-RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
+RECENT_LOSS = float(opts.SERVER_RETENTION_SECONDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``status`` options: where the run's files are, the thresholds, the output format."""
     add_location_arguments(parser, several=True)
     why = " (90 of the 120 minutes the Central Node keeps events)"
     for level, default, said in (("WARNING", WARNING_LAG, ""), ("CRITICAL", CRITICAL_LAG, why)):
