@@ -107,9 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         guess = f"did you mean {close[0]}? " if close else ""
         message = f"unknown command {command!r}: {guess}the commands are {', '.join(COMMANDS)}"
         usage = build_parser("").format_usage().strip()
-        return _fatal_line(
-            argv, f"{message}; see `kata-events --help`", ExitStatus.USAGE, "usage", usage=usage
-        )
+        message += "; see `kata-events --help`"
+        return _fatal_line(argv, message, ExitStatus.USAGE, "usage", usage=usage)
     # The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
     # are POSIX calls: on Windows the first import of fcntl or termios would end in a traceback. So
     # checked before any subcommand's module is imported; --version and --help still work.

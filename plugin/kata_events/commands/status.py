@@ -279,9 +279,8 @@ class NodeVerdict(NamedTuple):
 def unknown_verdict(reason: str) -> Dict[str, Any]:
     """The verdict of a run whose files could not be read: every key of a `Verdict`, those not
     known null, so a monitoring template finds the same keys whatever the status."""
-    unknown: Dict[str, Any] = {field.name: None for field in fields(Verdict)}
-    unknown.update(status=NAMES[UNKNOWN], exit_code=UNKNOWN, reason=reason)
-    return unknown
+    unknown = dict.fromkeys(field.name for field in fields(Verdict))
+    return {**unknown, "status": NAMES[UNKNOWN], "exit_code": UNKNOWN, "reason": reason}
 
 
 def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:

@@ -100,9 +100,8 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     # url comes first in OPTIONS, so its problems lead the per-key ones.
     problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
-        listed = f": {problems[0]}"
-        if len(problems) > 1:
-            listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        several = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        listed = several if len(problems) > 1 else f": {problems[0]}"
         raise UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
     resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
