@@ -286,8 +286,8 @@ def test_a_shorter_record_leaves_nothing_of_the_longer_one(tmp_path: Path):
     store.note(Point("t1-with-a-long-token-" + "x" * 100, 123456, digest))
     store.note(Point("t1", 1, digest))
     store.close()
-    assert decode_record(store.progress_path.read_bytes())["token"] == "t1"
-    assert store.progress_path.stat().st_mode & 0o777 == 0o600
+    assert decode_record(store.files.progress.read_bytes())["token"] == "t1"
+    assert store.files.progress.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_corrupt_companion_falls_back_to_the_state_file_with_a_warning(tmp_path: Path):
@@ -297,7 +297,7 @@ def test_a_corrupt_companion_falls_back_to_the_state_file_with_a_warning(tmp_pat
     store.commit_point(Point("t1", 1, digest))
     store.note(Point("t1", 2, hashlib.sha256(b"a\nb\n").hexdigest()))
     store.close()
-    store.progress_path.write_bytes(b'{"seq": 99, "token": "t1", "events": 5000}\n')
+    store.files.progress.write_bytes(b'{"seq": 99, "token": "t1", "events": 5000}\n')
     store = _store(path)
     store.load()
     point, warnings = store.resume_point()

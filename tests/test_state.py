@@ -226,7 +226,7 @@ _HOLD = """
 def test_a_second_process_gets_state_locked_naming_our_pid(tmp_path):
     path = tmp_path / "s.token"
     with store(path) as s:
-        assert s.lock_path.read_text().strip() == str(os.getpid())
+        assert s.files.lock.read_text().strip() == str(os.getpid())
         child = run_python(_HOLD.format(path=str(path), id=ID))
         out, _ = child.communicate(timeout=30)
         assert child.returncode == 75
@@ -266,7 +266,7 @@ def test_a_lock_held_by_a_killed_process_is_free(tmp_path):
         child.send_signal(signal.SIGKILL)
         child.communicate(timeout=10)
     with store(path) as s:
-        assert s.lock_path.read_text().strip() == str(os.getpid())
+        assert s.files.lock.read_text().strip() == str(os.getpid())
 
 
 def test_a_second_store_in_the_same_process_is_locked_out_too(tmp_path):

@@ -99,8 +99,7 @@ def _fatal_line(argv: Sequence[str], message: str, code: ExitStatus, reason: str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``kata-events`` with ``argv`` (default: the process arguments); return the exit code."""
-    if argv is None:
-        argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else argv
     # The first word that is not an option: the top-level options (--help, --version) take no value.
     command = next((arg for arg in argv if not arg.startswith("-")), "")
     if command and command not in COMMANDS:
@@ -108,9 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         guess = f"did you mean {close[0]}? " if close else ""
         message = f"unknown command {command!r}: {guess}the commands are {', '.join(COMMANDS)}"
         usage = build_parser("").format_usage().strip()
-        return _fatal_line(
-            argv, f"{message}; see `kata-events --help`", ExitStatus.USAGE, "usage", usage=usage
-        )
+        message += "; see `kata-events --help`"
+        return _fatal_line(argv, message, ExitStatus.USAGE, "usage", usage=usage)
     # The state file's lock (flock), the pipe's fill level (FIONREAD) and the terminal check of stdin
     # are POSIX calls: on Windows the first import of fcntl or termios would end in a traceback. So
     # checked before any subcommand's module is imported; --version and --help still work.

@@ -135,7 +135,6 @@ class Metrics:
             self._failed = True
 
     def close(self) -> None:
-        """The last write of the file; stop serving."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)

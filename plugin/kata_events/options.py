@@ -95,12 +95,10 @@ class Option:
 
     @property
     def flag(self) -> str:
-        """The long flag: ``max_events`` → ``--max-events``."""
         return "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
-        """The environment variable: ``max_events`` → ``KATA_EVENTS_MAX_EVENTS``."""
         return ENV_PREFIX + self.name.upper()
 
     @property
@@ -112,7 +110,6 @@ class Option:
 
     @property
     def allowed_text(self) -> str:
-        """What a valid value looks like, for error messages."""
         if self.allowed:
             return self.allowed
         if self.type == "int":
@@ -135,7 +132,6 @@ class Option:
         return "FILE" if self.type == "path" else self.name.upper()
 
     def schema(self) -> Dict[str, Any]:
-        """This option's JSON schema fragment."""
         fragment: Dict[str, Any] = {
             "int": {"type": "integer"},
             "float": {"type": "number"},

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 
 def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.environ) -> Path:
-    """Where the token is kept when ``--state-file`` is not given.
+    """Where the token is kept when ``--state-file`` is not given (an absolute path).
 
     ``$STATE_DIRECTORY/<id>.token`` under systemd's ``StateDirectory=`` (the first of its
     colon-separated paths), else ``<id>.token`` in `state_home`.
@@ -21,7 +22,8 @@ def default_state_path(external_system_id: str, environ: Mapping[str, str] = os.
     # The id comes from configuration: keep it from escaping the directory.
     name = re.sub(r"[^A-Za-z0-9._-]", "_", external_system_id).lstrip(".") or "default"
     state_directory = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return (Path(state_directory) if state_directory else state_home(environ)) / f"{name}.token"
+    directory = Path(state_directory) if state_directory else state_home(environ)
+    return Path(os.path.abspath(directory / f"{name}.token"))
 
 
 def state_home(environ: Mapping[str, str] = os.environ) -> Path:
@@ -35,6 +37,13 @@ def state_home(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(home) / ".local" / "state" / "kata-events"
 
 
-def companion(state_file: Path, kind: str) -> Path:
-    """A file kept next to the state file: ``progress`` (inside a page), ``lock`` or ``status``."""
-    return state_file.with_name(f"{state_file.name}.{kind}")
+@dataclass(frozen=True)
+class RunFiles:
+    """The state file of a run and its companions, kept next to it as ``<state>.<kind>``."""
+
+    state: Path
+
+    #: The companions: progress inside a page, the status record (``status`` reads it), the lock.
+    progress = property(lambda self: self.state.with_name(f"{self.state.name}.progress"))
+    status = property(lambda self: self.state.with_name(f"{self.state.name}.status"))
+    lock = property(lambda self: self.state.with_name(f"{self.state.name}.lock"))

@@ -197,10 +197,8 @@ def _check_tls(
         )
         return False
     except (OSError, ssl.SSLError) as exc:
-        if proxy:
-            report.fail(step, f"TLS handshake with {base}{via} failed: {exc}", ExitStatus.CONFIG)
-        else:
-            report.fail(step, transport.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
+        plain = f"TLS handshake with {base}{via} failed: {exc}"
+        report.fail(step, plain if proxy else transport.handshake_failure(base, str(exc)), ExitStatus.CONFIG)
         return False
     finally:
         sock.close()

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Tuple
 
 from kata_events import options as opts
 from kata_events.config import DEFAULT_ORIGIN, Config, Origin, early_values, resolve_path
 from kata_events.exits import ExitStatus, UserError
-from kata_events.paths import companion, default_state_path
+from kata_events.paths import RunFiles, default_state_path
 
 if TYPE_CHECKING:
     from kata_events.state.store import TokenStore
@@ -53,21 +51,7 @@ def add_location_arguments(parser: argparse.ArgumentParser, several: bool = Fals
         )
 
 
-@dataclass(frozen=True)
-class RunFiles:
-    """The state file of a run and its companions (progress inside a page, status record, lock)."""
-
-    state: Path
-
-    #: The companions: the progress record, the status record (``kata-events status`` reads it), the lock.
-    progress = property(lambda self: companion(self.state, "progress"))
-    status = property(lambda self: companion(self.state, "status"))
-    lock = property(lambda self: companion(self.state, "lock"))
-
-
 def token_store(config: Config) -> TokenStore:
-    """The token store of a resolved configuration: its state file, for its Central Node, external
-    system and filter."""
     from kata_events.state.store import TokenStore
 
     return TokenStore(
@@ -91,7 +75,7 @@ def locate(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) ->
         return RunFiles(resolve_path(state_file, origin, environ))
     ext_id = given("external_system_id")[0]
     if ext_id:
-        return RunFiles(Path(os.path.abspath(default_state_path(ext_id, environ))))
+        return RunFiles(default_state_path(ext_id, environ))
     raise UserError(
         "which run? give --config FILE (the run's config file), or --state-file FILE, or "
         "--external-system-id UUID (the state file is then the run's default one)",

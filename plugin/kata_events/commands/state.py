@@ -87,15 +87,11 @@ def _show(files: RunFiles, fmt: str) -> int:
         )
         raise UserError(f"no state file at {files.state}{why}", ExitStatus.NO_INPUT)
     saved = parse_stamp(sub.saved_at)
-    delivered = 0
-    if sub.token is not None:
-        own = TokenStore(
-            files.state, url=sub.url, external_system_id=sub.external_system_id, filter=sub.filter
-        )
-        token, _ = own.load()
-        point, _ = own.resume_point() if token is not None else (None, [])
-        if point is not None and point.token == sub.token:
-            delivered = point.events
+    # Read as a run of this subscription would resume: the newest valid progress record.
+    own = TokenStore(files.state, url=sub.url, external_system_id=sub.external_system_id, filter=sub.filter)
+    own.load()
+    point = own.resume_point()[0]
+    delivered = point.events if point is not None and point.token == sub.token else 0
     info = {
         "state_file": str(files.state),
         "url": sub.url or None,
@@ -177,6 +173,4 @@ def _reset(files: RunFiles) -> int:
 
 def run(args: argparse.Namespace) -> int:
     files = locate(args, os.environ)
-    if args.action == "show":
-        return _show(files, args.format)
-    return _reset(files)
+    return _show(files, args.format) if args.action == "show" else _reset(files)

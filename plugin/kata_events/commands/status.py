@@ -28,7 +28,6 @@ from kata_events import options as opts
 from kata_events.commands.locate import RunFiles, add_location_arguments, locate
 from kata_events.config import requested_name
 from kata_events.exits import UserError
-from kata_events.options import SERVER_RETENTION_SECONDS
 from kata_events.state.reading import parse_stamp, stamp
 
 DESCRIPTION = """\
@@ -47,11 +46,10 @@ WARNING_LAG = 1800
 #: 90 of the 120 minutes.
 CRITICAL_LAG = 5400
 #: A subscription lost this recently is CRITICAL: events may have been skipped.
-RECENT_LOSS = float(SERVER_RETENTION_SECONDS)
+RECENT_LOSS = float(opts.SERVER_RETENTION_SECONDS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``status`` options: where the run's files are, the thresholds, the output format."""
     add_location_arguments(parser, several=True)
     why = " (90 of the 120 minutes the Central Node keeps events)"
     for level, default, said in (("WARNING", WARNING_LAG, ""), ("CRITICAL", CRITICAL_LAG, why)):
@@ -222,8 +220,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace, as_json: Any, text: str) -> None:
-    json_asked = args.format == "json"
-    sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if json_asked else text) + "\n")
+    sys.stdout.write((json.dumps(as_json, ensure_ascii=False) if args.format == "json" else text) + "\n")
 
 
 def check_run(args: argparse.Namespace, environ: Mapping[str, str], now: float) -> Verdict:
@@ -282,9 +279,8 @@ class NodeVerdict(NamedTuple):
 def unknown_verdict(reason: str) -> Dict[str, Any]:
     """The verdict of a run whose files could not be read: every key of a `Verdict`, those not
     known null, so a monitoring template finds the same keys whatever the status."""
-    unknown: Dict[str, Any] = {field.name: None for field in fields(Verdict)}
-    unknown.update(status=NAMES[UNKNOWN], exit_code=UNKNOWN, reason=reason)
-    return unknown
+    unknown = dict.fromkeys(field.name for field in fields(Verdict))
+    return {**unknown, "status": NAMES[UNKNOWN], "exit_code": UNKNOWN, "reason": reason}
 
 
 def run_nodes(args: argparse.Namespace, configs: Sequence[str]) -> int:

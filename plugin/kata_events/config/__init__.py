@@ -16,7 +16,6 @@ import argparse
 import difflib
 import functools
 import json
-import os
 import re
 from dataclasses import field, make_dataclass
 from pathlib import Path
@@ -101,9 +100,8 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     # url comes first in OPTIONS, so its problems lead the per-key ones.
     problems = unknown + problems + url_problems + list(invalid.values()) + missing
     if problems:
-        listed = f": {problems[0]}"
-        if len(problems) > 1:
-            listed = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        several = f" ({len(problems)} problems):\n" + "\n".join(f"  - {p}" for p in problems)
+        listed = several if len(problems) > 1 else f": {problems[0]}"
         raise UserError(f"invalid configuration{listed}", ExitStatus.CONFIG, problems)
 
     resolved: Dict[str, Any] = dict.fromkeys(opts.BY_NAME)
@@ -120,8 +118,7 @@ def load_run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Con
     if resolved["max_unacked"] is None:
         resolved["max_unacked"] = resolved["max_events"]
     if resolved["state_file"] is None:
-        state_file = default_state_path(resolved["external_system_id"], environ)
-        resolved["state_file"] = Path(os.path.abspath(state_file))
+        resolved["state_file"] = default_state_path(resolved["external_system_id"], environ)
         values["state_file"] = (None, DEFAULT_ORIGIN)
     if resolved["key_password"] is not None:
         from kata_events.key_password import Secret

@@ -78,24 +78,19 @@ def read_state(files: StateFiles) -> Tuple[Optional[Subscription], str]:
         ) from None
     if len(data) > _MAX_STATE_BYTES:
         raise files.corrupt("is larger than 1 MiB, so it is not a token file")
-    if data.lstrip()[:1] in (b"{", b"["):
-        return parse_state(files, data), "json"
-    try:
-        token = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
-    if not token:
-        return None, "empty"
-    if len(token.split()) > 1:
-        raise StateCorrupt(
-            f"token file {path} holds more than one word, so it is neither a state file nor the "
-            f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
-        )
-    return Subscription(token, "", "", "", ""), "plain"
-
-
-def parse_state(files: StateFiles, data: bytes) -> Subscription:
-    """A JSON state file's content; StateCorrupt when it is not one this version understands."""
+    if data.lstrip()[:1] not in (b"{", b"["):
+        try:
+            token = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise StateCorrupt(f"token file {path} is not UTF-8 text") from None
+        if not token:
+            return None, "empty"
+        if len(token.split()) > 1:
+            raise StateCorrupt(
+                f"token file {path} holds more than one word, so it is neither a state file nor the "
+                f"original script's token file: move it away (e.g. mv {path} {path}.bad) or fix it"
+            )
+        return Subscription(token, "", "", "", ""), "plain"
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -123,7 +118,7 @@ def parse_state(files: StateFiles, data: bytes) -> Subscription:
             # Only the position inside a page is lost: the token itself still holds.
             problem = str(exc)
             progress = None
-    return Subscription(token=token, **fields, progress=progress, progress_problem=problem)
+    return Subscription(token=token, **fields, progress=progress, progress_problem=problem), "json"
 
 
 def read_companion(path: Path, fallback: str = "") -> Tuple[Optional[Dict[str, Any]], List[str]]:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from kata_events.options import SERVER_RETENTION_SECONDS
-from kata_events.paths import companion
+from kata_events.paths import RunFiles
 from kata_events.private_file import PathLike, write_private_file
 from kata_events.state.errors import StateError, StateForeign, StateLocked, StateNotWritable
 from kata_events.state.files import FIX_HINT, StateFiles, directory_permissions, is_link_error, remove, unlock
@@ -69,9 +69,8 @@ class TokenStore:
 
     def __init__(self, path: PathLike, *, url: str, external_system_id: str, filter: str = "") -> None:
         self.path = Path(path)
-        #: The companion holding progress inside a page (written often, not fsynced), the lock.
-        self.progress_path = companion(self.path, "progress")
-        self.lock_path = companion(self.path, "lock")
+        #: Its companions: progress inside a page (written often, not fsynced), the lock.
+        self.files = RunFiles(self.path)
         self._files = StateFiles(self.path)
         self.url = url
         self.external_system_id = external_system_id
@@ -101,14 +100,14 @@ class TokenStore:
         self._files.make_directory(directory)
         warning = directory_permissions(directory)
         self.warnings = [warning] if warning else []
-        for path in (self.path, self.lock_path, self.progress_path):
+        for path in (self.path, self.files.lock, self.files.progress):
             if path.is_symlink():
                 raise self._files.link_refused(path)
         if self.path.is_dir():
             raise StateNotWritable(
                 f"state file {self.path} is a directory: {FIX_HINT}, e.g. {self.path}/state.token"
             )
-        fd = self._files.open(self.lock_path, os.O_RDWR | os.O_CREAT)
+        fd = self._files.open(self.files.lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -120,12 +119,12 @@ class TokenStore:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"process {holder}" if holder else "another process"
                 raise StateLocked(
-                    f"state file {self.path} is in use by {who} (lock {self.lock_path}): "
+                    f"state file {self.path} is in use by {who} (lock {self.files.lock}): "
                     "another kata-events instance runs with the same state file; stop it, or give "
                     "this one its own --state-file",
                     holder_pid=holder,
                 ) from None
-            raise self._files.not_writable(self.lock_path, exc) from None
+            raise self._files.not_writable(self.files.lock, exc) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -141,13 +140,13 @@ class TokenStore:
             raise
         except OSError as exc:
             unlock(fd)
-            raise self._files.not_writable(self.lock_path, exc) from None
+            raise self._files.not_writable(self.files.lock, exc) from None
         self._lock_fd = fd
         try:
             sub = self.stored()
         except StateError:
             sub = None
-        records = [sub.progress if sub is not None else None, read_companion(self.progress_path)[0]]
+        records = [sub.progress if sub is not None else None, read_companion(self.files.progress)[0]]
         self._seq = max([0] + [int(record["seq"]) for record in records if record is not None])
 
     def close(self) -> None:
@@ -277,7 +276,7 @@ class TokenStore:
     def _newer_record(self, seq: int, fallback: str) -> Tuple[Optional[Dict[str, Any]], List[str]]:
         """The companion record when it is newer than ``seq`` and of this subscription, and why it
         is unusable (``fallback``: what resuming does instead)."""
-        record, corrupt = read_companion(self.progress_path, fallback)
+        record, corrupt = read_companion(self.files.progress, fallback)
         if record is None or record["seq"] <= seq:
             return None, corrupt
         same = all(record.get(key) == value for key, value in self._identity.items())
@@ -289,7 +288,7 @@ class TokenStore:
         data = encode_record(point, self._next_seq(), self._identity)
         try:
             if self._progress_fd is None:
-                self._progress_fd = self._files.open(self.progress_path, os.O_RDWR | os.O_CREAT)
+                self._progress_fd = self._files.open(self.files.progress, os.O_RDWR | os.O_CREAT)
                 os.fchmod(self._progress_fd, 0o600)
                 self._progress_len = os.fstat(self._progress_fd).st_size
             if len(data) < self._progress_len:
@@ -301,7 +300,7 @@ class TokenStore:
             if durable:
                 os.fsync(self._progress_fd)
         except OSError as exc:
-            raise self._files.not_writable(self.progress_path, exc) from None
+            raise self._files.not_writable(self.files.progress, exc) from None
 
     # -- writing -----------------------------------------------------------------------------------
 
